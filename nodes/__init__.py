@@ -1,0 +1,1 @@
+"""Built-in nodes: sensing -> perception -> action."""

@@ -1,0 +1,5 @@
+import sys
+
+from iotrt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""The `iotrt` command line: a thin dispatcher over one module per verb.
+
+Verb modules are imported only when their verb runs, so `iotrt --help` stays fast on a
+small board and a verb whose optional extra is missing fails with a message naming the extra
+instead of breaking every other verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from iotrt import __version__
+
+# verb -> (module, one-line help). Adding a verb means adding one module and one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("iotrt.commands.up", "validate a graph and run it under the supervisor"),
+    "down": ("iotrt.commands.down", "stop a running graph"),
+    "validate": ("iotrt.commands.validate", "check a graph file without starting anything"),
+    "graph": ("iotrt.commands.graph", "draw a graph as Mermaid or DOT"),
+    "unit": ("iotrt.commands.unit", "write a systemd unit for a graph"),
+    "ps": ("iotrt.commands.ps", "list the nodes of a running graph"),
+    "topics": ("iotrt.commands.topics", "list the topics of a running graph"),
+    "echo": ("iotrt.commands.echo", "print the messages on a topic"),
+    "hz": ("iotrt.commands.hz", "measure the rate of a topic"),
+    "reload": ("iotrt.commands.reload", "reload the rules of a running graph"),
+    "compile": ("iotrt.commands.compile", "compile an ONNX or TFLite model into an artifact"),
+    "bench": ("iotrt.commands.bench", "measure a model's latency on each engine backend"),
+    "enroll": ("iotrt.commands.enroll", "enroll a person into a face gallery from photos"),
+    "rules": ("iotrt.commands.rules", "test rules offline against recorded messages"),
+    "events": ("iotrt.commands.events", "read the event journal"),
+}
+
+
+class CommandUnavailable(RuntimeError):
+    """A verb whose module (or one of its optional dependencies) cannot be imported."""
+
+
+def _load(verb: str):
+    module_name = COMMANDS[verb][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise CommandUnavailable(f"'iotrt {verb}' is not available in this build") from exc
+        raise CommandUnavailable(
+            f"'iotrt {verb}' needs the Python package '{exc.name}', which is not installed "
+            f"(pip install 'iotrt[...]' with the extra that provides it; see the README)"
+        ) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iotrt",
+        description="A lightweight runtime for IoT devices that see and act.",
+        epilog="Run 'iotrt VERB --help' for the options of one verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"iotrt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, help_text) in COMMANDS.items():
+        sub.add_parser(verb, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Parse the verb first; the verb's own module then defines the rest of its arguments.
+    ns, rest = parser.parse_known_args(argv)
+    if ns.verb is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        module = _load(ns.verb)
+    except CommandUnavailable as exc:
+        print(f"iotrt: {exc}", file=sys.stderr)
+        return 2
+    verb_parser = argparse.ArgumentParser(
+        prog=f"iotrt {ns.verb}", description=COMMANDS[ns.verb][1]
+    )
+    module.add_arguments(verb_parser)
+    args = verb_parser.parse_args(rest)
+    args.verbose = ns.verbose
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
