@@ -1,1 +1,25 @@
-"""Built-in nodes: sensing -> perception -> action."""
+"""Built-in nodes: sensing -> perception -> action.
+
+NODES maps the `kind` a graph names to the module that implements it. Each module declares
+`SPEC` (a `iotrt.node.NodeSpec`) and `main(node)`; importing it must do no work, so the graph
+can read its parameters without running it. Adding a node means adding a module and one line.
+"""
+
+NODES: dict[str, str] = {
+    # sensing
+    "camera": "iotrt.nodes.sensing.camera",
+    "imu": "iotrt.nodes.sensing.imu",
+    "odometry": "iotrt.nodes.sensing.odometry",
+    # perception
+    "detector": "iotrt.nodes.perception.detector",
+    "identity": "iotrt.nodes.perception.identity",
+    "pose": "iotrt.nodes.perception.pose",
+    # action
+    "rules": "iotrt.nodes.action.rules",
+    "lock": "iotrt.nodes.action.lock",
+    "motor": "iotrt.nodes.action.motor",
+    "webhook": "iotrt.nodes.action.webhook",
+    "command": "iotrt.nodes.action.command",
+    "mqtt": "iotrt.nodes.action.mqtt",
+    "log": "iotrt.nodes.action.log",
+}
