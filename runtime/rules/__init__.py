@@ -7,7 +7,7 @@ See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-
 (iotrt.nodes.action.rules) wires it to the bus and the actuators.
 """
 
-from iotrt.rules.api import load_rules, rule
+from iotrt.rules.api import load_rules, loads_rules, rule
 from iotrt.rules.engine import (
     TICK, Command, Engine, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
 )
@@ -18,5 +18,5 @@ from iotrt.rules.source import Problem, RulesError
 __all__ = [
     "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
     "Publish", "RuleContext", "RuleDef", "RuleError", "RuleSet", "RulesError", "Skipped", "Tick",
-    "load_rules", "rule",
+    "load_rules", "loads_rules", "rule",
 ]

@@ -114,27 +114,34 @@ def load_rules(path: str | Path, python: list[str | Path] | tuple = ()) -> RuleS
     Raises RulesError listing every problem (file:line: message); returns a valid RuleSet.
     """
     path = Path(path)
-    problems: list[Problem] = []
     if not path.is_file():
         raise RulesError([Problem(str(path), 0, "rules file not found")])
     if path.suffix == ".py":
-        ruleset, python_files = RuleSet([], {}, []), [path]
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RulesError([Problem(str(path), 0, f"cannot read: {exc}")]) from None
-        doc, problems = load_located(text, str(path))
-        if not problems:
-            ruleset, more = parse_rules_document(doc, str(path))
-            problems += more
-        else:
-            ruleset = RuleSet([], {}, [])
-        python_files = [path.parent / p for p in ruleset.python_files]
-    python_files += [Path(p) for p in python]
+        return _combine(RuleSet([], {}, []), [], [path, *map(Path, python)], str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError([Problem(str(path), 0, f"cannot read: {exc}")]) from None
+    return loads_rules(text, str(path), base=path.parent, python=python)
+
+
+def loads_rules(text: str, file: str = "<rules>", *, base: str | Path = ".",
+                python: list[str | Path] | tuple = ()) -> RuleSet:
+    """Load rules from YAML text; `python:` files it names are relative to `base`."""
+    doc, problems = load_located(text, file)
+    ruleset = RuleSet([], {}, [])
+    if not problems:
+        ruleset, problems = parse_rules_document(doc, file)
+    python_files = [Path(base) / p for p in ruleset.python_files] + [Path(p) for p in python]
+    return _combine(ruleset, problems, python_files, file)
+
+
+def _combine(ruleset: RuleSet, problems: list[Problem], python_files: list[Path],
+             file: str) -> RuleSet:
+    problems = list(problems)
     for py in python_files:
         if not py.is_file():
-            problems.append(Problem(str(path), 0, f"Python rules file not found: {py}"))
+            problems.append(Problem(file, 0, f"Python rules file not found: {py}"))
             continue
         rules, more = load_python_rules(py)
         ruleset.rules.extend(rules)
@@ -142,7 +149,8 @@ def load_rules(path: str | Path, python: list[str | Path] | tuple = ()) -> RuleS
     seen: dict[str, RuleDef] = {}
     for r in ruleset.rules:
         if r.id in seen:
-            problems.append(Problem(r.file, r.line, f"duplicate rule id '{r.id}' (also at {seen[r.id].where})"))
+            problems.append(Problem(r.file, r.line,
+                                    f"duplicate rule id '{r.id}' (also at {seen[r.id].where})"))
         seen.setdefault(r.id, r)
     if problems:
         raise RulesError(problems)

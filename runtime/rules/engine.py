@@ -55,6 +55,10 @@ class Tick:
 
 TICK = Tick()
 
+# Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
+# against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
+_EPS = 1e-9
+
 
 # --- what comes out ---------------------------------------------------------------------------
 
@@ -334,16 +338,16 @@ class Engine:
         for rs in self._timed:
             for i, trig in enumerate(rs.rule.triggers):
                 if isinstance(trig, AbsentTrigger):
-                    if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) >= trig.seconds:
+                    if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) + _EPS >= trig.seconds:
                         rs.absent_fired[i] = True
                         self._hit(rs, self._names(trig.topic, None, {
                             "kind": "absent", "topic": trig.topic,
                             "seconds": now - rs.seen[i]}), _describe(trig), now, out)
                 elif isinstance(trig, IntervalTrigger):
                     due = rs.next_at.get(i)
-                    if due is not None and now >= due:
+                    if due is not None and now + _EPS >= due:
                         # Catch up to the next slot after now: missed slots fire once, not N times.
-                        missed = int((now - due) // trig.seconds)
+                        missed = max(0, int((now - due) // trig.seconds))
                         rs.next_at[i] = due + (missed + 1) * trig.seconds
                         self._hit(rs, self._names(None, None, {"kind": "interval"}),
                                   _describe(trig), now, out)
@@ -354,7 +358,7 @@ class Engine:
                                   _describe(trig), now, out)
             hold = rs.rule.hold
             if (hold and hold.seconds is not None and rs.hold_since is not None
-                    and now - rs.hold_since >= hold.seconds):
+                    and now - rs.hold_since + _EPS >= hold.seconds):
                 names, trigger = rs.hold_names or self._names(None, None, {}), rs.hold_trigger
                 self._fire(rs, names, trigger, now, out)
 
@@ -399,7 +403,7 @@ class Engine:
             if rs.hold_since is None:
                 rs.hold_since = now
             rs.hold_names, rs.hold_trigger = names, trigger
-            if now - rs.hold_since < hold.seconds:
+            if now - rs.hold_since + _EPS < hold.seconds:
                 return
         self._fire(rs, names, trigger, now, out)
 
@@ -409,7 +413,7 @@ class Engine:
         # One firing per episode (edge) and a fresh hold afterwards, whatever happens below.
         rs.armed = not (rule.edge and rule.conditions)
         rs.hold_since, rs.hold_count, rs.hold_names = None, 0, None
-        if rs.last_fired is not None and now - rs.last_fired < rule.cooldown:
+        if rs.last_fired is not None and now - rs.last_fired + _EPS < rule.cooldown:
             out.append(Skipped(rule.id, f"cooldown ({rule.cooldown:g}s)"))
             return
         queued = False
@@ -497,7 +501,8 @@ class Engine:
         self._sleeping.append(run)
 
     def _resume_due(self, now: float, out: list[Action]) -> None:
-        due = sorted((r for r in self._sleeping if r.resume_at <= now), key=lambda r: r.resume_at)
+        due = sorted((r for r in self._sleeping if r.resume_at <= now + _EPS),
+                     key=lambda r: r.resume_at)
         for run in due:
             self._sleeping.remove(run)
             # Continue from the scheduled time, so a late tick does not stretch later delays.

@@ -171,6 +171,7 @@ class RuleSet:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TOPIC = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")  # an input name or a bus topic
 _TEMPLATE = re.compile(r"\$\{(.*?)\}")
 
 
@@ -225,6 +226,12 @@ def _name(value: Any, what: str, line: int) -> str:
     return value
 
 
+def _topic(value: Any, what: str, line: int) -> str:
+    if not isinstance(value, str) or not _TOPIC.match(value):
+        raise _Invalid(line, f"{what} must be an input name or a topic like node/output, got {value!r}")
+    return value
+
+
 def _expr(value: Any, what: str, line: int) -> Expression:
     try:
         return compile_expression(value, NAMES)
@@ -239,9 +246,6 @@ def _number(value: Any, what: str, line: int) -> float:
 
 
 def _time_of_day(value: Any, line: int) -> dt.time:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 07:30 as the base-60 integer 450.
-        raise _Invalid(line, "write the time of day in quotes, e.g. at: \"07:30\"")
     try:
         return dt.time.fromisoformat(str(value))
     except ValueError:
@@ -253,7 +257,7 @@ _TRIGGER_KINDS = ("message", "threshold", "absent", "interval", "at")
 
 def parse_trigger(raw: Any, line: int) -> Trigger:
     if isinstance(raw, str):  # shorthand: a topic name is a message trigger
-        return MessageTrigger(_name(raw, "trigger topic", line))
+        return MessageTrigger(_topic(raw, "trigger topic", line))
     d = _mapping(raw, "a trigger", line)
     line = getattr(d, "line", line)
     kinds = [k for k in _TRIGGER_KINDS if k in d]
@@ -263,7 +267,7 @@ def parse_trigger(raw: Any, line: int) -> Trigger:
     at = _line(d, kind, line)
     if kind == "message":
         _check_keys(d, ("message",), "a message trigger", line)
-        return MessageTrigger(_name(d["message"], "message topic", at))
+        return MessageTrigger(_topic(d["message"], "message topic", at))
     if kind == "threshold":
         _check_keys(d, ("threshold", "value", "above", "below"), "a threshold trigger", line)
         if "above" not in d and "below" not in d:
@@ -271,7 +275,7 @@ def parse_trigger(raw: Any, line: int) -> Trigger:
         above = _number(d["above"], "above", _line(d, "above", line)) if "above" in d else None
         below = _number(d["below"], "below", _line(d, "below", line)) if "below" in d else None
         value = _expr(d.get("value", "msg"), "threshold value", _line(d, "value", line))
-        return ThresholdTrigger(_name(d["threshold"], "threshold topic", at), value, above, below)
+        return ThresholdTrigger(_topic(d["threshold"], "threshold topic", at), value, above, below)
     if kind == "absent":
         _check_keys(d, ("absent", "for"), "an absent trigger", line)
         if "for" not in d:
@@ -279,7 +283,7 @@ def parse_trigger(raw: Any, line: int) -> Trigger:
         seconds = parse_duration(d["for"], _line(d, "for", line))
         if seconds <= 0:
             raise _Invalid(_line(d, "for", line), "an absent trigger's 'for' must be > 0")
-        return AbsentTrigger(_name(d["absent"], "absent topic", at), seconds)
+        return AbsentTrigger(_topic(d["absent"], "absent topic", at), seconds)
     if kind == "interval":
         _check_keys(d, ("interval",), "an interval trigger", line)
         seconds = parse_duration(d["interval"], at)

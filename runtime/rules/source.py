@@ -4,6 +4,10 @@ The file is composed (not loaded) so every mapping, sequence and scalar keeps it
 `LocatedDict`/`LocatedList` are ordinary dict/list subclasses that also carry the line of
 themselves and of each key or item, which the schema uses to say *where* a mistake is.
 Duplicate keys are an error here, since plain YAML loading silently keeps the last one.
+
+Scalars follow YAML 1.2's core schema rather than PyYAML's YAML 1.1: only true/false are
+booleans (so `on:`, `yes`, `no` and `off` stay strings, as they would in any data a rule
+publishes) and `07:30` is the string "07:30", not the base-60 integer 450.
 """
 
 from __future__ import annotations
@@ -11,7 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema booleans, ints and floats."""
+
+
+_BOOL, _INT, _FLOAT = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                       "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -87,13 +114,17 @@ class _Builder:
             seq.file, seq.line = self.file, line
             seq.item_lines = [item.start_mark.line + 1 for item in node.value]
             return seq
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, yaml.constructor.ConstructorError) as exc:
+            self.problems.append(Problem(self.file, line, f"bad value {node.value!r}: {exc}"))
+            return None
 
 
 def load_located(text: str, file: str) -> tuple[Any, list[Problem]]:
     """Compose YAML `text` into located values; syntax errors become problems with a line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
