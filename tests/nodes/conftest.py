@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +12,15 @@ BLAZEFACE = "face_detection_short_range.tflite"
 
 
 def blazeface_source() -> Path:
-    """The vendored BlazeFace model (models/), or IOTRT_BLAZEFACE_TFLITE while developing."""
-    path = ROOT / "models" / BLAZEFACE
-    if not path.is_file() and os.environ.get("IOTRT_BLAZEFACE_TFLITE"):
-        path = Path(os.environ["IOTRT_BLAZEFACE_TFLITE"])
-    return path
+    """The vendored BlazeFace model (models/, see models/README.md)."""
+    return ROOT / "models" / BLAZEFACE
 
 
 @pytest.fixture(scope="session")
 def blazeface_path() -> Path:
     path = blazeface_source()
     if not path.is_file():
-        # Until the compiler's vendored model reaches main; then this becomes a failure.
-        pytest.skip(f"the vendored BlazeFace model is not there yet: {path}")
+        pytest.fail(f"the vendored BlazeFace model is missing: {path}")
     return path
 
 

@@ -9,7 +9,7 @@ import pytest
 from iotrt.nodes.perception import facefeatures as ff
 from iotrt.nodes.perception.blazeface import BlazeFace
 from iotrt.nodes.perception.gallery import Gallery, GalleryError
-from iotrt.nodes.perception.identity import METHODS, FrameBuffer, Identifier, lbp_extractor
+from iotrt.nodes.perception.matcher import METHODS, FrameBuffer, Identifier, lbp_extractor
 from iotrt.nodes.sensing.scene import DoorScene
 
 
