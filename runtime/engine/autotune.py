@@ -61,12 +61,16 @@ class Choice:
 Runner = Callable[[], object]
 
 
-def interleaved_medians(
+def interleaved_samples(
     runners: Mapping[str, Runner],
     budget: Budget = Budget(),
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[dict[str, float], int]:
-    """Median seconds per call of each runner, timed in rotating interleaved rounds."""
+    on_round: Callable[[int, float], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner, timed in rotating interleaved rounds.
+
+    `on_round(rounds done, seconds spent)` is called after each round (progress output).
+    """
     names = list(runners)
     for name in names:
         for _ in range(budget.warmup):
@@ -83,6 +87,19 @@ def interleaved_medians(
             runners[name]()
             samples[name].append(clock() - t0)
         rounds += 1
+        if on_round is not None:
+            on_round(rounds, clock() - start)
+    return samples
+
+
+def interleaved_medians(
+    runners: Mapping[str, Runner],
+    budget: Budget = Budget(),
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, float], int]:
+    """Median seconds per call of each runner, and the number of rounds timed."""
+    samples = interleaved_samples(runners, budget, clock)
+    rounds = len(next(iter(samples.values()), []))
     return {n: float(np.median(s)) for n, s in samples.items()}, rounds
 
 
