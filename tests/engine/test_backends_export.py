@@ -85,3 +85,20 @@ def test_ir_only_attribute_is_refused_by_name():
     g, _, _ = conv_graph({"layout_hint": "nhwc"})
     with pytest.raises(onnx_export.ExportError, match=r"node 'conv'.*layout_hint"):
         onnx_export.export(g)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "opencv"])
+def test_same_padding_with_stride_two_pads_the_end(engine):
+    # SAME_UPPER on an even size with stride 2 pads only the end (0 before, 1 after): OpenCV
+    # gets this wrong from auto_pad, so the export writes explicit pads.
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    node = Node(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
+    g = Graph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
+              {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})  # fmt: skip
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    expect = np.einsum("ncijkl,ockl->noij", win, w)
+    got = run_exported(g, {"x": x}, engine)["y"]
+    np.testing.assert_allclose(got.reshape(expect.shape), expect, rtol=1e-4, atol=1e-4)
