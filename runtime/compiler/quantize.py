@@ -22,7 +22,7 @@ import numpy as np
 QMAX = 127
 SCHEMES = ("int8",)
 # Smaller constants are left float: per-channel scales would outweigh what int8 saves.
-MIN_ELEMENTS = 256
+MIN_ELEMENTS = 64
 
 
 class QuantizeError(ValueError):

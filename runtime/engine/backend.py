@@ -19,6 +19,7 @@ as ONNX TensorProto initializers with a few lines of protobuf wire format (no `o
 from __future__ import annotations
 
 import json
+import os
 import numpy as np
 
 PAYLOAD = "onnx"
@@ -32,7 +33,16 @@ ONNX_DTYPES = {
 
 
 class BackendUnavailable(RuntimeError):
-    """A backend cannot run here (package missing, payload absent, graph unsupported)."""
+    """A backend is unknown or cannot run here (package missing, payload absent, graph unsupported)."""
+
+
+def default_threads() -> int:
+    """Thread budget when the caller gives none: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1."""
+    for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 class FrameworkModel:
