@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,14 @@ def handle_command(node, controller: Controller, event) -> dict[str, Any]:
     return result
 
 
+def sim_file(node, what: str) -> Path:
+    """Where a sim driver records its state: the ``sim_file`` param, else
+    ``<state dir>/<node id>.<what>.jsonl`` (the state dir survives restarts)."""
+    if node.params["sim_file"]:
+        return Path(node.params["sim_file"])
+    return Path(node.config.state_dir or ".") / f"{node.id}.{what}.jsonl"
+
+
 # Causes of state changes the device made by itself: journaled (a command is journaled anyway).
 SELF_CAUSES = ("timeout", "deadman")
 
@@ -99,7 +108,7 @@ def serve(node, controller: Controller, device: bool = False,
             if timer is None:
                 continue
             timer.raise_if_failed()
-            if event.kind == "timer" and event.input == "state":
+            if event.timer == "state":
                 node.publish("state", controller.state())
             for change in controller.changes():
                 node.publish("state", change)

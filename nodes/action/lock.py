@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve, sim_file
 
 SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",
@@ -207,8 +207,7 @@ def open_driver(node: Node) -> Any:
     p = node.params
     if p["driver"] == "gpio":
         return GpioLock(p["chip"], p["line"], p["active_low"], consumer=f"iotrt:{node.id}")
-    path = Path(p["sim_file"]) if p["sim_file"] else Path(node.state_dir) / f"{node.id}.lock.jsonl"
-    return SimLock(path)
+    return SimLock(sim_file(node, "lock"))
 
 
 def main(node: Node) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve, sim_file
 
 SPEC = NodeSpec(
     doc="motors with a dead-man timeout: each command is good for deadman_s, then they stop",
@@ -238,8 +238,7 @@ def open_driver(node: Node, names: list[str]) -> Any:
     p = node.params
     if p["driver"] == "serial":
         return SerialMotors(p["port"], p["baud"], p["reply_timeout_s"])
-    path = Path(p["sim_file"]) if p["sim_file"] else Path(node.state_dir) / f"{node.id}.motor.jsonl"
-    return SimMotors(path, names)
+    return SimMotors(sim_file(node, "motor"), names)
 
 
 def main(node: Node) -> None:

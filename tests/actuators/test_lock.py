@@ -250,7 +250,8 @@ def test_gpio_line_by_name_and_errors():
 def test_gpiod_1x_is_named_in_the_error(monkeypatch):
     import sys
 
-    old_api = SimpleNamespace(__version__="1.6.3", Chip=object)  # 1.x: Chip/get_line, no request_lines
+    # The 1.x API: Chip(...).get_line(n).request(...), and no request_lines.
+    old_api = SimpleNamespace(__version__="1.6.3", Chip=object)
     monkeypatch.setitem(sys.modules, "gpiod", old_api)
     with pytest.raises(DriverError, match="gpiod 2.x .*1.6.3.*python3-libgpiod"):
         GpioLock("/dev/gpiochip0", "17", False, consumer="c")
