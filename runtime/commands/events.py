@@ -1,0 +1,110 @@
+"""`iotrt events`: read the event journal (rule firings, commands, acks, failures).
+
+Opens the journal read-only, so any user who can read the state directory can run it while the
+graph is running, without write access and without disturbing the supervisor (the writer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from iotrt.journal import JOURNAL_FILE, Event, JournalError, JournalReader
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> int:
+    """'90s', '10m', '2h', '1d', '1w' ago, or an ISO date/time (local time unless it has an
+    offset). Returns wall-clock ns since the epoch."""
+    now = now or dt.datetime.now().astimezone()
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        when = now - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    else:
+        try:
+            when = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--since {text!r}: use a duration like 30s, 10m, 2h, 1d, 1w or a date/time "
+                f"like 2026-05-01 or 2026-05-01T08:30") from None
+        if when.tzinfo is None:
+            when = when.astimezone()  # naive means local time, as `date` prints it
+    return int(when.timestamp() * 1e9)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (f"The journal is {JOURNAL_FILE} in the graph's state directory; give it with "
+                     f"--journal, --state-dir or IOTRT_STATE_DIR.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--journal", metavar="PATH", type=Path, help="the journal file")
+    where.add_argument("--state-dir", metavar="DIR", type=Path,
+                       help="the graph's state directory (default: $IOTRT_STATE_DIR)")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing new events as they are written (Ctrl-C to stop)")
+    parser.add_argument("--since", type=parse_since, metavar="WHEN",
+                        help="only events since WHEN: 30s, 10m, 2h, 1d, 1w ago or a date/time")
+    parser.add_argument("--rule", help="only events of this rule")
+    parser.add_argument("--kind", help="only events of this kind (e.g. command_applied)")
+    parser.add_argument("--node", help="only events from this node")
+    parser.add_argument("-n", "--lines", type=int, metavar="N",
+                        help="only the last N matching events (default: all; 10 with --follow)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def journal_path(args: argparse.Namespace) -> Path:
+    if args.journal is not None:
+        return args.journal
+    state_dir = args.state_dir or os.environ.get("IOTRT_STATE_DIR")
+    if not state_dir:
+        raise JournalError("which journal? give --journal PATH or --state-dir DIR "
+                           "(or set IOTRT_STATE_DIR)")
+    return Path(state_dir) / JOURNAL_FILE
+
+
+def format_event(event: Event, as_json: bool) -> str:
+    when = dt.datetime.fromtimestamp(event.t_ns / 1e9).astimezone()
+    if as_json:
+        return json.dumps({**event.to_dict(), "time": when.isoformat(timespec="milliseconds")},
+                          ensure_ascii=False)
+    fields = " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+                      for k, v in event.fields.items())
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+    return f"{stamp} #{event.id:<6} {event.kind:<18} {event.node:<12} {fields}".rstrip()
+
+
+def run(args: argparse.Namespace) -> int:
+    lines = args.lines if args.lines is not None else (10 if args.follow else None)
+    if lines is not None and lines < 0:
+        print("iotrt events: -n must be 0 or more", file=sys.stderr)
+        return 2
+    filters = {"since": args.since, "rule": args.rule, "kind": args.kind, "node": args.node}
+    try:
+        reader = JournalReader(journal_path(args))
+    except JournalError as exc:
+        print(f"iotrt events: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with reader:
+            last = reader.last_id()
+            for event in reader.query(limit=lines, **filters) if lines != 0 else []:
+                print(format_event(event, args.json), flush=args.follow)
+                last = max(last, event.id)  # written since last_id(): printed once, not twice
+            if args.follow:
+                for event in reader.follow(after_id=last, **filters):
+                    print(format_event(event, args.json), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # `iotrt events | head`: the reader went away; that is not an error.
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except JournalError as exc:
+        print(f"iotrt events: {exc}", file=sys.stderr)
+        return 1
+    return 0
