@@ -23,7 +23,6 @@ docs/graph.md; a short example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,15 +31,17 @@ from typing import Any, Callable, Mapping
 
 from yaml.nodes import MappingNode, SequenceNode
 
-from iotrt.yamlcheck import INVALID, Checker, Issue, line_of, suggest
+from iotrt.bus import AddressError, check_address, short_ipc_address
+from iotrt.journal import JOURNAL_FILE
+from iotrt.spec import REQUIRED, WILDCARD, SpecError
+from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, Issue, line_of, suggest
 
-# Linux's sockaddr_un.sun_path holds 108 bytes including the final NUL.
-IPC_PATH_MAX = 107
 EVENTS_TOPIC = "_sup/events"
 RESTART_POLICIES = ("never", "on-failure", "always")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_PORT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WIRE_RE = re.compile(r"^([^/\s]+)/([^/\s]+)$")
 
 TOP_KEYS = {
@@ -104,7 +105,7 @@ class NodeDef:
     id: str
     kind: str | None                 # built-in kind, or None for `run:`
     target: str                      # module path, "pkg.mod:func" or absolute .py path
-    spec: Any                        # the node's NodeSpec (None: a script without SPEC)
+    spec: Any                        # the node's NodeSpec (None only in an invalid graph)
     params: dict[str, Any]
     inputs: dict[str, Wire]
     outputs: list[str]
@@ -120,7 +121,11 @@ class NodeDef:
 
     @property
     def commands_in(self) -> list[str]:
-        return list(self.spec.commands_in) if self.spec is not None else list(self.commands)
+        """Command inputs: those the SPEC names, plus those wired in the graph for "*"."""
+        if self.spec is None:
+            return list(self.commands)
+        named = [c for c in self.spec.commands_in if c != WILDCARD]
+        return named + [c for c in self.commands if c not in named]
 
 
 @dataclass
@@ -139,10 +144,11 @@ class Graph:
         return f"ipc://{self.runtime_dir}/{name}"
 
     def output_address(self, node: str, output: str) -> str:
-        return self._ipc(_short_hash(f"out:{node}/{output}"))
+        return short_ipc_address(self.runtime_dir, self.name, node, output)
 
     def command_address(self, node: str, command_input: str) -> str:
-        return self._ipc(_short_hash(f"cmd:{node}/{command_input}"))
+        # "!" cannot start a port name, so a command input never shares an output's address
+        return short_ipc_address(self.runtime_dir, self.name, node, "!" + command_input)
 
     @property
     def supervisor_address(self) -> str:
@@ -162,7 +168,7 @@ class Graph:
 
     @property
     def journal_path(self) -> Path:
-        return self.state_dir / "journal.sqlite"
+        return self.state_dir / JOURNAL_FILE
 
     def topics(self) -> dict[str, str]:
         """Every topic of the graph -> the address its publisher listens on."""
@@ -202,10 +208,7 @@ class Graph:
             "kind": n.kind,
             "target": n.target,
             "params": n.params,
-            "inputs": {
-                name: {"address": self.output_address(w.node, w.output), "topic": w.topic, "queue": w.queue}
-                for name, w in n.inputs.items()
-            },
+            "inputs": {name: self._input_endpoint(w) for name, w in n.inputs.items()},
             "outputs": {
                 o: {"address": self.output_address(n.id, o), "topic": f"{n.id}/{o}"} for o in n.outputs
             },
@@ -218,6 +221,13 @@ class Graph:
             "state_dir": str(self.state_dir),
             "log_level": log_level,
         }
+
+
+    def _input_endpoint(self, w: Wire) -> dict[str, Any]:
+        ep = {"address": self.output_address(w.node, w.output), "topic": w.topic}
+        if w.queue is not None:   # else the node's own default depth
+            ep["queue"] = w.queue
+        return ep
 
 
 class GraphError(Exception):
@@ -256,12 +266,12 @@ def load_graph(
 ) -> Graph:
     """Read and validate a graph file; raise GraphError with every problem found.
 
-    `spec_loader(target) -> NodeSpec` defaults to `iotrt.node.load_spec`.
+    `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`.
     """
     path = Path(path)
     environ = os.environ if environ is None else environ
     if spec_loader is None:
-        from iotrt.node import load_spec as spec_loader
+        from iotrt.spec import load_spec as spec_loader
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -324,14 +334,10 @@ class _GraphReader:
         return p if p.is_absolute() else (self.path.parent / p).resolve()
 
     def _check_ipc_length(self, runtime_dir: Path, where) -> None:
-        longest = f"{runtime_dir}/{_short_hash('x')}"
-        if len(longest.encode()) > IPC_PATH_MAX:
-            self.check.error(
-                where,
-                f"the runtime folder '{runtime_dir}' is too long for ipc sockets "
-                f"({len(longest.encode())} > {IPC_PATH_MAX} bytes with a socket name); "
-                "set a shorter 'runtime_dir' (or IOTRT_RUNTIME_DIR)",
-            )
+        try:   # every socket name has the same length, so one check covers them all
+            check_address(short_ipc_address(runtime_dir, "", "", ""))
+        except AddressError as exc:
+            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or IOTRT_RUNTIME_DIR)")
 
     def _policy(self, node) -> Policy:
         c = self.check
@@ -439,7 +445,8 @@ class _GraphReader:
         return n
 
     def _target(self, m, item, what: str) -> tuple[str | None, str | None, Any]:
-        """(kind, target, spec) from `kind:` or `run:`; spec is None when it cannot be read."""
+        """(kind, target, spec) from `kind:` or `run:`; spec is None when it cannot be read
+        (target None too when the kind or path itself is wrong)."""
         from iotrt.nodes import NODES
 
         c = self.check
@@ -475,39 +482,43 @@ class _GraphReader:
                 c.error(node, f"{what}: run: '{run}' is neither 'package.module:function' nor a .py file")
                 return None, None, None
         if target not in self.specs:
+            self.specs[target] = INVALID
             try:
                 self.specs[target] = self.spec_loader(target)
-            except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to see
-                c.error(node, f"{what}: cannot load '{target}': {type(exc).__name__}: {exc}")
-                self.specs[target] = INVALID
+            except SpecError as exc:
+                c.error(node, f"{what}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a node module failing at import is the user's to see
+                c.error(node, f"{what}: importing '{target}' failed: {type(exc).__name__}: {exc}")
         spec = self.specs[target]
         return kind, target, (None if spec is INVALID else spec)
 
     def _outputs(self, m, spec, what: str) -> list[str]:
-        declared = list(spec.outputs) if spec is not None else []
+        """The SPEC's outputs; a SPEC with the output "*" takes its names from `outputs:`."""
+        c = self.check
+        declared = [] if spec is None else [o for o in spec.outputs if o != WILDCARD]
+        open_ended = spec is None or WILDCARD in spec.outputs
         if "outputs" not in m:
             return declared
-        c = self.check
         items = c.sequence(m["outputs"][1], f"{what}: outputs")
-        names = []
+        names = list(declared)
         for item in [] if items is INVALID else items:
             name = c.text(item, f"{what}: outputs")
             if name is INVALID:
                 continue
-            if spec is not None and name not in declared:
+            if not open_ended and name not in declared:
                 c.error(item, f"{what}: output '{name}' is not one of the node's outputs "
                               f"({', '.join(declared) or 'none'}){suggest(name, declared)}")
+            elif not _PORT_RE.match(name):
+                c.error(item, f"{what}: output name '{name}': use letters, digits, _ and -")
             elif name not in names:
                 names.append(name)
-        return names if spec is None else declared
+        return names
 
     def _params(self, node, spec, what: str, item) -> dict[str, Any]:
         c = self.check
         given = {} if node is None else c.mapping(node[1], f"{what}: params")
-        if given is INVALID:
-            given = {}
-        if spec is None:   # unknown kind or a script without SPEC: take the values as written
-            return {k: c.value(v, object, f"{what}: params.{k}") for k, (_, v) in given.items()}
+        if given is INVALID or spec is None:   # spec None: the target is already reported
+            return {}
         declared = {p.name: p for p in spec.params}
         params: dict[str, Any] = {}
         for key, (knode, vnode) in given.items():
@@ -516,21 +527,26 @@ class _GraphReader:
                                f"params: {', '.join(declared) or 'none'}")
                 continue
             p = declared[key]
+            if p.default is None and vnode.tag == NULL_TAG:
+                params[key] = None     # the SPEC allows "empty" for this param
+                continue
             value = c.value(vnode, p.type, f"{what}: params.{key}")
             if value is INVALID:
                 continue
-            choices = getattr(p, "choices", None)
-            if choices and value not in choices:
-                c.error(vnode, f"{what}: params.{key}: '{value}' is not one of "
-                               f"{', '.join(map(str, choices))}{suggest(value, choices)}")
+            problem = p.problem(value)   # choices, min, max
+            if problem:
+                c.error(vnode, f"{what}: params.{key} {problem}"
+                               f"{suggest(value, p.choices) if p.choices else ''}")
                 continue
             params[key] = value
         for name, p in declared.items():
-            if name not in params and name not in given:
-                if _is_required(p):
-                    c.error(item, f"{what}: missing required param '{name}' ({p.doc})")
-                else:
-                    params[name] = p.default
+            if name in given:
+                continue
+            if p.default is REQUIRED:
+                c.error(item, f"{what}: missing required param '{name}'" + (f" ({p.doc})" if p.doc else ""))
+            else:   # a copy, so a node cannot change its SPEC's default through params
+                d = p.default
+                params[name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
         return params
 
     def _wire(self, node, what: str) -> Wire | None:
@@ -549,7 +565,7 @@ class _GraphReader:
         m = c.mapping(node, f"{what}: inputs")
         out: dict[str, Wire] = {}
         for name, (knode, v) in ({} if m is INVALID else m).items():
-            if spec is not None and name not in spec.inputs:
+            if spec is not None and not spec.has_port("inputs", name):
                 c.error(knode, f"{what}: unknown input '{name}'{suggest(name, spec.inputs)}; "
                                f"inputs: {', '.join(spec.inputs) or 'none'}")
                 continue
@@ -577,7 +593,7 @@ class _GraphReader:
         m = c.mapping(node, f"{what}: commands")
         out: dict[str, list[Wire]] = {}
         for name, (knode, v) in ({} if m is INVALID else m).items():
-            if spec is not None and name not in spec.commands_in:
+            if spec is not None and not spec.has_port("commands_in", name):
                 c.error(knode, f"{what}: unknown command input '{name}'{suggest(name, spec.commands_in)}; "
                                f"command inputs: {', '.join(spec.commands_in) or 'none'}")
                 continue
@@ -634,14 +650,14 @@ class _GraphReader:
             c.error(wire.line, f"{what}: no node '{wire.node}'{suggest(wire.node, nodes)}")
             return False
         src = nodes[wire.node]
-        if src.spec is None and not src.target:
+        if src.spec is None:
             return True   # its kind or run target is already reported as wrong
         if attr == "outputs":
             names = src.outputs
-        elif src.spec is not None:
-            names = list(src.spec.commands_out)
+        elif src.spec.has_port("commands_out", wire.output):
+            return True    # named, or "*": any command output the graph wires
         else:
-            return True   # a script without SPEC: its command outputs are not declared
+            names = list(src.spec.commands_out)
         if wire.output not in names:
             label = "output" if attr == "outputs" else "command output"
             c.error(wire.line, f"{what}: node '{wire.node}' has no {label} '{wire.output}'"
@@ -652,14 +668,6 @@ class _GraphReader:
 
 def _ok(value, default):
     return default if value is INVALID else value
-
-
-def _is_required(param) -> bool:
-    return getattr(param, "required", False)
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.blake2s(text.encode(), digest_size=5).hexdigest()
 
 
 def _strongly_connected(deps: dict[str, set[str]]) -> dict[str, int]:

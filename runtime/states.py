@@ -194,7 +194,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
         how = _describe_exit(event.returncode)
         if s == State.STOPPING and not n.wanted:
             # STOPPING -> STOPPED
-            _enter(n, State.STOPPED, now, f"stopped ({how})")
+            _enter(n, State.STOPPED, now, how)
             n.deadline = None
             return []
         if s == State.STOPPING:
