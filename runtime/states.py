@@ -198,8 +198,8 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             n.deadline = None
             return []
         if s == State.STOPPING:
-            # STOPPING -> BACKOFF or FAILED (we killed it for hanging; n.reason says why)
-            return _after_failure(n, now, n.reason)
+            # STOPPING -> BACKOFF or FAILED (stopped for hanging; n.reason says why)
+            return _after_failure(n, now, f"{n.reason}, {how}")
         failed = event.returncode != 0
         if not failed and n.restart != "always":
             # STARTING/RUNNING -> EXITED (a clean exit that the policy does not restart)
