@@ -397,7 +397,7 @@ class _GraphReader:
 
     def _node(self, item, policy: Policy) -> NodeDef | None:
         c = self.check
-        m = c.mapping(item, "node", NODE_KEYS)
+        m = c.mapping(item, _node_label(item), NODE_KEYS)
         if m is INVALID:
             return None
         if "id" not in m:
@@ -664,6 +664,15 @@ class _GraphReader:
                                f"{suggest(wire.output, names)}; it has: {', '.join(names) or 'none'}")
             return False
         return True
+
+
+def _node_label(item) -> str:
+    """"node 'cam'" for messages about a node entry, before its keys are checked."""
+    if isinstance(item, MappingNode):
+        for key, value in item.value:
+            if getattr(key, "value", None) == "id" and isinstance(getattr(value, "value", None), str):
+                return f"node '{value.value}'"
+    return "node"
 
 
 def _ok(value, default):

@@ -147,8 +147,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
         n.wanted = True
         if s in (State.STOPPED, State.EXITED, State.FAILED):
             # STOPPED/EXITED/FAILED -> STARTING
-            n.failures = 0
-            n.down_since = now if n.down_since is None else n.down_since
+            n.failures = 0    # the first start is governed by start_timeout_s, not down_since
             return _start(n, now, "started")
         return []
 
