@@ -1,0 +1,146 @@
+"""The model compiler: front end -> IR -> passes -> memory plan -> artifact.
+
+```python
+from iotrt.compiler import compile_model
+report = compile_model("face.tflite", "face.iotm", progress=print)
+```
+
+Everything here but the front ends needs only numpy (the device can read artifacts without the
+`onnx` package); front ends are imported when a model of their format is compiled.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from iotrt import __version__
+from iotrt.compiler import artifact as artifact_io
+from iotrt.compiler.frontends import FRONTENDS, frontend_for
+from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
+from iotrt.compiler.memory import plan_memory
+from iotrt.compiler.passes import PIPELINE
+
+__all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
+
+TARGETS = ("auto", "numpy", "opencv", "onnxruntime")
+
+
+@dataclass
+class CompileReport:
+    """What `compile_model` produced (also printed by `iotrt compile`)."""
+
+    path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    ops: int
+    op_counts: dict[str, int]
+    params: int
+    peak_activation_bytes: int
+    file_bytes: int
+    seconds: float
+    pass_log: list[str] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
+    from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
+
+    meta: dict = {}
+    first = graph.inputs[0] if graph.inputs else None
+    if first is not None and len(first.shape) == 4:
+        meta["layout"] = "NHWC" if fmt == "tflite" else "NCHW"
+    meta.update(PREPROCESSING.get(sha, {}))
+    return meta
+
+
+def compile_graph(graph: Graph, progress: Callable[[str], None] | None = None) -> tuple[Graph, list[str]]:
+    """Run the pass pipeline; returns the optimised graph and one log line per pass."""
+    log = []
+    for name, fn in PIPELINE:
+        t0 = time.perf_counter()
+        before = len(graph.nodes)
+        graph = fn(graph)
+        line = f"{name}: {before} -> {len(graph.nodes)} ops ({(time.perf_counter() - t0) * 1e3:.0f} ms)"
+        log.append(line)
+        if progress:
+            progress(line)
+    return graph, log
+
+
+def compile_model(
+    src_path: str | Path,
+    out_path: str | Path,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    target: str = "auto",
+    quantize: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    meta: dict | None = None,
+    constants: dict | None = None,
+) -> CompileReport:
+    """Compile an ONNX or TFLite model into one artifact file.
+
+    input_shapes: name -> static shape, for inputs whose shape the model leaves open.
+    target: the backend the artifact prefers ("auto" decides on the device).
+    quantize: None (int8 weights are not implemented yet).
+    progress: called with one human-readable line per stage.
+    meta: preprocessing metadata to record (merged over what is known about the model).
+    constants: name -> array, graph inputs to bake in as constants (e.g. a shape tensor).
+    """
+    t0 = time.perf_counter()
+    src = Path(src_path)
+    if not src.is_file():
+        raise CompileError(f"{src}: no such model file")
+    if target not in TARGETS:
+        raise CompileError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    if quantize is not None:
+        raise CompileError(f"quantize={quantize!r} is not supported yet (only float weights)")
+    frontend = frontend_for(src)
+    fmt = FRONTENDS[src.suffix.lower()][1]
+    say = progress or (lambda line: None)
+    say(f"reading {src.name} ({fmt})")
+    graph = frontend.load(src, input_shapes or {})
+    if constants:
+        graph = _bake(graph, constants)
+    say(f"front end: {len(graph.nodes)} ops, {len(graph.consts)} constant tensors")
+    graph, log = compile_graph(graph, say)
+    memory = plan_memory(graph)
+    say(f"memory plan: {memory.arena_bytes / 1e6:.2f} MB of activations")
+    sha = _sha256(src)
+    op_counts = dict(collections.Counter(n.op.value for n in graph.nodes))
+    stats = {"ops": len(graph.nodes), "op_counts": op_counts, "params": graph.param_count(),
+             "peak_activation_bytes": memory.arena_bytes}
+    art = artifact_io.Artifact(
+        graph=graph, memory=memory, inputs=list(graph.inputs), outputs=graph.output_specs(),
+        meta={**_default_meta(graph, fmt, sha), **(meta or {}), "target": target},
+        source={"name": src.name, "format": fmt, "sha256": sha},
+        compiler_version=__version__, stats=stats,
+    )
+    size = artifact_io.write(art, out_path)
+    say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
+    return CompileReport(Path(out_path), art.inputs, art.outputs, len(graph.nodes), op_counts,
+                         stats["params"], memory.arena_bytes, size, time.perf_counter() - t0, log)
+
+
+def _bake(graph: Graph, constants: dict) -> Graph:
+    import numpy as np
+
+    names = {s.name for s in graph.inputs}
+    unknown = set(constants) - names
+    if unknown:
+        raise CompileError(f"constants given for unknown inputs {sorted(unknown)}")
+    consts = dict(graph.consts)
+    consts.update({k: np.ascontiguousarray(v) for k, v in constants.items()})
+    inputs = [s for s in graph.inputs if s.name not in constants]
+    return Graph(graph.nodes, inputs, graph.outputs, consts)

@@ -1,0 +1,307 @@
+"""Engine benchmark: every iotrt backend against the frameworks it competes with.
+
+    python bench/engine.py [--threads 1] [--models blazeface,light_squeezenet,...] [--json out.json]
+
+For BlazeFace (.tflite) and the four light_* ONNX models (weights re-drawn at random, batch 1) it
+measures, each in its own fresh subprocess (peak RSS only ever rises within a process):
+
+- iotrt numpy / opencv / onnxruntime / auto on the compiled artifact;
+- onnxruntime on the source ONNX model, LiteRT on the source .tflite, raw cv2.dnn on the source;
+
+and prints p50 latency, peak RSS and the ratios the project targets. Every subprocess runs with a
+fixed thread count (--threads) and with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed from its
+environment: this machine sets them for old OpenBLAS builds, and they halve numpy's GEMM speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402  (bench/models.py, beside this script)
+
+BACKENDS = ("numpy", "opencv", "onnxruntime", "auto")
+UNSET_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------
+# Child side: load one thing, time it, print one JSON line. Imports only what it measures.
+
+
+def _make_runner(kind: str, path: str, shape: tuple[int, ...] | None, threads: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if kind.startswith("iotrt:"):
+        from iotrt.engine import load
+
+        model = load(path, backend=kind.split(":", 1)[1])
+        feeds = {s.name: rng.uniform(-1, 1, s.shape).astype(s.dtype) for s in model.inputs}
+        info = {"backend": getattr(model, "backend", kind)}
+        return (lambda: model.run(feeds)), info
+    if kind == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feeds = {
+            i.name: rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in i.shape]).astype(
+                np.float32
+            )
+            for i in sess.get_inputs()
+        }
+        return (lambda: sess.run(None, feeds)), {}
+    if kind == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        detail = interp.get_input_details()[0]
+        x = rng.uniform(-1, 1, detail["shape"]).astype(np.float32)
+        outs = [o["index"] for o in interp.get_output_details()]
+
+        def run():
+            interp.set_tensor(detail["index"], x)
+            interp.invoke()
+            return [interp.get_tensor(i) for i in outs]
+
+        return run, {}
+    if kind == "cv2.dnn":
+        import cv2
+
+        cv2.setNumThreads(threads)
+        if path.endswith(".tflite"):
+            # OpenCV 5's new engine drops BlazeFace's second output; its TFLite reader wants NCHW.
+            net = cv2.dnn.readNet(path, engine=cv2.dnn.ENGINE_CLASSIC)
+            n, h, w, c = shape
+            x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+        else:
+            net = cv2.dnn.readNetFromONNX(path)
+            x = rng.uniform(-1, 1, shape).astype(np.float32)
+        names = net.getUnconnectedOutLayersNames()
+
+        def run():
+            net.setInput(x)
+            return net.forward(names)
+
+        return run, {}
+    raise ValueError(f"unknown runner kind {kind!r}")
+
+
+def child(args: argparse.Namespace) -> int:
+    import resource
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
+    run, info = _make_runner(args.kind, args.path, shape, args.threads)
+    run()  # first call: lazy allocations, plan warm-up
+    load_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        run()
+    times = []
+    start = time.perf_counter()
+    while len(times) < args.max_iters and (
+        len(times) < args.min_iters or time.perf_counter() - start < args.min_seconds
+    ):
+        t = time.perf_counter_ns()
+        run()
+        times.append((time.perf_counter_ns() - t) / 1e6)
+    info.update(
+        p50_ms=float(np.median(times)),
+        p90_ms=float(np.percentile(times, 90)),
+        iters=len(times),
+        load_s=load_s,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = sorted(
+            {f"{p['internal_api']}:{p.get('architecture', '?')}x{p['num_threads']}" for p in threadpool_info()}
+        )
+    except ImportError:
+        pass
+    print(json.dumps(info))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side: prepare models, spawn one child per measurement, print the table.
+
+
+@dataclass
+class Case:
+    name: str
+    source: Path  # .onnx (random weights) or .tflite
+    shape: tuple[int, ...]
+    artifact: Path | None = None
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def measure(kind: str, path: Path, shape, args) -> dict:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--child", kind, "--path", str(path),
+        "--threads", str(args.threads), "--min-iters", str(args.min_iters),
+        "--min-seconds", str(args.min_seconds), "--max-iters", str(args.max_iters),
+        "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    if shape:
+        cmd += ["--shape", ",".join(map(str, shape))]
+    proc = subprocess.run(
+        cmd, env=child_env(args.threads), capture_output=True, text=True, timeout=args.timeout
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {err}"}
+    return json.loads(lines[-1])
+
+
+def prepare(names: list[str], work: Path, args) -> list[Case]:
+    cases = []
+    for name in names:
+        if name == "blazeface":
+            if not models.BLAZEFACE.exists():
+                print(f"skip blazeface: {models.BLAZEFACE} missing", file=sys.stderr)
+                continue
+            cases.append(Case(name, models.BLAZEFACE, (1, 128, 128, 3)))
+        else:
+            src = models.random_weights(models.light_model_path(name), work / f"{name}.onnx")
+            (shape,) = models.onnx_inputs(src).values()
+            cases.append(Case(name, src, shape))
+    try:
+        from iotrt.compiler import compile_model
+    except ImportError as exc:
+        print(f"note: iotrt compiler unavailable ({exc}); measuring the frameworks only")
+        return cases
+    for case in cases:
+        out = work / f"{case.name}.iotm"
+        print(f"  compiling {case.name} ...", flush=True)
+        try:
+            compile_model(case.source, out)
+            case.artifact = out
+        except Exception as exc:  # noqa: BLE001  a model the compiler rejects is reported, not fatal
+            print(f"  compile {case.name} failed: {type(exc).__name__}: {exc}")
+    return cases
+
+
+def runs_for(case: Case) -> list[tuple[str, str, Path]]:
+    """(label, child kind, path) for every measurement of one model."""
+    runs = []
+    if case.artifact is not None:
+        runs += [(f"iotrt {b}", f"iotrt:{b}", case.artifact) for b in BACKENDS]
+    if case.source.suffix == ".onnx":
+        runs.append(("onnxruntime (source .onnx)", "onnxruntime", case.source))
+    else:
+        runs.append(("LiteRT (source .tflite)", "litert", case.source))
+    runs.append(("cv2.dnn (source)", "cv2.dnn", case.source))
+    return runs
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def report(case: Case, results: dict[str, dict]) -> list[str]:
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    raw = {k: v for k, v in ok.items() if not k.startswith("iotrt")}
+    best_raw = min(raw.items(), key=lambda kv: kv[1]["p50_ms"]) if raw else None
+    ort = ok.get("onnxruntime (source .onnx)")
+    print(f"\n{case.name} {case.shape}")
+    print(f"  {'runner':30s} {'p50 ms':>9s} {'p90 ms':>9s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
+    for label, r in results.items():
+        if "error" in r:
+            print(f"  {label:30s} {'error':>9s}  {r['error']}")
+            continue
+        ratio = r["p50_ms"] / best_raw[1]["p50_ms"] if best_raw else None
+        note = f"chose {r['backend']}" if label == "iotrt auto" else ""
+        if "blas" in r and label == "iotrt numpy":
+            note = ",".join(r["blas"])
+        print(
+            f"  {label:30s} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['peak_rss_mb']:12.1f}"
+            f" {fmt_ratio(ratio):>12s}  {note}"
+        )
+    lines = []
+    num, auto = ok.get("iotrt numpy"), ok.get("iotrt auto")
+    if num and ort:
+        r = num["p50_ms"] / ort["p50_ms"]
+        target = " (target <= 3x)" if case.name in ("light_squeezenet", "light_resnet50") else ""
+        lines.append(f"{case.name}: numpy / onnxruntime latency = {r:.2f}x{target}")
+        rss = num["peak_rss_mb"] / ort["peak_rss_mb"]
+        lines.append(f"{case.name}: numpy / onnxruntime peak RSS = {rss:.2f}x (target < 1x)")
+    if auto and best_raw:
+        r = auto["p50_ms"] / best_raw[1]["p50_ms"]
+        lines.append(f"{case.name}: auto / best raw ({best_raw[0]}) = {r:.2f}x (target <= 1.1x)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="blazeface," + ",".join(models.LIGHT),
+                   help="comma-separated: blazeface and/or light_* names")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="threads for every runner (default 1)")
+    p.add_argument("--min-iters", type=int, default=20)
+    p.add_argument("--min-seconds", type=float, default=1.5)
+    p.add_argument("--max-iters", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
+    p.add_argument("--json", type=Path, help="also write all figures to this file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.kind = args.child
+        return child(args)
+
+    unset = ", ".join(f"{k}={os.environ[k]!r}" for k in UNSET_ENV if k in os.environ) or "not set"
+    print(
+        f"engine benchmark: batch 1, {args.threads} thread(s) per runner, each measurement in a "
+        f"fresh subprocess.\nOPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
+        f"subprocesses (here: {unset}); tests and CI keep them."
+    )
+    summary: list[str] = []
+    everything: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as tmp:
+        cases = prepare(args.models.split(","), Path(tmp), args)
+        for case in cases:
+            results: dict[str, dict] = {}
+            for label, kind, path in runs_for(case):
+                if kind == "iotrt:auto":
+                    # First load on the "device" measures and caches the choice; what a node sees
+                    # from then on is the cached choice, which is what the second run measures.
+                    print(f"  {case.name}: auto first load (autotune) ...", flush=True)
+                    measure(kind, path, case.shape, args)
+                print(f"  {case.name}: {label} ...", flush=True)
+                results[label] = measure(kind, path, case.shape, args)
+            everything[case.name] = results
+            summary += report(case, results)
+    print("\nratios")
+    for line in summary:
+        print("  " + line)
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`iotrt compile MODEL -o OUT`: compile an ONNX or TFLite model into an artifact."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from iotrt.compiler import CompileError, compile_model
+from iotrt.compiler.ir import UnsupportedOpError
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not NAME=DIMS with positive dims, e.g. input=1x3x224x224")
+    return name, shape
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="source model: .onnx or .tflite")
+    p.add_argument("-o", "--output", type=Path,
+                   help="artifact to write (default: MODEL with the suffix .iotm)")
+    p.add_argument("--input-shape", type=_shape, action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape of an input, e.g. data=1x3x224x224 (repeatable); needed "
+                        "when the model leaves a dimension open")
+    p.add_argument("--target", default="auto", choices=["auto", "numpy", "opencv", "onnxruntime"],
+                   help="backend the artifact prefers; 'auto' measures on the device (default)")
+    p.add_argument("--mean", type=_floats, help="per-channel mean subtracted from pixels, "
+                   "recorded as preprocessing metadata, e.g. 127.5,127.5,127.5")
+    p.add_argument("--std", type=_floats, help="per-channel divisor applied after the mean")
+    p.add_argument("--color", choices=["RGB", "BGR"], help="channel order the model expects")
+    p.add_argument("--check", action="store_true",
+                   help="run the artifact and the source model (onnxruntime or LiteRT) on the same "
+                        "random inputs and print the max error per output")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="max abs error --check accepts (default 1e-3)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.output or args.model.with_suffix(".iotm")
+    meta = {k: v for k, v in (("mean", args.mean), ("std", args.std), ("color", args.color))
+            if v is not None}
+    say = (lambda line: None) if args.quiet else (lambda line: print(f"  {line}", flush=True))
+    try:
+        report = compile_model(args.model, out, input_shapes=dict(args.input_shape),
+                               target=args.target, progress=say, meta=meta)
+    except UnsupportedOpError as exc:
+        print(f"iotrt compile: {exc}", file=sys.stderr)
+        return 1
+    except CompileError as exc:
+        print(f"iotrt compile: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"compiled {args.model} -> {report.path} in {report.seconds:.2f} s")
+        for spec in report.inputs:
+            print(f"  input  {spec.name}: {'x'.join(map(str, spec.shape))} {spec.dtype}")
+        for spec in report.outputs:
+            print(f"  output {spec.name}: {'x'.join(map(str, spec.shape))} {spec.dtype}")
+        counts = ", ".join(f"{op} {n}" for op, n in sorted(report.op_counts.items(), key=lambda kv: -kv[1]))
+        print(f"  ops: {report.ops} ({counts})")
+        print(f"  params: {report.params:,}")
+        print(f"  peak activation bytes: {report.peak_activation_bytes:,}")
+        print(f"  artifact size: {report.file_bytes:,} bytes")
+    if args.check:
+        return _check(args, report.path)
+    return 0
+
+
+def _check(args: argparse.Namespace, path: Path) -> int:
+    from iotrt.compiler.artifact import read
+    from iotrt.compiler.check import ReferenceUnavailable, check
+    from iotrt.engine import load
+
+    art = read(path)
+    try:
+        result = check(art, args.model, load(art, backend="numpy"))
+    except ReferenceUnavailable as exc:
+        print(f"iotrt compile --check: {exc}", file=sys.stderr)
+        return 1
+    worst = 0.0
+    print(f"check against {result.reference} (random inputs, numpy backend):")
+    for name, err in result.max_abs_error.items():
+        worst = max(worst, err)
+        print(f"  {name}: max abs error {err:.3g} (max |value| {result.max_abs_value[name]:.3g})")
+    if worst > args.tolerance:
+        print(f"iotrt compile --check: error {worst:.3g} exceeds --tolerance {args.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    print("  ok")
+    return 0

@@ -1,0 +1,142 @@
+"""The compiler's intermediate representation: a closed op set over NCHW tensors.
+
+A `Graph` is a topologically ordered list of immutable `Node`s plus the constants they read.
+Front ends translate a source model into this IR (converting layouts where the source differs,
+e.g. TFLite's NHWC), passes rewrite it, and the artifact stores it. Every tensor is named by a
+string; a name is either a graph input, a constant, or the output of exactly one node.
+
+The op semantics are ONNX's (the attribute names too), restricted to what the engines implement;
+the reference implementation of each op is `iotrt.engine.kernels`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+
+class Op(str, enum.Enum):
+    """Every operation the IR can express. Values are the ONNX op names."""
+
+    ADD = "Add"
+    AVERAGE_POOL = "AveragePool"
+    BATCH_NORM = "BatchNormalization"
+    CAST = "Cast"
+    CLIP = "Clip"
+    CONCAT = "Concat"
+    CONSTANT_OF_SHAPE = "ConstantOfShape"
+    CONV = "Conv"
+    DEQUANTIZE = "Dequantize"  # fp16 -> fp32 weights (TFLite); always folded away
+    DIV = "Div"
+    FLATTEN = "Flatten"
+    GATHER = "Gather"
+    GEMM = "Gemm"
+    GLOBAL_AVERAGE_POOL = "GlobalAveragePool"
+    GLOBAL_MAX_POOL = "GlobalMaxPool"
+    IDENTITY = "Identity"
+    LEAKY_RELU = "LeakyRelu"
+    LRN = "LRN"
+    MATMUL = "MatMul"
+    MAX_POOL = "MaxPool"
+    MUL = "Mul"
+    PAD = "Pad"
+    PRELU = "PRelu"
+    RELU = "Relu"
+    RESHAPE = "Reshape"
+    RESIZE = "Resize"
+    SHAPE = "Shape"
+    SIGMOID = "Sigmoid"
+    SOFTMAX = "Softmax"
+    SQUEEZE = "Squeeze"
+    SUB = "Sub"
+    SUM = "Sum"
+    TANH = "Tanh"
+    TRANSPOSE = "Transpose"
+    UNSQUEEZE = "Unsqueeze"
+
+
+# Ops whose output is the input's bytes under another shape: the memory plan makes them views.
+VIEW_OPS = frozenset({Op.RESHAPE, Op.FLATTEN, Op.SQUEEZE, Op.UNSQUEEZE, Op.IDENTITY})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and dtype (a numpy dtype name) of a graph input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], tuple(int(s) for s in d["shape"]), d["dtype"])
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation. `attrs` holds plain values (ints, floats, strings, lists of them).
+
+    `name` is the source model's node name (or a generated one), kept for error messages.
+    """
+
+    op: Op
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def with_(self, **changes: Any) -> Node:
+        return replace(self, **changes)
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, the constants they read, and the graph's interface.
+
+    `shapes`/`dtypes` are filled by `passes.infer_shapes` for every tensor name.
+    """
+
+    nodes: list[Node]
+    inputs: list[TensorSpec]
+    outputs: list[str]
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+    def producers(self) -> dict[str, Node]:
+        return {out: n for n in self.nodes for out in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    users.setdefault(i, []).append(n)
+        return users
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(o, self.shapes[o], self.dtypes[o]) for o in self.outputs]
+
+    def param_count(self) -> int:
+        return int(sum(c.size for c in self.consts.values()))
+
+
+class CompileError(Exception):
+    """The source model cannot be compiled; the message says which node and why."""
+
+
+class UnsupportedOpError(CompileError):
+    """The source model uses an op this compiler does not implement."""
+
+    def __init__(self, op: str, node: str, supported: list[str], source: str = ""):
+        self.op, self.node = op, node
+        where = f" in {source}" if source else ""
+        super().__init__(
+            f"unsupported op '{op}' (node '{node}'){where}; supported ops: {', '.join(supported)}"
+        )

@@ -1,0 +1,136 @@
+"""Static memory plan: every activation gets a fixed byte offset in one arena.
+
+Tensors whose lifetimes do not overlap share bytes (first-fit over a free list). Two kinds of
+tensors take no bytes of their own:
+- the output of a view op (Reshape, Flatten, Squeeze, Unsqueeze, Identity) is its input's bytes;
+- an input of a Concat along an axis with only size-1 axes before it is a contiguous slice of
+  the Concat's output, so the op producing it writes there directly and the Concat is free.
+The engine recognises both by comparing offsets, so the plan is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from iotrt.compiler.ir import VIEW_OPS, Graph, Op
+
+ALIGN = 64
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    offsets: dict[str, int]     # activation name -> byte offset in the arena
+    arena_bytes: int            # peak activation bytes
+
+    def to_dict(self) -> dict:
+        return {"arena_bytes": self.arena_bytes, "offsets": self.offsets}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MemoryPlan:
+        return cls({k: int(v) for k, v in d["offsets"].items()}, int(d["arena_bytes"]))
+
+
+def _nbytes(g: Graph, name: str) -> int:
+    return math.prod(g.shapes[name]) * np.dtype(g.dtypes[name]).itemsize
+
+
+def plan_memory(g: Graph) -> MemoryPlan:
+    producers = g.producers()
+    # parent[t] = (storage tensor, byte offset inside it): aliases resolved to their root
+    parent: dict[str, tuple[str, int]] = {}
+    inputs = {s.name for s in g.inputs}
+
+    def root(name: str) -> tuple[str, int]:
+        off = 0
+        while name in parent:
+            name, delta = parent[name]
+            off += delta
+        return name, off
+
+    aliased: set[str] = set()
+    for node in g.nodes:
+        if node.op in VIEW_OPS and node.inputs[0] not in g.consts:
+            parent[node.outputs[0]] = (node.inputs[0], 0)
+        elif node.op is Op.CONCAT and "activation" not in node.attrs:
+            out = node.outputs[0]
+            shape = g.shapes[out]
+            axis = node.attrs["axis"] % len(shape)
+            if math.prod(shape[:axis]) != 1:
+                continue
+            off = 0
+            for name in node.inputs:
+                size = _nbytes(g, name)
+                src = producers.get(name)
+                if (src is not None and src.op not in VIEW_OPS and name not in aliased
+                        and name not in g.outputs and name not in inputs
+                        and node.inputs.count(name) == 1 and name not in parent
+                        and not any(p[0] == name for p in parent.values())):
+                    parent[name] = (out, off)
+                    aliased.add(name)
+                off += size
+
+    # lifetime of each storage root: [first step defined, last step used]
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for s in g.inputs:
+        first[s.name] = -1
+    for step, node in enumerate(g.nodes):
+        for name in node.inputs:
+            if name and name not in g.consts:
+                r = root(name)[0]
+                last[r] = max(last.get(r, step), step)
+        for name in node.outputs:
+            r = root(name)[0]
+            first[r] = min(first.get(r, step), step)
+            last.setdefault(r, step)
+    end = len(g.nodes)
+    for name in g.outputs:
+        if name not in g.consts:
+            last[root(name)[0]] = end
+
+    free: list[tuple[int, int]] = []  # (offset, size), sorted, merged
+    top = 0
+    offsets: dict[str, int] = {}
+    by_start: dict[int, list[str]] = {}
+    by_end: dict[int, list[str]] = {}
+    for r in first:
+        by_start.setdefault(first[r], []).append(r)
+        by_end.setdefault(last.get(r, first[r]), []).append(r)
+
+    def allocate(size: int) -> int:
+        nonlocal top
+        size = -(-size // ALIGN) * ALIGN
+        for i, (off, fsize) in enumerate(free):
+            if fsize >= size:
+                free[i:i + 1] = [(off + size, fsize - size)] if fsize > size else []
+                return off
+        off, top = top, top + size
+        return off
+
+    def release(off: int, size: int) -> None:
+        size = -(-size // ALIGN) * ALIGN
+        free.append((off, size))
+        free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        free[:] = merged
+
+    for step in range(-1, end + 1):
+        # allocate before freeing: an op never writes over its own inputs
+        for r in sorted(by_start.get(step, []), key=lambda n: -_nbytes(g, n)):
+            offsets[r] = allocate(_nbytes(g, r))
+        for r in by_end.get(step, []):
+            release(offsets[r], _nbytes(g, r))
+
+    names = set(first) | set(parent)
+    for name in names:
+        r, off = root(name)
+        offsets[name] = offsets[r] + off
+    return MemoryPlan(offsets, top)

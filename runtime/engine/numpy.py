@@ -1,0 +1,454 @@
+"""The numpy backend: runs an artifact's plan with preallocated buffers.
+
+At load, every node becomes a closure bound to fixed views of one activation arena (offsets from
+the artifact's memory plan) and to its prepared weights, so `run` is a flat loop over closures
+that allocates nothing for convolutions, pooling and elementwise ops in steady state (rare ops
+fall back to the reference kernels, which allocate).
+
+Convolution: a 1x1 stride-1 conv is one GEMM; a depthwise conv is a multiply-accumulate over
+the kernel's shifted slices; any other conv builds its im2col matrix from shifted slices into a
+scratch buffer shared by all convs (only the border strips that fall into padding are zeroed),
+then one `np.matmul(..., out=)` writes the output (often straight into a concat slice), and the
+bias and fused activation are applied in place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from iotrt.compiler.artifact import Artifact
+from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
+from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
+
+Step = Callable[[], None]
+
+
+class EngineError(RuntimeError):
+    """A node failed while running; the message names it."""
+
+
+class InputError(ValueError):
+    """The caller's inputs do not match the model's input specs."""
+
+
+class _Scratch:
+    """One buffer shared by every conv's im2col matrix; sized once all steps are built."""
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+        self.buf = np.empty(0, np.uint8)
+
+    def need(self, shape, dtype) -> None:
+        self.nbytes = max(self.nbytes, math.prod(shape) * np.dtype(dtype).itemsize)
+
+    def view(self, shape, dtype, at: int = 0) -> np.ndarray:
+        n = math.prod(shape) * np.dtype(dtype).itemsize
+        return self.buf[at:at + n].view(dtype).reshape(shape)
+
+
+def _activation(y: np.ndarray, attrs: dict) -> Callable[[], None] | None:
+    act = attrs.get("activation")
+    if act == "Relu":
+        return lambda: np.maximum(y, 0, out=y)
+    if act == "Clip":
+        lo, hi = attrs["act_min"], attrs["act_max"]
+        return lambda: np.clip(y, lo, hi, out=y)
+    if act == "LeakyRelu":
+        alpha = y.dtype.type(attrs["act_alpha"])
+        return lambda: np.maximum(y, y * alpha, out=y) if alpha <= 1 else np.minimum(y, y * alpha, out=y)
+    return None
+
+
+def _ranges(out_n: int, in_n: int, offset: int, stride: int) -> tuple[int, int]:
+    """Output index range [lo, hi) whose input index o*stride + offset lies in [0, in_n)."""
+    lo = max(0, -(-(-offset) // stride))
+    hi = min(out_n, (in_n - 1 - offset) // stride + 1) if in_n - 1 - offset >= 0 else 0
+    return lo, max(lo, hi)
+
+
+class NumpyModel:
+    backend = "numpy"
+
+    def __init__(self, art: Artifact):
+        self.artifact = art
+        self.inputs: list[TensorSpec] = art.inputs
+        self.outputs: list[TensorSpec] = art.outputs
+        self.meta = art.meta
+        g = art.graph
+        self._graph = g
+        self.arena = np.zeros(art.memory.arena_bytes, dtype=np.uint8)
+        self._offsets = art.memory.offsets
+        self._views: dict[str, np.ndarray] = {}
+        for name, off in self._offsets.items():
+            dtype = np.dtype(g.dtypes[name])
+            shape = g.shapes[name]
+            self._views[name] = self.arena[off:off + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+        self._scratch = _Scratch()
+        self._steps: list[tuple[Node, Step]] = []
+        for node in g.nodes:
+            builder = BUILDERS.get(node.op, _build_generic)
+            step = builder(self, node)
+            if step is not None:
+                self._steps.append((node, step))
+        self._scratch.buf = np.zeros(self._scratch.nbytes, dtype=np.uint8)
+
+    # -- helpers for builders ----------------------------------------------------------------
+
+    def t(self, name: str) -> np.ndarray | None:
+        if not name:
+            return None
+        if name in self._graph.consts:
+            return self._graph.consts[name]
+        return self._views[name]
+
+    def is_const(self, name: str) -> bool:
+        return name in self._graph.consts
+
+    def same_bytes(self, a: str, b: str) -> bool:
+        return a in self._offsets and b in self._offsets and self._offsets[a] == self._offsets[b]
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns fresh arrays (the arena is reused by the next call)."""
+        expected = {s.name for s in self.inputs}
+        unknown = set(feeds) - expected
+        if unknown:
+            raise InputError(f"unknown input(s) {sorted(unknown)}; the model's inputs are "
+                             f"{[s.name for s in self.inputs]}")
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise InputError(f"missing input '{spec.name}' {spec.shape} {spec.dtype}")
+            x = np.asarray(feeds[spec.name])
+            if tuple(x.shape) != spec.shape:
+                raise InputError(f"input '{spec.name}': shape {tuple(x.shape)}, the model was "
+                                 f"compiled for {spec.shape} (recompile with --input-shape)")
+            if x.dtype != np.dtype(spec.dtype):
+                raise InputError(f"input '{spec.name}': dtype {x.dtype}, expected {spec.dtype} "
+                                 f"(convert with x.astype(np.{spec.dtype}))")
+            if spec.name in self._views:
+                np.copyto(self._views[spec.name], x)
+        for node, step in self._steps:
+            try:
+                step()
+            except (KernelError, ValueError, FloatingPointError) as exc:
+                raise EngineError(f"{node.op.value} node '{node.name}': {exc}") from exc
+        out = {}
+        for spec in self.outputs:
+            src = self.t(spec.name)
+            if src is None and spec.name in feeds:
+                src = feeds[spec.name]
+            out[spec.name] = np.array(src, copy=True)
+        return out
+
+
+# ---- builders: node -> closure over fixed views ---------------------------------------------
+
+
+def _build_generic(m: NumpyModel, node: Node) -> Step:
+    kernel = KERNELS[node.op.value]
+    args = [m.t(i) for i in node.inputs]
+    outs = [m.t(o) for o in node.outputs]
+    attrs = node.attrs
+
+    def step() -> None:
+        for dst, res in zip(outs, kernel(args, attrs)):
+            np.copyto(dst, res)
+    return step
+
+
+def _build_view(m: NumpyModel, node: Node) -> Step | None:
+    if m.same_bytes(node.inputs[0], node.outputs[0]):
+        return None  # the memory plan made the output a view of the input
+    return _build_generic(m, node)
+
+
+def _build_concat(m: NumpyModel, node: Node) -> Step:
+    y = m.t(node.outputs[0])
+    axis = node.attrs["axis"] % y.ndim
+    copies = []
+    start = 0
+    for name in node.inputs:
+        x = m.t(name)
+        index = (slice(None),) * axis + (slice(start, start + x.shape[axis]),)
+        start += x.shape[axis]
+        dst = y[index]
+        aliased = (name in m._offsets and node.outputs[0] in m._offsets
+                   and dst.flags.c_contiguous
+                   and m._offsets[name] == m._offsets[node.outputs[0]] + (
+                       dst.__array_interface__["data"][0] - y.__array_interface__["data"][0]))
+        if not aliased:
+            copies.append((dst, x))
+    act = _activation(y, node.attrs)
+
+    def step() -> None:
+        for dst, x in copies:
+            np.copyto(dst, x)
+        if act:
+            act()
+    return step
+
+
+def _build_conv(m: NumpyModel, node: Node) -> Step:
+    x, w = m.t(node.inputs[0]), m.t(node.inputs[1])
+    b = m.t(node.inputs[2]) if len(node.inputs) > 2 else None
+    y = m.t(node.outputs[0])
+    if x.ndim != 4 or not m.is_const(node.inputs[1]) or (b is not None and not m.is_const(node.inputs[2])):
+        return _build_generic(m, node)
+    a = node.attrs
+    n, c, h, wd = x.shape
+    mo, cg, kh, kw = w.shape
+    group = int(a.get("group", 1))
+    sh, sw = a.get("strides") or [1, 1]
+    dh, dw = a.get("dilations") or [1, 1]
+    (pt, pl), _ = spatial_pads((h, wd), a, (kh, kw))
+    ho, wo = y.shape[2:]
+    dtype = x.dtype
+    shifts = []  # per kernel tap: (tap index, output window, input window, zero strips)
+    for i in range(kh):
+        for j in range(kw):
+            y0, y1 = _ranges(ho, h, i * dh - pt, sh)
+            x0, x1 = _ranges(wo, wd, j * dw - pl, sw)
+            iy = slice(y0 * sh + i * dh - pt, (y1 - 1) * sh + i * dh - pt + 1, sh) if y1 > y0 else slice(0, 0)
+            ix = slice(x0 * sw + j * dw - pl, (x1 - 1) * sw + j * dw - pl + 1, sw) if x1 > x0 else slice(0, 0)
+            strips = [(slice(0, y0), slice(None)), (slice(y1, None), slice(None)),
+                      (slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, None))]
+            strips = [s for s in strips if _nonempty(s, ho, wo)]
+            shifts.append((i * kw + j, (slice(y0, y1), slice(x0, x1)), (iy, ix), strips))
+    bias = None if b is None else b.reshape(mo, 1).astype(dtype)
+    yflat = y.reshape(n, mo, ho * wo)
+    act = _activation(y, a)
+
+    def finish() -> None:
+        if bias is not None:
+            np.add(yflat, bias, out=yflat)
+        if act:
+            act()
+
+    if group == c and mo == c and cg == 1:  # depthwise
+        taps = [np.ascontiguousarray(w[:, 0, t // kw, t % kw]).reshape(c, 1, 1) for t in range(kh * kw)]
+        m._scratch.need((c, ho, wo), dtype)
+        full = b.reshape(1, c, 1, 1).astype(dtype) if b is not None else dtype.type(0)
+        scratch = m._scratch
+
+        def step_dw() -> None:
+            tmp = scratch.view((c, ho, wo), dtype)
+            for k in range(n):
+                yk, xk = y[k], x[k]
+                yk[...] = full[0] if b is not None else 0
+                for tap, (oy, ox), (iy, ix), _ in shifts:
+                    t = tmp[:, oy, ox]
+                    np.multiply(xk[:, iy, ix], taps[tap], out=t)
+                    yk[:, oy, ox] += t
+            if act:
+                act()
+        return step_dw
+
+    if kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and group == 1 and (ho, wo) == (h, wd):
+        w2 = np.ascontiguousarray(w.reshape(mo, c))
+        xflat = x.reshape(n, c, h * wd)
+
+        def step_1x1() -> None:
+            for k in range(n):
+                np.matmul(w2, xflat[k], out=yflat[k])
+            finish()
+        return step_1x1
+
+    kk = cg * kh * kw
+    mg = mo // group
+    wg = [np.ascontiguousarray(w[g * mg:(g + 1) * mg].reshape(mg, kk)) for g in range(group)]
+    m._scratch.need((cg, kh * kw, ho, wo), dtype)
+    scratch = m._scratch
+
+    def step_im2col() -> None:
+        cols = scratch.view((cg, kh * kw, ho, wo), dtype)
+        cols2d = cols.reshape(kk, ho * wo)
+        for k in range(n):
+            for g in range(group):
+                xg = x[k, g * cg:(g + 1) * cg]
+                for tap, (oy, ox), (iy, ix), strips in shifts:
+                    ct = cols[:, tap]
+                    ct[:, oy, ox] = xg[:, iy, ix]
+                    for sy, sx in strips:
+                        ct[:, sy, sx] = 0
+                np.matmul(wg[g], cols2d, out=yflat[k, g * mg:(g + 1) * mg])
+        finish()
+    return step_im2col
+
+
+def _nonempty(strip, ho, wo) -> bool:
+    sy, sx = strip
+    return len(range(ho)[sy]) > 0 and len(range(wo)[sx]) > 0
+
+
+def _build_pool(m: NumpyModel, node: Node) -> Step:
+    x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
+    a = node.attrs
+    if x.ndim != 4 or a.get("storage_order", 0) or len(node.outputs) > 1:
+        return _build_generic(m, node)
+    kernel = tuple(a["kernel_shape"])
+    strides = a.get("strides") or [1, 1]
+    dil = a.get("dilations") or [1, 1]
+    begin, end = spatial_pads(x.shape[2:], a, kernel)
+    outs = out_sizes(x.shape[2:], kernel, a, begin, end)
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(outs, strides, kernel, dil)]
+    is_max = node.op is Op.MAX_POOL
+    if is_max:
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    else:
+        fill = 0
+    # A dedicated padded copy, its border filled once; only the interior is rewritten per run.
+    ph = max(need[0], begin[0] + x.shape[2])
+    pw = max(need[1], begin[1] + x.shape[3])
+    if (ph, pw) == x.shape[2:] and begin == [0, 0]:
+        xp, interior = x, None
+    else:
+        xp = np.full(x.shape[:2] + (ph, pw), fill, dtype=x.dtype)
+        interior = xp[:, :, begin[0]:begin[0] + x.shape[2], begin[1]:begin[1] + x.shape[3]]
+    windows = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            windows.append(xp[:, :, i * dil[0]:i * dil[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
+                                    j * dil[1]:j * dil[1] + (outs[1] - 1) * strides[1] + 1:strides[1]])
+    inv_count = None
+    if not is_max:
+        ref = KERNELS["AveragePool"]([np.ones((1, 1) + x.shape[2:], x.dtype)], a)[0]
+        # ref = 1 where windows count every tap; recover the divisor from a pool of ones-sums
+        sums = np.zeros((1, 1) + tuple(outs), x.dtype)
+        ones = np.zeros((1, 1, ph, pw), x.dtype)
+        ones[:, :, begin[0]:begin[0] + x.shape[2], begin[1]:begin[1] + x.shape[3]] = 1
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                sums += ones[:, :, i * dil[0]:i * dil[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
+                                   j * dil[1]:j * dil[1] + (outs[1] - 1) * strides[1] + 1:strides[1]]
+        # average = sum / count, and for a ones input average == 1 where count == sums
+        inv_count = (ref / np.where(sums == 0, 1, sums)).astype(x.dtype)
+    combine = np.maximum if is_max else np.add
+
+    def step() -> None:
+        if interior is not None:
+            np.copyto(interior, x)
+        np.copyto(y, windows[0])
+        for v in windows[1:]:
+            combine(y, v, out=y)
+        if inv_count is not None:
+            np.multiply(y, inv_count, out=y)
+    return step
+
+
+def _build_global_pool(m: NumpyModel, node: Node) -> Step:
+    x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
+    axes = tuple(range(2, x.ndim))
+    if node.op is Op.GLOBAL_AVERAGE_POOL:
+        return lambda: np.mean(x, axis=axes, keepdims=True, out=y)
+    return lambda: np.max(x, axis=axes, keepdims=True, out=y)
+
+
+def _build_binary(fn):
+    def build(m: NumpyModel, node: Node) -> Step:
+        a, b = m.t(node.inputs[0]), m.t(node.inputs[1])
+        y = m.t(node.outputs[0])
+        if y.dtype.kind != "f" or np.broadcast_shapes(a.shape, b.shape) != y.shape:
+            return _build_generic(m, node)
+        act = _activation(y, node.attrs)
+
+        def step() -> None:
+            fn(a, b, out=y)
+            if act:
+                act()
+        return step
+    return build
+
+
+def _build_sum(m: NumpyModel, node: Node) -> Step:
+    xs = [m.t(i) for i in node.inputs]
+    y = m.t(node.outputs[0])
+    if len(xs) < 2 or any(x.shape != y.shape for x in xs):
+        return _build_generic(m, node)
+    act = _activation(y, node.attrs)
+
+    def step() -> None:
+        np.add(xs[0], xs[1], out=y)
+        for x in xs[2:]:
+            np.add(y, x, out=y)
+        if act:
+            act()
+    return step
+
+
+def _build_relu(m: NumpyModel, node: Node) -> Step:
+    x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
+    return lambda: np.maximum(x, 0, out=y)
+
+
+def _build_clip(m: NumpyModel, node: Node) -> Step:
+    ins = list(node.inputs) + ["", ""]
+    if any(ins[i] and not m.is_const(ins[i]) for i in (1, 2)):
+        return _build_generic(m, node)
+    x, y = m.t(ins[0]), m.t(node.outputs[0])
+    lo = m.t(ins[1]) if ins[1] else None
+    hi = m.t(ins[2]) if ins[2] else None
+    lo = np.asarray(lo if lo is not None else (-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min))
+    hi = np.asarray(hi if hi is not None else (np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).max))
+    return lambda: np.clip(x, lo, hi, out=y)
+
+
+def _build_transpose(m: NumpyModel, node: Node) -> Step:
+    x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
+    perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
+    xt = x.transpose(perm)
+    return lambda: np.copyto(y, xt)
+
+
+def _build_gemm(m: NumpyModel, node: Node) -> Step:
+    a = node.attrs
+    A, B = m.t(node.inputs[0]), m.t(node.inputs[1])
+    C = m.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    y = m.t(node.outputs[0])
+    if not m.is_const(node.inputs[1]) or (C is not None and not m.is_const(node.inputs[2])):
+        return _build_generic(m, node)
+    At = A.T if a.get("transA", 0) else A
+    Bt = np.ascontiguousarray((B.T if a.get("transB", 0) else B) * a.get("alpha", 1.0)).astype(y.dtype)
+    Cs = None if C is None else (C * a.get("beta", 1.0)).astype(y.dtype)
+    act = _activation(y, a)
+
+    def step() -> None:
+        np.matmul(At, Bt, out=y)
+        if Cs is not None:
+            np.add(y, Cs, out=y)
+        if act:
+            act()
+    return step
+
+
+def _build_matmul(m: NumpyModel, node: Node) -> Step:
+    a, b, y = m.t(node.inputs[0]), m.t(node.inputs[1]), m.t(node.outputs[0])
+    return lambda: np.matmul(a, b, out=y)
+
+
+BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
+    Op.ADD: _build_binary(np.add),
+    Op.AVERAGE_POOL: _build_pool,
+    Op.CLIP: _build_clip,
+    Op.CONCAT: _build_concat,
+    Op.CONV: _build_conv,
+    Op.DIV: _build_binary(np.divide),
+    Op.GEMM: _build_gemm,
+    Op.GLOBAL_AVERAGE_POOL: _build_global_pool,
+    Op.GLOBAL_MAX_POOL: _build_global_pool,
+    Op.MATMUL: _build_matmul,
+    Op.MAX_POOL: _build_pool,
+    Op.MUL: _build_binary(np.multiply),
+    Op.RELU: _build_relu,
+    Op.SUB: _build_binary(np.subtract),
+    Op.SUM: _build_sum,
+    Op.TRANSPOSE: _build_transpose,
+    **{op: _build_view for op in VIEW_OPS},
+}
+
+
+def load(art: Artifact) -> NumpyModel:
+    return NumpyModel(art)

@@ -1,0 +1,133 @@
+"""The artifact file: round trip, payloads, and clear errors for damaged or foreign files."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from iotrt import models
+from iotrt.compiler import artifact, compile_model
+from iotrt.engine import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactVersionError,
+    InputError,
+    load,
+)
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "face.iotm"
+    compile_model(models.path(models.BLAZEFACE), out)
+    return out
+
+
+def test_round_trip_keeps_everything(face, tmp_path):
+    art = artifact.read(face)
+    art.payloads["onnx"] = b"\x08\x07graph-bytes"
+    art.payload_info["onnx"] = {"opset": 13}
+    copy = tmp_path / "copy.iotm"
+    artifact.write(art, copy)
+    again = artifact.read(copy)
+    assert again.payloads == {"onnx": b"\x08\x07graph-bytes"}
+    assert again.payload_info == {"onnx": {"opset": 13}}
+    assert again.source == art.source and len(again.source["sha256"]) == 64
+    assert again.compiler_version == art.compiler_version
+    assert again.memory == art.memory
+    assert [n.op for n in again.graph.nodes] == [n.op for n in art.graph.nodes]
+    for name, value in art.graph.consts.items():
+        np.testing.assert_array_equal(again.graph.consts[name], value)
+
+
+def test_artifact_loads_with_numpy_alone(face):
+    """A device without onnx / flatbuffers / LiteRT can load and run an artifact."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for blocked in ('onnx', 'flatbuffers', 'ai_edge_litert', 'onnxruntime', 'cv2'):\n"
+        "    sys.modules[blocked] = None\n"
+        "import numpy as np\n"
+        "from iotrt.engine import load\n"
+        f"m = load({str(face)!r}, backend='numpy')\n"
+        "out = m.run({'input': np.zeros((1, 128, 128, 3), np.float32)})\n"
+        "print(sorted(out))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "classificators" in res.stdout
+
+
+def test_truncated_artifact(face, tmp_path):
+    data = face.read_bytes()
+    bad = tmp_path / "cut.iotm"
+    bad.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ArtifactCorruptError, match="truncated"):
+        load(bad)
+
+
+def test_flipped_weight_byte_is_detected(face, tmp_path):
+    data = bytearray(face.read_bytes())
+    data[-200] ^= 0xFF
+    bad = tmp_path / "flip.iotm"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorruptError, match="checksum"):
+        load(bad)
+
+
+def test_damaged_header_is_detected(face, tmp_path):
+    data = bytearray(face.read_bytes())
+    data[100] ^= 0x01
+    bad = tmp_path / "head.iotm"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorruptError, match="header"):
+        load(bad)
+
+
+def test_not_an_artifact(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07" + b"\0" * 200)
+    with pytest.raises(ArtifactCorruptError, match="not an iotrt artifact"):
+        load(bad)
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        load(tmp_path / "missing.iotm")
+
+
+def test_format_version_mismatch(face, tmp_path):
+    data = bytearray(face.read_bytes())
+    struct.pack_into("<I", data, 8, artifact.FORMAT_VERSION + 1)
+    bad = tmp_path / "future.iotm"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ArtifactVersionError, match="recompile"):
+        load(bad)
+
+
+def test_wrong_input_shape_dtype_or_name(face):
+    model = load(face)
+    good = np.zeros((1, 128, 128, 3), np.float32)
+    with pytest.raises(InputError, match=r"shape \(1, 3, 128, 128\).*\(1, 128, 128, 3\)"):
+        model.run({"input": good.transpose(0, 3, 1, 2)})
+    with pytest.raises(InputError, match="dtype float64, expected float32"):
+        model.run({"input": good.astype(np.float64)})
+    with pytest.raises(InputError, match="missing input 'input'"):
+        model.run({})
+    with pytest.raises(InputError, match="unknown input"):
+        model.run({"input": good, "image": good})
+    model.run({"input": good})  # and the model still works after the errors
+
+
+def test_outputs_are_not_overwritten_by_the_next_run(face):
+    model = load(face)
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
+    first = model.run({"input": a})
+    kept = {k: v.copy() for k, v in first.items()}
+    model.run({"input": b})
+    for k in first:
+        np.testing.assert_array_equal(first[k], kept[k])
+    np.testing.assert_array_equal(model.run({"input": a})["regressors"], kept["regressors"])

@@ -1,0 +1,205 @@
+"""`auto` backend selection: interleaved timing, correctness gate, cache next to the artifact.
+
+Backends here are fakes that advance a fake clock by a known cost, so every expectation is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from iotrt.engine import autotune
+from iotrt.engine.autotune import Budget
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeBackend:
+    """Takes `costs[i % len(costs)]` fake seconds per call and returns `value`."""
+
+    def __init__(self, name, clock, costs, value=1.0, calls=None):
+        self.name, self.clock, self.costs, self.value = name, clock, list(costs), value
+        self.n = 0
+        self.calls = calls if calls is not None else []
+
+    def run(self, feeds):
+        self.clock.t += self.costs[self.n % len(self.costs)]
+        self.n += 1
+        self.calls.append(self.name)
+        return {"y": np.full((2, 3), self.value, np.float32)}
+
+
+FAST = Budget(min_rounds=5, max_rounds=9, seconds=0.0, warmup=1)
+
+
+def runs_of(backends):
+    return {b.name: (lambda b=b: b.run(FEEDS)) for b in backends}
+
+
+def test_fastest_by_median_not_by_mean():
+    clock = FakeClock()
+    # opencv is usually 2 ms but has one 1 s hiccup; its median still beats numpy's steady 3 ms.
+    backends = [
+        FakeBackend("numpy", clock, [0.003]),
+        FakeBackend("opencv", clock, [0.002, 1.0, 0.002, 0.002, 0.002, 0.002]),
+        FakeBackend("onnxruntime", clock, [0.004]),
+    ]
+    winner, medians, rounds, rejected = autotune.choose(runs_of(backends), FAST, clock)
+    assert winner == "opencv"
+    assert medians == pytest.approx({"numpy": 3.0, "opencv": 2.0, "onnxruntime": 4.0})
+    assert rounds == 5 and rejected == {}
+
+
+def test_rounds_are_interleaved_and_rotated():
+    clock, calls = FakeClock(), []
+    backends = [FakeBackend(n, clock, [0.001], calls=calls) for n in ("numpy", "opencv", "onnxruntime")]
+    autotune.interleaved_medians(runs_of(backends), Budget(min_rounds=3, max_rounds=3, warmup=0), clock)
+    assert calls == [
+        "numpy", "opencv", "onnxruntime",
+        "opencv", "onnxruntime", "numpy",
+        "onnxruntime", "numpy", "opencv",
+    ]  # fmt: skip
+
+
+def test_time_budget_adds_rounds_up_to_the_cap():
+    clock = FakeClock()
+    backends = [FakeBackend("numpy", clock, [0.125]), FakeBackend("opencv", clock, [0.125])]
+    _, rounds = autotune.interleaved_medians(
+        runs_of(backends), Budget(min_rounds=2, max_rounds=50, seconds=1.0, warmup=0), clock
+    )
+    assert rounds == 4  # 0.25 s per round: no new round starts once 1 s is spent
+    _, rounds = autotune.interleaved_medians(
+        runs_of(backends), Budget(min_rounds=2, max_rounds=3, seconds=100.0, warmup=0), clock
+    )
+    assert rounds == 3
+
+
+def test_a_fast_backend_with_wrong_outputs_is_never_chosen():
+    clock = FakeClock()
+    backends = [
+        FakeBackend("numpy", clock, [0.003]),
+        FakeBackend("opencv", clock, [0.001], value=1.01),  # 1e-2 off: e.g. a transposed weight
+        FakeBackend("onnxruntime", clock, [0.002], value=1.0 + 1e-5),  # float reordering: fine
+    ]
+    winner, medians, _, rejected = autotune.choose(runs_of(backends), FAST, clock)
+    assert winner == "onnxruntime"
+    assert set(medians) == {"numpy", "onnxruntime"}
+    assert "opencv" in rejected and "differ" in rejected["opencv"]
+
+
+def test_the_numpy_reference_is_required():
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="numpy"):
+        autotune.choose(runs_of([FakeBackend("opencv", clock, [0.001])]), FAST, clock)
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    path = tmp_path / "face.iotm"
+    path.write_bytes(b"pretend artifact " * 100)
+    return path
+
+
+def make_builder(clock, costs, built):
+    def build(name):
+        if costs[name] is None:
+            raise RuntimeError(f"{name} cannot load this graph")
+        built.append(name)
+        return FakeBackend(name, clock, [costs[name]])
+
+    return build
+
+
+FEEDS = {"x": np.zeros((1, 3), np.float32)}
+
+
+def test_select_measures_once_then_uses_the_cache(artifact, caplog):
+    clock, built = FakeClock(), []
+    costs = {"numpy": 0.010, "opencv": 0.004, "onnxruntime": None}
+    build = make_builder(clock, costs, built)
+    with caplog.at_level(logging.INFO, logger="iotrt.engine.auto"):
+        backend, choice = autotune.select(artifact, list(costs), build, FEEDS, 2, FAST, clock)
+    assert backend.name == "opencv" and choice.backend == "opencv"
+    assert built == ["numpy", "opencv"]
+    assert "onnxruntime" in choice.rejected and "cannot load" in choice.rejected["onnxruntime"]
+    assert "auto chose opencv: opencv 4.00 ms, numpy 10.00 ms" in caplog.text  # figures are logged
+
+    cache = autotune.cache_path(artifact)
+    assert cache.name == "face.iotm.auto.json"
+    stored = json.loads(cache.read_text())
+    assert stored["backend"] == "opencv" and stored["key"]["threads"] == "2"
+
+    # A later load (a restart of the node) builds only the chosen backend and measures nothing.
+    built.clear()
+    t_before = clock.t
+    backend, again = autotune.select(artifact, list(costs), build, FEEDS, 2, FAST, clock)
+    assert backend.name == "opencv" and built == ["opencv"] and clock.t == t_before
+    assert again == choice
+
+
+@pytest.mark.parametrize("change", ["artifact", "threads", "corrupt", "gone"])
+def test_select_measures_again_when_the_cache_does_not_apply(artifact, change):
+    clock, built = FakeClock(), []
+    costs = {"numpy": 0.010, "opencv": 0.004}
+    build = make_builder(clock, costs, built)
+    autotune.select(artifact, list(costs), build, FEEDS, 1, FAST, clock)
+    threads, names = 1, list(costs)
+    if change == "artifact":
+        artifact.write_bytes(b"recompiled")
+    elif change == "threads":
+        threads = 2
+    elif change == "corrupt":
+        autotune.cache_path(artifact).write_text("{not json")
+    elif change == "gone":
+        names = ["numpy"]  # the cached backend is not installed on this device any more
+    built.clear()
+    backend, _ = autotune.select(artifact, names, build, FEEDS, threads, FAST, clock)
+    assert built[:2] == names[:2]  # every candidate built again: it measured
+    assert json.loads(autotune.cache_path(artifact).read_text())["key"]["threads"] == str(threads)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only directory")
+def test_unwritable_directory_still_loads_and_warns(artifact, caplog):
+    clock, built = FakeClock(), []
+    build = make_builder(clock, {"numpy": 0.01, "opencv": 0.02}, built)
+    artifact.parent.chmod(0o555)
+    try:
+        with caplog.at_level(logging.WARNING, logger="iotrt.engine.auto"):
+            backend, _ = autotune.select(artifact, ["numpy", "opencv"], build, FEEDS, 1, FAST, clock)
+    finally:
+        artifact.parent.chmod(0o755)
+    assert backend.name == "numpy"
+    assert "cannot cache" in caplog.text
+    assert not autotune.cache_path(artifact).exists()
+
+
+def test_unwritable_cache_path_still_loads_and_warns(artifact, caplog):
+    # Works as root too: the cache path is a directory, so replacing it fails.
+    autotune.cache_path(artifact).mkdir()
+    clock, built = FakeClock(), []
+    build = make_builder(clock, {"numpy": 0.01, "opencv": 0.02}, built)
+    with caplog.at_level(logging.WARNING, logger="iotrt.engine.auto"):
+        backend, _ = autotune.select(artifact, ["numpy", "opencv"], build, FEEDS, 1, FAST, clock)
+    assert backend.name == "numpy"
+    assert "cannot cache" in caplog.text
+    assert not list(artifact.parent.glob(".*.tmp"))  # no temporary left behind
+
+
+def test_random_feeds_follow_the_specs():
+    class Spec:
+        def __init__(self, name, shape, dtype):
+            self.name, self.shape, self.dtype = name, shape, dtype
+
+    feeds = autotune.random_feeds([Spec("img", (1, 4, 4, 3), "uint8"), Spec("x", (2, 5), "float32")])
+    assert feeds["img"].dtype == np.uint8 and feeds["img"].shape == (1, 4, 4, 3)
+    assert feeds["x"].dtype == np.float32 and np.abs(feeds["x"]).max() <= 1.0
