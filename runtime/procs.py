@@ -18,13 +18,12 @@ import sys
 from typing import TextIO
 
 from iotrt.graph import Graph
+from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS
 from iotrt.sdnotify import SYSTEMD_ONLY_ENV
 
 log = logging.getLogger("iotrt.supervisor")
 
-ENV_CONFIG = "IOTRT_NODE_CONFIG"
-ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "IOTRT_THREADS")
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", ENV_THREADS)
 LINE_MAX = 65536       # a longer line without a newline is forwarded in pieces
 
 
