@@ -175,3 +175,46 @@ def test_reader_exit_does_not_remove_the_segment(rundir, peer):
             env = sub.recv(timeout_s=10)
             assert env.data["array"].sum() == 1 << 20
     assert segments(address) == []  # a clean close removes it
+
+
+def test_frames_a_reader_still_holds_are_never_recycled(ring):
+    """Readers copy into pooled buffers; a buffer is reused only when nothing references it."""
+    writer, readers = ring
+    held = []
+    for i in range(12):
+        arr = decode(send(writer, i), readers.read).data
+        held.append(arr[:10])  # a slice keeps its buffer alive
+        if i % 3 == 0:
+            held.pop(0)
+    for view in held:
+        assert (view == view[0]).all()
+    values = [int(v[0]) for v in held]
+    assert values == sorted(values) and len(set(values)) == len(values)
+
+
+def test_loaned_frame_is_published_without_a_copy_and_frozen(rundir):
+    address = short_ipc_address(rundir, "g", "cam", "image")
+    with Publisher(address, "cam/image", "cam") as pub, Subscriber(address, queue=4) as sub:
+        wait_until(lambda: sub.connected, what="connection")
+        frame = pub.loan((480, 640, 3))
+        frame[:] = 42  # e.g. cv2.VideoCapture.read(image=frame)
+        pub.publish({"image": frame})
+        with pytest.raises(ValueError):
+            frame[0, 0, 0] = 1  # the bus owns it now
+        abandoned = pub.loan((480, 640, 3))
+        abandoned[:] = 9
+        pub.publish({"image": np.full((480, 640, 3), 7, np.uint8)})  # must not use that slot
+        abandoned[:] = 10  # the producer may still write into it
+        got = [sub.recv(timeout_s=5).data["image"] for _ in range(2)]
+    assert [int(g.mean()) for g in got] == [42, 7]
+
+
+def test_loan_on_a_tcp_output_is_a_plain_array():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Publisher(f"tcp://127.0.0.1:{port}", "cam/image", "cam") as pub:
+        frame = pub.loan((4, 4), "float32")
+        assert frame.flags.writeable and frame.dtype == np.float32
