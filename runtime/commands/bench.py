@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime")
+ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime", "litert")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,12 +33,12 @@ def test_bench_artifact_reports_every_backend(artifact, tmp_path):
     proc = bench(str(artifact), "--seconds", "0", "--min-rounds", "3", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
-    for backend in ("numpy", "opencv", "onnxruntime"):
+    for backend in ("numpy", "opencv", "onnxruntime", "litert"):
         assert f"\n{backend} " in table
     assert "3 interleaved rounds" in table and "fastest here:" in table
     assert "timing: round" in proc.stderr  # progress goes to stderr, the table to stdout
     figures = json.loads(out.read_text())
-    assert set(figures["backends"]) == {"numpy", "opencv", "onnxruntime"}
+    assert set(figures["backends"]) == {"numpy", "opencv", "onnxruntime", "litert"}
     for f in figures["backends"].values():
         assert 0 < f["min_ms"] <= f["p50_ms"] <= f["p90_ms"]
         assert f["max_scaled_diff_vs_numpy"] <= 1e-3
