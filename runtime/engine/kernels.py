@@ -18,6 +18,11 @@ import numpy as np
 
 Kernel = Callable[[list, dict], list]
 
+# onnx.TensorProto.DataType -> numpy dtype (Cast's `to`)
+ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+               13: np.uint64}
+
 
 class KernelError(ValueError):
     """An op got inputs or attributes it cannot handle (the engine adds the node name)."""
@@ -421,7 +426,7 @@ KERNELS: dict[str, Kernel] = {
     "Add": _binary(np.add),
     "AveragePool": average_pool,
     "BatchNormalization": batch_norm,
-    "Cast": lambda ins, a: [ins[0].astype(a["to"])],
+    "Cast": lambda ins, a: [ins[0].astype(ONNX_DTYPES[a["to"]])],
     "Clip": clip,
     "Concat": concat,
     "ConstantOfShape": constant_of_shape,
