@@ -194,6 +194,18 @@ def _resize(t: _Translator, node, name, attrs) -> None:
     t.b.add(Op.RESIZE, name, ins, list(node.output), **attrs)
 
 
+def _cast(t: _Translator, node, name, attrs) -> None:
+    from iotrt.engine.kernels import ONNX_DTYPES
+
+    to = attrs.get("to")
+    if to not in ONNX_DTYPES:
+        kind = onnx.TensorProto.DataType.Name(to) if to is not None else "none"
+        raise CompileError(f"{t.path}: Cast node '{name}' casts to {kind}, which numpy cannot "
+                           "represent")
+    attrs.pop("saturate", None)
+    t.b.add(Op.CAST, name, list(node.input), list(node.output), **attrs)
+
+
 def _single_output(op: Op, what: str):
     def handler(t: _Translator, node, name, attrs) -> None:
         if len([o for o in node.output if o]) > 1:
@@ -215,6 +227,7 @@ def _drop_attrs(op: Op, *names: str):
 
 
 HANDLERS = {
+    "Cast": _cast,
     "BatchNormalization": _single_output(Op.BATCH_NORM, "only the inference output is supported"),
     "Clip": _clip,
     "Constant": _constant,
