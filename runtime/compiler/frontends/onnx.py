@@ -38,13 +38,14 @@ class _Translator:
         for init in g.initializer:
             self.b.claim(init.name)
             self.b.consts[init.name] = numpy_helper.to_array(init)
+        names = [vi.name for vi in g.input if vi.name not in self.b.consts]
+        unknown = set(self.input_shapes) - set(names)
+        if unknown:
+            raise CompileError(f"{self.path}: --input-shape names unknown inputs {sorted(unknown)} "
+                               f"(inputs: {names})")
         for vi in g.input:
             if vi.name not in self.b.consts:
                 self._input(vi)
-        unknown = set(self.input_shapes) - {s.name for s in self.b.inputs}
-        if unknown:
-            raise CompileError(f"{self.path}: --input-shape names unknown inputs {sorted(unknown)} "
-                               f"(inputs: {[s.name for s in self.b.inputs]})")
         for i, node in enumerate(g.node):
             self._node(node, i)
         self.b.outputs = [o.name for o in g.output]
