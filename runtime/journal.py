@@ -150,6 +150,23 @@ class Journal:
                 self._prune_locked()
         return event_id
 
+    def write_record(self, body: Any) -> int:
+        """Write a node's ``record`` message (see iotrt.protocol: ``{"type": "record", "id",
+        "kind", "fields", "t_ns"}``), checking it first: it comes from another process.
+        Raises ValueError naming what is wrong; returns the event id."""
+        if not isinstance(body, dict):
+            raise ValueError(f"a journal record must be a map, not {type(body).__name__}")
+        node, kind, fields, t_ns = (body.get(k) for k in ("id", "kind", "fields", "t_ns"))
+        if not isinstance(node, str) or not node:
+            raise ValueError("a journal record needs the sending node's 'id'")
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"record from {node!r}: 'kind' must be a non-empty string")
+        if not isinstance(fields, dict):
+            raise ValueError(f"record {kind!r} from {node!r}: 'fields' must be a map")
+        if t_ns is not None and type(t_ns) is not int:
+            raise ValueError(f"record {kind!r} from {node!r}: 't_ns' must be an integer")
+        return self.write(kind, node, fields, t_ns)
+
     def prune(self, now_ns: int | None = None) -> int:
         """Apply the retention limits now; returns how many events were deleted."""
         with self._lock:

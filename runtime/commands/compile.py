@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "when the model leaves a dimension open")
     p.add_argument("--target", default="auto", choices=["auto", "numpy", "opencv", "onnxruntime"],
                    help="backend the artifact prefers; 'auto' measures on the device (default)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="store Conv/Gemm/MatMul weights as per-channel int8 (about 4x smaller "
+                        "artifact; dequantized to float at load, so speed is unchanged)")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted from pixels, "
                    "recorded as preprocessing metadata, e.g. 127.5,127.5,127.5")
     p.add_argument("--std", type=_floats, help="per-channel divisor applied after the mean")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(f"  {line}", flush=True))
     try:
         report = compile_model(args.model, out, input_shapes=dict(args.input_shape),
-                               target=args.target, progress=say, meta=meta)
+                               target=args.target, quantize=args.quantize, progress=say, meta=meta)
     except UnsupportedOpError as exc:
         print(f"iotrt compile: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,8 @@ from iotrt.compiler.frontends import FRONTENDS, frontend_for
 from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
+from iotrt.compiler import onnx_export
+from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -93,7 +95,7 @@ def compile_model(
 
     input_shapes: name -> static shape, for inputs whose shape the model leaves open.
     target: the backend the artifact prefers ("auto" decides on the device).
-    quantize: None (int8 weights are not implemented yet).
+    quantize: None, or "int8": per-channel int8 weights (see iotrt.compiler.quantize).
     progress: called with one human-readable line per stage.
     meta: preprocessing metadata to record (merged over what is known about the model).
     constants: name -> array, graph inputs to bake in as constants (e.g. a shape tensor).
@@ -104,8 +106,8 @@ def compile_model(
         raise CompileError(f"{src}: no such model file")
     if target not in TARGETS:
         raise CompileError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
-    if quantize is not None:
-        raise CompileError(f"quantize={quantize!r} is not supported yet (only float weights)")
+    if quantize is not None and quantize not in QUANT_SCHEMES:
+        raise CompileError(f"unknown quantization '{quantize}' (choose from {', '.join(QUANT_SCHEMES)})")
     frontend = frontend_for(src)
     fmt = FRONTENDS[src.suffix.lower()][1]
     say = progress or (lambda line: None)
@@ -141,10 +143,16 @@ def build_artifact(
     op_counts = dict(collections.Counter(n.op.value for n in graph.nodes))
     stats = {"ops": len(graph.nodes), "op_counts": op_counts, "params": graph.param_count(),
              "peak_activation_bytes": memory.arena_bytes}
+    quantized = quantize_graph(graph, quantize) if quantize else {}
+    if quantized:
+        stats["quantize"] = quantize
+        say(f"quantize {quantize}: {len(quantized)} weight tensors, "
+            f"{sum(t.nbytes for t in quantized.values()) / 1e6:.2f} MB stored")
     art = artifact_io.Artifact(
         graph=graph, memory=memory, inputs=list(graph.inputs), outputs=graph.output_specs(),
         meta={**(meta or {}), "target": target}, source=source,
         compiler_version=__version__, stats=stats,
+        payloads=onnx_export.payloads(graph, say), quantized=quantized,
     )
     return art, log
 

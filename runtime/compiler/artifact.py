@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
+from iotrt.compiler import quantize
 from iotrt.compiler.memory import MemoryPlan
+from iotrt.compiler.quantize import QTensor
 
 MAGIC = b"IOTM\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -62,6 +64,7 @@ class Artifact:
     stats: dict[str, Any] = field(default_factory=dict)
     payloads: dict[str, bytes] = field(default_factory=dict)
     payload_info: dict[str, dict] = field(default_factory=dict)
+    quantized: dict[str, QTensor] = field(default_factory=dict)  # const name -> int8 storage form
     format_version: int = FORMAT_VERSION
     path: Path | None = None           # the file it was read from (None until written or read)
 
@@ -113,6 +116,9 @@ def write(art: Artifact, path: str | Path) -> int:
 
     weights = {}
     for name, value in g.consts.items():
+        if name in art.quantized:
+            weights[name] = quantize.entry(art.quantized[name], put)
+            continue
         arr = np.ascontiguousarray(value)
         weights[name] = {"offset": put(arr.astype(arr.dtype.newbyteorder("<")).tobytes()),
                          "shape": list(arr.shape), "dtype": arr.dtype.name}
@@ -181,9 +187,10 @@ def read(path: str | Path) -> Artifact:
     try:
         h = json.loads(head)
         consts = {
-            name: np.frombuffer(blob, dtype=np.dtype(w["dtype"]).newbyteorder("<"),
-                                count=int(np.prod(w["shape"], dtype=np.int64)),
-                                offset=w["offset"]).reshape(w["shape"])
+            name: quantize.restore(blob, w) if "quant" in w else  # int8: dequantized at load
+            np.frombuffer(blob, dtype=np.dtype(w["dtype"]).newbyteorder("<"),
+                          count=int(np.prod(w["shape"], dtype=np.int64)),
+                          offset=w["offset"]).reshape(w["shape"])
             for name, w in h["weights"].items()
         }
         gh = h["graph"]

@@ -47,6 +47,26 @@ def _attr_value(value):
     return value
 
 
+def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
+    """auto_pad SAME_*/VALID as explicit pads: cv2.dnn pads SAME convolutions of stride 2 on the
+    wrong side (BlazeFace's first conv comes out wrong), explicit pads mean the same everywhere."""
+    from iotrt.engine.kernels import spatial_pads
+
+    in_shape = graph.shapes.get(node.inputs[0])
+    if in_shape is None:
+        raise ExportError(f"node '{node.name}': auto_pad needs the input's shape (infer shapes first)")
+    kernel = attrs.get("kernel_shape")
+    if not kernel and node.op == Op.CONV:
+        weight = graph.consts.get(node.inputs[1])
+        kernel = weight.shape[2:] if weight is not None else graph.shapes.get(node.inputs[1], ())[2:]
+    if not kernel:
+        raise ExportError(f"node '{node.name}': auto_pad needs a known kernel shape")
+    begin, end = spatial_pads(tuple(in_shape[2:]), attrs, tuple(kernel))
+    out = {k: v for k, v in attrs.items() if k != "auto_pad"}
+    out["pads"] = [int(p) for p in begin + end]
+    return out
+
+
 def _nodes_for(node: Node, graph: Graph) -> list:
     """The ONNX node(s) for one IR node: the op itself, then its fused activation if any."""
     from onnx import defs, helper
@@ -54,6 +74,8 @@ def _nodes_for(node: Node, graph: Graph) -> list:
     if node.op == Op.DEQUANTIZE:
         raise ExportError(f"node '{node.name}': Dequantize should have been folded before export")
     attrs = {k: v for k, v in node.attrs.items() if v is not None and k not in FUSED_ACTIVATION_ATTRS}
+    if attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        attrs = _explicit_pads(node, attrs, graph)
     try:
         known = defs.get_schema(node.op.value, OPSET).attributes
     except defs.SchemaError as exc:
@@ -112,3 +134,20 @@ def export(graph: Graph) -> bytes:
     )
     model.ir_version = 8  # what onnxruntime and OpenCV 4.8+ both read for opset 17
     return pack(model.SerializeToString(), initializers)
+
+
+def payloads(graph: Graph, say=lambda line: None) -> dict[str, bytes]:
+    """The per-backend payloads to embed for `graph`; none (with a note) when onnx is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        say("no ONNX payload: the onnx package is not installed here, so this artifact will run "
+            "on the numpy backend only (pip install 'iotrt[compiler]' to embed one)")  # fmt: skip
+        return {}
+    try:
+        data = export(graph)
+    except ExportError as exc:
+        say(f"no ONNX payload ({exc}): this artifact will run on the numpy backend only")
+        return {}
+    say(f"ONNX payload for opencv/onnxruntime: {len(data) / 1e3:.1f} kB (weights shared)")
+    return {"onnx": data}

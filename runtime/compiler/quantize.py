@@ -22,7 +22,7 @@ import numpy as np
 QMAX = 127
 SCHEMES = ("int8",)
 # Smaller constants are left float: per-channel scales would outweigh what int8 saves.
-MIN_ELEMENTS = 256
+MIN_ELEMENTS = 64
 
 
 class QuantizeError(ValueError):
@@ -104,3 +104,35 @@ def quantize_graph(graph, scheme: str = "int8") -> dict[str, QTensor]:
     if scheme not in SCHEMES:
         raise QuantizeError(f"unknown quantization {scheme!r}; supported: {', '.join(SCHEMES)}")
     return {name: quantize(graph.consts[name], axis) for name, axis in weight_axes(graph).items()}
+
+
+# ---- how the artifact stores a QTensor ---------------------------------------------------------
+
+STORED_SCHEME = "int8-per-channel"
+
+
+def entry(t: QTensor, put) -> dict:
+    """The artifact's weight-index entry for `t`; `put(bytes) -> offset` appends to the blob."""
+    return {
+        "offset": put(t.q.tobytes()),
+        "shape": list(t.q.shape),
+        "dtype": "int8",
+        "quant": {
+            "scheme": STORED_SCHEME,
+            "axis": t.axis,
+            "scales": put(t.scale.astype("<f4").tobytes()),
+        },
+    }
+
+
+def restore(blob, w: dict) -> np.ndarray:
+    """The float32 weight for a weight-index entry written by `entry` (dequantized at load)."""
+    quant = w["quant"]
+    if quant.get("scheme") != STORED_SCHEME:
+        raise QuantizeError(f"unknown weight encoding {quant.get('scheme')!r}")
+    shape = tuple(w["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
+    q = np.frombuffer(blob, np.int8, count=count, offset=w["offset"]).reshape(shape)
+    axis = int(quant["axis"])
+    scale = np.frombuffer(blob, "<f4", count=shape[axis], offset=quant["scales"])
+    return dequantize(QTensor(q, scale.astype(np.float32), axis))

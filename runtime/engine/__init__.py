@@ -25,6 +25,7 @@ from iotrt.compiler.artifact import (
     read,
 )
 from iotrt.compiler.ir import TensorSpec
+from iotrt.engine.backend import BackendUnavailable, default_threads
 from iotrt.engine.numpy import EngineError, InputError
 
 __all__ = [
@@ -35,27 +36,35 @@ __all__ = [
 # backend name -> module with `load(artifact) -> model`
 BACKENDS: dict[str, str] = {
     "numpy": "iotrt.engine.numpy",
+    "opencv": "iotrt.engine.opencv",
+    "onnxruntime": "iotrt.engine.onnxruntime",
 }
 
 
-class BackendUnavailable(RuntimeError):
-    """The requested backend is unknown or its library is not installed here."""
-
-
-def load(path: str | Path | Artifact, backend: str = "auto"):
+def load(path: str | Path | Artifact, backend: str = "auto", threads: int | None = None):
     """Load an artifact (a path, or an already read `Artifact`) on `backend`.
 
-    "auto" picks the backend for this device; until measured selection lands it is numpy,
-    the reference backend that always works.
+    "auto" picks the fastest backend on this device (measured at the first load, cached next to
+    the artifact: see `iotrt.engine.autotune`). `threads` fixes the backend's thread pool
+    (default: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1).
     """
     art = path if isinstance(path, Artifact) else read(path)
-    name = "numpy" if backend == "auto" else backend
+    threads = default_threads() if threads is None else threads
+    if backend == "auto":
+        from iotrt.engine import autotune
+
+        where = None if isinstance(path, Artifact) else Path(path)
+        return autotune.load_auto(art, where, list(BACKENDS), lambda n: _load(art, n, threads), threads)
+    return _load(art, backend, threads)
+
+
+def _load(art: Artifact, name: str, threads: int):
     if name not in BACKENDS:
         raise BackendUnavailable(
-            f"unknown backend '{backend}' (available: auto, {', '.join(BACKENDS)})")
+            f"unknown backend '{name}' (available: auto, {', '.join(BACKENDS)})")
     try:
         module = importlib.import_module(BACKENDS[name])
     except ModuleNotFoundError as exc:
         raise BackendUnavailable(
             f"backend '{name}' needs the Python package '{exc.name}', which is not installed") from exc
-    return module.load(art)
+    return module.load(art, threads=threads)

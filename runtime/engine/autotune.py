@@ -61,12 +61,16 @@ class Choice:
 Runner = Callable[[], object]
 
 
-def interleaved_medians(
+def interleaved_samples(
     runners: Mapping[str, Runner],
     budget: Budget = Budget(),
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[dict[str, float], int]:
-    """Median seconds per call of each runner, timed in rotating interleaved rounds."""
+    on_round: Callable[[int, float], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner, timed in rotating interleaved rounds.
+
+    `on_round(rounds done, seconds spent)` is called after each round (progress output).
+    """
     names = list(runners)
     for name in names:
         for _ in range(budget.warmup):
@@ -83,6 +87,19 @@ def interleaved_medians(
             runners[name]()
             samples[name].append(clock() - t0)
         rounds += 1
+        if on_round is not None:
+            on_round(rounds, clock() - start)
+    return samples
+
+
+def interleaved_medians(
+    runners: Mapping[str, Runner],
+    budget: Budget = Budget(),
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, float], int]:
+    """Median seconds per call of each runner, and the number of rounds timed."""
+    samples = interleaved_samples(runners, budget, clock)
+    rounds = len(next(iter(samples.values()), []))
     return {n: float(np.median(s)) for n, s in samples.items()}, rounds
 
 
@@ -239,7 +256,7 @@ def random_feeds(specs, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def select(
-    artifact: Path,
+    artifact: Path | None,
     names: list[str],
     build: Callable[[str], object],
     feeds: Mapping[str, np.ndarray],
@@ -247,17 +264,23 @@ def select(
     budget: Budget = Budget(),
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[object, Choice]:
-    """Build and return the backend `auto` means for `artifact` on this device.
+    """Build and return the backend `auto` means for the artifact at path `artifact`.
 
-    `names` are the backends available here (with the reference among them), `build(name)` makes
-    one (it may raise; that backend is then left out, with the reason logged). Uses the cached
-    choice when it is valid, otherwise measures and caches.
+    `names` are the registered backends (the numpy reference among them); `build(name)` makes
+    one and may raise, which leaves that backend out with the reason logged. Uses the cached
+    choice when it is valid, otherwise measures and caches (no caching when `artifact` is None,
+    i.e. an artifact that was not loaded from a file).
     """
-    key = device_key(artifact, threads)
-    cached = read_cache(artifact, key)
+    key = device_key(artifact, threads) if artifact is not None else {"threads": str(threads)}
+    cached = read_cache(artifact, key) if artifact is not None else None
     if cached is not None and cached.backend in names:
-        log.info("auto: %s (cached in %s)", cached.backend, cache_path(artifact))
-        return build(cached.backend), cached
+        try:
+            model = build(cached.backend)
+        except Exception as exc:  # noqa: BLE001  e.g. its package was removed: measure again
+            log.warning("auto: cached choice %s no longer loads (%s); measuring again", cached.backend, exc)
+        else:
+            log.info("auto: %s (cached in %s)", cached.backend, cache_path(artifact))
+            return model, cached
     built: dict[str, object] = {}
     rejected: dict[str, str] = {}
     for name in names:
@@ -271,7 +294,14 @@ def select(
     winner, medians_ms, rounds, wrong = choose(runs, budget, clock)
     choice = Choice(winner, medians_ms, rounds, {**rejected, **wrong}, key)
     log.info(describe(choice))
-    where = write_cache(artifact, choice)
-    if where is not None:
-        log.info("auto: choice cached in %s", where)
+    if artifact is not None:
+        where = write_cache(artifact, choice)
+        if where is not None:
+            log.info("auto: choice cached in %s", where)
     return built[winner], choice
+
+
+def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int):
+    """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend."""
+    model, _ = select(path, names, build, random_feeds(art.inputs), threads)
+    return model

@@ -1,14 +1,14 @@
-"""What every engine backend is, and the ONNX payload the framework backends run.
+"""What every engine backend provides, and the ONNX payload the framework backends run.
 
-A backend module (`iotrt.engine.<name>`, registered in `iotrt.engine.BACKENDS`) provides
+A backend is one module `iotrt.engine.<name>`, registered in `iotrt.engine.BACKENDS`, with
 
-    NAME: str
-    unavailable() -> str | None          # why it cannot run on this device, None if it can
-    a class built as Cls(artifact, threads) with .name and
-        .run(feeds: dict[str, ndarray]) -> dict[str, ndarray]   # inputs already validated
+    load(artifact, threads: int) -> model       # raises BackendUnavailable, saying why
+    model.backend: str; model.inputs, model.outputs: list[TensorSpec]; model.meta: dict
+    model.run(feeds: dict[str, ndarray]) -> dict[str, ndarray]   # fresh arrays
 
 `threads` is fixed by the caller (the supervisor sizes every node's pools); a backend never
-uses "all cores". Construction raises `BackendUnavailable` with a reason a user can act on.
+uses "all cores". `FrameworkModel` below is the shared shell of the backends that hand the
+graph to another framework (input checking, output shapes).
 
 The opencv and onnxruntime backends run the artifact's payload "onnx" (see
 `iotrt.compiler.onnx_export`): the graph without its weights, plus the names of the constants it
@@ -19,8 +19,7 @@ as ONNX TensorProto initializers with a few lines of protobuf wire format (no `o
 from __future__ import annotations
 
 import json
-from typing import Protocol
-
+import os
 import numpy as np
 
 PAYLOAD = "onnx"
@@ -34,13 +33,58 @@ ONNX_DTYPES = {
 
 
 class BackendUnavailable(RuntimeError):
-    """A backend cannot run here (package missing, payload absent, graph unsupported)."""
+    """A backend is unknown or cannot run here (package missing, payload absent, graph unsupported)."""
 
 
-class Backend(Protocol):
-    name: str
+def default_threads() -> int:
+    """Thread budget when the caller gives none: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1."""
+    for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+class FrameworkModel:
+    """A loaded model whose graph another framework runs; subclasses implement `_run`."""
+
+    backend = "?"
+
+    def __init__(self, artifact) -> None:
+        self.artifact = artifact
+        self.inputs = list(artifact.inputs)
+        self.outputs = list(artifact.outputs)
+        self.meta = artifact.meta
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(self.inputs, feeds)
+        values = self._run({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs})
+        # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the artifact's
+        # output specs are the contract.
+        return {s.name: np.asarray(v).reshape(s.shape) for s, v in zip(self.outputs, values)}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
+    """Raise InputError unless `feeds` has exactly the inputs `specs` describe."""
+    from iotrt.engine.numpy import InputError
+
+    names = [s.name for s in specs]
+    unknown = sorted(set(feeds) - set(names))
+    if unknown:
+        raise InputError(f"unknown input(s) {unknown}; the model's inputs are {names}")
+    for spec in specs:
+        if spec.name not in feeds:
+            raise InputError(f"missing input '{spec.name}' {spec.shape} {spec.dtype}")
+        x = feeds[spec.name]
+        if tuple(np.shape(x)) != tuple(spec.shape):
+            raise InputError(f"input '{spec.name}': shape {tuple(np.shape(x))}, the model was "
+                             f"compiled for {tuple(spec.shape)} (recompile with --input-shape)")  # fmt: skip
+        if np.asarray(x).dtype != np.dtype(spec.dtype):
+            raise InputError(f"input '{spec.name}': dtype {np.asarray(x).dtype}, expected "
+                             f"{spec.dtype} (convert with x.astype(np.{spec.dtype}))")  # fmt: skip
 
 
 # ---- protobuf wire format: just enough to write TensorProto initializers ---------------------
@@ -102,9 +146,10 @@ def artifact_onnx(artifact, backend: str) -> bytes:
     """The complete ONNX model for `artifact`, or BackendUnavailable saying how to get one."""
     payload = artifact.payloads.get(PAYLOAD)
     if payload is None:
+        source = artifact.source.get("name", "the model")
         raise BackendUnavailable(
-            f"backend {backend!r} runs the artifact's ONNX payload, and {artifact.path} has none: it "
+            f"backend {backend!r} runs the artifact's ONNX payload, and this artifact of {source} has none: it "
             f"was compiled where the 'onnx' package is missing (pip install 'iotrt[compiler]' on the "
             f"compiling machine and compile again), or use backend 'numpy'"
         )
-    return onnx_model_bytes(payload, artifact.consts)
+    return onnx_model_bytes(payload, artifact.graph.consts)

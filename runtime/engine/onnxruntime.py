@@ -10,39 +10,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotrt.engine.backend import BackendUnavailable, artifact_onnx
+from iotrt.engine.backend import BackendUnavailable, FrameworkModel, artifact_onnx
 
 NAME = "onnxruntime"
 
 
-def unavailable() -> str | None:
-    """Why this backend cannot run here, or None if it can."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "the onnxruntime package is not installed (pip install 'iotrt[onnxruntime]')"
-    return None
-
-
-class OnnxRuntimeBackend:
-    name = NAME
+class OnnxRuntimeModel(FrameworkModel):
+    backend = NAME
 
     def __init__(self, artifact, threads: int = 1):
-        reason = unavailable()
-        if reason:
-            raise BackendUnavailable(f"backend {NAME!r}: {reason}")
-        import onnxruntime as ort
-
-        model = artifact_onnx(artifact, NAME)
+        super().__init__(artifact)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable(
+                f"backend {NAME!r}: the onnxruntime package is not installed "
+                f"(pip install 'iotrt[onnxruntime]')"
+            ) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # its warnings about unused initializers are noise here
-        self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        self._outputs = [spec.name for spec in artifact.outputs]
+        try:
+            self._session = ort.InferenceSession(
+                artifact_onnx(artifact, NAME), opts, providers=["CPUExecutionProvider"]
+            )
+        except (RuntimeError, ValueError) as exc:  # onnxruntime's own Fail/InvalidGraph errors
+            raise BackendUnavailable(f"backend {NAME!r}: onnxruntime rejects the graph: {exc}") from exc
+        self._names = [spec.name for spec in self.outputs]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self._outputs, feeds)
-        return dict(zip(self._outputs, values))
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(self._names, feeds)
+
+
+def load(artifact, threads: int = 1) -> OnnxRuntimeModel:
+    return OnnxRuntimeModel(artifact, threads)

@@ -1,0 +1,22 @@
+"""The rule engine: rules as data (YAML) or Python, evaluated on messages and time.
+
+    from iotrt.rules import rule                       # write Python rules
+    from iotrt.rules import Engine, Message, TICK, load_rules
+
+See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-engine node
+(iotrt.nodes.action.rules) wires it to the bus and the actuators.
+"""
+
+from iotrt.rules.api import load_rules, loads_rules, rule
+from iotrt.rules.engine import (
+    TICK, Command, Engine, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+)
+from iotrt.rules.expressions import ExpressionError
+from iotrt.rules.schema import RuleDef, RuleSet
+from iotrt.rules.source import Problem, RulesError
+
+__all__ = [
+    "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
+    "Publish", "RuleContext", "RuleDef", "RuleError", "RuleSet", "RulesError", "Skipped", "Tick",
+    "load_rules", "loads_rules", "rule",
+]

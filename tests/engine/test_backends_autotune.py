@@ -203,3 +203,24 @@ def test_random_feeds_follow_the_specs():
     feeds = autotune.random_feeds([Spec("img", (1, 4, 4, 3), "uint8"), Spec("x", (2, 5), "float32")])
     assert feeds["img"].dtype == np.uint8 and feeds["img"].shape == (1, 4, 4, 3)
     assert feeds["x"].dtype == np.float32 and np.abs(feeds["x"]).max() <= 1.0
+
+
+def test_cached_backend_that_no_longer_loads_is_measured_again(artifact, caplog):
+    clock, built = FakeClock(), []
+    costs = {"numpy": 0.010, "opencv": 0.004}
+    autotune.select(artifact, list(costs), make_builder(clock, costs, built), FEEDS, 1, FAST, clock)
+    costs["opencv"] = None  # e.g. OpenCV upgraded to a build without dnn; versions key unchanged
+    with caplog.at_level(logging.WARNING, logger="iotrt.engine.auto"):
+        backend, choice = autotune.select(
+            artifact, list(costs), make_builder(clock, costs, []), FEEDS, 1, FAST, clock
+        )
+    assert backend.name == "numpy" and "opencv" in choice.rejected
+    assert "no longer loads" in caplog.text
+
+
+def test_artifact_not_from_a_file_is_measured_without_a_cache(tmp_path):
+    clock, built = FakeClock(), []
+    costs = {"numpy": 0.010, "opencv": 0.004}
+    backend, choice = autotune.select(None, list(costs), make_builder(clock, costs, built), FEEDS, 1, FAST, clock)
+    assert backend.name == "opencv" and choice.key == {"threads": "1"}
+    assert not list(tmp_path.iterdir())

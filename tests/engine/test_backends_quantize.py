@@ -41,3 +41,25 @@ def test_storage_is_a_quarter_plus_scales():
 def test_bad_axis_is_rejected(shape, axis):
     with pytest.raises(QuantizeError, match="axis"):
         quantize(np.ones(shape, np.float32), axis)
+
+
+def test_stored_entry_restores_the_dequantized_weight():
+    from iotrt.compiler import quantize as qz
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 2, 3, 3)).astype(np.float32)
+    t = quantize(w, 0)
+    blob = bytearray(b"\xff" * 10)  # something before, as in a real blob
+
+    def put(data: bytes) -> int:
+        blob.extend(b"\0" * (-len(blob) % 64))
+        offset = len(blob)
+        blob.extend(data)
+        return offset
+
+    e = qz.entry(t, put)
+    assert e["dtype"] == "int8" and e["quant"]["axis"] == 0
+    np.testing.assert_array_equal(qz.restore(bytes(blob), e), dequantize(t))
+    e["quant"]["scheme"] = "int4-magic"
+    with pytest.raises(QuantizeError, match="int4-magic"):
+        qz.restore(bytes(blob), e)

@@ -55,6 +55,22 @@ def test_write_rejects_bad_input_and_keeps_going(tmp_path):
         assert ev.id == ok and ev.fields["set"] == [1] and "object" in ev.fields["obj"]
 
 
+def test_write_record_checks_what_a_node_sent(tmp_path):
+    with Journal(tmp_path / "j.db") as j:
+        eid = j.write_record({"type": "record", "id": "door", "kind": "command_applied",
+                              "fields": {"id": "c1"}, "t_ns": 5})
+        for body, why in [("x", "must be a map"), ({"kind": "k", "fields": {}}, "'id'"),
+                          ({"id": "n", "kind": 3, "fields": {}}, "'kind'"),
+                          ({"id": "n", "kind": "k", "fields": []}, "'fields'"),
+                          ({"id": "n", "kind": "k", "fields": {}, "t_ns": 1.5}, "'t_ns'")]:
+            with pytest.raises(ValueError, match=why):
+                j.write_record(body)
+    with JournalReader(tmp_path / "j.db") as r:
+        (ev,) = r.query()
+        assert (ev.id, ev.node, ev.kind, ev.t_ns, ev.fields) == (eid, "door", "command_applied",
+                                                                  5, {"id": "c1"})
+
+
 def test_reader_errors_are_clear(tmp_path):
     with pytest.raises(JournalError, match="no journal here"):
         JournalReader(tmp_path / "missing.db")
@@ -155,20 +171,26 @@ def test_retention_by_age(tmp_path):
         assert [e.id for e in r.query()] == [new]
 
 
-def test_retention_by_size_bounds_the_file(tmp_path):
+def test_retention_by_size_bounds_the_file(tmp_path, monkeypatch):
+    import iotrt.journal
+
+    monkeypatch.setattr(iotrt.journal, "PRUNE_EVERY", 50)
     path = tmp_path / "j.db"
     limit = 256 * 1024
+    sizes = []
     with Journal(path, max_bytes=limit) as j:
         last = 0
-        for i in range(3000):  # ~1.5 MB of events, six times the limit
-            last = j.write("e", "n", {"i": i, "pad": "y" * 500})
-        j.prune()
-        j._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert path.stat().st_size <= limit * 1.1
+        for i in range(400):  # ~1.6 MB of events, six times the limit, pruned as it goes
+            last = j.write("e", "n", {"i": i, "pad": "y" * 4000})
+            if i % 50 == 49:
+                j._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                sizes.append(path.stat().st_size)
+    assert max(sizes) <= limit + 50 * 4200  # never more than one prune period over the limit
+    assert sizes[-1] <= limit * 1.1
     with JournalReader(path) as r:
         events = r.query()
         assert events and events[-1].id == last  # the newest are kept, the oldest went
-        assert len(events) < 3000
+        assert len(events) < 400
         assert [e.id for e in events] == list(range(events[0].id, last + 1))
 
 

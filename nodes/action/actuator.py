@@ -1,0 +1,205 @@
+"""What every actuator node shares: the command loop (journal, then ack) and the safety timer.
+
+An actuator is a controller object with ``apply(command) -> result`` for one command input.
+``serve`` runs the node's event loop: each command is applied, journaled durably with
+``node.record(..., sync=True)`` and only then acknowledged, so any command whose ack the sender
+saw is in the journal even if the actuator is killed the next instant.
+
+A command the actuator refuses (bad or unsafe input: ``CommandRefused``) or cannot carry out
+(``DriverError``: the webhook timed out, the serial controller did not answer) is still
+acknowledged, with ``{"ok": False, "error": ...}``: the sender must not retry a refused command,
+and the journal says why. Any other exception is a bug or a broken device: it ends the node, and
+the supervisor restarts it in its safe start state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class CommandRefused(ValueError):
+    """The command is malformed or unsafe; it was not applied. The message says what to send."""
+
+
+class DriverError(RuntimeError):
+    """The device or service did not do what the command asked."""
+
+
+class Controller(Protocol):
+    def apply(self, command: dict[str, Any]) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Device(Controller, Protocol):
+    """A controller with state and time-based safety actions (lock, motors)."""
+
+    def check(self) -> float | None: ...       # do what is due; seconds until the next check
+
+    def state(self) -> dict[str, Any]: ...     # current state, for the periodic `state` message
+
+    def changes(self) -> list[dict[str, Any]]: ...  # state changes since the last call
+
+    wake: Callable[[], None]                   # the device calls it when a deadline moved
+
+
+def execute(controller: Controller, data: Any) -> tuple[str, dict[str, Any]]:
+    """Apply one command; returns (journal kind, ack result). Pure of any node machinery."""
+    if not isinstance(data, dict):
+        return "command_refused", {"ok": False, "error": f"a command must be a map of fields, "
+                                                         f"not {type(data).__name__}"}
+    try:
+        result = controller.apply(data)
+    except CommandRefused as exc:
+        return "command_refused", {"ok": False, "error": str(exc)}
+    except DriverError as exc:
+        return "command_failed", {"ok": False, "error": str(exc)}
+    return "command_applied", {"ok": True, **result}
+
+
+def handle_command(node, controller: Controller, event) -> dict[str, Any]:
+    """Apply, journal (durably), then ack one command event; returns the ack result."""
+    kind, result = execute(controller, event.data)
+    if not result["ok"]:
+        node.log.warning("command %s on %s: %s", event.id, event.input, result["error"])
+    node.record(kind, sync=True, id=event.id, input=event.input, command=event.data,
+                result=result)
+    event.ack(result)
+    return result
+
+
+def sim_file(node, what: str) -> Path:
+    """Where a sim driver records its state: the ``sim_file`` param, else
+    ``<state dir>/<node id>.<what>.jsonl`` (the state dir survives restarts)."""
+    if node.params["sim_file"]:
+        return Path(node.params["sim_file"])
+    return Path(node.config.state_dir or ".") / f"{node.id}.{what}.jsonl"
+
+
+# Causes of state changes the device made by itself: journaled (a command is journaled anyway).
+SELF_CAUSES = ("timeout", "deadman")
+
+
+def serve(node, controller: Controller, device: bool = False,
+          state_period_s: float = 1.0) -> None:
+    """The event loop of an actuator node. With ``device=True`` the controller is a ``Device``:
+    its safety checks run on a SafetyTimer and its state is published on the ``state`` output
+    at each change and every ``state_period_s``."""
+    timer = None
+    if device:
+        timer = SafetyTimer(controller.check, name=f"{node.id}-safety")
+        controller.wake = timer.poke
+        # The timer thread changes state on its own (re-lock, dead-man stop); the loop publishes
+        # those changes within this period.
+        node.timer("flush", 0.05)
+        node.timer("state", state_period_s)
+    try:
+        node.ready()
+        for event in node:
+            if event.kind == "command":
+                handle_command(node, controller, event)
+            if timer is None:
+                continue
+            timer.raise_if_failed()
+            if event.timer == "state":
+                node.publish("state", controller.state())
+            for change in controller.changes():
+                node.publish("state", change)
+                if change.get("cause") in SELF_CAUSES:
+                    node.record("actuator_state", **change)
+    finally:
+        if timer is not None:
+            timer.close()
+        controller.close()
+
+
+class SafetyTimer:
+    """A thread that calls ``check()`` whenever it asked to be called next.
+
+    ``check()`` performs whatever safety action is due (re-lock, stop the motors) and returns
+    the seconds until it next needs to run, or None when nothing is pending. ``poke()`` makes it
+    run now (after a command changed the deadline). It runs on its own thread, so a slow or
+    blocked event loop (a journal write waiting on the supervisor, a busy user callback) cannot
+    delay a safety action.
+    """
+
+    def __init__(self, check: Callable[[], float | None], name: str = "safety") -> None:
+        self._check = check
+        self._cond = threading.Condition()
+        self._poked = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        with self._cond:
+            self._poked = True
+            self._cond.notify()
+
+    def raise_if_failed(self) -> None:
+        """Re-raise, on the caller's thread, an exception the check raised (the timer stopped)."""
+        if self._error is not None:
+            raise RuntimeError("the actuator's safety timer failed") from self._error
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                wait = self._check()
+                with self._cond:
+                    if self._closed:
+                        return
+                    if not self._poked:
+                        self._cond.wait(timeout=None if wait is None else max(wait, 0.0))
+                    self._poked = False
+                    if self._closed:
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which re-raises
+            log.exception("safety timer %s failed", self._thread.name)
+            self._error = exc
+
+
+def number(command: dict[str, Any], key: str, lo: float, hi: float,
+           default: float | None = None) -> float:
+    """A numeric command field within [lo, hi], or CommandRefused naming the field."""
+    value = command.get(key, default)
+    if value is None:
+        raise CommandRefused(f"missing '{key}' (a number from {lo:g} to {hi:g})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise CommandRefused(f"'{key}' must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise CommandRefused(f"'{key}' = {value:g} is outside {lo:g}..{hi:g}")
+    return float(value)
+
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def fill(template: str, fields: dict[str, Any], what: str) -> str:
+    """Replace each ``{name}`` in ``template`` by the command's field ``name``.
+
+    Deliberately not ``str.format`` (which reaches attributes and items: ``{x.__class__}``):
+    only plain names, and a missing one refuses the command instead of sending a half-filled
+    topic, URL or argument.
+    """
+    def one(match: re.Match) -> str:
+        name = match[1]
+        if name not in fields:
+            raise CommandRefused(f"{what} {template!r} needs the field '{name}', which the "
+                                 f"command does not have")
+        value = fields[name]
+        return value if isinstance(value, str) else json.dumps(value)
+    return _FIELD.sub(one, template)

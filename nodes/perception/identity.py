@@ -1,0 +1,84 @@
+"""Identity node: names the faces the detector found, against a gallery of enrolled people.
+
+Inputs: `image` (the camera's frames) and `detections` (the detector's faces for one of those
+frames, carrying the frame's `stamp_ns`). The node keeps the last few frames by stamp and pairs
+each detections message with its frame; a message whose frame is gone (dropped upstream) is
+published with every face `unknown`, score 0, and counted in `unpaired`, so a rule never waits
+on a face it was not told about.
+
+Output `faces`, one per detections message (also when nobody is there, so rules see both edges):
+    {"faces": [{"name": "owner", "score": 0.93, "known": true, "box": [x1, y1, x2, y2]}, ...],
+     "known": ["owner"],      # enrolled people in view, sorted, no repeats
+     "unknown": 1,            # faces that matched nobody
+     "method": "lbp", "unpaired": 0}
+
+Methods and their honest limits are described in facefeatures.py and docs/perception.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iotrt.node import Node, NodeSpec, Param
+from iotrt.nodes.perception.gallery import Gallery
+from iotrt.nodes.perception.matcher import (
+    METHODS,
+    FrameBuffer,
+    Identifier,
+    embedding_extractor,
+    lbp_extractor,
+)
+from iotrt.nodes.perception.modelcache import cache_dir, load_model
+
+SPEC = NodeSpec(
+    doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
+    inputs={"image": "RGB uint8 frame", "detections": "detector faces with keypoints"},
+    outputs={"faces": "{faces: [{name, score, known, box}], known: [names], unknown: n}"},
+    params=[
+        Param("gallery", str, "gallery.npz", "gallery file written by 'iotrt enroll'"),
+        Param("method", str, "lbp", "matching method", choices=tuple(METHODS)),
+        Param("threshold", float, 0.0, "minimum score to name a face (0: the method's default)",
+              min=0.0, max=1.0),
+        Param("model", str, "", "embedding: face-embedding model (.onnx/.tflite/.iotm)"),
+        Param("backend", str, "auto", "embedding: engine backend"),
+        Param("embed_mean", float, 127.5, "embedding: input = (pixel - mean) / std"),
+        Param("embed_std", float, 127.5, "embedding: see embed_mean"),
+        Param("min_eye_px", float, 8.0, "faces with eyes closer than this (pixels) are unknown"),
+        Param("frame_buffer", int, 8, "how many recent frames to keep for pairing", min=1),
+    ],
+)
+
+
+def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None) -> Identifier:
+    method = params["method"]
+    path = Path(params["gallery"]).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    gallery = Gallery.load(path)
+    if method == "embedding":
+        if not params["model"]:
+            raise ValueError("identity: method 'embedding' needs the 'model' parameter "
+                             "(a face-embedding model; see docs/perception.md)")
+        model, sha = load_model(params["model"], models_dir, params["backend"], base_dir, log)
+        extract = embedding_extractor(model, params["embed_mean"], params["embed_std"])
+    else:
+        sha, extract = None, lbp_extractor()
+    gallery.check(method, sha, path)
+    if log:
+        log.info("identity: %d people (%d photos) in %s, method %s",
+                 len(gallery.people), len(gallery), path, method)
+    threshold = params["threshold"] or METHODS[method][1]
+    return Identifier(gallery, extract, threshold, params["min_eye_px"])
+
+
+def main(node: Node) -> None:
+    ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
+    frames = FrameBuffer(node.params["frame_buffer"])
+    node.ready()
+    for event in node:
+        if event.kind != "input":
+            continue
+        if event.input == "image":
+            frames.put(event.stamp_ns, event.data)
+        elif event.input == "detections":
+            node.publish("faces", ident.identify(frames.get(event.stamp_ns), event.data))

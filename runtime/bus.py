@@ -1,0 +1,330 @@
+"""NNG pub/sub endpoints: every node output is a Pub0 that listens, every input a Sub0 that dials.
+
+Addresses: `ipc://` (default, one host), `tcp://` and `tls+tcp://` (across hosts). ipc socket
+paths must fit the kernel's 107-byte limit, so the graph allocates short hashed names with
+`short_ipc_address` under a runtime directory that only the service user can enter (0700,
+`ensure_runtime_dir`): nobody else on the machine can publish into the graph.
+
+Streams are latest-wins. A Subscriber's `queue` is its NNG receive buffer (in messages); when it
+is full NNG keeps the newest and discards older ones, so a slow reader never slows the
+publisher. NNG does not count those losses, so the Subscriber counts gaps in `seq` as `drops`.
+Bytes that do not decode are counted as `bad`, logged (rate-limited) and skipped.
+
+Large arrays published on an ipc output travel through shared memory (`iotrt.shm`); this is
+transparent to both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pynng
+
+from iotrt import shm
+from iotrt.codec import DecodeError, Envelope, decode, encode
+
+log = logging.getLogger("iotrt.bus")
+
+IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+SCHEMES = ("ipc://", "tcp://", "tls+tcp://")
+DEFAULT_QUEUE = 2
+
+
+class AddressError(ValueError):
+    """An endpoint address that cannot work (unknown scheme, ipc path too long, ...)."""
+
+
+class RuntimeDirError(PermissionError):
+    """The runtime directory is not private to this user."""
+
+
+def ensure_runtime_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and parents) as a directory only this user can enter (0700).
+
+    An existing directory must belong to this user; a too-open mode is tightened, because other
+    local users could otherwise connect to (and publish into) the graph's ipc sockets.
+    """
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = p.stat()
+    if st.st_uid != os.getuid():
+        raise RuntimeDirError(
+            f"runtime directory {p} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.getuid()}); choose another runtime_dir"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(p, 0o700)
+    return p
+
+
+def short_ipc_address(runtime_dir: str | os.PathLike, graph: str, node: str, port: str) -> str:
+    """A short, stable ipc address for one endpoint: ipc://<runtime_dir>/<10 hex chars>."""
+    digest = hashlib.blake2s(f"{graph}\0{node}\0{port}".encode(), digest_size=5).hexdigest()
+    return f"ipc://{os.path.join(os.fspath(runtime_dir), digest)}"
+
+
+def check_address(address: str) -> None:
+    """Raise AddressError unless `address` can be used (called by the graph at load time)."""
+    if not address.startswith(SCHEMES):
+        raise AddressError(
+            f"address {address!r} must start with one of {', '.join(SCHEMES)}"
+        )
+    if address.startswith("ipc://"):
+        path = address[len("ipc://"):]
+        n = len(path.encode())
+        if n > IPC_PATH_MAX:
+            raise AddressError(
+                f"ipc socket path is {n} bytes, the limit is {IPC_PATH_MAX}: {path!r}; "
+                f"use a shorter runtime_dir"
+            )
+
+
+def ipc_path(address: str) -> str | None:
+    return address[len("ipc://"):] if address.startswith("ipc://") else None
+
+
+def recv_bytes(sock: pynng.Socket, block: bool = True) -> bytes:
+    """sock.recv(), except that an empty message comes back as b"" instead of crashing.
+
+    pynng 0.9 raises RuntimeError ("cannot use unpack() on NULL") for a zero-length message,
+    which any peer can send; every receive path in iotrt goes through here.
+    """
+    try:
+        return sock.recv(block=block)
+    except RuntimeError:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS settings for `tls+tcp://` endpoints (files in PEM format).
+
+    The publisher (listener) is the TLS server and needs `cert_key_file` (certificate followed
+    by its private key); subscribers verify it against `ca_file`, checking `server_name`.
+    `auth` is "required" (default: peers must present a certificate the CA signed),
+    "optional" or "none".
+    """
+
+    ca_file: str | None = None
+    cert_key_file: str | None = None
+    server_name: str | None = None
+    auth: str = "required"
+
+    def build(self, server: bool) -> pynng.TLSConfig:
+        modes = {
+            "required": pynng.TLSConfig.AUTH_MODE_REQUIRED,
+            "optional": pynng.TLSConfig.AUTH_MODE_OPTIONAL,
+            "none": pynng.TLSConfig.AUTH_MODE_NONE,
+        }
+        if self.auth not in modes:
+            raise AddressError(f"tls auth must be one of {', '.join(modes)}, not {self.auth!r}")
+        if server and not self.cert_key_file:
+            raise AddressError("a tls+tcp:// listener needs tls.cert_key_file")
+        return pynng.TLSConfig(
+            pynng.TLSConfig.MODE_SERVER if server else pynng.TLSConfig.MODE_CLIENT,
+            server_name=None if server else self.server_name,
+            ca_files=self.ca_file,
+            cert_key_file=self.cert_key_file,
+            auth_mode=modes[self.auth],
+        )
+
+
+def tls_for(address: str, tls: TlsConfig | None, server: bool) -> pynng.TLSConfig | None:
+    if not address.startswith("tls+tcp://"):
+        return None
+    if tls is None:
+        raise AddressError(f"{address} is a tls+tcp:// address but no tls settings were given")
+    return tls.build(server)
+
+
+class Publisher:
+    """One node output: a Pub0 socket listening on `address`. Thread-safe `publish`.
+
+    Arrays of at least `shm_threshold` bytes go through a shared-memory ring when the address
+    is ipc (readers are on this host); None disables that.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        topic: str,
+        src: str,
+        *,
+        tls: TlsConfig | None = None,
+        shm_threshold: int | None = shm.DEFAULT_THRESHOLD,
+        shm_slots: int = shm.DEFAULT_SLOTS,
+    ):
+        check_address(address)
+        self.address, self.topic, self.src = address, topic, src
+        self.seq = 0
+        self.msgs = 0
+        self._lock = threading.Lock()
+        self._sock = pynng.Pub0()
+        tls_cfg = tls_for(address, tls, server=True)
+        if tls_cfg is not None:
+            self._sock.tls_config = tls_cfg
+        try:
+            self._sock.listen(address)
+        except pynng.AddressInUse as exc:
+            self._sock.close()
+            raise AddressError(f"{address} is already in use by another publisher") from exc
+        path = ipc_path(address)
+        if path is not None:
+            os.chmod(path, 0o600)
+        self._ring = (
+            shm.RingWriter(shm.segment_prefix(address), slots=shm_slots, threshold=shm_threshold)
+            if path is not None and shm_threshold is not None
+            else None
+        )
+
+    def publish(self, data: Any, stamp_ns: int | None = None, trace: list | None = None) -> int:
+        """Send `data`; returns its seq. stamp_ns defaults to now (a new sensor reading)."""
+        with self._lock:
+            seq = self.seq
+            env = Envelope(
+                self.topic,
+                seq,
+                time.monotonic_ns() if stamp_ns is None else stamp_ns,
+                self.src,
+                [] if trace is None else trace,
+                data,
+            )
+            buf = encode(env, self._ring.sink if self._ring is not None else None)
+            self._sock.send(buf)
+            self.seq = seq + 1
+            self.msgs += 1
+            return seq
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are connected right now."""
+        return len(self._sock.pipes)
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._ring is not None:
+            self._ring.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscriber:
+    """One node input: a Sub0 socket dialing a publisher's `address`.
+
+    `queue` is the number of messages buffered before the oldest are discarded (latest-wins).
+    Counters: `msgs` received, `drops` lost (seq gaps, overwritten shared-memory frames),
+    `bad` undecodable messages.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        queue: int = DEFAULT_QUEUE,
+        tls: TlsConfig | None = None,
+        name: str = "",
+    ):
+        check_address(address)
+        if not 1 <= queue <= 8192:
+            raise ValueError(f"queue must be between 1 and 8192 messages, not {queue}")
+        self.address, self.name, self.queue = address, name or address, queue
+        self.msgs = self.drops = self.bad = 0
+        self._last_seq: int | None = None
+        self._timeout_ms: int | None = None
+        # retry fast while the publisher is starting, back off to 1 s if it stays away
+        self._sock = pynng.Sub0(recv_buffer_size=queue, reconnect_time_min=20,
+                                reconnect_time_max=1000)
+        tls_cfg = tls_for(address, tls, server=False)
+        if tls_cfg is not None:
+            self._sock.tls_config = tls_cfg
+        self._sock.subscribe(b"")
+        # non-blocking dial: NNG keeps retrying in the background until the publisher is up
+        self._sock.dial(address, block=False)
+        self._frames = shm.RingReaders() if address.startswith("ipc://") else None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the publisher is connected right now."""
+        return bool(self._sock.pipes)
+
+    def fileno(self) -> int:
+        """A descriptor that is readable while a message is waiting (for selectors)."""
+        return self._sock.recv_fd
+
+    def recv(self, timeout_s: float | None = None) -> Envelope | None:
+        """The next valid message, or None after `timeout_s` (None: wait forever)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if deadline is None:
+                ms = -1
+            else:
+                ms = int((deadline - time.monotonic()) * 1000)
+                if ms <= 0:
+                    return self.recv_nowait()
+            if ms != self._timeout_ms:
+                self._sock.recv_timeout = ms
+                self._timeout_ms = ms
+            try:
+                buf = recv_bytes(self._sock)
+            except pynng.Timeout:
+                return None
+            env = self._accept(buf)
+            if env is not None:
+                return env
+
+    def recv_nowait(self) -> Envelope | None:
+        """A waiting valid message, or None if there is none."""
+        while True:
+            try:
+                buf = recv_bytes(self._sock, block=False)
+            except pynng.TryAgain:
+                return None
+            env = self._accept(buf)
+            if env is not None:
+                return env
+
+    def _accept(self, buf: bytes) -> Envelope | None:
+        try:
+            env = decode(buf, self._frames.read if self._frames is not None else None)
+        except shm.FrameOverwritten:
+            self.drops += 1
+            return None
+        except DecodeError as exc:
+            self.bad += 1
+            if self.bad == 1 or self.bad % 100 == 0:
+                log.warning("%s: discarded undecodable message (%d so far): %s",
+                            self.name, self.bad, exc)
+            return None
+        last = self._last_seq
+        if last is not None and env.seq > last + 1:
+            self.drops += env.seq - last - 1
+        # seq going backwards means the publisher restarted: start counting afresh
+        self._last_seq = env.seq
+        self.msgs += 1
+        return env
+
+    def stats(self) -> dict[str, int]:
+        return {"msgs": self.msgs, "drops": self.drops, "bad": self.bad}
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._frames is not None:
+            self._frames.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

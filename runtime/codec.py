@@ -1,0 +1,208 @@
+"""The wire format: one envelope type, msgpack, one ExtType for numpy arrays. No pickle, ever.
+
+Round-trip contract (what `decode(encode(env))` gives back):
+
+- `data` may hold dict, list, tuple, str, bytes, int, float, bool, None and `numpy.ndarray`,
+  nested freely. Tuples come back as lists. Map keys may be str or int. numpy scalars
+  (`np.float32(1.5)`, `np.bool_(True)`) are sent as the equivalent Python scalar.
+- Arrays: the dtypes in `ARRAY_DTYPES` (bool, signed/unsigned ints of 8-64 bits, float16/32/64,
+  complex64/128), any shape including 0-d and empty. Big-endian arrays are sent little-endian;
+  non-contiguous arrays are made contiguous. Any other dtype (object, str, structured,
+  datetime, ...) is refused by `encode` with `EncodeError`: the receiver could not rebuild it
+  without executing code.
+- Decoded arrays are READ-ONLY views (``arr.flags.writeable is False``) on the received buffer
+  (or, for shared-memory frames, on the private copy the reader made): call ``arr.copy()`` to
+  modify one. This is enforced, so a node cannot scribble on a buffer another part still reads.
+- `decode` checks that the array header is well formed and that shape x itemsize equals the
+  byte length; any malformed input raises `DecodeError` and only that, never executes code.
+
+Arrays above a size threshold can travel out of band (shared memory, `iotrt.shm`): `encode`
+takes an `array_sink` that may replace an array by an `EXT_SHM` descriptor, and `decode` an
+`shm_reader` that turns the descriptor back into an array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+import numpy as np
+
+EXT_NDARRAY = 1
+EXT_SHM = 2
+WIRE_VERSION = 1
+
+# dtype.str on the wire -> dtype. Everything is little-endian on the wire.
+ARRAY_DTYPES: dict[str, np.dtype] = {
+    d.str: d
+    for d in map(
+        np.dtype,
+        ["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8",
+         "<f2", "<f4", "<f8", "<c8", "<c16"],
+    )
+}
+
+
+class CodecError(ValueError):
+    """Base class of the codec's errors."""
+
+
+class EncodeError(CodecError):
+    """`data` holds something the wire format cannot carry (see the module docstring)."""
+
+
+class DecodeError(CodecError):
+    """Bytes that are not a valid iotrt envelope (truncated, corrupted or foreign)."""
+
+
+class FrameOverwritten(Exception):
+    """A shared-memory frame was rewritten by its publisher before the reader copied it.
+
+    Not a DecodeError: the message was valid, the reader was too late (counted as a drop)."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    topic: str  # "<node id>/<output name>"
+    seq: int  # per-output counter from 0, +1 per publish; gaps = drops
+    stamp_ns: int  # sensor capture time, time.monotonic_ns(); carried through the graph
+    src: str  # id of the publishing node
+    trace: list = field(default_factory=list)  # [[node id, t_ns], ...], one entry per hop
+    data: Any = None
+
+
+def wire_dtype(dtype: np.dtype) -> np.dtype:
+    """The little-endian dtype an array of `dtype` is sent as; EncodeError if not allowed."""
+    wire = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    if wire.str not in ARRAY_DTYPES:
+        allowed = ", ".join(ARRAY_DTYPES[k].name for k in ARRAY_DTYPES)
+        raise EncodeError(f"arrays of dtype {dtype} cannot be sent; allowed dtypes: {allowed}")
+    return wire
+
+
+def array_header(arr: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """(contiguous little-endian array, packed [dtype, shape] header) for the ext payloads."""
+    wire = wire_dtype(arr.dtype)
+    arr = np.asarray(arr, dtype=wire, order="C")  # (ascontiguousarray would make 0-d 1-d)
+    return arr, msgpack.packb([wire.str, list(arr.shape)])
+
+
+def parse_array_header(hdr: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Validate an unpacked [dtype, shape] header; returns (dtype, shape, byte size)."""
+    if not (isinstance(hdr, list) and len(hdr) == 2 and isinstance(hdr[1], list)):
+        raise DecodeError("array header is not [dtype, shape]")
+    dtype = ARRAY_DTYPES.get(hdr[0]) if isinstance(hdr[0], str) else None
+    if dtype is None:
+        raise DecodeError(f"array dtype {hdr[0]!r} is not an allowed wire dtype")
+    shape = hdr[1]
+    if len(shape) > 32 or not all(type(n) is int and n >= 0 for n in shape):
+        raise DecodeError(f"array shape {shape!r} is not a list of non-negative ints")
+    count = 1
+    for n in shape:
+        count *= n
+    return dtype, tuple(shape), count * dtype.itemsize
+
+
+ArraySink = Callable[[np.ndarray], "msgpack.ExtType | None"]
+ShmReader = Callable[[bytes], np.ndarray]
+
+
+def _default(array_sink: ArraySink | None):
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            if array_sink is not None:
+                ext = array_sink(obj)
+                if ext is not None:
+                    return ext
+            arr, hdr = array_header(obj)
+            # header then raw bytes: decode slices the payload without another copy
+            return msgpack.ExtType(EXT_NDARRAY, hdr + arr.tobytes())
+        if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+            return obj.item()
+        raise EncodeError(f"cannot send a {type(obj).__name__} ({obj!r:.60}) in a message")
+
+    return default
+
+
+def pack(obj: Any, array_sink: ArraySink | None = None) -> bytes:
+    """Any contract-conforming object -> msgpack bytes (arrays as the ndarray ExtType)."""
+    try:
+        return msgpack.packb(obj, default=_default(array_sink), use_bin_type=True, datetime=False)
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
+
+
+def encode(env: Envelope, array_sink: ArraySink | None = None) -> bytes:
+    """Envelope -> bytes. Raises EncodeError if `env.data` breaks the contract."""
+    try:
+        return pack(
+            [WIRE_VERSION, env.topic, env.seq, env.stamp_ns, env.src, env.trace, env.data],
+            array_sink,
+        )
+    except EncodeError as exc:
+        raise EncodeError(f"cannot publish on {env.topic!r}: {exc}") from exc
+
+
+def decode_array(payload: bytes) -> np.ndarray:
+    """An EXT_NDARRAY payload -> read-only array viewing `payload`."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(payload))
+    unpacker.feed(payload)
+    hdr = unpacker.unpack()
+    offset = unpacker.tell()
+    dtype, shape, nbytes = parse_array_header(hdr)
+    if nbytes != len(payload) - offset:
+        raise DecodeError(
+            f"array of shape {shape} and dtype {dtype} needs {nbytes} bytes, "
+            f"the message carries {len(payload) - offset}"
+        )
+    arr = np.frombuffer(payload, dtype=dtype, offset=offset).reshape(shape)
+    arr.flags.writeable = False  # payload is immutable bytes already; make it explicit
+    return arr
+
+
+def _ext_hook(shm_reader: ShmReader | None):
+    def ext_hook(code: int, payload: bytes) -> Any:
+        if code == EXT_NDARRAY:
+            return decode_array(payload)
+        if code == EXT_SHM:
+            if shm_reader is None:
+                raise DecodeError(
+                    "message refers to a shared-memory frame but this reader has no access "
+                    "to shared memory (is the publisher on another host? use a tcp output "
+                    "with shared memory off)"
+                )
+            return shm_reader(payload)
+        raise DecodeError(f"unknown msgpack extension type {code}")
+
+    return ext_hook
+
+
+def unpack(buf: bytes, shm_reader: ShmReader | None = None) -> Any:
+    """msgpack bytes -> object. Raises DecodeError, and only that, for malformed input."""
+    try:
+        return msgpack.unpackb(
+            buf, raw=False, strict_map_key=False, ext_hook=_ext_hook(shm_reader), use_list=True
+        )
+    except (DecodeError, FrameOverwritten):
+        raise
+    # msgpack's C parser signals hostile input with many exception types (ValueError,
+    # TypeError, StackError, UnicodeDecodeError, ...); the contract promises one.
+    except Exception as exc:
+        raise DecodeError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
+
+
+def decode(buf: bytes, shm_reader: ShmReader | None = None) -> Envelope:
+    """bytes -> Envelope. Raises DecodeError, and only that, for any malformed input."""
+    obj = unpack(buf, shm_reader)
+    if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == WIRE_VERSION):
+        raise DecodeError("not an iotrt envelope (or from an incompatible iotrt version)")
+    _, topic, seq, stamp_ns, src, trace, data = obj
+    if not (
+        isinstance(topic, str) and isinstance(src, str) and isinstance(trace, list)
+        and type(seq) is int and type(stamp_ns) is int
+    ):
+        raise DecodeError("envelope fields have the wrong types")
+    return Envelope(topic, seq, stamp_ns, src, trace, data)

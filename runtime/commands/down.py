@@ -1,0 +1,38 @@
+"""`iotrt down [GRAPH]`: stop a running graph and wait until its supervisor has exited."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import psutil
+
+from iotrt.control import ControlError, call, control_address
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", nargs="?", metavar="GRAPH",
+                        help="graph file or name (default: the only running graph)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="how long to wait for the supervisor to exit (default 30)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        address = control_address(args.graph)
+        reply = call(address, "stop")
+    except ControlError as exc:
+        print(f"iotrt down: {exc}", file=sys.stderr)
+        return 1
+    pid = reply["pid"]
+    print(f"stopping (supervisor pid {pid}) ...", flush=True)
+    start = time.monotonic()
+    while time.monotonic() - start < args.timeout:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            print(f"stopped in {time.monotonic() - start:.1f}s")
+            return 0
+        time.sleep(0.05)
+    print(f"iotrt down: the supervisor (pid {pid}) is still running after {args.timeout:g}s",
+          file=sys.stderr)
+    return 1

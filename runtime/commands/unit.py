@@ -1,0 +1,83 @@
+"""`iotrt unit GRAPH`: write the systemd unit that runs a graph as a service."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+
+from iotrt.graph import Graph, GraphError, load_graph
+
+DEVICE_GROUPS = ("video", "gpio", "dialout", "i2c")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", metavar="GRAPH", help="graph YAML file (an absolute path is "
+                        "written into the unit; keep the file where the service user can read it)")
+    parser.add_argument("-o", "--output", metavar="PATH",
+                        help="write here (e.g. /etc/systemd/system/iotrt-NAME.service); default stdout")
+    parser.add_argument("--user", default="iotrt", help="the service user (default: iotrt)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter with iotrt installed (default: this one, %(default)s)")
+    parser.add_argument("--writable", action="append", default=[], metavar="DIR",
+                        help="a folder the nodes may write besides the state folder "
+                             "(e.g. where model artifacts cache their backend choice); repeatable")
+    parser.epilog = "See docs/deploy.md for the whole installation (deploy/install.sh does it all)."
+
+
+def unit_name(graph: Graph) -> str:
+    return f"iotrt-{graph.name}.service"
+
+
+def dependency_levels(graph: Graph) -> int:
+    """How many rounds of 'start, wait for ready' the start-up takes (cycles count once)."""
+    deps = graph.dependencies()
+    level: dict[str, int] = {}
+
+    def depth(nid: str, seen: frozenset) -> int:
+        if nid not in level:
+            level[nid] = 1 + max((depth(d, seen | {nid}) for d in deps[nid] if d not in seen), default=0)
+        return level[nid]
+
+    return max((depth(n, frozenset()) for n in deps), default=1)
+
+
+def render(graph: Graph, user: str = "iotrt", python: str = sys.executable,
+           writable: list[str] = ()) -> str:
+    p = graph.policy
+    template = resources.files("iotrt.deploy").joinpath("iotrt.service").read_text()
+    longest_start = max((n.start_timeout_s for n in graph.nodes.values()), default=p.start_timeout_s)
+    extra = "".join(f"ReadWritePaths={Path(w).resolve()}\n" for w in writable)
+    return template.format(
+        name=graph.name,
+        graph=graph.path,
+        unit=unit_name(graph),
+        user=user,
+        python=python,
+        workdir=graph.path.parent,
+        backoff_max_s=p.backoff.max_s,
+        watchdog_s=math.ceil(max(10.0, p.backoff.max_s + 10.0, 4 * p.heartbeat_s)),
+        start_s=math.ceil(dependency_levels(graph) * longest_start + 10),
+        grace_s=p.stop_grace_s,
+        stop_s=math.ceil(p.stop_grace_s + 10),
+        groups=" ".join(DEVICE_GROUPS),
+        extra=extra,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        graph = load_graph(args.graph)
+    except GraphError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    text = render(graph, args.user, args.python, args.writable)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}; then: sudo systemctl daemon-reload && "
+              f"sudo systemctl enable --now {unit_name(graph)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

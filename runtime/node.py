@@ -1,0 +1,359 @@
+"""The Node API that every node, built-in or user-written, uses.
+
+    from iotrt import Node
+
+    node = Node()                      # config, params and addresses from the supervisor
+    for event in node:                 # inputs, timer ticks, commands, reloads; ends on stop
+        if event.input == "image":
+            node.publish("detections", {...})
+
+One event loop per node: a selector over the NNG receive descriptors of every input and command
+input, a self-pipe woken by signals, and the timers' deadlines; no thread per input. Heartbeats
+to the supervisor are sent from inside this loop, so a node stuck in its own code stops
+heartbeating. `Node.for_test(...)` runs the same node logic in-process without sockets.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from iotrt.bus import Publisher, Subscriber
+from iotrt.codec import Envelope
+from iotrt.command import Command, CommandClient, CommandError, CommandServer
+from iotrt.protocol import NodeConfig, SupervisorLink, record_body
+from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from iotrt.testing import TestNode
+
+__all__ = ["Node", "Event", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
+           "NodeError", "load_spec"]
+
+
+class NodeError(RuntimeError):
+    """Misuse of the Node API (unknown output, missing wiring, ...)."""
+
+
+@dataclass(slots=True)
+class Event:
+    """One thing for the node to handle.
+
+    kind: "input" (a message on input `name`), "timer" (timer `name` fired), "command" (a
+    command on command input `name`: answer it with `ack`), or "reload" (SIGHUP).
+    """
+
+    kind: str
+    name: str = ""
+    data: Any = None
+    envelope: Envelope | None = None
+    command: Command | None = None
+
+    @property
+    def input(self) -> str | None:
+        """The input (or command input) name, None for timers and reloads."""
+        return self.name if self.kind in ("input", "command") else None
+
+    @property
+    def timer(self) -> str | None:
+        return self.name if self.kind == "timer" else None
+
+    @property
+    def stamp_ns(self) -> int | None:
+        return self.envelope.stamp_ns if self.envelope is not None else None
+
+    @property
+    def id(self) -> str | None:
+        """The command id (commands only)."""
+        return self.command.id if self.command is not None else None
+
+    def ack(self, result: dict | None = None) -> dict:
+        """Acknowledge a command: `result` is merged into {"id", "ok": True}; returns the ack."""
+        if self.command is None:
+            raise NodeError(f"only command events can be acknowledged, this is a {self.kind}")
+        return self.command.reply(result)
+
+    def nack(self, error: str) -> dict:
+        """Refuse a command with a reason."""
+        return self.ack({"ok": False, "error": error})
+
+
+class Node:
+    """A running node. See the module docstring and docs/nodes.md."""
+
+    def __init__(self, config: NodeConfig | None = None, *, spec: NodeSpec | None = None,
+                 id: str | None = None, params: dict | None = None):
+        if config is None:
+            config = NodeConfig.from_env()
+        if config is None:  # standalone: no supervisor, no sockets
+            stem = os.path.splitext(os.path.basename(sys.argv[0] or "node"))[0] or "node"
+            config = NodeConfig(id=id or stem, params=params or {})
+        self.config = config
+        self.id = config.id
+        self.spec = spec
+        self.log = logging.getLogger(f"iotrt.node.{self.id}")
+        self.params = (spec.validate_params(config.params, f"node {self.id!r}")
+                       if spec is not None else dict(config.params))
+        self._current: Envelope | None = None
+        self._open_command: Command | None = None
+        self._timers: list[tuple[int, int, str]] = []  # heap of (due_ns, period_ns, name)
+        self._stop = threading.Event()
+        self._reloads = 0
+        self._out_msgs: dict[str, int] = {}
+        self._setup()
+
+    # -- transport (TestNode overrides these) ------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self._link = SupervisorLink(self.id, cfg.supervisor)
+        self._pubs = {n: Publisher(ep.address, ep.topic or f"{self.id}/{n}", self.id)
+                      for n, ep in cfg.outputs.items()}
+        self._subs = {n: Subscriber(ep.address, queue=ep.queue, name=f"{self.id}.{n}")
+                      for n, ep in cfg.inputs.items()}
+        store_dir = os.path.join(cfg.state_dir, "commands") if cfg.state_dir else None
+        self._servers = {
+            n: CommandServer(ep.address, name=f"{self.id}.{n}",
+                             store_path=os.path.join(store_dir, f"{self.id}.{n}.ids")
+                             if store_dir else None)
+            for n, ep in cfg.commands_in.items()
+        }
+        self._clients = {n: CommandClient(ep.address, src=self.id)
+                         for n, ep in cfg.commands_out.items()}
+        self._journal = CommandClient(cfg.journal, src=self.id) if cfg.journal else None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._install_signals()
+        threads = os.environ.get("IOTRT_THREADS")
+        if threads and "cv2" in sys.modules:
+            sys.modules["cv2"].setNumThreads(int(threads))
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.log.debug("not in the main thread: stop with node.stop(), no signal handling")
+            return
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+
+    def _request_reload(self) -> None:
+        self._reloads += 1
+
+    def _emit(self, output: str, data: Any, stamp_ns: int, trace: list) -> None:
+        pub = self._pubs.get(output)
+        if pub is not None:
+            pub.publish(data, stamp_ns, trace)
+
+    def _call(self, output: str, data: Any, timeout_s: float, retries: int) -> dict:
+        client = self._clients.get(output)
+        if client is None:
+            raise NodeError(f"node {self.id!r}: command output {output!r} is not connected "
+                            f"(wired: {', '.join(self._clients) or 'none'})")
+        return client.call(data, timeout_s=timeout_s, retries=retries)
+
+    def _record(self, body: dict, sync: bool) -> None:
+        if sync and self._journal is not None:
+            ack = self._journal.call(body)
+            if not ack.get("ok"):
+                raise CommandError(f"journal refused record {body['kind']!r}: {ack.get('error')}")
+        elif not self._link.record(body):
+            self.log.info("record %s %s", body["kind"], body["fields"])
+
+    # -- the API -----------------------------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the event loop to end (thread-safe; SIGTERM does the same)."""
+        self._stop.set()
+        if self._wake_w < 0:
+            return  # closed already: nothing left to wake
+        try:
+            os.write(self._wake_w, b"s")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is already being woken
+
+    def ready(self) -> None:
+        """Tell the supervisor start-up is done (also implied by the first loop iteration)."""
+        self._link.ready()
+
+    def timer(self, name: str, period_s: float, first_s: float | None = None) -> None:
+        """Fire a "timer" event named `name` every `period_s` (first after `first_s`).
+
+        Fixed rate: ticks are due at start + k * period; ticks missed while the node was busy
+        are skipped rather than delivered in a burst.
+        """
+        if period_s <= 0:
+            raise ValueError(f"timer {name!r}: period must be > 0 s, not {period_s}")
+        period = int(period_s * 1e9)
+        first = period if first_s is None else int(first_s * 1e9)
+        heapq.heappush(self._timers, (time.monotonic_ns() + first, period, name))
+
+    def publish(self, output: str, data: Any, stamp_ns: int | None = None) -> None:
+        """Publish on `output`. stamp_ns and trace are inherited from the event being handled
+        (a new reading from a sensor passes its capture time as `stamp_ns`)."""
+        if output not in self._out_msgs:
+            if not (output in self.config.outputs
+                    or (self.spec is not None and self.spec.has_port("outputs", output))):
+                declared = list(self.config.outputs) or (
+                    list(self.spec.outputs) if self.spec is not None else [])
+                raise NodeError(f"node {self.id!r} has no output {output!r} "
+                                f"(outputs: {', '.join(declared) or 'none'})")
+            self._out_msgs[output] = 0
+        cur = self._current
+        now = time.monotonic_ns()
+        if stamp_ns is None:
+            stamp_ns = cur.stamp_ns if cur is not None else now
+        trace = (list(cur.trace) if cur is not None else []) + [[self.id, now]]
+        self._emit(output, data, stamp_ns, trace)
+        self._out_msgs[output] += 1
+
+    def command(self, output: str, data: Any, *, timeout_s: float = 1.0,
+                retries: int = 4) -> dict:
+        """Send a command on a command output and wait for its ack (thread-safe).
+
+        Returns the ack map (check `ack["ok"]`); raises CommandTimeout when no ack arrives.
+        """
+        return self._call(output, data, timeout_s, retries)
+
+    def record(self, kind: str, sync: bool = False, **fields: Any) -> None:
+        """Send an event to the journal. sync=True waits until the supervisor wrote it."""
+        self._record(record_body(self.id, kind, fields), sync)
+
+    def stats(self) -> dict:
+        return {"in": {n: s.stats() for n, s in self._subs.items()},
+                "out": {n: {"msgs": c} for n, c in self._out_msgs.items()}}
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._events()
+
+    def close(self) -> None:
+        for group in (self._subs, self._pubs, self._servers, self._clients):
+            for endpoint in group.values():
+                endpoint.close()
+        if self._journal is not None:
+            self._journal.close()
+        self._link.close()
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_w = -1
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the event loop ----------------------------------------------------------------------
+
+    def _before_next(self) -> None:
+        """Housekeeping between two events: unanswered commands, the current envelope."""
+        self._current = None
+        cmd, self._open_command = self._open_command, None
+        if cmd is not None and not cmd.answered:
+            self.log.warning("command %s was not acknowledged; answering with an error", cmd.id)
+            cmd.reply({"ok": False, "error": f"node {self.id!r} did not acknowledge"})
+
+    def _deliver(self, event: Event) -> Event:
+        self._current = event.envelope
+        self._open_command = event.command
+        return event
+
+    def _due_timers(self, now: int) -> list[Event]:
+        events = []
+        while self._timers and self._timers[0][0] <= now:
+            due, period, name = heapq.heappop(self._timers)
+            nxt = due + period
+            if nxt <= now:  # fell behind: skip the missed ticks
+                nxt = now + period - (now - due) % period
+            heapq.heappush(self._timers, (nxt, period, name))
+            events.append(Event("timer", name))
+        return events
+
+    def _events(self) -> Iterator[Event]:
+        self._link.ready()
+        sel = selectors.DefaultSelector()
+        for name, sub in self._subs.items():
+            sel.register(sub.fileno(), selectors.EVENT_READ, ("input", name, sub))
+        for name, srv in self._servers.items():
+            sel.register(srv.fileno(), selectors.EVENT_READ, ("command", name, srv))
+        sel.register(self._wake_r, selectors.EVENT_READ, ("wake", "", None))
+        hb_period = int(self.config.heartbeat_s * 1e9)
+        next_hb = time.monotonic_ns()
+        reloads_seen = self._reloads
+        try:
+            while not self._stop.is_set():
+                self._before_next()
+                now = time.monotonic_ns()
+                if now >= next_hb:
+                    self._link.heartbeat(self.stats())
+                    next_hb = now + hb_period
+                for event in self._due_timers(now):
+                    yield self._deliver(event)
+                    self._before_next()
+                    if self._stop.is_set():
+                        return
+                if self._reloads != reloads_seen:
+                    reloads_seen = self._reloads
+                    yield self._deliver(Event("reload"))
+                    continue
+                deadline = min([next_hb] + [t[0] for t in self._timers[:1]])
+                timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+                for key, _ in sel.select(timeout):
+                    kind, name, source = key.data
+                    if kind == "wake":
+                        _drain(self._wake_r)
+                        continue
+                    if kind == "input":
+                        env = source.recv_nowait()
+                        if env is None:  # undecodable or overwritten: counted by the source
+                            continue
+                        event = Event("input", name, env.data, env)
+                    else:
+                        cmd = source.recv_nowait()
+                        if cmd is None:  # a duplicate answered from the store, or malformed
+                            continue
+                        event = Event("command", name, cmd.data, command=cmd)
+                    self._before_next()
+                    yield self._deliver(event)
+                    if self._stop.is_set():
+                        return
+        finally:
+            self._before_next()
+            sel.close()
+
+    # -- testing -----------------------------------------------------------------------------
+
+    @staticmethod
+    def for_test(target: Any, params: dict | None = None, id: str = "test") -> TestNode:
+        """A node without sockets for unit tests: feed events, inspect what it sent.
+
+        `target` is a NodeSpec, a node module (object or import path) or a script path.
+        """
+        from iotrt.testing import TestNode
+
+        return TestNode(target, params=params, id=id)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+

@@ -1,0 +1,133 @@
+"""One node process: how the supervisor starts it, hears it end, and forwards its output.
+
+A node is exec'd as `python -m iotrt.launch` in its own session (so a Ctrl-C in the terminal
+reaches only the supervisor, which then stops the nodes in order, and a signal to the node's
+process group also reaches anything the node spawned). The supervisor learns of its end through
+a pidfd (readable when the process exits), and reads its stdout/stderr through non-blocking
+pipes, all in the supervisor's one select() loop: no thread per node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import TextIO
+
+from iotrt.graph import Graph
+from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS
+from iotrt.sdnotify import SYSTEMD_ONLY_ENV
+
+log = logging.getLogger("iotrt.supervisor")
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", ENV_THREADS)
+LINE_MAX = 65536       # a longer line without a newline is forwarded in pieces
+
+
+def node_env(graph: Graph, node_id: str, log_level: str, base: dict[str, str]) -> dict[str, str]:
+    """The environment of one node process."""
+    n = graph.nodes[node_id]
+    env = {k: v for k, v in base.items() if k not in SYSTEMD_ONLY_ENV}
+    env.update(n.env)
+    for name in THREAD_ENV:       # the graph decides, not whatever the shell had
+        env[name] = str(n.threads)
+    # default=str: a script without SPEC gets its params as YAML wrote them (dates become text)
+    env[ENV_CONFIG] = json.dumps(graph.node_config(node_id, log_level), default=str)
+    env[ENV_SUPERVISOR_PID] = str(os.getpid())
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the supervisor as they are written
+    return env
+
+
+class NodeProcess:
+    """A running node: its Popen, its pidfd and its output pipes (all non-blocking fds)."""
+
+    def __init__(self, graph: Graph, node_id: str, env: dict[str, str]):
+        self.id = node_id
+        n = graph.nodes[node_id]
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "iotrt.launch"],
+            cwd=graph.path.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        # Set from here rather than in the child (preexec_fn is unsafe with threads); the child
+        # has only just exec'd the interpreter, and threads it starts later inherit both.
+        if n.cpus:
+            os.sched_setaffinity(self.pid, n.cpus)
+        if n.nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.pid, n.nice)
+            except PermissionError:
+                log.warning("%s: cannot set nice %d without CAP_SYS_NICE; running at default",
+                            node_id, n.nice)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.pipes: dict[int, tuple[TextIO, bytearray]] = {}
+        for pipe, sink in ((self.popen.stdout, sys.stdout), (self.popen.stderr, sys.stderr)):
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self.pipes[fd] = (sink, bytearray())
+
+    def signal(self, signum: int) -> None:
+        """Signal the node's whole process group (it leads its own session)."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass    # already gone; its pidfd will (or did) report the exit
+
+    def reap(self) -> int:
+        """The exit status once the pidfd said the process ended (subprocess convention:
+        negative = killed by that signal)."""
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return self.popen.wait()
+
+    def forward(self, fd: int) -> bool:
+        """Forward what is available on `fd`, each line prefixed by the node id. False at EOF."""
+        sink, buf = self.pipes[fd]
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if chunk:
+            buf += chunk
+            lines = buf.split(b"\n")
+            buf[:] = lines.pop()
+            if len(buf) > LINE_MAX:
+                lines.append(bytes(buf))
+                buf.clear()
+        else:
+            lines = [bytes(buf)] if buf else []
+        if lines:
+            prefix = f"{self.id} | "
+            sink.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
+            sink.flush()
+        if not chunk:
+            del self.pipes[fd]
+            return False
+        return True
+
+    def close_pipes(self) -> None:
+        for fd in list(self.pipes):
+            self.forward(fd)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            pipe.close()
+        self.pipes.clear()
+
+
+def terminate_all(procs: list[NodeProcess], grace_s: float) -> None:
+    """Last-resort cleanup (the supervisor's loop failed): TERM, wait, KILL, reap."""
+    for p in procs:
+        p.signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.signal(signal.SIGKILL)
+            p.popen.wait()

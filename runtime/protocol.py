@@ -1,0 +1,187 @@
+"""The node <-> supervisor protocol (node side here; the supervisor implements the other side).
+
+Launch
+    The supervisor execs ``[sys.executable, "-m", "iotrt.launch"]`` with cwd = the graph file's
+    folder and the node's `NodeConfig` as JSON in the env var ``IOTRT_NODE_CONFIG``::
+
+        {"graph": "door", "id": "cam", "kind": "camera" | null,
+         "target": "iotrt.nodes.sensing.camera" | "pkg.mod:func" | "/abs/path/user_node.py",
+         "params": {...already validated and defaulted...},
+         "inputs":  {"image": {"address": "ipc:///run/iotrt/door/ab12cd34",
+                               "topic": "cam/image", "queue": 2}},
+         "outputs": {"image": {"address": "ipc://...", "topic": "cam/image"}},
+         "commands_in":  {"commands": {"address": "ipc://..."}},
+         "commands_out": {"lock": {"address": "ipc://..."}},
+         "supervisor": "ipc://.../sup" | null,      # the supervisor's Pull0; nodes Push0-dial
+         "journal": "ipc://.../journal" | null,     # a command-channel server in the supervisor
+         "heartbeat_s": 1.0, "runtime_dir": "...", "state_dir": "...", "log_level": "INFO"}
+
+    A target that is a module path runs ``module.main(node)``; ``module:function`` runs
+    ``function(node)``; a ``.py`` path is run as a script whose ``Node()`` reads the same env.
+    ``Node()`` with no env var runs standalone (no supervisor, no sockets unless given).
+    Also in the env: ``IOTRT_SUPERVISOR_PID`` (launch sets PR_SET_PDEATHSIG=SIGKILL, then exits
+    at once if its parent is no longer that pid), and the thread-pool sizes the supervisor
+    chose (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, IOTRT_THREADS; the node
+    applies cv2.setNumThreads(IOTRT_THREADS)).
+
+Node -> supervisor (msgpack maps over Push0 -> the supervisor's Pull0)
+    ``{"type": "ready", "id", "pid"}`` once, after start-up (model loading etc.): sent by
+    ``node.ready()``, or implicitly when the node first iterates its event loop. The
+    supervisor applies a start-up timeout until then, and heartbeat liveness after.
+    ``{"type": "heartbeat", "id", "pid", "stats": {"in": {name: {"msgs", "drops", "bad"}},
+    "out": {name: {"msgs"}}}}`` every `heartbeat_s`, sent from inside the event loop, so a node
+    stuck in its own code stops heartbeating and gets restarted.
+    ``{"type": "record", "id", "kind", "fields": {...}, "t_ns"}``: a journal event
+    (``node.record()``). With ``sync=True`` the record is instead sent as a command
+    (data = the same map) on the "journal" command channel, and ``node.record`` returns once
+    the supervisor has acknowledged writing it.
+
+Stop
+    SIGTERM or SIGINT sets the stop flag; the event iterator ends; the node closes its sockets
+    and exits 0. The supervisor waits a grace period, then SIGKILLs.
+Reload
+    SIGHUP is delivered to the node as an event with ``kind == "reload"``.
+Schema without running
+    ``iotrt.node.load_spec(target) -> NodeSpec`` imports the module (or reads a script's
+    top-level SPEC) without calling main.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pynng
+
+from iotrt.codec import DecodeError, pack, unpack
+
+ENV_CONFIG = "IOTRT_NODE_CONFIG"
+ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
+ENV_THREADS = "IOTRT_THREADS"
+MESSAGE_TYPES = ("ready", "heartbeat", "record")
+
+
+class ConfigError(ValueError):
+    """IOTRT_NODE_CONFIG is missing a field or has a wrong one."""
+
+
+@dataclass(slots=True)
+class Endpoint:
+    address: str
+    topic: str = ""
+    queue: int = 2
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    id: str
+    graph: str = ""
+    kind: str | None = None
+    target: str = ""
+    params: dict = field(default_factory=dict)
+    inputs: dict[str, Endpoint] = field(default_factory=dict)
+    outputs: dict[str, Endpoint] = field(default_factory=dict)
+    commands_in: dict[str, Endpoint] = field(default_factory=dict)
+    commands_out: dict[str, Endpoint] = field(default_factory=dict)
+    supervisor: str | None = None
+    journal: str | None = None
+    heartbeat_s: float = 1.0
+    runtime_dir: str = ""
+    state_dir: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{ENV_CONFIG} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{ENV_CONFIG} must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{ENV_CONFIG}: unknown fields {unknown}")
+        if not isinstance(raw.get("id"), str) or not raw["id"]:
+            raise ConfigError(f"{ENV_CONFIG}: 'id' must be a non-empty string")
+        for group in ("inputs", "outputs", "commands_in", "commands_out"):
+            ports = raw.get(group) or {}
+            if not isinstance(ports, dict):
+                raise ConfigError(f"{ENV_CONFIG}: '{group}' must be an object")
+            try:
+                raw[group] = {name: Endpoint(**ep) for name, ep in ports.items()}
+            except TypeError as exc:
+                raise ConfigError(f"{ENV_CONFIG}: bad endpoint in '{group}': {exc}") from exc
+        return cls(**raw)
+
+    @classmethod
+    def from_env(cls) -> NodeConfig | None:
+        text = os.environ.get(ENV_CONFIG)
+        return None if text is None else cls.from_json(text)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+# -- messages (the supervisor parses them with parse_message) --------------------------------
+
+def ready_msg(node_id: str) -> bytes:
+    return pack({"type": "ready", "id": node_id, "pid": os.getpid()})
+
+
+def heartbeat_msg(node_id: str, stats: dict) -> bytes:
+    return pack({"type": "heartbeat", "id": node_id, "pid": os.getpid(), "stats": stats})
+
+
+def record_body(node_id: str, kind: str, fields: dict, t_ns: int | None = None) -> dict:
+    return {"type": "record", "id": node_id, "kind": kind, "fields": fields,
+            "t_ns": time.time_ns() if t_ns is None else t_ns}
+
+
+def parse_message(buf: bytes) -> dict:
+    """Supervisor side: bytes from a node -> message map; DecodeError if malformed."""
+    msg = unpack(buf)
+    if not (isinstance(msg, dict) and msg.get("type") in MESSAGE_TYPES
+            and isinstance(msg.get("id"), str)):
+        raise DecodeError(f"not a node protocol message: {msg!r:.80}")
+    return msg
+
+
+class SupervisorLink:
+    """The node's Push0 to the supervisor; a no-op when running standalone."""
+
+    def __init__(self, node_id: str, address: str | None):
+        self.node_id = node_id
+        self._sock = None
+        if address:
+            # a short send timeout: a node must never hang because the supervisor is busy
+            self._sock = pynng.Push0(send_timeout=200, send_buffer_size=64)
+            self._sock.dial(address, block=False)
+        self.ready_sent = False
+
+    def _send(self, buf: bytes) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send(buf)
+            return True
+        except pynng.Timeout:
+            return False
+
+    def ready(self) -> None:
+        if not self.ready_sent:
+            self.ready_sent = True
+            self._send(ready_msg(self.node_id))
+
+    def heartbeat(self, stats: dict) -> None:
+        self._send(heartbeat_msg(self.node_id, stats))
+
+    def record(self, body: dict) -> bool:
+        return self._send(pack(body))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()

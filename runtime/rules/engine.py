@@ -1,0 +1,564 @@
+"""The rule engine: pure logic over messages and time, no sockets, no threads, no clock reads.
+
+    engine = Engine(load_rules("door.rules.yaml"))
+    actions = engine.handle(Message("faces", {...}), now=time.monotonic())
+    actions = engine.handle(TICK, now=time.monotonic())      # let time pass (holds, delays, ...)
+
+`now` is monotonic seconds (holds, cooldowns, delays, absences and intervals only ever compare
+monotonic times, so a wall-clock jump changes nothing); `wall` is the local wall-clock time,
+used only for time-of-day triggers and the hour/minute/weekday variables. The caller executes
+the returned actions (`Command`, `Publish`, `Log`) and may journal the notes (`Fired`,
+`Skipped`, `RuleError`). A rule whose expression or Python body fails yields a RuleError and
+the other rules carry on.
+
+Per rule, a trigger hit goes through: conditions -> edge (fire once per episode of the
+condition being true) -> `for:` hold -> cooldown -> mode (single/restart/queued/parallel) ->
+a run of the rule's action steps, which may pause on `delay` and resume on a later call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotrt.rules.expressions import (
+    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError,
+)
+from iotrt.rules.schema import (
+    AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
+    MessageTrigger, PublishStep, RuleDef, RuleSet, SetStep, ThresholdTrigger, TimeTrigger,
+    Trigger, parse_duration,
+)
+
+
+# --- what goes in -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Message:
+    """A message on an input. `aliases` are other names for the same stream (its bus topic)."""
+
+    topic: str
+    data: Any
+    aliases: tuple[str, ...] = ()
+
+
+class Tick:
+    """Only time passes."""
+
+    def __repr__(self) -> str:
+        return "TICK"
+
+
+TICK = Tick()
+
+# Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
+# against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
+_EPS = 1e-9
+
+
+# --- what comes out ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fired:
+    rule: str
+    trigger: str
+    queued: bool = False
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Command:
+    rule: str
+    output: str
+    data: Any
+    label: str = "command"  # "notify" for notify actions
+
+
+@dataclass(frozen=True)
+class Publish:
+    rule: str
+    output: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class Log:
+    rule: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RuleError:
+    rule: str
+    where: str
+    message: str
+
+
+Action = Fired | Skipped | Command | Publish | Log | RuleError
+
+
+# --- the context a Python rule sees -----------------------------------------------------------
+
+class RuleContext:
+    """What a Python rule (or a Python condition) gets: the message, state, and action methods.
+
+    `msg` is the message data (a dict for most messages), `topic` its input name, `trigger` a
+    dict describing what fired, `state` the rules' shared variables (writable), `last` the
+    latest data per topic, `now` monotonic seconds and `wall` the local datetime.
+    """
+
+    def __init__(self, engine: Engine, rule: RuleDef, names: dict[str, Any]) -> None:
+        self.rule = rule.id
+        self.msg = names["msg"]
+        self.topic = names["topic"]
+        self.trigger = names["trigger"]
+        self.state = engine.state
+        self.last = engine.last
+        self.now = engine.now
+        self.wall = engine.wall
+        self.actions: list[Action] = []
+
+    def command(self, output: str, data: Any = None) -> None:
+        """Send `data` to the actuator wired to command output `output` (acknowledged)."""
+        self.actions.append(Command(self.rule, output, {} if data is None else data))
+
+    def notify(self, output: str, message: str, **data: Any) -> None:
+        self.actions.append(Command(self.rule, output, {**data, "message": message}, "notify"))
+
+    def publish(self, output: str, data: Any = None) -> None:
+        self.actions.append(Publish(self.rule, output, {} if data is None else data))
+
+    def log(self, text: str) -> None:
+        self.actions.append(Log(self.rule, str(text)))
+
+
+# --- runtime state ----------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Run:
+    """One execution of a rule's actions, possibly paused on a delay."""
+
+    rule: _RuleState
+    names: dict[str, Any]
+    pc: int = 0
+    resume_at: float | None = None
+    gen: _GeneratorRun | None = None
+
+
+@dataclass(eq=False)
+class _RuleState:
+    rule: RuleDef
+    armed: bool = True  # edge: re-armed when the condition is seen false
+    hold_since: float | None = None
+    hold_count: int = 0
+    hold_names: dict[str, Any] | None = None
+    hold_trigger: str = ""
+    last_fired: float | None = None
+    runs: list[_Run] = field(default_factory=list)
+    queue: deque = field(default_factory=deque)
+    inside: dict[int, bool] = field(default_factory=dict)  # threshold trigger -> in range
+    seen: dict[int, float] = field(default_factory=dict)  # absent trigger -> last message
+    absent_fired: dict[int, bool] = field(default_factory=dict)
+    next_at: dict[int, float] = field(default_factory=dict)  # interval trigger -> next due
+
+    @property
+    def timed(self) -> bool:
+        r = self.rule
+        return bool(r.hold and r.hold.seconds) or any(
+            isinstance(t, (AbsentTrigger, IntervalTrigger, TimeTrigger)) for t in r.triggers)
+
+
+def _describe(trigger: Trigger) -> str:
+    match trigger:
+        case MessageTrigger(topic):
+            return f"message {topic}"
+        case ThresholdTrigger(topic, value, above, below):
+            rng = " and ".join(s for s in (above is not None and f"> {above:g}",
+                                           below is not None and f"< {below:g}") if s)
+            return f"threshold {topic}: {value} {rng}"
+        case AbsentTrigger(topic, seconds):
+            return f"no message on {topic} for {seconds:g}s"
+        case IntervalTrigger(seconds):
+            return f"every {seconds:g}s"
+        case TimeTrigger(at):
+            return f"at {at.isoformat()}"
+    raise TypeError(trigger)
+
+
+class Engine:
+    """Evaluates a set of rules. Single-threaded: call `handle` from one thread."""
+
+    def __init__(self, rules: RuleSet | Iterable[RuleDef], *, state: dict | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.evaluator = Evaluator(timeout_s)
+        self.state: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+        self.now = 0.0
+        self.wall = dt.datetime(1970, 1, 1)
+        self._started: float | None = None
+        self._prev_wall: dt.datetime | None = None
+        self._sleeping: list[_Run] = []
+        self._rules: list[_RuleState] = []
+        self.replace(rules, state=state)
+
+    # -- set-up and reload ---------------------------------------------------------------------
+
+    @property
+    def rules(self) -> list[RuleDef]:
+        return [rs.rule for rs in self._rules]
+
+    def replace(self, rules: RuleSet | Iterable[RuleDef], *, state: dict | None = None) -> None:
+        """Swap in new rules. A rule whose definition is unchanged keeps its state and runs;
+        removed or changed rules have their runs cancelled. Variables already set are kept."""
+        if isinstance(rules, RuleSet):
+            state = {**rules.state, **(state or {})}
+            rules = rules.rules
+        old = {rs.rule.id: rs for rs in self._rules}
+        new: list[_RuleState] = []
+        for rule in rules:
+            prev = old.pop(rule.id, None)
+            if prev is not None and prev.rule.fingerprint == rule.fingerprint and rule.fingerprint:
+                prev.rule = rule
+                new.append(prev)
+            else:
+                if prev is not None:
+                    old[rule.id] = prev  # cancelled below
+                new.append(_RuleState(rule))
+        for gone in old.values():
+            self._cancel(gone)
+        self._rules = new
+        for key, value in (state or {}).items():
+            self.state.setdefault(key, value)
+        if self._started is not None:
+            for rs in new:
+                self._init_timers(rs, self.now)
+        self._by_topic: dict[str, list[tuple[_RuleState, int, Trigger]]] = {}
+        for rs in new:
+            for i, trig in enumerate(rs.rule.triggers):
+                if isinstance(trig, (MessageTrigger, ThresholdTrigger, AbsentTrigger)):
+                    self._by_topic.setdefault(trig.topic, []).append((rs, i, trig))
+        self._timed = [rs for rs in new if rs.timed]
+
+    def topics(self) -> set[str]:
+        """Every topic some trigger listens to."""
+        return set(self._by_topic)
+
+    def outputs(self) -> tuple[set[str], set[str]]:
+        """(command outputs, publish outputs) that YAML rules use."""
+        commands, publishes = set(), set()
+        for rs in self._rules:
+            for step in rs.rule.steps:
+                if isinstance(step, CommandStep):
+                    commands.add(step.output)
+                elif isinstance(step, PublishStep):
+                    publishes.add(step.output)
+        return commands, publishes
+
+    def _init_timers(self, rs: _RuleState, now: float) -> None:
+        for i, trig in enumerate(rs.rule.triggers):
+            if isinstance(trig, AbsentTrigger):
+                rs.seen.setdefault(i, now)
+            elif isinstance(trig, IntervalTrigger):
+                rs.next_at.setdefault(i, now + trig.seconds)
+
+    # -- the entry point ---------------------------------------------------------------------
+
+    def handle(self, event: Message | Tick, now: float,
+               wall: dt.datetime | None = None) -> list[Action]:
+        """Feed one message (or a tick) at monotonic time `now`; returns the actions to take."""
+        out: list[Action] = []
+        self.now = now
+        self.wall = wall if wall is not None else dt.datetime.now()
+        if self._started is None:
+            self._started = now
+            for rs in self._rules:
+                self._init_timers(rs, now)
+        self._resume_due(now, out)
+        if isinstance(event, Message):
+            self._on_message(event, now, out)
+        self._on_time(now, out)
+        self._prev_wall = self.wall
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest monotonic time at which `handle(TICK, ...)` would do something."""
+        times = [r.resume_at for r in self._sleeping if r.resume_at is not None]
+        for rs in self._timed:
+            hold = rs.rule.hold
+            if hold and hold.seconds is not None and rs.hold_since is not None:
+                times.append(rs.hold_since + hold.seconds)
+            for i, trig in enumerate(rs.rule.triggers):
+                if isinstance(trig, AbsentTrigger) and not rs.absent_fired.get(i) and i in rs.seen:
+                    times.append(rs.seen[i] + trig.seconds)
+                elif isinstance(trig, IntervalTrigger) and i in rs.next_at:
+                    times.append(rs.next_at[i])
+                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
+                    nxt = _next_time_of_day(self.wall, trig.at)
+                    times.append(self.now + (nxt - self.wall).total_seconds())
+        return min(times) if times else None
+
+    # -- triggers ----------------------------------------------------------------------------
+
+    def _on_message(self, msg: Message, now: float, out: list[Action]) -> None:
+        self.last[msg.topic] = msg.data
+        hits = self._by_topic.get(msg.topic, [])
+        for alias in msg.aliases:
+            if alias != msg.topic and alias in self._by_topic:
+                hits = hits + self._by_topic[alias]
+        for rs, i, trig in hits:
+            if isinstance(trig, MessageTrigger):
+                self._hit(rs, self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic}),
+                          _describe(trig), now, out)
+            elif isinstance(trig, ThresholdTrigger):
+                names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
+                try:
+                    value = float(self.evaluator.evaluate(trig.value, names))
+                except (ExpressionError, TypeError, ValueError) as exc:
+                    out.append(RuleError(rs.rule.id, rs.rule.where, f"threshold value: {exc}"))
+                    continue
+                inside, was = trig.inside(value), rs.inside.get(i, False)
+                rs.inside[i] = inside
+                if inside and not was:  # the edge, not the level
+                    names["trigger"]["value"] = value
+                    self._hit(rs, names, f"{_describe(trig)} (value {value:g})", now, out)
+            else:  # AbsentTrigger: a message re-arms it
+                rs.seen[i] = now
+                rs.absent_fired[i] = False
+
+    def _on_time(self, now: float, out: list[Action]) -> None:
+        for rs in self._timed:
+            for i, trig in enumerate(rs.rule.triggers):
+                if isinstance(trig, AbsentTrigger):
+                    if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) + _EPS >= trig.seconds:
+                        rs.absent_fired[i] = True
+                        self._hit(rs, self._names(trig.topic, None, {
+                            "kind": "absent", "topic": trig.topic,
+                            "seconds": now - rs.seen[i]}), _describe(trig), now, out)
+                elif isinstance(trig, IntervalTrigger):
+                    due = rs.next_at.get(i)
+                    if due is not None and now + _EPS >= due:
+                        # Catch up to the next slot after now: missed slots fire once, not N times.
+                        missed = max(0, int((now - due) // trig.seconds))
+                        rs.next_at[i] = due + (missed + 1) * trig.seconds
+                        self._hit(rs, self._names(None, None, {"kind": "interval"}),
+                                  _describe(trig), now, out)
+                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
+                    nxt = _next_time_of_day(self._prev_wall, trig.at)
+                    if nxt <= self.wall:
+                        self._hit(rs, self._names(None, None, {"kind": "time", "at": str(trig.at)}),
+                                  _describe(trig), now, out)
+            hold = rs.rule.hold
+            if (hold and hold.seconds is not None and rs.hold_since is not None
+                    and now - rs.hold_since + _EPS >= hold.seconds):
+                names, trigger = rs.hold_names or self._names(None, None, {}), rs.hold_trigger
+                self._fire(rs, names, trigger, now, out)
+
+    def _names(self, topic: str | None, data: Any, trigger: dict) -> dict[str, Any]:
+        w = self.wall
+        return {"msg": data, "topic": topic, "trigger": trigger, "state": self.state,
+                "last": self.last, "hour": w.hour, "minute": w.minute, "weekday": w.weekday()}
+
+    # -- conditions, edge, hold, cooldown, mode ----------------------------------------------
+
+    def _conditions(self, rs: _RuleState, names: dict, out: list[Action]) -> bool:
+        for cond in rs.rule.conditions:
+            try:
+                if isinstance(cond, Expression):
+                    ok = self.evaluator.evaluate(cond, names)
+                else:
+                    ok = cond(RuleContext(self, rs.rule, names))
+            except ExpressionError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, f"condition '{cond}': {exc}"))
+                return False
+            except Exception as exc:  # noqa: BLE001 - a user's Python condition; reported, rule skipped
+                out.append(RuleError(rs.rule.id, rs.rule.where,
+                                     f"Python condition raised {type(exc).__name__}: {exc}"))
+                return False
+            if not ok:
+                return False
+        return True
+
+    def _hit(self, rs: _RuleState, names: dict, trigger: str, now: float, out: list[Action]) -> None:
+        rule = rs.rule
+        if not self._conditions(rs, names, out):
+            rs.armed, rs.hold_since, rs.hold_count = True, None, 0
+            return
+        if rule.edge and rule.conditions and not rs.armed:
+            return  # already fired during this episode of the condition being true
+        hold = rule.hold
+        if hold is not None and hold.count is not None:
+            rs.hold_count += 1
+            if rs.hold_count < hold.count:
+                return
+        elif hold is not None and hold.seconds is not None:
+            if rs.hold_since is None:
+                rs.hold_since = now
+            rs.hold_names, rs.hold_trigger = names, trigger
+            if now - rs.hold_since + _EPS < hold.seconds:
+                return
+        self._fire(rs, names, trigger, now, out)
+
+    def _fire(self, rs: _RuleState, names: dict, trigger: str, now: float,
+              out: list[Action]) -> None:
+        rule = rs.rule
+        # One firing per episode (edge) and a fresh hold afterwards, whatever happens below.
+        rs.armed = not (rule.edge and rule.conditions)
+        rs.hold_since, rs.hold_count, rs.hold_names = None, 0, None
+        if rs.last_fired is not None and now - rs.last_fired + _EPS < rule.cooldown:
+            out.append(Skipped(rule.id, f"cooldown ({rule.cooldown:g}s)"))
+            return
+        queued = False
+        if rs.runs:
+            if rule.mode == "single":
+                out.append(Skipped(rule.id, "already running (mode single)"))
+                return
+            if rule.mode == "restart":
+                self._cancel(rs)
+            elif rule.mode == "queued":
+                if len(rs.runs) + len(rs.queue) >= rule.max:
+                    out.append(Skipped(rule.id, f"queue full (max {rule.max})"))
+                    return
+                queued = True
+            elif len(rs.runs) >= rule.max:  # parallel
+                out.append(Skipped(rule.id, f"{rule.max} runs already (mode parallel)"))
+                return
+        rs.last_fired = now
+        out.append(Fired(rule.id, trigger, queued))
+        if queued:
+            rs.queue.append(names)
+        else:
+            self._start(rs, names, now, out)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def _start(self, rs: _RuleState, names: dict, now: float, out: list[Action]) -> None:
+        run = _Run(rs, names)
+        rs.runs.append(run)
+        if rs.rule.func is not None:
+            ctx = RuleContext(self, rs.rule, names)
+            try:
+                result = rs.rule.func(ctx)
+            except Exception as exc:  # noqa: BLE001 - a user's Python rule; reported, others go on
+                out.extend(ctx.actions)
+                self._error(rs, exc, out)
+                self._finish(run, now, out)
+                return
+            out.extend(ctx.actions)
+            if inspect.isgenerator(result):
+                run.gen = _GeneratorRun(result, ctx)
+        self._step(run, now, out)
+
+    def _step(self, run: _Run, now: float, out: list[Action]) -> None:
+        rs = run.rule
+        if run.gen is not None:
+            try:
+                delay = run.gen.advance(out)
+            except Exception as exc:  # noqa: BLE001 - a user's Python rule
+                self._error(rs, exc, out)
+                delay = None
+            if delay is None:
+                self._finish(run, now, out)
+            else:
+                self._sleep(run, now + delay)
+            return
+        steps = rs.rule.steps
+        while run.pc < len(steps):
+            step = steps[run.pc]
+            run.pc += 1
+            try:
+                if isinstance(step, DelayStep):
+                    self._sleep(run, now + step.seconds)
+                    return
+                if isinstance(step, CommandStep):
+                    out.append(Command(rs.rule.id, step.output, self._render(step.args, run.names),
+                                       step.label))
+                elif isinstance(step, PublishStep):
+                    out.append(Publish(rs.rule.id, step.output, self._render(step.data, run.names)))
+                elif isinstance(step, SetStep):
+                    for key, value in step.values:
+                        self.state[key] = self._render(value, run.names)
+                elif isinstance(step, LogStep):
+                    out.append(Log(rs.rule.id, str(self._render(step.message, run.names))))
+                elif isinstance(step, ConditionStep):
+                    if not self.evaluator.evaluate(step.expr, run.names):
+                        break
+            except ExpressionError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, f"action {run.pc}: {exc}"))
+                break
+        self._finish(run, now, out)
+
+    def _sleep(self, run: _Run, until: float) -> None:
+        run.resume_at = until
+        self._sleeping.append(run)
+
+    def _resume_due(self, now: float, out: list[Action]) -> None:
+        due = sorted((r for r in self._sleeping if r.resume_at <= now + _EPS),
+                     key=lambda r: r.resume_at)
+        for run in due:
+            self._sleeping.remove(run)
+            # Continue from the scheduled time, so a late tick does not stretch later delays.
+            at, run.resume_at = run.resume_at, None
+            self._step(run, at, out)
+
+    def _finish(self, run: _Run, now: float, out: list[Action]) -> None:
+        rs = run.rule
+        if run in rs.runs:
+            rs.runs.remove(run)
+        if rs.queue and not rs.runs:
+            self._start(rs, rs.queue.popleft(), now, out)
+
+    def _cancel(self, rs: _RuleState) -> None:
+        for run in rs.runs:
+            if run in self._sleeping:
+                self._sleeping.remove(run)
+        rs.runs.clear()
+        rs.queue.clear()
+
+    def _error(self, rs: _RuleState, exc: BaseException, out: list[Action]) -> None:
+        out.append(RuleError(rs.rule.id, rs.rule.where, f"Python rule raised {type(exc).__name__}: {exc}"))
+
+    def _render(self, template: Any, names: dict) -> Any:
+        if isinstance(template, Expression):
+            return self.evaluator.evaluate(template, names)
+        if isinstance(template, Interpolated):
+            return "".join(p if isinstance(p, str) else str(self.evaluator.evaluate(p, names))
+                           for p in template.parts)
+        if isinstance(template, dict):
+            return {k: self._render(v, names) for k, v in template.items()}
+        if isinstance(template, list):
+            return [self._render(v, names) for v in template]
+        return template
+
+
+class _GeneratorRun:
+    """Drives a generator-function Python rule: each `yield` is a delay (seconds or '5s')."""
+
+    def __init__(self, gen: Iterator, ctx: RuleContext) -> None:
+        self.gen, self.ctx = gen, ctx
+
+    def advance(self, out: list[Action]) -> float | None:
+        self.ctx.actions = []
+        try:
+            delay = next(self.gen)
+        except StopIteration:
+            return None
+        finally:
+            out.extend(self.ctx.actions)
+        return parse_duration(delay)
+
+
+def _next_time_of_day(after: dt.datetime, at: dt.time) -> dt.datetime:
+    """The first datetime strictly after `after` whose time of day is `at`."""
+    candidate = dt.datetime.combine(after.date(), at)
+    if candidate <= after:
+        candidate += dt.timedelta(days=1)
+    return candidate

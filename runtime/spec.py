@@ -1,0 +1,203 @@
+"""What a node declares about itself: ports and typed parameters (`NodeSpec`, `Param`).
+
+A node module defines `SPEC = NodeSpec(...)` at top level and does no work at import time, so
+the graph can read and check its interface without running it (`load_spec`). Port maps name ->
+one-line description; the name "*" means "any name the graph chooses" (e.g. a rule node whose
+inputs and command outputs come from its rules file).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A node target whose SPEC cannot be found or is malformed."""
+
+
+class ParamError(ValueError):
+    """Parameters that do not match a node's SPEC. `errors` lists every problem found."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+PARAM_TYPES = (bool, int, float, str, list, dict)
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A declared parameter. `default=REQUIRED` makes it mandatory; a None default allows None."""
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            names = ", ".join(t.__name__ for t in PARAM_TYPES)
+            raise SpecError(f"param {self.name!r}: type must be one of {names}")
+        if self.default is not REQUIRED and self.default is not None:
+            problem = self.problem(self.default)
+            if problem:
+                raise SpecError(f"param {self.name!r}: default {self.default!r} {problem}")
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None."""
+        if value is None:
+            return None if self.default is None else "must not be empty (null)"
+        t = self.type
+        ok = (
+            type(value) is bool if t is bool
+            else (isinstance(value, (int, float)) and not isinstance(value, bool)) if t is float
+            else (isinstance(value, int) and not isinstance(value, bool)) if t is int
+            else isinstance(value, t)
+        )
+        if not ok:
+            hint = " (quote it in YAML)" if t is str and isinstance(value, (bool, int, float)) else ""
+            return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        if self.min is not None and value < self.min:
+            return f"must be >= {self.min}, got {value!r}"
+        if self.max is not None and value > self.max:
+            return f"must be <= {self.max}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    doc: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    commands_in: dict[str, str] = field(default_factory=dict)
+    commands_out: dict[str, str] = field(default_factory=dict)
+    params: list[Param] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise SpecError(f"parameters declared twice: {sorted(dup)}")
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def has_port(self, group: str, name: str) -> bool:
+        """Whether `name` is a valid port in `group` ("inputs", "outputs", "commands_in", ...)."""
+        ports = getattr(self, group)
+        return name in ports or WILDCARD in ports
+
+    def validate_params(self, params: dict | None, where: str = "") -> dict:
+        """Check `params` against the declared ones; returns them with defaults filled in.
+
+        Raises ParamError listing every unknown, missing and mistyped parameter, each message
+        prefixed with `where` (e.g. "node 'cam'").
+        """
+        params = dict(params or {})
+        prefix = f"{where}: " if where else ""
+        errors: list[str] = []
+        known = [p.name for p in self.params]
+        for name in params:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else (
+                    f" (known: {', '.join(known)})" if known else " (this node takes none)")
+                errors.append(f"{prefix}unknown parameter {name!r}{hint}")
+        out = {}
+        for p in self.params:
+            if p.name in params:
+                value = params[p.name]
+                if p.type is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                problem = p.problem(value)
+                if problem:
+                    errors.append(f"{prefix}parameter {p.name!r} {problem}")
+                out[p.name] = value
+            elif p.default is REQUIRED:
+                errors.append(f"{prefix}parameter {p.name!r} is required ({p.doc})"
+                              if p.doc else f"{prefix}parameter {p.name!r} is required")
+            else:
+                # copy mutable defaults so a node cannot change its SPEC through params
+                d = p.default
+                out[p.name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+        if errors:
+            raise ParamError(errors)
+        return out
+
+
+def _spec_of(obj: Any, where: str) -> NodeSpec:
+    spec = getattr(obj, "SPEC", None)
+    if spec is None:
+        raise SpecError(f"{where} defines no SPEC: add `SPEC = NodeSpec(...)` at top level")
+    if not isinstance(spec, NodeSpec):
+        raise SpecError(f"{where}: SPEC is a {type(spec).__name__}, not a NodeSpec")
+    return spec
+
+
+def _script_spec(path: str) -> NodeSpec:
+    """A script's SPEC without running it.
+
+    Executes only the script's top-level imports, function/class definitions and UPPER_CASE
+    assignments (SPEC and the constants it uses); the node's own code (`node = Node()`, the
+    event loop, `if __name__ == "__main__":`) is skipped.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except OSError as exc:
+        raise SpecError(f"cannot read node script {path}: {exc.strerror}") from exc
+    except SyntaxError as exc:
+        raise SpecError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
+
+    def keep(stmt: ast.stmt) -> bool:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
+            return True
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
+        return False
+
+    tree.body = [s for s in tree.body if keep(s)]
+    namespace: dict[str, Any] = {"__name__": "__iotrt_spec__", "__file__": path}
+    try:
+        exec(compile(tree, path, "exec"), namespace)  # the user's own file, as import would
+    except Exception as exc:
+        raise SpecError(f"{path}: reading SPEC failed: {type(exc).__name__}: {exc}") from exc
+    return _spec_of(type("script", (), {"SPEC": namespace.get("SPEC")}), path)
+
+
+def load_spec(target: str) -> NodeSpec:
+    """The SPEC of a node target ("pkg.module", "pkg.module:function" or "path/to/node.py")."""
+    if target.endswith(".py"):
+        return _script_spec(target)
+    module_name, _, func = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise SpecError(f"node module {module_name!r} not found") from exc
+        raise SpecError(f"node module {module_name!r} needs {exc.name!r}, which is not "
+                        f"installed") from exc
+    spec = _spec_of(module, f"module {module_name}")
+    entry = func or "main"
+    if not callable(getattr(module, entry, None)):
+        raise SpecError(f"module {module_name} has no function {entry}(node)")
+    return spec
+

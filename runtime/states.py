@@ -1,0 +1,301 @@
+"""The supervisor's per-node state machine, free of processes and clocks.
+
+`transition(node, event, now)` moves one node's `Slot` to its next state and returns the
+actions the supervisor must carry out (spawn, signal, give up). It does no I/O and reads no
+clock, so every path (backoff growth, intensity limit, hung node, stop grace) is tested with a
+fake time in microseconds of test time.
+
+    STOPPED --Start--> STARTING --Ready--> RUNNING
+    STARTING/RUNNING --exit, hang, start timeout--> (STOPPING -->) BACKOFF --delay--> STARTING
+    BACKOFF --too many restarts--> FAILED          any --Stop--> STOPPING --exit--> STOPPED
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from iotrt.graph import Backoff, Intensity
+
+
+class State(str, Enum):
+    STOPPED = "stopped"      # not started yet, or stopped on request
+    STARTING = "starting"    # spawned, waiting for its `ready`
+    RUNNING = "running"      # ready and heartbeating
+    BACKOFF = "backoff"      # ended unexpectedly; waiting to be restarted
+    STOPPING = "stopping"    # SIGTERM sent; SIGKILL when the grace period ends
+    EXITED = "exited"        # ended and its restart policy keeps it down
+    FAILED = "failed"        # given up on: restart intensity exceeded, or failed with restart: never
+
+
+ALIVE = (State.STARTING, State.RUNNING, State.STOPPING)
+DONE = (State.STOPPED, State.EXITED, State.FAILED)
+
+
+# -- events (what happened) -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    error: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    pid: int
+    returncode: int          # negative: killed by that signal (subprocess convention)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; deadlines (start timeout, liveness, grace, backoff) are checked."""
+
+
+Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Exited | Tick
+
+
+# -- actions (what the supervisor must do) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Spawn:
+    pass
+
+
+@dataclass(frozen=True)
+class Signal:
+    signum: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    reason: str
+
+
+Action = Spawn | Signal | GiveUp
+
+
+@dataclass
+class Slot:
+    """One node's supervision record: its policy and where it is now."""
+
+    id: str
+    restart: str = "on-failure"
+    critical: bool = True
+    start_timeout_s: float = 30.0
+    liveness_s: float = 5.0
+    stop_grace_s: float = 5.0
+    backoff: Backoff = field(default_factory=Backoff)
+    intensity: Intensity = field(default_factory=Intensity)
+
+    state: State = State.STOPPED
+    since: float = 0.0               # when `state` was entered
+    reason: str = ""                 # why the last transition happened (shown by `iotrt ps`)
+    pid: int | None = None
+    wanted: bool = False             # the supervisor wants it up (False after Stop)
+    deadline: float | None = None    # start timeout, stop grace or end of backoff
+    last_heartbeat: float = 0.0
+    running_since: float | None = None
+    down_since: float | None = None  # left RUNNING (or never reached it) at this time
+    killed: bool = False             # SIGKILL already sent in this STOPPING
+    restarts: int = 0                # total restarts since the supervisor started
+    failures: int = 0                # consecutive failures: the backoff exponent
+    restart_times: deque = field(default_factory=deque)
+    returncode: int | None = None
+
+    def backoff_delay(self) -> float:
+        b = self.backoff
+        return min(b.max_s, b.initial_s * b.factor ** max(0, self.failures - 1))
+
+    def healthy(self, now: float, critical_down_s: float) -> bool:
+        """False once a critical node has been down longer than `critical_down_s` (this stops
+        the systemd watchdog); a non-critical node never makes the graph unhealthy."""
+        if not self.critical or self.state == State.RUNNING or self.down_since is None:
+            return True
+        return now - self.down_since <= critical_down_s
+
+
+def transition(n: Slot, event: Event, now: float) -> list[Action]:
+    """Apply `event` to `n` at time `now`; return the actions to carry out."""
+    s = n.state
+    if isinstance(event, Start):
+        n.wanted = True
+        if s in (State.STOPPED, State.EXITED, State.FAILED):
+            # STOPPED/EXITED/FAILED -> STARTING
+            n.failures = 0    # the first start is governed by start_timeout_s, not down_since
+            return _start(n, now, "started")
+        return []
+
+    if isinstance(event, Stop):
+        n.wanted = False
+        if s in (State.STARTING, State.RUNNING):
+            # STARTING/RUNNING -> STOPPING
+            return _stop(n, now, "stop requested")
+        if s == State.BACKOFF:
+            # BACKOFF -> STOPPED (nothing is running)
+            _enter(n, State.STOPPED, now, "stop requested")
+            n.deadline = None
+        return []
+
+    if isinstance(event, Spawned):
+        if s == State.STARTING:
+            n.pid = event.pid
+        return []
+
+    if isinstance(event, SpawnFailed):
+        if s == State.STARTING:
+            # STARTING -> BACKOFF or FAILED
+            return _after_failure(n, now, f"could not start: {event.error}")
+        return []
+
+    if isinstance(event, (Ready, Heartbeat)):
+        if event.pid != n.pid:      # a late message from an earlier incarnation
+            return []
+        n.last_heartbeat = now
+        if s == State.STARTING:
+            # STARTING -> RUNNING (a heartbeat implies the node got past its start-up)
+            _enter(n, State.RUNNING, now, "ready")
+            n.running_since = now
+            n.down_since = None
+            n.deadline = None
+        return []
+
+    if isinstance(event, Exited):
+        if event.pid != n.pid or s not in ALIVE:
+            return []
+        n.pid = None
+        n.returncode = event.returncode
+        how = _describe_exit(event.returncode)
+        if s == State.STOPPING and not n.wanted:
+            # STOPPING -> STOPPED
+            _enter(n, State.STOPPED, now, how)
+            n.deadline = None
+            return []
+        if s == State.STOPPING:
+            # STOPPING -> BACKOFF or FAILED (stopped for hanging; n.reason says why)
+            return _after_failure(n, now, f"{n.reason}, {how}")
+        failed = event.returncode != 0
+        if not failed and n.restart != "always":
+            # STARTING/RUNNING -> EXITED (a clean exit that the policy does not restart)
+            _exited(n, State.EXITED, now, how)
+            return []
+        if failed and n.restart == "never":
+            # STARTING/RUNNING -> FAILED
+            _exited(n, State.FAILED, now, f"{how}; restart: never")
+            return [GiveUp(f"{n.id} {how} (restart: never)")]
+        # STARTING/RUNNING -> BACKOFF or FAILED
+        return _after_failure(n, now, how)
+
+    if isinstance(event, Tick):
+        if s == State.STARTING and n.deadline is not None and now >= n.deadline:
+            # STARTING -> STOPPING (start timeout; restarted once it is gone)
+            return _stop(n, now, f"not ready within {n.start_timeout_s:g}s")
+        if s == State.RUNNING and now - n.last_heartbeat > n.liveness_s:
+            # RUNNING -> STOPPING (hung: its event loop stopped heartbeating)
+            return _stop(n, now, f"no heartbeat for {n.liveness_s:g}s")
+        if s == State.STOPPING and not n.killed and n.deadline is not None and now >= n.deadline:
+            # STOPPING -> STOPPING (grace period over: SIGKILL)
+            n.killed = True
+            n.deadline = None
+            return [Signal(signal.SIGKILL)]
+        if s == State.BACKOFF and n.deadline is not None and now >= n.deadline:
+            # BACKOFF -> STARTING
+            n.restarts += 1
+            return _start(n, now, f"restart #{n.restarts}")
+        return []
+    raise TypeError(f"not a state machine event: {event!r}")
+
+
+def next_deadline(n: Slot) -> float | None:
+    """The earliest time a Tick can change `n`: the select() timeout of the supervisor loop."""
+    if n.state == State.RUNNING:
+        return n.last_heartbeat + n.liveness_s
+    return n.deadline
+
+
+def _enter(n: Slot, state: State, now: float, reason: str) -> None:
+    n.state = state
+    n.since = now
+    n.reason = reason
+
+
+def _start(n: Slot, now: float, reason: str) -> list[Action]:
+    _enter(n, State.STARTING, now, reason)
+    n.pid = None
+    n.killed = False
+    n.running_since = None
+    n.deadline = now + n.start_timeout_s
+    return [Spawn()]
+
+
+def _stop(n: Slot, now: float, reason: str) -> list[Action]:
+    if n.state == State.RUNNING:
+        n.down_since = now
+    _enter(n, State.STOPPING, now, reason)
+    n.killed = False
+    n.deadline = now + n.stop_grace_s
+    return [Signal(signal.SIGTERM)]
+
+
+def _exited(n: Slot, state: State, now: float, reason: str) -> None:
+    if n.running_since is not None and n.down_since is None:
+        n.down_since = now
+    _enter(n, state, now, reason)
+    n.deadline = None
+
+
+def _after_failure(n: Slot, now: float, reason: str) -> list[Action]:
+    if n.running_since is not None and now - n.running_since >= n.backoff.reset_s:
+        n.failures = 0      # it ran healthy long enough: this is a new failure, not a loop
+    if n.down_since is None:
+        n.down_since = now
+    n.failures += 1
+    window = n.intensity.window_s
+    while n.restart_times and now - n.restart_times[0] > window:
+        n.restart_times.popleft()
+    if len(n.restart_times) >= n.intensity.restarts:
+        # -> FAILED (restart intensity exceeded)
+        why = f"{reason}; gave up after {len(n.restart_times)} restarts in {window:g}s"
+        _exited(n, State.FAILED, now, why)
+        return [GiveUp(f"{n.id}: {why}")]
+    n.restart_times.append(now)
+    delay = n.backoff_delay()
+    # -> BACKOFF
+    _enter(n, State.BACKOFF, now, f"{reason}; restarting in {delay:.2g}s")
+    n.deadline = now + delay
+    n.running_since = None
+    return []
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"

@@ -1,0 +1,487 @@
+"""The supervisor: runs a validated graph, one process per node, until told to stop.
+
+Everything happens in one thread, in one select() loop over: the node->supervisor Pull0 (ready,
+heartbeats, journal records), the journal command channel (records a node waits for), the
+control socket (`iotrt ps/topics/down/reload`), each node's pidfd (it ended) and output pipes,
+and a wake-up pipe for signals. That thread also does every spawn, which matters: a child's
+PR_SET_PDEATHSIG fires when the *thread* that forked it ends, not the process.
+
+Per node, `iotrt.states.transition` decides (restart, backoff, give up, kill); this module only
+carries its actions out and adds what spans nodes: the start order, the graph's readiness, the
+exit code, systemd's READY/WATCHDOG/STATUS/STOPPING, lifecycle events on `_sup/events`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psutil
+import pynng
+
+from iotrt.bus import Publisher, ensure_runtime_dir
+from iotrt.codec import DecodeError, pack, unpack
+from iotrt.command import CommandServer
+from iotrt.graph import EVENTS_TOPIC, Graph
+from iotrt.journal import Journal, JournalError
+from iotrt.procs import NodeProcess, node_env, terminate_all
+from iotrt.protocol import parse_message
+from iotrt.sdnotify import Notifier
+from iotrt.states import (
+    DONE, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
+    State, Stop, Tick, next_deadline, transition,
+)
+
+log = logging.getLogger("iotrt.supervisor")
+
+EXIT_OK = 0
+EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should escalate
+EXIT_SETUP = 2            # could not even start (sockets, journal, already running)
+
+
+class SupervisorError(RuntimeError):
+    """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
+
+
+@dataclass
+class Rates:
+    """Message counters from a node's last two heartbeats, for msgs/s in `iotrt ps`."""
+
+    t: float = 0.0
+    stats: dict = field(default_factory=dict)
+    in_rate: float = 0.0
+    out_rate: float = 0.0
+    drops: int = 0
+
+    def update(self, now: float, stats: dict) -> None:
+        if self.stats and now > self.t:
+            dt, prev = now - self.t, self.stats
+            self.in_rate = max(0.0, (_total(stats, "in", "msgs") - _total(prev, "in", "msgs")) / dt)
+            self.out_rate = max(0.0, (_total(stats, "out", "msgs") - _total(prev, "out", "msgs")) / dt)
+        self.drops = _total(stats, "in", "drops")
+        self.t, self.stats = now, stats
+
+
+def _total(stats: dict, section: str, key: str) -> int:
+    values = stats.get(section)
+    if not isinstance(values, dict):
+        return 0
+    return sum(int(v.get(key, 0)) for v in values.values() if isinstance(v, dict))
+
+
+class Supervisor:
+    def __init__(self, graph: Graph, *, log_level: str = "INFO",
+                 clock: Callable[[], float] = time.monotonic, environ: dict | None = None):
+        self.graph = graph
+        self.log_level = log_level
+        self.clock = clock
+        self.environ = dict(os.environ if environ is None else environ)
+        p = graph.policy
+        self.slots: dict[str, Slot] = {
+            n.id: Slot(n.id, restart=n.restart, critical=n.critical,
+                       start_timeout_s=n.start_timeout_s, liveness_s=p.liveness_s,
+                       stop_grace_s=p.stop_grace_s, backoff=p.backoff, intensity=p.intensity)
+            for n in graph.nodes.values()
+        }
+        self.deps = graph.dependencies()
+        self.procs: dict[str, NodeProcess] = {}
+        self.rates: dict[str, Rates] = {nid: Rates() for nid in graph.nodes}
+        self._ps: dict[int, psutil.Process] = {}
+        self.exit_code = EXIT_OK
+        self.stopping = False
+        self.ready_sent = False
+        self.started_at = 0.0
+        self.notifier = Notifier(self.environ)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._reload_requested = False
+        self._next_ping = 0.0
+        self._withholding = False
+
+    # -- public -------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested", code: int = EXIT_OK) -> None:
+        """Begin an orderly stop (safe from a signal handler or another thread)."""
+        if not self.stopping:
+            log.info("stopping graph %s: %s", self.graph.name, reason)
+            self.exit_code = max(self.exit_code, code)
+            self.stopping = True
+        self._wake()
+
+    def run(self) -> int:
+        """Start the graph and supervise it until it stops; return the process exit code."""
+        self._open()
+        try:
+            self._loop()
+        finally:
+            self._close()
+        return self.exit_code
+
+    # -- set-up and tear-down -----------------------------------------------------------------
+
+    def _open(self) -> None:
+        g = self.graph
+        ensure_runtime_dir(g.runtime_dir)
+        self.sel = selectors.DefaultSelector()
+        # The control socket first: if another supervisor runs this graph, listen fails here,
+        # before we touch any of its sockets.
+        self.ctl = pynng.Rep0()
+        try:
+            self.ctl.listen(g.control_address)
+        except pynng.AddressInUse as exc:
+            self.ctl.close()
+            raise SupervisorError(
+                f"graph '{g.name}' is already running (its control socket {g.control_address} "
+                "answers); stop it first with 'iotrt down'") from exc
+        self.pull = pynng.Pull0(listen=g.supervisor_address)
+        try:
+            self.journal = Journal(g.journal_path)
+        except JournalError as exc:
+            self.ctl.close()
+            self.pull.close()
+            raise SupervisorError(str(exc)) from exc
+        self.records = CommandServer(g.journal_address, name="journal")
+        self.events = Publisher(g.events_address, EVENTS_TOPIC, "_sup", shm_threshold=None)
+        self.sel.register(self.pull.recv_fd, selectors.EVENT_READ, self._on_node_messages)
+        self.sel.register(self.ctl.recv_fd, selectors.EVENT_READ, self._on_control)
+        self.sel.register(self.records.fileno(), selectors.EVENT_READ, self._on_sync_records)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+            signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        self.started_at = self.clock()
+        self._next_ping = self.started_at
+        log.info("graph %s: %d nodes, sockets in %s, journal %s", g.name, len(g.nodes),
+                 g.runtime_dir, g.journal_path)
+        self._status(f"starting {len(g.nodes)} nodes")
+
+    def _close(self) -> None:
+        live = [p for p in self.procs.values() if p.popen.poll() is None]
+        if live:   # only when the loop itself failed: never leave a node behind
+            log.error("supervisor loop ended with %d nodes alive; terminating them", len(live))
+            terminate_all(live, self.graph.policy.stop_grace_s)
+        for p in self.procs.values():
+            p.close_pipes()
+        self.notifier.notify("STOPPING=1", f"STATUS=stopped (exit code {self.exit_code})")
+        for closer in (self.events.close, self.records.close, self.pull.close, self.ctl.close,
+                       self.journal.close, self.sel.close, self.notifier.close):
+            closer()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stop_sent = False
+        while True:
+            now = self.clock()
+            for slot in self.slots.values():
+                self._apply(slot, Tick(), now)
+            if self.stopping and not stop_sent:
+                stop_sent = True
+                self.notifier.notify("STOPPING=1", "STATUS=stopping")
+                for slot in self.slots.values():
+                    self._apply(slot, Stop(), now)
+            if not self.stopping:
+                self._start_ready_nodes(now)
+                self._check_graph(now)
+            if all(s.state in DONE for s in self.slots.values()) and (stop_sent or self._all_settled()):
+                if not self.stopping:
+                    log.info("graph %s: every node has ended; nothing left to supervise", self.graph.name)
+                    if any(s.state == State.FAILED for s in self.slots.values()):
+                        self.exit_code = max(self.exit_code, EXIT_GAVE_UP)
+                return
+            self._watchdog(now)
+            for key, _ in self.sel.select(self._timeout(self.clock())):
+                key.data(key.fd)
+
+    def _timeout(self, now: float) -> float:
+        deadlines = [d for s in self.slots.values() if (d := next_deadline(s)) is not None]
+        if self.notifier.watchdog_s:
+            deadlines.append(self._next_ping)
+        if not deadlines:
+            return 60.0
+        return min(60.0, max(0.0, min(deadlines) - now))
+
+    def _all_settled(self) -> bool:
+        return all(s.wanted or s.state != State.STOPPED for s in self.slots.values())
+
+    def _start_ready_nodes(self, now: float) -> None:
+        """Start every not-yet-started node whose dependencies are up (or ended for good)."""
+        for nid, slot in self.slots.items():
+            if slot.wanted or slot.state != State.STOPPED:
+                continue
+            if all(self.slots[d].state in (State.RUNNING, State.EXITED, State.FAILED)
+                   for d in self.deps[nid]):
+                self._apply(slot, Start(), now)
+
+    def _check_graph(self, now: float) -> None:
+        if self.ready_sent:
+            return
+        if all(s.state in (State.RUNNING, State.EXITED, State.FAILED) for s in self.slots.values()):
+            self.ready_sent = True
+            took = now - self.started_at
+            log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.slots), took)
+            self.notifier.notify("READY=1", f"STATUS=running {len(self.slots)} nodes")
+            self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took})
+
+    def _watchdog(self, now: float) -> None:
+        if not self.notifier.watchdog_s or now < self._next_ping:
+            return
+        self._next_ping = now + self.notifier.watchdog_s / 2
+        p = self.graph.policy
+        down = [s.id for s in self.slots.values() if not s.healthy(now, p.critical_down_s)]
+        if down:
+            if not self._withholding:
+                log.error("critical node(s) %s down for more than %gs: withholding the systemd "
+                          "watchdog ping", ", ".join(down), p.critical_down_s)
+                self._status(f"unhealthy: {', '.join(down)} down")
+            self._withholding = True
+            return
+        self._withholding = False
+        self.notifier.notify("WATCHDOG=1")
+
+    # -- applying the state machine -----------------------------------------------------------
+
+    def _apply(self, slot: Slot, event, now: float) -> None:
+        before, reason_before = slot.state, slot.reason
+        for action in transition(slot, event, now):
+            if isinstance(action, Spawn):
+                self._spawn(slot, now)
+            elif isinstance(action, Signal):
+                proc = self.procs.get(slot.id)
+                if proc is not None:
+                    proc.signal(action.signum)
+            elif isinstance(action, GiveUp):
+                if slot.critical:
+                    self.request_stop(f"critical node {action.reason}", EXIT_GAVE_UP)
+                else:
+                    log.error("giving up on non-critical node %s; the graph keeps running",
+                              action.reason)
+        if slot.state != before or slot.reason != reason_before:
+            self._lifecycle(slot, before)
+
+    def _spawn(self, slot: Slot, now: float) -> None:
+        old = self.procs.pop(slot.id, None)
+        if old is not None:     # its output pipes may outlive it (a grandchild holds them)
+            for fd in old.pipes:
+                self.sel.unregister(fd)
+            old.close_pipes()
+        try:
+            env = node_env(self.graph, slot.id, self.log_level, self.environ)
+            proc = NodeProcess(self.graph, slot.id, env)
+        except OSError as exc:
+            self._apply(slot, SpawnFailed(str(exc)), now)
+            return
+        self.procs[slot.id] = proc
+        self.sel.register(proc.pidfd, selectors.EVENT_READ, lambda fd, nid=slot.id: self._on_exit(nid))
+        for fd in proc.pipes:
+            self.sel.register(fd, selectors.EVENT_READ, lambda fd, p=proc: self._on_output(p, fd))
+        self._apply(slot, Spawned(proc.pid), now)
+
+    def _lifecycle(self, slot: Slot, before: State) -> None:
+        level = logging.WARNING if slot.state in (State.BACKOFF, State.STOPPING) and slot.wanted else logging.INFO
+        if slot.state == State.FAILED:
+            level = logging.ERROR
+        pid = f" pid {slot.pid}" if slot.pid else ""
+        log.log(level, "%s: %s -> %s%s (%s)", slot.id, before.value, slot.state.value, pid, slot.reason)
+        event = {"event": "node_state", "node": slot.id, "state": slot.state.value,
+                 "prev": before.value, "pid": slot.pid, "reason": slot.reason,
+                 "restarts": slot.restarts}
+        self._publish_event(event)
+        if slot.state != before:
+            self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
+
+    def _publish_event(self, data: dict) -> None:
+        self.events.publish(data)
+
+    def _journal(self, kind: str, node: str, fields: dict, t_ns: int | None = None) -> int | None:
+        try:
+            return self.journal.write(kind, node, fields, t_ns)
+        except JournalError as exc:
+            log.error("journal write failed (%s/%s): %s", node, kind, exc)
+            return None
+
+    def _status(self, text: str) -> None:
+        self.notifier.notify(f"STATUS={text}")
+
+    # -- handlers for readable fds -----------------------------------------------------------
+
+    def _on_exit(self, nid: str) -> None:
+        proc = self.procs[nid]
+        self.sel.unregister(proc.pidfd)
+        code = proc.reap()
+        self._ps.pop(proc.pid, None)
+        self._apply(self.slots[nid], Exited(proc.pid, code), self.clock())
+
+    def _on_output(self, proc: NodeProcess, fd: int) -> None:
+        if not proc.forward(fd):
+            self.sel.unregister(fd)
+
+    def _on_wake(self, fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload(None)
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass    # the pipe is full, so a wake-up is already pending
+
+    def _on_node_messages(self, fd: int) -> None:
+        now = self.clock()
+        while True:
+            try:
+                buf = self.pull.recv(block=False)
+            except pynng.TryAgain:
+                return
+            try:
+                msg = parse_message(buf)
+            except DecodeError as exc:
+                log.warning("ignored a malformed message from a node: %s", exc)
+                continue
+            slot = self.slots.get(msg["id"])
+            if slot is None:
+                log.warning("ignored a message from unknown node %r", msg["id"])
+                continue
+            kind, pid = msg["type"], msg.get("pid")
+            if kind == "ready":
+                self._apply(slot, Ready(pid), now)
+            elif kind == "heartbeat":
+                if pid == slot.pid and isinstance(msg.get("stats"), dict):
+                    self.rates[slot.id].update(now, msg["stats"])
+                self._apply(slot, Heartbeat(pid), now)
+            else:
+                self._write_record(msg)
+
+    def _write_record(self, msg: dict) -> int | None:
+        fields = msg.get("fields") if isinstance(msg.get("fields"), dict) else {}
+        t_ns = msg.get("t_ns") if type(msg.get("t_ns")) is int else None
+        return self._journal(str(msg.get("kind", "record")), msg["id"], fields, t_ns)
+
+    def _on_sync_records(self, fd: int) -> None:
+        while (cmd := self.records.recv_nowait()) is not None:
+            body = cmd.data
+            if not (isinstance(body, dict) and isinstance(body.get("id"), str)):
+                cmd.reply({"ok": False, "error": "a journal record must be a map with an 'id'"})
+                continue
+            event_id = self._write_record(body)
+            if event_id is None:
+                cmd.reply({"ok": False, "error": "the journal could not be written"})
+            else:
+                cmd.reply({"result": {"event_id": event_id}})
+
+    def _on_control(self, fd: int) -> None:
+        while True:
+            try:
+                buf = self.ctl.recv(block=False)
+            except pynng.TryAgain:
+                return
+            try:
+                req = unpack(buf)
+                handler = self._control_handlers().get(req.get("cmd")) if isinstance(req, dict) else None
+                reply = handler(req) if handler else {
+                    "ok": False, "error": f"unknown request; known: {', '.join(self._control_handlers())}"}
+            except DecodeError as exc:
+                reply = {"ok": False, "error": f"malformed request: {exc}"}
+            self.ctl.send(pack(reply))
+
+    # -- control requests (see iotrt.control for the client side) ----------------------------
+
+    def _control_handlers(self) -> dict[str, Callable[[dict], dict]]:
+        return {"ps": self._ctl_ps, "topics": self._ctl_topics, "stop": self._ctl_stop,
+                "reload": self._ctl_reload}
+
+    def _ctl_ps(self, req: dict) -> dict:
+        now = self.clock()
+        rows = []
+        for nid, slot in self.slots.items():
+            n = self.graph.nodes[nid]
+            cpu, rss = self._usage(slot.pid)
+            r = self.rates[nid]
+            rows.append({
+                "node": nid, "kind": n.kind or n.target, "state": slot.state.value,
+                "pid": slot.pid, "restarts": slot.restarts, "critical": slot.critical,
+                "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
+                "cpu_pct": cpu, "rss_bytes": rss, "in_per_s": r.in_rate, "out_per_s": r.out_rate,
+                "drops": r.drops, "reason": slot.reason,
+            })
+        return {"ok": True, "graph": self.graph.name, "pid": os.getpid(),
+                "state": "stopping" if self.stopping else ("running" if self.ready_sent else "starting"),
+                "uptime_s": now - self.started_at, "nodes": rows}
+
+    def _usage(self, pid: int | None) -> tuple[float | None, int | None]:
+        if pid is None:
+            return None, None
+        try:
+            proc = self._ps.get(pid)
+            if proc is None:
+                proc = self._ps[pid] = psutil.Process(pid)
+                # no earlier sample yet: the average over the process's life so far
+                t = proc.cpu_times()
+                age = max(1e-3, time.time() - proc.create_time())
+                proc.cpu_percent(None)
+                return 100.0 * (t.user + t.system) / age, proc.memory_info().rss
+            return proc.cpu_percent(None), proc.memory_info().rss
+        except psutil.Error:
+            return None, None
+
+    def _ctl_topics(self, req: dict) -> dict:
+        topics: dict[str, dict[str, Any]] = {
+            t: {"address": a, "subscribers": []} for t, a in self.graph.topics().items()}
+        for n in self.graph.nodes.values():
+            for name, wire in n.inputs.items():
+                topics[wire.topic]["subscribers"].append(f"{n.id}.{name}")
+        return {"ok": True, "graph": self.graph.name, "topics": topics}
+
+    def _ctl_stop(self, req: dict) -> dict:
+        self.request_stop("'iotrt down'")
+        return {"ok": True, "pid": os.getpid()}
+
+    def _ctl_reload(self, req: dict) -> dict:
+        node = req.get("node")
+        if node is not None and node not in self.slots:
+            return {"ok": False, "error": f"no node '{node}' in graph {self.graph.name}"}
+        return {"ok": True, "nodes": self._reload(node)}
+
+    def _reload(self, node: str | None) -> list[str]:
+        """SIGHUP the named node, or every rules node: they re-read their files in place."""
+        targets = [node] if node else [n.id for n in self.graph.nodes.values() if n.kind == "rules"]
+        done = []
+        for nid in targets:
+            proc = self.procs.get(nid)
+            if proc is not None and self.slots[nid].state in (State.STARTING, State.RUNNING):
+                proc.signal(signal.SIGHUP)
+                done.append(nid)
+        log.info("reload: sent SIGHUP to %s", ", ".join(done) or "no node")
+        self._journal("reload", "_sup", {"nodes": done})
+        return done
+
+
+def run_graph(graph: Graph, log_level: str = "INFO") -> int:
+    """`iotrt up`: run `graph` in this process; returns the exit code."""
+    try:
+        return Supervisor(graph, log_level=log_level).run()
+    except SupervisorError as exc:
+        log.error("%s", exc)
+        return EXIT_SETUP
+

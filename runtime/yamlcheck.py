@@ -1,0 +1,251 @@
+"""Reading a YAML file strictly, with every problem reported as `file:line: message`.
+
+PyYAML's `safe_load` loses what a user needs to fix a config: it keeps the last of two
+duplicate keys without a word, reads `on`/`no`/`yes` as booleans (YAML 1.1) and forgets where
+each value came from. This module works on the *composed* node tree instead (`yaml.compose`),
+so each value keeps its line, and collects every problem in a `Checker` instead of stopping at
+the first one. It knows nothing about graphs; `iotrt.graph` builds the graph schema on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+BOOL_TAG = "tag:yaml.org,2002:bool"
+NULL_TAG = "tag:yaml.org,2002:null"
+STR_TAG = "tag:yaml.org,2002:str"
+INT_TAG = "tag:yaml.org,2002:int"
+FLOAT_TAG = "tag:yaml.org,2002:float"
+
+# ${NAME} or ${NAME:-default}; "$$" writes a literal "$".
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in a file, at a line (1-based)."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class Invalid:
+    """Marker returned by the readers for a value that already produced an issue."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID = Invalid()
+
+
+def suggest(word: str, choices) -> str:
+    """' (did you mean 'x'?)' when a choice is close to `word`, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def line_of(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+class Checker:
+    """Collects issues for one file and reads typed values out of composed YAML nodes."""
+
+    def __init__(self, file: str | Path):
+        self.file = str(file)
+        self.issues: list[Issue] = []
+        # A loader instance is the one public way to run PyYAML's safe constructors on a node.
+        self._constructor = yaml.SafeLoader("")
+
+    def error(self, where: Node | int, message: str) -> Invalid:
+        line = where if isinstance(where, int) else line_of(where)
+        self.issues.append(Issue(self.file, line, message))
+        return INVALID
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def compose(self, text: str, environ: Mapping[str, str] | None = None) -> Node | None:
+        """Parse `text`, report duplicate keys everywhere, substitute ${ENV} in every scalar."""
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            self.error(mark.line + 1 if mark else 1, f"YAML syntax error: {exc.problem}")
+            return None
+        except yaml.YAMLError as exc:
+            self.error(1, f"YAML error: {exc}")
+            return None
+        if root is None:
+            self.error(1, "the file is empty")
+            return None
+        self._walk(root, os.environ if environ is None else environ, set())
+        return root
+
+    def _walk(self, node: Node, environ: Mapping[str, str], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias shares its anchor's node: visit it once
+            return
+        seen.add(id(node))
+        if isinstance(node, ScalarNode):
+            if "$" in node.value:
+                self._substitute(node, environ)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                self._walk(item, environ, seen)
+        elif isinstance(node, MappingNode):
+            first: dict[Any, int] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode):
+                    if key.value in first:
+                        self.error(
+                            key,
+                            f"duplicate key '{key.value}' (first at line {first[key.value]}); "
+                            "YAML would silently keep only the last one",
+                        )
+                    else:
+                        first[key.value] = line_of(key)
+                self._walk(value, environ, seen)
+
+    def _substitute(self, node: ScalarNode, environ: Mapping[str, str]) -> None:
+        def repl(match: re.Match) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            self.error(
+                node,
+                f"environment variable {name} is not set (set it, or give a default: "
+                f"${{{name}:-value}})",
+            )
+            return ""
+
+        node.value = _ENV_RE.sub(repl, node.value)
+        if node.style is None:  # a plain scalar: "${N:-3}" must become the int 3
+            node.tag = self._constructor.resolve(ScalarNode, node.value, (True, False))
+
+    # -- typed readers -----------------------------------------------------------------------
+
+    def mapping(
+        self, node: Node, what: str, allowed: Mapping[str, Any] | None = None
+    ) -> dict[str, tuple[ScalarNode, Node]] | Invalid:
+        """A mapping with string keys: key -> (key node, value node).
+
+        With `allowed`, unknown keys are reported with the closest allowed name.
+        """
+        if not isinstance(node, MappingNode):
+            return self.error(node, f"{what} must be a mapping of 'key: value' lines")
+        out: dict[str, tuple[ScalarNode, Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode) or key.tag != STR_TAG:
+                self.error(key, f"{what}: keys must be plain names, not {self._describe(key)}")
+                continue
+            if allowed is not None and key.value not in allowed:
+                self.error(
+                    key,
+                    f"{what}: unknown key '{key.value}'{suggest(key.value, allowed)}; "
+                    f"allowed: {', '.join(allowed)}",
+                )
+                continue
+            out[key.value] = (key, value)
+        return out
+
+    def sequence(self, node: Node, what: str) -> list[Node] | Invalid:
+        if not isinstance(node, SequenceNode):
+            return self.error(node, f"{what} must be a list ('- item' lines)")
+        return list(node.value)
+
+    def value(self, node: Node, typ: type, what: str) -> Any:
+        """The value of `node` as `typ` (str, int, float, bool, list, dict or any other type
+        the YAML value constructs to), or INVALID after reporting why not."""
+        if typ is str:
+            return self.text(node, what)
+        if typ is bool:
+            if node.tag == BOOL_TAG:
+                return self._construct(node)
+            return self.error(node, f"{what}: expected true or false, got {self._describe(node)}")
+        if typ is int:
+            if node.tag == INT_TAG:
+                return self._construct(node)
+            return self.error(node, f"{what}: expected an integer, got {self._describe(node)}")
+        if typ is float:
+            if node.tag in (INT_TAG, FLOAT_TAG):
+                return float(self._construct(node))
+            return self.error(node, f"{what}: expected a number, got {self._describe(node)}")
+        if typ in (list, tuple):
+            if isinstance(node, SequenceNode):
+                return typ(self._construct(node))
+            return self.error(node, f"{what}: expected a list, got {self._describe(node)}")
+        if typ is dict:
+            if isinstance(node, MappingNode):
+                return self._construct(node)
+            return self.error(node, f"{what}: expected a mapping, got {self._describe(node)}")
+        value = self._construct(node)
+        if not isinstance(value, typ):
+            return self.error(node, f"{what}: expected {typ.__name__}, got {self._describe(node)}")
+        return value
+
+    def text(self, node: Node, what: str) -> str | Invalid:
+        """A string. Plain numbers and dates are taken as written ('1.10' stays '1.10'); a YAML
+        1.1 boolean or a null where text is meant is an error, because it is almost always a
+        surprise (`mode: on` is True, `country: NO` is False)."""
+        if not isinstance(node, ScalarNode):
+            return self.error(node, f"{what}: expected text, got {self._describe(node)}")
+        if node.tag == BOOL_TAG:
+            return self.error(
+                node,
+                f"{what}: '{node.value}' is read as the boolean {self._construct(node)} by YAML; "
+                f"if you mean the text, quote it: \"{node.value}\"",
+            )
+        if node.tag == NULL_TAG:
+            return self.error(node, f"{what}: expected text, got an empty value")
+        return node.value
+
+    def number(
+        self, node: Node, what: str, typ: type = float, minimum: float | None = None
+    ) -> Any:
+        value = self.value(node, typ, what)
+        if value is not INVALID and minimum is not None and value < minimum:
+            return self.error(node, f"{what}: must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, node: Node, what: str, choices) -> Any:
+        value = self.text(node, what)
+        if value is not INVALID and value not in choices:
+            return self.error(
+                node,
+                f"{what}: '{value}' is not one of {', '.join(map(str, choices))}"
+                f"{suggest(value, choices)}",
+            )
+        return value
+
+    def _construct(self, node: Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def _describe(self, node: Node) -> str:
+        if isinstance(node, MappingNode):
+            return "a mapping"
+        if isinstance(node, SequenceNode):
+            return "a list"
+        kind = {
+            BOOL_TAG: "a boolean",
+            NULL_TAG: "an empty value",
+            INT_TAG: "an integer",
+            FLOAT_TAG: "a number",
+            STR_TAG: "text",
+        }.get(node.tag, "a value")
+        return f"{kind} '{node.value}'" if node.value != "" else kind

@@ -1,0 +1,50 @@
+"""Command actuator: real programs, argv only, timeouts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from iotrt.nodes.action.actuator import execute
+from iotrt.nodes.action.command import RunCommand
+
+ECHO = "import json, sys; print(json.dumps({'argv': sys.argv[1:], 'stdin': sys.stdin.read()}))"
+
+
+def test_fields_fill_whole_arguments_and_no_shell_runs():
+    cmd = RunCommand([sys.executable, "-c", ECHO, "--who", "{person}", "{n}"])
+    evil = "ana; touch /tmp/iotrt-pwned $(reboot) `id`"
+    kind, ack = execute(cmd, {"person": evil, "n": 3})
+    assert kind == "command_applied" and ack["returncode"] == 0
+    out = json.loads(ack["stdout"])
+    assert out["argv"] == ["--who", evil, "3"]  # one argument, never interpreted
+    assert json.loads(out["stdin"]) == {"person": evil, "n": 3}
+
+
+def test_failure_and_timeout_are_reported():
+    failing = RunCommand([sys.executable, "-c", "import sys; sys.exit('jammed')"])
+    kind, ack = execute(failing, {})
+    assert kind == "command_failed" and "exited with status 1: jammed" in ack["error"]
+    slow = RunCommand([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.3)
+    t0 = time.monotonic()
+    kind, ack = execute(slow, {})
+    assert kind == "command_failed" and "did not finish within 0.3 s" in ack["error"]
+    assert time.monotonic() - t0 < 5  # killed, not waited for
+
+
+def test_bad_configuration_and_commands():
+    with pytest.raises(ValueError, match="not an executable"):
+        RunCommand(["no-such-program-iotrt"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        RunCommand([])
+    kind, ack = execute(RunCommand([sys.executable, "{script}"]), {"other": 1})
+    assert kind == "command_refused" and "needs the field 'script'" in ack["error"]
+
+
+def test_output_is_truncated():
+    cmd = RunCommand([sys.executable, "-c", "print('x' * 100000)"])
+    _, ack = execute(cmd, {})
+    assert ack["ok"] and 0 < len(ack["stdout"]) <= 2048

@@ -1,0 +1,104 @@
+"""The compile-side half of the ONNX payload: IR graphs written as ONNX, run by onnxruntime/cv2.
+
+The graphs are built here by hand with random weights, and the expected outputs computed with
+plain numpy, so a transposed weight or a lost fused activation shows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+ir = pytest.importorskip("iotrt.compiler.ir")
+from iotrt.compiler import onnx_export  # noqa: E402
+from iotrt.engine import backend  # noqa: E402
+
+Op, Node, Graph, TensorSpec = ir.Op, ir.Node, ir.Graph, ir.TensorSpec
+RNG = np.random.default_rng(7)
+
+
+def conv_ref(x, w, b, pad):
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = w.shape[2]
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
+    return np.einsum("ncijkl,ockl->noij", win, w) + b[None, :, None, None]
+
+
+def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict:
+    model = backend.onnx_model_bytes(onnx_export.export(graph), graph.consts)
+    names = list(graph.outputs)
+    if engine == "onnxruntime":
+        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return dict(zip(names, sess.run(names, feeds)))
+    import cv2
+
+    net = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8))
+    for k, v in feeds.items():
+        net.setInput(v, k)
+    return dict(zip(names, net.forward(names)))
+
+
+def conv_graph(activation: dict) -> tuple[Graph, dict, np.ndarray]:
+    x = RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    b = RNG.normal(size=4).astype(np.float32)
+    shape = np.array([1, -1], np.int64)
+    nodes = [
+        Node(Op.CONV, "conv", ("x", "w", "b"), ("y",), {"pads": [1, 1, 1, 1], "group": 1, **activation}),
+        Node(Op.RESHAPE, "flat", ("y", "shape"), ("z",), {}),
+    ]
+    g = Graph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
+              {"x": (1, 3, 6, 6), "y": (1, 4, 6, 6), "z": (1, 144)},
+              {"x": "float32", "y": "float32", "z": "float32"})  # fmt: skip
+    return g, {"x": x}, conv_ref(x, w, b, 1).reshape(1, 144)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "opencv"])
+@pytest.mark.parametrize(
+    "activation,apply",
+    [
+        ({}, lambda y: y),
+        ({"activation": "Relu"}, lambda y: np.maximum(y, 0)),
+        ({"activation": "Clip", "act_min": 0.0, "act_max": 1.5}, lambda y: np.clip(y, 0, 1.5)),
+        ({"activation": "LeakyRelu", "act_alpha": 0.2}, lambda y: np.where(y < 0, 0.2 * y, y)),
+    ],
+)
+def test_conv_with_fused_activation(engine, activation, apply):
+    if engine == "opencv":
+        pytest.importorskip("cv2")
+    g, feeds, pre = conv_graph(activation)
+    got = run_exported(g, feeds, engine)["z"]
+    np.testing.assert_allclose(got.reshape(pre.shape), apply(pre), rtol=1e-4, atol=1e-4)
+
+
+def test_payload_lists_only_the_constants_the_graph_reads():
+    g, _, _ = conv_graph({})
+    g.consts["stale"] = np.zeros(5, np.float32)
+    header, model = backend.unpack(onnx_export.export(g))
+    assert header["initializers"] == ["w", "b", "shape"]
+    assert len(model) < 1000  # structure only: weights are added on the device
+
+
+def test_ir_only_attribute_is_refused_by_name():
+    g, _, _ = conv_graph({"layout_hint": "nhwc"})
+    with pytest.raises(onnx_export.ExportError, match=r"node 'conv'.*layout_hint"):
+        onnx_export.export(g)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "opencv"])
+def test_same_padding_with_stride_two_pads_the_end(engine):
+    # SAME_UPPER on an even size with stride 2 pads only the end (0 before, 1 after): OpenCV
+    # gets this wrong from auto_pad, so the export writes explicit pads.
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    node = Node(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
+    g = Graph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
+              {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})  # fmt: skip
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    expect = np.einsum("ncijkl,ockl->noij", win, w)
+    got = run_exported(g, {"x": x}, engine)["y"]
+    np.testing.assert_allclose(got.reshape(expect.shape), expect, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,146 @@
+"""Publisher/Subscriber between real processes over ipc and tcp."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+import time
+
+import numpy as np
+import pytest
+
+from iotrt.bus import (
+    AddressError, Publisher, RuntimeDirError, Subscriber, check_address, ensure_runtime_dir,
+    short_ipc_address,
+)
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def wait_subscribers(pub: Publisher, n: int = 1, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pub.subscribers < n:
+        assert time.monotonic() < deadline, "subscriber never connected"
+        time.sleep(0.005)
+
+
+def digest(a: np.ndarray) -> str:
+    return f"{a.dtype.str}{list(a.shape)}{hashlib.sha1(a.tobytes()).hexdigest()}"
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_messages_arrive_intact_across_processes(transport, rundir, peer):
+    address = (short_ipc_address(rundir, "g", "src", "out") if transport == "ipc"
+               else free_tcp_address())
+    arrays = [
+        np.arange(12, dtype="<f4").reshape(3, 4),
+        np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8),  # via shm on ipc
+        np.array([True, False]),
+        np.arange(6, dtype=">i4"),  # big-endian is sent little-endian
+    ]
+    with Publisher(address, "src/out", "src") as pub:
+        sub = peer("sub", address, len(arrays), 8)
+        sub.wait_line('"ready"')
+        wait_subscribers(pub)
+        for a in arrays:
+            pub.publish({"array": a})
+        results = sub.wait_for(lambda p: [m for m in p.json_lines() if "stats" in m],
+                               what="subscriber stats")
+    got = [m for m in sub.json_lines() if isinstance(m, dict) and "seq" in m]
+    assert [m["seq"] for m in got] == [0, 1, 2, 3]
+    assert [m["digest"] for m in got] == [digest(np.asarray(a, a.dtype.newbyteorder("<")))
+                                          for a in arrays]
+    assert all(m["writeable"] is False for m in got)  # decoded arrays are read-only
+    assert results[0]["stats"] == {"msgs": 4, "drops": 0, "bad": 0}
+
+
+def test_slow_subscriber_does_not_slow_publisher_and_drops_are_counted(rundir, peer):
+    address = short_ipc_address(rundir, "g", "fast", "out")
+    n = 2000
+    with Publisher(address, "fast/out", "fast") as pub:
+        # reads one message every 20 ms with a queue of 2: it can take ~1 in 100 of them
+        sub = peer("sub", address, n, 2, 0.02)
+        sub.wait_line('"ready"')
+        wait_subscribers(pub)
+        t0 = time.perf_counter()
+        for i in range(n):
+            pub.publish({"i": i})
+        elapsed = time.perf_counter() - t0
+        assert pub.seq == n
+        # the publisher never waited for the reader: it finished far sooner than n * 20 ms
+        assert elapsed < n * 0.02 / 10, elapsed
+        stats = sub.wait_for(lambda p: [m["stats"] for m in p.json_lines() if "stats" in m],
+                             timeout_s=20, what="subscriber stats")[0]
+    seqs = [m["seq"] for m in sub.json_lines() if isinstance(m, dict) and "seq" in m]
+    assert stats["msgs"] == len(seqs) < n / 4
+    assert seqs[-1] == n - 1  # latest wins: the newest message is delivered
+    # every message is either received or counted as dropped
+    assert stats["msgs"] + stats["drops"] == seqs[-1] + 1 - seqs[0]
+
+
+def test_recv_timeout_and_clean_close(rundir):
+    address = short_ipc_address(rundir, "g", "quiet", "out")
+    with Publisher(address, "quiet/out", "quiet"), Subscriber(address) as sub:
+        t0 = time.monotonic()
+        assert sub.recv(timeout_s=0.1) is None
+        assert 0.09 <= time.monotonic() - t0 < 2
+        assert sub.recv_nowait() is None
+
+
+def test_undecodable_bytes_are_counted_and_skipped(rundir):
+    import pynng
+
+    address = short_ipc_address(rundir, "g", "evil", "out")
+    with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=16) as sub:
+        deadline = time.monotonic() + 5
+        while not raw.pipes:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        from iotrt.codec import Envelope, encode
+
+        raw.send(b"\xc1garbage")
+        raw.send(encode(Envelope("evil/out", 0, 1, "evil", [], {"ok": True})))
+        env = sub.recv(timeout_s=5)
+        assert env.data == {"ok": True}
+        assert sub.stats() == {"msgs": 1, "drops": 0, "bad": 1}
+
+
+def test_short_ipc_addresses_fit_and_long_ones_are_refused(tmp_path):
+    a = short_ipc_address("/run/iotrt/door", "door", "camera_with_a_long_name", "image")
+    assert a.startswith("ipc:///run/iotrt/door/") and len(a) < 40
+    assert a == short_ipc_address("/run/iotrt/door", "door", "camera_with_a_long_name", "image")
+    assert a != short_ipc_address("/run/iotrt/door", "door", "camera_with_a_long_name", "depth")
+    check_address(a)
+    with pytest.raises(AddressError, match="107"):
+        check_address(short_ipc_address("/tmp/" + "x" * 100, "g", "n", "p"))
+    with pytest.raises(AddressError, match="must start with"):
+        check_address("udp://1.2.3.4:5")
+
+
+def test_runtime_dir_is_private(tmp_path):
+    d = tmp_path / "rt"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    ensure_runtime_dir(d)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    fresh = ensure_runtime_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    if os.getuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 12345, 12345)
+        with pytest.raises(RuntimeDirError, match="belongs to uid 12345"):
+            ensure_runtime_dir(foreign)
+
+
+def test_ipc_socket_file_is_owner_only(rundir):
+    address = short_ipc_address(rundir, "g", "n", "out")
+    with Publisher(address, "n/out", "n"):
+        mode = stat.S_IMODE(os.stat(address[len("ipc://"):]).st_mode)
+        assert mode == 0o600

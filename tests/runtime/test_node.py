@@ -1,0 +1,202 @@
+"""The Node API in-process: the test harness, parameters, SPEC loading, timers, stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iotrt.bus import Publisher, Subscriber, short_ipc_address
+from iotrt.command import CommandTimeout
+from iotrt.node import Node, NodeError, NodeSpec, Param, ParamError, SpecError, load_spec
+from iotrt.protocol import Endpoint, NodeConfig
+
+SPEC = NodeSpec(
+    doc="thresholds a frame's mean brightness",
+    inputs={"image": "frame"},
+    outputs={"bright": "{mean, bright}"},
+    commands_in={"commands": "{set_threshold: float}"},
+    commands_out={"lamp": "{on: bool}"},
+    params=[
+        Param("threshold", float, 0.5, "mean above which a frame is bright"),
+        Param("mode", str, "mean", "statistic", choices=("mean", "max")),
+        Param("count", int, 3, min=1, max=10),
+        Param("device", str, doc="which camera"),  # required
+    ],
+)
+
+
+def main(node: Node) -> None:
+    threshold = node.params["threshold"]
+    for event in node:
+        if event.input == "image":
+            mean = float(event.data.mean())
+            node.publish("bright", {"mean": mean, "bright": mean > threshold})
+            if mean > threshold:
+                ack = node.command("lamp", {"on": True})
+                node.record("lamp_on", ok=ack["ok"])
+        elif event.kind == "command":
+            threshold = float(event.data["set_threshold"])
+            event.ack({"threshold": threshold})
+
+
+def harness(**params):
+    node = Node.for_test(SPEC, params={"device": "/dev/video0", **params})
+    node._main = main
+    return node
+
+
+def test_harness_feeds_inputs_and_captures_outputs():
+    node = harness(threshold=0.4)
+    node.feed("image", np.full((4, 4), 0.5), stamp_ns=111).feed("image", np.zeros((4, 4)))
+    node.run()
+    assert [p.data for p in node.published] == [{"mean": 0.5, "bright": True},
+                                                {"mean": 0.0, "bright": False}]
+    first = node.published[0].envelope
+    assert first.stamp_ns == 111 and [h[0] for h in first.trace] == ["upstream", "test"]
+    assert [c.data for c in node.commands] == [{"on": True}]
+    assert node.records == [("lamp_on", {"ok": True})]
+
+
+def test_harness_commands_and_lost_acks():
+    node = harness()
+    node.feed_command("commands", {"set_threshold": 0.9}, id="c1")
+    node.feed("image", np.full(3, 0.7))
+    node.run()
+    assert node.acks == [{"id": "c1", "ok": True, "threshold": 0.9}]
+    assert node.published[0].data["bright"] is False
+    lost = harness(threshold=0.1)
+    lost.responder = lambda output, data: None
+    lost.feed("image", np.ones(2))
+    with pytest.raises(CommandTimeout):
+        lost.run()
+
+
+def test_unacknowledged_command_gets_an_error_ack():
+    node = Node.for_test(SPEC, params={"device": "x"})
+    node.feed_command("commands", {"x": 1}, id="c9").feed("image", np.zeros(1))
+    for _ in node:
+        pass
+    assert node.acks == [{"id": "c9", "ok": False, "error": "node 'test' did not acknowledge"}]
+
+
+def test_publishing_unsendable_data_fails_in_the_harness_like_on_the_wire():
+    node = Node.for_test(SPEC, params={"device": "x"})
+    from iotrt.codec import EncodeError
+
+    with pytest.raises(EncodeError):
+        node.publish("bright", {"s": {1, 2}})
+    with pytest.raises(NodeError, match="has no output 'dark'"):
+        node.publish("dark", 1)
+    with pytest.raises(NodeError, match="has no input 'imgae' \\(declared: image\\)"):
+        node.feed("imgae", 1)
+
+
+def test_parameter_errors_are_all_listed_with_hints():
+    with pytest.raises(ParamError) as info:
+        Node.for_test(SPEC, params={"treshold": 1, "mode": "median", "count": 11,
+                                    "threshold": "high"})
+    errors = info.value.errors
+    assert "node 'test': unknown parameter 'treshold' (did you mean 'threshold'?)" in errors
+    assert any("'mode' must be one of 'mean', 'max'" in e for e in errors)
+    assert any("'count' must be <= 10" in e for e in errors)
+    assert any("'threshold' must be float, got str" in e for e in errors)
+    assert any("'device' is required (which camera)" in e for e in errors)
+    assert len(errors) == 5
+
+
+def test_params_get_defaults_and_int_widens_to_float():
+    p = SPEC.validate_params({"device": "d", "threshold": 1})
+    assert p == {"threshold": 1.0, "mode": "mean", "count": 3, "device": "d"}
+    with pytest.raises(ParamError, match="must be int, got bool"):
+        SPEC.validate_params({"device": "d", "count": True})
+    with pytest.raises(ParamError, match=r"quote it in YAML"):
+        SPEC.validate_params({"device": 0})
+
+
+def test_load_spec_reads_a_script_without_running_it(tmp_path):
+    script = tmp_path / "user_node.py"
+    marker = tmp_path / "ran"
+    script.write_text(
+        "import pathlib\n"
+        "from iotrt.node import Node, NodeSpec, Param\n"
+        "RATE = 5.0\n"
+        "SPEC = NodeSpec(outputs={'n': 'count'}, params=[Param('rate', float, RATE)])\n"
+        f"pathlib.Path({str(marker)!r}).write_text('oops')\n"
+        "node = Node(spec=SPEC)\n"
+    )
+    spec = load_spec(str(script))
+    assert spec.param("rate").default == 5.0 and "n" in spec.outputs
+    assert not marker.exists()
+
+
+def test_load_spec_errors(tmp_path, monkeypatch):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec("no_such_module_xyz")
+    bad = tmp_path / "bad.py"
+    bad.write_text("SPEC = NodeSpec(\n")
+    with pytest.raises(SpecError, match=r"bad.py:1: syntax error"):
+        load_spec(str(bad))
+    nospec = tmp_path / "nospec.py"
+    nospec.write_text("X = 1\n")
+    with pytest.raises(SpecError, match="defines no SPEC"):
+        load_spec(str(nospec))
+    with pytest.raises(SpecError, match="has no function nope"):
+        monkeypatch.syspath_prepend(str(Path(__file__).parent))
+        load_spec("sample_nodes:nope")
+
+
+def test_wildcard_ports_accept_any_name():
+    spec = NodeSpec(inputs={"*": "any topic"}, commands_out={"*": "any actuator"})
+    node = Node.for_test(spec)
+    node.feed("whatever", 1).feed("other", 2)
+    assert [e.input for e in node] == ["whatever", "other"]
+
+
+def test_standalone_node_timers_and_stop_from_another_thread(rundir):
+    address = short_ipc_address(rundir, "g", "ticker", "ticks")
+    cfg = NodeConfig(id="ticker", outputs={"ticks": Endpoint(address)})
+    node = Node(cfg)
+    node.timer("fast", 0.01)
+    node.timer("slow", 0.05)
+    seen: list[str] = []
+    stopper = threading.Timer(0.3, node.stop)
+    stopper.start()
+    t0 = time.monotonic()
+    for event in node:
+        seen.append(event.timer)
+    node.close()
+    assert time.monotonic() - t0 < 5
+    assert 3 <= seen.count("slow") <= 7 and seen.count("fast") > 2 * seen.count("slow")
+
+
+def test_node_loop_survives_garbage_and_counts_it(rundir):
+    import pynng
+
+    up = short_ipc_address(rundir, "g", "up", "out")
+    cfg = NodeConfig(id="n", inputs={"in": Endpoint(up, queue=64)})
+    raw = pynng.Pub0(listen=up)
+    node = Node(cfg)
+    try:
+        deadline = time.monotonic() + 5
+        while not raw.pipes:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        from iotrt.codec import Envelope, encode
+
+        for junk in (b"", b"\x00", b"\xdd\xff\xff\xff\xff", b"\x97\x01" + b"\xc7" * 20):
+            raw.send(junk)
+        raw.send(encode(Envelope("up/out", 0, 0, "up", [], "ok")))
+        stopper = threading.Timer(5, node.stop)  # a deadline, should the message not come
+        stopper.start()
+        for event in node:
+            assert event.data == "ok"
+            break
+        stopper.cancel()
+        assert node.stats()["in"]["in"] == {"msgs": 1, "drops": 0, "bad": 4}
+    finally:
+        node.close()
+        raw.close()

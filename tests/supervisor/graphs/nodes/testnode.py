@@ -1,0 +1,60 @@
+"""A node for the supervisor's tests: it runs, crashes, hangs, starts slowly or ignores SIGTERM,
+as its `behaviour` param says. Each start appends "pid start_time" to the `marker` file, so a
+test can see every incarnation and check that none outlives the supervisor."""
+
+import os
+import signal
+import sys
+import time
+
+from iotrt import Node
+from iotrt.spec import NodeSpec, Param
+
+BEHAVIOURS = ("run", "crash", "exit", "hang", "slow", "stubborn")
+
+SPEC = NodeSpec(
+    doc="test node",
+    inputs={"in": "anything"},
+    outputs={"out": "a counter, every period_s"},
+    params=[
+        Param("behaviour", str, "run", "what to do", choices=BEHAVIOURS),
+        Param("after_s", float, 0.3, "crash/exit/hang this long after ready; slow: start-up time"),
+        Param("exit_code", int, 3, "the code 'crash' exits with"),
+        Param("period_s", float, 0.05, "publish period"),
+        Param("marker", str, "", "file to append 'pid monotonic_start' to at each start"),
+    ],
+)
+
+
+def main(node: Node) -> None:
+    p = node.params
+    if p["marker"]:
+        with open(p["marker"], "a") as f:
+            f.write(f"{os.getpid()} {time.monotonic():.4f}\n")
+    if p["behaviour"] == "slow":
+        time.sleep(p["after_s"])            # a long model load: no heartbeat needed yet
+    if p["behaviour"] == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    node.ready()
+    node.timer("tick", p["period_s"])
+    start = time.monotonic()
+    count = 0
+    for event in node:
+        if event.kind != "timer":
+            continue
+        node.publish("out", {"n": count})
+        count += 1
+        if time.monotonic() - start < p["after_s"]:
+            continue
+        if p["behaviour"] == "crash":
+            print(f"crashing on purpose with code {p['exit_code']}", file=sys.stderr)
+            sys.exit(p["exit_code"])
+        if p["behaviour"] == "exit":
+            return
+        if p["behaviour"] == "hang":
+            while True:                     # stuck in user code: heartbeats stop
+                time.sleep(1)
+
+
+if __name__ == "__main__":
+    main(Node())

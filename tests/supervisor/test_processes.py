@@ -1,0 +1,160 @@
+"""Real processes: `iotrt up` runs test nodes; crashes, hangs and signals are real."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+
+
+def test_crashing_node_restarts_with_growing_delays(graph_file, up, tmp_path, h):
+    marker = tmp_path / "crash.pids"
+    g = graph_file(f"""
+        name: crashy
+        supervisor:
+          backoff: {{initial_s: 0.3, factor: 2, max_s: 5}}
+          intensity: {{restarts: 10, window_s: 60}}
+        nodes:
+          - id: c
+            run: {{node}}
+            params: {{behaviour: crash, after_s: 0.05, marker: {marker}}}
+    """)
+    u = up(g)
+    h.wait_for(lambda: len(h.marker_pids(marker)) >= 4, 30, "three restarts")
+    delays = [float(x) for x in re.findall(r"restarting in ([\d.]+)s", u.text)]
+    assert delays[:3] == [0.3, 0.6, 1.2]
+    starts = h.marker_starts(marker)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # each gap is the node's run time (start-up + 0.05 s) plus the backoff delay, which doubles
+    for gap, delay in zip(gaps, delays):
+        assert gap >= delay
+    assert gaps[2] > gaps[0] + 0.5      # the growth shows in real time, not only in the log
+    assert "c | crashing on purpose with code 3" in u.text    # node output, prefixed
+    assert u.proc.poll() is None
+
+
+def test_crashing_past_the_intensity_limit_exits_non_zero(graph_file, up, tmp_path, h):
+    marker = tmp_path / "crash.pids"
+    g = graph_file(f"""
+        name: giveup
+        supervisor:
+          backoff: {{initial_s: 0.05, max_s: 0.1}}
+          intensity: {{restarts: 2, window_s: 60}}
+        nodes:
+          - id: steady
+            run: {{node}}
+            params: {{marker: {tmp_path / "steady.pids"}}}
+          - id: c
+            run: {{node}}
+            params: {{behaviour: crash, after_s: 0.05, marker: {marker}}}
+    """)
+    u = up(g)
+    assert u.wait_exit(30) == 1
+    assert "gave up after 2 restarts in 60s" in u.text
+    assert len(h.marker_pids(marker)) == 3                        # first run + 2 restarts
+    for pid in h.marker_pids(marker) + h.marker_pids(tmp_path / "steady.pids"):
+        assert not h.alive(pid)
+
+
+def test_non_critical_node_failing_for_good_leaves_the_graph_running(graph_file, up, tmp_path, h):
+    g = graph_file("""
+        name: degraded
+        supervisor:
+          backoff: {initial_s: 0.05, max_s: 0.1}
+          intensity: {restarts: 1, window_s: 60}
+        nodes:
+          - id: steady
+            run: {node}
+          - id: extra
+            run: {node}
+            critical: false
+            params: {behaviour: crash, after_s: 0.05}
+    """)
+    u = up(g)
+    u.wait_log("extra: running -> failed")
+    u.wait_log("giving up on non-critical node extra")
+    u.proc.send_signal(signal.SIGTERM)
+    assert u.wait_exit() == 0
+
+
+def test_node_that_stops_heartbeating_is_restarted(graph_file, up, tmp_path, h):
+    marker = tmp_path / "hang.pids"
+    g = graph_file(f"""
+        name: hangs
+        supervisor: {{heartbeat_s: 0.1, liveness_s: 0.6, stop_grace_s: 0.3}}
+        nodes:
+          - id: h
+            run: {{node}}
+            params: {{behaviour: hang, after_s: 0.2, marker: {marker}}}
+    """)
+    u = up(g)
+    u.wait_log("h: running -> stopping", timeout=20)
+    assert "no heartbeat for 0.6s" in u.text
+    h.wait_for(lambda: len(h.marker_pids(marker)) >= 2, 20, "a second incarnation of the hung node")
+    first = h.marker_pids(marker)[0]
+    h.wait_for(lambda: not h.alive(first), 5, "the hung process to be gone")
+    # it sleeps in user code, so SIGTERM only sets a flag: the grace period ends in SIGKILL
+    assert "killed by SIGKILL" in u.text
+
+
+def _start_three(graph_file, up, tmp_path, h, stubborn: bool):
+    markers = [tmp_path / f"n{i}.pids" for i in range(3)]
+    last = "stubborn" if stubborn else "run"
+    g = graph_file(f"""
+        name: stopper
+        supervisor: {{stop_grace_s: 0.5}}
+        nodes:
+          - id: n0
+            run: {{node}}
+            params: {{marker: {markers[0]}}}
+          - id: n1
+            run: {{node}}
+            inputs: {{in: n0/out}}
+            params: {{marker: {markers[1]}}}
+          - id: n2
+            run: {{node}}
+            params: {{behaviour: {last}, marker: {markers[2]}}}
+    """)
+    u = up(g)
+    u.wait_log("all 3 nodes up")
+    pids = [h.marker_pids(m)[0] for m in markers]
+    assert all(h.alive(p) for p in pids)
+    return u, pids
+
+
+def test_sigterm_stops_every_node_within_the_grace_period(graph_file, up, tmp_path, h):
+    u, pids = _start_three(graph_file, up, tmp_path, h, stubborn=True)
+    u.proc.send_signal(signal.SIGTERM)
+    assert u.wait_exit(10) == 0
+    assert not any(h.alive(p) for p in pids)
+    assert "n2: stopping -> stopped (killed by SIGKILL)" in u.text   # ignored SIGTERM
+    assert "n0: stopping -> stopped (exited with code 0)" in u.text
+
+
+def test_sigkill_of_the_supervisor_leaves_no_child(graph_file, up, tmp_path, h):
+    u, pids = _start_three(graph_file, up, tmp_path, h, stubborn=True)
+    os.kill(u.proc.pid, signal.SIGKILL)
+    u.proc.wait()
+    h.wait_for(lambda: not any(h.alive(p) for p in pids), 5, "every node to die with the supervisor")
+
+
+def test_slow_start_is_not_a_hang_but_a_start_timeout_is_enforced(graph_file, up, tmp_path, h):
+    g = graph_file("""
+        name: slow
+        supervisor: {heartbeat_s: 0.1, liveness_s: 0.3, stop_grace_s: 0.2}
+        nodes:
+          - id: loads
+            run: {node}
+            params: {behaviour: slow, after_s: 1.0}
+          - id: never
+            run: {node}
+            critical: false
+            start_timeout_s: 0.5
+            params: {behaviour: slow, after_s: 30}
+    """)
+    u = up(g)
+    u.wait_log("loads: starting -> running")
+    u.wait_log("never: starting -> stopping", timeout=10)
+    assert "not ready within 0.5s" in u.text
+    assert "loads: running -> stopping" not in u.text
