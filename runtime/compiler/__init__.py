@@ -119,7 +119,8 @@ def compile_model(
     sha = _sha256(src)
     art, log = build_artifact(
         graph, {"name": src.name, "format": fmt, "sha256": sha},
-        meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target, progress=say)
+        meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
+        quantize=quantize, progress=say)
     size = artifact_io.write(art, out_path)
     say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
     st = art.stats
@@ -133,13 +134,15 @@ def build_artifact(
     source: dict,
     meta: dict | None = None,
     target: str = "auto",
+    quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[artifact_io.Artifact, list[str]]:
-    """Optimise a front end's graph and plan its memory: the artifact, not yet written."""
+    """Optimise a front end's graph, plan its memory, quantize its weights if asked and embed
+    the per-backend payloads: the artifact, not yet written."""
+    say = progress or (lambda line: None)
     graph, log = compile_graph(graph, progress)
     memory = plan_memory(graph)
-    if progress:
-        progress(f"memory plan: {memory.arena_bytes / 1e6:.2f} MB of activations")
+    say(f"memory plan: {memory.arena_bytes / 1e6:.2f} MB of activations")
     op_counts = dict(collections.Counter(n.op.value for n in graph.nodes))
     stats = {"ops": len(graph.nodes), "op_counts": op_counts, "params": graph.param_count(),
              "peak_activation_bytes": memory.arena_bytes}
