@@ -24,7 +24,7 @@ from iotrt.compiler.frontends import FRONTENDS, frontend_for
 from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
-from iotrt.compiler import onnx_export
+from iotrt.compiler.payloads import payloads
 from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
@@ -155,7 +155,7 @@ def build_artifact(
         graph=graph, memory=memory, inputs=list(graph.inputs), outputs=graph.output_specs(),
         meta={**(meta or {}), "target": target}, source=source,
         compiler_version=__version__, stats=stats,
-        payloads=onnx_export.payloads(graph, say), quantized=quantized,
+        payloads=payloads(graph, src, fmt, quantize, say), quantized=quantized,
     )
     return art, log
 
