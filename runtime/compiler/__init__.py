@@ -120,7 +120,7 @@ def compile_model(
     art, log = build_artifact(
         graph, {"name": src.name, "format": fmt, "sha256": sha},
         meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
-        quantize=quantize, progress=say)
+        quantize=quantize, progress=say, src=src)
     size = artifact_io.write(art, out_path)
     say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
     st = art.stats
@@ -136,6 +136,7 @@ def build_artifact(
     target: str = "auto",
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
+    src: Path | None = None,
 ) -> tuple[artifact_io.Artifact, list[str]]:
     """Optimise a front end's graph, plan its memory, quantize its weights if asked and embed
     the per-backend payloads: the artifact, not yet written."""
@@ -155,7 +156,7 @@ def build_artifact(
         graph=graph, memory=memory, inputs=list(graph.inputs), outputs=graph.output_specs(),
         meta={**(meta or {}), "target": target}, source=source,
         compiler_version=__version__, stats=stats,
-        payloads=payloads(graph, src, fmt, quantize, say), quantized=quantized,
+        payloads=payloads(graph, src, source["format"], quantize, say), quantized=quantized,
     )
     return art, log
 
