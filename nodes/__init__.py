@@ -22,4 +22,5 @@ NODES: dict[str, str] = {
     "command": "iotrt.nodes.action.command",
     "mqtt": "iotrt.nodes.action.mqtt",
     "log": "iotrt.nodes.action.log",
+    "snapshot": "iotrt.nodes.action.snapshot",
 }

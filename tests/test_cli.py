@@ -39,3 +39,9 @@ def test_ci_runs_the_readme_test_command():
     test_cmds = [b.strip() for b in blocks if "pytest" in b]
     assert len(test_cmds) == 1, "the README should give one test command"
     assert test_cmds[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_command_table_lists_every_verb():
+    readme = (ROOT / "README.md").read_text()
+    table = {m for m in re.findall(r"^\| `iotrt (\w+)", readme, re.M)}
+    assert table == set(COMMANDS)
