@@ -209,12 +209,13 @@ def number(command: dict[str, Any], key: str, lo: float, hi: float,
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-def fill(template: str, fields: dict[str, Any], what: str) -> str:
+def fill(template: str, fields: dict[str, Any], what: str,
+         escape: Callable[[str], str] = lambda text: text) -> str:
     """Replace each ``{name}`` in ``template`` by the command's field ``name``.
 
     Deliberately not ``str.format`` (which reaches attributes and items: ``{x.__class__}``):
     only plain names, and a missing one refuses the command instead of sending a half-filled
-    topic, URL or argument.
+    topic, URL or argument. ``escape`` encodes each value for where it goes (URL quoting).
     """
     def one(match: re.Match) -> str:
         name = match[1]
@@ -222,5 +223,9 @@ def fill(template: str, fields: dict[str, Any], what: str) -> str:
             raise CommandRefused(f"{what} {template!r} needs the field '{name}', which the "
                                  f"command does not have")
         value = fields[name]
-        return value if isinstance(value, str) else json.dumps(value)
+        return escape(value if isinstance(value, str) else json.dumps(value))
     return _FIELD.sub(one, template)
+
+
+def has_fields(template: str) -> bool:
+    return _FIELD.search(template) is not None

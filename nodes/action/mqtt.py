@@ -89,6 +89,8 @@ class MqttPublish:
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         topic = fill(self.topic, command, "topic")
+        if "+" in topic or "#" in topic:
+            raise CommandRefused(f"topic {topic!r}: a field filled in a wildcard (+ or #)")
         payload = command.get("payload", command)
         if not isinstance(payload, (str, bytes)):
             try:

@@ -17,6 +17,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
@@ -55,7 +56,8 @@ class Webhook:
         self._sleep = sleep
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        url = fill(self.url, command, "url")
+        # A value goes into the URL as one encoded piece: "a b/../admin" cannot change its path.
+        url = fill(self.url, command, "url", escape=lambda v: urllib.parse.quote(v, safe=""))
         payload = command.get("body", command)
         try:
             body = json.dumps(payload).encode() if self.method != "GET" else None
