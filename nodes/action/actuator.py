@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from iotrt.node import Param
+
 log = logging.getLogger(__name__)
 
 
@@ -94,6 +96,16 @@ class StateLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def device_params(what: str) -> list[Param]:
+    """The parameters every stateful device (lock, motor) has besides its own."""
+    return [
+        Param("sim_file", str, "", f"sim: JSON-lines record of {what} changes "
+                                   f"(default: <state dir>/<node id>.{what}.jsonl)"),
+        Param("state_period_s", float, 1.0, "republish the state this often (for late readers)",
+              min=0.05),
+    ]
 
 
 def sim_file(node, what: str) -> Path:
