@@ -120,11 +120,33 @@ def sim_file(node, what: str) -> Path:
 SELF_CAUSES = ("timeout", "deadman")
 
 
-def serve(node, controller: Controller, device: bool = False,
+def secret(node, param: str) -> str:
+    """The value of the environment variable that parameter ``param`` names ("" if unset):
+    secrets stay out of graph files."""
+    name = node.params[param]
+    if not name:
+        return ""
+    value = os.environ.get(name)
+    if not value:
+        raise DriverError(f"{param} names ${name}, which is not set in the node's environment "
+                          f"(the graph's env: or the service's EnvironmentFile=)")
+    return value
+
+
+def serve(node, make: Callable[[], Controller], device: bool = False,
           state_period_s: float = 1.0) -> None:
-    """The event loop of an actuator node. With ``device=True`` the controller is a ``Device``:
-    its safety checks run on a SafetyTimer and its state is published on the ``state`` output
-    at each change and every ``state_period_s``."""
+    """Build the controller with ``make()`` and run the node's event loop over it.
+
+    A DriverError or ValueError from ``make`` (no such GPIO chip, the serial port is busy, a bad
+    URL) ends the node with that one message instead of a traceback; the supervisor retries
+    with backoff. With ``device=True`` the controller is a ``Device``: its safety checks run on
+    a SafetyTimer and its state is published on the ``state`` output at each change and every
+    ``state_period_s``."""
+    try:
+        controller = make()
+    except (DriverError, ValueError) as exc:
+        node.log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
     timer = None
     if device:
         timer = SafetyTimer(controller.check, name=f"{node.id}-safety")

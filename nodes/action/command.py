@@ -73,4 +73,4 @@ class RunCommand:
 
 def main(node: Node) -> None:
     p = node.params
-    serve(node, RunCommand(p["argv"], p["timeout_s"], p["cwd"]))
+    serve(node, lambda: RunCommand(p["argv"], p["timeout_s"], p["cwd"]))

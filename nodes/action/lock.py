@@ -206,5 +206,5 @@ def open_driver(node: Node) -> Any:
 
 
 def main(node: Node) -> None:
-    lock = Lock(open_driver(node), node.params["max_unlock_s"])
-    serve(node, lock, device=True, state_period_s=node.params["state_period_s"])
+    serve(node, lambda: Lock(open_driver(node), node.params["max_unlock_s"]), device=True,
+          state_period_s=node.params["state_period_s"])

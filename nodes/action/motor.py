@@ -236,7 +236,10 @@ def open_driver(node: Node, names: list[str]) -> Any:
 
 
 def main(node: Node) -> None:
-    names = motor_names(node.params["motors"])
-    refresh = node.params["refresh_s"] if node.params["driver"] == "serial" else 0.0
-    motors = Motors(open_driver(node, names), names, node.params["deadman_s"], refresh)
-    serve(node, motors, device=True, state_period_s=node.params["state_period_s"])
+    p = node.params
+
+    def make() -> Motors:
+        names = motor_names(p["motors"])
+        refresh = p["refresh_s"] if p["driver"] == "serial" else 0.0
+        return Motors(open_driver(node, names), names, p["deadman_s"], refresh)
+    serve(node, make, device=True, state_period_s=p["state_period_s"])

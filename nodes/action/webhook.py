@@ -14,7 +14,6 @@ command timeout.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ import urllib.request
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, secret, serve
 
 SPEC = NodeSpec(
     doc="send each command as a JSON HTTP request to a URL, with timeout and retries",
@@ -88,10 +87,5 @@ class Webhook:
 
 def main(node: Node) -> None:
     p = node.params
-    token = ""
-    if p["token_env"]:
-        token = os.environ.get(p["token_env"], "")
-        if not token:
-            raise SystemExit(f"{node.id}: token_env names ${p['token_env']}, which is not set")
-    serve(node, Webhook(p["url"], p["method"], p["headers"], token, p["timeout_s"],
-                        p["retries"], p["backoff_s"]))
+    serve(node, lambda: Webhook(p["url"], p["method"], p["headers"], secret(node, "token_env"),
+                                p["timeout_s"], p["retries"], p["backoff_s"]))
