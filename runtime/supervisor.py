@@ -25,7 +25,7 @@ from typing import Any, Callable
 import psutil
 import pynng
 
-from iotrt.bus import Publisher, ensure_runtime_dir
+from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
 from iotrt.graph import EVENTS_TOPIC, Graph
@@ -351,7 +351,7 @@ class Supervisor:
         now = self.clock()
         while True:
             try:
-                buf = self.pull.recv(block=False)
+                buf = recv_bytes(self.pull, block=False)
             except pynng.TryAgain:
                 return
             try:
@@ -393,7 +393,7 @@ class Supervisor:
     def _on_control(self, fd: int) -> None:
         while True:
             try:
-                buf = self.ctl.recv(block=False)
+                buf = recv_bytes(self.ctl, block=False)
             except pynng.TryAgain:
                 return
             try:

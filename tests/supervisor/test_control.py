@@ -13,7 +13,7 @@ import pynng
 import pytest
 
 from iotrt.cli import main as cli
-from iotrt.codec import decode
+from iotrt.codec import decode, unpack
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader
 
@@ -65,6 +65,20 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
 
     missing = iotrt("echo", "cam/nope", "--timeout", "1")
     assert missing.returncode == 1 and "no topic 'cam/nope'" in missing.stderr
+
+    # garbage on the supervisor's sockets is answered or logged, never fatal
+    graph = load_graph(DOOR)
+    with pynng.Push0(send_timeout=2000) as push:
+        push.dial(graph.supervisor_address, block=True)
+        for junk in (b"", b"\xc1", b"\x93\x01\x02\x03"):
+            push.send(junk)
+    with pynng.Req0(recv_timeout=3000) as req:
+        req.dial(graph.control_address, block=True)
+        for junk, error in ((b"", "malformed request"), (b"\x01", "unknown request")):
+            req.send(junk)
+            assert error in unpack(req.recv())["error"]
+    u.wait_log("ignored a malformed message from a node", count=3)
+    assert iotrt("ps").returncode == 0
 
     reload = iotrt("reload", "faces")
     assert reload.returncode == 0 and "reload sent to faces" in reload.stdout
