@@ -76,11 +76,10 @@ def _total(stats: dict, section: str, key: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, graph: Graph, *, log_level: str = "INFO",
-                 clock: Callable[[], float] = time.monotonic, environ: dict | None = None):
+    def __init__(self, graph: Graph, *, log_level: str = "INFO", environ: dict | None = None):
         self.graph = graph
         self.log_level = log_level
-        self.clock = clock
+        self.clock = time.monotonic
         self.environ = dict(os.environ if environ is None else environ)
         p = graph.policy
         self.slots: dict[str, Slot] = {
@@ -100,6 +99,7 @@ class Supervisor:
         self.notifier = Notifier(self.environ)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._reload_requested = False
+        self._kill_now = False
         self._next_ping = 0.0
         self._withholding = False
 
@@ -107,6 +107,9 @@ class Supervisor:
 
     def request_stop(self, reason: str = "stop requested", code: int = EXIT_OK) -> None:
         """Begin an orderly stop (safe from a signal handler or another thread)."""
+        if self.stopping and reason in ("SIGINT", "SIGTERM"):
+            # a second Ctrl-C: the user does not want to wait for the grace period
+            self._kill_now = True
         if not self.stopping:
             log.info("stopping graph %s: %s", self.graph.name, reason)
             self.exit_code = max(self.exit_code, code)
@@ -126,7 +129,10 @@ class Supervisor:
 
     def _open(self) -> None:
         g = self.graph
-        ensure_runtime_dir(g.runtime_dir)
+        try:
+            ensure_runtime_dir(g.runtime_dir)
+        except OSError as exc:
+            raise SupervisorError(f"cannot use the runtime folder {g.runtime_dir}: {exc}") from exc
         self.sel = selectors.DefaultSelector()
         # The control socket first: if another supervisor runs this graph, listen fails here,
         # before we touch any of its sockets.
@@ -191,6 +197,12 @@ class Supervisor:
                 self.notifier.notify("STOPPING=1", "STATUS=stopping")
                 for slot in self.slots.values():
                     self._apply(slot, Stop(), now)
+            if self._kill_now:
+                self._kill_now = False
+                log.warning("second stop signal: killing every node now")
+                for nid, proc in self.procs.items():
+                    if self.slots[nid].state == State.STOPPING:
+                        proc.signal(signal.SIGKILL)
             if not self.stopping:
                 self._start_ready_nodes(now)
                 self._check_graph(now)

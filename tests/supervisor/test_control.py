@@ -83,6 +83,8 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
     reload = iotrt("reload", "faces")
     assert reload.returncode == 0 and "reload sent to faces" in reload.stdout
     assert iotrt("reload", "nobody").returncode == 1
+    os.kill(u.proc.pid, signal.SIGHUP)       # systemctl reload: every node of kind "rules"
+    u.wait_log("reload: sent SIGHUP to no node")
 
     down = iotrt("down")
     assert down.returncode == 0, down.stderr
