@@ -185,3 +185,22 @@ def test_second_ctrl_c_kills_at_once(graph_file, up, tmp_path, h):
     u.proc.send_signal(signal.SIGINT)
     assert u.wait_exit(10) == 0              # not 60 s
     assert "second stop signal: killing every node now" in u.text
+
+
+def test_graph_whose_nodes_all_finish_exits_by_itself(graph_file, up, h):
+    g = graph_file("""
+        name: oneshot
+        nodes:
+          - id: job
+            run: {node}
+            params: {behaviour: exit, after_s: 0.1}
+          - id: other
+            run: {node}
+            restart: never
+            critical: false
+            params: {behaviour: exit, after_s: 0.2}
+    """)
+    u = up(g)
+    assert u.wait_exit(20) == 0
+    assert "job: running -> exited (exited with code 0)" in u.text
+    assert "every node has ended; nothing left to supervise" in u.text
