@@ -29,7 +29,7 @@ from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
 from iotrt.graph import EVENTS_TOPIC, Graph
-from iotrt.journal import Journal, JournalError
+from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import parse_message
 from iotrt.sdnotify import Notifier
@@ -383,24 +383,24 @@ class Supervisor:
                     self.rates[slot.id].update(now, msg["stats"])
                 self._apply(slot, Heartbeat(pid), now)
             else:
-                self._write_record(msg)
+                event_id, error = self._write_record(msg)
+                if event_id is None:
+                    log.warning("record from %s not journaled: %s", slot.id, error)
 
-    def _write_record(self, msg: dict) -> int | None:
-        fields = msg.get("fields") if isinstance(msg.get("fields"), dict) else {}
-        t_ns = msg.get("t_ns") if type(msg.get("t_ns")) is int else None
-        return self._journal(str(msg.get("kind", "record")), msg["id"], fields, t_ns)
+    def _write_record(self, body) -> tuple[int | None, str]:
+        """Journal a node's record: (event id, "") or (None, why not)."""
+        try:
+            return self.journal.write_record(body), ""
+        except BadRecord as exc:      # the node sent nonsense: its problem, not the journal's
+            return None, str(exc)
+        except JournalError as exc:
+            log.error("journal write failed: %s", exc)
+            return None, f"the journal could not be written: {exc}"
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
-            body = cmd.data
-            if not (isinstance(body, dict) and isinstance(body.get("id"), str)):
-                cmd.reply({"ok": False, "error": "a journal record must be a map with an 'id'"})
-                continue
-            event_id = self._write_record(body)
-            if event_id is None:
-                cmd.reply({"ok": False, "error": "the journal could not be written"})
-            else:
-                cmd.reply({"result": {"event_id": event_id}})
+            event_id, error = self._write_record(cmd.data)
+            cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
 
     def _on_control(self, fd: int) -> None:
         while True:

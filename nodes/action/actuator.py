@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -73,6 +75,25 @@ def handle_command(node, controller: Controller, event) -> dict[str, Any]:
                 result=result)
     event.ack(result)
     return result
+
+
+class StateLog:
+    """The record a sim driver keeps: one JSON line per state change,
+    ``{"t_ns": wall clock, "mono_ns": monotonic, "pid", **state}``, flushed at once so it
+    survives a SIGKILL of the process (the kernel has it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, **state: Any) -> None:
+        self._file.write(json.dumps({"t_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
+                                     "pid": os.getpid(), **state}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def sim_file(node, what: str) -> Path:

@@ -17,15 +17,14 @@ state change to a JSON-lines file so tests and users can see what the door would
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve, sim_file
+from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, number, serve,
+                                         sim_file)
 
 SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",
@@ -99,24 +98,21 @@ def _import_gpiod() -> Any:
 
 
 class SimLock:
-    """A lock with no hardware: keeps its state and appends each change to a JSON-lines file
-    ``{"t_ns", "mono_ns", "pid", "locked"}`` (wall and monotonic clocks)."""
+    """A lock with no hardware: keeps its state and records each change (``locked``) in a
+    JSON-lines file (see ``StateLog``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.locked: bool | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        self._log = StateLog(path)
 
     def set_locked(self, locked: bool) -> None:
         self.locked = locked
-        self._file.write(json.dumps({"t_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
-                                     "pid": os.getpid(), "locked": locked}) + "\n")
-        self._file.flush()  # in the kernel's hands at once: survives a SIGKILL of this process
+        self._log.write(locked=locked)
 
     def close(self) -> None:
         self.set_locked(True)
-        self._file.close()
+        self._log.close()
 
 
 # -- the controller: pure logic over a driver and a clock ------------------------------------
@@ -168,11 +164,13 @@ class Lock:
         capped = duration > self.max_unlock_s
         duration = min(duration, self.max_unlock_s)
         with self._mutex:
-            # The deadline is set before the line moves: if the driver fails half-way, the
-            # timer still re-locks.
+            # The deadline is set, and the timer told, even if the driver fails half-way: the
+            # line's state is then unknown, and the re-lock must still come.
             self._relock_at = self._clock() + duration
-            self._set(False, "command")
-        self.wake()
+            try:
+                self._set(False, "command")
+            finally:
+                self.wake()
         return {"state": "unlocked", "relock_in_s": duration, "capped": capped}
 
     def check(self) -> float | None:

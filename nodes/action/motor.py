@@ -24,15 +24,14 @@ this whole computer hangs or loses power, which no software here can.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, number, serve, sim_file
+from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, number, serve,
+                                         sim_file)
 
 SPEC = NodeSpec(
     doc="motors with a dead-man timeout: each command is good for deadman_s, then they stop",
@@ -106,15 +105,14 @@ class SerialMotors:
 
 
 class SimMotors:
-    """No hardware: keeps the speeds and appends each change to a JSON-lines file
-    ``{"t_ns", "mono_ns", "pid", "speeds"}``."""
+    """No hardware: keeps the speeds and records each change (``speeds``) in a JSON-lines
+    file (see ``StateLog``)."""
 
     def __init__(self, path: Path, names: list[str]) -> None:
         self.path = path
         self.names = names
         self.speeds = [0.0] * len(names)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        self._log = StateLog(path)
 
     def drive(self, speeds: list[float]) -> None:
         if speeds != self.speeds:  # a refresh is not a change
@@ -125,14 +123,11 @@ class SimMotors:
 
     def _record(self, speeds: list[float]) -> None:
         self.speeds = list(speeds)
-        self._file.write(json.dumps({"t_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
-                                     "pid": os.getpid(),
-                                     "speeds": dict(zip(self.names, speeds))}) + "\n")
-        self._file.flush()
+        self._log.write(speeds=dict(zip(self.names, speeds)))
 
     def close(self) -> None:
         self.stop()
-        self._file.close()
+        self._log.close()
 
 
 # -- the controller --------------------------------------------------------------------------

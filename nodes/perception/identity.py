@@ -28,6 +28,7 @@ from iotrt.nodes.perception.matcher import (
     embedding_extractor,
     lbp_extractor,
 )
+from iotrt.nodes.perception.modelcache import cache_dir, load_model
 
 SPEC = NodeSpec(
     doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
@@ -36,30 +37,29 @@ SPEC = NodeSpec(
     params=[
         Param("gallery", str, "gallery.npz", "gallery file written by 'iotrt enroll'"),
         Param("method", str, "lbp", "matching method", choices=tuple(METHODS)),
-        Param("threshold", float, 0.0, "minimum score to name a face (0: the method's default)"),
+        Param("threshold", float, 0.0, "minimum score to name a face (0: the method's default)",
+              min=0.0, max=1.0),
         Param("model", str, "", "embedding: face-embedding model (.onnx/.tflite/.iotm)"),
         Param("backend", str, "auto", "embedding: engine backend"),
         Param("embed_mean", float, 127.5, "embedding: input = (pixel - mean) / std"),
         Param("embed_std", float, 127.5, "embedding: see embed_mean"),
         Param("min_eye_px", float, 8.0, "faces with eyes closer than this (pixels) are unknown"),
-        Param("frame_buffer", int, 8, "how many recent frames to keep for pairing"),
+        Param("frame_buffer", int, 8, "how many recent frames to keep for pairing", min=1),
     ],
 )
 
 
-def build(params: dict, cache_dir: Path, base_dir: Path | None = None, log=None) -> Identifier:
+def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None) -> Identifier:
     method = params["method"]
     path = Path(params["gallery"]).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     gallery = Gallery.load(path)
     if method == "embedding":
-        from iotrt.nodes.perception.modelcache import load_model
-
         if not params["model"]:
             raise ValueError("identity: method 'embedding' needs the 'model' parameter "
                              "(a face-embedding model; see docs/perception.md)")
-        model, sha = load_model(params["model"], cache_dir, params["backend"], base_dir, log)
+        model, sha = load_model(params["model"], models_dir, params["backend"], base_dir, log)
         extract = embedding_extractor(model, params["embed_mean"], params["embed_std"])
     else:
         sha, extract = None, lbp_extractor()
@@ -72,7 +72,7 @@ def build(params: dict, cache_dir: Path, base_dir: Path | None = None, log=None)
 
 
 def main(node: Node) -> None:
-    ident = build(node.params, Path(node.state_dir) / "models", Path.cwd(), node.log)
+    ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     frames = FrameBuffer(node.params["frame_buffer"])
     node.ready()
     for event in node:

@@ -26,6 +26,14 @@ class ModelError(RuntimeError):
     """A model that cannot be found, compiled or loaded; the message says which and why."""
 
 
+def cache_dir(state_dir: str | None) -> Path:
+    """Where compiled artifacts are cached: the graph's state directory, or the user's cache."""
+    if state_dir:
+        return Path(state_dir) / "models"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "iotrt" / "models"
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -79,8 +87,8 @@ def compiled_artifact(
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     log.info("model %s: compiling once (sha256 %s...) into %s", src.name, digest[:12], out)
 
-    def progress(*args, **kwargs):
-        log.info("model %s: compiling: %s", src.name, " ".join(str(a) for a in args))
+    def progress(line: str) -> None:
+        log.info("model %s: %s", src.name, line)
 
     try:
         compile_model(str(src), str(tmp), input_shapes=input_shapes, progress=progress)

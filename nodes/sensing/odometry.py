@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from iotrt.node import Node, NodeSpec, Param
@@ -79,13 +80,19 @@ def arc_step(x: float, y: float, theta: float, ds: float, dtheta: float) -> tupl
 
 
 class DiffDrive:
-    """Integrates cumulative tick readings: `update(left, right, t_ns)` -> odometry dict."""
+    """Integrates cumulative tick readings: `update(left, right, t_ns)` -> odometry dict.
 
-    def __init__(self, wheels: Wheels):
+    v and omega are measured over the last `window_s` rather than one step: at 50 Hz a wheel
+    moves only ~28 ticks per step, so one tick of quantisation would be 4 % of the speed.
+    """
+
+    def __init__(self, wheels: Wheels, window_s: float = 0.2):
         self.wheels = wheels
+        self.window_ns = int(window_s * 1e9)
         self.x = self.y = self.theta = self.s = 0.0
         self.v = self.omega = 0.0
         self.last: tuple[int, int, int] | None = None
+        self.history: deque[tuple[int, float, float]] = deque()  # (t_ns, s, theta)
 
     def update(self, left: int, right: int, t_ns: int) -> dict:
         if self.last is not None:
@@ -96,11 +103,19 @@ class DiffDrive:
             self.x, self.y = arc_step(self.x, self.y, self.theta, ds, dtheta)
             self.theta += dtheta
             self.s += ds
-            dt = (t_ns - t0) / 1e9
-            if dt > 0:
-                self.v, self.omega = ds / dt, dtheta / dt
+        self._rates(t_ns)
         self.last = (left, right, t_ns)
         return self.state()
+
+    def _rates(self, t_ns: int) -> None:
+        self.history.append((t_ns, self.s, self.theta))
+        # Keep one sample at or beyond the window's start, so the span covers the window.
+        while len(self.history) > 2 and t_ns - self.history[1][0] >= self.window_ns:
+            self.history.popleft()
+        t0, s0, th0 = self.history[0]
+        if t_ns > t0:
+            dt = (t_ns - t0) / 1e9
+            self.v, self.omega = (self.s - s0) / dt, (self.theta - th0) / dt
 
     def state(self) -> dict:
         return {"x": self.x, "y": self.y, "theta": wrap_angle(self.theta),

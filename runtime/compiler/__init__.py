@@ -24,7 +24,7 @@ from iotrt.compiler.frontends import FRONTENDS, frontend_for
 from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
-from iotrt.compiler import onnx_export
+from iotrt.compiler.payloads import payloads
 from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
@@ -133,7 +133,7 @@ def compile_model(
         meta={**_default_meta(graph, fmt, sha), **(meta or {}), "target": target},
         source={"name": src.name, "format": fmt, "sha256": sha},
         compiler_version=__version__, stats=stats,
-        payloads=onnx_export.payloads(graph, say), quantized=quantized,
+        payloads=payloads(graph, src, fmt, quantize, say), quantized=quantized,
     )
     size = artifact_io.write(art, out_path)
     say(f"wrote {out_path} ({size / 1e6:.2f} MB)")

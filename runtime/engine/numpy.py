@@ -451,6 +451,7 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
 
 
 def load(art: Artifact, threads: int = 1) -> NumpyModel:
-    # OpenBLAS sizes its pool once, from OPENBLAS_NUM_THREADS at process start (the supervisor
-    # sets it from the graph); `threads` is accepted for the common backend signature.
+    from iotrt.engine.backend import limit_blas_threads
+
+    limit_blas_threads(threads)
     return NumpyModel(art)

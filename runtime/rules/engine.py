@@ -289,6 +289,10 @@ class Engine:
         self._prev_wall = self.wall
         return out
 
+    def running(self) -> int:
+        """How many runs are waiting (on a delay, or queued behind another run)."""
+        return len(self._sleeping) + sum(len(rs.queue) for rs in self._rules)
+
     def next_due(self) -> float | None:
         """The earliest monotonic time at which `handle(TICK, ...)` would do something."""
         times = [r.resume_at for r in self._sleeping if r.resume_at is not None]

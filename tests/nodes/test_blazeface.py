@@ -1,14 +1,12 @@
 """BlazeFace decoding against an independent reference on LiteRT's outputs for real photographs.
 
-The reference below is written separately, in the shape of MediaPipe's C++ calculators (loops
-over anchors, its own letterbox and NMS), and shares no code with blazeface.py.
+The reference (conftest.py, fixture `ref`) is written separately, in the shape of MediaPipe's
+C++ calculators (loops over anchors, its own letterbox and NMS), and shares no code with
+blazeface.py.
 """
 
 from __future__ import annotations
 
-import math
-
-import cv2
 import numpy as np
 import pytest
 
@@ -22,102 +20,20 @@ NO_PEOPLE = ["coffee", "rocket", "clock", "coins", "moon", "page", "text", "hubb
              "immunohistochemistry", "retina", "logo", "brick", "grass", "gravel", "cell", "horse"]
 
 
-# ---- the independent reference ---------------------------------------------------------------
-
-def ref_anchors():
-    """SsdAnchorsCalculator, as in mediapipe/calculators/tflite/ssd_anchors_calculator.cc."""
-    strides, num_layers, min_s, max_s = [8, 16, 16, 16], 4, 0.1484375, 0.75
-    anchors, layer_id = [], 0
-    while layer_id < num_layers:
-        scales, ratios = [], []
-        last = layer_id
-        while last < len(strides) and strides[last] == strides[layer_id]:
-            scale = min_s + (max_s - min_s) * last / (len(strides) - 1)
-            ratios.append(1.0)
-            scales.append(scale)
-            nxt = 1.0 if last == len(strides) - 1 else min_s + (max_s - min_s) * (last + 1) / (len(strides) - 1)
-            scales.append(math.sqrt(scale * nxt))
-            ratios.append(1.0)
-            last += 1
-        fm = math.ceil(128 / strides[layer_id])
-        for y in range(fm):
-            for x in range(fm):
-                for _ in scales:
-                    anchors.append(((x + 0.5) / fm, (y + 0.5) / fm))  # fixed size: w = h = 1
-        layer_id = last
-    return anchors
-
-
-def ref_detect(img, run):
-    h, w = img.shape[:2]
-    s = 128 / max(h, w)
-    rw, rh = int(round(w * s)), int(round(h * s))
-    pad_l, pad_t = (128 - rw) // 2, (128 - rh) // 2
-    x = np.zeros((128, 128, 3), np.float32)
-    x[pad_t : pad_t + rh, pad_l : pad_l + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA) / 127.5 - 1
-    reg, cls = run(x[None])
-    reg, cls = reg.reshape(896, 16), cls.reshape(896)
-    dets = []
-    for i, (ax, ay) in enumerate(ref_anchors()):
-        logit = max(-100.0, min(100.0, float(cls[i])))
-        score = 1 / (1 + math.exp(-logit))
-        if score < 0.5:
-            continue
-        cx, cy = reg[i, 0] / 128 + ax, reg[i, 1] / 128 + ay
-        bw, bh = reg[i, 2] / 128, reg[i, 3] / 128
-        kps = [(reg[i, 4 + 2 * k] / 128 + ax, reg[i, 5 + 2 * k] / 128 + ay) for k in range(6)]
-        dets.append([score, [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], kps])
-    # WeightedNonMaxSuppression (non_max_suppression_calculator.cc)
-    dets.sort(key=lambda d: -d[0])
-    out = []
-    while dets:
-        top = dets[0]
-        group = [d for d in dets if ref_iou(top[1], d[1]) > 0.3 or d is top]
-        dets = [d for d in dets if not any(d is g for g in group)]
-        tot = sum(d[0] for d in group)
-        box = [sum(d[0] * d[1][j] for d in group) / tot for j in range(4)]
-        out.append((top[0], box))
-    # DetectionLetterboxRemovalCalculator, then to pixels
-    pl, pt = pad_l / 128, pad_t / 128
-    pr, pb = (128 - rw - pad_l) / 128, (128 - rh - pad_t) / 128
-    result = []
-    for score, (x1, y1, x2, y2) in out:
-        fx = lambda v: (v - pl) / (1 - pl - pr) * w  # noqa: E731
-        fy = lambda v: (v - pt) / (1 - pt - pb) * h  # noqa: E731
-        result.append((score, [fx(x1), fy(y1), fx(x2), fy(y2)]))
-    return result
-
-
-def ref_iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def assert_same_faces(ours: bf.Faces, ref, where: str):
-    assert len(ours) == len(ref), f"{where}: {len(ours)} faces vs reference {len(ref)}"
-    for (score, box) in ref:
-        best = max(ref_iou(box, list(b)) for b in ours.boxes)
-        assert best >= 0.9, f"{where}: IoU {best:.3f} with reference box {np.round(box)}"
-    np.testing.assert_allclose(sorted(ours.scores), sorted(s for s, _ in ref), atol=0.02)
-
-
 # ---- tests ------------------------------------------------------------------------------------
 
-def test_anchors_match_mediapipe_layout():
+def test_anchors_match_mediapipe_layout(ref):
     ours = bf.ssd_anchors()
     assert ours.shape == (896, 2)
-    np.testing.assert_allclose(ours, np.array(ref_anchors()), atol=1e-6)
+    np.testing.assert_allclose(ours, np.array(ref.anchors()), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", PEOPLE)
-def test_faces_on_photographs_match_reference(name, photo, litert):
+def test_faces_on_photographs_match_reference(name, photo, litert, ref):
     img = photo(name)
     ours = bf.BlazeFace().detect(img, litert)
     assert len(ours) == 1, f"{name}: expected one face, got {len(ours)}"
-    assert_same_faces(ours, ref_detect(img, litert), name)
+    ref.assert_same_faces(ours, ref.detect(img, litert), name)
     # Keypoints lie inside the face box, right eye left of the left eye in the image.
     (x1, y1, x2, y2), kp = ours.boxes[0], ours.keypoints[0]
     assert (x1 <= kp[:4, 0]).all() and (kp[:4, 0] <= x2).all() and (y1 <= kp[:4, 1]).all()
@@ -132,10 +48,10 @@ def test_astronaut_face_is_where_the_face_is(photo, litert):
 
 
 @pytest.mark.parametrize("t", [1.0, 2.5, 7.0, 8.5])
-def test_sim_scene_faces_match_reference(t, litert):
+def test_sim_scene_faces_match_reference(t, litert, ref):
     frame = DoorScene(640, 480).render(t)
     ours = bf.BlazeFace().detect(frame, litert)
-    assert_same_faces(ours, ref_detect(frame, litert), f"sim t={t}")
+    ref.assert_same_faces(ours, ref.detect(frame, litert), f"sim t={t}")
     assert len(ours) == 1
 
 

@@ -39,6 +39,6 @@ class Driver:
         return [(t, a.data) for t, a in self.log if isinstance(a, Command)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def driver():
     return Driver

@@ -46,7 +46,7 @@ def test_low_score_enrolled_face_does_not_unlock():
 def test_unknown_face_is_a_visitor_event_once_per_visit():
     out = feed([faces(("unknown", 0.7))] * 50)  # 5 s of a visitor standing there
     assert not any(isinstance(a, Command) and a.output == "lock" for _, a in out)
-    notes = [a for _, a in out if isinstance(a, Command) and a.output == "notify"]
+    notes = [a for _, a in out if isinstance(a, Command) and a.output == "webhook"]
     assert len(notes) == 1 and notes[0].label == "notify"
     assert "not enrolled" in notes[0].data["message"]
     snaps = [a for _, a in out if isinstance(a, Publish) and a.output == "snapshot"]

@@ -1,0 +1,228 @@
+"""The rule-engine node: runs a rules file (YAML or Python) against its inputs.
+
+Graph wiring (the rule node's ports come from its rules file, so its SPEC accepts any name):
+
+    - id: rules
+      kind: rules
+      params: {rules: door.rules.yaml}          # relative to the graph file
+      inputs: {faces: identity/faces}           # triggers name the input (or the topic)
+    # an actuator's command input is wired to a command output of the rule node, named as the
+    # rules' `command:`/`notify:` actions name it (see docs/graph.md for the YAML shape)
+
+Messages and timer ticks go through the pure `Engine` in this node's event loop. Publishes
+happen inline; commands go to one worker thread per command output, so waiting for a slow
+actuator's acknowledgement never holds up the other rules (nor the other actuators). Every
+decision is journaled: rule_fired, command_sent, command_acked, command_failed, rule_error,
+rules_reloaded, rules_reload_failed. SIGHUP reloads the rules; a bad file is reported and the
+running rules stay.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iotrt.codec import EncodeError
+from iotrt.command import CommandError
+from iotrt.node import Node, NodeError, NodeSpec, Param
+from iotrt.rules import (
+    TICK, Command, Engine, Fired, Log, Message, Publish, RuleError, RulesError, Skipped, load_rules,
+)
+
+SPEC = NodeSpec(
+    doc="rule engine: triggers, conditions and actions from a rules file (YAML or Python)",
+    inputs={"*": "any stream a rule triggers on (by this input name or by its topic)"},
+    outputs={"*": "messages the rules' publish actions send"},
+    commands_out={"*": "actuators the rules' command and notify actions drive"},
+    params=[
+        Param("rules", str, doc="rules file (.yaml, or .py for Python rules), relative to the "
+                                "graph file"),
+        Param("python", list, [], "more Python rule files to load"),
+        Param("tick_s", float, 0.05, "resolution of holds, delays, absences, intervals",
+              min=0.005, max=5.0),
+        Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
+              min=0.01),
+        Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
+        Param("command_expiry_s", float, 10.0,
+              "drop a command still queued after this long (never unlock late)", min=0.1),
+        Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
+              min=1.0, max=10_000.0),
+    ],
+)
+
+# A rule that keeps failing is logged and journaled at most this often.
+ERROR_REPORT_EVERY_S = 60.0
+_STOP = object()
+
+
+@dataclass
+class _Queued:
+    action: Command
+    queued_at: float
+
+
+class CommandSender:
+    """One worker thread per command output: send, wait for the ack, journal the outcome."""
+
+    def __init__(self, node: Node, timeout_s: float, retries: int, expiry_s: float) -> None:
+        self.node, self.timeout_s, self.retries, self.expiry_s = node, timeout_s, retries, expiry_s
+        self._queues: dict[str, queue.Queue] = {}
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, action: Command) -> None:
+        q = self._queues.get(action.output)
+        if q is None:
+            q = self._queues[action.output] = queue.Queue()
+            t = threading.Thread(target=self._work, args=(action.output, q),
+                                 name=f"command-{action.output}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        q.put(_Queued(action, time.monotonic()))
+
+    def _work(self, output: str, q: queue.Queue) -> None:
+        while (item := q.get()) is not _STOP:
+            self._send(item)
+
+    def _send(self, item: _Queued) -> None:
+        a, node = item.action, self.node
+        waited = time.monotonic() - item.queued_at
+        if waited > self.expiry_s:
+            node.record("command_failed", rule=a.rule, output=a.output, data=a.data,
+                        error=f"expired after {waited:.1f}s in the queue (actuator busy or down)")
+            return
+        node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
+        try:
+            ack = node.command(a.output, a.data, timeout_s=self.timeout_s, retries=self.retries)
+        except (CommandError, NodeError, EncodeError) as exc:
+            node.log.warning("rule %s: %s %s failed: %s", a.rule, a.label, a.output, exc)
+            node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))
+            return
+        if ack.get("ok"):
+            node.record("command_acked", rule=a.rule, output=a.output, ack=ack)
+        else:
+            node.log.warning("rule %s: %s refused: %s", a.rule, a.output, ack.get("error"))
+            node.record("command_failed", rule=a.rule, output=a.output,
+                        error=str(ack.get("error", "refused")), ack=ack)
+
+    def close(self, wait_s: float) -> None:
+        """Let queued commands finish (up to wait_s in total), then stop the workers."""
+        for q in self._queues.values():
+            q.put(_STOP)
+        deadline = time.monotonic() + wait_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+class RuleNode:
+    """The glue between the Node API and the engine: executes actions, reloads, reports."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        p = node.params
+        self.rules_path = Path(p["rules"])
+        self.python = [Path(x) for x in p["python"]]
+        self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0)
+        self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
+                                    p["command_expiry_s"])
+        self._last_report: dict[str, float] = {}
+        self._check_wiring()
+
+    def _load(self):
+        return load_rules(self.rules_path, python=self.python)
+
+    def _check_wiring(self) -> None:
+        """Warn (at start and reload) about rules that name ports the graph did not wire."""
+        cfg, log = self.node.config, self.node.log
+        if not (cfg.inputs or cfg.commands_out or cfg.outputs):
+            return  # standalone or a test harness: nothing is wired by a graph
+        names = set(cfg.inputs) | {ep.topic for ep in cfg.inputs.values() if ep.topic}
+        for topic in sorted(self.engine.topics() - names):
+            log.warning("rules trigger on %r, which is not an input of node %r (inputs: %s)",
+                        topic, self.node.id, ", ".join(cfg.inputs) or "none")
+        commands, publishes = self.engine.outputs()
+        for out in sorted(commands - set(cfg.commands_out)):
+            log.warning("rules command %r, but no actuator is wired to that command output", out)
+        for out in sorted(publishes - set(cfg.outputs)):
+            log.warning("rules publish on %r, but no node subscribes to it", out)
+
+    def handle(self, event: Any) -> None:
+        now = time.monotonic()
+        if event.kind == "input":
+            env = event.envelope
+            aliases = (env.topic,) if env is not None and env.topic else ()
+            actions = self.engine.handle(Message(event.name, event.data, aliases), now)
+        elif event.kind == "timer":
+            actions = self.engine.handle(TICK, now)
+        elif event.kind == "reload":
+            self.reload()
+            return
+        else:
+            return
+        for action in actions:
+            self.execute(action)
+
+    def execute(self, action: Any) -> None:
+        node = self.node
+        match action:
+            case Fired(rule, trigger, queued):
+                node.log.info("rule %s fired (%s)%s", rule, trigger, " - queued" if queued else "")
+                node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
+            case Command():
+                self.sender.submit(action)
+            case Publish(rule, output, data):
+                try:
+                    node.publish(output, data)
+                except (NodeError, EncodeError) as exc:
+                    self.report(rule, f"publish on {output!r} failed: {exc}")
+            case Log(rule, text):
+                node.log.info("rule %s: %s", rule, text)
+            case Skipped(rule, reason):
+                node.log.debug("rule %s skipped: %s", rule, reason)
+            case RuleError(rule, where, message):
+                self.report(rule, f"{message} (rule at {where})")
+
+    def report(self, rule: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_report.get(rule, -ERROR_REPORT_EVERY_S) < ERROR_REPORT_EVERY_S:
+            return
+        self._last_report[rule] = now
+        self.node.log.warning("rule %s: %s", rule, message)
+        self.node.record("rule_error", rule=rule, error=message)
+
+    def reload(self) -> None:
+        try:
+            ruleset = self._load()
+        except RulesError as exc:
+            self.node.log.error("reload of %s failed; the running rules stay:\n  %s",
+                                self.rules_path, "\n  ".join(map(str, exc.problems)))
+            self.node.record("rules_reload_failed", file=str(self.rules_path),
+                             problems=[str(p) for p in exc.problems])
+            return
+        self.engine.replace(ruleset)
+        self._check_wiring()
+        ids = [r.id for r in ruleset.rules]
+        self.node.log.info("reloaded %d rule(s) from %s", len(ids), self.rules_path)
+        self.node.record("rules_reloaded", file=str(self.rules_path), rules=ids)
+
+
+def main(node: Node) -> None:
+    try:
+        rules = RuleNode(node)
+    except RulesError as exc:
+        for problem in exc.problems:
+            node.log.error("%s", problem)
+        raise SystemExit(f"node {node.id!r}: the rules file has {len(exc.problems)} problem(s)")
+    node.log.info("%d rule(s) loaded from %s", len(rules.engine.rules), rules.rules_path)
+    node.timer("tick", node.params["tick_s"])
+    node.ready()
+    p = node.params
+    try:
+        for event in node:
+            rules.handle(event)
+    finally:
+        # Commands already decided still go out (bounded by one full retry cycle).
+        rules.sender.close(wait_s=p["command_timeout_s"] * (p["command_retries"] + 1))

@@ -1,0 +1,124 @@
+"""`iotrt rules check|test`: validate rules, or run them offline against messages.
+
+    iotrt rules check configs/door.rules.yaml
+    iotrt rules test configs/door.rules.yaml --input visit.yaml
+
+`test` prints what would fire and what it would do (commands, publishes, notifications), on a
+simulated clock, so rules can be tried before they are deployed. Nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from iotrt.rules.api import load_rules
+from iotrt.rules.engine import Command, Engine, Fired, Log, Publish, RuleError, Skipped
+from iotrt.rules.replay import load_messages, replay
+from iotrt.rules.source import RulesError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Guide: docs/rules.md. Exit status: 0 ok, 1 invalid rules or messages."
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="validate a rules file (YAML or .py)",
+                           description="Validate a rules file and list its rules.")
+    test = sub.add_parser("test", help="run rules against messages and print what would fire",
+                          description="Run rules against messages on a simulated clock and print "
+                                      "what would fire. Nothing is sent anywhere.")
+    for p in (check, test):
+        p.add_argument("rules", type=Path, help="rules file: .yaml/.yml, or .py (Python rules)")
+        p.add_argument("--python", type=Path, action="append", default=[], metavar="FILE",
+                       help="also load Python rules from FILE (repeatable)")
+    test.add_argument("--input", "-i", type=Path, required=True, metavar="MESSAGES",
+                      help="messages: YAML/JSON list of {t, topic, data}, or .jsonl (recorded)")
+    test.add_argument("--start", type=_datetime, default=None, metavar="DATETIME",
+                      help="wall-clock time at t=0 for time-of-day triggers "
+                           "(default: today 00:00 local; e.g. 2026-05-01T07:29)")
+    test.add_argument("--until", type=float, default=None, metavar="SECONDS",
+                      help="keep the clock running to this time (default: the last message)")
+    test.add_argument("--gap", type=float, default=0.1, metavar="SECONDS",
+                      help="spacing of messages that give no t (default: 0.1)")
+    test.add_argument("--all", action="store_true",
+                      help="also show skipped firings (cooldown, mode) and log actions")
+    test.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _datetime(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date/time like 2026-05-01T07:29, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        ruleset = load_rules(args.rules, python=args.python)
+    except RulesError as exc:
+        print(f"iotrt rules: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.action == "check":
+        print(f"OK: {len(ruleset.rules)} rule(s) in {args.rules}")
+        for rule in ruleset.rules:
+            print(f"  {rule.id:24} {rule.where}  {rule.description}".rstrip())
+        return 0
+    try:
+        entries = load_messages(args.input, gap=args.gap)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"iotrt rules: {problem}", file=sys.stderr)
+        return 1
+    engine = Engine(ruleset)
+    missing = sorted({e.topic for e in entries if e.topic} - engine.topics())
+    start = args.start or dt.datetime.combine(dt.date.today(), dt.time())
+    results = replay(engine, entries, start, until=args.until)
+    shown = [(t, a) for t, a in results
+             if args.all or not isinstance(a, (Skipped, Log))]
+    for t, action in shown:
+        print(json.dumps(_as_json(t, action), default=str) if args.json else _as_text(t, action))
+    if not args.json:
+        fired = Counter(a.rule for _, a in results if isinstance(a, Fired))
+        errors = sum(isinstance(a, RuleError) for _, a in results)
+        summary = ", ".join(f"{rule} x{n}" for rule, n in fired.items()) or "nothing fired"
+        print(f"-- {len(entries)} message(s): {summary}"
+              + (f"; {errors} rule error(s)" if errors else ""))
+        if missing:
+            print(f"-- note: no rule triggers on topic(s) {', '.join(missing)}")
+    return 0
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, default=str, separators=(", ", ": "))
+
+
+def _as_text(t: float, action: Any) -> str:
+    head = f"{t:9.3f}s  {action.rule:22}"
+    match action:
+        case Fired(_, trigger, queued):
+            return f"{head} fired ({trigger})" + (" - queued" if queued else "")
+        case Command(_, output, data, label):
+            return f"{head}   {label} {output} {_compact(data)}"
+        case Publish(_, output, data):
+            return f"{head}   publish {output} {_compact(data)}"
+        case Log(_, text):
+            return f"{head}   log {text}"
+        case Skipped(_, reason):
+            return f"{head} skipped: {reason}"
+        case RuleError(_, where, message):
+            return f"{head} ERROR at {where}: {message}"
+    raise TypeError(action)
+
+
+def _as_json(t: float, action: Any) -> dict[str, Any]:
+    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log",
+            Skipped: "skipped", RuleError: "error"}[type(action)]
+    fields = dict(vars(action)) if hasattr(action, "__dict__") else {
+        f: getattr(action, f) for f in action.__dataclass_fields__}
+    return {"t": round(t, 6), "kind": kind, **fields}

@@ -1,0 +1,111 @@
+"""The camera's capture code on a real video file written here with cv2.VideoWriter, its
+reconnect policy, and the sim source."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from iotrt.nodes.sensing.camera import Camera, CameraConfig, EndOfStream, SourceError, SOURCES
+
+N_FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """An MJPG .avi of 12 frames, 160x120 at 30 fps; frame i is a flat colour whose blue
+    channel (BGR order, as OpenCV writes) is 20 * i and whose red channel is 200."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+    assert writer.isOpened(), "this OpenCV cannot write MJPG"
+    for i in range(N_FRAMES):
+        writer.write(np.full((120, 160, 3), (20 * i, 90, 200), np.uint8))
+    writer.release()
+    return path
+
+
+def frame_index(frame: np.ndarray) -> int:
+    return round(float(frame[..., 2].mean()) / 20)  # blue is the third channel in RGB
+
+
+def test_file_frames_in_order_rgb_and_looping(video):
+    cam = Camera(CameraConfig(source="file", uri=str(video), width=160, height=120, loop=True))
+    indices, stamps = [], []
+    for _ in range(N_FRAMES + 3):
+        frame, stamp = cam.grab()
+        assert frame.shape == (120, 160, 3) and frame.dtype == np.uint8
+        indices.append(frame_index(frame))
+        stamps.append(stamp)
+    assert indices == list(range(N_FRAMES)) + [0, 1, 2]
+    first = cam.grab()[0]
+    assert abs(int(first[..., 0].mean()) - 200) < 6  # red really is red: BGR was converted
+    assert stamps == sorted(stamps) and stamps[-1] <= time.monotonic_ns()
+    cam.close()
+
+
+def test_file_without_loop_ends(video):
+    cam = Camera(CameraConfig(source="file", uri=str(video), width=160, height=120, loop=False))
+    for _ in range(N_FRAMES):
+        assert cam.grab() is not None
+    with pytest.raises(EndOfStream):
+        cam.grab()
+
+
+def test_frames_are_resized_to_the_configured_size(video):
+    cam = Camera(CameraConfig(source="file", uri=str(video), width=64, height=48))
+    assert cam.grab()[0].shape == (48, 64, 3)
+
+
+def test_file_rate_from_the_file_when_fps_is_zero(video):
+    cam = Camera(CameraConfig(source="file", uri=str(video), fps=0.0))
+    cam.open()
+    assert cam.frame_period() == pytest.approx(1 / 30, rel=0.01)
+    live = Camera(CameraConfig(source="url", uri="rtsp://camera.invalid/stream", fps=25.0))
+    assert live.frame_period() == pytest.approx(1 / 50)  # live: tick at twice the frame rate
+
+
+def test_missing_source_backs_off_then_recovers(tmp_path, video):
+    now = [100.0]
+    missing = tmp_path / "later.avi"
+    cam = Camera(CameraConfig(source="file", uri=str(missing)), clock=lambda: now[0])
+    assert cam.grab() is None and cam.failures == 1 and cam.retry_at == pytest.approx(100.5)
+    now[0] = 100.2
+    assert cam.grab() is None and cam.failures == 1  # still waiting: no reopen attempt
+    now[0] = 100.6
+    assert cam.grab() is None and cam.failures == 2 and cam.retry_at == pytest.approx(101.6)
+    missing.write_bytes(video.read_bytes())  # the source comes back
+    now[0] = 102.0
+    assert cam.grab() is not None and cam.failures == 0
+
+
+def test_backoff_is_capped():
+    now = [0.0]
+    cam = Camera(CameraConfig(source="device", uri="/dev/video99", reconnect_max_s=3.0),
+                 clock=lambda: now[0])
+    delays = []
+    for _ in range(6):
+        cam.grab()
+        delays.append(cam.retry_at - now[0])
+        now[0] = cam.retry_at
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_gstreamer_without_support_says_so():
+    with pytest.raises(SourceError, match="GStreamer"):
+        SOURCES["gstreamer"](CameraConfig(source="gstreamer", uri="videotestsrc ! appsink"))
+
+
+def test_config_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="'uri'"):
+        CameraConfig.from_params({"source": "file", "uri": ""})
+    with pytest.raises(ValueError, match="width and height"):
+        CameraConfig.from_params({"source": "sim", "width": 0})
+
+
+def test_sim_source_renders_the_configured_size():
+    cam = Camera(CameraConfig(source="sim", width=320, height=240))
+    frame, stamp = cam.grab()
+    assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8 and stamp > 0

@@ -1,0 +1,268 @@
+"""The rule-engine node: in-process with Node.for_test, and as a real process over NNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pynng
+import pytest
+
+from iotrt.bus import Publisher, short_ipc_address
+from iotrt.command import CommandServer
+from iotrt.node import Event, Node
+from iotrt.nodes.action.rules import RuleNode
+from iotrt.protocol import ENV_CONFIG, NodeConfig, parse_message
+
+ROOT = Path(__file__).resolve().parents[2]
+DOOR = str(ROOT / "configs" / "door.rules.yaml")
+HERE = Path(__file__).resolve().parent
+
+OWNER = {"faces": [{"name": "owner", "score": 0.93}]}
+
+
+def kinds(node):
+    return [k for k, _ in node.records]
+
+
+def test_door_rules_node_commands_publishes_and_journals():
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
+    node.feed("faces", OWNER).feed("faces", OWNER).run()
+    assert [(c.output, c.data["action"], c.data["duration_s"]) for c in node.commands] == [
+        ("lock", "unlock", 5)]
+    assert [(p.output, p.data) for p in node.published] == [
+        ("events", {"event": "unlocked", "who": "owner"})]
+    assert kinds(node) == ["rule_fired", "command_sent", "command_acked"]
+    assert all(f["rule"] == "unlock_for_enrolled" for _, f in node.records)
+
+
+def test_failed_and_refused_commands_are_journaled():
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
+    node.responder = lambda output, data: None  # the ack never comes
+    node.feed("faces", OWNER).feed("faces", OWNER).run()
+    failed = [f for k, f in node.records if k == "command_failed"]
+    assert len(failed) == 1 and "no ack" in failed[0]["error"]
+
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
+    node.responder = lambda output, data: {"ok": False, "error": "jammed"}
+    node.feed("faces", OWNER).feed("faces", OWNER).run()
+    assert [f["error"] for k, f in node.records if k == "command_failed"] == ["jammed"]
+
+
+def test_a_slow_actuator_does_not_hold_up_other_commands(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""\
+rules:
+  - {id: slow, trigger: go, actions: [{command: lock, args: {}}]}
+  - {id: fast, trigger: go, actions: [{notify: webhook, message: hi}]}
+""")
+    webhook_done = threading.Event()
+    waited = {}
+
+    def responder(output, data):
+        if output == "lock":  # blocks until the webhook command got through
+            waited["lock"] = webhook_done.wait(5.0)
+        else:
+            webhook_done.set()
+        return {}
+
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    node.responder = responder
+    node.feed("go", {}).run()
+    assert waited == {"lock": True}
+    assert sorted(c.output for c in node.commands) == ["lock", "webhook"]
+
+
+def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 1}}]}\n")
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    glue = RuleNode(node)  # what main(node) runs, driven event by event
+    glue.handle(Event("input", "m", {}))
+    rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: ${oops}]}\n")
+    glue.handle(Event("reload"))
+    glue.handle(Event("input", "m", {}))
+    failed = [f for k, f in node.records if k == "rules_reload_failed"]
+    assert len(failed) == 1 and any(":2: " in p for p in failed[0]["problems"])
+    rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 2}}]}\n")
+    glue.handle(Event("reload"))
+    glue.handle(Event("input", "m", {}))
+    assert [p.data for p in node.published] == [{"v": 1}, {"v": 1}, {"v": 2}]
+    assert "rules_reloaded" in kinds(node)
+
+
+def _hostile_runtime_expressions():
+    from importlib import util
+
+    spec = util.spec_from_file_location("hostile_table", HERE / "test_expressions.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [src for src, where in module.HOSTILE if where == "run"]
+
+
+def test_hostile_rules_fail_alone_and_the_good_rule_keeps_firing(tmp_path):
+    hostile = _hostile_runtime_expressions()
+    lines = ["rules:"]
+    for i, src in enumerate(hostile):
+        lines.append(f"  - {{id: hostile{i}, trigger: m, condition: {json.dumps(src)}, "
+                     f"actions: [{{log: never}}]}}")
+    lines.append("  - {id: good, trigger: m, edge: false, actions: [{publish: out, data: "
+                 "{n: '${msg.n}'}}]}")
+    rules = tmp_path / "hostile.yaml"
+    rules.write_text("\n".join(lines) + "\n")
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    start = time.monotonic()
+    for n in range(3):
+        node.feed("m", {"n": n})
+    node.run()
+    assert [p.data for p in node.published] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    errors = [f["rule"] for k, f in node.records if k == "rule_error"]
+    # every hostile rule reported, once (rate-limited), none fired
+    assert sorted(errors) == sorted(f"hostile{i}" for i in range(len(hostile)))
+    assert "rule_fired" not in [k for k, f in node.records if f.get("rule", "").startswith("h")]
+    # three messages through all of them, each bounded by the 50 ms budget or less
+    assert time.monotonic() - start < 3 * len(hostile) * 0.2
+
+
+# --- a real rule-node process --------------------------------------------------------------
+
+RULES = """\
+rules:
+  - id: unlock
+    trigger: identity/faces
+    condition: any(f.name == "owner" for f in msg.faces)
+    edge: false
+    actions: [{command: lock, args: {action: unlock, duration_s: 5, n: "${msg.n}"}}]
+  - id: bomb
+    trigger: faces
+    condition: "'x' * msg.n * 10 ** 9 > ''"
+    actions: [{log: never}]
+"""
+
+
+@pytest.fixture
+def rundir():
+    d = tempfile.mkdtemp(prefix="iotrt-r-", dir="/tmp")  # short: ipc paths <= 107 bytes
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Rig:
+    """A rule node process with the test playing identity (publisher), lock and supervisor."""
+
+    def __init__(self, rundir: Path, rules: Path) -> None:
+        addr = lambda port: short_ipc_address(rundir, "g", "rules", port)  # noqa: E731
+        self.pub = Publisher(addr("faces"), "identity/faces", "identity")
+        self.lock = CommandServer(addr("lock"))
+        self.pull = pynng.Pull0(listen=addr("sup"), recv_timeout=50)
+        self.records: list[dict] = []
+        config = NodeConfig.from_json(json.dumps({
+            "graph": "g", "id": "rules", "kind": "rules", "target": "iotrt.nodes.action.rules",
+            "params": {"rules": str(rules), "python": [], "tick_s": 0.05,
+                       "command_timeout_s": 1.0, "command_retries": 4, "command_expiry_s": 10.0,
+                       "expr_timeout_ms": 50.0},
+            "inputs": {"faces": {"address": addr("faces"), "topic": "identity/faces", "queue": 8}},
+            "commands_out": {"lock": {"address": addr("lock")}},
+            "supervisor": addr("sup"), "heartbeat_s": 0.2, "runtime_dir": str(rundir),
+            "state_dir": str(rundir),
+        }))
+        self.proc = subprocess.Popen([sys.executable, "-m", "iotrt.launch"],
+                                     env={**os.environ, ENV_CONFIG: config.to_json()},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def pump(self) -> None:
+        while True:
+            try:
+                msg = parse_message(self.pull.recv(block=False))
+            except pynng.TryAgain:
+                return
+            if msg["type"] == "record":
+                self.records.append(msg)
+
+    def kinds(self) -> list[str]:
+        self.pump()
+        return [r["kind"] for r in self.records]
+
+    def unlock_after(self, n: int, timeout_s: float = 15.0) -> dict:
+        """Publish owner frames until the lock receives a command for frame >= n; ack it."""
+        deadline = time.monotonic() + timeout_s
+        i = n
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            self.pub.publish({"faces": OWNER["faces"], "n": i})
+            i += 1
+            cmd = self.lock.recv(timeout_s=0.05)
+            if cmd is not None:
+                cmd.reply({"locked": False})
+                if cmd.data["n"] >= n:
+                    return cmd.data
+        raise AssertionError(f"no unlock command for frame >= {n}; records: {self.kinds()}")
+
+    def wait_record(self, kind: str, timeout_s: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.pump()
+            found = [r for r in self.records if r["kind"] == kind]
+            if found:
+                return found[-1]
+            time.sleep(0.01)
+        raise AssertionError(f"no {kind} record; got {self.kinds()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stderr.close()
+        for s in (self.pub, self.lock, self.pull):
+            s.close()
+
+
+def test_rule_node_process_commands_journals_reloads_and_stops(rundir, tmp_path):
+    rules = tmp_path / "door.rules.yaml"
+    rules.write_text(RULES)
+    rig = Rig(rundir, rules)
+    try:
+        data = rig.unlock_after(0)
+        assert data["action"] == "unlock" and data["duration_s"] == 5
+        rig.wait_record("command_acked")
+        assert {"rule_fired", "command_sent", "command_acked", "rule_error"} <= set(rig.kinds())
+        # the hostile rule failed alone: the error is journaled, the unlock rule kept working
+        bomb = [r for r in rig.records if r["kind"] == "rule_error"]
+        assert bomb[0]["fields"]["rule"] == "bomb"
+        # a broken rules file on SIGHUP: reported, the running rules stay
+        rules.write_text(RULES.replace("edge: false", "edge: perhaps"))
+        rig.proc.send_signal(signal.SIGHUP)
+        failed = rig.wait_record("rules_reload_failed")
+        assert any(":5: edge must be true or false" in p for p in failed["fields"]["problems"])
+        rig.unlock_after(1000)
+        # a good file on SIGHUP takes effect
+        rules.write_text(RULES.replace("duration_s: 5", "duration_s: 3"))
+        rig.proc.send_signal(signal.SIGHUP)
+        rig.wait_record("rules_reloaded")
+        assert rig.unlock_after(2000)["duration_s"] == 3
+        rig.proc.send_signal(signal.SIGTERM)
+        assert rig.proc.wait(10) == 0
+    finally:
+        rig.close()
+
+
+def test_rule_node_with_a_bad_rules_file_exits_with_the_errors(rundir, tmp_path):
+    rules = tmp_path / "bad.rules.yaml"
+    rules.write_text("rules:\n  - {id: a, trigger: m, mode: often, actions: [{log: x}]}\n")
+    rig = Rig(rundir, rules)
+    try:
+        assert rig.proc.wait(20) != 0
+        err = rig.proc.stderr.read()
+        assert f"{rules}:2: mode must be one of" in err
+    finally:
+        rig.close()
