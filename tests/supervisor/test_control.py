@@ -13,6 +13,7 @@ import pynng
 import pytest
 
 from iotrt.cli import main as cli
+from iotrt.command import CommandClient
 from iotrt.codec import decode, unpack
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader
@@ -78,6 +79,9 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
             req.send(junk)
             assert error in unpack(req.recv())["error"]
     u.wait_log("ignored a malformed message from a node", count=3)
+    with CommandClient(graph.journal_address, src="test") as journal:
+        ack = journal.call({"type": "record", "id": "cam", "kind": "", "fields": {}})
+    assert ack["ok"] is False and "'kind' must be a non-empty string" in ack["error"]
     assert iotrt("ps").returncode == 0
 
     reload = iotrt("reload", "faces")
