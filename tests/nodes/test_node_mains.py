@@ -166,3 +166,15 @@ def test_identity_reloads_the_gallery_on_reload(tmp_path, photo, litert, monkeyp
     monkeypatch.setattr(identity, "build", build_then_fail)
     node.feed_reload().feed("image", face, stamp_ns=3).feed("detections", det, stamp_ns=3).run()
     assert len(calls) == 2 and node.published[-1].data["known"] == ["eileen"]
+
+
+@pytest.mark.parametrize("module,params,name", [
+    (imu, {"rate_hz": 5000.0}, "rate_hz"),
+    (odometry, {"rate_hz": 0.0}, "rate_hz"),
+    (pose, {"gyro_weight": 1.5}, "gyro_weight"),
+    (detector, {"score_threshold": 2.0}, "score_threshold"),
+    (identity, {"method": "eigenfaces"}, "method"),
+])
+def test_out_of_range_params_are_refused_before_start(module, params, name):
+    with pytest.raises(ParamError, match=name):
+        Node.for_test(module, params=params)
