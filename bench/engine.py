@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402  (bench/models.py, beside this script)
 
-BACKENDS = ("numpy", "opencv", "onnxruntime", "auto")
+BACKENDS = ("numpy", "opencv", "onnxruntime", "litert", "auto")
 UNSET_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -208,7 +208,9 @@ def runs_for(case: Case) -> list[tuple[str, str, Path]]:
     """(label, child kind, path) for every measurement of one model."""
     runs = []
     if case.artifact is not None:
-        runs += [(f"iotrt {b}", f"iotrt:{b}", case.artifact) for b in BACKENDS]
+        # litert runs the embedded source .tflite: only TFLite-sourced artifacts have one
+        runs += [(f"iotrt {b}", f"iotrt:{b}", case.artifact) for b in BACKENDS
+                 if b != "litert" or case.source.suffix == ".tflite"]  # fmt: skip
     if case.source.suffix == ".onnx":
         runs.append(("onnxruntime (source .onnx)", "onnxruntime", case.source))
     else:

@@ -1,10 +1,11 @@
 """The models the engine benchmark and the backend tests run, and how to get them ready.
 
 - BlazeFace: the vendored MediaPipe .tflite under models/.
-- The `light_*` ONNX models that ship inside the `onnx` package. Every weight in them equals 0.02,
-  which makes all their outputs (nearly) equal: a transposed weight would go unnoticed and values
-  deep in ResNet-50 grow large. `random_weights` re-seeds them with He-scaled random values so
-  that comparisons between backends mean something and timings run on ordinary numbers.
+- The `light_*` ONNX models that ship inside the `onnx` package. Their weights are not stored:
+  each is a ConstantOfShape node that fills the weight's shape with 0.02, which makes all outputs
+  (nearly) equal, lets a transposed weight go unnoticed, and makes activations deep in SqueezeNet
+  overflow. `random_weights` turns those nodes into stored, He-scaled random weights, so that
+  comparisons between backends mean something and timings run on ordinary numbers.
 
 Needs the `onnx` package (the compiler extra); imported by bench/engine.py and tests/engine.
 """
@@ -38,7 +39,8 @@ def random_weights(src: Path, dst: Path, seed: int = 0) -> Path:
     """Write a copy of ONNX model `src` to `dst` with every float weight re-drawn at random.
 
     Conv/Gemm weights ~ N(0, 2/fan_in) (He), so activations keep their scale through 50 layers;
-    biases ~ N(0, 0.05); batch-norm scale and variance ~ U(0.5, 1.5), mean and shift ~ N(0, 0.1).
+    biases ~ N(0, 0.05); batch-norm scale ~ U(0.2, 0.5), variance ~ U(0.5, 1.5), mean and shift
+    ~ N(0, 0.1).
     Integer initializers (shapes) are left alone.
     """
     import onnx
@@ -46,6 +48,27 @@ def random_weights(src: Path, dst: Path, seed: int = 0) -> Path:
 
     model = onnx.load(str(src))
     rng = np.random.default_rng(seed)
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
+            value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                         np.zeros(1, np.float32))  # fmt: skip
+            filled = np.full(tuple(shape), value.reshape(-1)[0], value.dtype)
+            model.graph.initializer.append(numpy_helper.from_array(filled, node.output[0]))
+            model.graph.node.remove(node)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in list(model.graph.initializer):
+        if init.name not in used:
+            model.graph.initializer.remove(init)  # the shape tensors the fills were made from
+    # Old exporters list weights (and here the shape tensors) as graph inputs as well: keep only
+    # the real inputs, which IR >= 4 allows (it is what every current exporter writes).
+    weights = {i.name for i in model.graph.initializer}
+    produced = {o for n in model.graph.node for o in n.output}
+    for value in list(model.graph.input):
+        if value.name in weights or value.name in produced or value.name not in used:
+            model.graph.input.remove(value)
+    model.ir_version = max(model.ir_version, 4)
     role: dict[str, str] = {}
     for node in model.graph.node:
         ins = list(node.input)
@@ -66,7 +89,11 @@ def random_weights(src: Path, dst: Path, seed: int = 0) -> Path:
             # sides, and the smaller guess keeps activations from shrinking layer after layer.
             fan_in = int(np.prod(old.shape[1:])) if old.ndim > 2 else min(old.shape)
             new = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), old.shape)
-        elif kind in ("bn_scale", "bn_var"):
+        elif kind == "bn_scale":
+            # Small: a residual branch then adds a little to its input instead of doubling it,
+            # so activations stay O(1) through ResNet-50's 16 blocks as in a trained net.
+            new = rng.uniform(0.2, 0.5, old.shape)
+        elif kind == "bn_var":
             new = rng.uniform(0.5, 1.5, old.shape)
         elif kind in ("bn_mean", "bn_shift"):
             new = rng.normal(0.0, 0.1, old.shape)

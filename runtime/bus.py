@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pynng
 
 from iotrt import shm
-from iotrt.codec import DecodeError, Envelope, decode, encode
+from iotrt.codec import Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
 
 log = logging.getLogger("iotrt.bus")
 
@@ -149,7 +150,8 @@ class Publisher:
     """One node output: a Pub0 socket listening on `address`. Thread-safe `publish`.
 
     Arrays of at least `shm_threshold` bytes go through a shared-memory ring when the address
-    is ipc (readers are on this host); None disables that.
+    is ipc (readers are on this host); None disables that. `queue` is the per-subscriber send
+    buffer in messages (default: NNG's).
     """
 
     def __init__(
@@ -161,13 +163,16 @@ class Publisher:
         tls: TlsConfig | None = None,
         shm_threshold: int | None = shm.DEFAULT_THRESHOLD,
         shm_slots: int = shm.DEFAULT_SLOTS,
+        queue: int | None = None,
     ):
         check_address(address)
         self.address, self.topic, self.src = address, topic, src
         self.seq = 0
         self.msgs = 0
         self._lock = threading.Lock()
-        self._sock = pynng.Pub0()
+        # queue: messages buffered per subscriber before the oldest are dropped (NNG's default
+        # suits latest-wins streams; raise it with the subscriber's queue for bursty streams)
+        self._sock = pynng.Pub0() if queue is None else pynng.Pub0(send_buffer_size=queue)
         tls_cfg = tls_for(address, tls, server=True)
         if tls_cfg is not None:
             self._sock.tls_config = tls_cfg
@@ -184,24 +189,33 @@ class Publisher:
             if path is not None and shm_threshold is not None
             else None
         )
+        self._encoder = Encoder(self._ring.sink if self._ring is not None else None)
 
     def publish(self, data: Any, stamp_ns: int | None = None, trace: list | None = None) -> int:
         """Send `data`; returns its seq. stamp_ns defaults to now (a new sensor reading)."""
+        if stamp_ns is None:
+            stamp_ns = time.monotonic_ns()
         with self._lock:
             seq = self.seq
-            env = Envelope(
-                self.topic,
-                seq,
-                time.monotonic_ns() if stamp_ns is None else stamp_ns,
-                self.src,
-                [] if trace is None else trace,
-                data,
-            )
-            buf = encode(env, self._ring.sink if self._ring is not None else None)
-            self._sock.send(buf)
+            self._sock.send(self._encoder.encode_fields(
+                self.topic, seq, stamp_ns, self.src, [] if trace is None else trace, data))
             self.seq = seq + 1
             self.msgs += 1
             return seq
+
+    def loan(self, shape: tuple, dtype: Any = "uint8") -> np.ndarray:
+        """A writable array to fill and then publish without a copy (zero-copy frames).
+
+        On an ipc output with shared memory the array lives in the next ring slot and
+        `publish` sends only its descriptor; it is read-only after that. Elsewhere it is a
+        plain array and publish copies it as usual. Take a new loan for every frame.
+        """
+        shape = tuple(shape)
+        with self._lock:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if self._ring is not None and nbytes >= self._ring.threshold:
+                return self._ring.loan(shape, np.dtype(dtype))
+        return np.empty(shape, dtype)
 
     @property
     def subscribers(self) -> int:
@@ -253,6 +267,7 @@ class Subscriber:
         # non-blocking dial: NNG keeps retrying in the background until the publisher is up
         self._sock.dial(address, block=False)
         self._frames = shm.RingReaders() if address.startswith("ipc://") else None
+        self._decoder = Decoder(self._frames.read if self._frames is not None else None)
 
     @property
     def connected(self) -> bool:
@@ -265,6 +280,9 @@ class Subscriber:
 
     def recv(self, timeout_s: float | None = None) -> Envelope | None:
         """The next valid message, or None after `timeout_s` (None: wait forever)."""
+        env = self.recv_nowait()  # fast path: one is queued already (a burst, a slow reader)
+        if env is not None:
+            return env
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if deadline is None:
@@ -297,8 +315,8 @@ class Subscriber:
 
     def _accept(self, buf: bytes) -> Envelope | None:
         try:
-            env = decode(buf, self._frames.read if self._frames is not None else None)
-        except shm.FrameOverwritten:
+            env = self._decoder.decode(buf)
+        except FrameOverwritten:
             self.drops += 1
             return None
         except DecodeError as exc:

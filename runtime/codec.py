@@ -108,11 +108,19 @@ ArraySink = Callable[[np.ndarray], "msgpack.ExtType | None"]
 ShmReader = Callable[[bytes], np.ndarray]
 
 
-def _default(array_sink: ArraySink | None):
-    def default(obj: Any) -> Any:
+class Encoder:
+    """Encodes envelopes and maps, reusing one msgpack Packer (msgpack.packb builds a new one
+    per call, a measurable share of a small message's cost). Not thread-safe: one per
+    publisher, used under its lock. `array_sink` may divert large arrays (see iotrt.shm)."""
+
+    def __init__(self, array_sink: ArraySink | None = None):
+        self._sink = array_sink
+        self._packer = msgpack.Packer(default=self._default, use_bin_type=True, datetime=False)
+
+    def _default(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
-            if array_sink is not None:
-                ext = array_sink(obj)
+            if self._sink is not None:
+                ext = self._sink(obj)
                 if ext is not None:
                     return ext
             arr, hdr = array_header(obj)
@@ -122,28 +130,28 @@ def _default(array_sink: ArraySink | None):
             return obj.item()
         raise EncodeError(f"cannot send a {type(obj).__name__} ({obj!r:.60}) in a message")
 
-    return default
+    def pack(self, obj: Any) -> bytes:
+        """Any contract-conforming object -> msgpack bytes. Raises EncodeError."""
+        try:
+            return self._packer.pack(obj)  # the Packer resets itself when this raises
+        except EncodeError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
+    def encode(self, env: Envelope) -> bytes:
+        """Envelope -> bytes. Raises EncodeError if `env.data` breaks the contract."""
+        return self.encode_fields(env.topic, env.seq, env.stamp_ns, env.src, env.trace, env.data)
 
-def pack(obj: Any, array_sink: ArraySink | None = None) -> bytes:
-    """Any contract-conforming object -> msgpack bytes (arrays as the ndarray ExtType)."""
-    try:
-        return msgpack.packb(obj, default=_default(array_sink), use_bin_type=True, datetime=False)
-    except EncodeError:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
-
-
-def encode(env: Envelope, array_sink: ArraySink | None = None) -> bytes:
-    """Envelope -> bytes. Raises EncodeError if `env.data` breaks the contract."""
-    try:
-        return pack(
-            [WIRE_VERSION, env.topic, env.seq, env.stamp_ns, env.src, env.trace, env.data],
-            array_sink,
-        )
-    except EncodeError as exc:
-        raise EncodeError(f"cannot publish on {env.topic!r}: {exc}") from exc
+    def encode_fields(self, topic: str, seq: int, stamp_ns: int, src: str, trace: list,
+                      data: Any) -> bytes:
+        """encode() without building an Envelope first (the publisher's hot path)."""
+        try:
+            return self._packer.pack([WIRE_VERSION, topic, seq, stamp_ns, src, trace, data])
+        except EncodeError as exc:
+            raise EncodeError(f"cannot publish on {topic!r}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"cannot publish on {topic!r}: {exc}") from exc
 
 
 def decode_array(payload: bytes) -> np.ndarray:
@@ -163,46 +171,68 @@ def decode_array(payload: bytes) -> np.ndarray:
     return arr
 
 
-def _ext_hook(shm_reader: ShmReader | None):
-    def ext_hook(code: int, payload: bytes) -> Any:
+class Decoder:
+    """Decodes envelopes and maps; `shm_reader` resolves shared-memory frame descriptors.
+    Thread-safe (it holds no parsing state)."""
+
+    def __init__(self, shm_reader: ShmReader | None = None):
+        self._shm_reader = shm_reader
+
+    def _ext_hook(self, code: int, payload: bytes) -> Any:
         if code == EXT_NDARRAY:
             return decode_array(payload)
         if code == EXT_SHM:
-            if shm_reader is None:
+            if self._shm_reader is None:
                 raise DecodeError(
                     "message refers to a shared-memory frame but this reader has no access "
                     "to shared memory (is the publisher on another host? use a tcp output "
                     "with shared memory off)"
                 )
-            return shm_reader(payload)
+            return self._shm_reader(payload)
         raise DecodeError(f"unknown msgpack extension type {code}")
 
-    return ext_hook
+    def unpack(self, buf: bytes) -> Any:
+        """msgpack bytes -> object. Raises DecodeError, and only that, for malformed input
+        (or FrameOverwritten when a shared-memory frame is gone)."""
+        try:
+            return msgpack.unpackb(buf, raw=False, strict_map_key=False,
+                                   ext_hook=self._ext_hook, use_list=True)
+        except (DecodeError, FrameOverwritten):
+            raise
+        # msgpack's C parser signals hostile input with many exception types (ValueError,
+        # TypeError, StackError, UnicodeDecodeError, ...); the contract promises one.
+        except Exception as exc:
+            raise DecodeError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
+
+    def decode(self, buf: bytes) -> Envelope:
+        """bytes -> Envelope. Raises DecodeError, and only that, for any malformed input."""
+        obj = self.unpack(buf)
+        if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == WIRE_VERSION):
+            raise DecodeError("not an iotrt envelope (or from an incompatible iotrt version)")
+        _, topic, seq, stamp_ns, src, trace, data = obj
+        if not (
+            isinstance(topic, str) and isinstance(src, str) and isinstance(trace, list)
+            and type(seq) is int and type(stamp_ns) is int
+        ):
+            raise DecodeError("envelope fields have the wrong types")
+        return Envelope(topic, seq, stamp_ns, src, trace, data)
 
 
-def unpack(buf: bytes, shm_reader: ShmReader | None = None) -> Any:
-    """msgpack bytes -> object. Raises DecodeError, and only that, for malformed input."""
-    try:
-        return msgpack.unpackb(
-            buf, raw=False, strict_map_key=False, ext_hook=_ext_hook(shm_reader), use_list=True
-        )
-    except (DecodeError, FrameOverwritten):
-        raise
-    # msgpack's C parser signals hostile input with many exception types (ValueError,
-    # TypeError, StackError, UnicodeDecodeError, ...); the contract promises one.
-    except Exception as exc:
-        raise DecodeError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
+_DECODER = Decoder()
+
+
+def pack(obj: Any) -> bytes:
+    """Any contract-conforming object -> msgpack bytes (arrays inline). Thread-safe."""
+    return Encoder().pack(obj)
+
+
+def unpack(buf: bytes) -> Any:
+    return _DECODER.unpack(buf)
+
+
+def encode(env: Envelope, array_sink: ArraySink | None = None) -> bytes:
+    return Encoder(array_sink).encode(env)
 
 
 def decode(buf: bytes, shm_reader: ShmReader | None = None) -> Envelope:
-    """bytes -> Envelope. Raises DecodeError, and only that, for any malformed input."""
-    obj = unpack(buf, shm_reader)
-    if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == WIRE_VERSION):
-        raise DecodeError("not an iotrt envelope (or from an incompatible iotrt version)")
-    _, topic, seq, stamp_ns, src, trace, data = obj
-    if not (
-        isinstance(topic, str) and isinstance(src, str) and isinstance(trace, list)
-        and type(seq) is int and type(stamp_ns) is int
-    ):
-        raise DecodeError("envelope fields have the wrong types")
-    return Envelope(topic, seq, stamp_ns, src, trace, data)
+    return (_DECODER if shm_reader is None else Decoder(shm_reader)).decode(buf)

@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
+
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
@@ -220,6 +222,13 @@ class Node:
         trace = (list(cur.trace) if cur is not None else []) + [[self.id, now]]
         self._emit(output, data, stamp_ns, trace)
         self._out_msgs[output] += 1
+
+    def loan(self, output: str, shape: tuple, dtype: Any = "uint8") -> np.ndarray:
+        """A writable frame to fill in place and publish on `output` without a copy, e.g.
+        `frame = node.loan("image", (480, 640, 3)); ok, _ = cap.read(frame)`, then
+        `node.publish("image", frame)`. Read-only once published; take one per frame."""
+        pub = self._pubs.get(output)
+        return pub.loan(shape, dtype) if pub is not None else np.empty(shape, dtype)
 
     def command(self, output: str, data: Any, *, timeout_s: float = 1.0,
                 retries: int = 4) -> dict:

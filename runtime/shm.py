@@ -38,7 +38,9 @@ import mmap
 import os
 import re
 import struct
+import sys
 import threading
+from collections import OrderedDict
 
 import msgpack
 import numpy as np
@@ -54,6 +56,8 @@ HEADER_SIZE = 64
 SEQ_STRIDE = 64  # one cache line per slot's sequence word: no false sharing between slots
 ALIGN = 4096
 NAME_RE = re.compile(r"^iotrt-[0-9a-f]{12}-\d{1,10}-\d{1,10}$")
+POOL_PER_SHAPE = 4  # private buffers kept per frame shape for reuse
+POOL_SHAPES = 8
 
 
 _fence_lock = threading.Lock()
@@ -109,6 +113,7 @@ class RingWriter:
         self._seqs: np.ndarray | None = None
         self.slot_size = 0
         self._count = 0
+        self._loan: tuple[np.ndarray, int, int] | None = None
         reclaim(prefix)
 
     def _create(self, nbytes: int) -> None:
@@ -133,31 +138,64 @@ class RingWriter:
         self._seqs = np.ndarray((self.slots,), "<u8", self._map, HEADER_SIZE,
                                 (SEQ_STRIDE,))
 
+    def _begin(self, nbytes: int, avoid: int | None = None) -> tuple[int, int]:
+        """Claim the next slot for writing: (slot, seq), the slot marked odd (being written)."""
+        if nbytes > self.slot_size:
+            self._create(nbytes)
+            avoid = None
+        self._count += 1
+        slot = self._count % self.slots
+        if slot == avoid:  # never write over a frame the producer is still filling
+            self._count += 1
+            slot = self._count % self.slots
+        seq = 2 * self._count
+        self._seqs[slot] = seq - 1
+        _fence()
+        return slot, seq
+
+    def _commit(self, slot: int, seq: int, dtype: np.dtype, shape: tuple) -> msgpack.ExtType:
+        _fence()
+        self._seqs[slot] = seq
+        return msgpack.ExtType(EXT_SHM, msgpack.packb([self.name, slot, seq, dtype.str,
+                                                       list(shape)]))
+
+    def loan(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A writable array inside the next slot, for a producer to fill in place (e.g.
+        cv2.VideoCapture.read(image=...)). Publishing that very array sends it without a copy;
+        from then on it is read-only. A new loan abandons an unpublished one."""
+        dtype = wire_dtype(np.dtype(dtype))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self._loan = None
+        slot, seq = self._begin(nbytes)
+        view = np.ndarray(shape, dtype, self._map, self._data0 + slot * self.slot_size)
+        self._loan = (view, slot, seq)
+        return view
+
     def sink(self, arr: np.ndarray) -> msgpack.ExtType | None:
         """codec array_sink: put `arr` in the next slot, or None to send it inline."""
+        loan = self._loan
+        if loan is not None and arr is loan[0]:
+            view, slot, seq = loan
+            self._loan = None
+            view.flags.writeable = False  # the bus owns it now: later writes would tear it
+            return self._commit(slot, seq, view.dtype, view.shape)
         if arr.nbytes < self.threshold:
             return None
         dtype = wire_dtype(arr.dtype)
-        if arr.nbytes > self.slot_size:
-            self._create(arr.nbytes)
-        self._count += 1
-        slot = self._count % self.slots
-        seq = 2 * self._count
-        seqs = self._seqs
-        seqs[slot] = seq - 1  # odd: being written
-        _fence()
+        slot, seq = self._begin(arr.nbytes, avoid=loan[1] if loan is not None else None)
         view = np.ndarray(arr.shape, dtype, self._map, self._data0 + slot * self.slot_size)
         np.copyto(view, arr, casting="no" if dtype == arr.dtype else "equiv")
-        _fence()
-        seqs[slot] = seq
-        return msgpack.ExtType(
-            EXT_SHM, msgpack.packb([self.name, slot, seq, dtype.str, list(arr.shape)])
-        )
+        del view
+        return self._commit(slot, seq, dtype, arr.shape)
 
     def close(self) -> None:
+        self._loan = None
         if self._map is not None:
             self._seqs = None
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a loaned frame is still referenced: the mapping goes when it does
             self._map = None
             try:
                 os.unlink(os.path.join(SHM_DIR, self.name))
@@ -192,6 +230,28 @@ class RingReaders:
 
     def __init__(self) -> None:
         self._maps: dict[str, tuple[str, _Mapping]] = {}  # prefix -> (segment name, mapping)
+        self._pool: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
+
+    def _private_buffer(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A writable array to copy a frame into: a pooled one nobody references any more,
+        or a new one. Reusing buffers avoids the page faults of fresh large allocations,
+        which cost more than the copy itself."""
+        key = (dtype.str, shape)
+        pool = self._pool.get(key)
+        if pool is None:
+            pool = self._pool[key] = []
+            if len(self._pool) > POOL_SHAPES:
+                self._pool.popitem(last=False)
+        self._pool.move_to_end(key)
+        for base in pool:
+            # referenced only by the pool list, this loop and getrefcount's argument: every
+            # array handed out on top of it (views keep their base alive) is gone
+            if sys.getrefcount(base) == 3:
+                return base
+        base = np.empty(shape, dtype)
+        if len(pool) < POOL_PER_SHAPE:
+            pool.append(base)
+        return base
 
     def _mapping(self, name: str) -> _Mapping:
         prefix = name.rsplit("-", 2)[0]
@@ -230,10 +290,13 @@ class RingReaders:
             raise FrameOverwritten(f"slot {slot} of {name} was overwritten before it was read")
         _fence()
         src = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
-        out = src.copy()
+        base = self._private_buffer(shape, dtype)
+        np.copyto(base, src)
+        del src
         _fence()
         if int(m.seqs[slot]) != seq:
             raise FrameOverwritten(f"slot {slot} of {name} was overwritten while being read")
+        out = base.view()
         out.flags.writeable = False
         return out
 
@@ -241,4 +304,5 @@ class RingReaders:
         for _, m in self._maps.values():
             m.close()
         self._maps.clear()
+        self._pool.clear()
 

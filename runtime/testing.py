@@ -84,7 +84,7 @@ class TestNode(Node):
         super().__init__(NodeConfig(id=id, params=params or {}), spec=spec)
 
     def _setup(self) -> None:
-        self._subs = {}
+        self._subs, self._pubs = {}, {}
 
     def _check(self, group: str, name: str) -> None:
         if not self.spec.has_port(group, name):

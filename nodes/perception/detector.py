@@ -38,7 +38,7 @@ SPEC = NodeSpec(
               min=0.0, max=1.0),
         Param("nms_iou", float, 0.3, "blazeface: weighted-NMS overlap (MediaPipe: 0.3)",
               min=0.0, max=1.0),
-        Param("max_age_ms", float, 250.0, "skip frames older than this when dequeued (0: never)",
+        Param("max_age_ms", float, 1000.0, "skip frames older than this when dequeued (0: never)",
               min=0.0),
         Param("top_k", int, 5, "classifier: how many classes to publish", min=1),
         Param("labels", str, "", "classifier: text file, one label per line"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime")
+ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime", "litert")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,11 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
 
 
-def _progress(text: str) -> None:
+_last_update = [float("-inf")]
+
+
+def _progress(text: str, update: bool = False) -> None:
+    """A status line, rewritten in place on a terminal. In a log every new stage is a line, but
+    `update`s of the same stage (the timing rounds) at most one a second."""
     if sys.stderr.isatty():
         print(f"\r{text:<70s}", end="", file=sys.stderr, flush=True)
-    else:
-        print(text, file=sys.stderr, flush=True)
+        return
+    if update:
+        if time.monotonic() - _last_update[0] < 1.0:
+            return
+        _last_update[0] = time.monotonic()
+    print(text, file=sys.stderr, flush=True)
 
 
 def _done_progress() -> None:
@@ -119,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                         seconds=args.seconds, warmup=2)  # fmt: skip
         samples = autotune.interleaved_samples(
             {n: (lambda m=m: m.run(feeds)) for n, m in models.items()}, budget,
-            on_round=lambda r, s: _progress(f"timing: round {r}, {s:.1f} s of {args.seconds:g} s"),
+            on_round=lambda r, s: _progress(f"timing: round {r}, {s:.1f} s of {args.seconds:g} s", update=True),
         )  # fmt: skip
         _done_progress()
     figures = {

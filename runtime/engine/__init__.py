@@ -38,6 +38,7 @@ BACKENDS: dict[str, str] = {
     "numpy": "iotrt.engine.numpy",
     "opencv": "iotrt.engine.opencv",
     "onnxruntime": "iotrt.engine.onnxruntime",
+    "litert": "iotrt.engine.litert",
 }
 
 

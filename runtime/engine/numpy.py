@@ -24,6 +24,12 @@ from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
 from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
 
 Step = Callable[[], None]
+NAME = "numpy"
+
+
+def unavailable() -> str | None:
+    """The numpy backend runs wherever iotrt does."""
+    return None
 
 
 class EngineError(RuntimeError):
@@ -70,9 +76,11 @@ def _ranges(out_n: int, in_n: int, offset: int, stride: int) -> tuple[int, int]:
 
 
 class NumpyModel:
-    backend = "numpy"
+    name = backend = NAME
 
-    def __init__(self, art: Artifact):
+    def __init__(self, art: Artifact, threads: int = 1):
+        # `threads` is accepted for the backend interface; numpy's BLAS pool is sized by the
+        # process environment (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS), set by the supervisor.
         self.artifact = art
         self.inputs: list[TensorSpec] = art.inputs
         self.outputs: list[TensorSpec] = art.outputs
@@ -451,6 +459,7 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
 
 
 def load(art: Artifact, threads: int = 1) -> NumpyModel:
-    # OpenBLAS sizes its pool once, from OPENBLAS_NUM_THREADS at process start (the supervisor
-    # sets it from the graph); `threads` is accepted for the common backend signature.
+    from iotrt.engine.backend import limit_blas_threads
+
+    limit_blas_threads(threads)
     return NumpyModel(art)

@@ -27,7 +27,7 @@ def face(tmp_path_factory):
 
 def test_round_trip_keeps_everything(face, tmp_path):
     art = artifact.read(face)
-    art.payloads["onnx"] = b"\x08\x07graph-bytes"
+    art.payloads = {"onnx": b"\x08\x07graph-bytes"}  # replaces the payloads compile embedded
     art.payload_info["onnx"] = {"opset": 13}
     copy = tmp_path / "copy.iotm"
     artifact.write(art, copy)

@@ -30,7 +30,7 @@ bench_models = importlib.util.module_from_spec(_spec)
 sys.modules["bench_models"] = bench_models
 _spec.loader.exec_module(bench_models)
 
-FRAMEWORKS = ("opencv", "onnxruntime")
+FRAMEWORKS = ("opencv", "onnxruntime", "litert")
 TOL = 1e-3
 
 
@@ -84,7 +84,7 @@ def test_auto_measures_on_first_load_then_uses_the_cache(blazeface, tmp_path, ca
         model = load(art, backend="auto", threads=1)
     cache = json.loads((tmp_path / "face.iotm.auto.json").read_text())
     assert model.backend == cache["backend"]
-    assert set(cache["medians_ms"]) == {"numpy", "opencv", "onnxruntime"}
+    assert set(cache["medians_ms"]) == {"numpy", "opencv", "onnxruntime", "litert"}
     assert cache["medians_ms"][model.backend] == min(cache["medians_ms"].values())
     assert "auto chose" in caplog.text
     caplog.clear()

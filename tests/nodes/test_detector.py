@@ -25,9 +25,15 @@ def models_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="module", params=["numpy", "onnxruntime"])
+def state(request, models_dir, blazeface_path):
+    """The detector on the reference numpy backend and on the one 'auto' picks on this machine."""
+    return inference.build(dict(PARAMS, model=str(blazeface_path), backend=request.param), models_dir)
+
+
 @pytest.fixture(scope="module")
-def state(models_dir, blazeface_path):
-    return inference.build(dict(PARAMS, model=str(blazeface_path)), models_dir)
+def fast_state(models_dir, blazeface_path):
+    return inference.build(dict(PARAMS, model=str(blazeface_path), backend="onnxruntime"), models_dir)
 
 
 @pytest.mark.parametrize("name", ["astronaut", "camera"])
@@ -48,21 +54,23 @@ def test_engine_boxes_match_reference_on_sim_frames(t, state, litert, ref):
     ref.assert_same_faces(faces, ref.detect(frame, litert), f"sim t={t}")
 
 
-def test_engine_finds_no_face_in_photographs_without_people(state, photo):
-    found = {name: inference.handle_frame(photo(name), 0, state)["scores"] for name in NO_PEOPLE}
+def test_engine_finds_no_face_in_photographs_without_people(fast_state, photo):
+    found = {name: inference.handle_frame(photo(name), 0, fast_state)["scores"] for name in NO_PEOPLE}
     assert {k: v for k, v in found.items() if v} == {}
 
 
-def test_stale_frames_are_skipped_and_counted(state):
+def test_stale_frames_are_skipped_and_counted(fast_state):
     frame = np.zeros((48, 64, 3), np.uint8)
     now = 10_000_000_000
+    state = fast_state
     before = state.stale
     assert inference.handle_frame(frame, now - 300_000_000, state, now_ns=now) is None
     msg = inference.handle_frame(frame, now - 100_000_000, state, now_ns=now)
     assert msg is not None and msg["stale"] == before + 1 and msg["boxes"] == []
 
 
-def test_grey_and_rgba_frames_are_accepted_and_junk_refused(state, photo):
+def test_grey_and_rgba_frames_are_accepted_and_junk_refused(fast_state, photo):
+    state = fast_state
     grey = photo("camera")[..., 0]
     assert len(inference.handle_frame(grey, 0, state)["boxes"]) == 1
     rgba = np.dstack([photo("astronaut"), np.full((512, 512), 255, np.uint8)])
@@ -71,15 +79,15 @@ def test_grey_and_rgba_frames_are_accepted_and_junk_refused(state, photo):
         inference.handle_frame(np.zeros((4, 4, 5), np.uint8), 0, state)
 
 
-def test_source_model_is_compiled_once_and_cached_by_content(models_dir, blazeface_path, state, caplog):
+def test_source_model_is_compiled_once_and_cached_by_content(models_dir, blazeface_path, fast_state, caplog):
     cached = list(models_dir.glob("*.iotm"))
     assert [p.name for p in cached] == [sha256_of(blazeface_path)[:24] + ".iotm"]
     with caplog.at_level(logging.INFO):
-        inference.build(dict(PARAMS, model=str(blazeface_path)), models_dir)
+        inference.build(dict(PARAMS, model=str(blazeface_path), backend="onnxruntime"), models_dir)
     assert "using cached artifact" in caplog.text and "compiling once" not in caplog.text
 
 
-def test_model_that_does_not_fit_the_mode_is_refused(state):
+def test_model_that_does_not_fit_the_mode_is_refused(fast_state):
     class FakeSpec:
         def __init__(self, name, shape):
             self.name, self.shape = name, shape

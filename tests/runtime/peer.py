@@ -59,6 +59,24 @@ def pub(address: str, count: str, size: str) -> None:
     time.sleep(3600)
 
 
+def frame_checker(address: str, seconds: str) -> None:
+    """Read frames for `seconds`; each must be uniform with value seq % 251 (never torn)."""
+    s = Subscriber(address, queue=64)
+    out("ready")
+    good = corrupt = 0
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        env = s.recv(timeout_s=0.5)
+        if env is None:
+            continue
+        a = env.data["array"]
+        if a[0] == env.seq % 251 and (a == a[0]).all():
+            good += 1
+        else:
+            corrupt += 1
+    out({"good": good, "corrupt": corrupt, "stats": s.stats()})
+
+
 def cmd_server(address: str, store: str, handled_log: str) -> None:
     """Apply commands by appending their id to `handled_log`, then ack.
 
@@ -79,4 +97,4 @@ def cmd_server(address: str, store: str, handled_log: str) -> None:
 
 
 if __name__ == "__main__":
-    {"sub": sub, "pub": pub, "cmd_server": cmd_server}[sys.argv[1]](*sys.argv[2:])
+    {"sub": sub, "pub": pub, "cmd_server": cmd_server, "frame_checker": frame_checker}[sys.argv[1]](*sys.argv[2:])

@@ -144,3 +144,40 @@ def test_ipc_socket_file_is_owner_only(rundir):
     with Publisher(address, "n/out", "n"):
         mode = stat.S_IMODE(os.stat(address[len("ipc://"):]).st_mode)
         assert mode == 0o600
+
+
+def test_property_random_bytes_never_crash_a_subscriber(rundir):
+    """Hostile publishers: random and truncated bytes are counted as bad, nothing raises."""
+    import pynng
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from iotrt.codec import Envelope, encode
+
+    address = short_ipc_address(rundir, "g", "fuzz", "out")
+    valid = encode(Envelope("fuzz/out", 0, 0, "fuzz", [], {"frame": np.zeros((300, 300), "u1")}))
+    with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=64) as sub:
+        deadline = time.monotonic() + 5
+        while not raw.pipes:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+        @settings(max_examples=60, deadline=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.lists(st.one_of(st.binary(max_size=64),
+                                  st.integers(0, len(valid)).map(lambda n: valid[:n])),
+                        min_size=1, max_size=6))
+        def check(blobs):
+            bad_before, msgs_before = sub.bad, sub.msgs
+            for blob in blobs:
+                raw.send(blob)
+            marker = encode(Envelope("fuzz/out", 0, 0, "fuzz", [], "marker"))
+            raw.send(marker)
+            while True:
+                env = sub.recv(timeout_s=5)
+                assert env is not None, "the subscriber stopped delivering"
+                if env.data == "marker":
+                    break
+            assert (sub.bad - bad_before) + (sub.msgs - msgs_before) == len(blobs) + 1
+
+        check()
