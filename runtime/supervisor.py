@@ -19,17 +19,16 @@ import selectors
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-import psutil
 import pynng
 
-from iotrt.bus import Publisher, ensure_runtime_dir
+from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
+from iotrt.control import Rates, Usage, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
-from iotrt.journal import Journal, JournalError
+from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import parse_message
 from iotrt.sdnotify import Notifier
@@ -49,38 +48,11 @@ class SupervisorError(RuntimeError):
     """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
 
 
-@dataclass
-class Rates:
-    """Message counters from a node's last two heartbeats, for msgs/s in `iotrt ps`."""
-
-    t: float = 0.0
-    stats: dict = field(default_factory=dict)
-    in_rate: float = 0.0
-    out_rate: float = 0.0
-    drops: int = 0
-
-    def update(self, now: float, stats: dict) -> None:
-        if self.stats and now > self.t:
-            dt, prev = now - self.t, self.stats
-            self.in_rate = max(0.0, (_total(stats, "in", "msgs") - _total(prev, "in", "msgs")) / dt)
-            self.out_rate = max(0.0, (_total(stats, "out", "msgs") - _total(prev, "out", "msgs")) / dt)
-        self.drops = _total(stats, "in", "drops")
-        self.t, self.stats = now, stats
-
-
-def _total(stats: dict, section: str, key: str) -> int:
-    values = stats.get(section)
-    if not isinstance(values, dict):
-        return 0
-    return sum(int(v.get(key, 0)) for v in values.values() if isinstance(v, dict))
-
-
 class Supervisor:
-    def __init__(self, graph: Graph, *, log_level: str = "INFO",
-                 clock: Callable[[], float] = time.monotonic, environ: dict | None = None):
+    def __init__(self, graph: Graph, *, log_level: str = "INFO", environ: dict | None = None):
         self.graph = graph
         self.log_level = log_level
-        self.clock = clock
+        self.clock = time.monotonic
         self.environ = dict(os.environ if environ is None else environ)
         p = graph.policy
         self.slots: dict[str, Slot] = {
@@ -92,7 +64,7 @@ class Supervisor:
         self.deps = graph.dependencies()
         self.procs: dict[str, NodeProcess] = {}
         self.rates: dict[str, Rates] = {nid: Rates() for nid in graph.nodes}
-        self._ps: dict[int, psutil.Process] = {}
+        self.usage = Usage()
         self.exit_code = EXIT_OK
         self.stopping = False
         self.ready_sent = False
@@ -100,6 +72,7 @@ class Supervisor:
         self.notifier = Notifier(self.environ)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._reload_requested = False
+        self._kill_now = False
         self._next_ping = 0.0
         self._withholding = False
 
@@ -107,6 +80,9 @@ class Supervisor:
 
     def request_stop(self, reason: str = "stop requested", code: int = EXIT_OK) -> None:
         """Begin an orderly stop (safe from a signal handler or another thread)."""
+        if self.stopping and reason in ("SIGINT", "SIGTERM"):
+            # a second Ctrl-C: the user does not want to wait for the grace period
+            self._kill_now = True
         if not self.stopping:
             log.info("stopping graph %s: %s", self.graph.name, reason)
             self.exit_code = max(self.exit_code, code)
@@ -126,7 +102,10 @@ class Supervisor:
 
     def _open(self) -> None:
         g = self.graph
-        ensure_runtime_dir(g.runtime_dir)
+        try:
+            ensure_runtime_dir(g.runtime_dir)
+        except OSError as exc:
+            raise SupervisorError(f"cannot use the runtime folder {g.runtime_dir}: {exc}") from exc
         self.sel = selectors.DefaultSelector()
         # The control socket first: if another supervisor runs this graph, listen fails here,
         # before we touch any of its sockets.
@@ -191,6 +170,12 @@ class Supervisor:
                 self.notifier.notify("STOPPING=1", "STATUS=stopping")
                 for slot in self.slots.values():
                     self._apply(slot, Stop(), now)
+            if self._kill_now:
+                self._kill_now = False
+                log.warning("second stop signal: killing every node now")
+                for nid, proc in self.procs.items():
+                    if self.slots[nid].state == State.STOPPING:
+                        proc.signal(signal.SIGKILL)
             if not self.stopping:
                 self._start_ready_nodes(now)
                 self._check_graph(now)
@@ -320,7 +305,7 @@ class Supervisor:
         proc = self.procs[nid]
         self.sel.unregister(proc.pidfd)
         code = proc.reap()
-        self._ps.pop(proc.pid, None)
+        self.usage.forget(proc.pid)
         self._apply(self.slots[nid], Exited(proc.pid, code), self.clock())
 
     def _on_output(self, proc: NodeProcess, fd: int) -> None:
@@ -351,7 +336,7 @@ class Supervisor:
         now = self.clock()
         while True:
             try:
-                buf = self.pull.recv(block=False)
+                buf = recv_bytes(self.pull, block=False)
             except pynng.TryAgain:
                 return
             try:
@@ -371,29 +356,29 @@ class Supervisor:
                     self.rates[slot.id].update(now, msg["stats"])
                 self._apply(slot, Heartbeat(pid), now)
             else:
-                self._write_record(msg)
+                event_id, error = self._write_record(msg)
+                if event_id is None:
+                    log.warning("record from %s not journaled: %s", slot.id, error)
 
-    def _write_record(self, msg: dict) -> int | None:
-        fields = msg.get("fields") if isinstance(msg.get("fields"), dict) else {}
-        t_ns = msg.get("t_ns") if type(msg.get("t_ns")) is int else None
-        return self._journal(str(msg.get("kind", "record")), msg["id"], fields, t_ns)
+    def _write_record(self, body) -> tuple[int | None, str]:
+        """Journal a node's record: (event id, "") or (None, why not)."""
+        try:
+            return self.journal.write_record(body), ""
+        except BadRecord as exc:      # the node sent nonsense: its problem, not the journal's
+            return None, str(exc)
+        except JournalError as exc:
+            log.error("journal write failed: %s", exc)
+            return None, f"the journal could not be written: {exc}"
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
-            body = cmd.data
-            if not (isinstance(body, dict) and isinstance(body.get("id"), str)):
-                cmd.reply({"ok": False, "error": "a journal record must be a map with an 'id'"})
-                continue
-            event_id = self._write_record(body)
-            if event_id is None:
-                cmd.reply({"ok": False, "error": "the journal could not be written"})
-            else:
-                cmd.reply({"result": {"event_id": event_id}})
+            event_id, error = self._write_record(cmd.data)
+            cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
 
     def _on_control(self, fd: int) -> None:
         while True:
             try:
-                buf = self.ctl.recv(block=False)
+                buf = recv_bytes(self.ctl, block=False)
             except pynng.TryAgain:
                 return
             try:
@@ -413,45 +398,14 @@ class Supervisor:
 
     def _ctl_ps(self, req: dict) -> dict:
         now = self.clock()
-        rows = []
-        for nid, slot in self.slots.items():
-            n = self.graph.nodes[nid]
-            cpu, rss = self._usage(slot.pid)
-            r = self.rates[nid]
-            rows.append({
-                "node": nid, "kind": n.kind or n.target, "state": slot.state.value,
-                "pid": slot.pid, "restarts": slot.restarts, "critical": slot.critical,
-                "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
-                "cpu_pct": cpu, "rss_bytes": rss, "in_per_s": r.in_rate, "out_per_s": r.out_rate,
-                "drops": r.drops, "reason": slot.reason,
-            })
+        rows = [ps_row(self.graph.nodes[nid], slot, self.rates[nid], self.usage, now)
+                for nid, slot in self.slots.items()]
         return {"ok": True, "graph": self.graph.name, "pid": os.getpid(),
                 "state": "stopping" if self.stopping else ("running" if self.ready_sent else "starting"),
                 "uptime_s": now - self.started_at, "nodes": rows}
 
-    def _usage(self, pid: int | None) -> tuple[float | None, int | None]:
-        if pid is None:
-            return None, None
-        try:
-            proc = self._ps.get(pid)
-            if proc is None:
-                proc = self._ps[pid] = psutil.Process(pid)
-                # no earlier sample yet: the average over the process's life so far
-                t = proc.cpu_times()
-                age = max(1e-3, time.time() - proc.create_time())
-                proc.cpu_percent(None)
-                return 100.0 * (t.user + t.system) / age, proc.memory_info().rss
-            return proc.cpu_percent(None), proc.memory_info().rss
-        except psutil.Error:
-            return None, None
-
     def _ctl_topics(self, req: dict) -> dict:
-        topics: dict[str, dict[str, Any]] = {
-            t: {"address": a, "subscribers": []} for t, a in self.graph.topics().items()}
-        for n in self.graph.nodes.values():
-            for name, wire in n.inputs.items():
-                topics[wire.topic]["subscribers"].append(f"{n.id}.{name}")
-        return {"ok": True, "graph": self.graph.name, "topics": topics}
+        return {"ok": True, "graph": self.graph.name, "topics": topics_table(self.graph)}
 
     def _ctl_stop(self, req: dict) -> dict:
         self.request_stop("'iotrt down'")
