@@ -45,3 +45,28 @@ def test_readme_command_table_lists_every_verb():
     readme = (ROOT / "README.md").read_text()
     table = {m for m in re.findall(r"^\| `iotrt (\w+)", readme, re.M)}
     assert table == set(COMMANDS)
+
+
+def test_a_reader_closing_the_pipe_ends_the_verb_quietly(tmp_path):
+    """`iotrt echo TOPIC | head`: when head exits, the verb's next write raises BrokenPipeError;
+    iotrt must end with status 0 and no traceback."""
+    script = tmp_path / "pipe.py"
+    script.write_text(
+        "import sys, types\n"
+        "from iotrt import cli\n"
+        "m = types.ModuleType('iotrt.commands.flood')\n"
+        "m.add_arguments = lambda p: None\n"
+        "def run(args):\n"
+        "    while True:\n"
+        "        print('x' * 1000, flush=True)\n"
+        "m.run = run\n"
+        "sys.modules[m.__name__] = m\n"
+        "cli.COMMANDS['flood'] = (m.__name__, 'writes forever')\n"
+        "sys.exit(cli.main(['flood']))\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 0, err
+    assert "Traceback" not in err
