@@ -13,8 +13,9 @@ whose ``write`` returned: SQLite rolls back the unfinished transaction when the 
 Times are wall-clock nanoseconds since the Unix epoch (``time.time_ns()``): the journal outlives
 boots, so the monotonic clock used for message stamps would be meaningless here.
 
-Retention: ``max_age_s`` and ``max_bytes`` bound the journal; the writer prunes the oldest events
-now and then (see ``PRUNE_EVERY``) and gives the freed pages back to the file system.
+Retention: ``max_age_s`` and ``max_bytes`` (90 days and 64 MiB unless given; None for no limit)
+bound the journal; the writer prunes the oldest events now and then (see ``PRUNE_EVERY``) and
+gives the freed pages back to the file system.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ JOURNAL_FILE = "journal.db"  # its name inside a graph's state directory
 # Maintenance (retention) runs after this many writes or this many seconds, whichever comes first:
 # often enough to bound the file, rarely enough that a write costs one fsync'd insert.
 PRUNE_EVERY = 500
+# Retention unless told otherwise: a device journal must not fill its SD card.
+DEFAULT_MAX_AGE_S = 90 * 86400.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 PRUNE_INTERVAL_S = 60.0
 
 _SCHEMA = """
@@ -52,7 +56,12 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
 
 
 class JournalError(RuntimeError):
-    """The journal file cannot be opened, created or read."""
+    """The journal file cannot be opened, created, read or written."""
+
+
+class BadRecord(JournalError, ValueError):
+    """An event that cannot be journaled as given (it came from another process: a writer
+    catching JournalError also survives a node sending nonsense)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +96,7 @@ def _json_default(obj: Any) -> Any:
 
 def _encode_fields(fields: dict[str, Any]) -> str:
     if not isinstance(fields, dict):
-        raise TypeError(f"journal fields must be a dict, not {type(fields).__name__}")
+        raise BadRecord(f"journal fields must be a dict, not {type(fields).__name__}")
     return json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -97,8 +106,9 @@ class Journal:
     Thread-safe: the supervisor may write from its command-server thread and its main loop.
     """
 
-    def __init__(self, path: str | os.PathLike, *, max_age_s: float | None = None,
-                 max_bytes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *,
+                 max_age_s: float | None = DEFAULT_MAX_AGE_S,
+                 max_bytes: int | None = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path)
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -134,7 +144,7 @@ class Journal:
               t_ns: int | None = None) -> int:
         """Append one event; returns its id once it is durable (committed with fsync)."""
         if not kind or not isinstance(kind, str):
-            raise ValueError("a journal event needs a non-empty kind")
+            raise BadRecord("a journal event needs a non-empty kind")
         fields = {} if fields is None else fields
         text = _encode_fields(fields)
         rule = fields.get("rule")
@@ -153,18 +163,18 @@ class Journal:
     def write_record(self, body: Any) -> int:
         """Write a node's ``record`` message (see iotrt.protocol: ``{"type": "record", "id",
         "kind", "fields", "t_ns"}``), checking it first: it comes from another process.
-        Raises ValueError naming what is wrong; returns the event id."""
+        Raises BadRecord naming what is wrong; returns the event id."""
         if not isinstance(body, dict):
-            raise ValueError(f"a journal record must be a map, not {type(body).__name__}")
+            raise BadRecord(f"a journal record must be a map, not {type(body).__name__}")
         node, kind, fields, t_ns = (body.get(k) for k in ("id", "kind", "fields", "t_ns"))
         if not isinstance(node, str) or not node:
-            raise ValueError("a journal record needs the sending node's 'id'")
+            raise BadRecord("a journal record needs the sending node's 'id'")
         if not isinstance(kind, str) or not kind:
-            raise ValueError(f"record from {node!r}: 'kind' must be a non-empty string")
+            raise BadRecord(f"record from {node!r}: 'kind' must be a non-empty string")
         if not isinstance(fields, dict):
-            raise ValueError(f"record {kind!r} from {node!r}: 'fields' must be a map")
+            raise BadRecord(f"record {kind!r} from {node!r}: 'fields' must be a map")
         if t_ns is not None and type(t_ns) is not int:
-            raise ValueError(f"record {kind!r} from {node!r}: 't_ns' must be an integer")
+            raise BadRecord(f"record {kind!r} from {node!r}: 't_ns' must be an integer")
         return self.write(kind, node, fields, t_ns)
 
     def prune(self, now_ns: int | None = None) -> int:

@@ -164,11 +164,13 @@ class Lock:
         capped = duration > self.max_unlock_s
         duration = min(duration, self.max_unlock_s)
         with self._mutex:
-            # The deadline is set before the line moves: if the driver fails half-way, the
-            # timer still re-locks.
+            # The deadline is set, and the timer told, even if the driver fails half-way: the
+            # line's state is then unknown, and the re-lock must still come.
             self._relock_at = self._clock() + duration
-            self._set(False, "command")
-        self.wake()
+            try:
+                self._set(False, "command")
+            finally:
+                self.wake()
         return {"state": "unlocked", "relock_in_s": duration, "capped": capped}
 
     def check(self) -> float | None:

@@ -2,9 +2,10 @@
 
 Inputs: `image` (the camera's frames) and `detections` (the detector's faces for one of those
 frames, carrying the frame's `stamp_ns`). The node keeps the last few frames by stamp and pairs
-each detections message with its frame; a message whose frame is gone (dropped upstream) is
-published with every face `unknown`, score 0, and counted in `unpaired`, so a rule never waits
-on a face it was not told about.
+each detections message with its frame (matcher.Pairer: detections read before their frame
+wait for it); a message whose frame is gone (dropped upstream) is published with every face
+`unknown`, score 0, and counted in `unpaired`, so a rule never waits on a face it was not told
+about. Give the `image` input a queue of at least 2 so frames are rarely lost.
 
 Output `faces`, one per detections message (also when nobody is there, so rules see both edges):
     {"faces": [{"name": "owner", "score": 0.93, "known": true, "box": [x1, y1, x2, y2]}, ...],
@@ -23,8 +24,8 @@ from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.perception.gallery import Gallery
 from iotrt.nodes.perception.matcher import (
     METHODS,
-    FrameBuffer,
     Identifier,
+    Pairer,
     embedding_extractor,
     lbp_extractor,
 )
@@ -44,7 +45,8 @@ SPEC = NodeSpec(
         Param("embed_mean", float, 127.5, "embedding: input = (pixel - mean) / std"),
         Param("embed_std", float, 127.5, "embedding: see embed_mean"),
         Param("min_eye_px", float, 8.0, "faces with eyes closer than this (pixels) are unknown"),
-        Param("frame_buffer", int, 8, "how many recent frames to keep for pairing", min=1),
+        Param("frame_buffer", int, 8, "recent frames (and early detections) kept for pairing",
+              min=1),
     ],
 )
 
@@ -73,12 +75,16 @@ def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None
 
 def main(node: Node) -> None:
     ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
-    frames = FrameBuffer(node.params["frame_buffer"])
+    pairer = Pairer(node.params["frame_buffer"])
     node.ready()
     for event in node:
         if event.kind != "input":
             continue
         if event.input == "image":
-            frames.put(event.stamp_ns, event.data)
+            pairs = pairer.frame(event.stamp_ns, event.data)
         elif event.input == "detections":
-            node.publish("faces", ident.identify(frames.get(event.stamp_ns), event.data))
+            pairs = pairer.detections(event.stamp_ns, event.data)
+        else:
+            continue
+        for stamp, det, frame in pairs:
+            node.publish("faces", ident.identify(frame, det), stamp_ns=stamp)

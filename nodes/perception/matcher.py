@@ -45,19 +45,44 @@ def similarity(method: str, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return ff.lbp_similarity(query, rows) if method == "lbp" else ff.cosine_similarity(query, rows)
 
 
-class FrameBuffer:
-    """The last `size` frames by capture stamp."""
+Pair = tuple[int, dict, "np.ndarray | None"]  # (stamp, detections, its frame or None if lost)
+
+
+class Pairer:
+    """Pairs each detections message with the frame of the same capture stamp.
+
+    The two arrive on different sockets, and the node reads one message per socket per loop
+    turn, so the detections for a frame can be read before the frame itself when frames queue
+    up. Detections whose frame has not arrived yet wait (at most `size` of them); a frame
+    arriving releases them. Frames come in capture order, so once a newer frame has arrived an
+    older missing one is lost (dropped upstream) and its detections go out without a frame.
+    """
 
     def __init__(self, size: int = 8):
-        self.size, self.frames = size, OrderedDict()
+        self.size = size
+        self.frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.waiting: OrderedDict[int, dict] = OrderedDict()
+        self.newest = -1  # stamp of the newest frame seen
 
-    def put(self, stamp_ns: int, frame: np.ndarray) -> None:
+    def frame(self, stamp_ns: int, frame: np.ndarray) -> list[Pair]:
         self.frames[stamp_ns] = frame
+        self.newest = max(self.newest, stamp_ns)
         while len(self.frames) > self.size:
             self.frames.popitem(last=False)
+        out = []
+        for stamp in [s for s in self.waiting if s <= stamp_ns]:
+            out.append((stamp, self.waiting.pop(stamp), self.frames.get(stamp)))
+        return out
 
-    def get(self, stamp_ns: int) -> np.ndarray | None:
-        return self.frames.get(stamp_ns)
+    def detections(self, stamp_ns: int, det: dict) -> list[Pair]:
+        if stamp_ns in self.frames or stamp_ns <= self.newest:
+            return [(stamp_ns, det, self.frames.get(stamp_ns))]
+        self.waiting[stamp_ns] = det
+        out = []
+        while len(self.waiting) > self.size:
+            stamp, old = self.waiting.popitem(last=False)
+            out.append((stamp, old, None))
+        return out
 
 
 @dataclass

@@ -52,8 +52,16 @@ class DoorScene:
             raise ValueError(f"sim camera: frame {width}x{height} is too small (min 160x120)")
         self.width, self.height, self.period_s = width, height, period_s
         self.faces = {name: load_face(name) for name in FACES}
+        self.masks = {name: self._oval(face.shape[:2]) for name, face in self.faces.items()}
         self.background = self._hallway()
-        self._rng = np.random.default_rng(seed)
+        # Sensor noise from a small bank of precomputed frames, added and subtracted with
+        # saturating uint8 ops: drawing fresh Gaussian noise for 640x480x3 took longer than a
+        # frame period on a small board.
+        rng = np.random.default_rng(seed)
+        bank = rng.normal(0, 2.0, (4, height, width, 3))
+        self._noise_up = np.clip(bank, 0, 255).astype(np.uint8)
+        self._noise_down = np.clip(-bank, 0, 255).astype(np.uint8)
+        self._count = 0
 
     def _hallway(self) -> np.ndarray:
         w, h = self.width, self.height
@@ -83,24 +91,32 @@ class DoorScene:
         return None
 
     def render(self, t: float) -> np.ndarray:
-        frame = self.background.astype(np.float32)
+        frame = self.background.copy()
         who = self.appearance(t)
         if who is not None:
             self._paste(frame, who)
-        frame += self._rng.normal(0, 2.0, frame.shape).astype(np.float32)  # sensor noise
-        return np.clip(frame, 0, 255).astype(np.uint8)
+        k = self._count % len(self._noise_up)
+        self._count += 1
+        cv2.add(frame, self._noise_up[k], dst=frame)
+        cv2.subtract(frame, self._noise_down[k], dst=frame)
+        return frame
+
+    @staticmethod
+    def _oval(shape: tuple[int, int]) -> np.ndarray:
+        """A feathered oval mask: head and shoulders without a hard photo edge."""
+        h, w = shape
+        mask = np.zeros((h, w), np.float32)
+        cv2.ellipse(mask, (w // 2, h // 2), (int(w * 0.46), int(h * 0.48)), 0, 0, 360, 1.0, -1)
+        return cv2.GaussianBlur(mask, (0, 0), max(1.0, h / 40))
 
     def _paste(self, frame: np.ndarray, who: Appearance) -> None:
         face = self.faces[who.name]
         fh, fw = face.shape[:2]
         h = who.height
         w = max(1, round(fw * h / fh))
-        photo = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
-        photo *= who.gain
-        # A feathered oval: the person's head and shoulders without a hard photo edge.
-        mask = np.zeros((h, w), np.float32)
-        cv2.ellipse(mask, (w // 2, h // 2), (int(w * 0.46), int(h * 0.48)), 0, 0, 360, 1.0, -1)
-        mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, h / 40))[..., None]
+        interp = cv2.INTER_AREA if h < fh else cv2.INTER_LINEAR
+        photo = cv2.resize(face, (w, h), interpolation=interp).astype(np.float32) * who.gain
+        mask = cv2.resize(self.masks[who.name], (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
         x0, y0 = round(who.centre[0] - w / 2), round(who.centre[1] - h / 2)
         # Clip the paste to the frame: people walk in from outside the view.
         fx0, fy0 = max(0, x0), max(0, y0)
@@ -109,4 +125,5 @@ class DoorScene:
             return
         src = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
         region = frame[fy0:fy1, fx0:fx1]
-        region[:] = region * (1 - mask[src]) + photo[src] * mask[src]
+        blended = region * (1 - mask[src]) + photo[src] * mask[src]
+        region[:] = np.clip(blended, 0, 255).astype(np.uint8)

@@ -39,12 +39,16 @@ def parse_since(text: str, now: dt.datetime | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (f"The journal is {JOURNAL_FILE} in the graph's state directory; give it with "
-                     f"--journal, --state-dir or IOTRT_STATE_DIR.")
+    parser.epilog = (f"Which journal: GRAPH (a graph file, or a graph's name under the state "
+                     f"root), --state-dir, or --journal. With none of them, the only graph "
+                     f"under the state root ($IOTRT_STATE_DIR, $STATE_DIRECTORY or "
+                     f"~/.local/state/iotrt) that has a {JOURNAL_FILE}.")
+    parser.add_argument("graph", nargs="?", metavar="GRAPH",
+                        help="graph file (door.yaml) or graph name (door)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--journal", metavar="PATH", type=Path, help="the journal file")
     where.add_argument("--state-dir", metavar="DIR", type=Path,
-                       help="the graph's state directory (default: $IOTRT_STATE_DIR)")
+                       help="the graph's state directory (holds journal.db)")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="keep printing new events as they are written (Ctrl-C to stop)")
     parser.add_argument("--since", type=parse_since, metavar="WHEN",
@@ -58,13 +62,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def journal_path(args: argparse.Namespace) -> Path:
+    """The journal the arguments name; JournalError says what to give when it is unclear."""
+    if args.graph and (args.journal or args.state_dir):
+        raise JournalError("give GRAPH or --journal/--state-dir, not both")
     if args.journal is not None:
         return args.journal
-    state_dir = args.state_dir or os.environ.get("IOTRT_STATE_DIR")
-    if not state_dir:
-        raise JournalError("which journal? give --journal PATH or --state-dir DIR "
-                           "(or set IOTRT_STATE_DIR)")
-    return Path(state_dir) / JOURNAL_FILE
+    if args.state_dir is not None:
+        return args.state_dir / JOURNAL_FILE
+    from iotrt.graph import GraphError, default_state_root, load_graph
+
+    root = default_state_root()
+    if args.graph:
+        if args.graph.endswith((".yaml", ".yml")) or os.sep in args.graph:
+            try:
+                return load_graph(args.graph).journal_path
+            except GraphError as exc:
+                raise JournalError(f"{exc}\n(--journal PATH reads a journal without the "
+                                   f"graph file)") from exc
+        return root / args.graph / JOURNAL_FILE
+    found = sorted(p.parent.name for p in root.glob(f"*/{JOURNAL_FILE}"))
+    if len(found) == 1:
+        return root / found[0] / JOURNAL_FILE
+    if not found:
+        raise JournalError(f"no journal under {root}: give GRAPH, --state-dir or --journal")
+    raise JournalError(f"several graphs under {root} have a journal ({', '.join(found)}): "
+                       f"name one")
 
 
 def format_event(event: Event, as_json: bool) -> str:

@@ -114,12 +114,36 @@ def compile_model(
     say(f"reading {src.name} ({fmt})")
     graph = frontend.load(src, input_shapes or {})
     if constants:
-        graph = _bake(graph, constants)
+        graph = bake_constants(graph, constants)
     say(f"front end: {len(graph.nodes)} ops, {len(graph.consts)} constant tensors")
-    graph, log = compile_graph(graph, say)
+    sha = _sha256(src)
+    art, log = build_artifact(
+        graph, {"name": src.name, "format": fmt, "sha256": sha},
+        meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
+        quantize=quantize, progress=say, src=src)
+    size = artifact_io.write(art, out_path)
+    say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
+    st = art.stats
+    return CompileReport(Path(out_path), art.inputs, art.outputs, st["ops"], st["op_counts"],
+                         st["params"], st["peak_activation_bytes"], size,
+                         time.perf_counter() - t0, log)
+
+
+def build_artifact(
+    graph: Graph,
+    source: dict,
+    meta: dict | None = None,
+    target: str = "auto",
+    quantize: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    src: Path | None = None,
+) -> tuple[artifact_io.Artifact, list[str]]:
+    """Optimise a front end's graph, plan its memory, quantize its weights if asked and embed
+    the per-backend payloads: the artifact, not yet written."""
+    say = progress or (lambda line: None)
+    graph, log = compile_graph(graph, progress)
     memory = plan_memory(graph)
     say(f"memory plan: {memory.arena_bytes / 1e6:.2f} MB of activations")
-    sha = _sha256(src)
     op_counts = dict(collections.Counter(n.op.value for n in graph.nodes))
     stats = {"ops": len(graph.nodes), "op_counts": op_counts, "params": graph.param_count(),
              "peak_activation_bytes": memory.arena_bytes}
@@ -130,18 +154,14 @@ def compile_model(
             f"{sum(t.nbytes for t in quantized.values()) / 1e6:.2f} MB stored")
     art = artifact_io.Artifact(
         graph=graph, memory=memory, inputs=list(graph.inputs), outputs=graph.output_specs(),
-        meta={**_default_meta(graph, fmt, sha), **(meta or {}), "target": target},
-        source={"name": src.name, "format": fmt, "sha256": sha},
+        meta={**(meta or {}), "target": target}, source=source,
         compiler_version=__version__, stats=stats,
-        payloads=payloads(graph, src, fmt, quantize, say), quantized=quantized,
+        payloads=payloads(graph, src, source["format"], quantize, say), quantized=quantized,
     )
-    size = artifact_io.write(art, out_path)
-    say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
-    return CompileReport(Path(out_path), art.inputs, art.outputs, len(graph.nodes), op_counts,
-                         stats["params"], memory.arena_bytes, size, time.perf_counter() - t0, log)
+    return art, log
 
 
-def _bake(graph: Graph, constants: dict) -> Graph:
+def bake_constants(graph: Graph, constants: dict) -> Graph:
     import numpy as np
 
     names = {s.name for s in graph.inputs}

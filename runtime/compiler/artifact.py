@@ -66,6 +66,12 @@ class Artifact:
     payload_info: dict[str, dict] = field(default_factory=dict)
     quantized: dict[str, QTensor] = field(default_factory=dict)  # const name -> int8 storage form
     format_version: int = FORMAT_VERSION
+    path: Path | None = None           # the file it was read from (None until written or read)
+
+    @property
+    def consts(self) -> dict[str, np.ndarray]:
+        """The weights (and other constants), by tensor name."""
+        return self.graph.consts
 
 
 def _jsonable(value: Any) -> Any:
@@ -150,6 +156,7 @@ def write(art: Artifact, path: str | Path) -> int:
         f.write(prefix + head + b"\0" * gap)
         f.write(blob)
     tmp.replace(path)
+    art.path = path
     return path.stat().st_size
 
 
@@ -201,7 +208,7 @@ def read(path: str | Path) -> Artifact:
             outputs=[TensorSpec.from_dict(s) for s in h["outputs"]],
             meta=_from_json(h["meta"]), source=h["source"],
             compiler_version=h["compiler_version"], stats=h.get("stats", {}),
-            payloads=payloads, payload_info=info, format_version=version,
+            payloads=payloads, payload_info=info, format_version=version, path=path,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise ArtifactCorruptError(f"{path}: malformed artifact header: {exc}") from exc

@@ -4,7 +4,8 @@ Tensors whose lifetimes do not overlap share bytes (first-fit over a free list).
 tensors take no bytes of their own:
 - the output of a view op (Reshape, Flatten, Squeeze, Unsqueeze, Identity) is its input's bytes;
 - an input of a Concat along an axis with only size-1 axes before it is a contiguous slice of
-  the Concat's output, so the op producing it writes there directly and the Concat is free.
+  the Concat's output, so the op producing it writes there directly and the Concat is free
+  (unless the Concat has a fused activation and someone else also reads that input).
 The engine recognises both by comparing offsets, so the plan is the single source of truth.
 """
 
@@ -51,10 +52,11 @@ def plan_memory(g: Graph) -> MemoryPlan:
         return name, off
 
     aliased: set[str] = set()
+    users = g.consumers()
     for node in g.nodes:
         if node.op in VIEW_OPS and node.inputs[0] not in g.consts:
             parent[node.outputs[0]] = (node.inputs[0], 0)
-        elif node.op is Op.CONCAT and "activation" not in node.attrs:
+        elif node.op is Op.CONCAT:
             out = node.outputs[0]
             shape = g.shapes[out]
             axis = node.attrs["axis"] % len(shape)
@@ -67,6 +69,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
                 if (src is not None and src.op not in VIEW_OPS and name not in aliased
                         and name not in g.outputs and name not in inputs
                         and node.inputs.count(name) == 1 and name not in parent
+                        # a fused activation rewrites the slice: only if no one else reads it
+                        and ("activation" not in node.attrs or len(users[name]) == 1)
                         and not any(p[0] == name for p in parent.values())):
                     parent[name] = (out, off)
                     aliased.add(name)

@@ -108,11 +108,14 @@ def _rename_uses(g: Graph, nodes: list[Node], old: str, new: str) -> list[Node]:
 
 def remove_identities(g: Graph) -> Graph:
     """Drop Identity nodes (Dropout arrives as Identity) unless they produce a graph output."""
-    nodes = list(g.nodes)
+    alias: dict[str, str] = {}
+    nodes = []
     for node in g.nodes:
+        node = node.with_(inputs=tuple(alias.get(i, i) for i in node.inputs))
         if node.op is Op.IDENTITY and node.outputs[0] not in g.outputs:
-            nodes.remove(node)
-            nodes = _rename_uses(g, nodes, node.outputs[0], node.inputs[0])
+            alias[node.outputs[0]] = node.inputs[0]
+        else:
+            nodes.append(node)
     return Graph(nodes, g.inputs, g.outputs, g.consts, g.shapes, g.dtypes)
 
 
@@ -192,11 +195,11 @@ def fuse_pads(g: Graph) -> Graph:
     return infer_shapes(Graph(nodes, g.inputs, g.outputs, g.consts))
 
 
-FUSABLE_PRODUCERS = {Op.CONV, Op.GEMM, Op.ADD, Op.SUM}
+FUSABLE_PRODUCERS = {Op.CONV, Op.GEMM, Op.ADD, Op.SUM, Op.CONCAT}
 
 
 def fuse_activations(g: Graph) -> Graph:
-    """Relu / LeakyRelu / constant Clip after a Conv, Gemm, Add or Sum is applied in place by
+    """Relu / LeakyRelu / constant Clip after a Conv, Gemm, Add, Sum or Concat is applied in place by
     that op instead of reading and writing the whole tensor again."""
     users = g.consumers()
     producers = g.producers()
@@ -265,11 +268,16 @@ def eliminate_dead(g: Graph) -> Graph:
             live.update(i for i in node.inputs if i)
     kept.reverse()
     consts = {k: v for k, v in g.consts.items() if k in live}
-    return infer_shapes(Graph(kept, g.inputs, g.outputs, consts))
+    # removing nodes changes no other tensor's shape: keep what is known (maybe nothing yet)
+    live.update(s.name for s in g.inputs)  # an unused input is still part of the interface
+    shapes = {k: v for k, v in g.shapes.items() if k in live}
+    dtypes = {k: v for k, v in g.dtypes.items() if k in live}
+    return Graph(kept, g.inputs, g.outputs, consts, shapes, dtypes)
 
 
 # The lowering, in order. Each entry: (name shown in progress output, pass).
 PIPELINE = [
+    ("eliminate dead nodes", eliminate_dead),  # first, so a dead branch is never evaluated
     ("fold constants", fold_constants),
     ("remove identities", remove_identities),
     ("fold batch norm", fold_batch_norm),

@@ -18,6 +18,11 @@ import numpy as np
 
 Kernel = Callable[[list, dict], list]
 
+# onnx.TensorProto.DataType -> numpy dtype (Cast's `to`)
+ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+               13: np.uint64}
+
 
 class KernelError(ValueError):
     """An op got inputs or attributes it cannot handle (the engine adds the node name)."""
@@ -277,7 +282,8 @@ def reshape(ins, a):
 
 def flatten(ins, a):
     x = ins[0]
-    axis = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = a.get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
     return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
 
 
@@ -338,7 +344,9 @@ def _resize_axis(x, axis, out_size, scale, roi_lo, roi_hi, a):
     elif ctm == "pytorch_half_pixel":
         src = (o + 0.5) / scale - 0.5 if out_size > 1 else np.zeros_like(o)
     elif ctm == "align_corners":
-        src = o * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros_like(o)
+        # ONNX uses the unrounded resized length (in_size * scale) here
+        length = in_size * scale
+        src = o * (in_size - 1) / (length - 1) if out_size > 1 else np.zeros_like(o)
     elif ctm == "asymmetric":
         src = o / scale
     elif ctm == "half_pixel_symmetric":
@@ -368,41 +376,53 @@ def _resize_axis(x, axis, out_size, scale, roi_lo, roi_hi, a):
         return np.take(x, idx, axis=axis)
     if mode != "linear":
         raise KernelError(f"unsupported Resize mode {mode!r} (nearest and linear are supported)")
+    outside = (src < 0) | (src > in_size - 1)
     src = np.clip(src, 0, in_size - 1)
     lo = np.floor(src).astype(np.int64)
     hi = np.minimum(lo + 1, in_size - 1)
-    w = (src - lo).reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+    shape = [-1 if i == axis else 1 for i in range(x.ndim)]
+    w = (src - lo).reshape(shape)
     out = np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+    if ctm == "tf_crop_and_resize" and outside.any():
+        # separable: a point outside the crop on any axis ends up as the fill value
+        out = np.where(outside.reshape(shape), a.get("extrapolation_value", 0.0), out)
     return out.astype(x.dtype)
+
+
+def _resize_targets(x, axes, scales, sizes, policy) -> dict[int, tuple[int, float]]:
+    """axis -> (output size, scale) for the resized axes."""
+    if sizes is not None:
+        ratios = [float(sizes[i]) / x.shape[ax] for i, ax in enumerate(axes)]
+        if policy == "stretch":
+            return {ax: (int(sizes[i]), ratios[i]) for i, ax in enumerate(axes)}
+        pick = {"not_larger": min, "not_smaller": max}.get(policy)
+        if pick is None:
+            raise KernelError(f"unknown keep_aspect_ratio_policy {policy!r}")
+        r = pick(ratios)
+        return {ax: (int(x.shape[ax] * r + 0.5), r) for ax in axes}
+    if scales is not None:
+        return {ax: (int(math.floor(x.shape[ax] * float(scales[i]))), float(scales[i]))
+                for i, ax in enumerate(axes)}
+    raise KernelError("Resize needs scales or sizes")
 
 
 def resize(ins, a):
     x = ins[0]
-    roi = ins[1] if len(ins) > 1 and ins[1] is not None and ins[1].size else None
-    scales = ins[2] if len(ins) > 2 and ins[2] is not None and ins[2].size else None
-    sizes = ins[3] if len(ins) > 3 and ins[3] is not None and ins[3].size else None
-    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise KernelError("Resize antialias and keep_aspect_ratio_policy are not supported")
+    given = [ins[i] if len(ins) > i and ins[i] is not None and ins[i].size else None
+             for i in (1, 2, 3)]
+    roi, scales, sizes = given
+    if a.get("antialias", 0):
+        raise KernelError("Resize antialias is not supported")
     axes = [int(ax) % x.ndim for ax in a.get("axes") or range(x.ndim)]
-    full_scales = [1.0] * x.ndim
-    full_sizes = list(x.shape)
-    for i, ax in enumerate(axes):
-        if sizes is not None:
-            full_sizes[ax] = int(sizes[i])
-            full_scales[ax] = sizes[i] / x.shape[ax]
-        elif scales is not None:
-            full_scales[ax] = float(scales[i])
-            full_sizes[ax] = int(math.floor(x.shape[ax] * float(scales[i])))
-        else:
-            raise KernelError("Resize needs scales or sizes")
+    targets = _resize_targets(x, axes, scales, sizes, a.get("keep_aspect_ratio_policy", "stretch"))
     y = x
-    for ax in range(x.ndim):
-        if full_sizes[ax] == x.shape[ax] and full_scales[ax] == 1.0:
+    for k, ax in enumerate(axes):
+        size, scale = targets[ax]
+        if size == x.shape[ax] and scale == 1.0:
             continue
-        k = axes.index(ax) if ax in axes else None
-        lo = float(roi[k]) if roi is not None and k is not None else 0.0
-        hi = float(roi[k + len(axes)]) if roi is not None and k is not None else 1.0
-        y = _resize_axis(y, ax, full_sizes[ax], full_scales[ax], lo, hi, a)
+        lo = float(roi[k]) if roi is not None else 0.0
+        hi = float(roi[k + len(axes)]) if roi is not None else 1.0
+        y = _resize_axis(y, ax, size, scale, lo, hi, a)
     return [np.ascontiguousarray(y)]
 
 
@@ -421,7 +441,7 @@ KERNELS: dict[str, Kernel] = {
     "Add": _binary(np.add),
     "AveragePool": average_pool,
     "BatchNormalization": batch_norm,
-    "Cast": lambda ins, a: [ins[0].astype(a["to"])],
+    "Cast": lambda ins, a: [ins[0].astype(ONNX_DTYPES[a["to"]])],
     "Clip": clip,
     "Concat": concat,
     "ConstantOfShape": constant_of_shape,

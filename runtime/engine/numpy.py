@@ -24,6 +24,12 @@ from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
 from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
 
 Step = Callable[[], None]
+NAME = "numpy"
+
+
+def unavailable() -> str | None:
+    """The numpy backend runs wherever iotrt does."""
+    return None
 
 
 class EngineError(RuntimeError):
@@ -70,9 +76,11 @@ def _ranges(out_n: int, in_n: int, offset: int, stride: int) -> tuple[int, int]:
 
 
 class NumpyModel:
-    backend = "numpy"
+    name = backend = NAME
 
-    def __init__(self, art: Artifact):
+    def __init__(self, art: Artifact, threads: int = 1):
+        # `threads` is accepted for the backend interface; numpy's BLAS pool is sized by the
+        # process environment (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS), set by the supervisor.
         self.artifact = art
         self.inputs: list[TensorSpec] = art.inputs
         self.outputs: list[TensorSpec] = art.outputs

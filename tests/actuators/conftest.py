@@ -23,6 +23,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -228,4 +229,68 @@ def graph():
         yield g
     finally:
         g.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Supervised:
+    """`iotrt up GRAPH` as a real process (the supervisor engineer's code), with the graph's
+    addresses and paths read back from the same graph file."""
+
+    def __init__(self, root: Path, graph_text: str) -> None:
+        from iotrt.graph import load_graph
+
+        self.root = root
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.env.update(IOTRT_RUNTIME_DIR=str(root / "run"), IOTRT_STATE_DIR=str(root / "state"))
+        self.path = root / "graph.yaml"
+        self.path.write_text(textwrap.dedent(graph_text))
+        self.graph = load_graph(self.path, environ=self.env)
+        self.log = root / "up.log"
+        self._out = open(self.log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(self.path)],
+                                     env=self.env, stdout=self._out, stderr=subprocess.STDOUT,
+                                     cwd=root)
+
+    def command_address(self, node_id: str) -> str:
+        return self.graph.command_address(node_id, "commands")
+
+    def journal(self, **filters) -> list:
+        with JournalReader(self.graph.journal_path) as reader:
+            return reader.query(**filters)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def h():
+    """Helpers for test modules (pytest's importlib mode cannot import conftest)."""
+    return SimpleNamespace(read_jsonl=Graph.read_jsonl, wait_for=Graph.wait_for)
+
+
+@pytest.fixture
+def supervised():
+    root = Path(tempfile.mkdtemp(prefix="iotrt-sup-", dir="/tmp"))
+    started: list[Supervised] = []
+
+    def start(graph_text: str) -> Supervised:
+        s = Supervised(root, graph_text)
+        started.append(s)
+        return s
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.close()
+        # Nodes die with their supervisor (PR_SET_PDEATHSIG); sim records name any survivor.
+        for record in root.glob("state/*/*.jsonl"):
+            for pid in {row["pid"] for row in Graph.read_jsonl(record)}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(root, ignore_errors=True)

@@ -255,3 +255,22 @@ def test_gpiod_1x_is_named_in_the_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gpiod", old_api)
     with pytest.raises(DriverError, match="gpiod 2.x .*1.6.3.*python3-libgpiod"):
         GpioLock("/dev/gpiochip0", "17", False, consumer="c")
+
+
+def test_a_failed_unlock_still_relocks_on_time():
+    clock = Clock()
+    calls = []
+
+    def set_locked(locked):
+        calls.append(locked)
+        if locked is False:
+            raise DriverError("line busy")
+    driver = SimpleNamespace(set_locked=set_locked)
+    lock = Lock(driver, max_unlock_s=10, clock=clock)
+    woken = []
+    lock.wake = lambda: woken.append(True)
+    kind, ack = execute(lock, {"action": "unlock", "duration_s": 2})
+    assert kind == "command_failed" and "line busy" in ack["error"] and woken
+    clock.t += 2
+    lock.check()
+    assert calls == [True, False, True]

@@ -9,7 +9,7 @@ import pytest
 from iotrt.nodes.perception import facefeatures as ff
 from iotrt.nodes.perception.blazeface import BlazeFace
 from iotrt.nodes.perception.gallery import Gallery, GalleryError
-from iotrt.nodes.perception.matcher import METHODS, FrameBuffer, Identifier, lbp_extractor
+from iotrt.nodes.perception.matcher import METHODS, Identifier, Pairer, lbp_extractor
 from iotrt.nodes.sensing.scene import DoorScene
 
 
@@ -104,12 +104,33 @@ def test_a_tiny_face_is_unknown(identifier, photo, litert):
     assert identifier.identify(photo("astronaut"), det)["faces"][0]["name"] == "unknown"
 
 
-def test_frame_buffer_pairs_by_stamp_and_forgets_old_frames():
-    buf = FrameBuffer(3)
-    for stamp in range(5):
-        buf.put(stamp, np.full((2, 2), stamp))
-    assert buf.get(0) is None and buf.get(1) is None
-    assert buf.get(4)[0, 0] == 4 and buf.get(2)[0, 0] == 2
+def test_pairer_matches_frames_and_detections_in_either_order():
+    p = Pairer(3)
+    f = {s: np.full((2, 2), s) for s in range(1, 7)}
+    assert [(s, d) for s, d, _ in p.frame(1, f[1])] == []
+    (s, d, fr), = p.detections(1, {"n": 1})  # frame first: paired at once
+    assert s == 1 and fr[0, 0] == 1
+    assert p.detections(3, {"n": 3}) == []  # detections first: they wait ...
+    assert p.frame(2, f[2]) == []
+    (s, d, fr), = p.frame(3, f[3])  # ... until their frame arrives
+    assert s == 3 and d == {"n": 3} and fr[0, 0] == 3
+
+
+def test_pairer_gives_up_on_frames_that_were_dropped():
+    p = Pairer(3)
+    p.frame(1, np.zeros(1))
+    assert p.detections(2, {"n": 2}) == []
+    # Frame 2 never comes; frame 3 does: detections 2 go out without a frame.
+    (s, d, fr), = p.frame(3, np.zeros(1))
+    assert s == 2 and fr is None
+    # Detections for a frame older than the newest and already forgotten: out at once, unpaired.
+    for s in range(4, 8):
+        p.frame(s, np.zeros(1))
+    (s, d, fr), = p.detections(3, {"n": 3})
+    assert s == 3 and fr is None
+    # Too many waiting (a frame source that stopped): the oldest are released unpaired.
+    out = [x for s in range(10, 15) for x in p.detections(s, {"n": s})]
+    assert [s for s, _, fr in out if fr is None] == [10, 11]
 
 
 def test_lbp_codes_ignore_brightness_and_contrast(photo):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.journal import Journal, JournalError, JournalReader
+from iotrt.journal import BadRecord, Journal, JournalError, JournalReader
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,9 +45,9 @@ def test_write_then_query_with_filters(tmp_path):
 
 def test_write_rejects_bad_input_and_keeps_going(tmp_path):
     with Journal(tmp_path / "j.db") as j:
-        with pytest.raises(TypeError, match="must be a dict"):
+        with pytest.raises(BadRecord, match="must be a dict"):
             j.write("x", "n", ["not", "a", "dict"])
-        with pytest.raises(ValueError, match="kind"):
+        with pytest.raises(BadRecord, match="kind"):
             j.write("", "n", {})
         ok = j.write("x", "n", {"set": {1}, "obj": object()})
     with JournalReader(tmp_path / "j.db") as r:
@@ -63,7 +63,7 @@ def test_write_record_checks_what_a_node_sent(tmp_path):
                           ({"id": "n", "kind": 3, "fields": {}}, "'kind'"),
                           ({"id": "n", "kind": "k", "fields": []}, "'fields'"),
                           ({"id": "n", "kind": "k", "fields": {}, "t_ns": 1.5}, "'t_ns'")]:
-            with pytest.raises(ValueError, match=why):
+            with pytest.raises(BadRecord, match=why):
                 j.write_record(body)
     with JournalReader(tmp_path / "j.db") as r:
         (ev,) = r.query()
@@ -159,6 +159,12 @@ def test_writer_killed_while_writing_fast_loses_no_committed_event(tmp_path):
         proc.wait()
     assert len(committed) >= 200
     _assert_intact(path, committed)
+
+
+def test_bad_records_are_journal_errors():
+    # The supervisor catches JournalError around writes: a node sending nonsense must not
+    # take it down, so bad input is both a JournalError and a ValueError.
+    assert issubclass(BadRecord, JournalError) and issubclass(BadRecord, ValueError)
 
 
 def test_retention_by_age(tmp_path):
@@ -293,29 +299,43 @@ def test_parse_since():
 
 def test_events_cli_filters_and_json(tmp_path):
     now = time.time_ns()
-    with Journal(tmp_path / "journal.db") as j:
+    state = tmp_path / "root" / "door"
+    with Journal(state / "journal.db") as j:
         j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ana"},
                 t_ns=now - int(3 * 3600e9))
         j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ben"}, t_ns=now)
         j.write("command_applied", "lock", {"id": "c1", "state": "unlocked"}, t_ns=now)
-    out = _events("--state-dir", str(tmp_path), "--rule", "owner_unlock", "--since", "1h",
+    out = _events("--state-dir", str(state), "--rule", "owner_unlock", "--since", "1h",
                   "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["fields"]["person"] for r in rows] == ["ben"]
     assert rows[0]["kind"] == "rule_fired" and rows[0]["time"]
-    text = _events("--journal", str(tmp_path / "journal.db"), "-n", "1").stdout
+    text = _events("--journal", str(state / "journal.db"), "-n", "1").stdout
     assert text.count("\n") == 1 and "command_applied" in text and "state=unlocked" in text
-    env = {**os.environ, "IOTRT_STATE_DIR": str(tmp_path)}
-    assert _events("--kind", "rule_fired", env=env).stdout.count("rule_fired") == 2
+    # Found through the state root: the only graph there, by name, or from the graph file.
+    env = {**os.environ, "IOTRT_STATE_DIR": str(tmp_path / "root")}
+    graph = tmp_path / "door.yaml"
+    graph.write_text("name: door\nnodes:\n  - id: chime\n    kind: log\n")
+    for args in ((), ("door",), (str(graph),)):
+        out = _events(*args, "--kind", "rule_fired", env=env)
+        assert out.stdout.count("rule_fired") == 2, (args, out.stderr)
 
 
 def test_events_cli_errors(tmp_path):
     out = _events("--journal", str(tmp_path / "nope.db"))
     assert out.returncode == 1 and "no journal here" in out.stderr
-    env = {k: v for k, v in os.environ.items() if k != "IOTRT_STATE_DIR"}
+    env = {**os.environ, "IOTRT_STATE_DIR": str(tmp_path / "root")}
     out = _events(env=env)
-    assert out.returncode == 1 and "--state-dir" in out.stderr
+    assert out.returncode == 1 and "no journal under" in out.stderr
+    for name in ("door", "robot"):
+        Journal(tmp_path / "root" / name / "journal.db").close()
+    out = _events(env=env)
+    assert out.returncode == 1 and "several graphs" in out.stderr and "door, robot" in out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: door\nnodes:\n  - id: x\n    kind: nosuchkind\n")
+    out = _events(str(bad), env=env)
+    assert out.returncode == 1 and "bad.yaml:4" in out.stderr and "--journal" in out.stderr
     out = _events("--journal", "x", "--since", "soon")
     assert out.returncode == 2 and "duration like 30s" in out.stderr
 

@@ -69,6 +69,11 @@ class _Translator:
         sg = subgraphs[0]
         self.tensors = sg.tables(0)
         self._load_constants()
+        names = [self._tname(int(i)) for i in sg.array(1, "i4")]
+        unknown = set(self.input_shapes) - set(names)
+        if unknown:
+            raise CompileError(f"{self.path}: --input-shape names unknown inputs {sorted(unknown)} "
+                               f"(inputs: {names})")
         for idx in sg.array(1, "i4"):
             self._graph_input(int(idx))
         for op in sg.tables(3):

@@ -1,0 +1,149 @@
+"""ONNX backend node tests (onnx.backend.test.BackendTest) on the compiler + numpy engine.
+
+The tests run are exactly those listed in onnx_conformance.json ("included"); the tests of the
+claimed ops that are not run are listed there too ("excluded", each with its reason). The
+count is asserted, so a list that silently matches nothing fails.
+
+The compiler compiles for static shapes with constant weights: operands in WEIGHT_INPUTS (conv
+weights, a Reshape's shape, Pad's pads, ...) are bound to the test's input values as constants
+before compiling, the way a deployed model carries them as initializers.
+
+Regenerate the candidate lists after upgrading onnx: python tests/compiler/test_onnx_conformance.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx.backend.base import Backend, BackendRep  # noqa: E402
+from onnx.backend.test import BackendTest  # noqa: E402
+
+from iotrt.compiler import bake_constants, build_artifact  # noqa: E402
+from iotrt.compiler.frontends import onnx as onnx_frontend  # noqa: E402
+from iotrt.engine.numpy import NumpyModel  # noqa: E402
+
+LISTS = Path(__file__).with_name("onnx_conformance.json")
+
+# op -> input positions that must be compile-time constants
+WEIGHT_INPUTS = {
+    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "ConstantOfShape": (0,), "Conv": (1, 2),
+    "Dropout": (1, 2), "Gemm": (1, 2), "Pad": (1, 2, 3), "PRelu": (1,), "Reshape": (1,),
+    "Resize": (1, 2, 3), "Squeeze": (1,), "Unsqueeze": (1,),
+}  # fmt: skip
+
+
+def weight_inputs(model) -> set[str]:
+    names = set()
+    for node in model.graph.node:
+        for pos in WEIGHT_INPUTS.get(node.op_type, ()):
+            if pos < len(node.input) and node.input[pos]:
+                names.add(node.input[pos])
+    return names
+
+
+class _Rep(BackendRep):
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, inputs, **kwargs):
+        g = self.model.graph
+        init = {i.name for i in g.initializer}
+        names = [i.name for i in g.input if i.name not in init]
+        if isinstance(inputs, dict):
+            feeds = dict(inputs)
+        else:
+            feeds = dict(zip(names, inputs))
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        baked = {k: v for k, v in feeds.items() if k in weight_inputs(self.model)}
+        live = {k: v for k, v in feeds.items() if k not in baked}
+        graph = onnx_frontend.load_model(self.model, {k: v.shape for k, v in live.items()})
+        graph = bake_constants(graph, baked)
+        art, _ = build_artifact(graph, {"name": "conformance", "format": "onnx", "sha256": ""})
+        out = NumpyModel(art).run(live)
+        return [out[o.name] for o in g.output]
+
+
+class IotrtBackend(Backend):
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device == "CPU"
+
+    @classmethod
+    def prepare(cls, model, device: str = "CPU", **kwargs):
+        return _Rep(model)
+
+    @classmethod
+    def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
+        raise NotImplementedError("node tests run through prepare()")
+
+
+def _lists() -> dict:
+    if not LISTS.exists():  # only while regenerating it; test_lists_are_consistent then fails
+        return {"included": [], "excluded": {}, "included_count": 0}
+    return json.loads(LISTS.read_text())
+
+
+def _node_case(names: list[str]):
+    bt = BackendTest(IotrtBackend, __name__)
+    for name in names:
+        bt.include(f"^{re.escape(name)}$")
+    return bt.test_cases["OnnxBackendNodeModelTest"]
+
+
+LIST = _lists()
+INCLUDED = sorted(LIST["included"])
+# Held in a dict: a module-level TestCase class would be collected by pytest as a whole.
+_CASES = {"node": _node_case(INCLUDED)}
+
+
+def test_lists_are_consistent():
+    excluded = LIST["excluded"]
+    assert len(INCLUDED) == LIST["included_count"] == 256
+    assert not set(INCLUDED) & set(excluded)
+    assert all(reason.strip() for reason in excluded.values())
+    # every listed name is a real generated test: a pattern that selects nothing fails here
+    for name in INCLUDED + sorted(excluded):
+        assert callable(getattr(_CASES["node"], name, None)), f"{name} is not an ONNX backend node test"
+
+
+@pytest.mark.parametrize("name", INCLUDED)
+def test_onnx_node(name):
+    case = _CASES["node"](name)
+    getattr(case, name)()
+
+
+def _candidates() -> list[str]:
+    """Node tests whose graph contains an op the compiler claims."""
+    from onnx.backend.test.loader import load_model_tests
+
+    claimed = set(onnx_frontend.SUPPORTED)
+    out = []
+    for t in load_model_tests(kind="node"):
+        model = t.model if t.model is not None else onnx.load(Path(t.model_dir) / "model.onnx")
+        if {n.op_type for n in model.graph.node} & claimed:
+            out.append(t.name + "_cpu")
+    return sorted(out)
+
+
+if __name__ == "__main__":
+    # Run every candidate and print which pass and why the others fail (reasons are then
+    # reviewed by hand before committing onnx_conformance.json).
+    results: dict[str, str] = {}
+    case = _node_case(_candidates())
+    for name in _candidates():
+        try:
+            getattr(case(name), name)()
+            results[name] = "ok"
+        except unittest.SkipTest as exc:
+            results[name] = f"skip: {exc}"
+        except Exception as exc:  # noqa: BLE001  the report classifies every failure
+            results[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    json.dump(results, sys.stdout, indent=1, sort_keys=True)
