@@ -144,7 +144,7 @@ def test_int8_blazeface_is_smaller_and_finds_the_same_faces(blazeface, photos, t
         assert abs(s1 - s0) < 0.05, f"{name}: int8 changes the face score {s0:.3f} -> {s1:.3f}"
         assert iou(b0, b1) > 0.9, lines[-1]
     print("\n".join(lines))
-    assert ratio > 2.5  # small model: headers and the float biases weigh more than in SqueezeNet
+    assert ratio >= 3.5
     # the framework backends run the dequantized weights too
     onnx_out = load(q, backend="onnxruntime").run({"input": photos["astronaut"]})
     np.testing.assert_allclose(
