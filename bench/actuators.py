@@ -8,13 +8,13 @@ latency of:
 1. raw pynng Req0 -> Rep0 echo in another process (the reference: what NNG itself costs);
 2. the acknowledged command channel, iotrt.command (ids persisted with fsync for de-duplication
    across restarts) to a server that acks at once;
-3. the door lock actuator node (sim driver), launched as the supervisor launches it, with the
-   journal written synchronously by a separate journal-writer process before each ack: the full
+3. the door lock actuator node (sim driver) under the real supervisor (`iotrt up`), which writes
+   each command to the journal (SQLite WAL, synchronous=FULL) before the lock acks it: the full
    path a rule's unlock takes;
-4. the same lock node with no journal channel configured, so its records go to the journal
-   writer asynchronously (what waiting for the durable journal write costs).
+4. the same lock node launched alone with no journal (what the durable journal write costs).
 
 All sockets are ipc:// in a temporary folder. Each stage is a fresh set of processes.
+Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -49,29 +49,6 @@ _CHANNEL_ECHO = textwrap.dedent("""
         while True:
             server.recv().reply({"state": "unlocked"})
 """)
-
-_JOURNAL_WRITER = textwrap.dedent("""
-    import sys, threading, pynng
-    from iotrt.command import CommandServer
-    from iotrt.journal import Journal
-    from iotrt.protocol import parse_message
-    journal = Journal(sys.argv[1])
-    server = CommandServer(sys.argv[2], name="journal")
-    pull = pynng.Pull0(listen=sys.argv[3])
-    def ready():
-        while True:
-            msg = parse_message(pull.recv())
-            if msg["type"] == "ready":
-                print("ready", msg["id"], flush=True)
-            elif msg["type"] == "record":
-                journal.write_record(msg)
-    threading.Thread(target=ready, daemon=True).start()
-    print("listening", flush=True)
-    while True:
-        cmd = server.recv()
-        cmd.reply({"event_id": journal.write_record(cmd.data)})
-""")
-
 
 class Stage:
     """The processes of one measurement; all killed on exit."""
@@ -139,21 +116,52 @@ def _burst_commands(address: str, n: int, commands: list[dict]) -> list[float]:
     return times
 
 
-def _lock_node(stage: Stage, journal: bool) -> str:
+LOCK_PARAMS = {"max_unlock_s": 30.0}
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.stat().st_size):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[:4]} did not start (exit status {proc.poll()})")
+        time.sleep(0.05)
+
+
+def _lock_supervised(stage: Stage) -> str:
+    """`iotrt up` a one-node graph; returns the lock's command address."""
+    from iotrt.graph import load_graph
+
     root = stage.root
-    sup, jaddr, cmd = (f"ipc://{root}/{name}" for name in ("sup", "journal", "door.cmd"))
-    writer = stage.spawn([sys.executable, "-c", _JOURNAL_WRITER, str(root / "journal.db"),
-                          jaddr, sup])
-    stage.expect(writer, "listening")
+    env = {**os.environ, "IOTRT_RUNTIME_DIR": str(root / "run"),
+           "IOTRT_STATE_DIR": str(root / "state")}
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(key, None)
+    path = root / "bench.yaml"
+    path.write_text(f"name: bench\nnodes:\n  - id: door\n    kind: lock\n"
+                    f"    params: {json.dumps(LOCK_PARAMS)}\n")
+    graph = load_graph(path, environ=env)
+    up = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(path), "--log-level",
+                           "WARNING"], env=env, cwd=root, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    stage.procs.append(up)
+    _wait_file(graph.state_dir / "door.lock.jsonl", up)
+    return graph.command_address("door", "commands")
+
+
+def _lock_alone(stage: Stage) -> str:
+    """The lock launched as the supervisor would, but with no supervisor and no journal."""
+    root = stage.root
+    cmd = f"ipc://{root}/door.cmd"
     config = {"graph": "bench", "id": "door", "kind": "lock", "target": "iotrt.nodes.action.lock",
-              "params": {"max_unlock_s": 30.0, "sim_file": str(root / "door.jsonl")},
+              "params": {**LOCK_PARAMS, "sim_file": str(root / "door.jsonl")},
               "outputs": {"state": {"address": f"ipc://{root}/door.state", "topic": "door/state"}},
               "commands_in": {"commands": {"address": cmd}},
-              "supervisor": sup, "journal": jaddr if journal else None,
+              "supervisor": None, "journal": None,
               "state_dir": str(root), "runtime_dir": str(root), "log_level": "WARNING"}
-    stage.spawn([sys.executable, "-m", "iotrt.launch"],
-                env={**os.environ, "IOTRT_NODE_CONFIG": json.dumps(config)})
-    stage.expect(writer, "ready door")
+    proc = subprocess.Popen([sys.executable, "-m", "iotrt.launch"], cwd=root,
+                            env={**os.environ, "IOTRT_NODE_CONFIG": json.dumps(config)})
+    stage.procs.append(proc)
+    _wait_file(root / "door.jsonl", proc)
     return cmd
 
 
@@ -163,8 +171,8 @@ def run(n: int) -> list[dict]:
     stages = [
         ("raw pynng Req0/Rep0", "raw"),
         ("command channel (ids fsynced)", "channel"),
-        ("lock actuator + journal (fsync)", "lock"),
-        ("lock actuator, journal async", "lock-async"),
+        ("lock under iotrt up, journaled", "lock"),
+        ("lock alone, no journal", "lock-alone"),
     ]
     for label, key in stages:
         print(f"  {label}: {n} commands ...", file=sys.stderr, flush=True)
@@ -181,7 +189,7 @@ def run(n: int) -> list[dict]:
                                               str(root / "ids")]), "listening")
                     times = _burst_commands(address, n, commands)
                 else:
-                    address = _lock_node(stage, journal=(key == "lock"))
+                    address = _lock_supervised(stage) if key == "lock" else _lock_alone(stage)
                     times = _burst_commands(address, n, commands)
         finally:
             shutil.rmtree(root, ignore_errors=True)

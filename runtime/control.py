@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import pynng
 
+from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.graph import default_runtime_root, load_graph
 
@@ -83,7 +84,7 @@ def call(address: str, cmd: str, timeout_s: float = 3.0, **fields: Any) -> dict:
             raise ControlError(f"no supervisor answers at {address} ({exc}); is the graph running?") from exc
         try:
             sock.send(pack({"cmd": cmd, **fields}))
-            reply = unpack(sock.recv())
+            reply = unpack(recv_bytes(sock))
         except pynng.Timeout as exc:
             raise ControlError(f"the supervisor at {address} did not answer within {timeout_s:g}s") from exc
         except DecodeError as exc:

@@ -25,11 +25,11 @@ from typing import Any, Callable
 import psutil
 import pynng
 
-from iotrt.bus import Publisher, ensure_runtime_dir
+from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
 from iotrt.graph import EVENTS_TOPIC, Graph
-from iotrt.journal import Journal, JournalError
+from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import parse_message
 from iotrt.sdnotify import Notifier
@@ -76,11 +76,10 @@ def _total(stats: dict, section: str, key: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, graph: Graph, *, log_level: str = "INFO",
-                 clock: Callable[[], float] = time.monotonic, environ: dict | None = None):
+    def __init__(self, graph: Graph, *, log_level: str = "INFO", environ: dict | None = None):
         self.graph = graph
         self.log_level = log_level
-        self.clock = clock
+        self.clock = time.monotonic
         self.environ = dict(os.environ if environ is None else environ)
         p = graph.policy
         self.slots: dict[str, Slot] = {
@@ -100,6 +99,7 @@ class Supervisor:
         self.notifier = Notifier(self.environ)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._reload_requested = False
+        self._kill_now = False
         self._next_ping = 0.0
         self._withholding = False
 
@@ -107,6 +107,9 @@ class Supervisor:
 
     def request_stop(self, reason: str = "stop requested", code: int = EXIT_OK) -> None:
         """Begin an orderly stop (safe from a signal handler or another thread)."""
+        if self.stopping and reason in ("SIGINT", "SIGTERM"):
+            # a second Ctrl-C: the user does not want to wait for the grace period
+            self._kill_now = True
         if not self.stopping:
             log.info("stopping graph %s: %s", self.graph.name, reason)
             self.exit_code = max(self.exit_code, code)
@@ -126,7 +129,10 @@ class Supervisor:
 
     def _open(self) -> None:
         g = self.graph
-        ensure_runtime_dir(g.runtime_dir)
+        try:
+            ensure_runtime_dir(g.runtime_dir)
+        except OSError as exc:
+            raise SupervisorError(f"cannot use the runtime folder {g.runtime_dir}: {exc}") from exc
         self.sel = selectors.DefaultSelector()
         # The control socket first: if another supervisor runs this graph, listen fails here,
         # before we touch any of its sockets.
@@ -191,6 +197,12 @@ class Supervisor:
                 self.notifier.notify("STOPPING=1", "STATUS=stopping")
                 for slot in self.slots.values():
                     self._apply(slot, Stop(), now)
+            if self._kill_now:
+                self._kill_now = False
+                log.warning("second stop signal: killing every node now")
+                for nid, proc in self.procs.items():
+                    if self.slots[nid].state == State.STOPPING:
+                        proc.signal(signal.SIGKILL)
             if not self.stopping:
                 self._start_ready_nodes(now)
                 self._check_graph(now)
@@ -351,7 +363,7 @@ class Supervisor:
         now = self.clock()
         while True:
             try:
-                buf = self.pull.recv(block=False)
+                buf = recv_bytes(self.pull, block=False)
             except pynng.TryAgain:
                 return
             try:
@@ -371,29 +383,29 @@ class Supervisor:
                     self.rates[slot.id].update(now, msg["stats"])
                 self._apply(slot, Heartbeat(pid), now)
             else:
-                self._write_record(msg)
+                event_id, error = self._write_record(msg)
+                if event_id is None:
+                    log.warning("record from %s not journaled: %s", slot.id, error)
 
-    def _write_record(self, msg: dict) -> int | None:
-        fields = msg.get("fields") if isinstance(msg.get("fields"), dict) else {}
-        t_ns = msg.get("t_ns") if type(msg.get("t_ns")) is int else None
-        return self._journal(str(msg.get("kind", "record")), msg["id"], fields, t_ns)
+    def _write_record(self, body) -> tuple[int | None, str]:
+        """Journal a node's record: (event id, "") or (None, why not)."""
+        try:
+            return self.journal.write_record(body), ""
+        except BadRecord as exc:      # the node sent nonsense: its problem, not the journal's
+            return None, str(exc)
+        except JournalError as exc:
+            log.error("journal write failed: %s", exc)
+            return None, f"the journal could not be written: {exc}"
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
-            body = cmd.data
-            if not (isinstance(body, dict) and isinstance(body.get("id"), str)):
-                cmd.reply({"ok": False, "error": "a journal record must be a map with an 'id'"})
-                continue
-            event_id = self._write_record(body)
-            if event_id is None:
-                cmd.reply({"ok": False, "error": "the journal could not be written"})
-            else:
-                cmd.reply({"result": {"event_id": event_id}})
+            event_id, error = self._write_record(cmd.data)
+            cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
 
     def _on_control(self, fd: int) -> None:
         while True:
             try:
-                buf = self.ctl.recv(block=False)
+                buf = recv_bytes(self.ctl, block=False)
             except pynng.TryAgain:
                 return
             try:

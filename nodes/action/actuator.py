@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from iotrt.node import Param
+
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +98,16 @@ class StateLog:
         self._file.close()
 
 
+def device_params(what: str) -> list[Param]:
+    """The parameters every stateful device (lock, motor) has besides its own."""
+    return [
+        Param("sim_file", str, "", f"sim: JSON-lines record of {what} changes "
+                                   f"(default: <state dir>/<node id>.{what}.jsonl)"),
+        Param("state_period_s", float, 1.0, "republish the state this often (for late readers)",
+              min=0.05),
+    ]
+
+
 def sim_file(node, what: str) -> Path:
     """Where a sim driver records its state: the ``sim_file`` param, else
     ``<state dir>/<node id>.<what>.jsonl`` (the state dir survives restarts)."""
@@ -108,11 +120,33 @@ def sim_file(node, what: str) -> Path:
 SELF_CAUSES = ("timeout", "deadman")
 
 
-def serve(node, controller: Controller, device: bool = False,
+def secret(node, param: str) -> str:
+    """The value of the environment variable that parameter ``param`` names ("" if unset):
+    secrets stay out of graph files."""
+    name = node.params[param]
+    if not name:
+        return ""
+    value = os.environ.get(name)
+    if not value:
+        raise DriverError(f"{param} names ${name}, which is not set in the node's environment "
+                          f"(the graph's env: or the service's EnvironmentFile=)")
+    return value
+
+
+def serve(node, make: Callable[[], Controller], device: bool = False,
           state_period_s: float = 1.0) -> None:
-    """The event loop of an actuator node. With ``device=True`` the controller is a ``Device``:
-    its safety checks run on a SafetyTimer and its state is published on the ``state`` output
-    at each change and every ``state_period_s``."""
+    """Build the controller with ``make()`` and run the node's event loop over it.
+
+    A DriverError or ValueError from ``make`` (no such GPIO chip, the serial port is busy, a bad
+    URL) ends the node with that one message instead of a traceback; the supervisor retries
+    with backoff. With ``device=True`` the controller is a ``Device``: its safety checks run on
+    a SafetyTimer and its state is published on the ``state`` output at each change and every
+    ``state_period_s``."""
+    try:
+        controller = make()
+    except (DriverError, ValueError) as exc:
+        node.log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
     timer = None
     if device:
         timer = SafetyTimer(controller.check, name=f"{node.id}-safety")
@@ -209,12 +243,13 @@ def number(command: dict[str, Any], key: str, lo: float, hi: float,
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-def fill(template: str, fields: dict[str, Any], what: str) -> str:
+def fill(template: str, fields: dict[str, Any], what: str,
+         escape: Callable[[str], str] = lambda text: text) -> str:
     """Replace each ``{name}`` in ``template`` by the command's field ``name``.
 
     Deliberately not ``str.format`` (which reaches attributes and items: ``{x.__class__}``):
     only plain names, and a missing one refuses the command instead of sending a half-filled
-    topic, URL or argument.
+    topic, URL or argument. ``escape`` encodes each value for where it goes (URL quoting).
     """
     def one(match: re.Match) -> str:
         name = match[1]
@@ -222,5 +257,9 @@ def fill(template: str, fields: dict[str, Any], what: str) -> str:
             raise CommandRefused(f"{what} {template!r} needs the field '{name}', which the "
                                  f"command does not have")
         value = fields[name]
-        return value if isinstance(value, str) else json.dumps(value)
+        return escape(value if isinstance(value, str) else json.dumps(value))
     return _FIELD.sub(one, template)
+
+
+def has_fields(template: str) -> bool:
+    return _FIELD.search(template) is not None

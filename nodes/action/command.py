@@ -16,7 +16,7 @@ import subprocess
 from typing import Any
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, has_fields, serve
 
 OUTPUT_LIMIT = 2048  # bytes of stdout/stderr kept in the ack and the journal
 
@@ -40,6 +40,9 @@ class RunCommand:
         if not argv or not all(isinstance(a, (str, int, float)) for a in argv):
             raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
         self.argv = [str(a) for a in argv]
+        if has_fields(self.argv[0]):
+            raise ValueError(f"argv[0] {self.argv[0]!r}: the program cannot come from a "
+                             f"command's fields; placeholders go in the arguments")
         if shutil.which(self.argv[0]) is None:
             raise ValueError(f"argv[0] {self.argv[0]!r} is not an executable program (give "
                              f"an absolute path or a name on PATH)")
@@ -70,4 +73,4 @@ class RunCommand:
 
 def main(node: Node) -> None:
     p = node.params
-    serve(node, RunCommand(p["argv"], p["timeout_s"], p["cwd"]))
+    serve(node, lambda: RunCommand(p["argv"], p["timeout_s"], p["cwd"]))

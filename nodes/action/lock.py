@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, number, serve,
-                                         sim_file)
+from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, device_params,
+                                         number, serve, sim_file)
 
 SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",
@@ -37,10 +37,7 @@ SPEC = NodeSpec(
         Param("active_low", bool, False, "gpio: the line is driven low to unlock"),
         Param("max_unlock_s", float, 30.0, "longest unlock allowed; longer requests are capped",
               min=0.1),
-        Param("sim_file", str, "", "sim: JSON-lines record of state changes "
-                                   "(default: <state dir>/<node id>.lock.jsonl)"),
-        Param("state_period_s", float, 1.0, "republish the state this often (for late readers)",
-              min=0.05),
+        *device_params("lock"),
     ],
 )
 
@@ -209,5 +206,5 @@ def open_driver(node: Node) -> Any:
 
 
 def main(node: Node) -> None:
-    lock = Lock(open_driver(node), node.params["max_unlock_s"])
-    serve(node, lock, device=True, state_period_s=node.params["state_period_s"])
+    serve(node, lambda: Lock(open_driver(node), node.params["max_unlock_s"]), device=True,
+          state_period_s=node.params["state_period_s"])

@@ -48,4 +48,4 @@ class LogCommands:
 
 
 def main(node: Node) -> None:
-    serve(node, LogCommands(node.log, node.params["level"], node.params["file"]))
+    serve(node, lambda: LogCommands(node.log, node.params["level"], node.params["file"]))

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, number, serve,
-                                         sim_file)
+from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, device_params,
+                                         number, serve, sim_file)
 
 SPEC = NodeSpec(
     doc="motors with a dead-man timeout: each command is good for deadman_s, then they stop",
@@ -43,13 +43,12 @@ SPEC = NodeSpec(
         Param("deadman_s", float, 0.5, "stop the motors when no command came for this long",
               min=0.01),
         Param("port", str, "/dev/ttyACM0", "serial: the motor controller's serial port"),
-        Param("baud", int, 115200, "serial: baud rate"),
-        Param("reply_timeout_s", float, 0.2, "serial: wait this long for OK (0: do not wait)"),
+        Param("baud", int, 115200, "serial: baud rate", min=1),
+        Param("reply_timeout_s", float, 0.2, "serial: wait this long for OK (0: do not wait)",
+              min=0),
         Param("refresh_s", float, 0.1, "serial: repeat the speeds this often for the firmware "
-                                       "watchdog (0: never)"),
-        Param("sim_file", str, "", "sim: JSON-lines record of speed changes "
-                                   "(default: <state dir>/<node id>.motor.jsonl)"),
-        Param("state_period_s", float, 1.0, "republish the state this often"),
+                                       "watchdog (0: never)", min=0),
+        *device_params("motor"),
     ],
 )
 
@@ -237,7 +236,10 @@ def open_driver(node: Node, names: list[str]) -> Any:
 
 
 def main(node: Node) -> None:
-    names = motor_names(node.params["motors"])
-    refresh = node.params["refresh_s"] if node.params["driver"] == "serial" else 0.0
-    motors = Motors(open_driver(node, names), names, node.params["deadman_s"], refresh)
-    serve(node, motors, device=True, state_period_s=node.params["state_period_s"])
+    p = node.params
+
+    def make() -> Motors:
+        names = motor_names(p["motors"])
+        refresh = p["refresh_s"] if p["driver"] == "serial" else 0.0
+        return Motors(open_driver(node, names), names, p["deadman_s"], refresh)
+    serve(node, make, device=True, state_period_s=p["state_period_s"])

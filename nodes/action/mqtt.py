@@ -11,12 +11,11 @@ delivers them when it reconnects, which the error says).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from typing import Any
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, secret, serve
 
 SPEC = NodeSpec(
     doc="publish each command to an MQTT broker (paho-mqtt 2.x)",
@@ -89,6 +88,8 @@ class MqttPublish:
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         topic = fill(self.topic, command, "topic")
+        if "+" in topic or "#" in topic:
+            raise CommandRefused(f"topic {topic!r}: a field filled in a wildcard (+ or #)")
         payload = command.get("payload", command)
         if not isinstance(payload, (str, bytes)):
             try:
@@ -116,13 +117,14 @@ class MqttPublish:
 
 def main(node: Node) -> None:
     p = node.params
-    password = os.environ.get(p["password_env"], "") if p["password_env"] else ""
-    if p["password_env"] and not password:
-        raise SystemExit(f"{node.id}: password_env names ${p['password_env']}, which is not set")
-    client = MqttPublish(p["host"], p["port"], p["topic"], qos=p["qos"], retain=p["retain"],
-                         client_id=p["client_id"] or f"iotrt-{node.id}", username=p["username"],
-                         password=password, tls=p["tls"], timeout_s=p["timeout_s"],
-                         keepalive_s=p["keepalive_s"], log=node.log)
-    if not client.connected.wait(p["connect_timeout_s"]):
-        node.log.warning("MQTT broker %s not reachable yet; still trying", client.where)
-    serve(node, client)
+
+    def connect() -> MqttPublish:
+        client = MqttPublish(p["host"], p["port"], p["topic"], qos=p["qos"], retain=p["retain"],
+                             client_id=p["client_id"] or f"iotrt-{node.id}",
+                             username=p["username"], password=secret(node, "password_env"),
+                             tls=p["tls"], timeout_s=p["timeout_s"],
+                             keepalive_s=p["keepalive_s"], log=node.log)
+        if not client.connected.wait(p["connect_timeout_s"]):
+            node.log.warning("MQTT broker %s not reachable yet; still trying", client.where)
+        return client
+    serve(node, connect)

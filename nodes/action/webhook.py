@@ -14,14 +14,14 @@ command timeout.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, serve
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, fill, secret, serve
 
 SPEC = NodeSpec(
     doc="send each command as a JSON HTTP request to a URL, with timeout and retries",
@@ -55,7 +55,8 @@ class Webhook:
         self._sleep = sleep
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        url = fill(self.url, command, "url")
+        # A value goes into the URL as one encoded piece: "a b/../admin" cannot change its path.
+        url = fill(self.url, command, "url", escape=lambda v: urllib.parse.quote(v, safe=""))
         payload = command.get("body", command)
         try:
             body = json.dumps(payload).encode() if self.method != "GET" else None
@@ -86,10 +87,5 @@ class Webhook:
 
 def main(node: Node) -> None:
     p = node.params
-    token = ""
-    if p["token_env"]:
-        token = os.environ.get(p["token_env"], "")
-        if not token:
-            raise SystemExit(f"{node.id}: token_env names ${p['token_env']}, which is not set")
-    serve(node, Webhook(p["url"], p["method"], p["headers"], token, p["timeout_s"],
-                        p["retries"], p["backoff_s"]))
+    serve(node, lambda: Webhook(p["url"], p["method"], p["headers"], secret(node, "token_env"),
+                                p["timeout_s"], p["retries"], p["backoff_s"]))

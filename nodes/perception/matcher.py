@@ -16,7 +16,7 @@ from iotrt.nodes.perception.gallery import Gallery
 
 # Method -> (crop side, default threshold). The LBP threshold was set on the shipped photos
 # (tests/nodes/test_identity.py): shifted, scaled, rotated and re-lit views of the enrolled
-# owner score 0.74-0.94, the visitor (and a cat) at most 0.60. The embedding default suits
+# owner score 0.74-0.93, the visitor (and a cat) at most 0.60. The embedding default suits
 # cosine similarity of ArcFace-style models (SFace's published threshold is 0.363).
 METHODS: dict[str, tuple[int, float]] = {"lbp": (112, 0.70), "embedding": (112, 0.40)}
 

@@ -404,6 +404,38 @@ def _build_clip(m: NumpyModel, node: Node) -> Step:
     return lambda: np.clip(x, lo, hi, out=y)
 
 
+def _build_pad(m: NumpyModel, node: Node) -> Step:
+    """Constant padding: copy the input into the interior and fill only the border slabs
+    (the output's bytes are shared with other tensors, so the border is refilled each run)."""
+    ins = list(node.inputs) + ["", "", ""]
+    x, y = m.t(ins[0]), m.t(node.outputs[0])
+    if (node.attrs.get("mode", "constant") != "constant" or ins[3]
+            or not all(not i or m.is_const(i) for i in ins[1:3])):
+        return _build_generic(m, node)
+    pads = [int(p) for p in m.t(ins[1])]
+    value = m.t(ins[2]) if ins[2] and m.t(ins[2]).size else 0
+    n = x.ndim
+    if min(pads) < 0:
+        return _build_generic(m, node)
+    interior = tuple(slice(b, b + s) for b, s in zip(pads[:n], x.shape))
+    slabs = []
+    for ax in range(n):
+        b, e = pads[ax], pads[ax + n]
+        if b:
+            slabs.append(tuple(slice(0, b) if i == ax else slice(None) for i in range(n)))
+        if e:
+            slabs.append(tuple(slice(b + x.shape[ax], None) if i == ax else slice(None)
+                               for i in range(n)))
+    fill = y.dtype.type(np.asarray(value).item())
+    dst = y[interior]
+
+    def step() -> None:
+        for slab in slabs:
+            y[slab] = fill
+        np.copyto(dst, x)
+    return step
+
+
 def _build_transpose(m: NumpyModel, node: Node) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
@@ -450,6 +482,7 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
     Op.MATMUL: _build_matmul,
     Op.MAX_POOL: _build_pool,
     Op.MUL: _build_binary(np.multiply),
+    Op.PAD: _build_pad,
     Op.RELU: _build_relu,
     Op.SUB: _build_binary(np.subtract),
     Op.SUM: _build_sum,

@@ -247,6 +247,7 @@ class Engine:
                 if isinstance(trig, (MessageTrigger, ThresholdTrigger, AbsentTrigger)):
                     self._by_topic.setdefault(trig.topic, []).append((rs, i, trig))
         self._timed = [rs for rs in new if rs.timed]
+        self._described = {t: _describe(t) for rs in new for t in rs.rule.triggers}
 
     def topics(self) -> set[str]:
         """Every topic some trigger listens to."""
@@ -318,10 +319,12 @@ class Engine:
         for alias in msg.aliases:
             if alias != msg.topic and alias in self._by_topic:
                 hits = hits + self._by_topic[alias]
+        # One set of variables for every message trigger of this message (read-only to
+        # expressions); threshold triggers add their value, so they get their own.
+        shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
         for rs, i, trig in hits:
             if isinstance(trig, MessageTrigger):
-                self._hit(rs, self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic}),
-                          _describe(trig), now, out)
+                self._hit(rs, shared, self._described[trig], now, out)
             elif isinstance(trig, ThresholdTrigger):
                 names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
                 try:
@@ -333,7 +336,7 @@ class Engine:
                 rs.inside[i] = inside
                 if inside and not was:  # the edge, not the level
                     names["trigger"]["value"] = value
-                    self._hit(rs, names, f"{_describe(trig)} (value {value:g})", now, out)
+                    self._hit(rs, names, f"{self._described[trig]} (value {value:g})", now, out)
             else:  # AbsentTrigger: a message re-arms it
                 rs.seen[i] = now
                 rs.absent_fired[i] = False
@@ -346,7 +349,7 @@ class Engine:
                         rs.absent_fired[i] = True
                         self._hit(rs, self._names(trig.topic, None, {
                             "kind": "absent", "topic": trig.topic,
-                            "seconds": now - rs.seen[i]}), _describe(trig), now, out)
+                            "seconds": now - rs.seen[i]}), self._described[trig], now, out)
                 elif isinstance(trig, IntervalTrigger):
                     due = rs.next_at.get(i)
                     if due is not None and now + _EPS >= due:
@@ -354,12 +357,12 @@ class Engine:
                         missed = max(0, int((now - due) // trig.seconds))
                         rs.next_at[i] = due + (missed + 1) * trig.seconds
                         self._hit(rs, self._names(None, None, {"kind": "interval"}),
-                                  _describe(trig), now, out)
+                                  self._described[trig], now, out)
                 elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
                     nxt = _next_time_of_day(self._prev_wall, trig.at)
                     if nxt <= self.wall:
                         self._hit(rs, self._names(None, None, {"kind": "time", "at": str(trig.at)}),
-                                  _describe(trig), now, out)
+                                  self._described[trig], now, out)
             hold = rs.rule.hold
             if (hold and hold.seconds is not None and rs.hold_since is not None
                     and now - rs.hold_since + _EPS >= hold.seconds):

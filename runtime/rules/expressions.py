@@ -111,7 +111,11 @@ def _add(a: Any, b: Any) -> Any:
     la, lb = _safe_len(a), _safe_len(b)
     if la is not None and lb is not None and la + lb > MAX_SEQUENCE:
         raise ExpressionLimit(f"concatenating to {la + lb} items (max {MAX_SEQUENCE})")
-    return a + b
+    return _check_int(a + b)
+
+
+def _sub(a: Any, b: Any) -> Any:
+    return _check_int(a - b)
 
 
 def _lshift(a: Any, b: Any) -> Any:
@@ -121,13 +125,18 @@ def _lshift(a: Any, b: Any) -> Any:
 
 
 OPERATORS = dict(simpleeval.DEFAULT_OPERATORS)
-OPERATORS.update({ast.Pow: _power, ast.Mult: _mult, ast.Add: _add, ast.LShift: _lshift})
+# Only these can build an int larger than their operands (|, &, ^, //, %, >> cannot), so
+# they are the only ones that check sizes.
+OPERATORS.update({ast.Pow: _power, ast.Mult: _mult, ast.Add: _add, ast.Sub: _sub,
+                  ast.LShift: _lshift})
 
 
-def _bounded(iterable: Iterable) -> list:
-    """Materialise an iterable that came from an expression, refusing more than MAX_ITEMS."""
-    if isinstance(iterable, range) and len(iterable) > MAX_ITEMS:
-        raise ExpressionLimit(f"range of {len(iterable)} items (max {MAX_ITEMS})")
+def _bounded(iterable: Iterable) -> Iterable:
+    """An iterable from an expression, refusing more than MAX_ITEMS (others are materialised)."""
+    if type(iterable) in (list, tuple, range, str, dict):  # sized: check without copying
+        if len(iterable) > MAX_ITEMS:
+            raise ExpressionLimit(f"iterating {len(iterable)} items (max {MAX_ITEMS})")
+        return iterable
     out = []
     for item in iterable:
         out.append(item)
@@ -174,7 +183,7 @@ FUNCTIONS: dict[str, Any] = {
     "str": _str,
     "sum": lambda it, start=0: sum(_bounded(it), start),
     "range": _range,
-    "list": lambda it=(): _bounded(it),
+    "list": lambda it=(): list(_bounded(it)),
     "tuple": lambda it=(): tuple(_bounded(it)),
     "set": lambda it=(): set(_bounded(it)),
 }
@@ -295,15 +304,15 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
         # Replaces simpleeval's per-node walk over every result (the values here are plain
         # message data and our own functions: nothing the walk could find) with budgets.
         self._steps += 1
-        if self._steps > MAX_STEPS:
-            raise ExpressionLimit(f"more than {MAX_STEPS} evaluation steps")
-        if self._steps & 63 == 0 and time.monotonic() > self._deadline:
-            raise ExpressionLimit("evaluation took longer than its time budget")
-        try:
-            handler = self.nodes[type(node)]
-        except KeyError:
-            raise ExpressionRejected(f"{type(node).__name__} is not allowed") from None
-        return _check_int(handler(node))
+        if self._steps & 63 == 0:
+            if self._steps > MAX_STEPS:
+                raise ExpressionLimit(f"more than {MAX_STEPS} evaluation steps")
+            if time.monotonic() > self._deadline:
+                raise ExpressionLimit("evaluation took longer than its time budget")
+        handler = self.nodes.get(type(node))
+        if handler is None:
+            raise ExpressionRejected(f"{type(node).__name__} is not allowed")
+        return handler(node)
 
     def _eval_name_fast(self, node: ast.Name) -> Any:
         for scope in reversed(self._scopes):
@@ -320,7 +329,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
     def _eval_attribute(self, node: ast.Attribute) -> Any:
         value = self._eval(node.value)
         attr = node.attr
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             if attr in value:
                 return value[attr]
             if attr in _DICT_METHODS:
@@ -339,8 +348,10 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
             if func is None:
                 raise ExpressionRejected(f"'{node.func.id}' cannot be called")
         args = [self._eval(a) for a in node.args]
-        kwargs = dict(self._eval(k) for k in node.keywords)
-        result = func(*args, **kwargs)
+        if node.keywords:
+            result = func(*args, **{k.arg: self._eval(k.value) for k in node.keywords})
+        else:
+            result = func(*args)
         size = _safe_len(result)
         if size is not None and size > MAX_SEQUENCE:
             raise ExpressionLimit(f"a call built {size} items (max {MAX_SEQUENCE})")
@@ -375,7 +386,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
             if self._items > MAX_ITEMS:
                 raise ExpressionLimit(f"comprehensions produced more than {MAX_ITEMS} items")
             self._bind(gen.target, item, scope)
-            if not all(self._eval(cond) for cond in gen.ifs):
+            if not self._all_true(gen.ifs):
                 continue
             if index + 1 < len(node.generators):
                 self._generate(node, index + 1, scope, out)
@@ -385,6 +396,12 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
                 out.add(self._eval(node.elt))
             else:
                 out.append(self._eval(node.elt))
+
+    def _all_true(self, conditions: list[ast.expr]) -> bool:
+        for cond in conditions:  # short-circuits like Python's `if a if b`
+            if not self._eval(cond):
+                return False
+        return True
 
     def _bind(self, target: ast.AST, value: Any, scope: dict) -> None:
         if isinstance(target, ast.Name):

@@ -40,6 +40,8 @@ def test_bad_configuration_and_commands():
         RunCommand(["no-such-program-iotrt"])
     with pytest.raises(ValueError, match="non-empty list"):
         RunCommand([])
+    with pytest.raises(ValueError, match="cannot come from a command's fields"):
+        RunCommand(["{program}", "x"])
     kind, ack = execute(RunCommand([sys.executable, "{script}"]), {"other": 1})
     assert kind == "command_refused" and "needs the field 'script'" in ack["error"]
 

@@ -120,7 +120,7 @@ def test_safety_timer_relocks_in_real_time(sim):
     finally:
         timer.close()
     assert sim.locked is True
-    assert 0.3 <= took < 0.6, took
+    assert 0.3 <= took < 1.3, took  # never early; late only by scheduling on a busy machine
     assert history(sim) == [True, False, True]
 
 

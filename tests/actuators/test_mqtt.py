@@ -137,5 +137,7 @@ def test_bad_topic_and_missing_field(broker):
     try:
         kind, ack = execute(pub, {"person": "ana"})
         assert kind == "command_refused" and "needs the field 'room'" in ack["error"]
+        kind, ack = execute(pub, {"room": "#"})
+        assert kind == "command_refused" and "wildcard" in ack["error"]
     finally:
         pub.close()

@@ -80,3 +80,21 @@ def test_log_node(tmp_path, caplog):
     node.run()
     assert [a["ok"] for a in node.acks] == [True, False]
     assert [k for k, _ in node.records] == ["command_applied", "command_refused"]
+
+
+def test_setup_errors_end_the_node_with_one_clear_message(caplog, monkeypatch):
+    import pytest
+
+    from iotrt.nodes.action import webhook
+
+    monkeypatch.delenv("IOTRT_TEST_TOKEN", raising=False)
+    node = Node.for_test(webhook, params={"url": "http://127.0.0.1:9/x",
+                                          "token_env": "IOTRT_TEST_TOKEN"})
+    with pytest.raises(SystemExit) as exit_:
+        node.run()
+    assert exit_.value.code == 1
+    assert "token_env names $IOTRT_TEST_TOKEN, which is not set" in caplog.text
+    monkeypatch.setenv("IOTRT_TEST_TOKEN", "s3cret")
+    node = Node.for_test(webhook, params={"url": "http://127.0.0.1:9/x",
+                                          "token_env": "IOTRT_TEST_TOKEN"})
+    node.run()  # starts, no commands queued, stops

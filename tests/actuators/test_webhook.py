@@ -106,3 +106,9 @@ def test_unreachable_and_bad_input():
     assert kind == "command_refused" and "needs the field 'who'" in ack["error"]
     with pytest.raises(ValueError, match="http:// or https://"):
         Webhook("ftp://example/x")
+
+
+def test_url_fields_are_encoded(server):
+    hook = Webhook(server.url + "/door/{door}?who={who}")
+    execute(hook, {"door": "../admin", "who": "ana&role=admin"})
+    assert server.requests[0]["path"] == "/door/..%2Fadmin?who=ana%26role%3Dadmin"

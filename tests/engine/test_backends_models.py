@@ -206,3 +206,11 @@ def test_int8_squeezenet_is_3_5x_smaller_with_small_logit_error(light, tmp_path)
           f"({max(rel):.2%} of the largest logit); top-1 agrees on {agree}/4 inputs")  # fmt: skip
     assert ratio >= 3.5
     assert max(rel) < 0.05
+
+
+def test_compile_target_is_what_load_uses_by_default(tmp_path):
+    art = tmp_path / "face.iotm"
+    compile_model(models.path(models.BLAZEFACE), art, target="onnxruntime")
+    assert load(art).backend == "onnxruntime"
+    assert load(art, backend="numpy").backend == "numpy"  # an explicit choice wins
+    assert not (tmp_path / "face.iotm.auto.json").exists()  # nothing was measured

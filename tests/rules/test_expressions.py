@@ -43,6 +43,7 @@ def ev(source: str, msg=FACES, state=None):
     ("2 ** 10", 1024),
     ("sorted(msg.faces, key=len)[0].name", "owner"),
     ("msg.n in range(5, 10)", True),
+    ("[x for x in [0, 2, 4] if x != 0 if 8 / x > 3]", [2]),  # ifs short-circuit
 ])
 def test_useful_expressions_work(source, expected):
     assert ev(source) == expected

@@ -158,3 +158,49 @@ def test_slow_start_is_not_a_hang_but_a_start_timeout_is_enforced(graph_file, up
     u.wait_log("never: starting -> stopping", timeout=10)
     assert "not ready within 0.5s" in u.text
     assert "loads: running -> stopping" not in u.text
+
+
+def test_restart_after_sigkill_reuses_the_stale_sockets(graph_file, up, tmp_path, h):
+    u, pids = _start_three(graph_file, up, tmp_path, h, stubborn=False)
+    os.kill(u.proc.pid, signal.SIGKILL)
+    u.proc.wait()
+    h.wait_for(lambda: not any(h.alive(p) for p in pids), 5, "the nodes to die")
+    again = up(u.graph)                      # the socket files of the killed one are still there
+    again.wait_log("all 3 nodes up")
+
+
+def test_second_ctrl_c_kills_at_once(graph_file, up, tmp_path, h):
+    g = graph_file("""
+        name: impatient
+        supervisor: {stop_grace_s: 60}
+        nodes:
+          - id: s
+            run: {node}
+            params: {behaviour: stubborn}
+    """)
+    u = up(g)
+    u.wait_log("all 1 nodes up")
+    u.proc.send_signal(signal.SIGINT)
+    u.wait_log("s: running -> stopping")
+    u.proc.send_signal(signal.SIGINT)
+    assert u.wait_exit(10) == 0              # not 60 s
+    assert "second stop signal: killing every node now" in u.text
+
+
+def test_graph_whose_nodes_all_finish_exits_by_itself(graph_file, up, h):
+    g = graph_file("""
+        name: oneshot
+        nodes:
+          - id: job
+            run: {node}
+            params: {behaviour: exit, after_s: 0.1}
+          - id: other
+            run: {node}
+            restart: never
+            critical: false
+            params: {behaviour: exit, after_s: 0.2}
+    """)
+    u = up(g)
+    assert u.wait_exit(20) == 0
+    assert "job: running -> exited (exited with code 0)" in u.text
+    assert "every node has ended; nothing left to supervise" in u.text

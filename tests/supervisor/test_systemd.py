@@ -9,8 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+import iotrt.deploy
 
 from iotrt.commands.unit import render
 from iotrt.graph import load_graph
@@ -135,10 +138,46 @@ def test_unit_passes_systemd_analyze_verify(graph_file, tmp_path):
           - id: n
             run: {node}
     """))
-    text = render(g, user="root", python=sys.executable)
+    text = render(g, user="iotrt", python=sys.executable)
     assert "WatchdogSec=50" in text and "Type=notify" in text
     unit = tmp_path / "iotrt-door.service"
     unit.write_text(text)
     out = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
     problems = [ln for ln in (out.stdout + out.stderr).splitlines() if "iotrt-door.service" in ln]
     assert out.returncode == 0 and not problems, out.stdout + out.stderr
+
+
+def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
+    from iotrt.cli import main as cli
+
+    g = graph_file("""
+        name: porch
+        supervisor: {stop_grace_s: 3, backoff: {max_s: 20}}
+        nodes:
+          - id: a
+            run: {node}
+          - id: b
+            run: {node}
+            inputs: {in: a/out}
+            start_timeout_s: 40
+    """)
+    out = tmp_path / "iotrt-porch.service"
+    assert cli(["unit", str(g), "-o", str(out), "--python", "/opt/iotrt/venv/bin/python",
+                "--writable", str(tmp_path)]) == 0
+    text = out.read_text()
+    assert f"ExecStart=/opt/iotrt/venv/bin/python -m iotrt up {g}" in text
+    assert "WatchdogSec=30" in text          # backoff cap 20 s + 10 s
+    assert "TimeoutStartSec=90" in text      # 2 dependency levels x 40 s + 10 s
+    assert "TimeoutStopSec=13" in text and "User=iotrt" in text
+    assert f"ReadWritePaths={tmp_path}" in text
+    assert "systemctl enable --now iotrt-porch.service" in capsys.readouterr().err
+
+
+def test_install_script_parses_and_explains_itself():
+    script = Path(iotrt.deploy.__file__).with_name("install.sh")
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["sh", str(script), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0
+    for verb in ("install GRAPH", "upgrade", "uninstall [--purge]"):
+        assert verb in usage.stdout
+    assert subprocess.run(["sh", str(script)], capture_output=True).returncode == 2

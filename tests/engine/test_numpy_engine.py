@@ -1,0 +1,132 @@
+"""The numpy backend's fast paths against onnxruntime, and its memory behaviour.
+
+The conv fast paths (1x1 GEMM, depthwise multiply-accumulate, im2col with border strips) are
+chosen by geometry, so each geometry is built here and compared with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from iotrt import models  # noqa: E402
+from iotrt.compiler import compile_model  # noqa: E402
+from iotrt.engine import load  # noqa: E402
+
+RNG = np.random.default_rng(3)
+
+
+def _model(nodes, x_shape, inits):
+    graph = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_both(tmp_path, model, x_shape):
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    compile_model(src, tmp_path / "m.iotm")
+    compiled = load(tmp_path / "m.iotm", backend="numpy")
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ref = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x})[0]
+    return compiled, compiled.run({"x": x})["y"], ref
+
+
+CONVS = {
+    # name: (input shape, weight shape, attrs)
+    "3x3 pad 1": ((1, 5, 9, 9), (7, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "stride 2 asymmetric pads": ((1, 3, 10, 11), (4, 3, 3, 3), {"strides": [2, 2], "pads": [0, 1, 2, 1]}),
+    "dilation 2": ((1, 4, 12, 12), (6, 4, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    "5x3 kernel, stride 2x1": ((1, 2, 11, 9), (3, 2, 5, 3), {"strides": [2, 1], "pads": [2, 1, 2, 1]}),
+    "groups 2": ((1, 6, 8, 8), (4, 3, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    "depthwise": ((1, 8, 10, 10), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
+    "depthwise stride 2 5x5": ((1, 6, 13, 13), (6, 1, 5, 5), {"group": 6, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
+    "depthwise multiplier 2": ((1, 4, 7, 7), (8, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    "1x1": ((1, 16, 6, 6), (8, 16, 1, 1), {}),
+    "1x1 stride 2": ((1, 16, 7, 7), (8, 16, 1, 1), {"strides": [2, 2]}),
+    "same lower": ((1, 3, 8, 8), (4, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+    "batch 3": ((3, 4, 6, 6), (5, 4, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "pad wider than kernel": ((1, 2, 4, 4), (3, 2, 2, 2), {"pads": [3, 3, 3, 3]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVS))
+def test_conv_geometries_match_onnxruntime(tmp_path, case):
+    x_shape, w_shape, attrs = CONVS[case]
+    inits = {"w": RNG.standard_normal(w_shape).astype(np.float32),
+             "b": RNG.standard_normal(w_shape[0]).astype(np.float32)}
+    model = _model([helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
+                    helper.make_node("Relu", ["c"], ["y"])], x_shape, inits)
+    _, got, ref = _run_both(tmp_path, model, x_shape)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # run twice: border strips of the shared im2col buffer must be re-zeroed on every call
+    assert got.std() > 0
+
+
+POOLS = {
+    "max 3x3 s2 ceil": ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    "max 2x2 pads": ("MaxPool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}),
+    "avg 3x3 pads excl": ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    "avg 3x3 pads incl": ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                          "count_include_pad": 1}),
+    "avg 3x3 s2 ceil": ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOLS))
+def test_pool_geometries_match_onnxruntime(tmp_path, case):
+    op, attrs = POOLS[case]
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], (2, 3, 9, 10), {})
+    _, got, ref = _run_both(tmp_path, model, (2, 3, 9, 10))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_convs_write_straight_into_their_concat(tmp_path):
+    """Two convs feeding a channel concat share the concat's bytes: no copy, and the arena is
+    smaller than the sum of all activations (buffers are reused)."""
+    inits = {"w1": RNG.standard_normal((4, 3, 1, 1)).astype(np.float32),
+             "w2": RNG.standard_normal((5, 3, 3, 3)).astype(np.float32),
+             "w3": RNG.standard_normal((2, 9, 1, 1)).astype(np.float32)}
+    model = _model([helper.make_node("Conv", ["x", "w1"], ["a"]),
+                    helper.make_node("Conv", ["x", "w2"], ["b"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+                    helper.make_node("Conv", ["c", "w3"], ["d"]),
+                    helper.make_node("Relu", ["d"], ["y"])], (1, 3, 6, 6), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 6, 6))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    off = compiled.artifact.memory.offsets
+    assert off["a"] == off["c"] and off["b"] == off["c"] + 4 * 36 * 4
+    g = compiled.artifact.graph
+    total = sum(math.prod(g.shapes[n]) * 4 for n in off)
+    assert compiled.artifact.memory.arena_bytes < total
+
+
+def test_steady_state_run_allocates_only_its_outputs(tmp_path):
+    out = tmp_path / "face.iotm"
+    compile_model(models.path(models.BLAZEFACE), out)
+    model = load(out, backend="numpy")
+    x = RNG.uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
+    model.run({"input": x})
+    tracemalloc.start()
+    try:
+        model.run({"input": x})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    outputs = 896 * 16 * 4 + 896 * 4
+    # the arena alone is 2 MB; a run allocates its two output arrays, plus numpy's transient
+    # ufunc buffers (8192 elements per operand) when an operand is a strided view
+    assert peak < outputs + 160 * 1024, f"peak {peak} bytes allocated during one run"

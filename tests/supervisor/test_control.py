@@ -1,0 +1,140 @@
+"""The control socket and the verbs on it (ps, topics, echo, hz, reload, down), and the journal
+the supervisor writes, against a real running graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pynng
+import pytest
+
+from iotrt.cli import main as cli
+from iotrt.command import CommandClient
+from iotrt.codec import decode, unpack
+from iotrt.graph import load_graph
+from iotrt.journal import JournalReader
+
+DOOR = Path(__file__).parent / "graphs" / "door.yaml"
+
+
+@pytest.fixture
+def iotrt(env, monkeypatch, capsys):
+    """iotrt(*args) -> (exit code, stdout, stderr): the CLI in this process (no interpreter
+    start-up per call), seeing the same runtime folder as the supervisor under test."""
+    for key in ("IOTRT_RUNTIME_DIR", "IOTRT_STATE_DIR"):
+        monkeypatch.setenv(key, env[key])
+
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        code = cli(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return run
+
+
+def test_verbs_against_a_running_graph(up, iotrt, h):
+    u = up(DOOR)
+    u.wait_log("all 4 nodes up")
+
+    ps = iotrt("ps", "--json")
+    assert ps.returncode == 0, ps.stderr
+    reply = json.loads(ps.stdout)
+    assert reply["graph"] == "testdoor" and reply["state"] == "running"
+    rows = {r["node"]: r for r in reply["nodes"]}
+    assert set(rows) == {"cam", "faces", "rules", "door"}
+    assert all(r["state"] == "running" and r["pid"] > 0 and r["rss_bytes"] > 1e6 for r in rows.values())
+    # rates come from two heartbeats (0.5 s apart): cam publishes every 0.1 s
+    h.wait_for(lambda: json.loads(iotrt("ps", "testdoor", "--json").stdout)["nodes"][0]["out_per_s"] > 5,
+               10, "cam's output rate in ps")
+    table = iotrt("ps", str(DOOR)).stdout          # by graph file, as a table
+    assert "NODE" in table and "IN/s" in table and "faces" in table
+
+    topics = iotrt("topics").stdout
+    assert "cam/out" in topics and "faces.in" in topics and "_sup/events" in topics
+
+    echo = iotrt("echo", "cam/out", "-n", "2", "--timeout", "5")
+    assert echo.returncode == 0, echo.stderr
+    assert echo.stdout.count("--- cam/out seq=") == 2 and '{"n": ' in echo.stdout
+
+    hz = iotrt("hz", "cam/out", "--duration", "2.2")
+    rate = float(hz.stdout.strip().splitlines()[-1].split()[1])
+    assert 7 < rate < 13, hz.stdout                     # 10 Hz nominal, on a busy machine
+
+    missing = iotrt("echo", "cam/nope", "--timeout", "1")
+    assert missing.returncode == 1 and "no topic 'cam/nope'" in missing.stderr
+
+    # garbage on the supervisor's sockets is answered or logged, never fatal
+    graph = load_graph(DOOR)
+    with pynng.Push0(send_timeout=2000) as push:
+        push.dial(graph.supervisor_address, block=True)
+        for junk in (b"", b"\xc1", b"\x93\x01\x02\x03"):
+            push.send(junk)
+    with pynng.Req0(recv_timeout=3000) as req:
+        req.dial(graph.control_address, block=True)
+        for junk, error in ((b"", "malformed request"), (b"\x01", "unknown request")):
+            req.send(junk)
+            assert error in unpack(req.recv())["error"]
+    u.wait_log("ignored a malformed message from a node", count=3)
+    with CommandClient(graph.journal_address, src="test") as journal:
+        ack = journal.call({"type": "record", "id": "cam", "kind": "", "fields": {}})
+    assert ack["ok"] is False and "'kind' must be a non-empty string" in ack["error"]
+    assert iotrt("ps").returncode == 0
+
+    reload = iotrt("reload", "faces")
+    assert reload.returncode == 0 and "reload sent to faces" in reload.stdout
+    assert iotrt("reload", "nobody").returncode == 1
+    os.kill(u.proc.pid, signal.SIGHUP)       # systemctl reload: every node of kind "rules"
+    u.wait_log("reload: sent SIGHUP to no node")
+
+    down = iotrt("down")
+    assert down.returncode == 0, down.stderr
+    assert u.wait_exit(5) == 0
+    assert iotrt("ps").returncode == 1              # nothing is running any more
+
+
+def test_journal_gets_lifecycle_events_and_sync_records(up, env, iotrt, h):
+    u = up(DOOR)
+    u.wait_log("all 4 nodes up")
+    path = load_graph(DOOR, environ=env).journal_path
+
+    def kinds():
+        with JournalReader(path) as reader:
+            return [e.kind for e in reader.query()]
+
+    # the actuator journals synchronously before acking; the decider journals the ack after
+    h.wait_for(lambda: {"actuated", "acked"} <= set(kinds()), 15, "actuated and acked records")
+    with JournalReader(path) as reader:
+        events = reader.query()
+    acted = [e for e in events if e.kind == "actuated"]
+    acked = [e for e in events if e.kind == "acked"]
+    assert acted[0].node == "door" and acted[0].fields == {"action": "lock"}
+    assert acked[0].node == "rules" and acked[0].fields["ok"] is True
+    assert acted[0].id < acked[0].id
+    started = [e for e in events if e.kind == "lifecycle" and e.fields["state"] == "running"]
+    assert {e.node for e in started} == {"cam", "faces", "rules", "door"}
+
+    # a second supervisor for the same graph refuses to start and leaves the first alone
+    second = up(DOOR)
+    assert second.wait_exit(20) == 2
+    assert "graph 'testdoor' is already running" in second.text
+    assert u.proc.poll() is None
+
+    # lifecycle events on the bus: kill 'door' (restart: always) and watch it go and come back
+    graph = load_graph(DOOR, environ=env)
+    with pynng.Sub0(recv_timeout=15000) as sub:
+        sub.subscribe(b"")
+        sub.dial(graph.events_address, block=True)
+        pid = json.loads(iotrt("ps", "--json").stdout)["nodes"][3]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        while ("door", "running") not in seen:
+            env_ = decode(sub.recv())
+            assert env_.topic == "_sup/events"
+            seen.append((env_.data["node"], env_.data["state"]))
+    assert seen[-3:] == [("door", "backoff"), ("door", "starting"), ("door", "running")]
+    u.proc.terminate()
+    assert u.wait_exit() == 0
