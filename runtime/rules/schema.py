@@ -427,7 +427,8 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         id=rule_id, triggers=triggers, conditions=tuple(conditions), steps=steps, func=body,
         hold=hold, cooldown=cooldown, mode=mode, max=limit, edge=edge,
         description=str(description), file=file, line=line,
-        fingerprint=repr((dict(d), body and getattr(body, "__qualname__", ""))),
+        # A Python rule's code cannot be compared: a reloaded one always starts afresh.
+        fingerprint=repr(dict(d)) if body is None else f"python:{id(body)}",
     )
 
 
