@@ -13,7 +13,9 @@ Output `faces`, one per detections message (also when nobody is there, so rules 
      "unknown": 1,            # faces that matched nobody
      "method": "lbp", "unpaired": 0}
 
-Methods and their honest limits are described in facefeatures.py and docs/perception.md.
+On reload (SIGHUP, `iotrt reload`) the gallery is read again, so newly enrolled people are
+recognised without a restart. Methods and their honest limits: facefeatures.py and
+docs/perception.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.perception.gallery import Gallery
+from iotrt.nodes.perception.gallery import Gallery, GalleryError
 from iotrt.nodes.perception.matcher import (
     METHODS,
     Identifier,
@@ -29,7 +31,7 @@ from iotrt.nodes.perception.matcher import (
     embedding_extractor,
     lbp_extractor,
 )
-from iotrt.nodes.perception.modelcache import cache_dir, load_model
+from iotrt.nodes.perception.modelcache import ModelError, cache_dir, load_model
 
 SPEC = NodeSpec(
     doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
@@ -78,6 +80,14 @@ def main(node: Node) -> None:
     pairer = Pairer(node.params["frame_buffer"])
     node.ready()
     for event in node:
+        if event.kind == "reload":
+            # `iotrt enroll` then `iotrt reload`: pick up the new gallery without a restart.
+            # A broken gallery keeps the old one running rather than taking the door down.
+            try:
+                ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
+            except (GalleryError, ModelError) as exc:
+                node.log.error("identity: reload failed, keeping the previous gallery: %s", exc)
+            continue
         if event.kind != "input":
             continue
         if event.input == "image":

@@ -25,8 +25,10 @@ SPEC = NodeSpec(
     inputs={"odom": "odometry {s, theta}", "imu": "IMU {gyro}"},
     outputs={"pose": "{x, y, theta, v, omega, source}"},
     params=[
-        Param("gyro_weight", float, 0.9, "share of each heading change taken from the gyro (0..1)"),
-        Param("imu_timeout_s", float, 0.2, "after this long without IMU samples, odometry alone"),
+        Param("gyro_weight", float, 0.9, "share of each heading change taken from the gyro",
+              min=0.0, max=1.0),
+        Param("imu_timeout_s", float, 0.2, "after this long without IMU samples, odometry alone",
+              min=0.0),
     ],
 )
 

@@ -33,10 +33,11 @@ SPEC = NodeSpec(
         Param("uri", str, "", "device index or /dev/videoN, file path, stream URL, or pipeline"),
         Param("width", int, 640, "frame width (requested from devices, resized to otherwise)"),
         Param("height", int, 480, "frame height"),
-        Param("fps", float, 30.0, "frame rate (0 for a file: the file's own rate)"),
+        Param("fps", float, 30.0, "frame rate (0 for a file: the file's own rate)", min=0.0),
         Param("loop", bool, True, "restart a video file at its end"),
-        Param("reconnect_max_s", float, 10.0, "longest wait between reopen attempts"),
-        Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle"),
+        Param("reconnect_max_s", float, 10.0, "longest wait between reopen attempts", min=0.5),
+        Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle",
+              min=1.0),
     ],
 )
 

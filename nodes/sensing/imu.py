@@ -32,14 +32,15 @@ SPEC = NodeSpec(
     outputs={"imu": "{accel: [3], gyro: [3], temp_c}"},
     params=[
         Param("driver", str, "sim", "sample source", choices=("sim", "serial", "mpu6050")),
-        Param("rate_hz", float, 100.0, "sample rate (100-200 Hz typical)"),
+        Param("rate_hz", float, 100.0, "sample rate (100-200 Hz typical)", min=1.0, max=1000.0),
         Param("port", str, "/dev/ttyUSB0", "serial: port"),
         Param("baud", int, 115200, "serial: baud rate"),
         Param("i2c_bus", int, 1, "mpu6050: I2C bus number (/dev/i2c-N)"),
         Param("i2c_address", int, 0x68, "mpu6050: address (0x68, or 0x69 with AD0 high)"),
         Param("accel_range_g", int, 2, "mpu6050: accelerometer range", choices=(2, 4, 8, 16)),
         Param("gyro_range_dps", int, 250, "mpu6050: gyro range", choices=(250, 500, 1000, 2000)),
-        Param("calibrate_s", float, 2.0, "still time at start-up to measure bias (0: off)"),
+        Param("calibrate_s", float, 2.0, "still time at start-up to measure bias (0: off)",
+              min=0.0),
         Param("calibrate_accel", bool, False, "also remove accel bias (board must be level)"),
         Param("sim_yaw_rate", float, 0.0, "sim: true yaw rate in rad/s"),
         Param("sim_speed", float, 0.0, "sim: forward speed in m/s (for centripetal accel)"),
@@ -180,8 +181,6 @@ def open_driver(p: dict, log=None):
 
 def main(node: Node) -> None:
     p = node.params
-    if not 1 <= p["rate_hz"] <= 1000:
-        raise ValueError(f"imu: rate_hz must be within 1..1000, got {p['rate_hz']}")
     driver = open_driver(p, node.log)
     calib = Calibrator(round(p["calibrate_s"] * p["rate_hz"]), p["calibrate_accel"])
     node.timer("sample", 1.0 / p["rate_hz"])

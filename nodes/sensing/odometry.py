@@ -29,7 +29,8 @@ SPEC = NodeSpec(
     outputs={"odom": "{x, y, theta, v, omega, s}"},
     params=[
         Param("driver", str, "sim", "tick source", choices=("sim", "serial")),
-        Param("rate_hz", float, 50.0, "how often ticks are read and odometry published"),
+        Param("rate_hz", float, 50.0, "how often ticks are read and odometry published",
+              min=1.0, max=1000.0),
         Param("wheel_radius", float, 0.033, "wheel radius in m"),
         Param("wheel_base", float, 0.16, "distance between the wheels' contact points in m"),
         Param("ticks_per_rev", float, 1440.0, "encoder ticks per wheel revolution"),

@@ -10,7 +10,7 @@ import pytest
 
 from iotrt.node import Node, ParamError
 from iotrt.nodes.perception import detector, identity, pose
-from iotrt.nodes.perception.gallery import Gallery
+from iotrt.nodes.perception.gallery import Gallery, GalleryError
 from iotrt.nodes.perception.matcher import lbp_extractor
 from iotrt.nodes.sensing import camera, imu, odometry
 from iotrt.nodes.sensing.scene import DoorScene
@@ -32,6 +32,23 @@ def test_camera_publishes_a_stamped_rgb_frame_per_tick():
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
     frame = node.published[0].data
     assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
+
+
+def test_camera_node_plays_a_video_file_and_stops_at_its_end(tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+    for i in range(5):
+        writer.write(np.full((120, 160, 3), 40 * i, np.uint8))
+    writer.release()
+    node = Node.for_test(camera, params={"source": "file", "uri": str(path), "loop": False,
+                                         "width": 160, "height": 120})
+    for _ in range(9):
+        node.tick("frame")
+    node.run()  # returns: the node ends at the end of a non-looping file
+    assert len(node.published) == 5
+    assert [round(p.data.mean() / 40) for p in node.published] == [0, 1, 2, 3, 4]
 
 
 def test_camera_params_are_validated_at_load():
@@ -116,3 +133,48 @@ def test_identity_without_a_gallery_is_a_clear_error(tmp_path):
     node = Node.for_test(identity, params={"gallery": str(tmp_path / "none.npz")})
     with pytest.raises(Exception, match="enroll someone first"):
         node.run()
+
+
+def test_identity_reloads_the_gallery_on_reload(tmp_path, photo, litert, monkeypatch):
+    from iotrt.nodes.perception.blazeface import BlazeFace
+
+    face = photo("astronaut")
+    faces = BlazeFace().detect(face, litert)
+    det = {"boxes": faces.boxes.tolist(), "scores": faces.scores.tolist(),
+           "keypoints": faces.keypoints.tolist()}
+    path = tmp_path / "g.npz"
+    empty = Gallery("lbp")
+    empty.save(path)
+    node = Node.for_test(identity, params={"gallery": str(path)})
+    node.feed("image", face, stamp_ns=1).feed("detections", det, stamp_ns=1).run()
+    assert node.published[-1].data["known"] == []
+    # Enrolled while the node runs, then a reload: the same face is now known.
+    g = Gallery("lbp")
+    g.add("eileen", lbp_extractor()(face, faces.keypoints[0]))
+    g.save(path)
+    node.feed_reload().feed("image", face, stamp_ns=2).feed("detections", det, stamp_ns=2).run()
+    assert node.published[-1].data["known"] == ["eileen"]
+    # A gallery that fails to load on reload keeps the previous one working.
+    real_build, calls = identity.build, []
+
+    def build_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise GalleryError("gallery g.npz is not a readable gallery file")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "build", build_then_fail)
+    node.feed_reload().feed("image", face, stamp_ns=3).feed("detections", det, stamp_ns=3).run()
+    assert len(calls) == 2 and node.published[-1].data["known"] == ["eileen"]
+
+
+@pytest.mark.parametrize("module,params,name", [
+    (imu, {"rate_hz": 5000.0}, "rate_hz"),
+    (odometry, {"rate_hz": 0.0}, "rate_hz"),
+    (pose, {"gyro_weight": 1.5}, "gyro_weight"),
+    (detector, {"score_threshold": 2.0}, "score_threshold"),
+    (identity, {"method": "eigenfaces"}, "method"),
+])
+def test_out_of_range_params_are_refused_before_start(module, params, name):
+    with pytest.raises(ParamError, match=name):
+        Node.for_test(module, params=params)
