@@ -120,11 +120,13 @@ def test_node_process_environment_affinity_and_nice(graph_file, up, systemd, tmp
             nice: 5
             env: {GREETING: hello}
     """)
-    u = up(g, NOTIFY_SOCKET=systemd.path)
+    u = up(g, NOTIFY_SOCKET=systemd.path, JOURNAL_STREAM="8:1234")
     h.wait_for(lambda: systemd.times("READY=1"), 20, "READY=1")
+    # with JOURNAL_STREAM, log lines carry their syslog priority for journald
+    assert u.text.startswith("<6>iotrt.supervisor: graph inherit: 1 nodes")
     pid = int(u.text.split("n: stopped -> starting pid ")[1].split()[0])
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    assert not any(e.startswith(b"NOTIFY_SOCKET=") for e in environ)
+    assert not any(e.startswith((b"NOTIFY_SOCKET=", b"JOURNAL_STREAM=")) for e in environ)
     assert b"GREETING=hello" in environ
     proc = psutil.Process(pid)
     assert proc.cpu_affinity() == [0] and proc.nice() == 5
