@@ -107,7 +107,7 @@ class Slot:
     id: str
     restart: str = "on-failure"
     critical: bool = True
-    start_timeout_s: float = 30.0
+    start_timeout_s: float = 60.0
     liveness_s: float = 5.0
     stop_grace_s: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)

@@ -168,7 +168,7 @@ def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
           - id: b
             run: {node}
             inputs: {in: a/out}
-            start_timeout_s: 40
+            start_timeout_s: 90
     """)
     out = tmp_path / "iotrt-porch.service"
     assert cli(["unit", str(g), "-o", str(out), "--python", "/opt/iotrt/venv/bin/python",
@@ -176,7 +176,7 @@ def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
     text = out.read_text()
     assert f"ExecStart=/opt/iotrt/venv/bin/python -m iotrt up {g}" in text
     assert "WatchdogSec=30" in text          # backoff cap 20 s + 10 s
-    assert "TimeoutStartSec=90" in text      # 2 dependency levels x 40 s + 10 s
+    assert "TimeoutStartSec=190" in text     # 2 dependency levels x 90 s + 10 s
     assert "TimeoutStopSec=13" in text and "User=iotrt" in text
     assert f"ReadWritePaths={tmp_path}" in text
     assert "systemctl enable --now iotrt-porch.service" in capsys.readouterr().err
