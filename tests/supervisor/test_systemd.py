@@ -108,6 +108,10 @@ def test_watchdog_pings_continue_while_a_non_critical_node_restarts(graph_file, 
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert len(pings) >= 10 and max(gaps) < 1.0     # vs > 2.5 s if it counted
     assert not any(m.startswith("STATUS=unhealthy") for _, m in systemd.messages)
+    statuses = [m for _, m in systemd.messages if m.startswith("STATUS=")]
+    assert statuses[0] == "STATUS=starting 2 nodes"
+    assert "STATUS=1/2 nodes running; flaky backoff" in statuses       # for systemctl status
+    assert statuses[-1] == "STATUS=2/2 nodes running"
 
 
 def test_node_process_environment_affinity_and_nice(graph_file, up, systemd, tmp_path, h):
