@@ -18,7 +18,7 @@ kernel-managed open-file-description locks (fcntl F_OFD_SETLK) on one byte per s
   sent inline over NNG instead (correct, only slower; a warning says to raise `slots` or to
   hold frames for less time). A frame that sits in a subscriber's queue is not leased yet and
   may be overwritten: latest-wins, counted as a drop;
-- a lease ends when the last reference to the view goes (a weakref finalizer on the view's
+- a lease ends when the last reference to the view goes (a weakref callback on the view's
   base array), or when the reader process dies (the kernel drops its locks), so a crashed
   reader never wedges a slot. Keep `arr.copy()` of a frame you mean to hold for long.
 
@@ -77,10 +77,15 @@ class _Flock(ctypes.Structure):
                 ("l_pid", ctypes.c_int)]
 
 
+_requests: dict[tuple[int, int], bytes] = {}
+
+
 def _lock(fd: int, slot: int, kind: int) -> bool:
     """Non-blocking OFD lock (F_RDLCK/F_WRLCK) or unlock (F_UNLCK) of slot's byte; False if
     another open file description holds a conflicting lock."""
-    req = bytes(_Flock(kind, os.SEEK_SET, slot, 1, 0))
+    req = _requests.get((kind, slot))
+    if req is None:
+        req = _requests[(kind, slot)] = bytes(_Flock(kind, os.SEEK_SET, slot, 1, 0))
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, req)
     except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by someone else
@@ -263,20 +268,23 @@ class _Mapping:
             os.close(self.fd)
             raise
         self.seqs = np.ndarray((self.slots,), "<u8", self.map, HEADER_SIZE, (SEQ_STRIDE,))
-        self.leases = 0
+        # id(weak reference to a frame's base array) -> (that reference, slot); the reference's
+        # callback ends the lease (keyed by id: a weakref to an ndarray is not hashable)
+        self.leases: dict[int, tuple[weakref.ref, int]] = {}
         self.closing = False
-        # finalizers run in whichever thread drops a frame's last reference
+        # callbacks run in whichever thread drops a frame's last reference
         self._lock = threading.Lock()
 
-    def lease(self) -> None:
+    def lease(self, base: np.ndarray, slot: int) -> None:
         with self._lock:
-            self.leases += 1
+            ref = weakref.ref(base, self._release)
+            self.leases[id(ref)] = (ref, slot)
 
-    def release(self, slot: int) -> None:
-        """A lease's finalizer: the reader dropped the last reference to the frame."""
+    def _release(self, ref: weakref.ref) -> None:
+        """The reader dropped the last reference to a frame: end its lease."""
         with self._lock:
-            self.leases -= 1
-            if self.closing and self.leases == 0:
+            slot = self.leases.pop(id(ref))[1]
+            if self.closing and not self.leases:
                 os.close(self.fd)  # also drops any lock left on it
             else:
                 _lock(self.fd, slot, fcntl.F_UNLCK)
@@ -285,7 +293,7 @@ class _Mapping:
         """Called when the reader moves on; the fd stays open until the last lease ends."""
         with self._lock:
             self.closing = True
-            if self.leases == 0:
+            if not self.leases:
                 os.close(self.fd)
         # the mmap itself is unmapped when the last frame viewing it is garbage-collected
 
@@ -337,8 +345,7 @@ class RingReaders:
         # `base` owns the lease: numpy points every view and slice of it back at `base`, so it
         # is collected (and the lease released) only when the reader holds none of them
         base = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
-        m.lease()
-        weakref.finalize(base, m.release, slot)
+        m.lease(base, slot)
         return base.view()
 
     def close(self) -> None:
