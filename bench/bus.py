@@ -8,8 +8,9 @@ run and for both implementations:
 
 - one-hop latency p50/p99 for 64 B, 921,600 B (640x480 RGB) and 6,220,800 B (1080p RGB)
   payloads at a fixed send rate, measured from just before the publisher's call to the reader
-  holding usable data (for iotrt: the decoded array, i.e. after the shared-memory copy and
-  sequence check its read contract requires; for raw pynng: the received bytes). Frames are
+  holding usable data (for iotrt: the decoded array, i.e. after taking the shared-memory lease
+  and checking the slot's sequence, as its read contract requires; for raw pynng: the received
+  bytes). Frames are
   measured two ways for iotrt: `publish(array)` (the array is copied into the ring) and
   `loan+publish` (the producer filled a slot it borrowed with `Publisher.loan`, as a camera
   node does, so publishing copies nothing); the targets apply to the loan path;

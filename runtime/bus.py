@@ -214,8 +214,10 @@ class Publisher:
         with self._lock:
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if self._ring is not None and nbytes >= self._ring.threshold:
-                return self._ring.loan(shape, np.dtype(dtype))
-        return np.empty(shape, dtype)
+                frame = self._ring.loan(shape, np.dtype(dtype))
+                if frame is not None:
+                    return frame
+        return np.empty(shape, dtype)  # sent inline, with a copy
 
     @property
     def subscribers(self) -> int:

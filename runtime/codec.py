@@ -11,8 +11,8 @@ Round-trip contract (what `decode(encode(env))` gives back):
   datetime, ...) is refused by `encode` with `EncodeError`: the receiver could not rebuild it
   without executing code.
 - Decoded arrays are READ-ONLY views (``arr.flags.writeable is False``) on the received buffer
-  (or, for shared-memory frames, on the private copy the reader made): call ``arr.copy()`` to
-  modify one. This is enforced, so a node cannot scribble on a buffer another part still reads.
+  (or, for shared-memory frames, on the leased ring slot, see iotrt.shm): call ``arr.copy()``
+  to modify one. This is enforced, so a node cannot scribble on a buffer others still read.
 - `decode` checks that the array header is well formed and that shape x itemsize equals the
   byte length; any malformed input raises `DecodeError` and only that, never executes code.
 

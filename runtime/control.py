@@ -1,9 +1,10 @@
-"""The client side of a running supervisor's control socket (`iotrt ps/topics/down/reload`).
+"""A running supervisor's control socket (`iotrt ps/topics/down/reload`): the client side, and
+the pieces the supervisor builds its replies from (message rates, CPU and memory, topics).
 
 The supervisor answers on a Rep0 socket `ctl` in the graph's runtime folder (private to the
 service user). A request is a msgpack map `{"cmd": "ps" | "topics" | "stop" | "reload", ...}`;
-the reply is a map with `"ok"` and, when not ok, `"error"`. The supervisor side is in
-`iotrt.supervisor` (`Supervisor._control_handlers`).
+the reply is a map with `"ok"` and, when not ok, `"error"`. The supervisor dispatches them in
+`Supervisor._control_handlers`.
 
 Which graph: a graph file (its runtime folder is computed exactly as `iotrt up` does), a graph
 name (looked up in the usual runtime roots), or nothing when exactly one graph is running.
@@ -12,14 +13,18 @@ name (looked up in the usual runtime roots), or nothing when exactly one graph i
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import psutil
 import pynng
 
 from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
-from iotrt.graph import default_runtime_root, load_graph
+from iotrt.graph import Graph, NodeDef, default_runtime_root, load_graph
+from iotrt.states import Slot
 
 CONTROL_NAME = "ctl"
 
@@ -94,3 +99,80 @@ def call(address: str, cmd: str, timeout_s: float = 3.0, **fields: Any) -> dict:
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "the supervisor refused the request")))
     return reply
+
+
+# -- the supervisor's side -----------------------------------------------------------------------
+
+@dataclass
+class Rates:
+    """Message counters from a node's last two heartbeats, for msgs/s in `iotrt ps`."""
+
+    t: float = 0.0
+    stats: dict = field(default_factory=dict)
+    in_rate: float = 0.0
+    out_rate: float = 0.0
+    drops: int = 0
+
+    def update(self, now: float, stats: dict) -> None:
+        if self.stats and now > self.t:
+            dt, prev = now - self.t, self.stats
+            self.in_rate = max(0.0, (_total(stats, "in", "msgs") - _total(prev, "in", "msgs")) / dt)
+            self.out_rate = max(0.0, (_total(stats, "out", "msgs") - _total(prev, "out", "msgs")) / dt)
+        self.drops = _total(stats, "in", "drops")
+        self.t, self.stats = now, stats
+
+
+def _total(stats: dict, section: str, key: str) -> int:
+    """Sum of one counter over a heartbeat's ports; what is not a count (it came from another
+    process) counts as 0."""
+    values = stats.get(section)
+    if not isinstance(values, dict):
+        return 0
+    return sum(v[key] for v in values.values()
+               if isinstance(v, dict) and type(v.get(key)) is int)
+
+
+class Usage:
+    """CPU % (since the previous `iotrt ps`) and RSS of node processes."""
+
+    def __init__(self):
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int | None) -> tuple[float | None, int | None]:
+        if pid is None:
+            return None, None
+        try:
+            proc = self._procs.get(pid)
+            if proc is None:
+                proc = self._procs[pid] = psutil.Process(pid)
+                proc.cpu_percent(None)      # starts the interval for the next call
+                t = proc.cpu_times()        # first time: the average over its life so far
+                age = max(1e-3, time.time() - proc.create_time())
+                return 100.0 * (t.user + t.system) / age, proc.memory_info().rss
+            return proc.cpu_percent(None), proc.memory_info().rss
+        except psutil.Error:
+            return None, None
+
+    def forget(self, pid: int) -> None:
+        self._procs.pop(pid, None)
+
+
+def ps_row(n: NodeDef, slot: Slot, rates: Rates, usage: Usage, now: float) -> dict[str, Any]:
+    cpu, rss = usage.sample(slot.pid)
+    return {
+        "node": n.id, "kind": n.kind or n.target, "state": slot.state.value, "pid": slot.pid,
+        "restarts": slot.restarts, "critical": slot.critical,
+        "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
+        "cpu_pct": cpu, "rss_bytes": rss, "in_per_s": rates.in_rate,
+        "out_per_s": rates.out_rate, "drops": rates.drops, "reason": slot.reason,
+    }
+
+
+def topics_table(graph: Graph) -> dict[str, dict[str, Any]]:
+    """topic -> {address, subscribers: ["node.input", ...]}."""
+    topics: dict[str, dict[str, Any]] = {
+        t: {"address": a, "subscribers": []} for t, a in graph.topics().items()}
+    for n in graph.nodes.values():
+        for name, wire in n.inputs.items():
+            topics[wire.topic]["subscribers"].append(f"{n.id}.{name}")
+    return topics

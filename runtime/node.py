@@ -15,6 +15,7 @@ heartbeating. `Node.for_test(...)` runs the same node logic in-process without s
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import logging
 import os
@@ -110,8 +111,8 @@ class Node:
         self._timers: list[tuple[int, int, str]] = []  # heap of (due_ns, period_ns, name)
         self._stop = threading.Event()
         self._reloads = 0
-        self._out_msgs: dict[str, int] = {}
         self._setup()
+        self._out_msgs: dict[str, int] = dict.fromkeys(self._pubs, 0)
 
     # -- transport (TestNode overrides these) ------------------------------------------------
 
@@ -141,13 +142,18 @@ class Node:
             sys.modules["cv2"].setNumThreads(int(threads))
 
     def _install_signals(self) -> None:
+        self._old_signals: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             self.log.debug("not in the main thread: stop with node.stop(), no signal handling")
             return
+        # the handlers only set flags; the wake-up fd gets the loop out of select() at once
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        for sig, handler in ((signal.SIGTERM, lambda *_: self._stop.set()),
+                             (signal.SIGINT, lambda *_: self._stop.set()),
+                             (signal.SIGHUP, lambda *_: self._request_reload())):
+            self._old_signals[sig] = signal.signal(sig, handler)
+        # a script's node is never closed explicitly: its shared memory must still go
+        atexit.register(self.close)
 
     def _request_reload(self) -> None:
         self._reloads += 1
@@ -206,7 +212,8 @@ class Node:
 
     def publish(self, output: str, data: Any, stamp_ns: int | None = None) -> None:
         """Publish on `output`. stamp_ns and trace are inherited from the event being handled
-        (a new reading from a sensor passes its capture time as `stamp_ns`)."""
+        (a new reading from a sensor passes its capture time as `stamp_ns`; so does a worker
+        thread, which would otherwise inherit whatever event the loop is on)."""
         if output not in self._out_msgs:
             if not (output in self.config.outputs
                     or (self.spec is not None and self.spec.has_port("outputs", output))):
@@ -250,14 +257,21 @@ class Node:
         return self._events()
 
     def close(self) -> None:
+        """Close every socket, remove this node's shared memory, restore signal handlers."""
+        if self._wake_w < 0:
+            return
         for group in (self._subs, self._pubs, self._servers, self._clients):
             for endpoint in group.values():
                 endpoint.close()
         if self._journal is not None:
             self._journal.close()
         self._link.close()
-        if threading.current_thread() is threading.main_thread():
-            signal.set_wakeup_fd(-1)
+        if self._old_signals and threading.current_thread() is threading.main_thread():
+            if signal.set_wakeup_fd(-1) != self._wake_w:  # another Node's: leave it
+                signal.set_wakeup_fd(self._wake_w)
+            for sig, old in self._old_signals.items():
+                signal.signal(sig, old)
+            atexit.unregister(self.close)
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._wake_w = -1

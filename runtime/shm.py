@@ -1,73 +1,91 @@
 """Shared-memory frame rings: large arrays cross process boundaries without going through NNG.
 
 Each ipc output owns one ring: a file under /dev/shm holding `slots` equally sized slots. To
-publish an array of at least `threshold` bytes, the writer copies it into the next slot (round
-robin) and the NNG message carries only a descriptor: (segment, slot, sequence, dtype, shape).
+publish an array of at least `threshold` bytes, the writer puts it in a free slot and the NNG
+message carries only a descriptor: (segment, slot, sequence, dtype, shape).
 
-Read contract: COPY, THEN CHECK THE SEQUENCE (a seqlock). Every slot has a 64-bit sequence word.
-The writer sets it to an odd value before it writes the slot and to the descriptor's even value
-when the slot is complete. A reader checks that the word equals the descriptor's value, copies
-the data into private memory, and checks the word again; if either check fails the writer has
-(re)started writing that slot, the copy may be torn, and the reader raises `FrameOverwritten`
-(the subscriber counts it as a drop) instead of returning it. So:
+Read contract: LEASES, NO COPY. A reader gets a read-only numpy view straight onto the slot,
+and holds a lease on that slot for as long as the view (or any array derived from it) is
+alive. The writer never writes a leased slot: it skips to the next free one. Leases are
+kernel-managed open-file-description locks (fcntl F_OFD_SETLK) on one byte per slot:
 
-- a reader never returns torn or overwritten data as valid;
-- the writer never waits for readers (a slow reader loses frames, like any latest-wins input);
-- a frame survives `slots - 1` newer publishes; with the default 6 slots and the default input
-  queue of 2 a reader keeping up with the stream never loses one. Raise `slots` for deep queues.
-- readers receive a private, read-only copy (`arr.flags.writeable is False`), the same contract
-  as arrays that travelled inline.
+- the writer holds an exclusive lock on a slot while it writes it; a reader takes a shared lock
+  (non-blocking) and then checks the slot's sequence word against the descriptor. If the lock
+  is refused (being written) or the sequence differs (rewritten since it was published), the
+  reader raises `FrameOverwritten` and the subscriber counts a drop; it never returns torn or
+  overwritten data;
+- the writer never waits: a leased slot is skipped, and if every slot is leased the frame is
+  sent inline over NNG instead (correct, only slower; a warning says to raise `slots` or to
+  hold frames for less time). A frame that sits in a subscriber's queue is not leased yet and
+  may be overwritten: latest-wins, counted as a drop;
+- a lease ends when the last reference to the view goes (a weakref finalizer on the view's
+  base array), or when the reader process dies (the kernel drops its locks), so a crashed
+  reader never wedges a slot. Keep `arr.copy()` of a frame you mean to hold for long.
 
-Memory ordering: on x86 stores and loads are not reordered among themselves. On weakly ordered
-CPUs (ARM) the sequence word and the data are separated by `_fence()`, a mutex release/acquire
-pair, which the C library implements with barrier instructions.
+The lock calls are system calls, which also order the sequence word and data accesses on
+weakly ordered CPUs.
 
 Lifetime: segments are named `iotrt-<hash of the output address>-<pid>-<generation>` and opened
 with os.open + mmap (not multiprocessing.shared_memory, whose resource tracker would unlink a
 segment when a *reader* exits). A publisher that starts on an address first removes every
 segment left for that address (its predecessor may have been SIGKILLed), which is safe because
 it has just bound the address, so no other live publisher owns it. `reclaim(address)` does the
-same for a supervisor cleaning up after a dead node. When a frame outgrows the slots, the
-writer starts a new generation and unlinks the old one.
+same for a supervisor cleaning up after a dead node. When a frame outgrows the slots, the writer
+starts a new generation and unlinks the old one (readers keep the old mapping while they hold
+frames from it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import re
 import struct
-import sys
 import threading
-from collections import OrderedDict
+import weakref
 
 import msgpack
 import numpy as np
 
 from iotrt.codec import EXT_SHM, DecodeError, FrameOverwritten, parse_array_header, wire_dtype
 
+log = logging.getLogger("iotrt.shm")
+
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 64 * 1024
 DEFAULT_SLOTS = 6
-MAGIC = b"IOTRSHM1"
+MAGIC = b"IOTRSHM2"
 HEADER = struct.Struct("<8sIIQ")  # magic, slots, reserved, slot_size
 HEADER_SIZE = 64
 SEQ_STRIDE = 64  # one cache line per slot's sequence word: no false sharing between slots
 ALIGN = 4096
 NAME_RE = re.compile(r"^iotrt-[0-9a-f]{12}-\d{1,10}-\d{1,10}$")
-POOL_PER_SHAPE = 4  # private buffers kept per frame shape for reuse
-POOL_SHAPES = 8
+
+__all__ = ["RingWriter", "RingReaders", "FrameOverwritten", "reclaim", "segment_prefix",
+           "DEFAULT_THRESHOLD", "DEFAULT_SLOTS"]
 
 
-_fence_lock = threading.Lock()
-_fence_lock.acquire()
+class _Flock(ctypes.Structure):
+    # struct flock with a 64-bit off_t (CPython builds with large-file support); ctypes lays it
+    # out with the platform's C alignment, so this is right on 32- and 64-bit Linux alike
+    _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short),
+                ("l_start", ctypes.c_int64), ("l_len", ctypes.c_int64),
+                ("l_pid", ctypes.c_int)]
 
 
-def _fence() -> None:
-    # release then acquire: a full barrier on every platform CPython's mutexes support
-    _fence_lock.release()
-    _fence_lock.acquire()
+def _lock(fd: int, slot: int, kind: int) -> bool:
+    """Non-blocking OFD lock (F_RDLCK/F_WRLCK) or unlock (F_UNLCK) of slot's byte; False if
+    another open file description holds a conflicting lock."""
+    req = bytes(_Flock(kind, os.SEEK_SET, slot, 1, 0))
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, req)
+    except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by someone else
+        return False
+    return True
 
 
 def segment_prefix(address: str) -> str:
@@ -109,11 +127,14 @@ class RingWriter:
         self.prefix, self.slots, self.threshold = prefix, slots, threshold
         self.generation = 0
         self.name: str | None = None
+        self.slot_size = 0
+        self.inline_fallbacks = 0  # frames sent inline because every slot was leased
+        self._fd = -1
         self._map: mmap.mmap | None = None
         self._seqs: np.ndarray | None = None
-        self.slot_size = 0
-        self._count = 0
-        self._loan: tuple[np.ndarray, int, int] | None = None
+        self._next = 0
+        self._seq = 0
+        self._loan: tuple[np.ndarray, int] | None = None  # (array, slot) being filled
         reclaim(prefix)
 
     def _create(self, nbytes: int) -> None:
@@ -128,65 +149,82 @@ class RingWriter:
             os.ftruncate(fd, total)
             self._map = mmap.mmap(fd, total)
         except OSError:
+            os.close(fd)
             os.unlink(path)
             raise
-        finally:
-            os.close(fd)
+        self._fd = fd  # kept open: the slot locks live on it
         self._data0 = data0
         self._map[:HEADER_SIZE] = HEADER.pack(MAGIC, self.slots, 0, self.slot_size).ljust(
             HEADER_SIZE, b"\0")
-        self._seqs = np.ndarray((self.slots,), "<u8", self._map, HEADER_SIZE,
-                                (SEQ_STRIDE,))
+        self._seqs = np.ndarray((self.slots,), "<u8", self._map, HEADER_SIZE, (SEQ_STRIDE,))
 
-    def _begin(self, nbytes: int, avoid: int | None = None) -> tuple[int, int]:
-        """Claim the next slot for writing: (slot, seq), the slot marked odd (being written)."""
+    def _claim(self, nbytes: int) -> int | None:
+        """Exclusively lock the next slot no reader leases; None if all are leased."""
         if nbytes > self.slot_size:
             self._create(nbytes)
-            avoid = None
-        self._count += 1
-        slot = self._count % self.slots
-        if slot == avoid:  # never write over a frame the producer is still filling
-            self._count += 1
-            slot = self._count % self.slots
-        seq = 2 * self._count
-        self._seqs[slot] = seq - 1
-        _fence()
-        return slot, seq
+        for _ in range(self.slots):
+            slot = self._next
+            self._next = (slot + 1) % self.slots
+            if self._loan is not None and slot == self._loan[1]:
+                continue  # the producer is still filling this one
+            if _lock(self._fd, slot, fcntl.F_WRLCK):
+                return slot
+        self.inline_fallbacks += 1
+        if self.inline_fallbacks in (1, 100) or self.inline_fallbacks % 10_000 == 0:
+            log.warning("%s: all %d slots are held by readers; frame sent inline (%d so far). "
+                        "Raise shm_slots, or copy frames that are kept for long",
+                        self.name, self.slots, self.inline_fallbacks)
+        return None
 
-    def _commit(self, slot: int, seq: int, dtype: np.dtype, shape: tuple) -> msgpack.ExtType:
-        _fence()
-        self._seqs[slot] = seq
-        return msgpack.ExtType(EXT_SHM, msgpack.packb([self.name, slot, seq, dtype.str,
+    def _commit(self, slot: int, dtype: np.dtype, shape: tuple) -> msgpack.ExtType:
+        self._seq += 1
+        self._seqs[slot] = self._seq
+        _lock(self._fd, slot, fcntl.F_UNLCK)
+        return msgpack.ExtType(EXT_SHM, msgpack.packb([self.name, slot, self._seq, dtype.str,
                                                        list(shape)]))
 
-    def loan(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """A writable array inside the next slot, for a producer to fill in place (e.g.
+    def _view(self, slot: int, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        return np.ndarray(shape, dtype, self._map, self._data0 + slot * self.slot_size)
+
+    def loan(self, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+        """A writable array inside a free slot, for a producer to fill in place (e.g.
         cv2.VideoCapture.read(image=...)). Publishing that very array sends it without a copy;
-        from then on it is read-only. A new loan abandons an unpublished one."""
+        from then on it is read-only. A new loan abandons an unpublished one. None when every
+        slot is leased."""
         dtype = wire_dtype(np.dtype(dtype))
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self._loan = None
-        slot, seq = self._begin(nbytes)
-        view = np.ndarray(shape, dtype, self._map, self._data0 + slot * self.slot_size)
-        self._loan = (view, slot, seq)
+        self._abandon()
+        slot = self._claim(nbytes)
+        if slot is None:
+            return None
+        view = self._view(slot, shape, dtype)
+        self._loan = (view, slot)
         return view
 
+    def _abandon(self) -> None:
+        if self._loan is not None:
+            view, slot = self._loan
+            self._loan = None
+            view.flags.writeable = False
+            self._seqs[slot] = 0  # no descriptor names seq 0: nobody can read the leftovers
+            _lock(self._fd, slot, fcntl.F_UNLCK)
+
     def sink(self, arr: np.ndarray) -> msgpack.ExtType | None:
-        """codec array_sink: put `arr` in the next slot, or None to send it inline."""
+        """codec array_sink: put `arr` in a free slot, or None to send it inline."""
         loan = self._loan
         if loan is not None and arr is loan[0]:
-            view, slot, seq = loan
             self._loan = None
-            view.flags.writeable = False  # the bus owns it now: later writes would tear it
-            return self._commit(slot, seq, view.dtype, view.shape)
+            arr.flags.writeable = False  # the bus owns it now: later writes would tear it
+            return self._commit(loan[1], arr.dtype, arr.shape)
         if arr.nbytes < self.threshold:
             return None
         dtype = wire_dtype(arr.dtype)
-        slot, seq = self._begin(arr.nbytes, avoid=loan[1] if loan is not None else None)
-        view = np.ndarray(arr.shape, dtype, self._map, self._data0 + slot * self.slot_size)
-        np.copyto(view, arr, casting="no" if dtype == arr.dtype else "equiv")
-        del view
-        return self._commit(slot, seq, dtype, arr.shape)
+        slot = self._claim(arr.nbytes)
+        if slot is None:
+            return None
+        np.copyto(self._view(slot, arr.shape, dtype), arr,
+                  casting="no" if dtype == arr.dtype else "equiv")
+        return self._commit(slot, dtype, arr.shape)
 
     def close(self) -> None:
         self._loan = None
@@ -197,6 +235,8 @@ class RingWriter:
             except BufferError:
                 pass  # a loaned frame is still referenced: the mapping goes when it does
             self._map = None
+            os.close(self._fd)
+            self._fd = -1
             try:
                 os.unlink(os.path.join(SHM_DIR, self.name))
             except FileNotFoundError:
@@ -204,73 +244,76 @@ class RingWriter:
 
 
 class _Mapping:
+    """A reader's mapping of one segment, and the fd its leases (locks) live on."""
+
     def __init__(self, name: str):
-        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+        self.name = name
+        self.fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            size = os.fstat(self.fd).st_size
             if size < HEADER_SIZE:
                 raise DecodeError(f"shared-memory segment {name} is not a frame ring")
-            self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
-        magic, self.slots, _, self.slot_size = HEADER.unpack_from(self.map)
-        self.data0, total = _layout(self.slots, self.slot_size)
-        if magic != MAGIC or total > size:
-            self.map.close()
-            raise DecodeError(f"shared-memory segment {name} is not a frame ring")
+            self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
+            magic, self.slots, _, self.slot_size = HEADER.unpack_from(self.map)
+            self.data0, total = _layout(self.slots, self.slot_size)
+            if magic != MAGIC or total > size:
+                raise DecodeError(f"shared-memory segment {name} is not a frame ring "
+                                  f"(or from another iotrt version)")
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.seqs = np.ndarray((self.slots,), "<u8", self.map, HEADER_SIZE, (SEQ_STRIDE,))
+        self.leases = 0
+        self.closing = False
+        # finalizers run in whichever thread drops a frame's last reference
+        self._lock = threading.Lock()
+
+    def lease(self) -> None:
+        with self._lock:
+            self.leases += 1
+
+    def release(self, slot: int) -> None:
+        """A lease's finalizer: the reader dropped the last reference to the frame."""
+        with self._lock:
+            self.leases -= 1
+            if self.closing and self.leases == 0:
+                os.close(self.fd)  # also drops any lock left on it
+            else:
+                _lock(self.fd, slot, fcntl.F_UNLCK)
 
     def close(self) -> None:
-        self.seqs = None
-        self.map.close()
+        """Called when the reader moves on; the fd stays open until the last lease ends."""
+        with self._lock:
+            self.closing = True
+            if self.leases == 0:
+                os.close(self.fd)
+        # the mmap itself is unmapped when the last frame viewing it is garbage-collected
 
 
 class RingReaders:
     """A subscriber's view of the rings it receives descriptors for (one per publisher)."""
 
     def __init__(self) -> None:
-        self._maps: dict[str, tuple[str, _Mapping]] = {}  # prefix -> (segment name, mapping)
-        self._pool: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
-
-    def _private_buffer(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """A writable array to copy a frame into: a pooled one nobody references any more,
-        or a new one. Reusing buffers avoids the page faults of fresh large allocations,
-        which cost more than the copy itself."""
-        key = (dtype.str, shape)
-        pool = self._pool.get(key)
-        if pool is None:
-            pool = self._pool[key] = []
-            if len(self._pool) > POOL_SHAPES:
-                self._pool.popitem(last=False)
-        self._pool.move_to_end(key)
-        for base in pool:
-            # referenced only by the pool list, this loop and getrefcount's argument: every
-            # array handed out on top of it (views keep their base alive) is gone
-            if sys.getrefcount(base) == 3:
-                return base
-        base = np.empty(shape, dtype)
-        if len(pool) < POOL_PER_SHAPE:
-            pool.append(base)
-        return base
+        self._maps: dict[str, _Mapping] = {}  # prefix -> mapping of its current segment
 
     def _mapping(self, name: str) -> _Mapping:
         prefix = name.rsplit("-", 2)[0]
-        cached = self._maps.get(prefix)
-        if cached is not None and cached[0] == name:
-            return cached[1]
-        if cached is not None:  # the publisher restarted or grew its slots
-            cached[1].close()
+        m = self._maps.get(prefix)
+        if m is not None and m.name == name:
+            return m
+        if m is not None:  # the publisher restarted or grew its slots
+            m.close()
             del self._maps[prefix]
         try:
             m = _Mapping(name)
         except FileNotFoundError as exc:
             # gone: its publisher replaced it since (restart or larger frames)
             raise FrameOverwritten(f"segment {name} no longer exists") from exc
-        self._maps[prefix] = (name, m)
+        self._maps[prefix] = m
         return m
 
     def read(self, payload: bytes) -> np.ndarray:
-        """codec shm_reader: descriptor -> private read-only copy, or FrameOverwritten."""
+        """codec shm_reader: descriptor -> read-only leased view, or FrameOverwritten."""
         try:
             desc = msgpack.unpackb(payload, raw=False)
         except (ValueError, TypeError) as exc:
@@ -281,28 +324,24 @@ class RingReaders:
         if not (isinstance(name, str) and NAME_RE.match(name)):
             raise DecodeError(f"bad shared-memory segment name {name!r}")
         m = self._mapping(name)
-        if not (type(slot) is int and 0 <= slot < m.slots and type(seq) is int):
-            raise DecodeError(f"bad slot {slot!r} for segment {name}")
+        if not (type(slot) is int and 0 <= slot < m.slots and type(seq) is int and seq > 0):
+            raise DecodeError(f"bad slot {slot!r} or sequence {seq!r} for segment {name}")
         dtype, shape, nbytes = parse_array_header([dtype_str, shape])
         if nbytes > m.slot_size:
             raise DecodeError(f"frame of {nbytes} bytes does not fit a slot of {m.slot_size}")
+        if not _lock(m.fd, slot, fcntl.F_RDLCK):
+            raise FrameOverwritten(f"slot {slot} of {name} is being rewritten")
         if int(m.seqs[slot]) != seq:
+            _lock(m.fd, slot, fcntl.F_UNLCK)
             raise FrameOverwritten(f"slot {slot} of {name} was overwritten before it was read")
-        _fence()
-        src = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
-        base = self._private_buffer(shape, dtype)
-        np.copyto(base, src)
-        del src
-        _fence()
-        if int(m.seqs[slot]) != seq:
-            raise FrameOverwritten(f"slot {slot} of {name} was overwritten while being read")
-        out = base.view()
-        out.flags.writeable = False
-        return out
+        # `base` owns the lease: numpy points every view and slice of it back at `base`, so it
+        # is collected (and the lease released) only when the reader holds none of them
+        base = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
+        m.lease()
+        weakref.finalize(base, m.release, slot)
+        return base.view()
 
     def close(self) -> None:
-        for _, m in self._maps.values():
+        for m in self._maps.values():
             m.close()
         self._maps.clear()
-        self._pool.clear()
-

@@ -19,15 +19,14 @@ import selectors
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-import psutil
 import pynng
 
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
+from iotrt.control import Rates, Usage, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.procs import NodeProcess, node_env, terminate_all
@@ -49,32 +48,6 @@ class SupervisorError(RuntimeError):
     """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
 
 
-@dataclass
-class Rates:
-    """Message counters from a node's last two heartbeats, for msgs/s in `iotrt ps`."""
-
-    t: float = 0.0
-    stats: dict = field(default_factory=dict)
-    in_rate: float = 0.0
-    out_rate: float = 0.0
-    drops: int = 0
-
-    def update(self, now: float, stats: dict) -> None:
-        if self.stats and now > self.t:
-            dt, prev = now - self.t, self.stats
-            self.in_rate = max(0.0, (_total(stats, "in", "msgs") - _total(prev, "in", "msgs")) / dt)
-            self.out_rate = max(0.0, (_total(stats, "out", "msgs") - _total(prev, "out", "msgs")) / dt)
-        self.drops = _total(stats, "in", "drops")
-        self.t, self.stats = now, stats
-
-
-def _total(stats: dict, section: str, key: str) -> int:
-    values = stats.get(section)
-    if not isinstance(values, dict):
-        return 0
-    return sum(int(v.get(key, 0)) for v in values.values() if isinstance(v, dict))
-
-
 class Supervisor:
     def __init__(self, graph: Graph, *, log_level: str = "INFO", environ: dict | None = None):
         self.graph = graph
@@ -91,7 +64,7 @@ class Supervisor:
         self.deps = graph.dependencies()
         self.procs: dict[str, NodeProcess] = {}
         self.rates: dict[str, Rates] = {nid: Rates() for nid in graph.nodes}
-        self._ps: dict[int, psutil.Process] = {}
+        self.usage = Usage()
         self.exit_code = EXIT_OK
         self.stopping = False
         self.ready_sent = False
@@ -332,7 +305,7 @@ class Supervisor:
         proc = self.procs[nid]
         self.sel.unregister(proc.pidfd)
         code = proc.reap()
-        self._ps.pop(proc.pid, None)
+        self.usage.forget(proc.pid)
         self._apply(self.slots[nid], Exited(proc.pid, code), self.clock())
 
     def _on_output(self, proc: NodeProcess, fd: int) -> None:
@@ -425,45 +398,14 @@ class Supervisor:
 
     def _ctl_ps(self, req: dict) -> dict:
         now = self.clock()
-        rows = []
-        for nid, slot in self.slots.items():
-            n = self.graph.nodes[nid]
-            cpu, rss = self._usage(slot.pid)
-            r = self.rates[nid]
-            rows.append({
-                "node": nid, "kind": n.kind or n.target, "state": slot.state.value,
-                "pid": slot.pid, "restarts": slot.restarts, "critical": slot.critical,
-                "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
-                "cpu_pct": cpu, "rss_bytes": rss, "in_per_s": r.in_rate, "out_per_s": r.out_rate,
-                "drops": r.drops, "reason": slot.reason,
-            })
+        rows = [ps_row(self.graph.nodes[nid], slot, self.rates[nid], self.usage, now)
+                for nid, slot in self.slots.items()]
         return {"ok": True, "graph": self.graph.name, "pid": os.getpid(),
                 "state": "stopping" if self.stopping else ("running" if self.ready_sent else "starting"),
                 "uptime_s": now - self.started_at, "nodes": rows}
 
-    def _usage(self, pid: int | None) -> tuple[float | None, int | None]:
-        if pid is None:
-            return None, None
-        try:
-            proc = self._ps.get(pid)
-            if proc is None:
-                proc = self._ps[pid] = psutil.Process(pid)
-                # no earlier sample yet: the average over the process's life so far
-                t = proc.cpu_times()
-                age = max(1e-3, time.time() - proc.create_time())
-                proc.cpu_percent(None)
-                return 100.0 * (t.user + t.system) / age, proc.memory_info().rss
-            return proc.cpu_percent(None), proc.memory_info().rss
-        except psutil.Error:
-            return None, None
-
     def _ctl_topics(self, req: dict) -> dict:
-        topics: dict[str, dict[str, Any]] = {
-            t: {"address": a, "subscribers": []} for t, a in self.graph.topics().items()}
-        for n in self.graph.nodes.values():
-            for name, wire in n.inputs.items():
-                topics[wire.topic]["subscribers"].append(f"{n.id}.{name}")
-        return {"ok": True, "graph": self.graph.name, "topics": topics}
+        return {"ok": True, "graph": self.graph.name, "topics": topics_table(self.graph)}
 
     def _ctl_stop(self, req: dict) -> dict:
         self.request_stop("'iotrt down'")

@@ -29,7 +29,7 @@ from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
-TARGETS = ("auto", "numpy", "opencv", "onnxruntime")
+TARGETS = ("auto", "numpy", "opencv", "onnxruntime", "litert")
 
 
 @dataclass
@@ -169,6 +169,6 @@ def bake_constants(graph: Graph, constants: dict) -> Graph:
     if unknown:
         raise CompileError(f"constants given for unknown inputs {sorted(unknown)}")
     consts = dict(graph.consts)
-    consts.update({k: np.ascontiguousarray(v) for k, v in constants.items()})
+    consts.update({k: np.asarray(v, order="C") for k, v in constants.items()})
     inputs = [s for s in graph.inputs if s.name not in constants]
     return Graph(graph.nodes, inputs, graph.outputs, consts)

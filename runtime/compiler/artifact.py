@@ -119,7 +119,7 @@ def write(art: Artifact, path: str | Path) -> int:
         if name in art.quantized:
             weights[name] = quantize.entry(art.quantized[name], put)
             continue
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value, order="C")  # keeps 0-d scalars 0-d
         weights[name] = {"offset": put(arr.astype(arr.dtype.newbyteorder("<")).tobytes()),
                          "shape": list(arr.shape), "dtype": arr.dtype.name}
     payloads = {}

@@ -57,7 +57,7 @@ def fold_constants(g: Graph) -> Graph:
     work = Graph([], g.inputs, g.outputs, consts, shapes, dtypes)
 
     def bind(name: str, value: np.ndarray) -> None:
-        consts[name] = np.ascontiguousarray(value)
+        consts[name] = np.asarray(value, order="C")
         shapes[name], dtypes[name] = tuple(value.shape), value.dtype.name
 
     for node in g.nodes:
@@ -219,8 +219,10 @@ def fuse_activations(g: Graph) -> Graph:
             bounds = [act.inputs[i] if len(act.inputs) > i else "" for i in (1, 2)]
             if any(b and b not in g.consts for b in bounds):
                 continue
-            extra = {"act_min": float(g.consts[bounds[0]]) if bounds[0] else -np.inf,
-                     "act_max": float(g.consts[bounds[1]]) if bounds[1] else np.inf}
+            if any(b and g.consts[b].size != 1 for b in bounds):
+                continue
+            extra = {"act_min": g.consts[bounds[0]].item() if bounds[0] else -np.inf,
+                     "act_max": g.consts[bounds[1]].item() if bounds[1] else np.inf}
         fused = src.with_(outputs=act.outputs, attrs=dict(src.attrs, activation=act.op.value, **extra))
         nodes[nodes.index(src)] = fused
         nodes.remove(act)

@@ -5,11 +5,11 @@ the artifact's memory plan) and to its prepared weights, so `run` is a flat loop
 that allocates nothing for convolutions, pooling and elementwise ops in steady state (rare ops
 fall back to the reference kernels, which allocate).
 
-Convolution: a 1x1 stride-1 conv is one GEMM; a depthwise conv is a multiply-accumulate over
-the kernel's shifted slices; any other conv builds its im2col matrix from shifted slices into a
-scratch buffer shared by all convs (only the border strips that fall into padding are zeroed),
-then one `np.matmul(..., out=)` writes the output (often straight into a concat slice), and the
-bias and fused activation are applied in place.
+Convolution: a 1x1 stride-1 conv is one GEMM on the input as it lies; any other conv builds
+its im2col matrix from the kernel's shifted slices into a scratch buffer shared by all convs
+(only the border strips that fall into padding are zeroed), then one batched
+`np.matmul(..., out=)` over the groups (depthwise included) writes the output, often straight
+into a concat slice, and the bias and fused activation are applied in place.
 """
 
 from __future__ import annotations
@@ -236,53 +236,39 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
         if act:
             act()
 
-    if group == c and mo == c and cg == 1:  # depthwise
-        taps = [np.ascontiguousarray(w[:, 0, t // kw, t % kw]).reshape(c, 1, 1) for t in range(kh * kw)]
-        m._scratch.need((c, ho, wo), dtype)
-        full = b.reshape(1, c, 1, 1).astype(dtype) if b is not None else dtype.type(0)
-        scratch = m._scratch
-
-        def step_dw() -> None:
-            tmp = scratch.view((c, ho, wo), dtype)
-            for k in range(n):
-                yk, xk = y[k], x[k]
-                yk[...] = full[0] if b is not None else 0
-                for tap, (oy, ox), (iy, ix), _ in shifts:
-                    t = tmp[:, oy, ox]
-                    np.multiply(xk[:, iy, ix], taps[tap], out=t)
-                    yk[:, oy, ox] += t
-            if act:
-                act()
-        return step_dw
-
-    if kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and group == 1 and (ho, wo) == (h, wd):
-        w2 = np.ascontiguousarray(w.reshape(mo, c))
-        xflat = x.reshape(n, c, h * wd)
+    mg = mo // group
+    if kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and (ho, wo) == (h, wd):
+        # 1x1: the input already is the im2col matrix
+        w1 = np.ascontiguousarray(w.reshape(group, mg, cg))
+        xg = x.reshape(n, group, cg, h * wd)
+        yg = y.reshape(n, group, mg, ho * wo)
 
         def step_1x1() -> None:
             for k in range(n):
-                np.matmul(w2, xflat[k], out=yflat[k])
+                np.matmul(w1, xg[k], out=yg[k])
             finish()
         return step_1x1
 
-    kk = cg * kh * kw
-    mg = mo // group
-    wg = [np.ascontiguousarray(w[g * mg:(g + 1) * mg].reshape(mg, kk)) for g in range(group)]
-    m._scratch.need((cg, kh * kw, ho, wo), dtype)
+    # im2col for all channels at once: cols[c, tap] = input shifted by the tap. Viewed as
+    # (group, cg * taps, pixels) it is every group's matrix, so one batched matmul does any
+    # grouping: depthwise (cg = 1) included, with no per-tap multiply-add passes.
+    taps = kh * kw
+    wg = np.ascontiguousarray(w.reshape(group, mg, cg * taps))
+    m._scratch.need((c, taps, ho, wo), dtype)
     scratch = m._scratch
+    yg = y.reshape(n, group, mg, ho * wo)
 
     def step_im2col() -> None:
-        cols = scratch.view((cg, kh * kw, ho, wo), dtype)
-        cols2d = cols.reshape(kk, ho * wo)
+        cols = scratch.view((c, taps, ho, wo), dtype)
+        colsg = cols.reshape(group, cg * taps, ho * wo)
         for k in range(n):
-            for g in range(group):
-                xg = x[k, g * cg:(g + 1) * cg]
-                for tap, (oy, ox), (iy, ix), strips in shifts:
-                    ct = cols[:, tap]
-                    ct[:, oy, ox] = xg[:, iy, ix]
-                    for sy, sx in strips:
-                        ct[:, sy, sx] = 0
-                np.matmul(wg[g], cols2d, out=yflat[k, g * mg:(g + 1) * mg])
+            xk = x[k]
+            for tap, (oy, ox), (iy, ix), strips in shifts:
+                ct = cols[:, tap]
+                ct[:, oy, ox] = xk[:, iy, ix]
+                for sy, sx in strips:
+                    ct[:, sy, sx] = 0
+            np.matmul(wg, colsg, out=yg[k])
         finish()
     return step_im2col
 

@@ -36,6 +36,7 @@ def test_rule_killed_during_an_unlock_the_lock_relocks_on_time(graph):
     # The command (before its ack) and the self-made re-lock are both in the journal.
     (applied,) = graph.journal(kind="command_applied")
     assert applied.node == "door" and applied.fields["id"] == acked["id"]
+    assert applied.fields["src"] == "rule"  # who sent it
     (state,) = graph.wait_journal(kind="actuator_state")
     assert state.fields["cause"] == "timeout" and state.fields["locked"] is True
 
@@ -122,3 +123,17 @@ def test_a_missing_gpio_chip_is_one_clear_error(tmp_path):
     assert out.returncode == 1
     assert "cannot request GPIO line '17' on /dev/gpiochip-missing" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_no_ok_ack_without_the_journal(graph):
+    lock = graph.start_node("door", LOCK, {"max_unlock_s": 10.0})
+    graph.writer.kill()  # the journal cannot be written any more
+    from iotrt.command import CommandClient
+
+    with CommandClient(graph.command_address("door")) as client:
+        # One long attempt (no resend), so the answer the lock gives when it gives up is ours.
+        ack = client.call({"action": "unlock", "duration_s": 5}, timeout_s=15.0, retries=0)
+    assert ack["ok"] is False and "did not acknowledge" in ack["error"], ack
+    # The lock gave up on the command it could not journal and ended, for the supervisor to
+    # restart it locked.
+    assert lock.popen.wait(timeout=30) == 1

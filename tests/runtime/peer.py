@@ -77,6 +77,20 @@ def frame_checker(address: str, seconds: str) -> None:
     out({"good": good, "corrupt": corrupt, "stats": s.stats()})
 
 
+def hold(address: str, count: str) -> None:
+    """Receive `count` frames and keep them (their shared-memory leases) until killed."""
+    s = Subscriber(address, queue=8)
+    out("ready")
+    kept = []
+    while len(kept) < int(count):
+        env = s.recv(timeout_s=10)
+        if env is None:
+            break
+        kept.append(env.data)
+    out("holding")
+    time.sleep(3600)
+
+
 def cmd_server(address: str, store: str, handled_log: str) -> None:
     """Apply commands by appending their id to `handled_log`, then ack.
 
@@ -97,4 +111,5 @@ def cmd_server(address: str, store: str, handled_log: str) -> None:
 
 
 if __name__ == "__main__":
-    {"sub": sub, "pub": pub, "cmd_server": cmd_server, "frame_checker": frame_checker}[sys.argv[1]](*sys.argv[2:])
+    {"sub": sub, "pub": pub, "cmd_server": cmd_server, "frame_checker": frame_checker,
+     "hold": hold}[sys.argv[1]](*sys.argv[2:])

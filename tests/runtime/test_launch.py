@@ -205,3 +205,31 @@ def test_bad_config_is_reported(spawn):
     node = spawn([sys.executable, "-m", "iotrt.launch"], env={ENV_CONFIG: '{"id": ""}'})
     assert node.wait_exit(10) == 2
     assert any("'id' must be a non-empty string" in line for line in node.err)
+
+
+def test_script_node_removes_its_shared_memory_on_stop(rundir, spawn, tmp_path):
+    from iotrt import shm
+
+    script = tmp_path / "frames.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from iotrt import Node\n"
+        "from iotrt.node import NodeSpec\n"
+        "SPEC = NodeSpec(outputs={'image': 'frame'})\n"
+        "node = Node(spec=SPEC)\n"
+        "node.timer('t', 0.01)\n"
+        "for event in node:\n"
+        "    node.publish('image', np.zeros((480, 640, 3), np.uint8))\n"
+    )
+    address = short_ipc_address(rundir, "g", "frames", "image")
+    cfg = NodeConfig.from_json(NodeConfig(
+        id="frames", target=str(script), outputs={"image": {"address": address}}).to_json())
+    prefix = shm.segment_prefix(address)
+    with Subscriber(address) as sub:
+        node = launch(spawn, cfg)
+        env = sub.recv(timeout_s=10)
+        assert env is not None and env.data.shape == (480, 640, 3)
+        assert any(n.startswith(prefix) for n in os.listdir(shm.SHM_DIR))
+        node.signal(signal.SIGTERM)
+        assert node.wait_exit(10) == 0
+    assert not any(n.startswith(prefix) for n in os.listdir(shm.SHM_DIR))

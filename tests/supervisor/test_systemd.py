@@ -105,7 +105,7 @@ def test_watchdog_pings_continue_while_a_non_critical_node_restarts(graph_file, 
     u, ready, pings = _run(graph_file, up, systemd, h, critical=False)
     assert "flaky: running -> backoff" in u.text
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert len(pings) >= 10 and max(gaps) < 0.6
+    assert len(pings) >= 10 and max(gaps) < 1.0     # vs > 2.5 s if it counted
     assert not any(m.startswith("STATUS=unhealthy") for _, m in systemd.messages)
 
 

@@ -59,7 +59,7 @@ class GraphBuilder:
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
-        self.consts[name] = np.ascontiguousarray(value)
+        self.consts[name] = np.asarray(value, order="C")
         return name
 
     def add(self, op: Op, name: str, inputs, outputs=None, **attrs) -> str:

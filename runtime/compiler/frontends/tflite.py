@@ -24,7 +24,7 @@ from iotrt.compiler.ir import CompileError, Graph, Op, TensorSpec, UnsupportedOp
 DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool",
           7: "int16", 9: "int8", 10: "float64"}
 
-# BuiltinOperator codes -> names (the first 50; enough to name what we reject)
+# BuiltinOperator codes -> names, in code order (enough to name what we reject)
 BUILTIN_NAMES = (
     "ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D DEPTH_TO_SPACE DEQUANTIZE "
     "EMBEDDING_LOOKUP FLOOR FULLY_CONNECTED HASHTABLE_LOOKUP L2_NORMALIZATION L2_POOL_2D "
@@ -32,7 +32,16 @@ BUILTIN_NAMES = (
     "RELU6 RESHAPE RESIZE_BILINEAR RNN SOFTMAX SPACE_TO_DEPTH SVDF TANH CONCAT_EMBEDDINGS "
     "SKIP_GRAM CALL CUSTOM EMBEDDING_LOOKUP_SPARSE PAD UNIDIRECTIONAL_SEQUENCE_RNN GATHER "
     "BATCH_TO_SPACE_ND SPACE_TO_BATCH_ND TRANSPOSE MEAN SUB DIV SQUEEZE "
-    "UNIDIRECTIONAL_SEQUENCE_LSTM STRIDED_SLICE BIDIRECTIONAL_SEQUENCE_RNN EXP TOPK_V2 SPLIT"
+    "UNIDIRECTIONAL_SEQUENCE_LSTM STRIDED_SLICE BIDIRECTIONAL_SEQUENCE_RNN EXP TOPK_V2 SPLIT "
+    "LOG_SOFTMAX DELEGATE BIDIRECTIONAL_SEQUENCE_LSTM CAST PRELU MAXIMUM ARG_MAX MINIMUM LESS NEG "
+    "PADV2 GREATER GREATER_EQUAL LESS_EQUAL SELECT SLICE SIN TRANSPOSE_CONV SPARSE_TO_DENSE TILE "
+    "EXPAND_DIMS EQUAL NOT_EQUAL LOG SUM SQRT RSQRT SHAPE POW ARG_MIN FAKE_QUANT REDUCE_PROD "
+    "REDUCE_MAX PACK LOGICAL_OR ONE_HOT LOGICAL_AND LOGICAL_NOT UNPACK REDUCE_MIN FLOOR_DIV "
+    "REDUCE_ANY SQUARE ZEROS_LIKE FILL FLOOR_MOD RANGE RESIZE_NEAREST_NEIGHBOR LEAKY_RELU "
+    "SQUARED_DIFFERENCE MIRROR_PAD ABS SPLIT_V UNIQUE CEIL REVERSE_V2 ADD_N GATHER_ND COS WHERE "
+    "RANK ELU REVERSE_SEQUENCE MATRIX_DIAG QUANTIZE MATRIX_SET_DIAG ROUND HARD_SWISH IF WHILE "
+    "NON_MAX_SUPPRESSION_V4 NON_MAX_SUPPRESSION_V5 SCATTER_ND SELECT_V2 DENSIFY SEGMENT_SUM "
+    "BATCH_MATMUL"
 ).split()
 
 PADDING = {0: "SAME_UPPER", 1: "VALID"}  # TFLite SAME puts the extra pixel at the end
@@ -74,6 +83,11 @@ class _Translator:
         if unknown:
             raise CompileError(f"{self.path}: --input-shape names unknown inputs {sorted(unknown)} "
                                f"(inputs: {names})")
+        # 4-D graph outputs are transposed back to NHWC under their own name at the end, so
+        # the op producing one must name its (NCHW) result differently
+        self.nhwc_outputs = {int(i) for i in sg.array(2, "i4") if len(self._tshape(int(i))) == 4}
+        for name in (self._tname(i) for i in self.nhwc_outputs):
+            self.b.claim(name)
         for idx in sg.array(1, "i4"):
             self._graph_input(int(idx))
         for op in sg.tables(3):
@@ -105,6 +119,10 @@ class _Translator:
                     f"{self.path}: tensor '{self._tname(idx)}' is {dtype}-quantized; only float32 "
                     "and fp16-weight models are supported (use the float model)"
                 )
+            if t.table(6) is not None:
+                raise CompileError(
+                    f"{self.path}: tensor '{self._tname(idx)}' is stored sparse (a pruned model); "
+                    "only dense models are supported")
             buf_idx = t.scalar(2, "I", 0)
             if buf_idx == 0 or buf_idx >= len(self.buffers):
                 continue
@@ -134,8 +152,7 @@ class _Translator:
     def _graph_output(self, idx: int) -> None:
         name = self._tname(idx)
         inner = self.names[idx]
-        if len(self._tshape(idx)) == 4:
-            self.b.claim(name)
+        if idx in self.nhwc_outputs:
             self.b.add(Op.TRANSPOSE, f"{name}/to_nhwc", [inner], [name], perm=NCHW_TO_NHWC)
             self.b.outputs.append(name)
         else:
@@ -161,7 +178,8 @@ class _Translator:
         return self.names[idx]
 
     def out(self, idx: int) -> str:
-        name = self.b.fresh(self._tname(idx))
+        base = self._tname(idx)
+        name = self.b.fresh(base + "/nchw" if idx in self.nhwc_outputs else base)
         self.names[idx] = name
         return name
 
@@ -300,6 +318,25 @@ def _fully_connected(t: _Translator, ins, outs, opts: Table | None, node: str) -
     t.finish(y, outs[0], opts.scalar(0, "b", 0) if opts is not None else 0, node)
 
 
+def _prelu(t: _Translator, ins, outs, opts, node: str) -> None:
+    rank = len(t._tshape(outs[0]))
+    t.b.add(Op.PRELU, node, [t.inp(ins[0]), t.to_nchw_const(ins[1], rank)], [t.out(outs[0])])
+
+
+def _resize_bilinear(t: _Translator, ins, outs, opts: Table | None, node: str) -> None:
+    size = t.b.consts.get(t.inp(ins[1]))
+    if size is None:
+        raise CompileError(f"{t.path}: RESIZE_BILINEAR node '{node}' has a non-constant size")
+    n, _, _, c = t._tshape(ins[0])
+    align = bool(opts.scalar(2, "B", 0)) if opts is not None else False
+    half = bool(opts.scalar(3, "B", 0)) if opts is not None else False
+    # TF's three coordinate conventions are ONNX Resize coordinate modes
+    mode = "align_corners" if align else "half_pixel" if half else "asymmetric"
+    sizes = t.b.const(f"{node}/sizes", np.array([n, c, int(size[0]), int(size[1])], np.int64))
+    t.b.add(Op.RESIZE, node, [t.inp(ins[0]), "", "", sizes], [t.out(outs[0])],
+            mode="linear", coordinate_transformation_mode=mode)
+
+
 def _softmax(t: _Translator, ins, outs, opts: Table | None, node: str) -> None:
     if opts is not None and opts.scalar(0, "f", 1.0) != 1.0:
         raise CompileError(f"{t.path}: SOFTMAX node '{node}' with beta != 1 is not supported")
@@ -320,6 +357,8 @@ HANDLERS = {
     "MAX_POOL_2D": _pool(Op.MAX_POOL),
     "MUL": _binary(Op.MUL),
     "PAD": _pad,
+    "PRELU": _prelu,
+    "RESIZE_BILINEAR": _resize_bilinear,
     "RELU": _unary(Op.RELU),
     "RELU6": _relu6,
     "RESHAPE": _reshape,

@@ -1,0 +1,434 @@
+"""The graph file's schema: one pass over the composed YAML tree that checks every key, type,
+node kind, param and wire, records each problem with its line, and builds the `Graph`.
+
+Used through `iotrt.graph.load_graph`; the format is documented in docs/graph.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from yaml.nodes import MappingNode, SequenceNode
+
+from iotrt.bus import AddressError, check_address, short_ipc_address
+from iotrt.graph import (
+    RESTART_POLICIES, Backoff, Graph, Intensity, NodeDef, Policy, Wire, default_runtime_root,
+    default_state_root,
+)
+from iotrt.spec import REQUIRED, WILDCARD, SpecError
+from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, line_of, suggest
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_PORT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_WIRE_RE = re.compile(r"^([^/\s]+)/([^/\s]+)$")
+
+TOP_KEYS = {
+    "name": "graph name: [a-z0-9_-], used in paths, topics and the systemd unit name",
+    "description": "free text",
+    "runtime_dir": "where sockets live (default: $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR/iotrt)",
+    "state_dir": "where state lives (default: $STATE_DIRECTORY or ~/.local/state/iotrt)",
+    "supervisor": "health and restart settings",
+    "nodes": "the list of nodes",
+}
+NODE_KEYS = (
+    "id", "kind", "run", "params", "inputs", "outputs", "commands", "env",
+    "restart", "critical", "cpus", "nice", "threads", "start_timeout_s",
+)
+INPUT_KEYS = ("from", "queue")
+
+
+class GraphReader:
+    """One pass over the composed tree; every method records issues and keeps going."""
+
+    def __init__(self, check: Checker, path: Path, environ: Mapping[str, str], spec_loader):
+        self.check = check
+        self.path = path
+        self.environ = environ
+        self.spec_loader = spec_loader
+        self.specs: dict[str, Any] = {}
+
+    def read(self, root) -> Graph | None:
+        c = self.check
+        top = c.mapping(root, "the graph", TOP_KEYS)
+        if top is INVALID:
+            return None
+        name = "graph"
+        if "name" not in top:
+            c.error(root, "the graph has no 'name' (e.g. 'name: door')")
+        else:
+            name_node = top["name"][1]
+            value = c.text(name_node, "name")
+            if value is not INVALID and not _NAME_RE.match(value):
+                c.error(name_node, f"name '{value}': use 1-32 of a-z 0-9 _ - (it names files and a systemd unit)")
+            elif value is not INVALID:
+                name = value
+        description = c.text(top["description"][1], "description") if "description" in top else ""
+        policy = self._policy(top["supervisor"][1]) if "supervisor" in top else Policy()
+        runtime_dir = self._dir(top, "runtime_dir", default_runtime_root(self.environ)) / name
+        state_dir = self._dir(top, "state_dir", default_state_root(self.environ)) / name
+        self._check_ipc_length(runtime_dir, top.get("runtime_dir", (root, root))[1])
+        if "nodes" not in top:
+            c.error(root, "the graph has no 'nodes' list")
+            return None
+        nodes = self._nodes(top["nodes"][1], policy)
+        self._check_wiring(nodes)
+        return Graph(name, self.path.resolve(), runtime_dir, state_dir, policy, nodes,
+                     description if description is not INVALID else "")
+
+    def _dir(self, top, key: str, default: Path) -> Path:
+        if key not in top:
+            return default
+        value = self.check.text(top[key][1], key)
+        if value is INVALID:
+            return default
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def _check_ipc_length(self, runtime_dir: Path, where) -> None:
+        try:   # every socket name has the same length, so one check covers them all
+            check_address(short_ipc_address(runtime_dir, "", "", ""))
+        except AddressError as exc:
+            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or IOTRT_RUNTIME_DIR)")
+
+    def _policy(self, node) -> Policy:
+        c = self.check
+        m = c.mapping(node, "supervisor", Policy.__dataclass_fields__)
+        if m is INVALID:
+            return Policy()
+        values: dict[str, Any] = {}
+        for key, (_, v) in m.items():
+            if key == "backoff":
+                values[key] = self._sub(v, Backoff, "supervisor.backoff")
+            elif key == "intensity":
+                values[key] = self._sub(v, Intensity, "supervisor.intensity")
+            else:
+                got = c.number(v, f"supervisor.{key}", float, minimum=0.01)
+                if got is not INVALID:
+                    values[key] = got
+        return Policy(**values)
+
+    def _sub(self, node, cls, what: str):
+        m = self.check.mapping(node, what, cls.__dataclass_fields__)
+        if m is INVALID:
+            return cls()
+        values = {}
+        for key, (_, v) in m.items():
+            typ = int if cls.__dataclass_fields__[key].type == "int" else float
+            minimum = 1.0 if key == "factor" else (0 if typ is int else 0.01)
+            got = self.check.number(v, f"{what}.{key}", typ, minimum=minimum)
+            if got is not INVALID:
+                values[key] = got
+        return cls(**values)
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def _nodes(self, node, policy: Policy) -> dict[str, NodeDef]:
+        c = self.check
+        items = c.sequence(node, "nodes")
+        if items is INVALID:
+            return {}
+        if not items:
+            c.error(node, "'nodes' is empty: a graph needs at least one node")
+        nodes: dict[str, NodeDef] = {}
+        first_line: dict[str, int] = {}
+        for item in items:
+            n = self._node(item, policy)
+            if n is None:
+                continue
+            if n.id in nodes:
+                c.error(item, f"duplicate node id '{n.id}' (first at line {first_line[n.id]})")
+                continue
+            nodes[n.id] = n
+            first_line[n.id] = n.line
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(nodes)))
+        for n in nodes.values():
+            if n.threads == 0:   # not set: share the cores out so processes do not fight
+                n.threads = threads
+        return nodes
+
+    def _node(self, item, policy: Policy) -> NodeDef | None:
+        c = self.check
+        m = c.mapping(item, _node_label(item), NODE_KEYS)
+        if m is INVALID:
+            return None
+        if "id" not in m:
+            c.error(item, "node without 'id'")
+            return None
+        nid = c.text(m["id"][1], "id")
+        if nid is INVALID:
+            return None
+        if not _ID_RE.match(nid):
+            c.error(m["id"][1], f"node id '{nid}': use 1-64 of A-Z a-z 0-9 _ - (no '/'; '_' first is reserved)")
+            return None
+        what = f"node '{nid}'"
+        kind, target, spec = self._target(m, item, what)
+        n = NodeDef(
+            id=nid, kind=kind, target=target or "", spec=spec, params={}, inputs={}, outputs=[],
+            commands={}, env={}, threads=0, start_timeout_s=policy.start_timeout_s,
+            line=line_of(item),
+        )
+        n.outputs = self._outputs(m, spec, what)
+        n.params = self._params(m.get("params"), spec, what, item)
+        if "inputs" in m:
+            n.inputs = self._inputs(m["inputs"][1], spec, what)
+        if "commands" in m:
+            n.commands = self._commands(m["commands"][1], spec, what)
+        if "env" in m:
+            n.env = self._env(m["env"][1], what)
+        if "restart" in m:
+            n.restart = _ok(c.choice(m["restart"][1], f"{what}: restart", RESTART_POLICIES), n.restart)
+        if "critical" in m:
+            n.critical = _ok(c.value(m["critical"][1], bool, f"{what}: critical"), n.critical)
+        if "cpus" in m:
+            n.cpus = self._cpus(m["cpus"][1], what)
+        if "nice" in m:
+            nice = c.number(m["nice"][1], f"{what}: nice", int, minimum=-20)
+            if nice is not INVALID and nice > 19:
+                nice = c.error(m["nice"][1], f"{what}: nice must be between -20 and 19")
+            n.nice = _ok(nice, None)
+        if "threads" in m:
+            n.threads = _ok(c.number(m["threads"][1], f"{what}: threads", int, minimum=1), 0)
+        if "start_timeout_s" in m:
+            n.start_timeout_s = _ok(
+                c.number(m["start_timeout_s"][1], f"{what}: start_timeout_s", float, minimum=0.1),
+                n.start_timeout_s,
+            )
+        return n
+
+    def _target(self, m, item, what: str) -> tuple[str | None, str | None, Any]:
+        """(kind, target, spec) from `kind:` or `run:`; spec is None when it cannot be read
+        (target None too when the kind or path itself is wrong)."""
+        from iotrt.nodes import NODES
+
+        c = self.check
+        if ("kind" in m) == ("run" in m):
+            c.error(item, f"{what}: give exactly one of 'kind' (a built-in node) or 'run' "
+                          "(module:function or a .py file)")
+            return None, None, None
+        if "kind" in m:
+            node = m["kind"][1]
+            kind = c.text(node, f"{what}: kind")
+            if kind is INVALID:
+                return None, None, None
+            if kind not in NODES:
+                c.error(node, f"{what}: unknown kind '{kind}'{suggest(kind, NODES)}; "
+                              f"built-in kinds: {', '.join(sorted(NODES))}")
+                return kind, None, None
+            target = NODES[kind]
+        else:
+            node = m["run"][1]
+            kind = None
+            run = c.text(node, f"{what}: run")
+            if run is INVALID:
+                return None, None, None
+            if run.endswith(".py"):
+                p = (self.path.parent / Path(run).expanduser()).resolve()
+                if not p.is_file():
+                    c.error(node, f"{what}: run: no such file '{p}'")
+                    return None, None, None
+                target = str(p)
+            elif re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", run):
+                target = run
+            else:
+                c.error(node, f"{what}: run: '{run}' is neither 'package.module:function' nor a .py file")
+                return None, None, None
+        if target not in self.specs:
+            self.specs[target] = INVALID
+            try:
+                self.specs[target] = self.spec_loader(target)
+            except SpecError as exc:
+                c.error(node, f"{what}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a node module failing at import is the user's to see
+                c.error(node, f"{what}: importing '{target}' failed: {type(exc).__name__}: {exc}")
+        spec = self.specs[target]
+        return kind, target, (None if spec is INVALID else spec)
+
+    def _outputs(self, m, spec, what: str) -> list[str]:
+        """The SPEC's outputs; a SPEC with the output "*" takes its names from `outputs:`."""
+        c = self.check
+        declared = [] if spec is None else [o for o in spec.outputs if o != WILDCARD]
+        open_ended = spec is None or WILDCARD in spec.outputs
+        if "outputs" not in m:
+            return declared
+        items = c.sequence(m["outputs"][1], f"{what}: outputs")
+        names = list(declared)
+        for item in [] if items is INVALID else items:
+            name = c.text(item, f"{what}: outputs")
+            if name is INVALID:
+                continue
+            if not open_ended and name not in declared:
+                c.error(item, f"{what}: output '{name}' is not one of the node's outputs "
+                              f"({', '.join(declared) or 'none'}){suggest(name, declared)}")
+            elif not _PORT_RE.match(name):
+                c.error(item, f"{what}: output name '{name}': use letters, digits, _ and -")
+            elif name not in names:
+                names.append(name)
+        return names
+
+    def _params(self, node, spec, what: str, item) -> dict[str, Any]:
+        c = self.check
+        given = {} if node is None else c.mapping(node[1], f"{what}: params")
+        if given is INVALID or spec is None:   # spec None: the target is already reported
+            return {}
+        declared = {p.name: p for p in spec.params}
+        params: dict[str, Any] = {}
+        for key, (knode, vnode) in given.items():
+            if key not in declared:
+                c.error(knode, f"{what}: unknown param '{key}'{suggest(key, declared)}; "
+                               f"params: {', '.join(declared) or 'none'}")
+                continue
+            p = declared[key]
+            if p.default is None and vnode.tag == NULL_TAG:
+                params[key] = None     # the SPEC allows "empty" for this param
+                continue
+            value = c.value(vnode, p.type, f"{what}: params.{key}")
+            if value is INVALID:
+                continue
+            problem = p.problem(value)   # choices, min, max
+            if problem:
+                c.error(vnode, f"{what}: params.{key} {problem}"
+                               f"{suggest(value, p.choices) if p.choices else ''}")
+                continue
+            params[key] = value
+        for name, p in declared.items():
+            if name in given:
+                continue
+            if p.default is REQUIRED:
+                c.error(item, f"{what}: missing required param '{name}'" + (f" ({p.doc})" if p.doc else ""))
+            else:   # a copy, so a node cannot change its SPEC's default through params
+                d = p.default
+                params[name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+        return params
+
+    def _wire(self, node, what: str) -> Wire | None:
+        c = self.check
+        text = c.text(node, what)
+        if text is INVALID:
+            return None
+        match = _WIRE_RE.match(text)
+        if not match:
+            c.error(node, f"{what}: '{text}' should be 'node/output'")
+            return None
+        return Wire(match.group(1), match.group(2), None, line_of(node))
+
+    def _inputs(self, node, spec, what: str) -> dict[str, Wire]:
+        c = self.check
+        m = c.mapping(node, f"{what}: inputs")
+        out: dict[str, Wire] = {}
+        for name, (knode, v) in ({} if m is INVALID else m).items():
+            if spec is not None and not spec.has_port("inputs", name):
+                c.error(knode, f"{what}: unknown input '{name}'{suggest(name, spec.inputs)}; "
+                               f"inputs: {', '.join(spec.inputs) or 'none'}")
+                continue
+            queue = None
+            src = v
+            if isinstance(v, MappingNode):
+                sub = c.mapping(v, f"{what}: inputs.{name}", INPUT_KEYS)
+                if sub is INVALID:
+                    continue
+                if "from" not in sub:
+                    c.error(v, f"{what}: inputs.{name} needs 'from: node/output'")
+                    continue
+                src = sub["from"][1]
+                if "queue" in sub:
+                    queue = c.number(sub["queue"][1], f"{what}: inputs.{name}.queue", int, minimum=1)
+                    if queue is INVALID:
+                        continue
+            wire = self._wire(src, f"{what}: inputs.{name}")
+            if wire is not None:
+                out[name] = Wire(wire.node, wire.output, queue, wire.line)
+        return out
+
+    def _commands(self, node, spec, what: str) -> dict[str, list[Wire]]:
+        c = self.check
+        m = c.mapping(node, f"{what}: commands")
+        out: dict[str, list[Wire]] = {}
+        for name, (knode, v) in ({} if m is INVALID else m).items():
+            if spec is not None and not spec.has_port("commands_in", name):
+                c.error(knode, f"{what}: unknown command input '{name}'{suggest(name, spec.commands_in)}; "
+                               f"command inputs: {', '.join(spec.commands_in) or 'none'}")
+                continue
+            sources = v.value if isinstance(v, SequenceNode) else [v]   # one source or a list
+            wires = [self._wire(s, f"{what}: commands.{name}") for s in sources]
+            out[name] = [w for w in wires if w is not None]
+        return out
+
+    def _env(self, node, what: str) -> dict[str, str]:
+        c = self.check
+        m = c.mapping(node, f"{what}: env")
+        env = {}
+        for key, (_, v) in ({} if m is INVALID else m).items():
+            value = c.text(v, f"{what}: env.{key}")
+            if value is not INVALID:
+                env[key] = value
+        return env
+
+    def _cpus(self, node, what: str) -> list[int] | None:
+        c = self.check
+        items = c.sequence(node, f"{what}: cpus")
+        if items is INVALID:
+            return None
+        available = sorted(os.sched_getaffinity(0))
+        cpus = []
+        for item in items:
+            cpu = c.number(item, f"{what}: cpus", int, minimum=0)
+            if cpu is not INVALID and cpu not in available:
+                c.error(item, f"{what}: cpus: CPU {cpu} does not exist here (CPUs: {available})")
+            elif cpu is not INVALID:
+                cpus.append(cpu)
+        return cpus or None
+
+    # -- wiring across nodes ----------------------------------------------------------------------
+
+    def _check_wiring(self, nodes: dict[str, NodeDef]) -> None:
+        c = self.check
+        fed_by: dict[str, str] = {}
+        for n in nodes.values():
+            for name, wire in n.inputs.items():
+                self._check_source(nodes, wire, f"node '{n.id}': inputs.{name}", "outputs")
+            for name, wires in n.commands.items():
+                for wire in wires:
+                    if not self._check_source(nodes, wire, f"node '{n.id}': commands.{name}", "commands_out"):
+                        continue
+                    if wire.topic in fed_by:
+                        c.error(wire.line, f"node '{n.id}': commands.{name}: '{wire.topic}' already feeds "
+                                           f"{fed_by[wire.topic]}; a command output goes to one actuator")
+                    fed_by[wire.topic] = f"'{n.id}/{name}'"
+
+    def _check_source(self, nodes, wire: Wire, what: str, attr: str) -> bool:
+        c = self.check
+        if wire.node not in nodes:
+            c.error(wire.line, f"{what}: no node '{wire.node}'{suggest(wire.node, nodes)}")
+            return False
+        src = nodes[wire.node]
+        if src.spec is None:
+            return True   # its kind or run target is already reported as wrong
+        if attr == "outputs":
+            names = src.outputs
+        elif src.spec.has_port("commands_out", wire.output):
+            return True    # named, or "*": any command output the graph wires
+        else:
+            names = list(src.spec.commands_out)
+        if wire.output not in names:
+            label = "output" if attr == "outputs" else "command output"
+            c.error(wire.line, f"{what}: node '{wire.node}' has no {label} '{wire.output}'"
+                               f"{suggest(wire.output, names)}; it has: {', '.join(names) or 'none'}")
+            return False
+        return True
+
+
+def _node_label(item) -> str:
+    """"node 'cam'" for messages about a node entry, before its keys are checked."""
+    if isinstance(item, MappingNode):
+        for key, value in item.value:
+            if getattr(key, "value", None) == "id" and isinstance(getattr(value, "value", None), str):
+                return f"node '{value.value}'"
+    return "node"
+
+
+def _ok(value, default):
+    return default if value is INVALID else value
