@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import iotrt.deploy
@@ -109,18 +110,26 @@ def test_watchdog_pings_continue_while_a_non_critical_node_restarts(graph_file, 
     assert not any(m.startswith("STATUS=unhealthy") for _, m in systemd.messages)
 
 
-def test_nodes_do_not_inherit_the_notify_socket(graph_file, up, systemd, tmp_path, h):
+def test_node_process_environment_affinity_and_nice(graph_file, up, systemd, tmp_path, h):
     g = graph_file("""
         name: inherit
         nodes:
           - id: n
             run: {node}
+            cpus: [0]
+            nice: 5
+            env: {GREETING: hello}
     """)
-    u = up(g, NOTIFY_SOCKET=systemd.path)
+    u = up(g, NOTIFY_SOCKET=systemd.path, JOURNAL_STREAM="8:1234")
     h.wait_for(lambda: systemd.times("READY=1"), 20, "READY=1")
+    # with JOURNAL_STREAM, log lines carry their syslog priority for journald
+    assert u.text.startswith("<6>iotrt.supervisor: graph inherit: 1 nodes")
     pid = int(u.text.split("n: stopped -> starting pid ")[1].split()[0])
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    assert not any(e.startswith(b"NOTIFY_SOCKET=") for e in environ)
+    assert not any(e.startswith((b"NOTIFY_SOCKET=", b"JOURNAL_STREAM=")) for e in environ)
+    assert b"GREETING=hello" in environ
+    proc = psutil.Process(pid)
+    assert proc.cpu_affinity() == [0] and proc.nice() == 5
     # one node: it gets every core the supervisor may use
     threads = str(len(os.sched_getaffinity(0))).encode()
     for name in (b"OMP_NUM_THREADS", b"OPENBLAS_NUM_THREADS", b"MKL_NUM_THREADS", b"IOTRT_THREADS"):
