@@ -448,6 +448,7 @@ KERNELS: dict[str, Kernel] = {
     "AveragePool": average_pool,
     "BatchNormalization": batch_norm,
     "Cast": lambda ins, a: [ins[0].astype(ONNX_DTYPES[a["to"]])],
+    "CastLike": lambda ins, a: [ins[0].astype(ins[1].dtype)],
     "Clip": clip,
     "Concat": concat,
     "ConstantOfShape": constant_of_shape,
