@@ -73,7 +73,8 @@ def handle_command(node, controller: Controller, event) -> dict[str, Any]:
     kind, result = execute(controller, event.data)
     if not result["ok"]:
         node.log.warning("command %s on %s: %s", event.id, event.input, result["error"])
-    node.record(kind, sync=True, id=event.id, input=event.input, command=event.data,
+    src = event.command.src if event.command is not None else ""  # the sending node's id
+    node.record(kind, sync=True, id=event.id, input=event.input, src=src, command=event.data,
                 result=result)
     event.ack(result)
     return result

@@ -29,7 +29,7 @@ from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
-TARGETS = ("auto", "numpy", "opencv", "onnxruntime")
+TARGETS = ("auto", "numpy", "opencv", "onnxruntime", "litert")
 
 
 @dataclass

@@ -36,6 +36,7 @@ def test_rule_killed_during_an_unlock_the_lock_relocks_on_time(graph):
     # The command (before its ack) and the self-made re-lock are both in the journal.
     (applied,) = graph.journal(kind="command_applied")
     assert applied.node == "door" and applied.fields["id"] == acked["id"]
+    assert applied.fields["src"] == "rule"  # who sent it
     (state,) = graph.wait_journal(kind="actuator_state")
     assert state.fields["cause"] == "timeout" and state.fields["locked"] is True
 
