@@ -209,6 +209,20 @@ class RuleNode:
         self.node.record("rules_reloaded", file=str(self.rules_path), rules=ids)
 
 
+def check(params: dict, base_dir: str | Path) -> list[str]:
+    """Every problem of the rules a graph gives this node, as "file:line: message" strings.
+
+    For graph validation (`iotrt validate`): `params` are the node's validated params and
+    `base_dir` the graph file's folder (the node's working directory when it runs).
+    """
+    base = Path(base_dir)
+    try:
+        load_rules(base / params["rules"], python=[base / p for p in params.get("python", [])])
+    except RulesError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
 def main(node: Node) -> None:
     try:
         rules = RuleNode(node)

@@ -44,6 +44,17 @@ def test_door_rules_node_commands_publishes_and_journals():
     assert all(f["rule"] == "unlock_for_enrolled" for _, f in node.records)
 
 
+def test_check_reports_rules_problems_for_graph_validation(tmp_path):
+    from iotrt.nodes.action.rules import check
+
+    (tmp_path / "ok.rules.yaml").write_text("rules: [{id: a, trigger: m, actions: [{log: x}]}]\n")
+    (tmp_path / "bad.rules.yaml").write_text("rules:\n  - {id: a, trigger: m, mode: x, actions: []}\n")
+    assert check({"rules": "ok.rules.yaml", "python": []}, tmp_path) == []
+    problems = check({"rules": "bad.rules.yaml", "python": []}, tmp_path)
+    assert problems and problems[0].startswith(f"{tmp_path / 'bad.rules.yaml'}:2: ")
+    assert "not found" in check({"rules": "missing.yaml", "python": []}, tmp_path)[0]
+
+
 def test_failed_and_refused_commands_are_journaled():
     node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
     node.responder = lambda output, data: None  # the ack never comes

@@ -138,3 +138,15 @@ def test_journal_gets_lifecycle_events_and_sync_records(up, env, iotrt, h):
     assert seen[-3:] == [("door", "backoff"), ("door", "starting"), ("door", "running")]
     u.proc.terminate()
     assert u.wait_exit() == 0
+
+
+def test_echo_summarises_arrays_and_bytes():
+    import numpy as np
+
+    from iotrt.commands.echo import summarise
+
+    msg = {"image": np.zeros((480, 640, 3), np.uint8), "boxes": [np.ones((2, 4), np.float32)],
+           "raw": b"\x00" * 10, "n": 3, "name": "owner"}
+    assert summarise(msg) == {"image": "ndarray uint8 (480, 640, 3)",
+                              "boxes": ["ndarray float32 (2, 4)"], "raw": "bytes[10]",
+                              "n": 3, "name": "owner"}
