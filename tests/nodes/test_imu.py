@@ -169,7 +169,7 @@ def test_imu_node_on_mpu6050_through_smbus2(monkeypatch):
     monkeypatch.setattr(smbus2, "SMBus", fake_smbus)
     node = Node.for_test(imu, params={"driver": "mpu6050", "i2c_bus": 3, "rate_hz": 100.0,
                                       "calibrate_s": 0.1})
-    for _ in range(10 + 3):
+    for _ in range(3):
         node.tick("sample")
     node.run()
     (n, bus), = buses
@@ -178,3 +178,15 @@ def test_imu_node_on_mpu6050_through_smbus2(monkeypatch):
     msg = node.published[0].data
     assert msg["accel"] == pytest.approx([0, 0, imu.GRAVITY], abs=1e-6)
     assert msg["gyro"] == pytest.approx([0, 0, 0], abs=1e-9)  # the 0.5 deg/s offset calibrated out
+
+
+def test_a_silent_imu_fails_calibration_with_a_clear_error():
+    class Silent:
+        def read(self):
+            return []
+
+    calib = imu.Calibrator(5)
+    with pytest.raises(imu.CalibrationError, match="0 of 5 calibration samples"):
+        imu.calibrate(Silent(), calib, rate_hz=1000.0, stopped=lambda: False, what="serial",
+                      budget_s=0.1)
+    assert imu.calibrate(Silent(), imu.Calibrator(5), 1000.0, stopped=lambda: True, what="x") is False
