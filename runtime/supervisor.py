@@ -103,6 +103,10 @@ class Supervisor:
 
     def _open(self) -> None:
         g = self.graph
+        try:   # how the loop hears a node end; refuse up front rather than lose track of nodes
+            os.close(os.pidfd_open(os.getpid()))
+        except (AttributeError, OSError) as exc:
+            raise SupervisorError(f"the supervisor needs Linux 5.3 or newer (pidfd_open): {exc}") from exc
         try:
             ensure_runtime_dir(g.runtime_dir)
         except OSError as exc:

@@ -95,7 +95,7 @@ def test_ready_then_watchdog_pings_stop_while_a_critical_node_is_down(graph_file
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     # down 2.5 s (backoff) + start-up, limit 0.8 s: the pings paused for over 1.5 s, then resumed
     assert max(gaps) > 1.5
-    assert sum(g > 0.3 for g in gaps) == 1
+    assert sum(g > 1.5 for g in gaps) == 1       # one pause: the one crash
     assert any(m.startswith("STATUS=unhealthy: flaky down") for _, m in systemd.messages)
     u.proc.terminate()
     assert u.wait_exit() == 0
