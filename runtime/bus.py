@@ -282,9 +282,6 @@ class Subscriber:
 
     def recv(self, timeout_s: float | None = None) -> Envelope | None:
         """The next valid message, or None after `timeout_s` (None: wait forever)."""
-        env = self.recv_nowait()  # fast path: one is queued already (a burst, a slow reader)
-        if env is not None:
-            return env
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if deadline is None:

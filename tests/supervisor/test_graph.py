@@ -328,3 +328,7 @@ def test_validate_prints_ok_or_every_problem(tmp_path, capsys):
     out = capsys.readouterr()
     assert f"{path}:{line}: node 'a': unknown kind 'camra'" in out.err
     assert "INVALID (1 problem)" in out.err and "testdoor" in out.out
+    # every verb that takes a graph file reports the same problems instead of a traceback
+    for verb in (["ps"], ["down"], ["graph"], ["unit"], ["reload", "--graph"]):
+        assert cli([*verb, str(path)]) == 1
+        assert f"{path}:{line}: node 'a': unknown kind 'camra'" in capsys.readouterr().err
