@@ -53,8 +53,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import pynng
 
 from iotrt.codec import DecodeError, pack, unpack
