@@ -109,7 +109,8 @@ class NodeConfig:
         if not isinstance(raw.get("id"), str) or not raw["id"]:
             raise ConfigError(f"{ENV_CONFIG}: 'id' must be a non-empty string")
         for group in ("inputs", "outputs", "commands_in", "commands_out"):
-            ports = raw.get(group) or {}
+            ports = raw.get(group)
+            ports = {} if ports is None else ports
             if not isinstance(ports, dict):
                 raise ConfigError(f"{ENV_CONFIG}: '{group}' must be an object")
             try:
