@@ -303,16 +303,18 @@ def test_events_cli_filters_and_json(tmp_path):
     with Journal(state / "journal.db") as j:
         j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ana"},
                 t_ns=now - int(3 * 3600e9))
-        j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ben"}, t_ns=now)
+        j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ben b"}, t_ns=now)
         j.write("command_applied", "lock", {"id": "c1", "state": "unlocked"}, t_ns=now)
     out = _events("--state-dir", str(state), "--rule", "owner_unlock", "--since", "1h",
                   "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["fields"]["person"] for r in rows] == ["ben"]
+    assert [r["fields"]["person"] for r in rows] == ["ben b"]
     assert rows[0]["kind"] == "rule_fired" and rows[0]["time"]
     text = _events("--journal", str(state / "journal.db"), "-n", "1").stdout
     assert text.count("\n") == 1 and "command_applied" in text and "state=unlocked" in text
+    assert 'person="ben b"' in _events("--journal", str(state / "journal.db"), "--kind",
+                                      "rule_fired", "-n", "1").stdout
     # Found through the state root: the only graph there, by name, or from the graph file.
     env = {**os.environ, "IOTRT_STATE_DIR": str(tmp_path / "root")}
     graph = tmp_path / "door.yaml"

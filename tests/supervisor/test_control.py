@@ -62,7 +62,7 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
 
     hz = iotrt("hz", "cam/out", "--duration", "2.2")
     rate = float(hz.stdout.strip().splitlines()[-1].split()[1])
-    assert 7 < rate < 13, hz.stdout                     # 10 Hz nominal, on a busy machine
+    assert 5 < rate < 15, hz.stdout                     # 10 Hz nominal, on a busy machine
 
     missing = iotrt("echo", "cam/nope", "--timeout", "1")
     assert missing.returncode == 1 and "no topic 'cam/nope'" in missing.stderr

@@ -255,6 +255,23 @@ BAD = {
           - id: a
             run: {node}
     """, "unknown key 'heartbeat' (did you mean 'heartbeat_s'?)"),
+    "liveness below two heartbeats": ("""
+        name: x
+        supervisor:
+          heartbeat_s: 1
+          liveness_s: 1.5   # <-
+        nodes:
+          - id: a
+            run: {node}
+    """, "liveness_s (1.5) must be at least twice heartbeat_s (1)"),
+    "backoff upside down": ("""
+        name: x
+        supervisor:
+          backoff: {initial_s: 10, max_s: 5}   # <-
+        nodes:
+          - id: a
+            run: {node}
+    """, "initial_s (10) is above max_s (5)"),
     "queue zero": ("""
         name: x
         nodes:

@@ -95,7 +95,7 @@ def test_ready_then_watchdog_pings_stop_while_a_critical_node_is_down(graph_file
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     # down 2.5 s (backoff) + start-up, limit 0.8 s: the pings paused for over 1.5 s, then resumed
     assert max(gaps) > 1.5
-    assert sum(g > 0.3 for g in gaps) == 1
+    assert sum(g > 1.5 for g in gaps) == 1       # one pause: the one crash
     assert any(m.startswith("STATUS=unhealthy: flaky down") for _, m in systemd.messages)
     u.proc.terminate()
     assert u.wait_exit() == 0
@@ -108,6 +108,10 @@ def test_watchdog_pings_continue_while_a_non_critical_node_restarts(graph_file, 
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert len(pings) >= 10 and max(gaps) < 1.0     # vs > 2.5 s if it counted
     assert not any(m.startswith("STATUS=unhealthy") for _, m in systemd.messages)
+    statuses = [m for _, m in systemd.messages if m.startswith("STATUS=")]
+    assert statuses[0] == "STATUS=starting 2 nodes"
+    assert "STATUS=1/2 nodes running; flaky backoff" in statuses       # for systemctl status
+    assert statuses[-1] == "STATUS=2/2 nodes running"
 
 
 def test_node_process_environment_affinity_and_nice(graph_file, up, systemd, tmp_path, h):
@@ -168,7 +172,7 @@ def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
           - id: b
             run: {node}
             inputs: {in: a/out}
-            start_timeout_s: 40
+            start_timeout_s: 90
     """)
     out = tmp_path / "iotrt-porch.service"
     assert cli(["unit", str(g), "-o", str(out), "--python", "/opt/iotrt/venv/bin/python",
@@ -176,7 +180,7 @@ def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
     text = out.read_text()
     assert f"ExecStart=/opt/iotrt/venv/bin/python -m iotrt up {g}" in text
     assert "WatchdogSec=30" in text          # backoff cap 20 s + 10 s
-    assert "TimeoutStartSec=90" in text      # 2 dependency levels x 40 s + 10 s
+    assert "TimeoutStartSec=190" in text     # 2 dependency levels x 90 s + 10 s
     assert "TimeoutStopSec=13" in text and "User=iotrt" in text
     assert f"ReadWritePaths={tmp_path}" in text
     assert "systemctl enable --now iotrt-porch.service" in capsys.readouterr().err
