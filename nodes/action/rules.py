@@ -47,7 +47,7 @@ SPEC = NodeSpec(
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
               min=0.01),
         Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
-        Param("command_expiry_s", float, 10.0,
+        Param("command_expiry_s", float, 3.0,
               "drop a command still queued after this long (never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),

@@ -189,24 +189,48 @@ def open_driver(p: dict, log=None):
                   p["sim_noise"], p["sim_start_s"])
 
 
+class CalibrationError(RuntimeError):
+    """The IMU delivered too few samples to calibrate; the message names the driver."""
+
+
+def calibrate(driver, calib: Calibrator, rate_hz: float, stopped, what: str,
+              budget_s: float | None = None) -> bool:
+    """Read samples at `rate_hz` until `calib` is done. Runs before the event loop because the
+    loop's first turn reports the node ready, and a node must not be ready before its bias is
+    known. Returns False if a stop was requested meanwhile."""
+    period = 1.0 / rate_hz
+    if budget_s is None:
+        budget_s = 2.0 * calib.n * period + 5.0  # a silent serial link must not hang start-up
+    deadline = time.monotonic() + budget_s
+    next_t = time.monotonic()
+    while not calib.done:
+        if stopped():
+            return False
+        if time.monotonic() > deadline:
+            raise CalibrationError(f"imu: {what} gave {calib.count} of {calib.n} calibration "
+                                   f"samples in {budget_s:.1f} s; is it connected and sending?")
+        for sample, _ in driver.read():
+            calib.add(sample)
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))  # pacing the reads, not waiting on a test
+    return True
+
+
 def main(node: Node) -> None:
     p = node.params
     driver = open_driver(p, node.log)
     calib = Calibrator(round(p["calibrate_s"] * p["rate_hz"]), p["calibrate_accel"])
-    node.timer("sample", 1.0 / p["rate_hz"])
-    if calib.done:
-        node.ready()
     try:
+        if not calibrate(driver, calib, p["rate_hz"], lambda: node.stop_requested, p["driver"]):
+            return
+        if calib.n:
+            node.log.info("imu: gyro bias %s rad/s", np.round(calib.gyro_bias, 5).tolist())
+        node.timer("sample", 1.0 / p["rate_hz"])
+        node.ready()
         for event in node:
             if event.kind != "timer":
                 continue
             for sample, stamp in driver.read():
-                if not calib.done:
-                    calib.add(sample)
-                    if calib.done:
-                        node.log.info("imu: gyro bias %s rad/s", np.round(calib.gyro_bias, 5).tolist())
-                        node.ready()
-                    continue
                 node.publish("imu", calib.correct(sample).to_msg(), stamp_ns=stamp)
     finally:
         driver.close()

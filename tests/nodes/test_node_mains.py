@@ -60,10 +60,10 @@ def test_imu_calibrates_then_publishes_corrected_samples():
     rate = 100.0
     node = Node.for_test(imu, params={"driver": "sim", "rate_hz": rate, "calibrate_s": 0.5,
                                       "sim_gyro_bias": [0.05, -0.04, 0.03], "sim_noise": 0.001})
-    for _ in range(50 + 100):
+    for _ in range(100):
         node.tick("sample")
-    node.run()
-    assert len(node.published) == 100  # the first 0.5 s (50 samples) went into calibration
+    node.run()  # calibrates for 0.5 s (50 samples) before its loop, then one sample per tick
+    assert len(node.published) == 100
     gyro = np.array([p.data["gyro"] for p in node.published])
     assert np.abs(gyro.mean(axis=0)).max() < 0.001
     assert node.published[0].data["accel"][2] == pytest.approx(9.81, abs=0.05)

@@ -92,6 +92,25 @@ rules:
     assert sorted(c.output for c in node.commands) == ["lock", "webhook"]
 
 
+def test_a_command_queued_too_long_behind_a_dead_actuator_is_dropped_not_sent_late(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {id: open, trigger: go, actions: [{command: lock, args: {n: '${msg}'}}]}\n")
+    release = threading.Event()
+
+    def responder(output, data):
+        if data["n"] == 1:
+            release.wait(0.5)  # the actuator hangs on the first command...
+        return {}
+
+    node = Node.for_test("iotrt.nodes.action.rules",
+                         params={"rules": str(rules), "command_expiry_s": 0.2})
+    node.responder = responder
+    node.feed("go", 1).feed("go", 2).run()  # ...so the second waits in the queue past expiry
+    assert [c.data["n"] for c in node.commands] == [1]
+    failed = [f for k, f in node.records if k == "command_failed"]
+    assert len(failed) == 1 and failed[0]["data"] == {"n": 2} and "expired" in failed[0]["error"]
+
+
 def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 1}}]}\n")

@@ -71,6 +71,19 @@ def test_write_record_checks_what_a_node_sent(tmp_path):
                                                                   5, {"id": "c1"})
 
 
+def test_unstorable_input_and_a_closed_journal_are_journal_errors(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    with pytest.raises(BadRecord, match="64-bit"):
+        j.write("k", "n", {}, t_ns=2**70)
+    kept = j.write("k", "n", {"name": "Jos\udce9", "ok": "José"})  # a lone surrogate
+    j.close()
+    with pytest.raises(JournalError, match="closed"):
+        j.write("k", "n", {})
+    with JournalReader(tmp_path / "j.db") as r:
+        (ev,) = r.query()
+        assert ev.id == kept and ev.fields == {"name": "Jos\udce9", "ok": "José"}
+
+
 def test_reader_errors_are_clear(tmp_path):
     with pytest.raises(JournalError, match="no journal here"):
         JournalReader(tmp_path / "missing.db")
