@@ -127,3 +127,24 @@ def face_photos() -> dict[str, np.ndarray]:
         "astronaut": data.astronaut(),
         "cameraman": np.repeat(camera[:, :, None], 3, axis=2),
     }
+
+
+def without_softmax(src: Path, dst: Path) -> Path:
+    """Copy of ONNX model `src` whose outputs are the logits fed to its final Softmax(es).
+
+    Softmax squashes errors (a wrong logit of a losing class barely moves the output), so
+    comparisons and the int8 error report look at the logits.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        if node.op_type == "Softmax" and node.output[0] in outputs:
+            for out in model.graph.output:
+                if out.name == node.output[0]:
+                    out.name = node.input[0]
+            model.graph.node.remove(node)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst

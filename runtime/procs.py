@@ -69,6 +69,7 @@ class NodeProcess:
                             node_id, n.nice)
         self.pidfd = os.pidfd_open(self.pid)
         self.pipes: dict[int, tuple[TextIO, bytearray]] = {}
+        self.lost_lines = 0
         for pipe, sink in ((self.popen.stdout, sys.stdout), (self.popen.stderr, sys.stderr)):
             fd = pipe.fileno()
             os.set_blocking(fd, False)
@@ -106,8 +107,15 @@ class NodeProcess:
             lines = [bytes(buf)] if buf else []
         if lines:
             prefix = f"{self.id} | "
-            sink.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
-            sink.flush()
+            try:
+                sink.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
+                sink.flush()
+            except OSError as exc:
+                # our own stdout is gone (a closed pipe, journald restarting): losing log lines
+                # is better than taking the device down; the pipe is still drained
+                self.lost_lines += len(lines)
+                if self.lost_lines == len(lines):
+                    log.error("%s: cannot forward output (%s); dropping it", self.id, exc)
         if not chunk:
             del self.pipes[fd]
             return False

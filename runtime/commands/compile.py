@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=_shape, action="append", default=[], metavar="NAME=DIMS",
                    help="static shape of an input, e.g. data=1x3x224x224 (repeatable); needed "
                         "when the model leaves a dimension open")
-    p.add_argument("--target", default="auto", choices=["auto", "numpy", "opencv", "onnxruntime"],
+    p.add_argument("--target", default="auto", choices=["auto", "numpy", "opencv", "onnxruntime", "litert"],
                    help="backend the artifact prefers; 'auto' measures on the device (default)")
     p.add_argument("--quantize", choices=["int8"],
                    help="store Conv/Gemm/MatMul weights as per-channel int8 (about 4x smaller "

@@ -20,7 +20,10 @@ import numpy as np
 from iotrt.compiler.ir import CompileError, Graph, Node, Op
 from iotrt.engine.backend import MAGIC
 
-OPSET = 17
+# The lowest opset that expresses the graph is used (older readers, cv2.dnn above all, know
+# older opsets best); IR nodes are in the newest form, so a node using an input or attribute
+# added later (Pad's axes, AveragePool's dilations, Resize's axes: 18-19) raises it.
+OPSETS = range(17, 22)
 # Attributes the IR adds to ONNX ops (set by passes.fuse_activations); handled below.
 FUSED_ACTIVATION_ATTRS = ("activation", "act_min", "act_max", "act_alpha")
 
@@ -29,10 +32,35 @@ class ExportError(CompileError):
     """The IR graph uses something this exporter cannot express in ONNX."""
 
 
-def pack(model: bytes, initializers: list[str]) -> bytes:
-    """The payload as stored in the artifact: a one-line JSON header, then the ONNX bytes."""
-    header = json.dumps({"opset": OPSET, "initializers": initializers}).encode()
-    return MAGIC + header + b"\n" + model
+def pack(model: bytes, opset: int, initializers: list[str], renamed: dict[str, str]) -> bytes:
+    """The payload as stored in the artifact: a one-line JSON header, then the ONNX bytes.
+
+    `initializers`: artifact constants the graph reads; `renamed`: constant -> the initializer
+    name it has in the ONNX graph, where that differs (a graph output that is a constant).
+    """
+    header = json.dumps({"opset": opset, "initializers": initializers, "renamed": renamed})
+    return MAGIC + header.encode() + b"\n" + model
+
+
+def _opset_for(node: Node, attrs: dict) -> int:
+    """The lowest opset in OPSETS whose schema of `node.op` has all its attributes and inputs."""
+    from onnx import defs
+
+    for opset in OPSETS:
+        try:
+            schema = defs.get_schema(node.op.value, opset)
+        except defs.SchemaError:
+            break
+        max_inputs = len(schema.inputs) if not any(
+            i.option == i.option.Variadic for i in schema.inputs) else 1 << 30  # fmt: skip
+        if set(attrs) <= set(schema.attributes) and len(node.inputs) <= max_inputs:
+            return opset
+    unknown = sorted(set(attrs) - set(defs.get_schema(node.op.value, OPSETS[-1]).attributes)) \
+        if defs.has(node.op.value) else []  # fmt: skip
+    raise ExportError(
+        f"node '{node.name}' ({node.op.value}) cannot be written as ONNX opset <= {OPSETS[-1]}"
+        + (f": unknown attributes {unknown}" if unknown else "")
+    )
 
 
 def _attr_value(value):
@@ -67,24 +95,17 @@ def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
     return out
 
 
-def _nodes_for(node: Node, graph: Graph) -> list:
-    """The ONNX node(s) for one IR node: the op itself, then its fused activation if any."""
-    from onnx import defs, helper
+def _nodes_for(node: Node, graph: Graph) -> tuple[list, int]:
+    """The ONNX node(s) for one IR node (the op, then its fused activation if any), and the
+    opset they need."""
+    from onnx import helper
 
     if node.op == Op.DEQUANTIZE:
         raise ExportError(f"node '{node.name}': Dequantize should have been folded before export")
     attrs = {k: v for k, v in node.attrs.items() if v is not None and k not in FUSED_ACTIVATION_ATTRS}
     if attrs.get("auto_pad", "NOTSET") != "NOTSET":
         attrs = _explicit_pads(node, attrs, graph)
-    try:
-        known = defs.get_schema(node.op.value, OPSET).attributes
-    except defs.SchemaError as exc:
-        raise ExportError(f"node '{node.name}': no ONNX schema for op {node.op.value}") from exc
-    unknown = sorted(set(attrs) - set(known))
-    if unknown:
-        raise ExportError(
-            f"node '{node.name}' ({node.op.value}) has IR attributes ONNX does not know: {unknown}"
-        )
+    opset = _opset_for(node, attrs)
     act = node.attrs.get("activation")
     outputs = list(node.outputs)
     if act is not None:
@@ -96,7 +117,7 @@ def _nodes_for(node: Node, graph: Graph) -> list:
         )
     ]  # fmt: skip
     if act is None:
-        return onnx_nodes
+        return onnx_nodes, opset
     src, dst, name = outputs[0], node.outputs[0], f"{node.name}/{act.lower()}"
     if act == "Relu":
         onnx_nodes.append(helper.make_node("Relu", [src], [dst], name=name))
@@ -111,15 +132,26 @@ def _nodes_for(node: Node, graph: Graph) -> list:
         ]
     else:
         raise ExportError(f"node '{node.name}': unknown fused activation {act!r}")
-    return onnx_nodes
+    return onnx_nodes, opset
 
 
 def export(graph: Graph) -> bytes:
     """The ONNX payload for `graph` (shapes inferred), ready for `pack`'s caller to embed."""
     from onnx import helper
 
-    nodes = [n for node in graph.nodes for n in _nodes_for(node, graph)]
+    nodes, opset = [], OPSETS[0]
+    for node in graph.nodes:
+        more, need = _nodes_for(node, graph)
+        nodes += more
+        opset = max(opset, need)
     used = {i for node in graph.nodes for i in node.inputs if i}
+    renamed = {}
+    for name in graph.outputs:
+        if name in graph.consts:
+            # An output folded to a constant: ONNX readers want a graph output made by a node.
+            renamed[name] = f"{name}/value"
+            nodes.append(helper.make_node("Identity", [renamed[name]], [name], name=f"{name}/identity"))
+            used.add(name)
     initializers = [name for name in graph.consts if name in used]
 
     def value_info(name: str, shape, dtype: str):
@@ -130,10 +162,10 @@ def export(graph: Graph) -> bytes:
     outputs = [value_info(s.name, s.shape, s.dtype) for s in graph.output_specs()]
     onnx_graph = helper.make_graph(nodes, "iotrt", inputs, outputs)
     model = helper.make_model(
-        onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="iotrt"
+        onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="iotrt"
     )
-    model.ir_version = 8  # what onnxruntime and OpenCV 4.8+ both read for opset 17
-    return pack(model.SerializeToString(), initializers)
+    model.ir_version = 8  # the oldest IR for opsets 17-21: what onnxruntime and cv2.dnn read
+    return pack(model.SerializeToString(), opset, initializers, renamed)
 
 
 def payloads(graph: Graph, say=lambda line: None) -> dict[str, bytes]:

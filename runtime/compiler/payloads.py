@@ -17,10 +17,10 @@ from iotrt.compiler.ir import Graph
 
 
 def payloads(
-    graph: Graph, src: Path, fmt: str, quantize: str | None, say: Callable[[str], None]
+    graph: Graph, src: Path | None, fmt: str, quantize: str | None, say: Callable[[str], None]
 ) -> dict[str, bytes]:
     out = onnx_export.payloads(graph, say)
-    if fmt == "tflite" and quantize is None:
+    if fmt == "tflite" and quantize is None and src is not None:
         out["tflite"] = Path(src).read_bytes()
         say(f"TFLite payload for litert: {len(out['tflite']) / 1e3:.1f} kB (the source model)")
     return out

@@ -42,15 +42,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load(path: str | Path | Artifact, backend: str = "auto", threads: int | None = None):
+def load(path: str | Path | Artifact, backend: str | None = None, threads: int | None = None):
     """Load an artifact (a path, or an already read `Artifact`) on `backend`.
 
+    None means the artifact's own preference (`iotrt compile --target`, by default "auto").
     "auto" picks the fastest backend on this device (measured at the first load, cached next to
     the artifact: see `iotrt.engine.autotune`). `threads` fixes the backend's thread pool
     (default: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1).
     """
     art = path if isinstance(path, Artifact) else read(path)
     threads = default_threads() if threads is None else threads
+    backend = backend or art.meta.get("target") or "auto"
     if backend == "auto":
         from iotrt.engine import autotune
 

@@ -72,12 +72,42 @@ class FrameworkModel:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.inputs, feeds)
         values = self._run({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs})
-        # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the artifact's
-        # output specs are the contract.
-        return {s.name: np.asarray(v).reshape(s.shape) for s, v in zip(self.outputs, values)}
+        out = {}
+        for spec, value in zip(self.outputs, values):
+            value = np.asarray(value)
+            if value.size != int(np.prod(spec.shape)):
+                from iotrt.engine.numpy import EngineError
+
+                raise EngineError(
+                    f"backend {self.backend!r} returned shape {value.shape} for output "
+                    f"'{spec.name}', the model's is {tuple(spec.shape)}; use backend 'numpy'"
+                )
+            # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the
+            # artifact's output specs are the contract.
+            out[spec.name] = value.reshape(spec.shape).astype(spec.dtype, copy=False)
+        return out
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
+
+
+Refusal = tuple  # (predicate(node, graph) -> bool, reason): a construct a framework gets wrong
+
+
+def refuse_known_bad(artifact, backend: str, refusals: list[Refusal]) -> None:
+    """BackendUnavailable if the graph has a construct `backend` is known to compute wrongly.
+
+    Each refusal stands for an ONNX conformance case where the framework, given our exported
+    graph, disagrees with the ONNX reference (tests/engine/test_backends_conformance.py): a
+    backend must either answer right or refuse to load, never answer wrong.
+    """
+    graph = artifact.graph
+    for node in graph.nodes:
+        for applies, reason in refusals:
+            if applies(node, graph):
+                raise BackendUnavailable(
+                    f"backend {backend!r} refuses {node.op.value} node '{node.name}': {reason}"
+                )
 
 
 def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
@@ -151,7 +181,8 @@ def onnx_model_bytes(payload: bytes, consts: dict[str, np.ndarray]) -> bytes:
     missing = [n for n in header["initializers"] if n not in consts]
     if missing:
         raise BackendUnavailable(f"the onnx payload reads constants the artifact lacks: {missing[:5]}")
-    parts = [model] + [initializer_bytes(n, consts[n]) for n in header["initializers"]]
+    renamed = header.get("renamed", {})
+    parts = [model] + [initializer_bytes(renamed.get(n, n), consts[n]) for n in header["initializers"]]
     return b"".join(parts)
 
 

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotrt.engine.backend import BackendUnavailable, FrameworkModel, artifact_onnx
+from iotrt.engine.backend import BackendUnavailable, FrameworkModel, artifact_onnx, refuse_known_bad
 
 NAME = "onnxruntime"
+
+
+def _downsamples(node, graph) -> bool:
+    return any(o < i for o, i in zip(graph.shapes[node.outputs[0]], graph.shapes[node.inputs[0]]))
+
+
+# Where onnxruntime itself fails the ONNX reference (its own run of the conformance model does).
+REFUSALS = [
+    (lambda n, g: n.op.value == "Resize" and n.attrs.get("mode") in ("linear", "cubic")
+     and n.attrs.get("coordinate_transformation_mode") == "align_corners" and _downsamples(n, g),
+     "onnxruntime's align_corners downsampling differs from ONNX's"),
+]  # fmt: skip
 
 
 class OnnxRuntimeModel(FrameworkModel):
@@ -27,6 +39,7 @@ class OnnxRuntimeModel(FrameworkModel):
                 f"backend {NAME!r}: the onnxruntime package is not installed "
                 f"(pip install 'iotrt[onnxruntime]')"
             ) from None
+        refuse_known_bad(artifact, NAME, REFUSALS)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -144,9 +144,73 @@ def test_int8_blazeface_is_smaller_and_finds_the_same_faces(blazeface, photos, t
         assert abs(s1 - s0) < 0.05, f"{name}: int8 changes the face score {s0:.3f} -> {s1:.3f}"
         assert iou(b0, b1) > 0.9, lines[-1]
     print("\n".join(lines))
-    assert ratio > 2.5  # small model: headers and the float biases weigh more than in SqueezeNet
+    assert ratio >= 3.5
     # the framework backends run the dequantized weights too
     onnx_out = load(q, backend="onnxruntime").run({"input": photos["astronaut"]})
     np.testing.assert_allclose(
         onnx_out["classificators"], i8.run({"input": photos["astronaut"]})["classificators"], atol=TOL
     )
+
+
+# ---- the light_* ONNX models with random weights --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory):
+    """name -> (artifact of the random-weight model without its softmax, the source .onnx)."""
+    pytest.importorskip("iotrt.compiler.frontends.onnx")
+    work = tmp_path_factory.mktemp("light")
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            src = bench_models.random_weights(bench_models.light_model_path(name), work / f"{name}.onnx")
+            logits = bench_models.without_softmax(src, work / f"{name}-logits.onnx")
+            art = work / f"{name}.iotm"
+            compile_model(logits, art)
+            built[name] = (art, logits)
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", bench_models.LIGHT)
+def test_light_models_backends_match_numpy(light, name):
+    art, _ = light(name)
+    ref = load(art, backend="numpy")
+    x = {s.name: np.random.default_rng(1).uniform(-1, 1, s.shape).astype(s.dtype) for s in ref.inputs}
+    want = ref.run(x)
+    assert max(float(np.abs(v).max()) for v in want.values()) > 0.1  # not a degenerate net
+    for backend in ("opencv", "onnxruntime"):
+        got = load(art, backend=backend).run(x)
+        err = autotune.disagreement(want, got)
+        assert err <= TOL, f"{name}: {backend} differs from numpy by {err} (scaled by max(1, |x|))"
+
+
+def test_int8_squeezenet_is_3_5x_smaller_with_small_logit_error(light, tmp_path):
+    art, logits_onnx = light("light_squeezenet")
+    q = tmp_path / "squeezenet-int8.iotm"
+    compile_model(logits_onnx, q, quantize="int8")
+    ratio = art.stat().st_size / q.stat().st_size
+    f32, i8 = load(art, backend="numpy"), load(q, backend="numpy")
+    rng = np.random.default_rng(2)
+    errs, rel, agree = [], [], 0
+    for _ in range(4):
+        x = {s.name: rng.uniform(-1, 1, s.shape).astype(s.dtype) for s in f32.inputs}
+        (a,), (b,) = f32.run(x).values(), i8.run(x).values()
+        errs.append(float(np.abs(a - b).max()))
+        rel.append(float(np.abs(a - b).max() / np.abs(a).max()))
+        agree += int(np.argmax(a) == np.argmax(b))
+    print(f"\nSqueezeNet int8: artifact {ratio:.2f}x smaller ({art.stat().st_size:,} -> "
+          f"{q.stat().st_size:,} bytes); logits max abs error {max(errs):.4f} "
+          f"({max(rel):.2%} of the largest logit); top-1 agrees on {agree}/4 inputs")  # fmt: skip
+    assert ratio >= 3.5
+    assert max(rel) < 0.05
+
+
+def test_compile_target_is_what_load_uses_by_default(tmp_path):
+    art = tmp_path / "face.iotm"
+    compile_model(models.path(models.BLAZEFACE), art, target="onnxruntime")
+    assert load(art).backend == "onnxruntime"
+    assert load(art, backend="numpy").backend == "numpy"  # an explicit choice wins
+    assert not (tmp_path / "face.iotm.auto.json").exists()  # nothing was measured

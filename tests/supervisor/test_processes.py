@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+
+from iotrt.graph import load_graph
+from iotrt.journal import JournalError, JournalReader
 
 
 
@@ -142,11 +147,11 @@ def test_sigkill_of_the_supervisor_leaves_no_child(graph_file, up, tmp_path, h):
 def test_slow_start_is_not_a_hang_but_a_start_timeout_is_enforced(graph_file, up, tmp_path, h):
     g = graph_file("""
         name: slow
-        supervisor: {heartbeat_s: 0.1, liveness_s: 0.3, stop_grace_s: 0.2}
+        supervisor: {heartbeat_s: 0.1, liveness_s: 1.0, stop_grace_s: 0.2}
         nodes:
           - id: loads
             run: {node}
-            params: {behaviour: slow, after_s: 1.0}
+            params: {behaviour: slow, after_s: 2.0}   # longer than liveness_s
           - id: never
             run: {node}
             critical: false
@@ -204,3 +209,36 @@ def test_graph_whose_nodes_all_finish_exits_by_itself(graph_file, up, h):
     assert u.wait_exit(20) == 0
     assert "job: running -> exited (exited with code 0)" in u.text
     assert "every node has ended; nothing left to supervise" in u.text
+
+
+def test_supervisor_survives_losing_its_own_output(graph_file, env, tmp_path, h):
+    """journald restarting (or `iotrt up | head`) closes our stdout/stderr: keep supervising."""
+    g = graph_file("""
+        name: mute
+        supervisor: {backoff: {initial_s: 0.1}, intensity: {restarts: 100}}
+        nodes:
+          - id: a
+            run: {node}
+            params: {behaviour: crash, after_s: 0.1}
+    """)
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(g)], env=env,
+                            stdout=w, stderr=w)
+    os.close(w)
+    os.close(r)                              # nobody reads the supervisor's output any more
+    try:
+        journal = load_graph(g, environ=env).journal_path
+
+        def restarts():
+            try:
+                with JournalReader(journal) as reader:
+                    return sum(e.fields["state"] == "backoff" for e in reader.query(kind="lifecycle"))
+            except JournalError:     # not created yet
+                return 0
+        h.wait_for(lambda: restarts() >= 3, 30, "three crash-restarts")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
