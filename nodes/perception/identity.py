@@ -13,6 +13,9 @@ Output `faces`, one per detections message (also when nobody is there, so rules 
      "unknown": 1,            # faces that matched nobody
      "method": "lbp", "unpaired": 0}
 
+Journal: a `faces_seen` event each time the view changes (someone enrolled arrives or leaves, an
+unknown face appears or goes) and holds for 3 results, so `iotrt events` tells who came when.
+
 On reload (SIGHUP, `iotrt reload`) the gallery is read again, so newly enrolled people are
 recognised without a restart. Methods and their honest limits: facefeatures.py and
 docs/perception.md.
@@ -75,9 +78,36 @@ def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None
     return Identifier(gallery, extract, threshold, params["min_eye_px"])
 
 
+class Presence:
+    """Who is in view, debounced: `update(out)` returns a journal entry when the people in view
+    (enrolled names, and whether anyone unknown is there) changed and the new view has held for
+    `hold` consecutive results, else None. One missed detection does not make the owner leave
+    and come back in the journal."""
+
+    def __init__(self, hold: int = 3):
+        self.hold = hold
+        self.current: tuple = ((), False)       # nobody, at start
+        self._candidate: tuple | None = None
+        self._count = 0
+
+    def update(self, out: dict) -> dict | None:
+        view = (tuple(out["known"]), out["unknown"] > 0)
+        if view == self.current:
+            self._candidate, self._count = None, 0
+            return None
+        self._count = self._count + 1 if view == self._candidate else 1
+        self._candidate = view
+        if self._count < self.hold:
+            return None
+        self.current, self._candidate, self._count = view, None, 0
+        return {"known": out["known"], "unknown": out["unknown"], "faces": len(out["faces"]),
+                "scores": {f["name"]: f["score"] for f in out["faces"] if f["known"]}}
+
+
 def main(node: Node) -> None:
     ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     pairer = Pairer(node.params["frame_buffer"])
+    presence = Presence()
     node.ready()
     bad = 0
     for event in node:
@@ -107,3 +137,7 @@ def main(node: Node) -> None:
                     node.log.warning("identity: skipped %d malformed detections: %r", bad, exc)
                 continue
             node.publish("faces", out, stamp_ns=stamp)
+            seen = presence.update(out)
+            if seen is not None:
+                # the journal's "who came and went" (not every frame: that is the bus's job)
+                node.record("faces_seen", **seen)

@@ -13,8 +13,9 @@ backoff, without blocking the node's loop, so heartbeats keep flowing while it w
 
 from __future__ import annotations
 
+import glob
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -28,8 +29,9 @@ SPEC = NodeSpec(
     inputs={},
     outputs={"image": "RGB uint8 frame (H, W, 3); stamp_ns = capture time"},
     params=[
-        Param("source", str, "sim", "where frames come from",
-              choices=("sim", "device", "file", "url", "gstreamer")),
+        Param("source", str, "auto", "where frames come from (auto: the first camera device "
+                                     "if there is one, else sim)",
+              choices=("auto", "sim", "device", "file", "url", "gstreamer")),
         Param("uri", str, "", "device index or /dev/videoN, file path, stream URL, or pipeline"),
         Param("width", int, 640, "frame width (requested from devices, resized to otherwise)"),
         Param("height", int, 480, "frame height"),
@@ -75,6 +77,26 @@ class CameraConfig:
     @property
     def live(self) -> bool:
         return self.source in ("device", "url", "gstreamer")
+
+
+def resolve_source(cfg: CameraConfig, devices: list[str] | None = None) -> tuple[CameraConfig, str]:
+    """Settle `source: auto` and say, in one log line, what the camera will show.
+
+    auto: the first /dev/video* device if the machine has one, else the simulated doorstep,
+    so the same graph runs on a desk and on the device."""
+    if cfg.source == "auto":
+        devices = sorted(glob.glob("/dev/video*")) if devices is None else devices
+        if devices:
+            cfg = replace(cfg, source="device", uri=cfg.uri or devices[0])
+        else:
+            return (replace(cfg, source="sim"),
+                    "camera: no camera device found (/dev/video*): showing the SIMULATED "
+                    "doorstep; set source: device (CAMERA_SOURCE=device) to require a camera")
+    if cfg.source == "sim":
+        return cfg, (f"camera: showing the SIMULATED doorstep ({cfg.width}x{cfg.height} @ "
+                     f"{cfg.fps:g} fps); set source: device (CAMERA_SOURCE=device) for a camera")
+    return cfg, (f"camera: {cfg.source} '{cfg.uri or 0}' at {cfg.width}x{cfg.height} "
+                 f"@ {cfg.fps:g} fps")
 
 
 class SimSource:
@@ -221,7 +243,8 @@ class Camera:
 
 
 def main(node: Node) -> None:
-    cfg = CameraConfig.from_params(node.params)
+    cfg, what = resolve_source(CameraConfig.from_params(node.params))
+    node.log.info(what)
     camera = Camera(cfg, node.log)
     camera.open()
     node.timer("frame", camera.frame_period())

@@ -109,3 +109,17 @@ def test_sim_source_renders_the_configured_size():
     cam = Camera(CameraConfig(source="sim", width=320, height=240))
     frame, stamp = cam.grab()
     assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8 and stamp > 0
+
+
+def test_auto_source_uses_a_camera_when_there_is_one_else_says_sim():
+    from iotrt.nodes.sensing.camera import resolve_source
+
+    cfg, line = resolve_source(CameraConfig(source="auto"), devices=["/dev/video2", "/dev/video3"])
+    assert (cfg.source, cfg.uri) == ("device", "/dev/video2")
+    assert "SIMULATED" not in line
+    cfg, line = resolve_source(CameraConfig(source="auto", uri="/dev/video3"), devices=["/dev/video2"])
+    assert cfg.uri == "/dev/video3"                       # an explicit device wins
+    cfg, line = resolve_source(CameraConfig(source="auto"), devices=[])
+    assert cfg.source == "sim" and "SIMULATED" in line and "no camera device" in line
+    cfg, line = resolve_source(CameraConfig(source="sim"), devices=["/dev/video0"])
+    assert cfg.source == "sim" and "SIMULATED" in line     # sim asked for: sim, even with a camera

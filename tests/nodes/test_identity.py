@@ -214,3 +214,23 @@ def test_gallery_errors_say_what_is_wrong(tmp_path):
     e.save(tmp_path / "e.npz")
     with pytest.raises(GalleryError, match="another embedding model"):
         Gallery.open_or_create(tmp_path / "e.npz", "embedding", "sha-two")
+
+
+def _view(known=(), unknown=0):
+    faces = [{"name": n, "score": 0.9, "known": True} for n in known]
+    faces += [{"name": "unknown", "score": 0.2, "known": False}] * unknown
+    return {"faces": faces, "known": sorted(known), "unknown": unknown}
+
+
+def test_presence_journals_arrivals_and_departures_once_debounced():
+    from iotrt.nodes.perception.identity import Presence
+
+    p = Presence(hold=3)
+    stream = ([_view()] * 2 + [_view(["owner"])] * 5 + [_view()] + [_view(["owner"])] * 2
+              + [_view()] * 3 + [_view(unknown=1)] * 3)
+    entries = [(i, e) for i, e in enumerate(p.update(v) for v in stream) if e is not None]
+    # owner arrives (held 3), a one-frame miss is ignored, owner leaves, a visitor arrives
+    assert [i for i, _ in entries] == [4, 12, 15]
+    assert entries[0][1]["known"] == ["owner"] and entries[0][1]["scores"] == {"owner": 0.9}
+    assert entries[1][1]["known"] == [] and entries[1][1]["faces"] == 0
+    assert entries[2][1]["unknown"] == 1 and entries[2][1]["known"] == []
