@@ -53,8 +53,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import pynng
 
 from iotrt.codec import DecodeError, pack, unpack
@@ -111,7 +109,8 @@ class NodeConfig:
         if not isinstance(raw.get("id"), str) or not raw["id"]:
             raise ConfigError(f"{ENV_CONFIG}: 'id' must be a non-empty string")
         for group in ("inputs", "outputs", "commands_in", "commands_out"):
-            ports = raw.get(group) or {}
+            ports = raw.get(group)
+            ports = {} if ports is None else ports
             if not isinstance(ports, dict):
                 raise ConfigError(f"{ENV_CONFIG}: '{group}' must be an object")
             try:
