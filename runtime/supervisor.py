@@ -23,6 +23,7 @@ from typing import Callable
 
 import pynng
 
+from iotrt import shm
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
@@ -293,6 +294,11 @@ class Supervisor:
         self._publish_event(event)
         if slot.state != before:
             self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
+            if slot.state in DONE:
+                # A node that was killed could not unlink its frame rings; a restart would
+                # reclaim them, but a node that stays down must not leave them in /dev/shm.
+                for output in self.graph.nodes[slot.id].outputs:
+                    shm.reclaim(self.graph.output_address(slot.id, output))
             if self.ready_sent and not self.stopping and not self._withholding:
                 self._status(self._summary())
 

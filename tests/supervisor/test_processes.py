@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from iotrt.graph import load_graph
 from iotrt.journal import JournalError, JournalReader
@@ -242,3 +243,27 @@ def test_supervisor_survives_losing_its_own_output(graph_file, env, tmp_path, h)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_node_given_up_on_leaves_no_frame_ring_in_dev_shm(graph_file, up, tmp_path, h):
+    framer = Path(__file__).parent / "graphs" / "nodes" / "framer.py"
+    marker = tmp_path / "segments"
+    g = graph_file(f"""
+        name: shmleak
+        nodes:
+          - id: steady
+            run: {{node}}
+          - id: cam
+            run: {framer}
+            restart: never
+            critical: false
+            params: {{marker: {marker}}}
+    """)
+    u = up(g)
+    u.wait_log("cam: running -> failed")
+    segments = marker.read_text().split()
+    assert segments, "the node should have had a frame ring when it died"
+    h.wait_for(lambda: not any(os.path.exists(f"/dev/shm/{s}") for s in segments), 5.0,
+               f"the dead node's segments {segments} to be removed")
+    u.proc.send_signal(signal.SIGTERM)
+    assert u.wait_exit() == 0
