@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -99,8 +100,11 @@ def _power(a: Any, b: Any) -> Any:
 def _mult(a: Any, b: Any) -> Any:
     for seq, n in ((a, b), (b, a)):
         size = _safe_len(seq)
-        if size is not None and isinstance(n, int) and size * n > MAX_SEQUENCE:
-            raise ExpressionLimit(f"repeating a sequence to {size * n} items (max {MAX_SEQUENCE})")
+        if size is not None and hasattr(n, "__index__"):  # numpy ints from messages too
+            count = operator.index(n)
+            if size * count > MAX_SEQUENCE:
+                raise ExpressionLimit(
+                    f"repeating a sequence to {size * count} items (max {MAX_SEQUENCE})")
     if isinstance(a, int) and isinstance(b, int):
         if a.bit_length() + b.bit_length() > MAX_INT_BITS:
             raise ExpressionLimit(f"integer product above {MAX_INT_BITS} bits")

@@ -116,6 +116,14 @@ def test_dunder_attribute_in_message_data_is_unreachable():
         compile_expression("msg.__class__", NAMES)
 
 
+def test_numpy_values_from_messages_are_bounded_too():
+    import numpy as np
+
+    with pytest.raises(ExpressionLimit):
+        ev("'a' * msg.n", msg={"n": np.int64(10**9)})
+    assert ev("len(msg.boxes) + int(msg.boxes[1][0])", msg={"boxes": np.arange(6).reshape(3, 2)}) == 5
+
+
 def test_attribute_on_non_mapping_is_a_clear_error():
     with pytest.raises(ExpressionError, match="not available on a int"):
         ev("msg.n.real")
