@@ -431,8 +431,12 @@ def _build_gemm(m: NumpyModel, node: Node) -> Step:
     if not m.is_const(node.inputs[1]) or (C is not None and not m.is_const(node.inputs[2])):
         return _build_generic(m, node)
     At = A.T if a.get("transA", 0) else A
-    Bt = np.ascontiguousarray((B.T if a.get("transB", 0) else B) * a.get("alpha", 1.0)).astype(y.dtype)
-    Cs = None if C is None else (C * a.get("beta", 1.0)).astype(y.dtype)
+    # A transposed weight stays a view (BLAS takes either order), so the weights are not copied
+    Bt = B.T if a.get("transB", 0) else B
+    alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+    if alpha != 1.0:
+        Bt = (Bt * alpha).astype(y.dtype)
+    Cs = None if C is None else (C if beta == 1.0 else C * beta).astype(y.dtype, copy=False)
     act = _activation(y, a)
 
     def step() -> None:
