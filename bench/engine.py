@@ -238,7 +238,6 @@ def combine(measurements: list[dict]) -> dict:
     out["p90_ms"] = float(statistics.median(m["p90_ms"] for m in ok))
     out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in ok)
     out["p50_spread_ms"] = [min(m["p50_ms"] for m in ok), max(m["p50_ms"] for m in ok)]
-    out["best_p50_ms"] = out["p50_spread_ms"][0]
     out["passes"] = len(ok)
     return out
 
@@ -269,23 +268,16 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         )
     lines = []
     num, auto = ok.get("iotrt numpy"), ok.get("iotrt auto")
-    # Two readings of each ratio: the median pass, and the least disturbed (fastest) pass, which
-    # is the better estimate of the machine itself when other programs share its cores.
-    best_best = min(raw.items(), key=lambda kv: kv[1]["best_p50_ms"]) if raw else None
-
-    def ratio(a: dict, b: dict) -> str:
-        return f"{a['p50_ms'] / b['p50_ms']:.2f}x median pass, {a['best_p50_ms'] / b['best_p50_ms']:.2f}x best pass"
-
     if num and ort:
+        r = num["p50_ms"] / ort["p50_ms"]
         target = " (target <= 3x)" if case.name in ("light_squeezenet", "light_resnet50") else ""
-        lines.append(f"{case.name}: numpy / onnxruntime latency = {ratio(num, ort)}{target}")
+        lines.append(f"{case.name}: numpy / onnxruntime latency = {r:.2f}x{target}")
         rss = num["peak_rss_mb"] / ort["peak_rss_mb"]
         lines.append(f"{case.name}: numpy / onnxruntime peak RSS = {rss:.2f}x (target < 1x)")
     if auto and best_raw:
+        r = auto["p50_ms"] / best_raw[1]["p50_ms"]
         lines.append(
-            f"{case.name}: auto (chose {auto.get('backend')}) / best raw = "
-            f"{auto['p50_ms'] / best_raw[1]['p50_ms']:.2f}x vs {best_raw[0]} (median pass), "
-            f"{auto['best_p50_ms'] / best_best[1]['best_p50_ms']:.2f}x vs {best_best[0]} (best pass)"
+            f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) = {r:.2f}x"
             " (target <= 1.1x)"
         )
     return lines
