@@ -282,17 +282,9 @@ class Subscriber:
 
     def recv(self, timeout_s: float | None = None) -> Envelope | None:
         """The next valid message, or None after `timeout_s` (None: wait forever)."""
-        env = self.recv_nowait()  # fast path: one is queued already (a burst, a slow reader)
-        if env is not None:
-            return env
+        ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if deadline is None:
-                ms = -1
-            else:
-                ms = int((deadline - time.monotonic()) * 1000)
-                if ms <= 0:
-                    return self.recv_nowait()
             if ms != self._timeout_ms:
                 self._sock.recv_timeout = ms
                 self._timeout_ms = ms
@@ -303,6 +295,10 @@ class Subscriber:
             env = self._accept(buf)
             if env is not None:
                 return env
+            if deadline is not None:  # a bad message: wait only for what is left
+                ms = int((deadline - time.monotonic()) * 1000)
+                if ms <= 0:
+                    return self.recv_nowait()
 
     def recv_nowait(self) -> Envelope | None:
         """A waiting valid message, or None if there is none."""

@@ -23,7 +23,7 @@ import pynng
 
 from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
-from iotrt.graph import Graph, NodeDef, default_runtime_root, load_graph
+from iotrt.graph import Graph, GraphError, NodeDef, default_runtime_root, load_graph
 from iotrt.states import Slot
 
 CONTROL_NAME = "ctl"
@@ -64,7 +64,10 @@ def running_graphs(environ: Mapping[str, str] = os.environ) -> dict[str, Path]:
 def control_address(graph: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The control address for a graph file, a graph name, or the only running graph."""
     if graph and (graph.endswith((".yaml", ".yml")) or Path(graph).is_file()):
-        return load_graph(graph, environ=environ).control_address
+        try:
+            return load_graph(graph, environ=environ).control_address
+        except GraphError as exc:
+            raise ControlError(str(exc)) from exc
     found = running_graphs(environ)
     where = ", ".join(str(r) for r in runtime_roots(environ))
     if graph:

@@ -58,7 +58,7 @@ class Policy:
 
     heartbeat_s: float = 1.0        # nodes heartbeat this often
     liveness_s: float = 5.0         # no heartbeat for this long: the node is hung, restart it
-    start_timeout_s: float = 30.0   # spawn to `ready` (model loading counts here)
+    start_timeout_s: float = 60.0   # spawn to `ready`: a first model compile on a slow board counts
     stop_grace_s: float = 5.0       # SIGTERM to SIGKILL
     critical_down_s: float = 60.0   # a critical node down this long stops the systemd watchdog
     backoff: Backoff = field(default_factory=Backoff)
@@ -95,7 +95,7 @@ class NodeDef:
     cpus: list[int] | None = None
     nice: int | None = None
     threads: int = 1
-    start_timeout_s: float = 30.0
+    start_timeout_s: float = 60.0
     line: int = 0
 
     @property

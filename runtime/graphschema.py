@@ -109,7 +109,15 @@ class GraphReader:
                 got = c.number(v, f"supervisor.{key}", float, minimum=0.01)
                 if got is not INVALID:
                     values[key] = got
-        return Policy(**values)
+        policy = Policy(**values)
+        if policy.liveness_s < 2 * policy.heartbeat_s:
+            where = m.get("liveness_s", m.get("heartbeat_s"))[1]
+            c.error(where, f"supervisor: liveness_s ({policy.liveness_s:g}) must be at least twice "
+                           f"heartbeat_s ({policy.heartbeat_s:g}), or healthy nodes count as hung")
+        if policy.backoff.initial_s > policy.backoff.max_s:
+            c.error(m["backoff"][1], f"supervisor.backoff: initial_s ({policy.backoff.initial_s:g}) "
+                                     f"is above max_s ({policy.backoff.max_s:g})")
+        return policy
 
     def _sub(self, node, cls, what: str):
         m = self.check.mapping(node, what, cls.__dataclass_fields__)

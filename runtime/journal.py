@@ -97,7 +97,12 @@ def _json_default(obj: Any) -> Any:
 def _encode_fields(fields: dict[str, Any]) -> str:
     if not isinstance(fields, dict):
         raise BadRecord(f"journal fields must be a dict, not {type(fields).__name__}")
-    return json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it, JSON escapes can
+        text = json.dumps(fields, default=_json_default, separators=(",", ":"))
+    return text
 
 
 class Journal:
@@ -151,13 +156,21 @@ class Journal:
         row = (time.time_ns() if t_ns is None else int(t_ns), kind, str(node),
                rule if isinstance(rule, str) else None, text)
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO events (t_ns, kind, node, rule, fields) VALUES (?, ?, ?, ?, ?)", row)
-            event_id = cur.lastrowid
-            self._writes_since_prune += 1
-            if (self._writes_since_prune >= PRUNE_EVERY
-                    or time.monotonic() - self._last_prune >= PRUNE_INTERVAL_S):
-                self._prune_locked()
+            if self._db is None:
+                raise JournalError(f"{self.path}: the journal is closed")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO events (t_ns, kind, node, rule, fields) VALUES (?, ?, ?, ?, ?)",
+                    row)
+                event_id = cur.lastrowid
+                self._writes_since_prune += 1
+                if (self._writes_since_prune >= PRUNE_EVERY
+                        or time.monotonic() - self._last_prune >= PRUNE_INTERVAL_S):
+                    self._prune_locked()
+            except OverflowError as exc:
+                raise BadRecord(f"t_ns {row[0]} does not fit a 64-bit integer") from exc
+            except sqlite3.Error as exc:  # disk full, I/O error: the caller decides, not a crash
+                raise JournalError(f"{self.path}: cannot write to the journal: {exc}") from exc
         return event_id
 
     def write_record(self, body: Any) -> int:
@@ -180,7 +193,10 @@ class Journal:
     def prune(self, now_ns: int | None = None) -> int:
         """Apply the retention limits now; returns how many events were deleted."""
         with self._lock:
-            return self._prune_locked(now_ns)
+            try:
+                return self._prune_locked(now_ns)
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: cannot prune the journal: {exc}") from exc
 
     def _prune_locked(self, now_ns: int | None = None) -> int:
         self._writes_since_prune = 0

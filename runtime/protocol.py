@@ -49,14 +49,15 @@ Schema without running
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import pynng
 
 from iotrt.codec import DecodeError, pack, unpack
+
+log = logging.getLogger("iotrt.protocol")
 
 ENV_CONFIG = "IOTRT_NODE_CONFIG"
 ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
@@ -108,7 +109,8 @@ class NodeConfig:
         if not isinstance(raw.get("id"), str) or not raw["id"]:
             raise ConfigError(f"{ENV_CONFIG}: 'id' must be a non-empty string")
         for group in ("inputs", "outputs", "commands_in", "commands_out"):
-            ports = raw.get(group) or {}
+            ports = raw.get(group)
+            ports = {} if ports is None else ports
             if not isinstance(ports, dict):
                 raise ConfigError(f"{ENV_CONFIG}: '{group}' must be an object")
             try:
@@ -156,20 +158,27 @@ class SupervisorLink:
     def __init__(self, node_id: str, address: str | None):
         self.node_id = node_id
         self._sock = None
+        self.dropped = 0
         if address:
-            # a short send timeout: a node must never hang because the supervisor is busy
-            self._sock = pynng.Push0(send_timeout=200, send_buffer_size=64)
+            # messages queue here until the supervisor is connected (start-up race); sends
+            # never block, so a busy supervisor can never stall the node's loop
+            self._sock = pynng.Push0(send_buffer_size=256)
             self._sock.dial(address, block=False)
         self.ready_sent = False
 
     def _send(self, buf: bytes) -> bool:
+        """False when there is no supervisor; a full queue drops the message (and says so)."""
         if self._sock is None:
             return False
         try:
-            self._sock.send(buf)
-            return True
-        except pynng.Timeout:
-            return False
+            self._sock.send(buf, block=False)
+        except pynng.TryAgain:
+            self.dropped += 1
+            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                log.warning("supervisor not reading: %d messages dropped (use "
+                            "node.record(..., sync=True) for records that must not be lost)",
+                            self.dropped)
+        return True
 
     def ready(self) -> None:
         if not self.ready_sent:

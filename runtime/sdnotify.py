@@ -16,8 +16,9 @@ from typing import Mapping
 log = logging.getLogger("iotrt.sdnotify")
 
 # Variables that are meant for the supervisor alone: a node must not inherit them, or it could
-# tell systemd READY=1 on the supervisor's behalf.
-SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# tell systemd READY=1 on the supervisor's behalf (and a node's stderr is a pipe to the
+# supervisor, not the journal stream JOURNAL_STREAM names).
+SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
 
 
 class Notifier:

@@ -9,21 +9,23 @@ and holds a lease on that slot for as long as the view (or any array derived fro
 alive. The writer never writes a leased slot: it skips to the next free one. Leases are
 kernel-managed open-file-description locks (fcntl F_OFD_SETLK) on one byte per slot:
 
-- the writer holds an exclusive lock on a slot while it writes it; a reader takes a shared lock
-  (non-blocking) and then checks the slot's sequence word against the descriptor. If the lock
-  is refused (being written) or the sequence differs (rewritten since it was published), the
-  reader raises `FrameOverwritten` and the subscriber counts a drop; it never returns torn or
-  overwritten data;
+- to reuse a slot the writer takes an exclusive lock on it (refused while any reader holds a
+  lease), zeroes its sequence word and lets go, then writes the data and stores the new
+  sequence; a reader takes a shared lock (non-blocking) and checks the slot's sequence word
+  against the descriptor. If the lock is refused (being claimed) or the sequence differs
+  (rewritten since it was published, or being rewritten), the reader raises
+  `FrameOverwritten` and the subscriber counts a drop; it never returns torn or overwritten
+  data;
 - the writer never waits: a leased slot is skipped, and if every slot is leased the frame is
   sent inline over NNG instead (correct, only slower; a warning says to raise `slots` or to
   hold frames for less time). A frame that sits in a subscriber's queue is not leased yet and
   may be overwritten: latest-wins, counted as a drop;
-- a lease ends when the last reference to the view goes (a weakref finalizer on the view's
+- a lease ends when the last reference to the view goes (a weakref callback on the view's
   base array), or when the reader process dies (the kernel drops its locks), so a crashed
   reader never wedges a slot. Keep `arr.copy()` of a frame you mean to hold for long.
 
-The lock calls are system calls, which also order the sequence word and data accesses on
-weakly ordered CPUs.
+The lock calls are system calls, and a descriptor reaches readers only through NNG (system
+calls and mutexes): both order the sequence word and data accesses on weakly ordered CPUs.
 
 Lifetime: segments are named `iotrt-<hash of the output address>-<pid>-<generation>` and opened
 with os.open + mmap (not multiprocessing.shared_memory, whose resource tracker would unlink a
@@ -77,10 +79,15 @@ class _Flock(ctypes.Structure):
                 ("l_pid", ctypes.c_int)]
 
 
+_requests: dict[tuple[int, int], bytes] = {}
+
+
 def _lock(fd: int, slot: int, kind: int) -> bool:
     """Non-blocking OFD lock (F_RDLCK/F_WRLCK) or unlock (F_UNLCK) of slot's byte; False if
     another open file description holds a conflicting lock."""
-    req = bytes(_Flock(kind, os.SEEK_SET, slot, 1, 0))
+    req = _requests.get((kind, slot))
+    if req is None:
+        req = _requests[(kind, slot)] = bytes(_Flock(kind, os.SEEK_SET, slot, 1, 0))
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, req)
     except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by someone else
@@ -159,7 +166,12 @@ class RingWriter:
         self._seqs = np.ndarray((self.slots,), "<u8", self._map, HEADER_SIZE, (SEQ_STRIDE,))
 
     def _claim(self, nbytes: int) -> int | None:
-        """Exclusively lock the next slot no reader leases; None if all are leased."""
+        """The next slot no reader leases, invalidated for writing; None if all are leased.
+
+        The exclusive lock is held only while the slot's sequence is zeroed: from then on a
+        reader with an old descriptor sees the mismatch, so the data can be written (even
+        filled by a producer over many milliseconds) without holding it, and publishing costs
+        no system call."""
         if nbytes > self.slot_size:
             self._create(nbytes)
         for _ in range(self.slots):
@@ -168,6 +180,8 @@ class RingWriter:
             if self._loan is not None and slot == self._loan[1]:
                 continue  # the producer is still filling this one
             if _lock(self._fd, slot, fcntl.F_WRLCK):
+                self._seqs[slot] = 0  # no descriptor names seq 0
+                _lock(self._fd, slot, fcntl.F_UNLCK)
                 return slot
         self.inline_fallbacks += 1
         if self.inline_fallbacks in (1, 100) or self.inline_fallbacks % 10_000 == 0:
@@ -177,9 +191,10 @@ class RingWriter:
         return None
 
     def _commit(self, slot: int, dtype: np.dtype, shape: tuple) -> msgpack.ExtType:
+        # readers learn the descriptor only through NNG, after this store (and the system
+        # calls of the send, which order it after the data on any CPU)
         self._seq += 1
         self._seqs[slot] = self._seq
-        _lock(self._fd, slot, fcntl.F_UNLCK)
         return msgpack.ExtType(EXT_SHM, msgpack.packb([self.name, slot, self._seq, dtype.str,
                                                        list(shape)]))
 
@@ -203,11 +218,9 @@ class RingWriter:
 
     def _abandon(self) -> None:
         if self._loan is not None:
-            view, slot = self._loan
+            view, _ = self._loan
             self._loan = None
-            view.flags.writeable = False
-            self._seqs[slot] = 0  # no descriptor names seq 0: nobody can read the leftovers
-            _lock(self._fd, slot, fcntl.F_UNLCK)
+            view.flags.writeable = False  # its slot keeps seq 0: nobody can read the leftovers
 
     def sink(self, arr: np.ndarray) -> msgpack.ExtType | None:
         """codec array_sink: put `arr` in a free slot, or None to send it inline."""
@@ -263,20 +276,23 @@ class _Mapping:
             os.close(self.fd)
             raise
         self.seqs = np.ndarray((self.slots,), "<u8", self.map, HEADER_SIZE, (SEQ_STRIDE,))
-        self.leases = 0
+        # id(weak reference to a frame's base array) -> (that reference, slot); the reference's
+        # callback ends the lease (keyed by id: a weakref to an ndarray is not hashable)
+        self.leases: dict[int, tuple[weakref.ref, int]] = {}
         self.closing = False
-        # finalizers run in whichever thread drops a frame's last reference
+        # callbacks run in whichever thread drops a frame's last reference
         self._lock = threading.Lock()
 
-    def lease(self) -> None:
+    def lease(self, base: np.ndarray, slot: int) -> None:
         with self._lock:
-            self.leases += 1
+            ref = weakref.ref(base, self._release)
+            self.leases[id(ref)] = (ref, slot)
 
-    def release(self, slot: int) -> None:
-        """A lease's finalizer: the reader dropped the last reference to the frame."""
+    def _release(self, ref: weakref.ref) -> None:
+        """The reader dropped the last reference to a frame: end its lease."""
         with self._lock:
-            self.leases -= 1
-            if self.closing and self.leases == 0:
+            slot = self.leases.pop(id(ref))[1]
+            if self.closing and not self.leases:
                 os.close(self.fd)  # also drops any lock left on it
             else:
                 _lock(self.fd, slot, fcntl.F_UNLCK)
@@ -285,7 +301,7 @@ class _Mapping:
         """Called when the reader moves on; the fd stays open until the last lease ends."""
         with self._lock:
             self.closing = True
-            if self.leases == 0:
+            if not self.leases:
                 os.close(self.fd)
         # the mmap itself is unmapped when the last frame viewing it is garbage-collected
 
@@ -337,8 +353,7 @@ class RingReaders:
         # `base` owns the lease: numpy points every view and slice of it back at `base`, so it
         # is collected (and the lease released) only when the reader holds none of them
         base = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
-        m.lease()
-        weakref.finalize(base, m.release, slot)
+        m.lease(base, slot)
         return base.view()
 
     def close(self) -> None:

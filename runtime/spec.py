@@ -70,7 +70,8 @@ class Param:
             else isinstance(value, t)
         )
         if not ok:
-            hint = " (quote it in YAML)" if t is str and isinstance(value, (bool, int, float)) else ""
+            quoted = t is str and isinstance(value, (bool, int, float))
+            hint = " (quote it in YAML)" if quoted else ""
             return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
@@ -136,7 +137,8 @@ class NodeSpec:
             else:
                 # copy mutable defaults so a node cannot change its SPEC through params
                 d = p.default
-                out[p.name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+                out[p.name] = (list(d) if isinstance(d, list)
+                               else dict(d) if isinstance(d, dict) else d)
         if errors:
             raise ParamError(errors)
         return out

@@ -107,7 +107,7 @@ class Slot:
     id: str
     restart: str = "on-failure"
     critical: bool = True
-    start_timeout_s: float = 30.0
+    start_timeout_s: float = 60.0
     liveness_s: float = 5.0
     stop_grace_s: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -214,7 +214,8 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
     if isinstance(event, Tick):
         if s == State.STARTING and n.deadline is not None and now >= n.deadline:
             # STARTING -> STOPPING (start timeout; restarted once it is gone)
-            return _stop(n, now, f"not ready within {n.start_timeout_s:g}s")
+            return _stop(n, now, f"not ready within {n.start_timeout_s:g}s "
+                                 "(if it needs longer, raise its start_timeout_s)")
         if s == State.RUNNING and now - n.last_heartbeat > n.liveness_s:
             # RUNNING -> STOPPING (hung: its event loop stopped heartbeating)
             return _stop(n, now, f"no heartbeat for {n.liveness_s:g}s")

@@ -75,6 +75,7 @@ class Supervisor:
         self._kill_now = False
         self._next_ping = 0.0
         self._withholding = False
+        self._last_status = ""
 
     # -- public -------------------------------------------------------------------------------
 
@@ -102,6 +103,10 @@ class Supervisor:
 
     def _open(self) -> None:
         g = self.graph
+        try:   # how the loop hears a node end; refuse up front rather than lose track of nodes
+            os.close(os.pidfd_open(os.getpid()))
+        except (AttributeError, OSError) as exc:
+            raise SupervisorError(f"the supervisor needs Linux 5.3 or newer (pidfd_open): {exc}") from exc
         try:
             ensure_runtime_dir(g.runtime_dir)
         except OSError as exc:
@@ -216,7 +221,8 @@ class Supervisor:
             self.ready_sent = True
             took = now - self.started_at
             log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.slots), took)
-            self.notifier.notify("READY=1", f"STATUS=running {len(self.slots)} nodes")
+            self.notifier.notify("READY=1")
+            self._status(self._summary())
             self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took})
 
     def _watchdog(self, now: float) -> None:
@@ -232,7 +238,9 @@ class Supervisor:
                 self._status(f"unhealthy: {', '.join(down)} down")
             self._withholding = True
             return
-        self._withholding = False
+        if self._withholding:
+            self._withholding = False
+            self._status(self._summary())
         self.notifier.notify("WATCHDOG=1")
 
     # -- applying the state machine -----------------------------------------------------------
@@ -285,19 +293,29 @@ class Supervisor:
         self._publish_event(event)
         if slot.state != before:
             self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
+            if self.ready_sent and not self.stopping and not self._withholding:
+                self._status(self._summary())
 
     def _publish_event(self, data: dict) -> None:
         self.events.publish(data)
 
-    def _journal(self, kind: str, node: str, fields: dict, t_ns: int | None = None) -> int | None:
+    def _journal(self, kind: str, node: str, fields: dict) -> int | None:
         try:
-            return self.journal.write(kind, node, fields, t_ns)
+            return self.journal.write(kind, node, fields)
         except JournalError as exc:
             log.error("journal write failed (%s/%s): %s", node, kind, exc)
             return None
 
     def _status(self, text: str) -> None:
-        self.notifier.notify(f"STATUS={text}")
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.notify(f"STATUS={text}")
+
+    def _summary(self) -> str:
+        """`systemctl status` line: how many nodes run, and what the others are doing."""
+        others = [f"{s.id} {s.state.value}" for s in self.slots.values() if s.state != State.RUNNING]
+        running = len(self.slots) - len(others)
+        return f"{running}/{len(self.slots)} nodes running" + (f"; {', '.join(others)}" if others else "")
 
     # -- handlers for readable fds -----------------------------------------------------------
 

@@ -201,7 +201,13 @@ class Motors:
                 self._stop("deadman")
                 return None
             if now >= self._next_refresh:
-                self._driver.drive(self._speeds)
+                try:
+                    self._driver.drive(self._speeds)
+                except DriverError:
+                    # The controller stopped answering while the motors turn: ask for a stop,
+                    # then let the node end (the supervisor restarts it, stopped).
+                    self._stop("driver_error")
+                    raise
                 self._next_refresh = now + self.refresh_s
             return min(self._fresh_until, self._next_refresh) - now
 

@@ -47,7 +47,7 @@ SPEC = NodeSpec(
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
               min=0.01),
         Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
-        Param("command_expiry_s", float, 10.0,
+        Param("command_expiry_s", float, 3.0,
               "drop a command still queued after this long (never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
@@ -207,6 +207,20 @@ class RuleNode:
         ids = [r.id for r in ruleset.rules]
         self.node.log.info("reloaded %d rule(s) from %s", len(ids), self.rules_path)
         self.node.record("rules_reloaded", file=str(self.rules_path), rules=ids)
+
+
+def check(params: dict, base_dir: str | Path) -> list[str]:
+    """Every problem of the rules a graph gives this node, as "file:line: message" strings.
+
+    For graph validation (`iotrt validate`): `params` are the node's validated params and
+    `base_dir` the graph file's folder (the node's working directory when it runs).
+    """
+    base = Path(base_dir)
+    try:
+        load_rules(base / params["rules"], python=[base / p for p in params.get("python", [])])
+    except RulesError as exc:
+        return [str(p) for p in exc.problems]
+    return []
 
 
 def main(node: Node) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.perception.inference import build, handle_frame
+from iotrt.nodes.perception.inference import DetectorError, build, handle_frame
 from iotrt.nodes.perception.modelcache import cache_dir
 
 SPEC = NodeSpec(
@@ -51,8 +51,16 @@ SPEC = NodeSpec(
 def main(node: Node) -> None:
     state = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     node.ready()
+    bad = 0
     for event in node:
         if event.kind == "input" and event.input == "image":
-            msg = handle_frame(event.data, event.stamp_ns, state)
+            try:
+                msg = handle_frame(event.data, event.stamp_ns, state)
+            except DetectorError as exc:
+                # A bad frame from a misconfigured upstream: skip it, keep serving good ones.
+                bad += 1
+                if bad == 1 or bad % 100 == 0:
+                    node.log.warning("detector: skipped %d bad frame(s): %s", bad, exc)
+                continue
             if msg is not None:
                 node.publish("detections", msg)

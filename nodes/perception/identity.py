@@ -79,6 +79,7 @@ def main(node: Node) -> None:
     ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     pairer = Pairer(node.params["frame_buffer"])
     node.ready()
+    bad = 0
     for event in node:
         if event.kind == "reload":
             # `iotrt enroll` then `iotrt reload`: pick up the new gallery without a restart.
@@ -97,4 +98,12 @@ def main(node: Node) -> None:
         else:
             continue
         for stamp, det, frame in pairs:
-            node.publish("faces", ident.identify(frame, det), stamp_ns=stamp)
+            try:
+                out = ident.identify(frame, det)
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+                # Detections not in the detector's format: skip them, keep naming good ones.
+                bad += 1
+                if bad == 1 or bad % 100 == 0:
+                    node.log.warning("identity: skipped %d malformed detections: %r", bad, exc)
+                continue
+            node.publish("faces", out, stamp_ns=stamp)

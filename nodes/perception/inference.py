@@ -21,7 +21,9 @@ class DetectorError(RuntimeError):
 
 
 def as_rgb(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
+    if not isinstance(frame, np.ndarray) or frame.dtype.kind not in "uif":
+        raise DetectorError(f"expected an image array, got {type(frame).__name__}"
+                            f"{' of ' + str(frame.dtype) if isinstance(frame, np.ndarray) else ''}")
     if frame.ndim == 2:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
     if frame.ndim == 3 and frame.shape[2] == 4:

@@ -83,11 +83,18 @@ class PoseFilter:
 def main(node: Node) -> None:
     filt = PoseFilter(node.params["gyro_weight"], node.params["imu_timeout_s"])
     node.ready()
+    bad = 0
     for event in node:
         if event.kind != "input":
             continue
         msg, stamp = event.data, event.stamp_ns
-        if event.input == "imu":
-            filt.on_imu(float(msg["gyro"][2]), stamp)
-        elif event.input == "odom":
-            node.publish("pose", filt.on_odom(float(msg["s"]), float(msg["theta"]), stamp))
+        try:
+            if event.input == "imu":
+                filt.on_imu(float(msg["gyro"][2]), stamp)
+            elif event.input == "odom":
+                node.publish("pose", filt.on_odom(float(msg["s"]), float(msg["theta"]), stamp))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            # A message without the documented fields: skip it, keep the pose going.
+            bad += 1
+            if bad == 1 or bad % 100 == 0:
+                node.log.warning("pose: skipped %d malformed %s message(s): %r", bad, event.input, exc)

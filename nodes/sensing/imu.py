@@ -46,6 +46,8 @@ SPEC = NodeSpec(
         Param("sim_speed", float, 0.0, "sim: forward speed in m/s (for centripetal accel)"),
         Param("sim_gyro_bias", list, [0.01, -0.02, 0.015], "sim: gyro bias in rad/s"),
         Param("sim_noise", float, 0.002, "sim: gyro noise std in rad/s (accel: 10x in m/s^2)"),
+        Param("sim_start_s", float, 2.5, "sim: still this long before moving (odometry: same)",
+              min=0.0),
     ],
 )
 
@@ -116,27 +118,35 @@ class Mpu6050:
 
 @dataclass
 class SimImu:
-    """A board moving at constant speed and yaw rate, with gyro bias and white noise."""
+    """A board that stands still for `start_s` (time to calibrate, as on a real robot), then
+    moves at constant speed and yaw rate; gyro bias and white noise throughout."""
 
     rate_hz: float = 100.0
     yaw_rate: float = 0.0
     speed: float = 0.0
     gyro_bias: tuple[float, float, float] = (0.01, -0.02, 0.015)
     noise: float = 0.002
+    start_s: float = 0.0
     seed: int = 0
     rng: np.random.Generator = field(init=False)
+    t0: int = field(init=False)
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.seed)
+        self.t0 = time.monotonic_ns()
 
-    def sample(self) -> Sample:
-        gyro = np.array([0.0, 0.0, self.yaw_rate]) + self.gyro_bias
-        accel = np.array([0.0, self.speed * self.yaw_rate, GRAVITY])  # centripetal + gravity
+    def sample(self, t_s: float | None = None) -> Sample:
+        """The sample at `t_s` seconds after start (None: moving)."""
+        moving = t_s is None or t_s >= self.start_s
+        yaw, speed = (self.yaw_rate, self.speed) if moving else (0.0, 0.0)
+        gyro = np.array([0.0, 0.0, yaw]) + self.gyro_bias
+        accel = np.array([0.0, speed * yaw, GRAVITY])  # centripetal + gravity
         return Sample(accel + self.rng.normal(0, self.noise * 10, 3),
                       gyro + self.rng.normal(0, self.noise, 3))
 
     def read(self) -> list[tuple[Sample, int]]:
-        return [(self.sample(), time.monotonic_ns())]
+        now = time.monotonic_ns()
+        return [(self.sample((now - self.t0) / 1e9), now)]
 
     def close(self) -> None:
         pass
@@ -176,27 +186,51 @@ def open_driver(p: dict, log=None):
         return Mpu6050(smbus2.SMBus(p["i2c_bus"]), p["i2c_address"], p["accel_range_g"],
                        p["gyro_range_dps"], p["rate_hz"])
     return SimImu(p["rate_hz"], p["sim_yaw_rate"], p["sim_speed"], tuple(p["sim_gyro_bias"]),
-                  p["sim_noise"])
+                  p["sim_noise"], p["sim_start_s"])
+
+
+class CalibrationError(RuntimeError):
+    """The IMU delivered too few samples to calibrate; the message names the driver."""
+
+
+def calibrate(driver, calib: Calibrator, rate_hz: float, stopped, what: str,
+              budget_s: float | None = None) -> bool:
+    """Read samples at `rate_hz` until `calib` is done. Runs before the event loop because the
+    loop's first turn reports the node ready, and a node must not be ready before its bias is
+    known. Returns False if a stop was requested meanwhile."""
+    period = 1.0 / rate_hz
+    if budget_s is None:
+        budget_s = 2.0 * calib.n * period + 5.0  # a silent serial link must not hang start-up
+    deadline = time.monotonic() + budget_s
+    next_t = time.monotonic()
+    while not calib.done:
+        if stopped():
+            return False
+        if time.monotonic() > deadline:
+            raise CalibrationError(f"imu: {what} gave {calib.count} of {calib.n} calibration "
+                                   f"samples in {budget_s:.1f} s; is it connected and sending?")
+        for sample, _ in driver.read():
+            calib.add(sample)
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))  # pacing the reads, not waiting on a test
+    return True
 
 
 def main(node: Node) -> None:
     p = node.params
     driver = open_driver(p, node.log)
     calib = Calibrator(round(p["calibrate_s"] * p["rate_hz"]), p["calibrate_accel"])
-    node.timer("sample", 1.0 / p["rate_hz"])
-    if calib.done:
-        node.ready()
     try:
+        if not calibrate(driver, calib, p["rate_hz"], lambda: node.stop_requested, p["driver"]):
+            return
+        if calib.n:
+            node.log.info("imu: gyro bias %s rad/s", np.round(calib.gyro_bias, 5).tolist())
+        node.timer("sample", 1.0 / p["rate_hz"])
+        node.ready()
         for event in node:
             if event.kind != "timer":
                 continue
             for sample, stamp in driver.read():
-                if not calib.done:
-                    calib.add(sample)
-                    if calib.done:
-                        node.log.info("imu: gyro bias %s rad/s", np.round(calib.gyro_bias, 5).tolist())
-                        node.ready()
-                    continue
                 node.publish("imu", calib.correct(sample).to_msg(), stamp_ns=stamp)
     finally:
         driver.close()

@@ -38,6 +38,8 @@ SPEC = NodeSpec(
         Param("baud", int, 115200, "serial: baud rate"),
         Param("sim_speed", float, 0.2, "sim: forward speed in m/s"),
         Param("sim_yaw_rate", float, 0.0, "sim: yaw rate in rad/s"),
+        Param("sim_start_s", float, 2.5, "sim: still this long before driving (as the IMU's sim)",
+              min=0.0),
     ],
 )
 
@@ -143,17 +145,20 @@ class SerialTicks:
 
 
 class SimTicks:
-    """Encoders of a robot driving at constant speed and yaw rate (a line or a circle)."""
+    """Encoders of a robot that stands still for `start_s`, then drives at constant speed and
+    yaw rate (a line or a circle)."""
 
-    def __init__(self, wheels: Wheels, speed: float, yaw_rate: float, clock=time.monotonic_ns):
-        self.wheels, self.clock = wheels, clock
+    def __init__(self, wheels: Wheels, speed: float, yaw_rate: float, clock=time.monotonic_ns,
+                 start_s: float = 0.0):
+        self.wheels, self.clock, self.start_s = wheels, clock, start_s
         self.v_left = speed - yaw_rate * wheels.base / 2
         self.v_right = speed + yaw_rate * wheels.base / 2
         self.t0 = clock()
 
     def ticks_at(self, t_s: float) -> tuple[int, int]:
         k = self.wheels.metres_per_tick
-        return math.floor(self.v_left * t_s / k), math.floor(self.v_right * t_s / k)
+        t = max(0.0, t_s - self.start_s)
+        return math.floor(self.v_left * t / k), math.floor(self.v_right * t / k)
 
     def read(self) -> list[tuple[tuple[int, int], int]]:
         now = self.clock()
@@ -169,7 +174,7 @@ def main(node: Node) -> None:
     if p["driver"] == "serial":
         driver = SerialTicks(p["port"], p["baud"], node.log)
     else:
-        driver = SimTicks(wheels, p["sim_speed"], p["sim_yaw_rate"])
+        driver = SimTicks(wheels, p["sim_speed"], p["sim_yaw_rate"], start_s=p["sim_start_s"])
     odo = DiffDrive(wheels)
     node.timer("read", 1.0 / p["rate_hz"])
     node.ready()

@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the supervisor to exit (default 30)")
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         address = control_address(args.graph)
@@ -29,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"stopping (supervisor pid {pid}) ...", flush=True)
     start = time.monotonic()
     while time.monotonic() - start < args.timeout:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        if not _running(pid):
             print(f"stopped in {time.monotonic() - start:.1f}s")
             return 0
         time.sleep(0.05)

@@ -89,13 +89,20 @@ def journal_path(args: argparse.Namespace) -> Path:
                        f"name one")
 
 
+def _value(value) -> str:
+    # Plain words stay bare (state=unlocked); anything that could be misread as several fields
+    # is quoted, and structures are JSON.
+    if isinstance(value, str) and value and not any(c.isspace() or c in '="' for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
 def format_event(event: Event, as_json: bool) -> str:
     when = dt.datetime.fromtimestamp(event.t_ns / 1e9).astimezone()
     if as_json:
         return json.dumps({**event.to_dict(), "time": when.isoformat(timespec="milliseconds")},
                           ensure_ascii=False)
-    fields = " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
-                      for k, v in event.fields.items())
+    fields = " ".join(f"{k}={_value(v)}" for k, v in event.fields.items())
     stamp = when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
     return f"{stamp} #{event.id:<6} {event.kind:<18} {event.node:<12} {fields}".rstrip()
 

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from iotrt.graph import GraphError, load_graph
 from iotrt.supervisor import run_graph
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# syslog priorities: journald reads a "<N>" line prefix as the line's priority (SyslogLevelPrefix)
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+              logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Under systemd: '<3>message' so `journalctl -p err` finds the supervisor's errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,4 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     level = args.log_level or ("DEBUG" if args.verbose else "INFO")
     logging.getLogger("iotrt").setLevel(level)
+    if os.environ.get("JOURNAL_STREAM"):     # our stderr is journald's (set by systemd)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     return run_graph(graph, log_level=level)

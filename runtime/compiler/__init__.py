@@ -117,10 +117,15 @@ def compile_model(
         graph = bake_constants(graph, constants)
     say(f"front end: {len(graph.nodes)} ops, {len(graph.consts)} constant tensors")
     sha = _sha256(src)
-    art, log = build_artifact(
-        graph, {"name": src.name, "format": fmt, "sha256": sha},
-        meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
-        quantize=quantize, progress=say, src=src)
+    try:
+        art, log = build_artifact(
+            graph, {"name": src.name, "format": fmt, "sha256": sha},
+            meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
+            quantize=quantize, progress=say, src=src)
+    except CompileError as exc:
+        if type(exc) is not CompileError:
+            raise
+        raise CompileError(f"{src}: {exc}") from exc  # say which model the node is in
     size = artifact_io.write(art, out_path)
     say(f"wrote {out_path} ({size / 1e6:.2f} MB)")
     st = art.stats

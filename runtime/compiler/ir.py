@@ -25,6 +25,7 @@ class Op(str, enum.Enum):
     AVERAGE_POOL = "AveragePool"
     BATCH_NORM = "BatchNormalization"
     CAST = "Cast"
+    CAST_LIKE = "CastLike"
     CLIP = "Clip"
     CONCAT = "Concat"
     CONSTANT_OF_SHAPE = "ConstantOfShape"

@@ -1,8 +1,9 @@
 """Static memory plan: every activation gets a fixed byte offset in one arena.
 
-Tensors whose lifetimes do not overlap share bytes (first-fit over a free list). Two kinds of
+Tensors whose lifetimes do not overlap share bytes (first-fit over a free list). Three kinds of
 tensors take no bytes of their own:
 - the output of a view op (Reshape, Flatten, Squeeze, Unsqueeze, Identity) is its input's bytes;
+- the output of an elementwise op may take the bytes of an input it reads for the last time;
 - an input of a Concat along an axis with only size-1 axes before it is a contiguous slice of
   the Concat's output, so the op producing it writes there directly and the Concat is free
   (unless the Concat has a fused activation and someone else also reads that input).
@@ -19,6 +20,9 @@ import numpy as np
 from iotrt.compiler.ir import VIEW_OPS, Graph, Op
 
 ALIGN = 64
+# Elementwise ops whose numpy kernels may write their output over an input of the same shape.
+IN_PLACE_OPS = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.SUM, Op.RELU, Op.SIGMOID, Op.TANH,
+                          Op.CLIP, Op.LEAKY_RELU})
 
 
 @dataclass(frozen=True)
@@ -126,12 +130,38 @@ def plan_memory(g: Graph) -> MemoryPlan:
                 merged.append((o, s))
         free[:] = merged
 
+    inputs_and_outputs = inputs | set(g.outputs)
+    handed_over: set[str] = set()  # roots whose bytes an in-place output took
+
+    def in_place_source(step: int, out: str) -> str | None:
+        """An input of an elementwise node whose bytes the output can take: same shape and
+        dtype, a root of its own, and read for the last time here."""
+        node = g.nodes[step]
+        if node.op not in IN_PLACE_OPS or out in parent or first.get(out) != step:
+            return None
+        # Sum adds its inputs in order into the output: only the first two may be overwritten
+        candidates = node.inputs[:2] if node.op is Op.SUM else node.inputs
+        for name in candidates:
+            if (name and name not in g.consts and name not in parent and name not in handed_over
+                    and name not in inputs_and_outputs and last.get(name) == step
+                    and g.shapes[name] == g.shapes[out] and g.dtypes[name] == g.dtypes[out]
+                    and not any(p[0] == name for p in parent.values())):
+                return name
+        return None
+
     for step in range(-1, end + 1):
-        # allocate before freeing: an op never writes over its own inputs
+        # allocate before freeing: an op never writes over its own inputs, except elementwise
+        # ops, which may write over an input they read for the last time
         for r in sorted(by_start.get(step, []), key=lambda n: -_nbytes(g, n)):
-            offsets[r] = allocate(_nbytes(g, r))
+            src = in_place_source(step, r) if 0 <= step < end else None
+            if src is not None:
+                offsets[r] = offsets[src]
+                handed_over.add(src)
+            else:
+                offsets[r] = allocate(_nbytes(g, r))
         for r in by_end.get(step, []):
-            release(offsets[r], _nbytes(g, r))
+            if r not in handed_over:
+                release(offsets[r], _nbytes(g, r))
 
     names = set(first) | set(parent)
     for name in names:

@@ -26,6 +26,10 @@ def _arg(g: Graph, name: str):
 
 def _conv_shape(g: Graph, node: Node) -> tuple[int, ...]:
     x, w = g.shapes[node.inputs[0]], g.shapes[node.inputs[1]]
+    group = int(node.attrs.get("group", 1))
+    if len(x) != len(w) or len(x) < 3 or x[1] != w[1] * group or w[0] % group:
+        raise CompileError(f"Conv node '{node.name}': weight {w} does not fit input {x} "
+                           f"with group={group}")
     kernel = tuple(node.attrs.get("kernel_shape") or w[2:])
     begin, end = spatial_pads(x[2:], node.attrs, kernel)
     return (x[0], w[0], *out_sizes(x[2:], kernel, node.attrs, begin, end))
@@ -74,7 +78,19 @@ def fold_constants(g: Graph) -> Graph:
     return work
 
 
+# Operands that decide an output's shape, so they must be known when compiling.
+STATIC_OPERANDS = {Op.RESHAPE: (1,), Op.SQUEEZE: (1,), Op.UNSQUEEZE: (1,), Op.PAD: (1,),
+                   Op.RESIZE: (1, 2, 3), Op.CONSTANT_OF_SHAPE: (0,)}
+
+
 def _infer_node(g: Graph, node: Node) -> None:
+    for pos in STATIC_OPERANDS.get(node.op, ()):
+        name = node.inputs[pos] if pos < len(node.inputs) else ""
+        if name and name not in g.consts:
+            raise CompileError(
+                f"{node.op.value} node '{node.name}': input {pos} ('{name}') is computed at run "
+                "time, but it decides the output's shape and must be a constant (the compiler "
+                "plans static shapes)")
     if node.op is Op.CONV:
         g.shapes[node.outputs[0]] = _conv_shape(g, node)
         g.dtypes[node.outputs[0]] = g.dtypes[node.inputs[0]]
@@ -262,6 +278,10 @@ def cancel_transposes(g: Graph) -> Graph:
 
 def eliminate_dead(g: Graph) -> Graph:
     """Drop nodes no graph output depends on, and constants no node reads."""
+    known = {o for n in g.nodes for o in n.outputs} | set(g.consts) | {s.name for s in g.inputs}
+    for name in g.outputs:
+        if name not in known:
+            raise CompileError(f"graph output '{name}' is not produced by any node")
     live = set(g.outputs)
     kept: list[Node] = []
     for node in reversed(g.nodes):

@@ -158,27 +158,33 @@ def max_pool(ins, a):
     return [y]
 
 
-def average_pool(ins, a):
-    x = ins[0]
+def avg_pool_divisor(in_shape: tuple[int, ...], a: dict) -> np.ndarray:
+    """Per output position, how many taps AveragePool divides by: the window's positions inside
+    the input, or inside input + explicit pads with count_include_pad; never the positions
+    that only ceil_mode added. Shape (1, 1, *output spatial)."""
     kernel = tuple(a["kernel_shape"])
-    strides, dil, begin, end, outs, end_needed = _geometry(x, kernel, a)
-    xp = _pad_to(x, begin, end_needed, 0)
-    # The divisor counts the window's positions inside the input, or inside input + explicit pads
-    # with count_include_pad; never the positions that only ceil_mode added.
-    ones = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
+    ones = np.ones((1, 1) + tuple(in_shape[2:]), dtype=np.float64)
+    strides, dil, begin, end, outs, end_needed = _geometry(ones, kernel, a)
     if a.get("count_include_pad", 0):
         ones = np.pad(ones, [(0, 0), (0, 0)] + list(zip(begin, end)), constant_values=1)
         mask = _pad_to(ones, [0] * len(begin), [e - pe for e, pe in zip(end_needed, end)], 0)
     else:
         mask = _pad_to(ones, begin, end_needed, 0)
+    count = np.zeros((1, 1) + tuple(outs))
+    for _, view in _windows(mask, kernel, strides, dil, outs):
+        count += view
+    return count
+
+
+def average_pool(ins, a):
+    x = ins[0]
+    kernel = tuple(a["kernel_shape"])
+    strides, dil, begin, _, outs, end_needed = _geometry(x, kernel, a)
+    xp = _pad_to(x, begin, end_needed, 0)
     y = np.zeros(x.shape[:2] + tuple(outs), dtype=x.dtype)
-    count = np.zeros((1, 1) + tuple(outs), dtype=x.dtype)
-    for (_, view), (_, mview) in zip(
-        _windows(xp, kernel, strides, dil, outs), _windows(mask, kernel, strides, dil, outs)
-    ):
+    for _, view in _windows(xp, kernel, strides, dil, outs):
         y += view
-        count += mview
-    return [y / count]
+    return [(y / avg_pool_divisor(x.shape, a)).astype(x.dtype)]
 
 
 # ---- elementwise ----------------------------------------------------------------------------
@@ -442,6 +448,7 @@ KERNELS: dict[str, Kernel] = {
     "AveragePool": average_pool,
     "BatchNormalization": batch_norm,
     "Cast": lambda ins, a: [ins[0].astype(ONNX_DTYPES[a["to"]])],
+    "CastLike": lambda ins, a: [ins[0].astype(ins[1].dtype)],
     "Clip": clip,
     "Concat": concat,
     "ConstantOfShape": constant_of_shape,

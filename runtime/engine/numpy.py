@@ -21,7 +21,13 @@ import numpy as np
 
 from iotrt.compiler.artifact import Artifact
 from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
-from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
+from iotrt.engine.kernels import (
+    KERNELS,
+    KernelError,
+    avg_pool_divisor,
+    out_sizes,
+    spatial_pads,
+)
 
 Step = Callable[[], None]
 NAME = "numpy"
@@ -307,19 +313,7 @@ def _build_pool(m: NumpyModel, node: Node) -> Step:
         for j in range(kernel[1]):
             windows.append(xp[:, :, i * dil[0]:i * dil[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
                                     j * dil[1]:j * dil[1] + (outs[1] - 1) * strides[1] + 1:strides[1]])
-    inv_count = None
-    if not is_max:
-        ref = KERNELS["AveragePool"]([np.ones((1, 1) + x.shape[2:], x.dtype)], a)[0]
-        # ref = 1 where windows count every tap; recover the divisor from a pool of ones-sums
-        sums = np.zeros((1, 1) + tuple(outs), x.dtype)
-        ones = np.zeros((1, 1, ph, pw), x.dtype)
-        ones[:, :, begin[0]:begin[0] + x.shape[2], begin[1]:begin[1] + x.shape[3]] = 1
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                sums += ones[:, :, i * dil[0]:i * dil[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
-                                   j * dil[1]:j * dil[1] + (outs[1] - 1) * strides[1] + 1:strides[1]]
-        # average = sum / count, and for a ones input average == 1 where count == sums
-        inv_count = (ref / np.where(sums == 0, 1, sums)).astype(x.dtype)
+    inv_count = None if is_max else (1.0 / avg_pool_divisor(x.shape, a)).astype(x.dtype)
     combine = np.maximum if is_max else np.add
 
     def step() -> None:
@@ -437,8 +431,12 @@ def _build_gemm(m: NumpyModel, node: Node) -> Step:
     if not m.is_const(node.inputs[1]) or (C is not None and not m.is_const(node.inputs[2])):
         return _build_generic(m, node)
     At = A.T if a.get("transA", 0) else A
-    Bt = np.ascontiguousarray((B.T if a.get("transB", 0) else B) * a.get("alpha", 1.0)).astype(y.dtype)
-    Cs = None if C is None else (C * a.get("beta", 1.0)).astype(y.dtype)
+    # A transposed weight stays a view (BLAS takes either order), so the weights are not copied
+    Bt = B.T if a.get("transB", 0) else B
+    alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+    if alpha != 1.0:
+        Bt = (Bt * alpha).astype(y.dtype)
+    Cs = None if C is None else (C if beta == 1.0 else C * beta).astype(y.dtype, copy=False)
     act = _activation(y, a)
 
     def step() -> None:

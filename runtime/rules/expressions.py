@@ -309,9 +309,14 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
                 raise ExpressionLimit(f"more than {MAX_STEPS} evaluation steps")
             if time.monotonic() > self._deadline:
                 raise ExpressionLimit("evaluation took longer than its time budget")
-        handler = self.nodes.get(type(node))
+        kind = type(node)
+        if kind is ast.Constant:  # the commonest nodes inline; literal sizes were checked at load
+            return node.value
+        if kind is ast.Name:
+            return self._eval_name_fast(node)
+        handler = self.nodes.get(kind)
         if handler is None:
-            raise ExpressionRejected(f"{type(node).__name__} is not allowed")
+            raise ExpressionRejected(f"{kind.__name__} is not allowed")
         return handler(node)
 
     def _eval_name_fast(self, node: ast.Name) -> Any:

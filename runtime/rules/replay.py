@@ -8,7 +8,9 @@ A messages file is YAML or JSON (a list), or JSON lines (.jsonl, e.g. recorded),
 
 `t` is seconds from the start; without it an entry comes `gap` seconds after the previous one.
 A recorded entry may give `stamp_ns` (monotonic ns) instead; times are then relative to the
-first stamp. Between entries the simulated clock stops at every moment the engine has
+first stamp. The output of `iotrt echo TOPIC` (a `--- topic seq=...` line, then the data as
+JSON) is read too, one message every `gap` seconds. A topic `node/output` also matches triggers
+on `output`, the name a rule node usually gives that input. Between entries the simulated clock stops at every moment the engine has
 something due, so holds, delays, absences and intervals fire at their exact times.
 """
 
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotrt.rules.engine import TICK, Action, Engine, Message
+from iotrt.rules.actions import TICK, Action, Message
+from iotrt.rules.engine import Engine
 from iotrt.rules.source import LocatedList, Problem, RulesError, load_located
+
+_ECHO_HEADER = re.compile(r"^--- (\S+) seq=\d+ ")
 
 # How long after the last message a replay keeps going to finish runs waiting on a delay.
 DRAIN_LIMIT_S = 3600.0
@@ -43,6 +49,9 @@ def load_messages(path: str | Path, gap: float = 0.1) -> list[Entry]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError([Problem(file, 0, f"cannot read messages: {exc}")]) from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if _ECHO_HEADER.match(first):
+        return _echo_entries(text, file, gap)
     if path.suffix == ".jsonl":
         raw, lines = [], []
         for n, line in enumerate(text.splitlines(), 1):
@@ -61,6 +70,25 @@ def load_messages(path: str | Path, gap: float = 0.1) -> list[Entry]:
         raw = doc
         lines = doc.item_lines if isinstance(doc, LocatedList) else [1] * len(doc)
     return _entries(raw, lines, file, gap)
+
+
+def _echo_entries(text: str, file: str, gap: float) -> list[Entry]:
+    entries, topic, header_line = [], None, 0
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _ECHO_HEADER.match(line)
+        if m:
+            topic, header_line = m.group(1), n
+        elif line.strip():
+            if topic is None:
+                raise RulesError([Problem(file, n, "data without a '--- topic seq=...' line")])
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RulesError([Problem(file, n, f"bad JSON after line {header_line}: "
+                                                   f"{exc.msg}")]) from None
+            entries.append(Entry(len(entries) * gap, topic, data))
+            topic = None
+    return entries
 
 
 def _entries(raw: list, lines: list[int], file: str, gap: float) -> list[Entry]:
@@ -125,7 +153,12 @@ def replay(engine: Engine, entries: Iterable[Entry], start: dt.datetime,
     entries = list(entries)
     for entry in entries:
         advance(entry.t)
-        step(Message(entry.topic, entry.data) if entry.topic else TICK, entry.t)
+        if entry.topic:
+            output = entry.topic.rsplit("/", 1)[-1]
+            step(Message(entry.topic, entry.data, (output,) if output != entry.topic else ()),
+                 entry.t)
+        else:
+            step(TICK, entry.t)
     end = until if until is not None else (entries[-1].t if entries else 0.0)
     advance(end)
     step(TICK, max(end, now))

@@ -23,7 +23,6 @@ and raised together as one RulesError.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Union
 
 from iotrt.rules.expressions import Expression, ExpressionError, compile_expression
 from iotrt.rules.source import LocatedDict, LocatedList, Problem
+from iotrt.yamlcheck import suggest
 
 # Variables an expression can use (documented in docs/rules.md).
 NAMES = ("msg", "topic", "trigger", "state", "last", "hour", "minute", "weekday")
@@ -208,8 +208,7 @@ def _line(obj: Any, key: Any, default: int) -> int:
 def _check_keys(d: Mapping, allowed: tuple[str, ...], what: str, line: int) -> None:
     for key in d:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = suggest(key, allowed)
             raise _Invalid(_line(d, key, line),
                            f"unknown key '{key}' in {what}{hint}; allowed: {', '.join(allowed)}")
 
@@ -428,7 +427,8 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         id=rule_id, triggers=triggers, conditions=tuple(conditions), steps=steps, func=body,
         hold=hold, cooldown=cooldown, mode=mode, max=limit, edge=edge,
         description=str(description), file=file, line=line,
-        fingerprint=repr((dict(d), body and getattr(body, "__qualname__", ""))),
+        # A Python rule's code cannot be compared: a reloaded one always starts afresh.
+        fingerprint=repr(dict(d)) if body is None else f"python:{id(body)}",
     )
 
 

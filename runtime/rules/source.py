@@ -12,12 +12,14 @@ publishes) and `07:30` is the string "07:30", not the base-60 integer 450.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import re
-
 import yaml
+
+# One mistake in a file (file, line, message; str() is "file:line: message"), as the graph uses.
+from iotrt.yamlcheck import Issue as Problem
 
 
 class _Loader(yaml.SafeLoader):
@@ -39,18 +41,6 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
                r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One mistake in a rules file: where it is and what is wrong."""
-
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
 
 
 class RulesError(Exception):

@@ -236,10 +236,12 @@ class Supervised:
     """`iotrt up GRAPH` as a real process (the supervisor engineer's code), with the graph's
     addresses and paths read back from the same graph file."""
 
-    def __init__(self, root: Path, graph_text: str) -> None:
+    def __init__(self, root: Path, graph_text: str, files: dict[str, str] | None = None) -> None:
         from iotrt.graph import load_graph
 
         self.root = root
+        for name, text in (files or {}).items():
+            (root / name).write_text(textwrap.dedent(text))
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self.env.update(IOTRT_RUNTIME_DIR=str(root / "run"), IOTRT_STATE_DIR=str(root / "state"))
@@ -277,8 +279,8 @@ def supervised():
     root = Path(tempfile.mkdtemp(prefix="iotrt-sup-", dir="/tmp"))
     started: list[Supervised] = []
 
-    def start(graph_text: str) -> Supervised:
-        s = Supervised(root, graph_text)
+    def start(graph_text: str, files: dict[str, str] | None = None) -> Supervised:
+        s = Supervised(root, graph_text, files)
         started.append(s)
         return s
     try:

@@ -207,3 +207,18 @@ def test_deadman_stops_real_serial_motors_on_time(firmware):
         motors.close()
     assert 0.3 <= stopped - t0 < 1.3  # never early; late only by scheduling
     assert sent[0] == "M 500 500" and sent.count("M 500 500") >= 3  # refreshed while driving
+
+
+def test_a_controller_that_stops_answering_while_driving_gets_a_stop():
+    clock, rec = Clock(), Recorder()
+    motors = Motors(rec, ["m"], deadman_s=1.0, refresh_s=0.2, clock=clock)
+    execute(motors, {"m": 0.5})
+
+    def dead(speeds):
+        rec.calls.append(("drive-failed", list(speeds)))
+        raise DriverError("no answer")
+    rec.drive = dead
+    clock.t += 0.2
+    with pytest.raises(DriverError):
+        motors.check()  # on the safety timer this ends the node, after the stop below
+    assert rec.calls[-2:] == [("drive-failed", [0.5]), ("stop",)] and not motors.moving

@@ -195,3 +195,33 @@ def test_open_dimensions_need_an_input_shape(tmp_path):
     assert report.inputs[0].shape == (4, 3)
     with pytest.raises(CompileError, match="unknown inputs"):
         compile_model(src, tmp_path / "dyn.iotm", input_shapes={"image": (4, 3)})
+
+
+BAD_MODELS = {
+    "conv weight does not fit": (
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="c1")], {"w": rand(4, 5, 3, 3)},
+        r"Conv node 'c1': weight \(4, 5, 3, 3\) does not fit input \(1, 3, 8, 8\)"),
+    "shapes do not broadcast": (
+        [helper.make_node("Add", ["x", "b"], ["y"], name="a1")], {"b": rand(5)},
+        r"Add node 'a1' .*could not be broadcast"),
+    "reshape to the wrong size": (
+        [helper.make_node("Reshape", ["x", "s"], ["y"], name="r1")],
+        {"s": np.array([5, -1, 7], np.int64)}, r"Reshape node 'r1' .*cannot reshape"),
+    "computed reshape target": (
+        [helper.make_node("Shape", ["x"], ["s0"]), helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Reshape", ["x", "r"], ["y"], name="r2")], {},
+        r"Reshape node 'r2': input 1 \('r'\) is computed at run time"),
+    "output nobody produces": (
+        [helper.make_node("Relu", ["x"], ["z"])], {}, r"graph output 'y' is not produced"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_malformed_models_give_a_compile_error_naming_the_node(tmp_path, case):
+    nodes, inits, message = BAD_MODELS[case]
+    src = tmp_path / "bad.onnx"
+    onnx.save(make(nodes, [("x", [1, 3, 8, 8])], ["y"], inits), str(src))
+    with pytest.raises(CompileError, match=message) as info:
+        compile_model(src, tmp_path / "bad.iotm")
+    assert str(src) in str(info.value)
+    assert not (tmp_path / "bad.iotm").exists()

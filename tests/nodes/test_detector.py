@@ -25,9 +25,9 @@ def models_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
-@pytest.fixture(scope="module", params=["numpy", "onnxruntime"])
+@pytest.fixture(scope="module", params=["numpy", "opencv", "onnxruntime"])
 def state(request, models_dir, blazeface_path):
-    """The detector on the reference numpy backend and on the one 'auto' picks on this machine."""
+    """The detector on every engine backend (numpy is the reference; auto picks among them)."""
     return inference.build(dict(PARAMS, model=str(blazeface_path), backend=request.param), models_dir)
 
 

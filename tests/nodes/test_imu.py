@@ -149,3 +149,44 @@ def test_sim_sees_the_yaw_rate_and_centripetal_acceleration():
     s = sim.sample()
     assert s.gyro[2] == pytest.approx(0.5) and s.accel[1] == pytest.approx(0.1)
     assert s.to_msg()["gyro"] == [0.0, 0.0, 0.5]
+
+
+def test_imu_node_on_mpu6050_through_smbus2(monkeypatch):
+    """The node opens smbus2.SMBus(i2c_bus) itself: give it the fake bus in its place."""
+    import smbus2
+
+    from iotrt.node import Node
+
+    buses = []
+
+    def fake_smbus(n):
+        bus = FakeSMBus()
+        # Still board, level: 1 g on z; gyro offset of 0.5 deg/s on x (raw 65 at +-250 deg/s).
+        bus.set_sample((0, 0, 16384), 0, (65, 0, 0))
+        buses.append((n, bus))
+        return bus
+
+    monkeypatch.setattr(smbus2, "SMBus", fake_smbus)
+    node = Node.for_test(imu, params={"driver": "mpu6050", "i2c_bus": 3, "rate_hz": 100.0,
+                                      "calibrate_s": 0.1})
+    for _ in range(3):
+        node.tick("sample")
+    node.run()
+    (n, bus), = buses
+    assert n == 3 and bus.closed  # the node closes its bus when it ends
+    assert len(node.published) == 3
+    msg = node.published[0].data
+    assert msg["accel"] == pytest.approx([0, 0, imu.GRAVITY], abs=1e-6)
+    assert msg["gyro"] == pytest.approx([0, 0, 0], abs=1e-9)  # the 0.5 deg/s offset calibrated out
+
+
+def test_a_silent_imu_fails_calibration_with_a_clear_error():
+    class Silent:
+        def read(self):
+            return []
+
+    calib = imu.Calibrator(5)
+    with pytest.raises(imu.CalibrationError, match="0 of 5 calibration samples"):
+        imu.calibrate(Silent(), calib, rate_hz=1000.0, stopped=lambda: False, what="serial",
+                      budget_s=0.1)
+    assert imu.calibrate(Silent(), imu.Calibrator(5), 1000.0, stopped=lambda: True, what="x") is False

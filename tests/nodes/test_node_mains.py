@@ -60,10 +60,10 @@ def test_imu_calibrates_then_publishes_corrected_samples():
     rate = 100.0
     node = Node.for_test(imu, params={"driver": "sim", "rate_hz": rate, "calibrate_s": 0.5,
                                       "sim_gyro_bias": [0.05, -0.04, 0.03], "sim_noise": 0.001})
-    for _ in range(50 + 100):
+    for _ in range(100):
         node.tick("sample")
-    node.run()
-    assert len(node.published) == 100  # the first 0.5 s (50 samples) went into calibration
+    node.run()  # calibrates for 0.5 s (50 samples) before its loop, then one sample per tick
+    assert len(node.published) == 100
     gyro = np.array([p.data["gyro"] for p in node.published])
     assert np.abs(gyro.mean(axis=0)).max() < 0.001
     assert node.published[0].data["accel"][2] == pytest.approx(9.81, abs=0.05)
@@ -178,3 +178,26 @@ def test_identity_reloads_the_gallery_on_reload(tmp_path, photo, litert, monkeyp
 def test_out_of_range_params_are_refused_before_start(module, params, name):
     with pytest.raises(ParamError, match=name):
         Node.for_test(module, params=params)
+
+
+def test_malformed_inputs_are_skipped_and_the_node_keeps_going(tmp_path, blazeface_path, caplog):
+    good = DoorScene(640, 480).render(2.0)
+    det = Node.for_test(detector, params={"model": str(blazeface_path), "backend": "numpy",
+                                          "max_age_ms": 0.0})
+    det.feed("image", {"not": "a frame"}).feed("image", np.zeros((4, 4, 5), np.uint8))
+    det.feed("image", "text").feed("image", good).run()
+    assert len(det.published) == 1 and len(det.published[0].data["boxes"]) == 1
+    assert "skipped 1 bad frame" in caplog.text
+
+    node = Node.for_test(pose, params={})
+    node.feed("imu", {"gyro": "x"}, stamp_ns=1).feed("odom", {"s": 0.0}, stamp_ns=2)
+    node.feed("odom", {"s": 0.0, "theta": 0.0}, stamp_ns=3).run()
+    assert len(node.published) == 1
+
+    g = Gallery("lbp")
+    g.add("someone", np.ones(7 * 7 * 59))
+    g.save(tmp_path / "g.npz")
+    ident = Node.for_test(identity, params={"gallery": str(tmp_path / "g.npz")})
+    ident.feed("image", good, stamp_ns=5).feed("detections", {"boxes": [[1, 2, 3, 4]], "keypoints": [7]}, stamp_ns=5)
+    ident.feed("image", good, stamp_ns=6).feed("detections", det.published[0].data, stamp_ns=6).run()
+    assert len(ident.published) == 1 and ident.published[0].data["unknown"] == 1

@@ -139,3 +139,42 @@ def test_runtime_errors_become_expression_errors():
 def test_unknown_function_message_lists_what_exists():
     with pytest.raises(ExpressionRejected, match="'open' cannot be called; functions: abs"):
         compile_expression("open('x')", NAMES)
+
+
+# --- fuzzing: whatever the text, the sandbox answers with a value or an ExpressionError --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TOKENS = ["msg", "msg.faces", "f", "f.name", "f.score", "state", "x", "1", "0", "-1", "2.5",
+          "9", "'a'", '"owner"', "True", "None", "(", ")", "[", "]", "{", "}", ",", ":", ".",
+          "+", "-", "*", "/", "//", "%", "**", "<<", ">>", "&", "|", "^", "~", "<", "<=", "==",
+          "!=", "and", "or", "not", "in", "is", "if", "else", "for", "lambda", "len", "any",
+          "max", "sum", "range", "sorted", "str", "int", "round", "lower", "split", "get",
+          "__class__", "_x", "import", "f'{x}'", "[0]", "msg['label']"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=14).map(" ".join))
+def test_any_token_soup_is_rejected_or_evaluated_safely(source):
+    try:
+        expr = compile_expression(source, NAMES)
+    except ExpressionRejected:
+        return
+    try:
+        Evaluator(timeout_s=0.05).evaluate(expr, {"msg": FACES, "state": {"x": 3}})
+    except ExpressionError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_is_rejected_or_evaluated_safely(source):
+    try:
+        expr = compile_expression(source, NAMES)
+    except ExpressionRejected:
+        return
+    try:
+        Evaluator(timeout_s=0.05).evaluate(expr, {"msg": FACES})
+    except ExpressionError:
+        pass

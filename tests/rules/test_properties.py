@@ -192,3 +192,36 @@ def test_restart_mode_completes_only_runs_not_interrupted(driver, delay, gaps):
         # a run resumes before a message that arrives at the same moment is handled
         assert (n in ends) == (t + delay <= nxt + 1e-9)
     assert all(isinstance(a, Command) for _, a in d.log if not isinstance(a, Fired))
+
+
+@SETTINGS
+@given(st.lists(st.floats(1.0, 40_000.0), min_size=1, max_size=12), st.integers(0, 86_399))
+def test_time_of_day_fires_once_per_occurrence_however_sparse_the_ticks(driver, gaps, second):
+    at = f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+    d = driver(f"""
+        rules:
+          - {{id: daily, trigger: {{at: "{at}"}}, actions: [{{log: x}}]}}
+    """)
+    d.tick(0.0)
+    times = list(itertools.accumulate(gaps))
+    for t in times:
+        d.tick(t)  # no tick at the due time: each gap (< 1 day) holds at most one occurrence
+    # the wall clock starts at 12:00:00 (see conftest); count occurrences of `at` in (0, end]
+    start = 12 * 3600
+    first = (second - start) % 86_400 or 86_400
+    expected = 0 if first > times[-1] else 1 + int((times[-1] - first) // 86_400)
+    assert len(d.fired()) == expected
+
+
+@SETTINGS
+@given(st.floats(0.5, 30.0), st.floats(1.0, 300.0))
+def test_interval_fires_floor_of_elapsed_over_period(driver, period, end):
+    d = driver(f"""
+        rules:
+          - {{id: tick, trigger: {{interval: {period}}}, actions: [{{log: x}}]}}
+    """)
+    d.at(0.0)
+    d.at(end)
+    fired = d.fired()
+    assert len(fired) == int(end / period + 1e-9)
+    assert all(abs(t - (k + 1) * period) < 1e-6 for k, t in enumerate(fired))

@@ -44,6 +44,17 @@ def test_door_rules_node_commands_publishes_and_journals():
     assert all(f["rule"] == "unlock_for_enrolled" for _, f in node.records)
 
 
+def test_check_reports_rules_problems_for_graph_validation(tmp_path):
+    from iotrt.nodes.action.rules import check
+
+    (tmp_path / "ok.rules.yaml").write_text("rules: [{id: a, trigger: m, actions: [{log: x}]}]\n")
+    (tmp_path / "bad.rules.yaml").write_text("rules:\n  - {id: a, trigger: m, mode: x, actions: []}\n")
+    assert check({"rules": "ok.rules.yaml", "python": []}, tmp_path) == []
+    problems = check({"rules": "bad.rules.yaml", "python": []}, tmp_path)
+    assert problems and problems[0].startswith(f"{tmp_path / 'bad.rules.yaml'}:2: ")
+    assert "not found" in check({"rules": "missing.yaml", "python": []}, tmp_path)[0]
+
+
 def test_failed_and_refused_commands_are_journaled():
     node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
     node.responder = lambda output, data: None  # the ack never comes
@@ -79,6 +90,25 @@ rules:
     node.feed("go", {}).run()
     assert waited == {"lock": True}
     assert sorted(c.output for c in node.commands) == ["lock", "webhook"]
+
+
+def test_a_command_queued_too_long_behind_a_dead_actuator_is_dropped_not_sent_late(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {id: open, trigger: go, actions: [{command: lock, args: {n: '${msg}'}}]}\n")
+    release = threading.Event()
+
+    def responder(output, data):
+        if data["n"] == 1:
+            release.wait(0.5)  # the actuator hangs on the first command...
+        return {}
+
+    node = Node.for_test("iotrt.nodes.action.rules",
+                         params={"rules": str(rules), "command_expiry_s": 0.2})
+    node.responder = responder
+    node.feed("go", 1).feed("go", 2).run()  # ...so the second waits in the queue past expiry
+    assert [c.data["n"] for c in node.commands] == [1]
+    failed = [f for k, f in node.records if k == "command_failed"]
+    assert len(failed) == 1 and failed[0]["data"] == {"n": 2} and "expired" in failed[0]["error"]
 
 
 def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):

@@ -1,5 +1,7 @@
 """Node modules the launch tests run as real processes (target "sample_nodes:relay", ...)."""
 
+import time
+
 from iotrt.node import NodeSpec, Param
 
 SPEC = NodeSpec(
@@ -14,6 +16,8 @@ SPEC = NodeSpec(
 def relay(node) -> None:
     for event in node:
         if event.kind == "input":
+            if isinstance(event.data, dict) and "sleep" in event.data:
+                time.sleep(event.data["sleep"])  # user code that hangs the loop for a while
             node.publish("out", {"tag": node.params["tag"], "data": event.data})
         elif event.kind == "command":
             node.record("command_applied", sync=True, id=event.id)

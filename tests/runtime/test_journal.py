@@ -71,6 +71,19 @@ def test_write_record_checks_what_a_node_sent(tmp_path):
                                                                   5, {"id": "c1"})
 
 
+def test_unstorable_input_and_a_closed_journal_are_journal_errors(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    with pytest.raises(BadRecord, match="64-bit"):
+        j.write("k", "n", {}, t_ns=2**70)
+    kept = j.write("k", "n", {"name": "Jos\udce9", "ok": "José"})  # a lone surrogate
+    j.close()
+    with pytest.raises(JournalError, match="closed"):
+        j.write("k", "n", {})
+    with JournalReader(tmp_path / "j.db") as r:
+        (ev,) = r.query()
+        assert ev.id == kept and ev.fields == {"name": "Jos\udce9", "ok": "José"}
+
+
 def test_reader_errors_are_clear(tmp_path):
     with pytest.raises(JournalError, match="no journal here"):
         JournalReader(tmp_path / "missing.db")
@@ -303,16 +316,18 @@ def test_events_cli_filters_and_json(tmp_path):
     with Journal(state / "journal.db") as j:
         j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ana"},
                 t_ns=now - int(3 * 3600e9))
-        j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ben"}, t_ns=now)
+        j.write("rule_fired", "rules", {"rule": "owner_unlock", "person": "ben b"}, t_ns=now)
         j.write("command_applied", "lock", {"id": "c1", "state": "unlocked"}, t_ns=now)
     out = _events("--state-dir", str(state), "--rule", "owner_unlock", "--since", "1h",
                   "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["fields"]["person"] for r in rows] == ["ben"]
+    assert [r["fields"]["person"] for r in rows] == ["ben b"]
     assert rows[0]["kind"] == "rule_fired" and rows[0]["time"]
     text = _events("--journal", str(state / "journal.db"), "-n", "1").stdout
     assert text.count("\n") == 1 and "command_applied" in text and "state=unlocked" in text
+    assert 'person="ben b"' in _events("--journal", str(state / "journal.db"), "--kind",
+                                      "rule_fired", "-n", "1").stdout
     # Found through the state root: the only graph there, by name, or from the graph file.
     env = {**os.environ, "IOTRT_STATE_DIR": str(tmp_path / "root")}
     graph = tmp_path / "door.yaml"

@@ -34,12 +34,14 @@ class FakeSupervisor:
         self.pull = pynng.Pull0(listen=self.address, recv_timeout=100)
         self.journal = CommandServer(self.journal_address)
         self.messages: list[dict] = []
+        self.arrivals: list[float] = []  # when each message was taken off the socket
         self.records: list[dict] = []
 
     def pump(self) -> None:
         while True:
             try:
                 self.messages.append(parse_message(self.pull.recv(block=False)))
+                self.arrivals.append(time.monotonic())
             except pynng.TryAgain:
                 break
         cmd = self.journal.recv_nowait()
@@ -233,3 +235,41 @@ def test_script_node_removes_its_shared_memory_on_stop(rundir, spawn, tmp_path):
         node.signal(signal.SIGTERM)
         assert node.wait_exit(10) == 0
     assert not any(n.startswith(prefix) for n in os.listdir(shm.SHM_DIR))
+
+
+def test_heartbeats_stop_while_the_loop_is_stuck_in_user_code(rundir, sup, spawn):
+    cfg = relay_config(rundir, sup, heartbeat_s=0.05)
+    upstream = pynng.Pub0(listen=cfg.inputs["in"].address)
+    out = Subscriber(cfg.outputs["out"].address)
+    node = launch(spawn, cfg)
+    try:
+        sup.wait(lambda m: m["type"] == "ready", what="ready")
+        deadline = time.monotonic() + 10
+        while not (upstream.pipes and out.connected):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        sup.wait(lambda m: m["type"] == "heartbeat", what="first heartbeat")
+        start = len(sup.messages)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # regular beats first
+            sup.pump()
+            time.sleep(0.002)
+        upstream.send(encode(Envelope("up/out", 0, 1, "up", [], {"sleep": 1.0})))
+        while out.recv_nowait() is None:  # pump continuously until the handler returns
+            sup.pump()
+            assert time.monotonic() < deadline, "the stuck handler never returned"
+            time.sleep(0.002)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # and a little after: heartbeats resume
+            sup.pump()
+            time.sleep(0.002)
+        node.signal(signal.SIGTERM)
+        assert node.wait_exit(10) == 0
+    finally:
+        upstream.close()
+        out.close()
+    beats = [t for m, t in zip(sup.messages[start:], sup.arrivals[start:])
+             if m["type"] == "heartbeat"]
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert max(gaps) >= 0.8  # silence while the handler slept 1 s (period 0.05 s)
+    assert sum(g < 0.2 for g in gaps) >= 4  # regular beats before and after it

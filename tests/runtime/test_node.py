@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iotrt.bus import Publisher, Subscriber, short_ipc_address
+from iotrt.bus import short_ipc_address
 from iotrt.command import CommandTimeout
 from iotrt.node import Node, NodeError, NodeSpec, Param, ParamError, SpecError, load_spec
 from iotrt.protocol import Endpoint, NodeConfig

@@ -103,10 +103,23 @@ def test_a_slot_being_written_is_refused(ring):
     writer, readers = ring
     old = send(writer, 1)
     send(writer, 2)
-    loaned = writer.loan((4096,), np.uint8)  # claims frame 1's slot and locks it
+    loaned = writer.loan((4096,), np.uint8)  # claims frame 1's slot for a producer to fill
     assert loaned is not None
+    loaned[:100] = 99  # half-written
+    with pytest.raises(FrameOverwritten):
+        decode(old, readers.read)
+
+
+def test_a_slot_being_claimed_is_refused(ring):
+    """The writer's exclusive lock (held while it invalidates a slot) blocks new leases."""
+    writer, readers = ring
+    old = send(writer, 1)
+    slot = slot_of(old)
+    assert shm._lock(writer._fd, slot, shm.fcntl.F_WRLCK)
     with pytest.raises(FrameOverwritten, match="being rewritten"):
         decode(old, readers.read)
+    shm._lock(writer._fd, slot, shm.fcntl.F_UNLCK)
+    assert np.array_equal(decode(old, readers.read).data, frame(1))
 
 
 def test_growing_frames_start_a_new_generation(ring):

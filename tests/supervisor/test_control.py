@@ -62,7 +62,7 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
 
     hz = iotrt("hz", "cam/out", "--duration", "2.2")
     rate = float(hz.stdout.strip().splitlines()[-1].split()[1])
-    assert 7 < rate < 13, hz.stdout                     # 10 Hz nominal, on a busy machine
+    assert 5 < rate < 15, hz.stdout                     # 10 Hz nominal, on a busy machine
 
     missing = iotrt("echo", "cam/nope", "--timeout", "1")
     assert missing.returncode == 1 and "no topic 'cam/nope'" in missing.stderr
@@ -138,3 +138,15 @@ def test_journal_gets_lifecycle_events_and_sync_records(up, env, iotrt, h):
     assert seen[-3:] == [("door", "backoff"), ("door", "starting"), ("door", "running")]
     u.proc.terminate()
     assert u.wait_exit() == 0
+
+
+def test_echo_summarises_arrays_and_bytes():
+    import numpy as np
+
+    from iotrt.commands.echo import summarise
+
+    msg = {"image": np.zeros((480, 640, 3), np.uint8), "boxes": [np.ones((2, 4), np.float32)],
+           "raw": b"\x00" * 10, "n": 3, "name": "owner"}
+    assert summarise(msg) == {"image": "ndarray uint8 (480, 640, 3)",
+                              "boxes": ["ndarray float32 (2, 4)"], "raw": "bytes[10]",
+                              "n": 3, "name": "owner"}

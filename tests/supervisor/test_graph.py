@@ -255,6 +255,23 @@ BAD = {
           - id: a
             run: {node}
     """, "unknown key 'heartbeat' (did you mean 'heartbeat_s'?)"),
+    "liveness below two heartbeats": ("""
+        name: x
+        supervisor:
+          heartbeat_s: 1
+          liveness_s: 1.5   # <-
+        nodes:
+          - id: a
+            run: {node}
+    """, "liveness_s (1.5) must be at least twice heartbeat_s (1)"),
+    "backoff upside down": ("""
+        name: x
+        supervisor:
+          backoff: {initial_s: 10, max_s: 5}   # <-
+        nodes:
+          - id: a
+            run: {node}
+    """, "initial_s (10) is above max_s (5)"),
     "queue zero": ("""
         name: x
         nodes:
@@ -328,3 +345,7 @@ def test_validate_prints_ok_or_every_problem(tmp_path, capsys):
     out = capsys.readouterr()
     assert f"{path}:{line}: node 'a': unknown kind 'camra'" in out.err
     assert "INVALID (1 problem)" in out.err and "testdoor" in out.out
+    # every verb that takes a graph file reports the same problems instead of a traceback
+    for verb in (["ps"], ["down"], ["graph"], ["unit"], ["reload", "--graph"]):
+        assert cli([*verb, str(path)]) == 1
+        assert f"{path}:{line}: node 'a': unknown kind 'camra'" in capsys.readouterr().err

@@ -147,11 +147,11 @@ def test_sigkill_of_the_supervisor_leaves_no_child(graph_file, up, tmp_path, h):
 def test_slow_start_is_not_a_hang_but_a_start_timeout_is_enforced(graph_file, up, tmp_path, h):
     g = graph_file("""
         name: slow
-        supervisor: {heartbeat_s: 0.1, liveness_s: 0.3, stop_grace_s: 0.2}
+        supervisor: {heartbeat_s: 0.1, liveness_s: 1.0, stop_grace_s: 0.2}
         nodes:
           - id: loads
             run: {node}
-            params: {behaviour: slow, after_s: 1.0}
+            params: {behaviour: slow, after_s: 2.0}   # longer than liveness_s
           - id: never
             run: {node}
             critical: false

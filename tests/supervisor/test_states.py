@@ -30,7 +30,7 @@ def crash_and_wait(n: Slot, now: float, pid: int) -> float:
 def test_start_ready_running():
     n = make()
     assert transition(n, Start(), 0.0) == [Spawn()]
-    assert n.state == State.STARTING and n.deadline == 30.0
+    assert n.state == State.STARTING and n.deadline == 60.0
     transition(n, Spawned(10), 0.1)
     transition(n, Ready(10), 0.5)
     assert n.state == State.RUNNING and n.pid == 10 and n.deadline is None

@@ -229,6 +229,7 @@ def _drop_attrs(op: Op, *names: str):
 
 HANDLERS = {
     "Cast": _cast,
+    "CastLike": _drop_attrs(Op.CAST_LIKE, "saturate", "round_mode"),
     "BatchNormalization": _single_output(Op.BATCH_NORM, "only the inference output is supported"),
     "Clip": _clip,
     "Constant": _constant,
