@@ -84,12 +84,13 @@ class IdStore:
             (n,) = _LEN.unpack_from(blob, pos)
             end = pos + _LEN.size + n
             if end > len(blob):
-                break
+                break  # the last record was cut short by a crash
             try:
                 key, state = unpack(blob[pos + _LEN.size:end])
+                self._put(key, state)
             except (DecodeError, ValueError, TypeError):
-                break
-            self._put(key, state)
+                # a damaged record (not a torn tail): skip it, keep every other one
+                log.warning("%s: skipped a damaged record at byte %d", self.path, pos)
             self._records += 1
             pos = end
         if pos != len(blob):

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from iotrt.rules.api import load_rules
-from iotrt.rules.engine import Command, Engine, Fired, Log, Publish, RuleError, Skipped
+from iotrt.rules.actions import Command, Fired, Log, Publish, RuleError, Skipped
+from iotrt.rules.engine import Engine
 from iotrt.rules.replay import load_messages, replay
 from iotrt.rules.source import RulesError
 

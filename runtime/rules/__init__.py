@@ -8,9 +8,10 @@ See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-
 """
 
 from iotrt.rules.api import load_rules, loads_rules, rule
-from iotrt.rules.engine import (
-    TICK, Command, Engine, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+from iotrt.rules.actions import (
+    TICK, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
 )
+from iotrt.rules.engine import Engine
 from iotrt.rules.expressions import ExpressionError
 from iotrt.rules.schema import RuleDef, RuleSet
 from iotrt.rules.source import Problem, RulesError

@@ -1,4 +1,4 @@
-"""The rule engine: pure logic over messages and time, no sockets, no threads, no clock reads.
+"""The rule engine: pure logic over messages and time, no sockets, no threads.
 
     engine = Engine(load_rules("door.rules.yaml"))
     actions = engine.handle(Message("faces", {...}), now=time.monotonic())
@@ -6,7 +6,8 @@
 
 `now` is monotonic seconds (holds, cooldowns, delays, absences and intervals only ever compare
 monotonic times, so a wall-clock jump changes nothing); `wall` is the local wall-clock time,
-used only for time-of-day triggers and the hour/minute/weekday variables. The caller executes
+used only for time-of-day triggers and the hour/minute/weekday variables (read from the
+system only when the caller does not pass it: tests and replays do). The caller executes
 the returned actions (`Command`, `Publish`, `Log`) and may journal the notes (`Fired`,
 `Skipped`, `RuleError`). A rule whose expression or Python body fails yields a RuleError and
 the other rules carry on.
@@ -25,6 +26,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from iotrt.rules.actions import (
+    TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+)
 from iotrt.rules.expressions import (
     DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError,
 )
@@ -35,110 +39,9 @@ from iotrt.rules.schema import (
 )
 
 
-# --- what goes in -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Message:
-    """A message on an input. `aliases` are other names for the same stream (its bus topic)."""
-
-    topic: str
-    data: Any
-    aliases: tuple[str, ...] = ()
-
-
-class Tick:
-    """Only time passes."""
-
-    def __repr__(self) -> str:
-        return "TICK"
-
-
-TICK = Tick()
-
 # Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
 # against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
 _EPS = 1e-9
-
-
-# --- what comes out ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Fired:
-    rule: str
-    trigger: str
-    queued: bool = False
-
-
-@dataclass(frozen=True)
-class Skipped:
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Command:
-    rule: str
-    output: str
-    data: Any
-    label: str = "command"  # "notify" for notify actions
-
-
-@dataclass(frozen=True)
-class Publish:
-    rule: str
-    output: str
-    data: Any
-
-
-@dataclass(frozen=True)
-class Log:
-    rule: str
-    text: str
-
-
-@dataclass(frozen=True)
-class RuleError:
-    rule: str
-    where: str
-    message: str
-
-
-Action = Fired | Skipped | Command | Publish | Log | RuleError
-
-
-# --- the context a Python rule sees -----------------------------------------------------------
-
-class RuleContext:
-    """What a Python rule (or a Python condition) gets: the message, state, and action methods.
-
-    `msg` is the message data (a dict for most messages), `topic` its input name, `trigger` a
-    dict describing what fired, `state` the rules' shared variables (writable), `last` the
-    latest data per topic, `now` monotonic seconds and `wall` the local datetime.
-    """
-
-    def __init__(self, engine: Engine, rule: RuleDef, names: dict[str, Any]) -> None:
-        self.rule = rule.id
-        self.msg = names["msg"]
-        self.topic = names["topic"]
-        self.trigger = names["trigger"]
-        self.state = engine.state
-        self.last = engine.last
-        self.now = engine.now
-        self.wall = engine.wall
-        self.actions: list[Action] = []
-
-    def command(self, output: str, data: Any = None) -> None:
-        """Send `data` to the actuator wired to command output `output` (acknowledged)."""
-        self.actions.append(Command(self.rule, output, {} if data is None else data))
-
-    def notify(self, output: str, message: str, **data: Any) -> None:
-        self.actions.append(Command(self.rule, output, {**data, "message": message}, "notify"))
-
-    def publish(self, output: str, data: Any = None) -> None:
-        self.actions.append(Publish(self.rule, output, {} if data is None else data))
-
-    def log(self, text: str) -> None:
-        self.actions.append(Log(self.rule, str(text)))
 
 
 # --- runtime state ----------------------------------------------------------------------------

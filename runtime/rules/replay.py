@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotrt.rules.engine import TICK, Action, Engine, Message
+from iotrt.rules.actions import TICK, Action, Message
+from iotrt.rules.engine import Engine
 from iotrt.rules.source import LocatedList, Problem, RulesError, load_located
 
 _ECHO_HEADER = re.compile(r"^--- (\S+) seq=\d+ ")

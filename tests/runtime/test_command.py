@@ -101,3 +101,18 @@ def test_malformed_request_gets_an_error_reply(rundir):
         reply = unpack(req.recv())
         assert reply["ok"] is False and "malformed" in reply["error"]
         assert srv.bad == 1
+
+
+def test_id_store_skips_a_damaged_record_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "ids"
+    s = IdStore(path)
+    for i in range(3):
+        s.set(f"id{i}", {"id": f"id{i}", "ok": True})
+    s.close()
+    blob = bytearray(path.read_bytes())
+    blob[5] = 0xC1  # damage the first record's body, not its length
+    path.write_bytes(bytes(blob))
+    s = IdStore(path)
+    assert s.get("id0") is None
+    assert s.get("id1") == {"id": "id1", "ok": True} and s.get("id2") is not None
+    assert path.stat().st_size == len(blob)  # nothing truncated
