@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,17 @@ def _make_runner(kind: str, path: str, shape: tuple[int, ...] | None, threads: i
     raise ValueError(f"unknown runner kind {kind!r}")
 
 
-def child(args: argparse.Namespace) -> int:
-    import resource
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. VmHWM, not getrusage's ru_maxrss: Linux carries
+    ru_maxrss across fork+exec, so a child would report its parent's peak (here: the compiler)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
+
+def child(args: argparse.Namespace) -> int:
     import numpy as np
 
     t0 = time.perf_counter()
@@ -124,7 +133,7 @@ def child(args: argparse.Namespace) -> int:
         p90_ms=float(np.percentile(times, 90)),
         iters=len(times),
         load_s=load_s,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb(),
     )
     try:
         from threadpoolctl import threadpool_info
@@ -219,6 +228,20 @@ def runs_for(case: Case) -> list[tuple[str, str, Path]]:
     return runs
 
 
+def combine(measurements: list[dict]) -> dict:
+    """One runner's passes: median p50/p90 over passes, the highest peak RSS, the p50 spread."""
+    ok = [m for m in measurements if "error" not in m]
+    if not ok:
+        return measurements[0]
+    out = dict(ok[0])
+    out["p50_ms"] = float(statistics.median(m["p50_ms"] for m in ok))
+    out["p90_ms"] = float(statistics.median(m["p90_ms"] for m in ok))
+    out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in ok)
+    out["p50_spread_ms"] = [min(m["p50_ms"] for m in ok), max(m["p50_ms"] for m in ok)]
+    out["passes"] = len(ok)
+    return out
+
+
 def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
@@ -229,7 +252,7 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
     best_raw = min(raw.items(), key=lambda kv: kv[1]["p50_ms"]) if raw else None
     ort = ok.get("onnxruntime (source .onnx)")
     print(f"\n{case.name} {case.shape}")
-    print(f"  {'runner':30s} {'p50 ms':>9s} {'p90 ms':>9s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
+    print(f"  {'runner':30s} {'p50 ms':>9s} {'p50 range':>15s} {'p90 ms':>9s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
     for label, r in results.items():
         if "error" in r:
             print(f"  {label:30s} {'error':>9s}  {r['error']}")
@@ -238,9 +261,10 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         note = f"chose {r['backend']}" if label == "iotrt auto" else ""
         if "blas" in r and label == "iotrt numpy":
             note = ",".join(r["blas"])
+        lo, hi = r.get("p50_spread_ms", (r["p50_ms"], r["p50_ms"]))
         print(
-            f"  {label:30s} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['peak_rss_mb']:12.1f}"
-            f" {fmt_ratio(ratio):>12s}  {note}"
+            f"  {label:30s} {r['p50_ms']:9.2f} {f'{lo:.1f}-{hi:.1f}':>15s} {r['p90_ms']:9.2f}"
+            f" {r['peak_rss_mb']:12.1f} {fmt_ratio(ratio):>12s}  {note}"
         )
     lines = []
     num, auto = ok.get("iotrt numpy"), ok.get("iotrt auto")
@@ -252,7 +276,10 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         lines.append(f"{case.name}: numpy / onnxruntime peak RSS = {rss:.2f}x (target < 1x)")
     if auto and best_raw:
         r = auto["p50_ms"] / best_raw[1]["p50_ms"]
-        lines.append(f"{case.name}: auto / best raw ({best_raw[0]}) = {r:.2f}x (target <= 1.1x)")
+        lines.append(
+            f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) = {r:.2f}x"
+            " (target <= 1.1x)"
+        )
     return lines
 
 
@@ -265,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seconds", type=float, default=1.5)
     p.add_argument("--max-iters", type=int, default=300)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh-process passes per runner, in rotating order; the median is shown")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
     p.add_argument("--json", type=Path, help="also write all figures to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -278,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     unset = ", ".join(f"{k}={os.environ[k]!r}" for k in UNSET_ENV if k in os.environ) or "not set"
     print(
         f"engine benchmark: batch 1, {args.threads} thread(s) per runner, each measurement in a "
-        f"fresh subprocess.\nOPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
+        f"fresh subprocess, {args.repeats} passes per runner in rotating order (median shown).\nOPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
         f"subprocesses (here: {unset}); tests and CI keep them."
     )
     summary: list[str] = []
@@ -286,15 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as tmp:
         cases = prepare(args.models.split(","), Path(tmp), args)
         for case in cases:
-            results: dict[str, dict] = {}
-            for label, kind, path in runs_for(case):
-                if kind == "iotrt:auto":
-                    # First load on the "device" measures and caches the choice; what a node sees
-                    # from then on is the cached choice, which is what the second run measures.
-                    print(f"  {case.name}: auto first load (autotune) ...", flush=True)
-                    measure(kind, path, case.shape, args)
-                print(f"  {case.name}: {label} ...", flush=True)
-                results[label] = measure(kind, path, case.shape, args)
+            runs = runs_for(case)
+            if case.artifact is not None:
+                # The first load on the "device" measures and caches auto's choice; what a node
+                # sees from then on is the cached choice, which is what the auto runs measure.
+                print(f"  {case.name}: auto first load (autotune) ...", flush=True)
+                measure("iotrt:auto", case.artifact, case.shape, args)
+            passes: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
+            for rep in range(args.repeats):
+                # Rotate the order each pass: load from other programs drifts over minutes, and
+                # should not always hit the same runner.
+                shift = rep % len(runs)
+                for label, kind, path in runs[shift:] + runs[:shift]:
+                    print(f"  {case.name}: {label} (pass {rep + 1}/{args.repeats}) ...", flush=True)
+                    passes[label].append(measure(kind, path, case.shape, args))
+            results = {label: combine(ms) for label, ms in passes.items()}
             everything[case.name] = results
             summary += report(case, results)
     print("\nratios")

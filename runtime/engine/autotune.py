@@ -186,6 +186,7 @@ def device_key(artifact: Path, threads: int) -> dict[str, str]:
         "numpy": np.__version__,
         "opencv": _version("opencv-python-headless"),
         "onnxruntime": _version("onnxruntime"),
+        "litert": _version("ai-edge-litert"),
     }
 
 

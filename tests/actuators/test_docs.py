@@ -51,3 +51,18 @@ def test_graph_example_is_a_valid_graph(tmp_path):
     env = {"IOTRT_RUNTIME_DIR": "/tmp/iotrt-doc", "IOTRT_STATE_DIR": str(tmp_path / "state")}
     graph = load_graph(tmp_path / "door.yaml", environ=env)
     assert graph.nodes["door"].kind == "lock"
+
+
+def test_the_custom_actuator_example_works(tmp_path, monkeypatch):
+    from iotrt.node import Node
+
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", DOC, re.S) if "# buzzer.py" in b]
+    (tmp_path / "buzzer.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = Node.for_test("buzzer", params={"max_beep_s": 0.2})
+    node.feed_command("commands", {"beep_s": 0.05}).feed_command("commands", {"beep": 1})
+    node.feed_command("commands", {"beep_s": 5}).run()
+    assert [a["ok"] for a in node.acks] == [True, False, False]
+    assert node.acks[0]["beeps"] == 1 and "outside 0.05..0.2" in node.acks[2]["error"]
+    assert [kind for kind, _ in node.records] == ["command_applied", "command_refused",
+                                                   "command_refused"]
