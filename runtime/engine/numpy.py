@@ -56,9 +56,9 @@ class _Scratch:
     def need(self, shape, dtype) -> None:
         self.nbytes = max(self.nbytes, math.prod(shape) * np.dtype(dtype).itemsize)
 
-    def view(self, shape, dtype, at: int = 0) -> np.ndarray:
+    def view(self, shape, dtype) -> np.ndarray:
         n = math.prod(shape) * np.dtype(dtype).itemsize
-        return self.buf[at:at + n].view(dtype).reshape(shape)
+        return self.buf[:n].view(dtype).reshape(shape)
 
 
 def _activation(y: np.ndarray, attrs: dict) -> Callable[[], None] | None:
