@@ -30,7 +30,7 @@ from iotrt.rules.actions import (
     TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
 )
 from iotrt.rules.expressions import (
-    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError,
+    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, safe_str,
 )
 from iotrt.rules.schema import (
     AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
@@ -397,7 +397,7 @@ class Engine:
                     for key, value in step.values:
                         self.state[key] = self._render(value, run.names)
                 elif isinstance(step, LogStep):
-                    out.append(Log(rs.rule.id, str(self._render(step.message, run.names))))
+                    out.append(Log(rs.rule.id, safe_str(self._render(step.message, run.names))))
                 elif isinstance(step, ConditionStep):
                     if not self.evaluator.evaluate(step.expr, run.names):
                         break
@@ -440,7 +440,7 @@ class Engine:
         if isinstance(template, Expression):
             return self.evaluator.evaluate(template, names)
         if isinstance(template, Interpolated):
-            return "".join(p if isinstance(p, str) else str(self.evaluator.evaluate(p, names))
+            return "".join(p if isinstance(p, str) else safe_str(self.evaluator.evaluate(p, names))
                            for p in template.parts)
         if isinstance(template, dict):
             return {k: self._render(v, names) for k, v in template.items()}

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
+import reprlib
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -88,6 +90,45 @@ def _check_int(value: Any) -> Any:
     return value
 
 
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_SIZED = (*_CONTAINERS, str, bytes)
+
+
+def _check_size(value: Any) -> Any:
+    """Refuse a container built by an expression whose items, counted through nested
+    containers, exceed MAX_SEQUENCE: `[[0] * 99999] * 1000` is 1,000 references, but printing,
+    comparing or sorting it would walk 10^8 items in C, where no deadline can stop it."""
+    if type(value) not in _CONTAINERS:
+        return value
+    count, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        count += len(v)
+        if count > MAX_SEQUENCE:
+            raise ExpressionLimit(f"a value of more than {MAX_SEQUENCE} items (nested included)")
+        if type(v) in _CONTAINERS:
+            stack.extend(x for x in (v.values() if type(v) is dict else v) if type(x) in _SIZED)
+    return value
+
+
+# Containers are shown abbreviated, so their text is small whatever their size.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 4, 50, 50, 50
+_REPR.maxset, _REPR.maxfrozenset, _REPR.maxstring, _REPR.maxother = 50, 50, 1000, 200
+
+
+def safe_str(value: Any) -> str:
+    """str() for templates and f-strings: whole for scalars, abbreviated for containers."""
+    if type(value) is str:
+        return value
+    if isinstance(value, (int, float, bool)) or value is None:
+        return str(value)
+    if type(value) in _CONTAINERS:
+        return _REPR.repr(value)
+    text = str(value)  # numpy arrays summarise themselves beyond 1,000 items
+    return text if len(text) <= MAX_SEQUENCE else text[:MAX_SEQUENCE] + "..."
+
+
 def _power(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
         # bits of a**b ~= b * log2|a|: refuse before computing, not after.
@@ -99,19 +140,22 @@ def _power(a: Any, b: Any) -> Any:
 def _mult(a: Any, b: Any) -> Any:
     for seq, n in ((a, b), (b, a)):
         size = _safe_len(seq)
-        if size is not None and isinstance(n, int) and size * n > MAX_SEQUENCE:
-            raise ExpressionLimit(f"repeating a sequence to {size * n} items (max {MAX_SEQUENCE})")
+        if size is not None and hasattr(n, "__index__"):  # numpy ints from messages too
+            count = operator.index(n)
+            if size * count > MAX_SEQUENCE:
+                raise ExpressionLimit(
+                    f"repeating a sequence to {size * count} items (max {MAX_SEQUENCE})")
     if isinstance(a, int) and isinstance(b, int):
         if a.bit_length() + b.bit_length() > MAX_INT_BITS:
             raise ExpressionLimit(f"integer product above {MAX_INT_BITS} bits")
-    return a * b
+    return _check_size(a * b)
 
 
 def _add(a: Any, b: Any) -> Any:
     la, lb = _safe_len(a), _safe_len(b)
     if la is not None and lb is not None and la + lb > MAX_SEQUENCE:
         raise ExpressionLimit(f"concatenating to {la + lb} items (max {MAX_SEQUENCE})")
-    return _check_int(a + b)
+    return _check_size(_check_int(a + b))
 
 
 def _sub(a: Any, b: Any) -> Any:
@@ -153,10 +197,14 @@ def _range(*args: int) -> range:
 
 
 def _str(value: Any = "") -> str:
-    text = str(value)
-    if len(text) > MAX_SEQUENCE:
-        raise ExpressionLimit(f"string of {len(text)} characters (max {MAX_SEQUENCE})")
-    return text
+    return safe_str(value)
+
+
+def _sum(iterable: Iterable, start: Any = 0) -> Any:
+    # sum(lists, []) would concatenate in C: only numbers are summed.
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        raise ExpressionLimit("sum() adds numbers only: its start must be a number")
+    return sum(_bounded(iterable), start)
 
 
 def _round(value: Any, ndigits: int | None = None) -> Any:
@@ -181,7 +229,7 @@ FUNCTIONS: dict[str, Any] = {
     "round": _round,
     "sorted": lambda it, **k: sorted(_bounded(it), **k),
     "str": _str,
-    "sum": lambda it, start=0: sum(_bounded(it), start),
+    "sum": _sum,
     "range": _range,
     "list": lambda it=(): list(_bounded(it)),
     "tuple": lambda it=(): tuple(_bounded(it)),
@@ -287,6 +335,11 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
         self.functions = dict(FUNCTIONS)  # the base class adds raw list/dict/set: not ours
         self.nodes[ast.SetComp] = self._eval_comprehension
         self.nodes[ast.Name] = self._eval_name_fast
+        # Literals may hold references to big values ([big] * 1 is cheap, [big, big, ...] too):
+        # their results are size-checked like everything else an expression builds.
+        self._literal = {k: self.nodes[k] for k in (ast.List, ast.Tuple, ast.Set, ast.Dict)}
+        for k in self._literal:
+            self.nodes[k] = self._eval_literal
         self._scopes: list[dict[str, Any]] = []
         self._steps = 0
         self._items = 0
@@ -360,16 +413,25 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
         size = _safe_len(result)
         if size is not None and size > MAX_SEQUENCE:
             raise ExpressionLimit(f"a call built {size} items (max {MAX_SEQUENCE})")
-        return result
+        return _check_size(result)
 
     def _eval_subscript(self, node: ast.Subscript) -> Any:
         return self._eval(node.value)[self._eval(node.slice)]
 
     def _eval_formattedvalue(self, node: ast.FormattedValue) -> Any:
         value = self._eval(node.value)
-        if node.format_spec is not None:
-            return format(value, self._eval(node.format_spec))
-        return value
+        if node.format_spec is None:
+            return safe_str(value)
+        if not isinstance(value, (int, float, str)):
+            raise ExpressionError(f"a format spec applies to numbers and strings, "
+                                  f"not {type(value).__name__}")
+        return format(value, self._eval(node.format_spec))
+
+    def _eval_joinedstr(self, node: ast.JoinedStr) -> str:
+        return "".join(safe_str(self._eval(part)) for part in node.values)
+
+    def _eval_literal(self, node: ast.AST) -> Any:
+        return _check_size(self._literal[type(node)](node))
 
     def _eval_comprehension(self, node: ast.AST) -> Any:
         # Own version: scopes instead of swapping simpleeval's name handler (re-entrant for
@@ -382,7 +444,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
             self._generate(node, 0, scope, out)
         finally:
             self._scopes.pop()
-        return out
+        return _check_size(out)
 
     def _generate(self, node: Any, index: int, scope: dict, out: Any) -> None:
         gen = node.generators[index]

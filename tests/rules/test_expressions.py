@@ -88,6 +88,9 @@ HOSTILE = [
     ("state.update(armed=True)", "load"),  # mutation of rule state
     ("(10 ** 600) * (10 ** 600) * (10 ** 600) * (10 ** 600) * (10 ** 600)", "run"),
     ("sum(sum(range(9000)) for i in range(9000))", "run"),  # slow in total: deadline
+    ("str([[0] * 99999] * 1000)", "run"),  # 1,000 references to one big list: 10^8 to print
+    ("[msg.faces for i in range(10000)]", "run"),  # references to message data, multiplied
+    ("sum([[0] * 50000, [0] * 50000], [])", "run"),  # list concatenation inside sum()
 ]
 
 
@@ -114,6 +117,19 @@ def test_dunder_attribute_in_message_data_is_unreachable():
     assert ev("msg['__class__']", msg={"__class__": 1}) == 1
     with pytest.raises(ExpressionRejected):
         compile_expression("msg.__class__", NAMES)
+
+
+def test_numpy_values_from_messages_are_bounded_too():
+    import numpy as np
+
+    with pytest.raises(ExpressionLimit):
+        ev("'a' * msg.n", msg={"n": np.int64(10**9)})
+    assert ev("len(msg.boxes) + int(msg.boxes[1][0])", msg={"boxes": np.arange(6).reshape(3, 2)}) == 5
+
+
+def test_big_values_print_abbreviated():
+    text = ev("f'{[0] * 90000}'")
+    assert text.startswith("[0, 0,") and text.endswith("...]") and len(text) < 1000
 
 
 def test_attribute_on_non_mapping_is_a_clear_error():
