@@ -97,7 +97,13 @@ def _json_default(obj: Any) -> Any:
 def _encode_fields(fields: dict[str, Any]) -> str:
     if not isinstance(fields, dict):
         raise BadRecord(f"journal fields must be a dict, not {type(fields).__name__}")
-    text = json.dumps(fields, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(fields, default=_json_default, separators=(",", ":"),
+                          ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        # bytes or tuple keys, NaN-free JSON refusals, cycles: the node's record is bad, the
+        # writer (the supervisor) must go on
+        raise BadRecord(f"journal fields cannot be stored as JSON: {exc}") from exc
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it, JSON escapes can

@@ -34,7 +34,7 @@ def node_env(graph: Graph, node_id: str, log_level: str, base: dict[str, str]) -
     env.update(n.env)
     for name in THREAD_ENV:       # the graph decides, not whatever the shell had
         env[name] = str(n.threads)
-    # default=str: a script without SPEC gets its params as YAML wrote them (dates become text)
+    # default=str: a param YAML typed as a date or a timestamp travels as its text
     env[ENV_CONFIG] = json.dumps(graph.node_config(node_id, log_level), default=str)
     env[ENV_SUPERVISOR_PID] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the supervisor as they are written
@@ -57,17 +57,24 @@ class NodeProcess:
             start_new_session=True,
         )
         self.pid = self.popen.pid
-        # Set from here rather than in the child (preexec_fn is unsafe with threads); the child
-        # has only just exec'd the interpreter, and threads it starts later inherit both.
-        if n.cpus:
-            os.sched_setaffinity(self.pid, n.cpus)
-        if n.nice is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, self.pid, n.nice)
-            except PermissionError:
-                log.warning("%s: cannot set nice %d without CAP_SYS_NICE; running at default",
-                            node_id, n.nice)
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            # Set from here rather than in the child (preexec_fn is unsafe with threads); the
+            # child has only just exec'd the interpreter, and threads it starts later inherit both.
+            if n.cpus:
+                os.sched_setaffinity(self.pid, n.cpus)
+            if n.nice is not None:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, self.pid, n.nice)
+                except PermissionError:
+                    log.warning("%s: cannot set nice %d without CAP_SYS_NICE; running at default",
+                                node_id, n.nice)
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:
+            # A child we cannot track must not live on holding the node's sockets: the
+            # supervisor will count this spawn as failed and start another.
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait()
+            raise
         self.pipes: dict[int, tuple[TextIO, bytearray]] = {}
         self.lost_lines = 0
         for pipe, sink in ((self.popen.stdout, sys.stdout), (self.popen.stderr, sys.stderr)):

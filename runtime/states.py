@@ -130,7 +130,8 @@ class Slot:
 
     def backoff_delay(self) -> float:
         b = self.backoff
-        return min(b.max_s, b.initial_s * b.factor ** max(0, self.failures - 1))
+        # the exponent is capped: a node crash-looping for hours must not overflow the float
+        return min(b.max_s, b.initial_s * b.factor ** min(max(0, self.failures - 1), 64))
 
     def healthy(self, now: float, critical_down_s: float) -> bool:
         """False once a critical node has been down longer than `critical_down_s` (this stops

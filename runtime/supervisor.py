@@ -407,7 +407,10 @@ class Supervisor:
                 return
             try:
                 req = unpack(buf)
-                handler = self._control_handlers().get(req.get("cmd")) if isinstance(req, dict) else None
+                # Anything local can write to this socket: a malformed request gets an error
+                # reply, never an exception out of the loop that supervises the whole graph.
+                cmd = req.get("cmd") if isinstance(req, dict) else None
+                handler = self._control_handlers().get(cmd) if isinstance(cmd, str) else None
                 reply = handler(req) if handler else {
                     "ok": False, "error": f"unknown request; known: {', '.join(self._control_handlers())}"}
             except DecodeError as exc:
@@ -437,7 +440,7 @@ class Supervisor:
 
     def _ctl_reload(self, req: dict) -> dict:
         node = req.get("node")
-        if node is not None and node not in self.slots:
+        if node is not None and (not isinstance(node, str) or node not in self.slots):
             return {"ok": False, "error": f"no node '{node}' in graph {self.graph.name}"}
         return {"ok": True, "nodes": self._reload(node)}
 

@@ -49,7 +49,15 @@ class RunCommand:
         self.timeout_s, self.cwd = timeout_s, cwd or None
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        argv = [fill(arg, command, "argument") for arg in self.argv]
+        argv = [self.argv[0]]
+        for template in self.argv[1:]:
+            arg = fill(template, command, "argument")
+            # A field that becomes a whole argument must not turn into an option of the program
+            # ("--output=/etc/x"); a template that itself starts with "-" is the graph's choice.
+            if has_fields(template) and arg.startswith("-") and not template.startswith("-"):
+                raise CommandRefused(f"argument {template!r} would start with '-' ({arg!r}): "
+                                     f"a command's field cannot add an option")
+            argv.append(arg)
         try:
             stdin = json.dumps(command).encode()
         except (TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iotrt.engine import BACKENDS
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.perception.inference import DetectorError, build, handle_frame
 from iotrt.nodes.perception.modelcache import cache_dir
@@ -33,7 +34,7 @@ SPEC = NodeSpec(
         Param("mode", str, "blazeface", "how to read the model's outputs",
               choices=("blazeface", "classifier")),
         Param("backend", str, "auto", "engine backend",
-              choices=("auto", "numpy", "opencv", "onnxruntime")),
+              choices=("auto", *BACKENDS)),
         Param("score_threshold", float, 0.5, "blazeface: minimum face score (MediaPipe: 0.5)",
               min=0.0, max=1.0),
         Param("nms_iou", float, 0.3, "blazeface: weighted-NMS overlap (MediaPipe: 0.3)",

@@ -21,14 +21,17 @@ class DetectorError(RuntimeError):
 
 
 def as_rgb(frame: np.ndarray) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.dtype.kind not in "uif":
-        raise DetectorError(f"expected an image array, got {type(frame).__name__}"
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        # uint8 is what cameras deliver; other dtypes (int64, float) are refused, not guessed at
+        raise DetectorError(f"expected a uint8 image array, got {type(frame).__name__}"
                             f"{' of ' + str(frame.dtype) if isinstance(frame, np.ndarray) else ''}")
+    if frame.ndim not in (2, 3) or frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise DetectorError(f"expected an RGB frame (H, W, 3), got shape {frame.shape}")
     if frame.ndim == 2:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    if frame.ndim == 3 and frame.shape[2] == 4:
+    if frame.shape[2] == 4:
         return frame[..., :3]
-    if frame.ndim != 3 or frame.shape[2] != 3:
+    if frame.shape[2] != 3:
         raise DetectorError(f"expected an RGB frame (H, W, 3), got shape {frame.shape}")
     return frame
 

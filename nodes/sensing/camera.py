@@ -197,7 +197,7 @@ class Camera:
         self.frames = 0
 
     def _backoff(self, why: str) -> None:
-        delay = min(self.cfg.reconnect_max_s, 0.5 * 2**self.failures)
+        delay = min(self.cfg.reconnect_max_s, 0.5 * 2 ** min(self.failures, 32))
         self.failures += 1
         self.retry_at = self.clock() + delay
         if self.log:

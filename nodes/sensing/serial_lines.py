@@ -9,6 +9,7 @@ out of the loop, because a serial link that was just plugged in starts mid-line.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +25,13 @@ def parse_floats(line: str, counts: tuple[int, ...], what: str) -> list[float]:
     if len(fields) not in counts:
         raise BadLine(f"{what}: expected {' or '.join(map(str, counts))} fields, got {len(fields)}: {line!r}")
     try:
-        return [float(f) for f in fields]
+        values = [float(f) for f in fields]
     except ValueError:
         raise BadLine(f"{what}: not a number in {line!r}") from None
+    # "nan"/"inf" parse as floats; one such sample would poison a bias estimate or a pose
+    if not all(math.isfinite(v) for v in values):
+        raise BadLine(f"{what}: not a finite number in {line!r}")
+    return values
 
 
 class SerialLines:

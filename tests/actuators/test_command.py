@@ -50,3 +50,12 @@ def test_output_is_truncated():
     cmd = RunCommand([sys.executable, "-c", "print('x' * 100000)"])
     _, ack = execute(cmd, {})
     assert ack["ok"] and 0 < len(ack["stdout"]) <= 2048
+
+
+def test_a_field_cannot_smuggle_in_an_option():
+    cmd = RunCommand([sys.executable, "-c", ECHO, "{person}", "--tag={tag}"])
+    kind, ack = execute(cmd, {"person": "--output=/etc/passwd", "tag": "x"})
+    assert kind == "command_refused" and "cannot add an option" in ack["error"]
+    kind, ack = execute(cmd, {"person": "ana", "tag": "-v"})     # inside the graph's own option
+    assert kind == "command_applied"
+    assert json.loads(ack["stdout"])["argv"] == ["ana", "--tag=-v"]

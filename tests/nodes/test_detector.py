@@ -77,6 +77,10 @@ def test_grey_and_rgba_frames_are_accepted_and_junk_refused(fast_state, photo):
     assert len(inference.handle_frame(rgba, 0, state)["boxes"]) == 1
     with pytest.raises(inference.DetectorError, match=r"shape \(4, 4, 5\)"):
         inference.handle_frame(np.zeros((4, 4, 5), np.uint8), 0, state)
+    for junk, why in ((np.zeros((0, 0, 3), np.uint8), "shape"), (np.zeros((4, 4), np.int64), "int64"),
+                      (np.zeros((8, 8, 3), np.float32), "float32")):
+        with pytest.raises(inference.DetectorError, match=why):
+            inference.handle_frame(junk, 0, state)
 
 
 def test_source_model_is_compiled_once_and_cached_by_content(models_dir, blazeface_path, fast_state, caplog):

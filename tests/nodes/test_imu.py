@@ -190,3 +190,11 @@ def test_a_silent_imu_fails_calibration_with_a_clear_error():
         imu.calibrate(Silent(), calib, rate_hz=1000.0, stopped=lambda: False, what="serial",
                       budget_s=0.1)
     assert imu.calibrate(Silent(), imu.Calibrator(5), 1000.0, stopped=lambda: True, what="x") is False
+
+
+@pytest.mark.parametrize("line", ["nan,0,0,0,0,0", "0,0,9.8,inf,0,0", "0,0,9.8,0,-inf,0"])
+def test_non_finite_numbers_are_bad_lines_not_samples(line):
+    from iotrt.nodes.sensing.serial_lines import BadLine, parse_floats
+
+    with pytest.raises(BadLine, match="finite"):
+        parse_floats(line, (6, 7), "imu")

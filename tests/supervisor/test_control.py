@@ -14,7 +14,7 @@ import pytest
 
 from iotrt.cli import main as cli
 from iotrt.command import CommandClient
-from iotrt.codec import decode, unpack
+from iotrt.codec import decode, pack, unpack
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader
 
@@ -75,13 +75,18 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
             push.send(junk)
     with pynng.Req0(recv_timeout=3000) as req:
         req.dial(graph.control_address, block=True)
-        for junk, error in ((b"", "malformed request"), (b"\x01", "unknown request")):
+        for junk, error in ((b"", "malformed request"), (b"\x01", "unknown request"),
+                            (pack({"cmd": []}), "unknown request"),
+                            (pack({"cmd": "reload", "node": ["cam"]}), "no node")):
             req.send(junk)
             assert error in unpack(req.recv())["error"]
     u.wait_log("ignored a malformed message from a node", count=3)
     with CommandClient(graph.journal_address, src="test") as journal:
         ack = journal.call({"type": "record", "id": "cam", "kind": "", "fields": {}})
     assert ack["ok"] is False and "'kind' must be a non-empty string" in ack["error"]
+    with CommandClient(graph.journal_address, src="test") as journal:
+        ack = journal.call({"type": "record", "id": "cam", "kind": "x", "fields": {b"k": 1}})
+    assert ack["ok"] is False and "cannot be stored as JSON" in ack["error"]
     assert iotrt("ps").returncode == 0
 
     reload = iotrt("reload", "faces")

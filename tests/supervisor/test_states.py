@@ -188,3 +188,9 @@ def test_health_for_the_watchdog():
     transition(crit, Spawned(2), 20.0)
     transition(crit, Ready(2), 20.0)
     assert crit.healthy(21.0, critical_down_s=5.0)
+
+
+def test_backoff_of_a_node_crash_looping_for_days_stays_at_the_cap():
+    slot = Slot("n", backoff=Backoff(initial_s=0.5, max_s=30.0, factor=2.0))
+    slot.failures = 100_000
+    assert slot.backoff_delay() == 30.0
