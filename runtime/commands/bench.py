@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-rounds", type=int, default=10, help="at least this many rounds")
     parser.add_argument("--max-rounds", type=int, default=1000, help="at most this many rounds")
     parser.add_argument(
-        "--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
-        help="input shape for a source model with dynamic dimensions (repeatable)",
+        "--input-shape", action="append", default=[], metavar="NAME=DIMS",
+        help="static input shape for a source model that leaves a dimension open, as for "
+             "'iotrt compile', e.g. data=1x3x224x224 (repeatable)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
 
@@ -69,9 +70,9 @@ def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]] | None:
         try:
             if not sep:
                 raise ValueError
-            shapes[name] = tuple(int(d) for d in dims.split(","))
+            shapes[name] = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
         except ValueError:
-            raise SystemExit(f"iotrt bench: --input-shape {spec!r}: expected NAME=D0,D1,...") from None
+            raise SystemExit(f"iotrt bench: --input-shape {spec!r}: expected NAME=DIMS, e.g. data=1x3x224x224") from None
     return shapes or None
 
 

@@ -57,3 +57,21 @@ def test_bench_rejects_bad_arguments_clearly(artifact, tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
     proc = bench(str(artifact), "--backends", "numpy,tensorrt")
     assert proc.returncode == 2 and "tensorrt" in proc.stderr
+
+
+def test_bench_input_shape_uses_compiles_syntax(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )  # fmt: skip
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    proc = bench(str(path), "--input-shape", "x=2x4", "--backends", "numpy", "--seconds", "0", "--min-rounds", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "input x 2x4 float32" in proc.stdout
+    proc = bench(str(path), "--input-shape", "x=two")
+    assert proc.returncode != 0 and "NAME=DIMS" in proc.stderr
