@@ -225,3 +225,26 @@ def test_malformed_models_give_a_compile_error_naming_the_node(tmp_path, case):
         compile_model(src, tmp_path / "bad.iotm")
     assert str(src) in str(info.value)
     assert not (tmp_path / "bad.iotm").exists()
+
+
+def test_opset_9_attribute_forms(tmp_path):
+    """Operands that later opsets moved to inputs (Pad pads/value, Clip min/max, Squeeze and
+    Unsqueeze axes) are read from attributes in opset 9 models."""
+    nodes = [helper.make_node("Pad", ["x"], ["p"], pads=[0, 0, 1, 2, 0, 0, 2, 1], value=0.5),
+             helper.make_node("Clip", ["p"], ["c"], min=-0.3, max=0.8),
+             helper.make_node("Unsqueeze", ["c"], ["u"], axes=[0]),
+             helper.make_node("Squeeze", ["u"], ["s"], axes=[0]),
+             helper.make_node("Dropout", ["s"], ["d"], ratio=0.3),
+             helper.make_node("Softmax", ["d"], ["y"], axis=2)]
+    model = make(nodes, [("x", [1, 2, 3, 4])], ["y"], opset=9)
+    report, _ = compile_and_compare(tmp_path, model, {"x": rand(1, 2, 3, 4)})
+    assert "Dropout" not in report.op_counts and "Unsqueeze" in report.op_counts
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_opset_9_upsample_is_a_resize(tmp_path, mode):
+    inits = {"scales": np.array([1, 1, 2, 3], np.float32)}
+    model = make([helper.make_node("Upsample", ["x", "scales"], ["y"], mode=mode)],
+                 [("x", [1, 2, 3, 4])], ["y"], inits, opset=9)
+    report, _ = compile_and_compare(tmp_path, model, {"x": rand(1, 2, 3, 4)})
+    assert report.op_counts == {"Resize": 1}

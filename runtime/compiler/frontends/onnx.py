@@ -3,9 +3,9 @@
 IR ops are ONNX ops in their newest form, so the translation is mostly a copy: attributes become
 plain values, Constant nodes and initializers become constants, and the few ops whose operands
 moved from attributes to inputs across opsets (Pad, Clip, Squeeze, Unsqueeze, Reshape, Resize)
-get the newest form. Dropout is the identity at inference; Softmax before opset 13 (softmax of
-the input flattened at `axis`) becomes Flatten -> Softmax -> Reshape, which the memory plan
-turns into views.
+get the newest form; Upsample becomes the equivalent Resize. Dropout is the identity at
+inference; Softmax before opset 13 (softmax of the input flattened at `axis`) becomes
+Flatten -> Softmax -> Reshape, which the memory plan turns into views.
 """
 
 from __future__ import annotations
@@ -195,6 +195,17 @@ def _resize(t: _Translator, node, name, attrs) -> None:
     t.b.add(Op.RESIZE, name, ins, list(node.output), **attrs)
 
 
+def _upsample(t: _Translator, node, name, attrs) -> None:
+    """Upsample (opsets 7-9) is Resize with asymmetric coordinates and floor rounding."""
+    if "scales" in attrs:  # opset 7: scales as an attribute
+        scales = t.const(f"{name}/scales", np.array(attrs.pop("scales"), np.float32))
+    else:
+        scales = node.input[1]
+    mode = attrs.get("mode", "nearest")
+    t.b.add(Op.RESIZE, name, [node.input[0], "", scales], list(node.output), mode=mode,
+            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
 def _cast(t: _Translator, node, name, attrs) -> None:
     from iotrt.engine.kernels import ONNX_DTYPES
 
@@ -242,6 +253,7 @@ HANDLERS = {
     "Softmax": _softmax,
     "Squeeze": _axes_op(Op.SQUEEZE),
     "Unsqueeze": _axes_op(Op.UNSQUEEZE),
+    "Upsample": _upsample,
     "Add": _drop_attrs(Op.ADD, "broadcast", "axis", "consumed_inputs"),
     "Sub": _drop_attrs(Op.SUB, "broadcast", "axis", "consumed_inputs"),
     "Mul": _drop_attrs(Op.MUL, "broadcast", "axis", "consumed_inputs"),
