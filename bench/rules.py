@@ -7,7 +7,7 @@ worst case: rules on other topics cost nothing). The conditions are five kinds o
 a door or robot would use (a comprehension over faces, a max, a length, a comparison, a string
 method), with different constants per rule. It prints:
 
-1. throughput (messages/s through the 100 rules) of
+1. throughput (messages/s through the 100 rules; medians of interleaved rounds) of
    - the reference: the same 100 conditions as plain Python lambdas, called in a loop;
    - the engine running the same rules as a Python rules file (callable conditions);
    - the engine running them as a YAML rules file (sandboxed expressions);
@@ -256,6 +256,8 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=2000, help="messages per measurement")
     parser.add_argument("--rate", type=float, default=30.0,
                         help="message rate of the cross-process run (default 30/s, a camera)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved throughput rounds; medians are printed (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     msgs = messages(args.n)
@@ -273,10 +275,16 @@ def main() -> int:
         print(f"rule engine, {N_RULES} rules on one topic, {args.n} messages "
               f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
         print("throughput ...", file=sys.stderr, flush=True)
-        ref = throughput_reference(reference, msgs)
-        py = throughput_engine(files["plain_rules.py"], msgs)
-        ya = throughput_engine(files["plain.rules.yaml"], msgs)
-        print(f"\n{'throughput':44} {'msgs/s':>9} {'x ref':>7}")
+        # Interleaved rounds, medians: the machine's load drifts during a run, and each
+        # ratio should compare measurements taken under the same conditions.
+        rounds = {"ref": [], "py": [], "ya": []}
+        for _ in range(args.rounds):
+            rounds["ref"].append(throughput_reference(reference, msgs))
+            rounds["py"].append(throughput_engine(files["plain_rules.py"], msgs))
+            rounds["ya"].append(throughput_engine(files["plain.rules.yaml"], msgs))
+        ref, py, ya = (statistics.median(rounds[k]) for k in ("ref", "py", "ya"))
+        print(f"\n{'throughput (median of ' + str(args.rounds) + ' rounds)':44} {'msgs/s':>9} "
+              f"{'x ref':>7}")
         for label, value in (("plain Python lambdas (reference)", ref),
                              ("engine, Python rules (callable conditions)", py),
                              ("engine, YAML rules (sandboxed expressions)", ya)):
