@@ -45,7 +45,7 @@ def seen(evs: list[dict]) -> dict[str, bool]:
         "lock re-locked on time": any_of("actuator_state", "lock", locked=lambda v: v is True,
                                          cause=lambda c: c == "timeout"),
         "visitor rule fired": any_of("rule_fired", "rules", rule=lambda r: r == "visitor"),
-        "visitor notified": any_of("command_applied", "notify"),
+        "visitor notified": any_of("command_applied", "doorbell"),
         "visitor snapshot": any_of("command_applied", "snapshot",
                                    result=lambda r: str((r or {}).get("path", "")).endswith(".jpg")),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotrt.rules import Command, Engine, Message, Publish, load_rules
+from iotrt.rules import Command, Engine, Message, load_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "configs" / "door.rules.yaml")
 
@@ -46,11 +46,11 @@ def test_low_score_enrolled_face_does_not_unlock():
 def test_unknown_face_is_a_visitor_event_once_per_visit():
     out = feed([faces(("unknown", 0.7))] * 50)  # 5 s of a visitor standing there
     assert not any(isinstance(a, Command) and a.output == "lock" for _, a in out)
-    notes = [a for _, a in out if isinstance(a, Command) and a.output == "webhook"]
+    notes = [a for _, a in out if isinstance(a, Command) and a.output == "doorbell"]
     assert len(notes) == 1 and notes[0].label == "notify"
     assert "not enrolled" in notes[0].data["message"]
-    snaps = [a for _, a in out if isinstance(a, Publish) and a.output == "snapshot"]
-    assert len(snaps) == 1
+    snaps = [a for _, a in out if isinstance(a, Command) and a.output == "snapshot"]
+    assert len(snaps) == 1 and snaps[0].data == {"reason": "visitor"}
 
 
 def test_owner_staying_keeps_the_door_unlocked_every_four_seconds():

@@ -40,7 +40,7 @@ nodes:
     commands: {{commands: rules/lock}}
   - id: phone
     kind: log
-    commands: {{commands: rules/webhook}}
+    commands: {{commands: rules/doorbell}}
 """
 
 

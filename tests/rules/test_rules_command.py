@@ -29,7 +29,7 @@ def test_door_rules_on_a_visit(tmp_path, capsys):
     assert [(f[0], f[1]) for f in fired] == [("0.100s", "unlock_for_enrolled"), ("5.200s", "visitor")]
     assert any('command lock {"action": "unlock", "duration_s": 5, "who": "owner"}' in line
                for line in out)
-    assert any("notify webhook" in line and "not enrolled" in line for line in out)
+    assert any("notify doorbell" in line and "not enrolled" in line for line in out)
     assert out[-1] == "-- 6 message(s): unlock_for_enrolled x1, visitor x1"
 
 
