@@ -1,7 +1,7 @@
 """Compile a source model once, cache the artifact by the model's sha256, and load it.
 
 A graph may name a source model (`.tflite`, `.onnx`) or a compiled artifact (`.iotm`). A source
-model is compiled before the node reports ready, into `<cache dir>/<sha256[:24]>.iotm`;
+model is compiled before the node reports ready, into `<cache dir>/<sha256[:24]>-<iotrt version>.iotm`;
 the next start (or another node naming the same file) finds the artifact and skips compiling.
 The cache key is the file's content, not its name or mtime, so replacing the model file always
 recompiles and copying it elsewhere never does. Compilation writes a temporary file and renames
@@ -15,6 +15,8 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
+
+from iotrt import __version__
 
 SOURCE_SUFFIXES = (".tflite", ".onnx")
 ARTIFACT_SUFFIX = ".iotm"
@@ -73,7 +75,9 @@ def compiled_artifact(
         raise ModelError(f"{src}: unknown model type '{src.suffix}' "
                          f"(expected {', '.join(SOURCE_SUFFIXES + (ARTIFACT_SUFFIX,))})")
     digest = sha256_of(src)
-    out = cache_dir / f"{digest[:24]}{ARTIFACT_SUFFIX}"
+    # Keyed by the compiler's version too: after an upgrade the model is compiled again rather
+    # than an old artifact failing to load (or missing the new compiler's improvements).
+    out = cache_dir / f"{digest[:24]}-{__version__}{ARTIFACT_SUFFIX}"
     if out.is_file():
         log.info("model %s: using cached artifact %s", src.name, out)
         return out
