@@ -24,10 +24,12 @@ class LiteRTModel(FrameworkModel):
         super().__init__(artifact)
         model = artifact.payloads.get(PAYLOAD)
         if model is None:
-            raise BackendUnavailable(
-                f"backend {NAME!r} runs the source .tflite, which this artifact does not embed "
-                f"(it was compiled from {artifact.source.get('format', '?')}, or with --quantize)"
+            why = (
+                "it was compiled with --quantize, whose point is a small artifact"
+                if artifact.source.get("format") == "tflite"
+                else "only models compiled from a .tflite carry one"
             )
+            raise BackendUnavailable(f"backend {NAME!r} runs the source .tflite, which this artifact does not embed: {why}")
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
