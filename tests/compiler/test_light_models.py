@@ -26,7 +26,10 @@ MODELS = ["squeezenet", "shufflenet", "resnet50", "inception_v1"]
 
 def reseeded(name: str, seed: int = 0) -> onnx.ModelProto:
     """The light model with random weights and some intermediates exposed as outputs."""
-    model = onnx.load(str(LIGHT / f"light_{name}.onnx"))
+    path = LIGHT / f"light_{name}.onnx"
+    if not path.is_file():
+        pytest.skip(f"this onnx build does not ship {path.name}")
+    model = onnx.load(str(path))
     g = model.graph
     rng = np.random.default_rng(seed)
     shapes = {i.name: numpy_helper.to_array(i) for i in g.initializer}
