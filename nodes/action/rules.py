@@ -54,6 +54,7 @@ SPEC = NodeSpec(
     ],
 )
 
+DECISIONS = "decisions"  # the optional per-message output (see RuleNode.__init__)
 # A rule that keeps failing is logged and journaled at most this often.
 ERROR_REPORT_EVERY_S = 60.0
 _STOP = object()
@@ -129,6 +130,10 @@ class RuleNode:
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
         self._last_report: dict[str, float] = {}
+        # A graph may declare an output `decisions`: one message per evaluated input, carrying
+        # that input's capture stamp and trace, so capture -> decision latency is measurable
+        # (bench/e2e.py) and `iotrt echo rules/decisions` shows what each message caused.
+        self.decisions = DECISIONS in node.config.outputs
         self._check_wiring()
 
     def _load(self):
@@ -146,7 +151,7 @@ class RuleNode:
         commands, publishes = self.engine.outputs()
         for out in sorted(commands - set(cfg.commands_out)):
             log.warning("rules command %r, but no actuator is wired to that command output", out)
-        for out in sorted(publishes - set(cfg.outputs)):
+        for out in sorted(publishes - set(cfg.outputs) - {DECISIONS}):
             log.warning("rules publish on %r, but no node subscribes to it", out)
 
     def handle(self, event: Any) -> None:
@@ -155,6 +160,13 @@ class RuleNode:
             env = event.envelope
             aliases = (env.topic,) if env is not None and env.topic else ()
             actions = self.engine.handle(Message(event.name, event.data, aliases), now)
+            for action in actions:
+                self.execute(action)
+            if self.decisions:
+                self.node.publish(DECISIONS, {
+                    "input": event.name, "actions": len(actions),
+                    "fired": [a.rule for a in actions if isinstance(a, Fired)]})
+            return
         elif event.kind == "timer":
             actions = self.engine.handle(TICK, now)
         elif event.kind == "reload":

@@ -20,7 +20,7 @@ from iotrt.bus import Publisher, short_ipc_address
 from iotrt.command import CommandServer
 from iotrt.node import Event, Node
 from iotrt.nodes.action.rules import RuleNode
-from iotrt.protocol import ENV_CONFIG, NodeConfig, parse_message
+from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")
@@ -296,3 +296,19 @@ def test_rule_node_with_a_bad_rules_file_exits_with_the_errors(rundir, tmp_path)
         assert f"{rules}:2: mode must be one of" in err
     finally:
         rig.close()
+
+
+def test_a_graph_declared_decisions_output_reports_every_evaluated_message():
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
+    node.config.outputs["decisions"] = Endpoint(address="", topic="rules/decisions")
+    node.feed("faces", OWNER, stamp_ns=111).feed("faces", OWNER, stamp_ns=222).run()
+    decisions = [p for p in node.published if p.output == "decisions"]
+    assert [d.data["fired"] for d in decisions] == [[], ["unlock_for_enrolled"]]
+    assert [d.envelope.stamp_ns for d in decisions] == [111, 222]   # the capture stamps travel
+    assert decisions[1].data["actions"] >= 2                        # fired + command + publish
+
+
+def test_without_a_decisions_output_nothing_extra_is_published():
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
+    node.feed("faces", OWNER).run()
+    assert not [p for p in node.published if p.output == "decisions"]
