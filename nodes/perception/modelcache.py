@@ -10,13 +10,13 @@ it, so a node killed mid-compile leaves no half-written artifact behind.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from importlib import resources
 from pathlib import Path
 
 from iotrt import __version__
+from iotrt.hashing import file_sha256
 
 SOURCE_SUFFIXES = (".tflite", ".onnx")
 ARTIFACT_SUFFIX = ".iotm"
@@ -34,14 +34,6 @@ def cache_dir(state_dir: str | None) -> Path:
         return Path(state_dir) / "models"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "iotrt" / "models"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shipped_model(name: str = DEFAULT_FACE_MODEL) -> Path:
@@ -74,7 +66,7 @@ def compiled_artifact(
     if src.suffix not in SOURCE_SUFFIXES:
         raise ModelError(f"{src}: unknown model type '{src.suffix}' "
                          f"(expected {', '.join(SOURCE_SUFFIXES + (ARTIFACT_SUFFIX,))})")
-    digest = sha256_of(src)
+    digest = file_sha256(src)
     # Keyed by the compiler's version too: after an upgrade the model is compiled again rather
     # than an old artifact failing to load (or missing the new compiler's improvements).
     out = cache_dir / f"{digest[:24]}-{__version__}{ARTIFACT_SUFFIX}"
@@ -110,4 +102,4 @@ def load_model(model: str, cache_dir: Path, backend: str = "auto", base_dir: Pat
 
     src = resolve(model, base_dir)
     artifact = compiled_artifact(src, cache_dir, log)
-    return load(str(artifact), backend=backend), sha256_of(src)
+    return load(str(artifact), backend=backend), file_sha256(src)

@@ -12,7 +12,6 @@ Everything here but the front ends needs only numpy (the device can read artifac
 from __future__ import annotations
 
 import collections
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
 from iotrt.compiler.payloads import payloads
 from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
+from iotrt.hashing import file_sha256
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -46,14 +46,6 @@ class CompileReport:
     file_bytes: int
     seconds: float
     pass_log: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
@@ -116,7 +108,7 @@ def compile_model(
     if constants:
         graph = bake_constants(graph, constants)
     say(f"front end: {len(graph.nodes)} ops, {len(graph.consts)} constant tensors")
-    sha = _sha256(src)
+    sha = file_sha256(src)
     try:
         art, log = build_artifact(
             graph, {"name": src.name, "format": fmt, "sha256": sha},

@@ -15,7 +15,6 @@ nothing about a node that gets 1 core.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from iotrt.hashing import file_sha256
 
 log = logging.getLogger("iotrt.engine.auto")
 
@@ -145,14 +146,6 @@ def choose(
 
 
 # ---- the cache next to the artifact ----------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cpu_model() -> str:

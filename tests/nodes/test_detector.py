@@ -10,7 +10,7 @@ import pytest
 
 import iotrt
 from iotrt.nodes.perception import inference
-from iotrt.nodes.perception.modelcache import sha256_of
+from iotrt.hashing import file_sha256
 from iotrt.nodes.sensing.scene import DoorScene
 
 NO_PEOPLE = ["coffee", "rocket", "clock", "coins", "moon", "page", "text", "hubble_deep_field",
@@ -86,7 +86,7 @@ def test_grey_and_rgba_frames_are_accepted_and_junk_refused(fast_state, photo):
 
 def test_source_model_is_compiled_once_and_cached_by_content(models_dir, blazeface_path, fast_state, caplog):
     cached = list(models_dir.glob("*.iotm"))
-    assert [p.name for p in cached] == [f"{sha256_of(blazeface_path)[:24]}-{iotrt.__version__}.iotm"]
+    assert [p.name for p in cached] == [f"{file_sha256(blazeface_path)[:24]}-{iotrt.__version__}.iotm"]
     with caplog.at_level(logging.INFO):
         inference.build(dict(PARAMS, model=str(blazeface_path), backend="onnxruntime"), models_dir)
     assert "using cached artifact" in caplog.text and "compiling once" not in caplog.text
