@@ -27,6 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import Up, up_env, wait_for
+
 from iotrt.journal import JournalReader
 
 _JOURNAL_WRITER = textwrap.dedent("""
@@ -190,13 +192,8 @@ class Graph:
             return reader.query(**filters)
 
     def wait_journal(self, timeout: float = 10.0, **filters) -> list:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.journal(**filters) if self.db.exists() else []
-            if events:
-                return events
-            time.sleep(0.02)
-        raise AssertionError(f"no journal event matching {filters} within {timeout} s")
+        return wait_for(lambda: self.journal(**filters) if self.db.exists() else [], timeout,
+                        f"a journal event matching {filters}")
 
     @staticmethod
     def read_jsonl(path: Path) -> list[dict]:
@@ -205,15 +202,7 @@ class Graph:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
-    @staticmethod
-    def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.01)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    wait_for = staticmethod(wait_for)
 
     def close(self) -> None:
         for proc in self.procs:
@@ -232,7 +221,7 @@ def graph():
         shutil.rmtree(root, ignore_errors=True)
 
 
-class Supervised:
+class Supervised(Up):
     """`iotrt up GRAPH` as a real process (the supervisor engineer's code), with the graph's
     addresses and paths read back from the same graph file."""
 
@@ -242,17 +231,12 @@ class Supervised:
         self.root = root
         for name, text in (files or {}).items():
             (root / name).write_text(textwrap.dedent(text))
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self.env.update(IOTRT_RUNTIME_DIR=str(root / "run"), IOTRT_STATE_DIR=str(root / "state"))
+        self.env = up_env(root / "run", root / "state")
         self.path = root / "graph.yaml"
         self.path.write_text(textwrap.dedent(graph_text))
-        self.graph = load_graph(self.path, environ=self.env)
-        self.log = root / "up.log"
-        self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(self.path)],
-                                     env=self.env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     cwd=root)
+        graph = load_graph(self.path, environ=self.env)  # a bad graph fails before any process
+        super().__init__(self.path, self.env, root / "up.log")
+        self.graph = graph  # the loaded graph, where Up keeps only its path
 
     def command_address(self, node_id: str) -> str:
         return self.graph.command_address(node_id, "commands")
@@ -261,17 +245,11 @@ class Supervised:
         with JournalReader(self.graph.journal_path) as reader:
             return reader.query(**filters)
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
 
 @pytest.fixture
 def h():
     """Helpers for test modules (pytest's importlib mode cannot import conftest)."""
-    return SimpleNamespace(read_jsonl=Graph.read_jsonl, wait_for=Graph.wait_for)
+    return SimpleNamespace(read_jsonl=Graph.read_jsonl, wait_for=wait_for)
 
 
 @pytest.fixture

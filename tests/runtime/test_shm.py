@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers import wait_for
+
 from iotrt import shm
 from iotrt.bus import Publisher, Subscriber, short_ipc_address
 from iotrt.codec import Envelope, FrameOverwritten, decode, encode
@@ -16,16 +18,6 @@ from iotrt.codec import Envelope, FrameOverwritten, decode, encode
 def segments(address: str) -> list[str]:
     prefix = shm.segment_prefix(address)
     return sorted(n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix + "-"))
-
-
-def wait_until(predicate, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -154,7 +146,7 @@ def test_concurrent_reader_process_never_sees_a_torn_frame(rundir, peer):
     with Publisher(address, "cam/image", "cam", shm_slots=2) as pub:
         checker = peer("frame_checker", address, 2.0)
         checker.wait_line('"ready"')
-        wait_until(lambda: pub.subscribers, what="subscriber")
+        wait_for(lambda: pub.subscribers, what="subscriber")
         i = 0
         t_end = time.monotonic() + 1.5
         while time.monotonic() < t_end:
@@ -191,12 +183,12 @@ def test_reader_exit_does_not_remove_the_segment(rundir, peer):
     with Publisher(address, "cam/image", "cam") as pub:
         reader = peer("sub", address, 1, 2)
         reader.wait_line('"ready"')
-        wait_until(lambda: pub.subscribers, what="subscriber")
+        wait_for(lambda: pub.subscribers, what="subscriber")
         pub.publish({"array": np.zeros(1 << 20, np.uint8)})
         assert reader.wait_exit(10) == 0
         assert len(segments(address)) == 1
         with Subscriber(address) as sub:
-            wait_until(lambda: sub.connected, what="connection")
+            wait_for(lambda: sub.connected, what="connection")
             pub.publish({"array": np.ones(1 << 20, np.uint8)})
             env = sub.recv(timeout_s=10)
             assert env.data["array"].sum() == 1 << 20
@@ -206,7 +198,7 @@ def test_reader_exit_does_not_remove_the_segment(rundir, peer):
 def test_loaned_frame_is_published_without_a_copy_and_frozen(rundir):
     address = short_ipc_address(rundir, "g", "cam", "image")
     with Publisher(address, "cam/image", "cam") as pub, Subscriber(address, queue=4) as sub:
-        wait_until(lambda: sub.connected, what="connection")
+        wait_for(lambda: sub.connected, what="connection")
         frame = pub.loan((480, 640, 3))
         frame[:] = 42  # e.g. cv2.VideoCapture.read(image=frame)
         pub.publish({"image": frame})
@@ -226,7 +218,7 @@ def test_a_dead_readers_leases_are_released(rundir, peer):
     with Publisher(address, "cam/image", "cam", shm_slots=2) as pub:
         holder = peer("hold", address, 2)
         holder.wait_line('"ready"')
-        wait_until(lambda: pub.subscribers, what="subscriber")
+        wait_for(lambda: pub.subscribers, what="subscriber")
         for i in range(2):
             pub.publish(np.full(1 << 20, i, np.uint8))
         holder.wait_line('"holding"')

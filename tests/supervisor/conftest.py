@@ -1,40 +1,21 @@
-"""Helpers for the supervisor's multi-process tests: write a graph, run `iotrt up` on it as a real
-process, wait for conditions with deadlines, and always clean up every process started."""
+"""Fixtures for the supervisor's multi-process tests: write a graph, run `iotrt up` on it as a real
+process (`Up`, from tests/helpers.py), and always clean up every process started."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 
+from helpers import Up, alive, up_env, wait_for
+
 TEST_NODE = Path(__file__).parent / "graphs" / "nodes" / "testnode.py"
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def marker_pids(marker: Path) -> list[int]:
@@ -47,41 +28,9 @@ def marker_starts(marker: Path) -> list[float]:
     return [float(line.split()[1]) for line in marker.read_text().splitlines() if line.strip()]
 
 
-class Up:
-    """A running `iotrt up GRAPH` with its combined output in a log file."""
-
-    def __init__(self, graph: Path, env: dict, log: Path):
-        self.graph, self.log = graph, log
-        self._out = open(log, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iotrt", "up", str(graph)], env=env,
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=graph.parent,
-        )
-
-    @property
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_log(self, needle: str, timeout: float = 20.0, count: int = 1) -> None:
-        wait_for(lambda: self.text.count(needle) >= count, timeout,
-                 f"{count}x {needle!r} in the supervisor log:\n{self.text}")
-
-    def wait_exit(self, timeout: float = 20.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"supervisor still running after {timeout:g}s:\n{self.text}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
-
 @pytest.fixture
 def h():
-    """The helpers above, for test modules (pytest's importlib mode cannot import conftest)."""
+    """The helpers, for test modules (pytest's importlib mode cannot import conftest)."""
     return SimpleNamespace(wait_for=wait_for, alive=alive, marker_pids=marker_pids,
                            marker_starts=marker_starts)
 
@@ -91,12 +40,7 @@ def env(tmp_path):
     """Environment for `iotrt up`: a short private runtime root (ipc paths are limited to 107
     bytes, pytest's tmp_path can be long) and a state root in tmp_path."""
     run_root = Path(tempfile.mkdtemp(prefix="iotrt-t", dir="/tmp"))
-    e = dict(os.environ)
-    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        e.pop(k, None)
-    e["IOTRT_RUNTIME_DIR"] = str(run_root)
-    e["IOTRT_STATE_DIR"] = str(tmp_path / "state")
-    yield e
+    yield up_env(run_root, tmp_path / "state")
     shutil.rmtree(run_root, ignore_errors=True)
 
 
