@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pynng
 import pytest
+from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 from iotrt.bus import Publisher, short_ipc_address
 from iotrt.command import CommandServer
@@ -129,17 +130,8 @@ def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
     assert "rules_reloaded" in kinds(node)
 
 
-def _hostile_runtime_expressions():
-    from importlib import util
-
-    spec = util.spec_from_file_location("hostile_table", HERE / "test_expressions.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return [src for src, where in module.HOSTILE if where == "run"]
-
-
 def test_hostile_rules_fail_alone_and_the_good_rule_keeps_firing(tmp_path):
-    hostile = _hostile_runtime_expressions()
+    hostile = [src for src, where in HOSTILE if where == "run"]
     lines = ["rules:"]
     for i, src in enumerate(hostile):
         lines.append(f"  - {{id: hostile{i}, trigger: m, condition: {json.dumps(src)}, "
@@ -149,17 +141,18 @@ def test_hostile_rules_fail_alone_and_the_good_rule_keeps_firing(tmp_path):
     rules = tmp_path / "hostile.yaml"
     rules.write_text("\n".join(lines) + "\n")
     node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
-    start = time.monotonic()
+    start = time.process_time()
     for n in range(3):
-        node.feed("m", {"n": n})
+        node.feed("m", {**HOSTILE_MSG, "n": n})
     node.run()
     assert [p.data for p in node.published] == [{"n": 0}, {"n": 1}, {"n": 2}]
     errors = [f["rule"] for k, f in node.records if k == "rule_error"]
     # every hostile rule reported, once (rate-limited), none fired
     assert sorted(errors) == sorted(f"hostile{i}" for i in range(len(hostile)))
     assert "rule_fired" not in [k for k, f in node.records if f.get("rule", "").startswith("h")]
-    # three messages through all of them, each bounded by the 50 ms budget or less
-    assert time.monotonic() - start < 3 * len(hostile) * 0.2
+    # three messages through all of them, each bounded by the 50 ms budget or less (CPU time:
+    # wall time is stretched by whatever else runs on the machine)
+    assert time.process_time() - start < 3 * len(hostile) * 0.2
 
 
 # --- a real rule-node process --------------------------------------------------------------
