@@ -48,7 +48,8 @@ SPEC = NodeSpec(
               min=0.01),
         Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
         Param("command_expiry_s", float, 3.0,
-              "drop a command still queued after this long (never unlock late)", min=0.1),
+              "drop a command still queued after this long, and stop its retries then "
+              "(never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
     ],
@@ -88,6 +89,14 @@ class CommandSender:
         while (item := q.get()) is not _STOP:
             self._send(item)
 
+    def _budget(self, remaining_s: float) -> tuple[float, int]:
+        """(timeout per attempt, retries) so that every attempt, and the wait for its ack,
+        ends before the command expires: a retry must never deliver an unlock late."""
+        attempts = min(self.retries + 1, int(remaining_s / self.timeout_s))
+        if attempts == 0:  # less than one full timeout left: one shorter attempt
+            return remaining_s, 0
+        return self.timeout_s, attempts - 1
+
     def _send(self, item: _Queued) -> None:
         a, node = item.action, self.node
         waited = time.monotonic() - item.queued_at
@@ -96,8 +105,9 @@ class CommandSender:
                         error=f"expired after {waited:.1f}s in the queue (actuator busy or down)")
             return
         node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
+        timeout_s, retries = self._budget(self.expiry_s - waited)
         try:
-            ack = node.command(a.output, a.data, timeout_s=self.timeout_s, retries=self.retries)
+            ack = node.command(a.output, a.data, timeout_s=timeout_s, retries=retries)
         except (CommandError, NodeError, EncodeError) as exc:
             node.log.warning("rule %s: %s %s failed: %s", a.rule, a.label, a.output, exc)
             node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))

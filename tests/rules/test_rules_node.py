@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,10 +19,11 @@ import pytest
 from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 from iotrt.bus import Publisher, short_ipc_address
-from iotrt.command import CommandServer
+from iotrt.command import CommandClient, CommandServer
 from iotrt.node import Event, Node
-from iotrt.nodes.action.rules import RuleNode
+from iotrt.nodes.action.rules import CommandSender, RuleNode
 from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
+from iotrt.rules import Command
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")
@@ -110,6 +112,49 @@ def test_a_command_queued_too_long_behind_a_dead_actuator_is_dropped_not_sent_la
     assert [c.data["n"] for c in node.commands] == [1]
     failed = [f for k, f in node.records if k == "command_failed"]
     assert len(failed) == 1 and failed[0]["data"] == {"n": 2} and "expired" in failed[0]["error"]
+
+
+class _ClientNode:
+    """What CommandSender needs of a Node, with a real CommandClient on the command output."""
+
+    def __init__(self, client: CommandClient) -> None:
+        self.client, self.records, self.log = client, [], logging.getLogger("test.rules")
+
+    def command(self, output, data, *, timeout_s, retries):
+        return self.client.call(data, timeout_s=timeout_s, retries=retries)
+
+    def record(self, kind, **fields):
+        self.records.append((kind, fields))
+
+
+def test_retries_stop_at_the_expiry_so_an_actuator_back_late_gets_no_late_unlock(rundir):
+    address = short_ipc_address(rundir, "g", "rules", "lock")
+    client = CommandClient(address)  # the lock is down: nothing listens yet
+    node = _ClientNode(client)
+    # Retries alone would go on for 3 s; the command expires after 0.4 s.
+    sender = CommandSender(node, timeout_s=0.1, retries=30, expiry_s=0.4)
+    start = time.monotonic()
+    sender.submit(Command("open", "lock", {"action": "unlock", "duration_s": 5}))
+    while time.monotonic() < start + 0.6:  # the lock comes back after the expiry...
+        time.sleep(0.01)
+    lock = CommandServer(address)
+    try:
+        late = lock.recv(timeout_s=1.5)  # ...and must not be unlocked now
+        assert late is None, f"unlock delivered {time.monotonic() - start:.2f}s after the rule"
+        sender.close(wait_s=5.0)
+        failed = [f for k, f in node.records if k == "command_failed"]
+        assert len(failed) == 1 and "no ack" in failed[0]["error"]
+    finally:
+        sender.close(wait_s=5.0)
+        lock.close()
+        client.close()
+
+
+def test_the_retry_budget_fits_in_the_expiry():
+    sender = CommandSender(None, timeout_s=1.0, retries=4, expiry_s=3.0)
+    assert sender._budget(3.0) == (1.0, 2)     # 3 attempts of 1 s, not 5
+    assert sender._budget(10.0) == (1.0, 4)    # retries still cap it
+    assert sender._budget(0.25) == (0.25, 0)   # one shorter attempt
 
 
 def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
