@@ -13,12 +13,13 @@ Messages and timer ticks go through the pure `Engine` in this node's event loop.
 happen inline; commands go to one worker thread per command output, so waiting for a slow
 actuator's acknowledgement never holds up the other rules (nor the other actuators). Every
 decision is journaled: rule_fired, command_sent, command_acked, command_failed, rule_error,
-rules_reloaded, rules_reload_failed. SIGHUP reloads the rules; a bad file is reported and the
-running rules stay.
+rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its failures).
+SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -72,6 +73,7 @@ class CommandSender:
 
     def __init__(self, node: Node, timeout_s: float, retries: int, expiry_s: float) -> None:
         self.node, self.timeout_s, self.retries, self.expiry_s = node, timeout_s, retries, expiry_s
+        self.quiet: frozenset[str] = frozenset()  # rules whose successes are not journaled
         self._queues: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
 
@@ -104,7 +106,11 @@ class CommandSender:
             node.record("command_failed", rule=a.rule, output=a.output, data=a.data,
                         error=f"expired after {waited:.1f}s in the queue (actuator busy or down)")
             return
-        node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
+        quiet = a.rule in self.quiet
+        if quiet:
+            node.log.debug("rule %s: %s %s %s", a.rule, a.label, a.output, a.data)
+        else:
+            node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
         timeout_s, retries = self._budget(self.expiry_s - waited)
         try:
             ack = node.command(a.output, a.data, timeout_s=timeout_s, retries=retries)
@@ -113,7 +119,8 @@ class CommandSender:
             node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))
             return
         if ack.get("ok"):
-            node.record("command_acked", rule=a.rule, output=a.output, ack=ack)
+            if not quiet:
+                node.record("command_acked", rule=a.rule, output=a.output, ack=ack)
         else:
             node.log.warning("rule %s: %s refused: %s", a.rule, a.output, ack.get("error"))
             node.record("command_failed", rule=a.rule, output=a.output,
@@ -139,6 +146,7 @@ class RuleNode:
         self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0)
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
+        self.sender.quiet = self._quiet_rules()
         self._last_report: dict[str, float] = {}
         # A graph may declare an output `decisions`: one message per evaluated input, carrying
         # that input's capture stamp and trace, so capture -> decision latency is measurable
@@ -148,6 +156,9 @@ class RuleNode:
 
     def _load(self):
         return load_rules(self.rules_path, python=self.python)
+
+    def _quiet_rules(self) -> frozenset[str]:
+        return frozenset(r.id for r in self.engine.rules if r.quiet)
 
     def _check_wiring(self) -> None:
         """Warn (at start and reload) about rules that name ports the graph did not wire."""
@@ -191,8 +202,13 @@ class RuleNode:
         node = self.node
         match action:
             case Fired(rule, trigger, queued):
-                node.log.info("rule %s fired (%s)%s", rule, trigger, " - queued" if queued else "")
-                node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
+                # A quiet rule (e.g. one feeding a motor's dead-man every 200 ms) would flood
+                # the log and the journal; its failures are still reported in full.
+                quiet = rule in self.sender.quiet
+                node.log.log(logging.DEBUG if quiet else logging.INFO, "rule %s fired (%s)%s", rule, trigger,
+                             " - queued" if queued else "")
+                if not quiet:
+                    node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
             case Command():
                 self.sender.submit(action)
             case Publish(rule, output, data):
@@ -225,6 +241,7 @@ class RuleNode:
                              problems=[str(p) for p in exc.problems])
             return
         self.engine.replace(ruleset)
+        self.sender.quiet = self._quiet_rules()
         self._check_wiring()
         ids = [r.id for r in ruleset.rules]
         self.node.log.info("reloaded %d rule(s) from %s", len(ids), self.rules_path)

@@ -157,6 +157,30 @@ def test_the_retry_budget_fits_in_the_expiry():
     assert sender._budget(0.25) == (0.25, 0)   # one shorter attempt
 
 
+def test_a_quiet_rule_journals_and_logs_at_info_only_its_failures(tmp_path, caplog):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""\
+rules:
+  - {id: cruise, quiet: true, edge: false, trigger: go, condition: msg.n != 2,
+     actions: [{command: motors, args: {n: '${1 // (msg.n - 1)}'}}]}
+  - {id: loud, trigger: go, condition: msg.n == 0, actions: [{command: motors, args: {n: 9}}]}
+""")
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    node.responder = lambda output, data: None if data["n"] == -1 else {}  # n=0: no ack
+    caplog.set_level(logging.DEBUG, logger="iotrt.node")
+    for n in (0, 3, 1, 2):  # 0: fails (no ack); 3: acked; 1: rule error (1 // 0); 2: not fired
+        node.feed("go", {"n": n})
+    node.run()
+    assert sorted(c.data["n"] for c in node.commands) == [-1, 0, 9]  # commands still go out
+    cruise = {k: f.get("error", "") for k, f in node.records if f["rule"] == "cruise"}
+    assert sorted(cruise) == ["command_failed", "rule_error"]  # each once: no sent, no acked
+    assert "no ack" in cruise["command_failed"] and "ZeroDivision" in cruise["rule_error"]
+    assert kinds(node).count("rule_fired") == 1  # the loud rule's only
+    fired = [r for r in caplog.records if " fired " in r.getMessage()]
+    assert [(r.levelname, r.getMessage().split()[1]) for r in fired] == [
+        ("DEBUG", "cruise"), ("INFO", "loud"), ("DEBUG", "cruise"), ("DEBUG", "cruise")]
+
+
 def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 1}}]}\n")
