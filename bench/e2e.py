@@ -91,11 +91,16 @@ class Run:
         return self.proc.returncode
 
 
-def processes(run: Run) -> dict[str, psutil.Process]:
+def processes(run: Run, timeout_s: float = 60.0) -> dict[str, psutil.Process]:
+    """Every node's process, once all are running (the first detection can come before the
+    last nodes of the graph have started)."""
+    deadline = time.monotonic() + timeout_s
+    while (rows := run.ps()["nodes"]) and any(r["state"] != "running" for r in rows):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not every node is running: {[(r['node'], r['state']) for r in rows]}")
+        time.sleep(0.2)
     procs = {"supervisor": psutil.Process(run.proc.pid)}
-    for row in run.ps()["nodes"]:
-        if row["pid"]:
-            procs[row["node"]] = psutil.Process(row["pid"])
+    procs.update({r["node"]: psutil.Process(r["pid"]) for r in rows})
     return procs
 
 

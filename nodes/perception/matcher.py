@@ -72,17 +72,28 @@ class Pairer:
         out = []
         for stamp in [s for s in self.waiting if s <= stamp_ns]:
             out.append((stamp, self.waiting.pop(stamp), self.frames.get(stamp)))
+        if out:
+            self._release(out[-1][0])
         return out
 
     def detections(self, stamp_ns: int, det: dict) -> list[Pair]:
         if stamp_ns in self.frames or stamp_ns <= self.newest:
-            return [(stamp_ns, det, self.frames.get(stamp_ns))]
+            pair = (stamp_ns, det, self.frames.get(stamp_ns))
+            self._release(stamp_ns)
+            return [pair]
         self.waiting[stamp_ns] = det
         out = []
         while len(self.waiting) > self.size:
             stamp, old = self.waiting.popitem(last=False)
             out.append((stamp, old, None))
         return out
+
+    def _release(self, stamp_ns: int) -> None:
+        """Forget frames up to a stamp whose detections were handled: detections come in
+        capture order, so nobody will ask for them, and a frame held here pins a slot of the
+        camera's shared-memory ring (the reader's lease) until it is let go."""
+        while self.frames and next(iter(self.frames)) <= stamp_ns:
+            self.frames.popitem(last=False)
 
 
 @dataclass

@@ -234,3 +234,16 @@ def test_presence_journals_arrivals_and_departures_once_debounced():
     assert entries[0][1]["known"] == ["owner"] and entries[0][1]["scores"] == {"owner": 0.9}
     assert entries[1][1]["known"] == [] and entries[1][1]["faces"] == 0
     assert entries[2][1]["unknown"] == 1 and entries[2][1]["known"] == []
+
+
+def test_pairer_lets_go_of_frames_once_their_detections_are_handled():
+    """A frame kept here pins a slot of the camera's shared-memory ring: after its detections
+    (or a later frame's) are handled, it and every older frame must be released."""
+    p = Pairer(8)
+    for s in range(1, 5):
+        p.frame(s, np.zeros(1))
+    p.detections(2, {"n": 2})
+    assert list(p.frames) == [3, 4]
+    p.detections(5, {"n": 5})              # waits for its frame
+    p.frame(5, np.zeros(1))
+    assert list(p.frames) == []
