@@ -13,12 +13,13 @@ Messages and timer ticks go through the pure `Engine` in this node's event loop.
 happen inline; commands go to one worker thread per command output, so waiting for a slow
 actuator's acknowledgement never holds up the other rules (nor the other actuators). Every
 decision is journaled: rule_fired, command_sent, command_acked, command_failed, rule_error,
-rules_reloaded, rules_reload_failed. SIGHUP reloads the rules; a bad file is reported and the
-running rules stay.
+rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its failures).
+SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -48,7 +49,8 @@ SPEC = NodeSpec(
               min=0.01),
         Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
         Param("command_expiry_s", float, 3.0,
-              "drop a command still queued after this long (never unlock late)", min=0.1),
+              "drop a command still queued after this long, and stop its retries then "
+              "(never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
     ],
@@ -71,6 +73,7 @@ class CommandSender:
 
     def __init__(self, node: Node, timeout_s: float, retries: int, expiry_s: float) -> None:
         self.node, self.timeout_s, self.retries, self.expiry_s = node, timeout_s, retries, expiry_s
+        self.quiet: frozenset[str] = frozenset()  # rules whose successes are not journaled
         self._queues: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
 
@@ -88,6 +91,14 @@ class CommandSender:
         while (item := q.get()) is not _STOP:
             self._send(item)
 
+    def _budget(self, remaining_s: float) -> tuple[float, int]:
+        """(timeout per attempt, retries) so that every attempt, and the wait for its ack,
+        ends before the command expires: a retry must never deliver an unlock late."""
+        attempts = min(self.retries + 1, int(remaining_s / self.timeout_s))
+        if attempts == 0:  # less than one full timeout left: one shorter attempt
+            return remaining_s, 0
+        return self.timeout_s, attempts - 1
+
     def _send(self, item: _Queued) -> None:
         a, node = item.action, self.node
         waited = time.monotonic() - item.queued_at
@@ -95,15 +106,21 @@ class CommandSender:
             node.record("command_failed", rule=a.rule, output=a.output, data=a.data,
                         error=f"expired after {waited:.1f}s in the queue (actuator busy or down)")
             return
-        node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
+        quiet = a.rule in self.quiet
+        if quiet:
+            node.log.debug("rule %s: %s %s %s", a.rule, a.label, a.output, a.data)
+        else:
+            node.record("command_sent", rule=a.rule, output=a.output, data=a.data, label=a.label)
+        timeout_s, retries = self._budget(self.expiry_s - waited)
         try:
-            ack = node.command(a.output, a.data, timeout_s=self.timeout_s, retries=self.retries)
+            ack = node.command(a.output, a.data, timeout_s=timeout_s, retries=retries)
         except (CommandError, NodeError, EncodeError) as exc:
             node.log.warning("rule %s: %s %s failed: %s", a.rule, a.label, a.output, exc)
             node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))
             return
         if ack.get("ok"):
-            node.record("command_acked", rule=a.rule, output=a.output, ack=ack)
+            if not quiet:
+                node.record("command_acked", rule=a.rule, output=a.output, ack=ack)
         else:
             node.log.warning("rule %s: %s refused: %s", a.rule, a.output, ack.get("error"))
             node.record("command_failed", rule=a.rule, output=a.output,
@@ -129,6 +146,7 @@ class RuleNode:
         self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0)
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
+        self.sender.quiet = self._quiet_rules()
         self._last_report: dict[str, float] = {}
         # A graph may declare an output `decisions`: one message per evaluated input, carrying
         # that input's capture stamp and trace, so capture -> decision latency is measurable
@@ -138,6 +156,9 @@ class RuleNode:
 
     def _load(self):
         return load_rules(self.rules_path, python=self.python)
+
+    def _quiet_rules(self) -> frozenset[str]:
+        return frozenset(r.id for r in self.engine.rules if r.quiet)
 
     def _check_wiring(self) -> None:
         """Warn (at start and reload) about rules that name ports the graph did not wire."""
@@ -181,8 +202,13 @@ class RuleNode:
         node = self.node
         match action:
             case Fired(rule, trigger, queued):
-                node.log.info("rule %s fired (%s)%s", rule, trigger, " - queued" if queued else "")
-                node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
+                # A quiet rule (e.g. one feeding a motor's dead-man every 200 ms) would flood
+                # the log and the journal; its failures are still reported in full.
+                quiet = rule in self.sender.quiet
+                node.log.log(logging.DEBUG if quiet else logging.INFO, "rule %s fired (%s)%s", rule, trigger,
+                             " - queued" if queued else "")
+                if not quiet:
+                    node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
             case Command():
                 self.sender.submit(action)
             case Publish(rule, output, data):
@@ -215,6 +241,7 @@ class RuleNode:
                              problems=[str(p) for p in exc.problems])
             return
         self.engine.replace(ruleset)
+        self.sender.quiet = self._quiet_rules()
         self._check_wiring()
         ids = [r.id for r in ruleset.rules]
         self.node.log.info("reloaded %d rule(s) from %s", len(ids), self.rules_path)

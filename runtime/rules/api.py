@@ -42,7 +42,7 @@ class _RuleOptions:
 
 def rule(trigger: Any, *, id: str | None = None, condition: Any = None, hold: Any = None,
          cooldown: Any = 0, mode: str = "single", max: int = 10, edge: bool = True,
-         description: str = "") -> Callable[[Callable], Callable]:
+         quiet: bool = False, description: str = "") -> Callable[[Callable], Callable]:
     """Declare a Python rule. Options mean what they mean in YAML (`hold` is YAML's `for`).
 
     trigger: a topic name (message trigger), a trigger mapping as in YAML, or a list of them.
@@ -51,7 +51,8 @@ def rule(trigger: Any, *, id: str | None = None, condition: Any = None, hold: An
     """
     def decorate(fn: Callable) -> Callable:
         options: dict[str, Any] = {"id": id or fn.__name__, "trigger": trigger, "mode": mode,
-                                   "max": max, "edge": edge, "cooldown": cooldown,
+                                   "max": max, "edge": edge, "quiet": quiet,
+                                   "cooldown": cooldown,
                                    "description": description or (inspect.getdoc(fn) or "")}
         if condition is not None:
             options["condition"] = condition

@@ -168,11 +168,20 @@ def _lshift(a: Any, b: Any) -> Any:
     return a << b
 
 
+def _mod(a: Any, b: Any) -> Any:
+    # On a string `%` is printf formatting, not modulo: "%0300000000d" % 1 builds 300 MB and
+    # "%.200000000f" % 1.0 runs for seconds in C. f-strings have bounded format specs.
+    if isinstance(a, (str, bytes, bytearray)):
+        raise ExpressionLimit("'%' formatting of strings is not allowed; use an f-string "
+                              "(f\"{msg.x:.1f}\")")
+    return a % b
+
+
 OPERATORS = dict(simpleeval.DEFAULT_OPERATORS)
-# Only these can build an int larger than their operands (|, &, ^, //, %, >> cannot), so
-# they are the only ones that check sizes.
+# Only these can build a value larger than their operands (|, &, ^, //, >> cannot; % only on
+# strings, which _mod refuses), so they are the only ones that check sizes.
 OPERATORS.update({ast.Pow: _power, ast.Mult: _mult, ast.Add: _add, ast.Sub: _sub,
-                  ast.LShift: _lshift})
+                  ast.LShift: _lshift, ast.Mod: _mod})
 
 
 def _bounded(iterable: Iterable) -> Iterable:

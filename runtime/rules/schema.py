@@ -148,6 +148,7 @@ class RuleDef:
     mode: str = "single"
     max: int = 10
     edge: bool = True
+    quiet: bool = False  # successful firings and commands: DEBUG log, not journaled
     description: str = ""
     file: str = "<rules>"
     line: int = 0
@@ -365,7 +366,7 @@ def parse_step(raw: Any, line: int) -> Step:
 
 
 _RULE_KEYS = ("id", "description", "trigger", "condition", "for", "cooldown", "mode", "max",
-              "edge", "actions")
+              "edge", "quiet", "actions")
 
 
 def parse_hold(raw: Any, line: int) -> Hold:
@@ -413,6 +414,9 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
     edge = d.get("edge", True)
     if not isinstance(edge, bool):
         raise _Invalid(_line(d, "edge", line), f"edge must be true or false, got {edge!r}")
+    quiet = d.get("quiet", False)
+    if not isinstance(quiet, bool):
+        raise _Invalid(_line(d, "quiet", line), f"quiet must be true or false, got {quiet!r}")
     steps: tuple[Step, ...] = ()
     if body is None:
         if "actions" not in d:
@@ -425,7 +429,7 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
     description = d.get("description", "")
     return RuleDef(
         id=rule_id, triggers=triggers, conditions=tuple(conditions), steps=steps, func=body,
-        hold=hold, cooldown=cooldown, mode=mode, max=limit, edge=edge,
+        hold=hold, cooldown=cooldown, mode=mode, max=limit, edge=edge, quiet=quiet,
         description=str(description), file=file, line=line,
         # A Python rule's code cannot be compared: a reloaded one always starts afresh.
         fingerprint=repr(dict(d)) if body is None else f"python:{id(body)}",

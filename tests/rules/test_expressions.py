@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 from iotrt.rules.expressions import (
     MAX_ITEMS, Evaluator, ExpressionError, ExpressionLimit, ExpressionRejected,
@@ -41,57 +42,13 @@ def ev(source: str, msg=FACES, state=None):
     ("{f.name: f.score for f in msg.faces}['owner']", 0.93),
     ("sum(x * y for x, y in [(1, 2), (3, 4)])", 14),
     ("2 ** 10", 1024),
+    ("msg.n % 4 == 3 and 7.5 % 2 == 1.5", True),  # modulo on numbers (not printf on strings)
     ("sorted(msg.faces, key=len)[0].name", "owner"),
     ("msg.n in range(5, 10)", True),
     ("[x for x in [0, 2, 4] if x != 0 if 8 / x > 3]", [2]),  # ifs short-circuit
 ])
 def test_useful_expressions_work(source, expected):
     assert ev(source) == expected
-
-
-# (expression, "load" if refused when the rules are loaded, else "run" for bounded at run time)
-HOSTILE = [
-    ('__import__("os").system("id")', "load"),  # import through a dunder builtin
-    ("import os", "load"),  # a statement, not an expression
-    ("().__class__.__bases__[0].__subclasses__()", "load"),  # the classic dunder walk
-    ("msg.__class__.__init__.__globals__", "load"),
-    ("msg.faces.__len__()", "load"),
-    ("getattr(msg, '__class__')", "load"),  # getattr is not a function here
-    ("open('/etc/passwd').read()", "load"),
-    ("eval('1 + 1')", "load"),
-    ("exec('x = 1')", "load"),
-    ("compile('1', 'f', 'eval')", "load"),
-    ("(lambda: 1)()", "load"),
-    ("(x := 5)", "load"),  # assignment expression
-    ("'{0.__class__}'.format(msg)", "load"),  # str.format reaches attributes
-    ("f'{msg:>999999999}'", "load"),  # format-spec width allocates
-    ("[*range(10)]", "load"),  # star-unpacking is not in the allowed node set
-    ("[" * 100 + "]" * 100, "load"),  # nesting beyond the depth limit
-    ("(" * 300 + "1" + ")" * 300, "load"),  # beyond the parser's own nesting limit
-    ("-" * 100 + "1", "load"),  # deep unary nesting
-    ("1 + " * 600 + "1", "load"),  # too long / too many nodes
-    ("not_a_variable + 1", "load"),  # unknown name
-    ("9 ** 9 ** 9", "run"),  # huge power
-    ("2 ** 100000", "run"),
-    ("1 << 10 ** 8", "run"),  # huge shift
-    ("'a' * 10 ** 9", "run"),  # giant string
-    ("'ab' * 40000 + 'cd' * 40000", "run"),  # concatenation over the cap
-    ("[0] * 10 ** 8", "run"),  # giant list
-    ("[x for x in range(10 ** 9)]", "run"),  # long comprehension over a huge range
-    ("[[y for y in range(5000)] for x in range(5000)]", "run"),  # nested comprehensions
-    ("sum(range(10 ** 12))", "run"),  # a C-level loop the deadline could not interrupt
-    ("max(list(range(10 ** 7)))", "run"),
-    ("str(10 ** 3000)", "run"),  # int bits cap (would also be a 3000-digit string)
-    ("round(5, -10 ** 6)", "run"),
-    ("msg.label.center(10 ** 9)", "load"),  # a method that allocates: not callable
-    ("msg.faces.append(1)", "load"),  # mutation of message data
-    ("state.update(armed=True)", "load"),  # mutation of rule state
-    ("(10 ** 600) * (10 ** 600) * (10 ** 600) * (10 ** 600) * (10 ** 600)", "run"),
-    ("sum(sum(range(9000)) for i in range(9000))", "run"),  # slow in total: deadline
-    ("str([[0] * 99999] * 1000)", "run"),  # 1,000 references to one big list: 10^8 to print
-    ("[msg.faces for i in range(10000)]", "run"),  # references to message data, multiplied
-    ("sum([[0] * 50000, [0] * 50000], [])", "run"),  # list concatenation inside sum()
-]
 
 
 def test_table_has_at_least_twenty_hostile_expressions():
@@ -105,11 +62,12 @@ def test_hostile_expression_is_rejected_or_bounded(source, where):
             compile_expression(source, NAMES)
         return
     expr = compile_expression(source, NAMES)
-    start = time.monotonic()
+    start = time.thread_time()
     with pytest.raises(ExpressionLimit):
-        Evaluator(timeout_s=0.05).evaluate(expr, {"msg": FACES})
-    # Bounded means quickly: well under a second even on a loaded 2-core machine.
-    assert time.monotonic() - start < 1.0
+        Evaluator(timeout_s=0.05).evaluate(expr, {"msg": HOSTILE_MSG})
+    # Bounded means cheaply: well under a second of this thread's CPU time (not wall time,
+    # which other processes on a loaded machine would stretch).
+    assert time.thread_time() - start < 1.0
 
 
 def test_dunder_attribute_in_message_data_is_unreachable():

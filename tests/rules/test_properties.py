@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iotrt.rules import Command, Fired
@@ -103,6 +103,11 @@ def test_duration_hold_fires_exactly_d_after_a_run_starts_if_it_lasts(driver, st
 
 @SETTINGS
 @given(st.lists(st.floats(0.01, 10.0), max_size=30), st.floats(0.5, 6.0))
+# One ulp after the deadline: the engine fires at 0.5 and again 0.5 s after the message (an
+# earlier model, `e - s >= t + 1e-6`, wrongly expected one firing).
+@example(gaps=[0.5000000000000001], t_absent=0.5)
+@example(gaps=[0.5], t_absent=0.5)  # exactly at the deadline: the message re-arms it first
+@example(gaps=[0.49999999999999994], t_absent=0.5)
 def test_absent_fires_once_per_gap_at_last_message_plus_t(driver, gaps, t_absent):
     d = driver(f"""
         rules:

@@ -53,6 +53,8 @@ BAD = [
      "duplicate key 'id' (first at line 2)"),
     ("rules:\n  - id: a\n    trigger: m\n    edge: maybe\n    actions: [{log: x}]\n", 4,
      "edge must be true or false"),
+    ("rules:\n  - id: a\n    trigger: m\n    quiet: yes\n    actions: [{log: x}]\n", 4,
+     "quiet must be true or false, got 'yes'"),
     ("rules: [\n", 2, "YAML syntax"),
     ("rulez: []\n", 1, "did you mean 'rules'"),
     ("rules:\n  - id: a\n    trigger: m\n    actions: [{log: x, delay: 1s}]\n", 4,
