@@ -246,10 +246,13 @@ def load_graph(
     path: str | Path,
     environ: Mapping[str, str] | None = None,
     spec_loader: Callable[[str], Any] | None = None,
+    check_node_files: bool = False,
 ) -> Graph:
     """Read and validate a graph file; raise GraphError with every problem found.
 
-    `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`.
+    `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`. `check_node_files`
+    also checks the files nodes read (NODE_FILE_CHECKS): `iotrt validate` and `iotrt up` do;
+    `iotrt reload`, `down` and `events` must work while a rules file is broken, so they do not.
     """
     path = Path(path)
     environ = os.environ if environ is None else environ
@@ -268,7 +271,7 @@ def load_graph(
 
         graph = GraphReader(check, path, environ, spec_loader).read(root)
     issues = sorted(check.issues, key=lambda i: i.line)
-    if graph is not None:
+    if graph is not None and check_node_files:
         issues += _node_file_issues(graph)
     if issues or graph is None:
         raise GraphError(issues)
