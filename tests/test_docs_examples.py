@@ -4,7 +4,7 @@ The rule, by the block's info string (its first word is the language, the rest a
 
 - ```yaml        a graph, or a fragment of one (a `nodes:` mapping without `name:`, or an indented
                  list of nodes): completed with `name:`/`nodes:`, written to a temporary folder with
-                 the files it names (rules files, galleries, `run:` nodes; created minimally) and
+                 the files it names (rules files and `run:` nodes, created minimally) and
                  validated with `iotrt validate`.
 - ```python      executed as a module in a temporary working folder.
 - ```python api  a signature listing, not runnable: its `from iotrt... import ...` lines are run.
