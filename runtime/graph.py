@@ -23,6 +23,7 @@ docs/graph.md; a short example:
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from iotrt.yamlcheck import Checker, Issue
 
 EVENTS_TOPIC = "_sup/events"
 RESTART_POLICIES = ("never", "on-failure", "always")
+# Node kinds whose own files are checked with the graph, so their mistakes are reported before
+# anything starts: kind -> a module with check(params, base_dir) -> [Issue(file, line, message)].
+NODE_FILE_CHECKS = {"rules": "iotrt.nodes.action.rules"}
 
 
 
@@ -242,10 +246,13 @@ def load_graph(
     path: str | Path,
     environ: Mapping[str, str] | None = None,
     spec_loader: Callable[[str], Any] | None = None,
+    check_node_files: bool = False,
 ) -> Graph:
     """Read and validate a graph file; raise GraphError with every problem found.
 
-    `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`.
+    `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`. `check_node_files`
+    also checks the files nodes read (NODE_FILE_CHECKS): `iotrt validate` and `iotrt up` do;
+    `iotrt reload`, `down` and `events` must work while a rules file is broken, so they do not.
     """
     path = Path(path)
     environ = os.environ if environ is None else environ
@@ -263,9 +270,23 @@ def load_graph(
         from iotrt.graphschema import GraphReader
 
         graph = GraphReader(check, path, environ, spec_loader).read(root)
-    if check.issues or graph is None:
-        raise GraphError(sorted(check.issues, key=lambda i: i.line))
+    issues = sorted(check.issues, key=lambda i: i.line)
+    if graph is not None and check_node_files:
+        issues += _node_file_issues(graph)
+    if issues or graph is None:
+        raise GraphError(issues)
     return graph
+
+
+def _node_file_issues(graph: Graph) -> list[Issue]:
+    """Problems in the files nodes read (a rules node's rules file), at their own file:line.
+    Relative paths in params are relative to the graph file, the nodes' working directory."""
+    issues: list[Issue] = []
+    for n in graph.nodes.values():
+        if n.kind in NODE_FILE_CHECKS:
+            module = importlib.import_module(NODE_FILE_CHECKS[n.kind])
+            issues += module.check(n.params, graph.path.parent)
+    return issues
 
 
 def _strongly_connected(deps: dict[str, set[str]]) -> dict[str, int]:

@@ -4,7 +4,7 @@ The rule, by the block's info string (its first word is the language, the rest a
 
 - ```yaml        a graph, or a fragment of one (a `nodes:` mapping without `name:`, or an indented
                  list of nodes): completed with `name:`/`nodes:`, written to a temporary folder with
-                 the files it names (rules files, galleries, `run:` nodes; created minimally) and
+                 the files it names (rules files and `run:` nodes, created minimally) and
                  validated with `iotrt validate`.
 - ```python      executed as a module in a temporary working folder.
 - ```python api  a signature listing, not runnable: its `from iotrt... import ...` lines are run.
@@ -12,13 +12,15 @@ The rule, by the block's info string (its first word is the language, the rest a
                  (unknown verbs or options fail); the offline verbs (validate, graph, unit,
                  compile, rules check) also run for real, with file names resolved in the
                  repository or configs/ and outputs written to a temporary folder.
-                 `deploy/install.sh ACTION --opt` must be in the script's usage; any other
-                 program must be listed in OTHER_PROGRAMS.
+                 `deploy/install.sh ACTION --opt` must be in the script's usage; `pip install`
+                 may only name extras pyproject.toml has; any other program must be listed in
+                 OTHER_PROGRAMS.
 - ```yaml rules / yaml messages / python rules / text output of: ...
                  belong to docs/rules.md's own test (tests/rules/test_docs.py).
 - anything else (```text, ```c, ...) is an output sample or a sketch and is not run. A fence
   without an info string fails: say ```text if it is not meant to run.
 
+The README's command table and its list of extras must match iotrt.cli and pyproject.toml.
 Blocks another test already executes are listed in COVERED (and must still exist), so they are not
 run twice.
 """
@@ -56,6 +58,8 @@ EXECUTED = {"yaml", "python", "sh"}
 OFFLINE_VERBS = {"validate", "graph", "unit", "compile", "rules check"}
 # Programs other than iotrt that the docs show (system tools; not run here).
 OTHER_PROGRAMS = {"python3", ".venv/bin/python", ".venv/bin/pip", "systemctl", "journalctl", "jq"}
+EXTRAS = set(re.findall(r"^([\w-]+) = ", (ROOT / "pyproject.toml").read_text()
+                        .split("[project.optional-dependencies]")[1].split("\n[")[0], re.M))
 # Environment variables a documented graph uses without a default.
 ENV = {"DOORBELL_URL": "http://127.0.0.1:8080/doorbell"}
 
@@ -201,21 +205,26 @@ def commands(block: Block) -> list[list[str]]:
     return out
 
 
-def verb_parser(verb: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"iotrt {verb}", exit_on_error=False)
-    cli._load(verb).add_arguments(parser)
+def verb_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser `iotrt` builds for argv's verb (for `rules`, its action's sub-parser)."""
+    parser = argparse.ArgumentParser(prog=f"iotrt {argv[0]}")
+    cli._load(argv[0]).add_arguments(parser)
+    if parser._subparsers and len(argv) > 1:
+        parser = parser._subparsers._group_actions[0].choices.get(argv[1], parser)
     return parser
 
 
-def check_iotrt(block: Block, argv: list[str]) -> argparse.Namespace:
+def check_iotrt(block: Block, argv: list[str]) -> None:
     where = f"{block}: `iotrt {' '.join(argv)}`"
     assert argv and argv[0] in cli.COMMANDS, f"{where}: no such verb"
+    parser = argparse.ArgumentParser(prog=f"iotrt {argv[0]}")
+    cli._load(argv[0]).add_arguments(parser)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return verb_parser(argv[0]).parse_args(argv[1:])
-    except (argparse.ArgumentError, SystemExit) as exc:
-        pytest.fail(f"{where}: not accepted by its parser: {err.getvalue().strip() or exc}")
+            parser.parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"{where}: not accepted by its parser: {err.getvalue().strip()}")
 
 
 def resolve(block: Block, path: str) -> str:
@@ -227,11 +236,9 @@ def resolve(block: Block, path: str) -> str:
 
 def run_offline(block: Block, argv: list[str], tmp_path: Path, capsys) -> None:
     """Run an offline verb for real: inputs from the repository, outputs into tmp_path."""
-    parser = verb_parser(argv[0])
-    if argv[0] == "rules":
-        parser = parser._subparsers._group_actions[0].choices[argv[1]]
-    options = parser._option_string_actions
-    real, i = argv[:2] if argv[0] == "rules" else argv[:1], 2 if argv[0] == "rules" else 1
+    options = verb_parser(argv)._option_string_actions
+    head = 2 if argv[0] == "rules" else 1  # the verb, and the action of `rules`
+    real, i = argv[:head], head
     while i < len(argv):
         arg = argv[i]
         action = options.get(arg)
@@ -270,6 +277,10 @@ def test_sh_commands(block, tmp_path, monkeypatch, capsys):
             verb = " ".join(argv[1:3]) if argv[1] == "rules" else argv[1]
             if verb in OFFLINE_VERBS:
                 run_offline(block, argv[1:], tmp_path, capsys)
+        elif Path(program).name == "pip" and "install" in argv:
+            for extras in re.findall(r"\[([\w,-]+)\]", " ".join(argv)):
+                unknown = set(extras.split(",")) - EXTRAS
+                assert not unknown, f"{block}: pyproject.toml has no extra {unknown}"
         elif program.endswith("deploy/install.sh"):
             usage = (ROOT / "deploy" / "install.sh").read_text().split("set -eu")[0]
             for word in argv[1:]:
@@ -282,3 +293,15 @@ def test_sh_commands(block, tmp_path, monkeypatch, capsys):
 
 def test_sh_blocks_are_found():
     assert len(SH_BLOCKS) >= 5
+
+
+def test_readme_command_table_lists_every_verb():
+    readme = (ROOT / "README.md").read_text()
+    listed = re.findall(r"^\| `iotrt (\w+)[^`]*` \|", readme, re.M)
+    assert sorted(set(listed)) == sorted(cli.COMMANDS), "README's command table vs iotrt.cli"
+
+
+def test_readme_lists_every_extra():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Install extras")[1].split("\n## ")[0]
+    assert set(re.findall(r"`\[(\w+)\]`", section)) == EXTRAS

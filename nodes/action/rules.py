@@ -31,7 +31,8 @@ from iotrt.codec import EncodeError
 from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
-    TICK, Command, Engine, Fired, Log, Message, Publish, RuleError, RulesError, Skipped, load_rules,
+    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleError, RulesError, Skipped,
+    load_rules,
 )
 
 SPEC = NodeSpec(
@@ -248,17 +249,20 @@ class RuleNode:
         self.node.record("rules_reloaded", file=str(self.rules_path), rules=ids)
 
 
-def check(params: dict, base_dir: str | Path) -> list[str]:
-    """Every problem of the rules a graph gives this node, as "file:line: message" strings.
+def check(params: dict, base_dir: str | Path) -> list[Problem]:
+    """Every problem of the rules a graph gives this node (str(): "file:line: message").
 
-    For graph validation (`iotrt validate`): `params` are the node's validated params and
-    `base_dir` the graph file's folder (the node's working directory when it runs).
+    For graph validation (`iotrt validate`, `iotrt up`; see iotrt.graph.NODE_FILE_CHECKS):
+    `params` are the node's validated params and `base_dir` the graph file's folder (the
+    node's working directory when it runs).
     """
+    if "rules" not in params:
+        return []  # the missing or invalid param is already reported by the graph
     base = Path(base_dir)
     try:
         load_rules(base / params["rules"], python=[base / p for p in params.get("python", [])])
     except RulesError as exc:
-        return [str(p) for p in exc.problems]
+        return exc.problems
     return []
 
 

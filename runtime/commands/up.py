@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        graph = load_graph(args.graph)
+        graph = load_graph(args.graph, check_node_files=True)
     except GraphError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

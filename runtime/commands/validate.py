@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.graphs:
         try:
-            graph = load_graph(path)
+            graph = load_graph(path, check_node_files=True)
         except GraphError as exc:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)

@@ -122,3 +122,43 @@ def test_door_rules_in_a_running_graph(graph):
     wait_for(lambda: len(events(tmp_path, "rule_fired", "unlock_for_enrolled")) > before, 20,
              "the old rules still unlocking after the refused reload")
     assert proc.poll() is None
+
+
+BROKEN_GRAPH = """\
+name: brokenrules
+nodes:
+  - id: rules
+    kind: rules
+    params: {rules: door.rules.yaml}
+  - id: door
+    kind: lock
+    params: {driver: sim, max_unlock_s: 10}
+    commands: {commands: rules/lock}
+"""
+
+
+def test_validate_and_up_report_the_rules_file_problems_and_start_nothing(tmp_path, capsys):
+    import psutil
+
+    from iotrt.cli import main
+    from iotrt.graph import GraphError, load_graph
+
+    graph = tmp_path / "door.yaml"
+    graph.write_text(BROKEN_GRAPH)
+    rules = tmp_path / "door.rules.yaml"
+    rules.write_text("rules:\n  - id: a\n    trigger: faces\n    mode: often\n"
+                     "    actions: [{command: lock, args: {n: '${msg.n +}'}}]\n")
+    load_graph(graph)  # `iotrt reload`, `down`, `events` must work with a broken rules file
+    with pytest.raises(GraphError) as err:
+        load_graph(graph, check_node_files=True)
+    shown = [str(i) for i in err.value.issues]
+    assert any(s.startswith(f"{rules}:4: mode must be one of") for s in shown), shown
+    assert main(["validate", str(graph)]) == 1
+    assert f"{rules}:4: mode must be one of" in capsys.readouterr().err
+    assert main(["up", str(graph)]) == 1
+    printed = capsys.readouterr().err
+    assert f"{rules}:4: " in printed and "nothing was started" in printed
+    assert psutil.Process().children() == []
+    rules.write_text("rules:\n  - {id: a, trigger: faces, actions: [{command: lock, args: {}}]}\n")
+    assert main(["validate", str(graph)]) == 0
+    assert "OK" in capsys.readouterr().out

@@ -54,8 +54,10 @@ def test_check_reports_rules_problems_for_graph_validation(tmp_path):
     (tmp_path / "bad.rules.yaml").write_text("rules:\n  - {id: a, trigger: m, mode: x, actions: []}\n")
     assert check({"rules": "ok.rules.yaml", "python": []}, tmp_path) == []
     problems = check({"rules": "bad.rules.yaml", "python": []}, tmp_path)
-    assert problems and problems[0].startswith(f"{tmp_path / 'bad.rules.yaml'}:2: ")
-    assert "not found" in check({"rules": "missing.yaml", "python": []}, tmp_path)[0]
+    assert problems and (problems[0].file, problems[0].line) == (str(tmp_path / "bad.rules.yaml"), 2)
+    assert str(problems[0]).startswith(f"{tmp_path / 'bad.rules.yaml'}:2: ")
+    assert "not found" in str(check({"rules": "missing.yaml", "python": []}, tmp_path)[0])
+    assert check({"python": []}, tmp_path) == []  # a missing param: the graph reports it
 
 
 def test_failed_and_refused_commands_are_journaled():
