@@ -85,6 +85,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     except Exception:
+        # The node's own code failed: the traceback goes to the log (the supervisor forwards
+        # it) and the exit status tells the supervisor to apply the restart policy.
         log.exception("node %r failed", config.id)
         return 1
     return 0

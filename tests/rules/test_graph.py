@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
 from iotrt.journal import JOURNAL_FILE, JournalReader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,16 +42,6 @@ nodes:
     kind: log
     commands: {{commands: rules/doorbell}}
 """
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
 
 
 @pytest.fixture
