@@ -30,7 +30,7 @@ import numpy as np
 import pynng
 
 from iotrt import shm
-from iotrt.codec import Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
+from iotrt.codec import INT64_MAX, Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
 from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
 
 log = logging.getLogger("iotrt.bus")
@@ -303,7 +303,8 @@ class Subscriber:
             return None
         last = self._last_seq
         if last is not None and env.seq > last + 1:
-            self.drops += env.seq - last - 1
+            # saturating: a counter must stay packable in a heartbeat whatever the seqs were
+            self.drops = min(self.drops + env.seq - last - 1, INT64_MAX)
         # seq going backwards means the publisher restarted: start counting afresh
         self._last_seq = env.seq
         self.msgs += 1
