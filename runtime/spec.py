@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,11 @@ WILDCARD = "*"
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A declared parameter. `default=REQUIRED` makes it mandatory; a None default allows None."""
+    """A declared parameter. `default=REQUIRED` makes it mandatory; a None default allows None.
+
+    Numbers must be finite (NaN compares false with every bound, so `.nan` would slip past
+    `min`/`max` and disable a limit such as a lock's longest unlock); a param that means to take
+    NaN or infinity says so with `nonfinite=True`. This holds inside list and dict values too."""
 
     name: str
     type: type
@@ -48,6 +53,7 @@ class Param:
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
+    nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -73,6 +79,8 @@ class Param:
             quoted = t is str and isinstance(value, (bool, int, float))
             hint = " (quote it in YAML)" if quoted else ""
             return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
+        if not self.nonfinite and _nonfinite(value):
+            return f"must be a finite number, got {value!r} (NaN and infinity are refused)"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
         if self.min is not None and value < self.min:
@@ -80,6 +88,21 @@ class Param:
         if self.max is not None and value > self.max:
             return f"must be <= {self.max}, got {value!r}"
         return None
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether `value` is, or holds, a float NaN or infinity (iteratively: no recursion)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
 
 
 @dataclass(frozen=True)

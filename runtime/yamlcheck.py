@@ -10,6 +10,7 @@ the first one. It knows nothing about graphs; `iotrt.graph` builds the graph sch
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -219,6 +220,8 @@ class Checker:
         self, node: Node, what: str, typ: type = float, minimum: float | None = None
     ) -> Any:
         value = self.value(node, typ, what)
+        if value is not INVALID and not math.isfinite(value):
+            return self.error(node, f"{what}: must be a finite number, got {node.value}")
         if value is not INVALID and minimum is not None and value < minimum:
             return self.error(node, f"{what}: must be at least {minimum}, got {value}")
         return value
