@@ -39,6 +39,7 @@ NODE_KEYS = (
     "restart", "critical", "cpus", "nice", "threads", "start_timeout_s",
 )
 INPUT_KEYS = ("from", "queue")
+MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
 
 
 class GraphReader:
@@ -141,6 +142,9 @@ class GraphReader:
             return {}
         if not items:
             c.error(node, "'nodes' is empty: a graph needs at least one node")
+        if len(items) > MAX_NODES:
+            c.error(node, f"{len(items)} nodes; a graph holds at most {MAX_NODES}")
+            return {}
         nodes: dict[str, NodeDef] = {}
         first_line: dict[str, int] = {}
         for item in items:

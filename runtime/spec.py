@@ -54,6 +54,7 @@ class Param:
     min: float | None = None
     max: float | None = None
     nonfinite: bool = False
+    items: type | None = None     # list params: the type every element must have
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -79,6 +80,12 @@ class Param:
             quoted = t is str and isinstance(value, (bool, int, float))
             hint = " (quote it in YAML)" if quoted else ""
             return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
+        if self.items is not None and isinstance(value, list):
+            for v in value:
+                if not isinstance(v, self.items) or (isinstance(v, bool)
+                                                     and self.items is not bool):
+                    return (f"must be a list of {self.items.__name__}, got "
+                            f"{type(v).__name__} {v!r} in it")
         if not self.nonfinite and _nonfinite(value):
             return f"must be a finite number, got {value!r} (NaN and infinity are refused)"
         if self.choices is not None and value not in self.choices:

@@ -43,7 +43,7 @@ SPEC = NodeSpec(
     params=[
         Param("rules", str, doc="rules file (.yaml, or .py for Python rules), relative to the "
                                 "graph file"),
-        Param("python", list, [], "more Python rule files to load"),
+        Param("python", list, [], "more Python rule files to load", items=str),
         Param("tick_s", float, 0.05, "resolution of holds, delays, absences, intervals",
               min=0.005, max=5.0),
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
