@@ -13,7 +13,7 @@ import difflib
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 class SpecError(ValueError):
@@ -120,6 +120,12 @@ class NodeSpec:
     commands_in: dict[str, str] = field(default_factory=dict)
     commands_out: dict[str, str] = field(default_factory=dict)
     params: list[Param] = field(default_factory=list)
+    # Safety declarations, functions of the node's validated params, checked across the graph
+    # so that a simulated sensor never drives real hardware: whether the node may publish
+    # simulated data (a sensor's sim source, or a source that can fall back to one), and
+    # whether it drives real hardware (a lock's GPIO line, a motor controller).
+    simulated: Callable[[dict], bool] | None = None
+    hardware: Callable[[dict], bool] | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

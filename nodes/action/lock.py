@@ -39,6 +39,7 @@ SPEC = NodeSpec(
               min=0.1),
         *device_params("lock"),
     ],
+    hardware=lambda p: p["driver"] != "sim",
 )
 
 
