@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from iotrt.rundir import make_dirs_private
+
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "journal.db"  # its name inside a graph's state directory
 
@@ -159,7 +161,10 @@ class Journal:
         self._wal_bytes = 0 if max_bytes is None else max_bytes // 8
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # private to the service user: the journal says who came and when (SQLite gives
+            # the -wal and -shm files the database file's mode)
+            make_dirs_private(self.path.parent)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per event.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
@@ -186,6 +191,8 @@ class Journal:
                                    f"iotrt understands ({SCHEMA_VERSION}); upgrade iotrt")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal for writing: {exc}") from exc
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create the journal: {exc}") from exc
         self._writes_since_prune = 0
         self._last_prune = time.monotonic()
         self.prune()
