@@ -125,7 +125,10 @@ class Slot:
     killed: bool = False             # SIGKILL already sent in this STOPPING
     restarts: int = 0                # total restarts since the supervisor started
     failures: int = 0                # consecutive failures: the backoff exponent
+    # restarts on the "active clock" (time minus time spent waiting in backoff): a crash loop
+    # whose backoff grows must still hit the intensity limit, however long its waits get
     restart_times: deque = field(default_factory=deque)
+    backoff_waited: float = 0.0      # total seconds spent in BACKOFF
     returncode: int | None = None
 
     def backoff_delay(self) -> float:
@@ -159,6 +162,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             return _stop(n, now, "stop requested")
         if s == State.BACKOFF:
             # BACKOFF -> STOPPED (nothing is running)
+            n.backoff_waited += now - n.since
             _enter(n, State.STOPPED, now, "stop requested")
             n.deadline = None
         return []
@@ -227,6 +231,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             return [Signal(signal.SIGKILL)]
         if s == State.BACKOFF and n.deadline is not None and now >= n.deadline:
             # BACKOFF -> STARTING
+            n.backoff_waited += now - n.since
             n.restarts += 1
             return _start(n, now, f"restart #{n.restarts}")
         return []
@@ -277,15 +282,19 @@ def _after_failure(n: Slot, now: float, reason: str) -> list[Action]:
     if n.down_since is None:
         n.down_since = now
     n.failures += 1
-    window = n.intensity.window_s
-    while n.restart_times and now - n.restart_times[0] > window:
+    # The window is measured on the active clock: time spent waiting in backoff does not age
+    # earlier restarts, so "N restarts in T seconds" means T seconds of trying to run. With
+    # wall time, a node whose backoff grew past T/N would never reach the limit.
+    window, active = n.intensity.window_s, now - n.backoff_waited
+    while n.restart_times and active - n.restart_times[0] > window:
         n.restart_times.popleft()
     if len(n.restart_times) >= n.intensity.restarts:
         # -> FAILED (restart intensity exceeded)
-        why = f"{reason}; gave up after {len(n.restart_times)} restarts in {window:g}s"
+        why = (f"{reason}; gave up after {len(n.restart_times)} restarts in {window:g}s "
+               f"(not counting backoff waits)")
         _exited(n, State.FAILED, now, why)
         return [GiveUp(f"{n.id}: {why}")]
-    n.restart_times.append(now)
+    n.restart_times.append(active)
     delay = n.backoff_delay()
     # -> BACKOFF
     _enter(n, State.BACKOFF, now, f"{reason}; restarting in {delay:.2g}s")

@@ -83,11 +83,14 @@ def test_intensity_limit_gives_up():
 
 def test_restarts_outside_the_window_do_not_count():
     n = make(intensity=Intensity(restarts=2, window_s=10.0),
-             backoff=Backoff(initial_s=6.0, max_s=6.0, factor=1.0, reset_s=1000))
+             backoff=Backoff(initial_s=0.5, max_s=0.5, factor=1.0, reset_s=1000))
     transition(n, Start(), 0.0)
     now = 0.0
-    for pid in range(1, 6):          # one crash every 6 s: never more than 2 in 10 s
+    for pid in range(1, 6):          # runs 6 s, then crashes: never more than 2 in 10 s
         transition(n, Spawned(pid), now)
+        transition(n, Ready(pid), now)
+        now += 6.0
+        transition(n, Heartbeat(pid), now)
         now += crash_and_wait(n, now, pid)
     assert n.state == State.STARTING and n.restarts == 5
 
