@@ -30,6 +30,7 @@ from iotrt.command import CommandServer
 from iotrt.control import Rates, Usage, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
+from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
 from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import parse_message
 from iotrt.sdnotify import Notifier
@@ -77,6 +78,7 @@ class Supervisor:
         self._next_ping = 0.0
         self._withholding = False
         self._last_status = ""
+        self._throttle = Throttle()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -93,11 +95,20 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the graph and supervise it until it stops; return the process exit code."""
-        self._open()
+        self.pump = OutputPump()
+        swapped = route_logging(self.pump)
         try:
-            self._loop()
+            self._open()
+            try:
+                self._loop()
+            finally:
+                self._close()
         finally:
-            self._close()
+            unroute_logging(swapped)
+            self.pump.close()
+            if self.pump.dropped_total:
+                log.warning("%d output lines were dropped: the log reader did not keep up",
+                            self.pump.dropped_total)
         return self.exit_code
 
     # -- set-up and tear-down -----------------------------------------------------------------
@@ -272,7 +283,7 @@ class Supervisor:
             old.close_pipes()
         try:
             env = node_env(self.graph, slot.id, self.log_level, self.environ)
-            proc = NodeProcess(self.graph, slot.id, env)
+            proc = NodeProcess(self.graph, slot.id, env, self.pump)
         except OSError as exc:
             self._apply(slot, SpawnFailed(str(exc)), now)
             return
@@ -366,11 +377,11 @@ class Supervisor:
             try:
                 msg = parse_message(buf)
             except DecodeError as exc:
-                log.warning("ignored a malformed message from a node: %s", exc)
+                self._warn("malformed", now, "ignored a malformed message from a node: %s", exc)
                 continue
             slot = self.slots.get(msg["id"])
             if slot is None:
-                log.warning("ignored a message from unknown node %r", msg["id"])
+                self._warn("unknown", now, "ignored a message from unknown node %.80r", msg["id"])
                 continue
             kind, pid = msg["type"], msg.get("pid")
             if kind == "ready":
@@ -382,7 +393,14 @@ class Supervisor:
             else:
                 event_id, error = self._write_record(msg)
                 if event_id is None:
-                    log.warning("record from %s not journaled: %s", slot.id, error)
+                    self._warn(f"record:{slot.id}", now, "record from %s not journaled: %s",
+                               slot.id, error)
+
+    def _warn(self, key: str, now: float, fmt: str, *args) -> None:
+        """A warning about what arrived on a socket, at most one per key every 10 s."""
+        held = self._throttle(key, now)
+        if held is not None:
+            log.warning(fmt + (f" ({held} more like it not shown)" if held else ""), *args)
 
     def _write_record(self, body) -> tuple[int | None, str]:
         """Journal a node's record: (event id, "") or (None, why not)."""
