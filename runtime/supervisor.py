@@ -32,10 +32,10 @@ from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
 from iotrt.procs import NodeProcess, node_env, terminate_all
-from iotrt.protocol import parse_message
+from iotrt.protocol import deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
-    DONE, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
+    DONE, Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
     State, Stop, Tick, next_deadline, transition,
 )
 
@@ -59,6 +59,7 @@ class Supervisor:
         p = graph.policy
         self.slots: dict[str, Slot] = {
             n.id: Slot(n.id, restart=n.restart, critical=n.critical,
+                       backstop=n.spec is not None and n.spec.safety,
                        start_timeout_s=n.start_timeout_s, liveness_s=p.liveness_s,
                        stop_grace_s=p.stop_grace_s, backoff=p.backoff, intensity=p.intensity)
             for n in graph.nodes.values()
@@ -414,8 +415,27 @@ class Supervisor:
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
+            if isinstance(cmd.data, dict) and cmd.data.get("type") == "deadline":
+                cmd.reply(self._on_deadline(cmd.data))
+                continue
             event_id, error = self._write_record(cmd.data)
             cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
+
+    def _on_deadline(self, body: dict) -> dict:
+        """A safety-critical node's deadline (see iotrt.states): armed only for a node whose
+        SPEC declares safety=True, from the process the supervisor started for it."""
+        slot = self.slots.get(body.get("id")) if isinstance(body.get("id"), str) else None
+        if slot is None or not slot.backstop:
+            return {"ok": False, "error": "not a safety-critical node of this graph"}
+        if body.get("pid") != slot.pid or slot.pid is None:
+            return {"ok": False, "error": f"pid {body.get('pid')!r} is not {slot.id}'s process"}
+        try:
+            in_s = deadline_in_s(body)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        now = self.clock()
+        self._apply(slot, Deadline(slot.pid, None if in_s is None else now + in_s), now)
+        return {"ok": True}
 
     def _on_control(self, fd: int) -> None:
         while True:
