@@ -120,6 +120,9 @@ class NodeSpec:
     commands_in: dict[str, str] = field(default_factory=dict)
     commands_out: dict[str, str] = field(default_factory=dict)
     params: list[Param] = field(default_factory=list)
+    # Safety-critical (a door lock, motors): runs in a process of its own, never in a process
+    # group, and the supervisor enforces the deadlines it reports (node.safety_deadline).
+    safety: bool = False
     # Safety declarations, functions of the node's validated params, checked across the graph
     # so that a simulated sensor never drives real hardware: whether the node may publish
     # simulated data (a sensor's sim source, or a source that can fall back to one), and

@@ -58,6 +58,9 @@ class Device(Controller, Protocol):
     def changes(self) -> list[dict[str, Any]]: ...  # state changes since the last call
 
     wake: Callable[[], None]                   # the device calls it when a deadline moved
+    # set to node.safety_deadline: the supervisor's backstop for a safety action this process
+    # might fail to take (SPEC safety=True); False when it was not armed
+    deadline: Callable[[float | None], bool]
 
 
 def execute(controller: Controller, data: Any) -> tuple[str, dict[str, Any]]:
@@ -184,6 +187,7 @@ def serve(node, make: Callable[[], Controller], device: bool = False,
     if device:
         timer = SafetyTimer(controller.check, name=f"{node.id}-safety")
         controller.wake = timer.poke
+        controller.deadline = node.safety_deadline
         # The timer thread changes state on its own (re-lock, dead-man stop); the loop publishes
         # those changes within this period.
         node.timer("flush", 0.05)
