@@ -121,6 +121,15 @@ class Rates:
     out_rate: float = 0.0
     drops: int = 0
 
+    def inputs(self) -> dict[str, dict[str, int]]:
+        """Per input: its counters from the last heartbeat (what is not a count reads 0)."""
+        values = self.stats.get("in")
+        if not isinstance(values, dict):
+            return {}
+        return {str(name)[:64]: {k: v.get(k) if type(v.get(k)) is int else 0
+                                 for k in ("msgs", "drops", "bad")}
+                for name, v in list(values.items())[:64] if isinstance(v, dict)}
+
     def update(self, now: float, stats: dict) -> None:
         if self.stats and now > self.t:
             dt, prev = now - self.t, self.stats
@@ -200,7 +209,7 @@ def ps_row(n: NodeDef, slot: Slot, rates: Rates, now: float) -> dict[str, Any]:
         "pid": slot.pid, "restarts": slot.restarts, "critical": n.critical,
         "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
         "in_per_s": rates.in_rate, "out_per_s": rates.out_rate, "drops": rates.drops,
-        "reason": slot.reason,
+        "inputs": rates.inputs(), "reason": slot.reason,
     }
 
 
