@@ -150,8 +150,10 @@ class Node:
         os.set_blocking(self._wake_w, False)
         self._install_signals()
         threads = os.environ.get("IOTRT_THREADS")
-        if threads and "cv2" in sys.modules:
-            sys.modules["cv2"].setNumThreads(int(threads))
+        # getattr: in a process group another node's thread may be half-way through `import cv2`
+        set_threads = getattr(sys.modules.get("cv2"), "setNumThreads", None)
+        if threads and set_threads is not None:
+            set_threads(int(threads))
 
     def _install_signals(self) -> None:
         self._old_signals: dict[int, Any] = {}

@@ -37,6 +37,10 @@ def node_env(graph: Graph, process: str, log_level: str, base: dict[str, str]) -
         env.update(n.env)
     for name in THREAD_ENV:       # the graph decides, not whatever the shell had
         env[name] = str(max(n.threads for n in members))
+    # glibc gives each thread that allocates its own malloc arena (up to 8 per core), and
+    # freed frames stay in them: a process group's perception process measured 144 MB PSS
+    # with the default and 79 MB with one arena. Two keep lock contention low.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     config = (graph.node_config(members[0].id, log_level) if len(members) == 1
               else graph.process_config(process, log_level))
     # default=str: a param YAML typed as a date or a timestamp travels as its text
