@@ -274,12 +274,19 @@ def main(node: Node) -> None:
             node.log.error("%s", problem)
         raise SystemExit(f"node {node.id!r}: the rules file has {len(exc.problems)} problem(s)")
     node.log.info("%d rule(s) loaded from %s", len(rules.engine.rules), rules.rules_path)
-    node.timer("tick", node.params["tick_s"])
     node.ready()
     p = node.params
+    tick_ns = int(p["tick_s"] * 1e9)
+    node.alarm("tick", time.monotonic())     # a first tick starts the engine's clocks
     try:
         for event in node:
             rules.handle(event)
+            # Sleep until the engine has something due (a hold, a delay, an absence, an
+            # interval) or the next message: an idle rule node does not wake. Due times are
+            # rounded up to the tick_s grid, so a burst of messages does not re-arm every µs.
+            due = rules.engine.next_due()
+            node.alarm("tick", None if due is None else
+                       -(-int(due * 1e9) // tick_ns) * tick_ns / 1e9)
     finally:
         # Commands already decided still go out (bounded by one full retry cycle).
         rules.sender.close(wait_s=p["command_timeout_s"] * (p["command_retries"] + 1))
