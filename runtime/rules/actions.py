@@ -1,7 +1,7 @@
 """What goes into the rule engine (messages, ticks) and what comes out (actions, notes).
 
 The engine returns `Command`, `Publish` and `Log` actions for the caller to carry out, and
-`Fired`, `Skipped` and `RuleError` notes to journal or log. A Python rule sees a `RuleContext`.
+`Fired`, `Skipped`, `RuleError` and `RuleDisabled` notes to journal or log. A Python rule sees a `RuleContext`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,16 @@ class RuleError:
     message: str
 
 
-Action = Fired | Skipped | Command | Publish | Log | RuleError
+@dataclass(frozen=True)
+class RuleDisabled:
+    """The rule overran its expression budget too often; it stays off until the next reload."""
+
+    rule: str
+    where: str
+    reason: str
+
+
+Action = Fired | Skipped | Command | Publish | Log | RuleError | RuleDisabled
 
 
 # --- the context a Python rule sees -----------------------------------------------------------

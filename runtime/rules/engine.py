@@ -9,8 +9,11 @@ monotonic times, so a wall-clock jump changes nothing); `wall` is the local wall
 used only for time-of-day triggers and the hour/minute/weekday variables (read from the
 system only when the caller does not pass it: tests and replays do). The caller executes
 the returned actions (`Command`, `Publish`, `Log`) and may journal the notes (`Fired`,
-`Skipped`, `RuleError`). A rule whose expression or Python body fails yields a RuleError and
-the other rules carry on.
+`Skipped`, `RuleError`, `RuleDisabled`). A rule whose expression or Python body fails yields
+a RuleError and the other rules carry on. A rule whose expressions overrun their budget (a size,
+step or time bound; time confirmed by this thread's CPU time, so a busy machine does not count)
+`max_strikes` times is disabled until the next reload (`RuleDisabled`), so a hostile rule or
+message cannot keep stealing the node's time.
 
 Per rule, a trigger hit goes through: conditions -> edge (fire once per episode of the
 condition being true) -> `for:` hold -> cooldown -> mode (single/restart/queued/parallel) ->
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from iotrt.rules.actions import (
-    TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+    TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
+    Skipped, Tick,
 )
 from iotrt.rules.expressions import (
-    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, safe_str,
+    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, ExpressionLimit, ExpressionTimeout,
+    join_checked, safe_str,
 )
 from iotrt.rules.schema import (
     AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
@@ -42,6 +48,11 @@ from iotrt.rules.schema import (
 # Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
 # against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
 _EPS = 1e-9
+
+# Budget overruns after which a rule is disabled (until the rules are reloaded).
+MAX_STRIKES = 3
+# A time overrun is the rule's fault when it used at least this share of its budget in CPU time.
+CPU_SHARE = 0.25
 
 
 # --- runtime state ----------------------------------------------------------------------------
@@ -72,6 +83,8 @@ class _RuleState:
     seen: dict[int, float] = field(default_factory=dict)  # absent trigger -> last message
     absent_fired: dict[int, bool] = field(default_factory=dict)
     next_at: dict[int, float] = field(default_factory=dict)  # interval trigger -> next due
+    strikes: int = 0  # expression budget overruns since load
+    disabled: str = ""  # why the rule is off ("" = on)
 
     @property
     def timed(self) -> bool:
@@ -101,8 +114,11 @@ class Engine:
     """Evaluates a set of rules. Single-threaded: call `handle` from one thread."""
 
     def __init__(self, rules: RuleSet | Iterable[RuleDef], *, state: dict | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_strikes: int = MAX_STRIKES) -> None:
         self.evaluator = Evaluator(timeout_s)
+        self.max_strikes = max_strikes
+        self._out: list[Action] = []
+        self._cpu0 = 0.0
         self.state: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
         self.now = 0.0
@@ -131,6 +147,7 @@ class Engine:
             prev = old.pop(rule.id, None)
             if prev is not None and prev.rule.fingerprint == rule.fingerprint and rule.fingerprint:
                 prev.rule = rule
+                prev.strikes, prev.disabled = 0, ""  # a reload gives a disabled rule a new chance
                 new.append(prev)
             else:
                 if prev is not None:
@@ -180,6 +197,8 @@ class Engine:
                wall: dt.datetime | None = None) -> list[Action]:
         """Feed one message (or a tick) at monotonic time `now`; returns the actions to take."""
         out: list[Action] = []
+        self._out = out
+        self._cpu0 = time.thread_time()
         self.now = now
         self.wall = wall if wall is not None else dt.datetime.now()
         if self._started is None:
@@ -226,12 +245,14 @@ class Engine:
         # expressions); threshold triggers add their value, so they get their own.
         shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
         for rs, i, trig in hits:
+            if rs.disabled:
+                continue
             if isinstance(trig, MessageTrigger):
                 self._hit(rs, shared, self._described[trig], now, out)
             elif isinstance(trig, ThresholdTrigger):
                 names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
                 try:
-                    value = float(self.evaluator.evaluate(trig.value, names))
+                    value = float(self._eval(rs, trig.value, names))
                 except (ExpressionError, TypeError, ValueError) as exc:
                     out.append(RuleError(rs.rule.id, rs.rule.where, f"threshold value: {exc}"))
                     continue
@@ -246,6 +267,8 @@ class Engine:
 
     def _on_time(self, now: float, out: list[Action]) -> None:
         for rs in self._timed:
+            if rs.disabled:
+                continue
             for i, trig in enumerate(rs.rule.triggers):
                 if isinstance(trig, AbsentTrigger):
                     if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) + _EPS >= trig.seconds:
@@ -283,7 +306,7 @@ class Engine:
         for cond in rs.rule.conditions:
             try:
                 if isinstance(cond, Expression):
-                    ok = self.evaluator.evaluate(cond, names)
+                    ok = self._eval(rs, cond, names)
                 else:
                     ok = cond(RuleContext(self, rs.rule, names))
             except ExpressionError as exc:
@@ -299,6 +322,8 @@ class Engine:
 
     def _hit(self, rs: _RuleState, names: dict, trigger: str, now: float, out: list[Action]) -> None:
         rule = rs.rule
+        if rs.disabled:
+            return
         if not self._conditions(rs, names, out):
             rs.armed, rs.hold_since, rs.hold_count = True, None, 0
             return
@@ -320,6 +345,8 @@ class Engine:
     def _fire(self, rs: _RuleState, names: dict, trigger: str, now: float,
               out: list[Action]) -> None:
         rule = rs.rule
+        if rs.disabled:
+            return
         # One firing per episode (edge) and a fresh hold afterwards, whatever happens below.
         rs.armed = not (rule.edge and rule.conditions)
         rs.hold_since, rs.hold_count, rs.hold_names = None, 0, None
@@ -389,17 +416,18 @@ class Engine:
                     self._sleep(run, now + step.seconds)
                     return
                 if isinstance(step, CommandStep):
-                    out.append(Command(rs.rule.id, step.output, self._render(step.args, run.names),
-                                       step.label))
+                    out.append(Command(rs.rule.id, step.output,
+                                       self._render(rs, step.args, run.names), step.label))
                 elif isinstance(step, PublishStep):
-                    out.append(Publish(rs.rule.id, step.output, self._render(step.data, run.names)))
+                    out.append(Publish(rs.rule.id, step.output,
+                                       self._render(rs, step.data, run.names)))
                 elif isinstance(step, SetStep):
                     for key, value in step.values:
-                        self.state[key] = self._render(value, run.names)
+                        self.state[key] = self._render(rs, value, run.names)
                 elif isinstance(step, LogStep):
-                    out.append(Log(rs.rule.id, safe_str(self._render(step.message, run.names))))
+                    out.append(Log(rs.rule.id, safe_str(self._render(rs, step.message, run.names))))
                 elif isinstance(step, ConditionStep):
-                    if not self.evaluator.evaluate(step.expr, run.names):
+                    if not self._eval(rs, step.expr, run.names):
                         break
             except ExpressionError as exc:
                 out.append(RuleError(rs.rule.id, rs.rule.where, f"action {run.pc}: {exc}"))
@@ -436,17 +464,47 @@ class Engine:
     def _error(self, rs: _RuleState, exc: BaseException, out: list[Action]) -> None:
         out.append(RuleError(rs.rule.id, rs.rule.where, f"Python rule raised {type(exc).__name__}: {exc}"))
 
-    def _render(self, template: Any, names: dict) -> Any:
+    def _render(self, rs: _RuleState, template: Any, names: dict) -> Any:
         if isinstance(template, Expression):
-            return self.evaluator.evaluate(template, names)
+            return self._eval(rs, template, names)
         if isinstance(template, Interpolated):
-            return "".join(p if isinstance(p, str) else safe_str(self.evaluator.evaluate(p, names))
-                           for p in template.parts)
+            return join_checked([p if isinstance(p, str) else safe_str(self._eval(rs, p, names))
+                                 for p in template.parts])
         if isinstance(template, dict):
-            return {k: self._render(v, names) for k, v in template.items()}
+            return {k: self._render(rs, v, names) for k, v in template.items()}
         if isinstance(template, list):
-            return [self._render(v, names) for v in template]
+            return [self._render(rs, v, names) for v in template]
         return template
+
+    # -- expression budgets --------------------------------------------------------------------
+
+    def _eval(self, rs: _RuleState, expr: Expression, names: dict) -> Any:
+        """Evaluate one of rule `rs`'s expressions, counting budget overruns against it."""
+        ev = self.evaluator
+        try:
+            value = ev.evaluate(expr, names)
+        except ExpressionLimit as exc:
+            self._strike(rs, str(exc), timed=isinstance(exc, ExpressionTimeout))
+            raise
+        if ev.late:  # finished, but after its deadline: one slow operation in C
+            ev.late = False
+            self._strike(rs, f"'{expr}' ran past its {ev.timeout_s * 1000:g} ms budget",
+                         timed=True)
+        return value
+
+    def _strike(self, rs: _RuleState, reason: str, timed: bool) -> None:
+        # A time overrun counts only if this thread really spent a good part of the budget
+        # computing (CPU time since this call to handle() began, which includes the other
+        # rules' few microseconds): a rule that was merely descheduled on a busy machine is
+        # not to blame. Normal conditions take microseconds, far below a quarter of 50 ms.
+        if timed and time.thread_time() - self._cpu0 < self.evaluator.timeout_s * CPU_SHARE:
+            return
+        rs.strikes += 1
+        if rs.strikes >= self.max_strikes and not rs.disabled:
+            rs.disabled = (f"{rs.strikes} expression budget overruns, the last: {reason}; "
+                           f"disabled until the rules are reloaded")
+            self._cancel(rs)
+            self._out.append(RuleDisabled(rs.rule.id, rs.rule.where, rs.disabled))
 
 
 class _GeneratorRun:

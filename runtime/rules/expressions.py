@@ -56,6 +56,11 @@ class ExpressionLimit(ExpressionError):
     """The expression hit a size, step or time bound while evaluating."""
 
 
+class ExpressionTimeout(ExpressionLimit):
+    """The evaluation ran past its time budget (wall clock; the engine confirms by CPU time
+    before it counts this against the rule, so a busy machine does not disable rules)."""
+
+
 _ALLOWED_NODES: tuple[type, ...] = (
     ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Store, ast.Attribute, ast.Subscript,
     ast.Slice, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
@@ -79,6 +84,29 @@ _STR_METHODS = frozenset({
 })
 _DICT_METHODS = frozenset({"get", "keys", "values", "items"})
 
+# strip(chars) tests every stripped character against every one of `chars`: its cost is the
+# product of the two lengths (a 100k string stripped of 100k chars: 90 ms in C). The other
+# methods run in time linear in their receiver and arguments (CPython's string search is).
+MAX_STRIP_WORK = 64 * MAX_SEQUENCE
+
+
+def _strip_method(value: str, name: str) -> Any:
+    method = getattr(value, name)
+
+    def strip(chars: Any = None) -> Any:
+        if isinstance(chars, str) and len(chars) * len(value) > MAX_STRIP_WORK:
+            raise ExpressionLimit(f"{name}() of {len(value)} characters by {len(chars)} "
+                                  f"characters (at most {MAX_STRIP_WORK} comparisons)")
+        return method(chars)
+    return strip
+
+
+def str_method(value: str, name: str) -> Any:
+    """The bound method `name` of a string, size-checked where its cost is superlinear."""
+    if name in ("strip", "lstrip", "rstrip"):
+        return _strip_method(value, name)
+    return getattr(value, name)
+
 
 def _safe_len(value: Any) -> int | None:
     return len(value) if isinstance(value, (str, bytes, list, tuple)) else None
@@ -88,6 +116,16 @@ def _check_int(value: Any) -> Any:
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise ExpressionLimit(f"integer result above {MAX_INT_BITS} bits")
     return value
+
+
+def _check_operands(a: Any, b: Any) -> None:
+    """Refuse an integer operand above the cap *before* an operation whose cost grows faster
+    than its operands' size (*, /, //, %, **): one division of an 8M-bit by a 2M-bit integer
+    runs for seconds in C, where no deadline can stop it. Integers can come from message data
+    and rule state, not only from this expression's own (checked) arithmetic."""
+    if (isinstance(a, int) and a.bit_length() > MAX_INT_BITS
+            or isinstance(b, int) and b.bit_length() > MAX_INT_BITS):
+        raise ExpressionLimit(f"integer operand above {MAX_INT_BITS} bits")
 
 
 _CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -111,6 +149,15 @@ def _check_size(value: Any) -> Any:
     return value
 
 
+def join_checked(parts: list[str]) -> str:
+    """The f-string's parts joined, refusing a result over MAX_SEQUENCE before building it
+    (each part is bounded alone, but 80 parts of 100k characters are 8M)."""
+    size = sum(map(len, parts))
+    if size > MAX_SEQUENCE:
+        raise ExpressionLimit(f"an f-string of {size} characters (max {MAX_SEQUENCE})")
+    return "".join(parts)
+
+
 # Containers are shown abbreviated, so their text is small whatever their size.
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 4, 50, 50, 50
@@ -130,6 +177,7 @@ def safe_str(value: Any) -> str:
 
 
 def _power(a: Any, b: Any) -> Any:
+    _check_operands(a, b)
     if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
         # bits of a**b ~= b * log2|a|: refuse before computing, not after.
         if b * math.log2(abs(a)) > MAX_INT_BITS:
@@ -138,6 +186,7 @@ def _power(a: Any, b: Any) -> Any:
 
 
 def _mult(a: Any, b: Any) -> Any:
+    _check_operands(a, b)
     for seq, n in ((a, b), (b, a)):
         size = _safe_len(seq)
         if size is not None and hasattr(n, "__index__"):  # numpy ints from messages too
@@ -168,7 +217,18 @@ def _lshift(a: Any, b: Any) -> Any:
     return a << b
 
 
+def _div(a: Any, b: Any) -> Any:
+    _check_operands(a, b)
+    return a / b
+
+
+def _floordiv(a: Any, b: Any) -> Any:
+    _check_operands(a, b)
+    return a // b
+
+
 def _mod(a: Any, b: Any) -> Any:
+    _check_operands(a, b)
     # On a string `%` is printf formatting, not modulo: "%0300000000d" % 1 builds 300 MB and
     # "%.200000000f" % 1.0 runs for seconds in C. f-strings have bounded format specs.
     if isinstance(a, (str, bytes, bytearray)):
@@ -179,9 +239,10 @@ def _mod(a: Any, b: Any) -> Any:
 
 OPERATORS = dict(simpleeval.DEFAULT_OPERATORS)
 # Only these can build a value larger than their operands (|, &, ^, //, >> cannot; % only on
-# strings, which _mod refuses), so they are the only ones that check sizes.
+# strings, which _mod refuses), or cost more than linear time in their operands' size (*, /,
+# //, %, ** on integers): they are the ones that check sizes, before computing.
 OPERATORS.update({ast.Pow: _power, ast.Mult: _mult, ast.Add: _add, ast.Sub: _sub,
-                  ast.LShift: _lshift, ast.Mod: _mod})
+                  ast.LShift: _lshift, ast.Mod: _mod, ast.Div: _div, ast.FloorDiv: _floordiv})
 
 
 def _bounded(iterable: Iterable) -> Iterable:
@@ -209,6 +270,15 @@ def _str(value: Any = "") -> str:
     return safe_str(value)
 
 
+def _int(value: Any = 0, base: int | None = None) -> int:
+    # int(s, 16) of a 100k-character string is a 400k-bit integer, built in linear time but
+    # quadratic to divide: the text is bounded before parsing and the result after.
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > 2 * MAX_INT_BITS:
+        raise ExpressionLimit(f"int() of a {len(value)}-character text "
+                              f"(max {2 * MAX_INT_BITS})")
+    return _check_int(int(value) if base is None else int(value, base))
+
+
 def _sum(iterable: Iterable, start: Any = 0) -> Any:
     # sum(lists, []) would concatenate in C: only numbers are summed.
     if isinstance(start, bool) or not isinstance(start, (int, float)):
@@ -231,7 +301,7 @@ FUNCTIONS: dict[str, Any] = {
     "any": lambda it: any(_bounded(it)),
     "bool": bool,
     "float": float,
-    "int": int,
+    "int": _int,
     "len": len,
     "max": lambda *a, **k: max(_bounded(a[0]) if len(a) == 1 else a, **k),
     "min": lambda *a, **k: min(_bounded(a[0]) if len(a) == 1 else a, **k),
@@ -323,6 +393,9 @@ def compile_expression(source: Any, names: Iterable[str]) -> Expression:
         if isinstance(node, ast.Constant) and _safe_len(node.value) is not None:
             if len(node.value) > MAX_SEQUENCE:
                 raise ExpressionRejected("literal is too long")
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            if node.value.bit_length() > MAX_INT_BITS:
+                raise ExpressionRejected(f"integer literal above {MAX_INT_BITS} bits")
     if count > MAX_AST_NODES:
         raise ExpressionRejected(f"expression has {count} parts (max {MAX_AST_NODES})")
     if _depth(tree) > MAX_DEPTH:
@@ -370,7 +443,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
             if self._steps > MAX_STEPS:
                 raise ExpressionLimit(f"more than {MAX_STEPS} evaluation steps")
             if time.monotonic() > self._deadline:
-                raise ExpressionLimit("evaluation took longer than its time budget")
+                raise ExpressionTimeout("evaluation took longer than its time budget")
         kind = type(node)
         if kind is ast.Constant:  # the commonest nodes inline; literal sizes were checked at load
             return node.value
@@ -404,7 +477,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
             fields = ", ".join(sorted(map(str, value))[:12]) or "none"
             raise ExpressionError(f"no field '{attr}' (fields: {fields})")
         if isinstance(value, str) and attr in _STR_METHODS:
-            return getattr(value, attr)
+            return str_method(value, attr)
         raise ExpressionError(f"'.{attr}' is not available on a {type(value).__name__}")
 
     def _eval_call(self, node: ast.Call) -> Any:
@@ -437,7 +510,7 @@ class _Sandbox(simpleeval.EvalWithCompoundTypes):
         return format(value, self._eval(node.format_spec))
 
     def _eval_joinedstr(self, node: ast.JoinedStr) -> str:
-        return "".join(safe_str(self._eval(part)) for part in node.values)
+        return join_checked([safe_str(self._eval(part)) for part in node.values])
 
     def _eval_literal(self, node: ast.AST) -> Any:
         return _check_size(self._literal[type(node)](node))
@@ -504,12 +577,18 @@ class Evaluator:
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
+        # Set when an evaluation returned a value after its deadline (a single operation in C
+        # can outlast the budget without a step to check it): the caller decides what it costs.
+        self.late = False
         self._sandbox = _Sandbox()
 
     def evaluate(self, expr: Expression, names: Mapping[str, Any]) -> Any:
         try:
-            return self._sandbox.run(expr, names, self.timeout_s)
+            value = self._sandbox.run(expr, names, self.timeout_s)
         except ExpressionError:
             raise
         except _EVAL_ERRORS as exc:
             raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
+        if time.monotonic() > self._sandbox._deadline:
+            self.late = True
+        return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 
 from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, Skipped, loads_rules
 
@@ -316,3 +317,64 @@ rules:
     assert any(isinstance(a, Skipped) for a in out)
     out = engine.handle(TICK, 10.0)  # the changed rule's pending run was cancelled
     assert not any(isinstance(a, Command) for a in out)
+
+
+# --- budget strikes: a rule that keeps overrunning is disabled, the others keep firing ---------
+
+def test_rule_over_its_budget_is_disabled_after_three_strikes_and_others_keep_firing(driver):
+    from iotrt.rules import RuleDisabled
+
+    d = driver("""
+        rules:
+          - {id: bomb, trigger: m, condition: "int('f' * msg.n, 16) > 0", actions: [{log: boom}]}
+          - {id: good, trigger: m, edge: false, actions: [{log: fine}]}
+    """)
+    for t in range(6):
+        out = d.at(t, "m", {"n": 90_000})
+        assert [a.text for a in out if isinstance(a, Log)] == ["fine"]
+        errors = [a.rule for a in out if isinstance(a, RuleError)]
+        disabled = [a for a in out if isinstance(a, RuleDisabled)]
+        assert errors == (["bomb"] if t < 3 else [])  # once disabled it is not evaluated
+        assert [a.rule for a in disabled] == (["bomb"] if t == 2 else [])
+    assert "test.rules.yaml:3" in [a for t, a in d.log if isinstance(a, RuleDisabled)][0].where
+
+
+def test_one_slow_call_in_c_that_finishes_late_is_a_strike():
+    from iotrt.rules import RuleDisabled
+
+    # key=str runs ~10k calls inside sorted(): no expression step sees the time pass.
+    engine = Engine(loads_rules("rules: [{id: slow, trigger: m, condition: "
+                                "'len(sorted(range(10000), key=str)) > 0', actions: [{log: x}]}]"),
+                    timeout_s=0.0002)
+    notes = [a for t in range(3) for a in engine.handle(Message("m", {}), float(t))]
+    assert [a.rule for a in notes if isinstance(a, RuleDisabled)] == ["slow"]
+    assert "ran past its 0.2 ms budget" in [a for a in notes if isinstance(a, RuleDisabled)][0].reason
+
+
+def test_a_descheduled_rule_is_not_struck(monkeypatch):
+    import iotrt.rules.engine as engine_mod
+
+    # The wall clock says the evaluation overran, this thread's CPU time says it did not
+    # (the machine was busy): not the rule's fault.
+    engine = Engine(loads_rules("rules: [{id: r, trigger: m, edge: false, actions: [{log: x}], "
+                                "condition: 'len(sorted(range(10000), key=str)) > 0'}]"),
+                    timeout_s=0.0002)
+    monkeypatch.setattr(engine_mod.time, "thread_time", lambda: 0.0)
+    for t in range(5):
+        out = engine.handle(Message("m", {}), float(t))
+        assert [a.text for a in out if isinstance(a, Log)] == ["x"]
+
+
+def test_reload_gives_a_disabled_rule_a_new_chance(driver):
+    from iotrt.rules import RuleDisabled
+
+    text = """
+        rules:
+          - {id: bomb, trigger: m, condition: "int('f' * msg.n, 16) > 0", actions: [{log: boom}]}
+    """
+    d = driver(text)
+    for t in range(3):
+        d.at(t, "m", {"n": 90_000})
+    assert [a.rule for t, a in d.log if isinstance(a, RuleDisabled)] == ["bomb"]
+    d.engine.replace(loads_rules(textwrap.dedent(text), "test.rules.yaml"))
+    assert [a.text for a in d.at(4, "m", {"n": 2}) if isinstance(a, Log)] == ["boom"]

@@ -152,3 +152,43 @@ def test_any_text_is_rejected_or_evaluated_safely(source):
         Evaluator(timeout_s=0.05).evaluate(expr, {"msg": FACES})
     except ExpressionError:
         pass
+
+
+# --- size checks before superlinear operations (issue 13) -----------------------------------
+
+BIG = 1 << 8_000_000  # an integer no expression can build, but message data or state could hold
+
+
+@pytest.mark.parametrize("source", [
+    "msg.a // msg.b", "msg.a / msg.b", "msg.a % msg.b", "msg.a * 3", "msg.b ** 2",
+    "3 // msg.b",
+])
+def test_big_integers_from_data_are_refused_before_the_operation(source):
+    expr = compile_expression(source, NAMES)
+    start = time.thread_time()
+    with pytest.raises(ExpressionLimit, match="operand above 4096 bits"):
+        Evaluator().evaluate(expr, {"msg": {"a": BIG, "b": BIG >> 6_000_000}})
+    assert time.thread_time() - start < 0.05  # refused, not computed (that takes seconds)
+
+
+def test_integer_literals_are_capped_at_load():
+    with pytest.raises(ExpressionRejected, match="integer literal above"):
+        compile_expression("9" * 1300 + " // 7", NAMES)
+
+
+def test_int_still_parses_what_rules_need():
+    assert ev("int('ff', 16) + int('0b101', 0) + int(' 42 ') + int(2.9)") == 255 + 5 + 42 + 2
+
+
+def test_strip_with_a_short_chars_argument_still_works():
+    assert ev("'  door--'.strip() + '|' + 'xxdoorxx'.strip('x') + msg.label.rstrip('or')") \
+        == "door--|doorFront D"
+
+
+def test_templates_and_fstrings_share_the_joined_size_cap():
+    from iotrt.rules.expressions import MAX_SEQUENCE
+
+    assert len(ev(f"f\"{{'a' * {MAX_SEQUENCE // 2}}}{{'b' * {MAX_SEQUENCE // 2}}}\"")) \
+        == MAX_SEQUENCE
+    with pytest.raises(ExpressionLimit, match="f-string of"):
+        ev(f"f\"{{'a' * {MAX_SEQUENCE // 2}}}{{'b' * {MAX_SEQUENCE // 2}}}!\"")
