@@ -37,20 +37,20 @@ TICK = Tick()
 
 # --- what comes out ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Fired:
     rule: str
     trigger: str
     queued: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Skipped:
     rule: str
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Command:
     rule: str
     output: str
@@ -58,27 +58,27 @@ class Command:
     label: str = "command"  # "notify" for notify actions
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Publish:
     rule: str
     output: str
     data: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Log:
     rule: str
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RuleError:
     rule: str
     where: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RuleDisabled:
     """The rule overran its expression budget too often; it stays off until the next reload."""
 

@@ -26,7 +26,7 @@ import datetime as dt
 import inspect
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from iotrt.rules.expressions import (
 )
 from iotrt.rules.schema import (
     AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
-    MessageTrigger, PublishStep, RuleDef, RuleSet, SetStep, ThresholdTrigger, TimeTrigger,
+    MessageTrigger, PublishStep, RuleDef, RuleSet, SetStep, Step, ThresholdTrigger, TimeTrigger,
     Trigger, parse_duration,
 )
 
@@ -85,6 +85,17 @@ class _RuleState:
     next_at: dict[int, float] = field(default_factory=dict)  # interval trigger -> next due
     strikes: int = 0  # expression budget overruns since load
     disabled: str = ""  # why the rule is off ("" = on)
+    steps: list[StepCode] = field(default_factory=list)  # the rule's actions, compiled
+    sync: bool = False  # YAML actions without a delay: a run starts and ends in one call
+    condition: Expression | None = None  # the rule's only condition, when it is an expression
+
+    def __post_init__(self) -> None:
+        conds = self.rule.conditions
+        # The commonest rule has one expression condition: _hit evaluates it inline.
+        self.condition = conds[0] if len(conds) == 1 and type(conds[0]) is Expression else None
+        self.steps = [_compile_step(step) for step in self.rule.steps]
+        self.sync = self.rule.func is None and not any(
+            isinstance(step, DelayStep) for step in self.rule.steps)
 
     @property
     def timed(self) -> bool:
@@ -161,13 +172,14 @@ class Engine:
         if self._started is not None:
             for rs in new:
                 self._init_timers(rs, self.now)
-        self._by_topic: dict[str, list[tuple[_RuleState, int, Trigger]]] = {}
+        self._by_topic: dict[str, list[tuple[_RuleState, int, Trigger, str]]] = {}
         for rs in new:
             for i, trig in enumerate(rs.rule.triggers):
                 if isinstance(trig, (MessageTrigger, ThresholdTrigger, AbsentTrigger)):
-                    self._by_topic.setdefault(trig.topic, []).append((rs, i, trig))
+                    self._by_topic.setdefault(trig.topic, []).append((rs, i, trig, _describe(trig)))
         self._timed = [rs for rs in new if rs.timed]
-        self._described = {t: _describe(t) for rs in new for t in rs.rule.triggers}
+        self._described = {t: _describe(t) for rs in new for t in rs.rule.triggers
+                           if not isinstance(t, (MessageTrigger, ThresholdTrigger))}
 
     def topics(self) -> set[str]:
         """Every topic some trigger listens to."""
@@ -244,11 +256,11 @@ class Engine:
         # One set of variables for every message trigger of this message (read-only to
         # expressions); threshold triggers add their value, so they get their own.
         shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
-        for rs, i, trig in hits:
+        for rs, i, trig, described in hits:
             if rs.disabled:
                 continue
-            if isinstance(trig, MessageTrigger):
-                self._hit(rs, shared, self._described[trig], now, out)
+            if trig.__class__ is MessageTrigger:
+                self._hit(rs, shared, described, now, out)
             elif isinstance(trig, ThresholdTrigger):
                 names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
                 try:
@@ -260,7 +272,7 @@ class Engine:
                 rs.inside[i] = inside
                 if inside and not was:  # the edge, not the level
                     names["trigger"]["value"] = value
-                    self._hit(rs, names, f"{self._described[trig]} (value {value:g})", now, out)
+                    self._hit(rs, names, f"{described} (value {value:g})", now, out)
             else:  # AbsentTrigger: a message re-arms it
                 rs.seen[i] = now
                 rs.absent_fired[i] = False
@@ -303,14 +315,17 @@ class Engine:
     # -- conditions, edge, hold, cooldown, mode ----------------------------------------------
 
     def _conditions(self, rs: _RuleState, names: dict, out: list[Action]) -> bool:
+        ev = self.evaluator
         for cond in rs.rule.conditions:
             try:
-                if isinstance(cond, Expression):
-                    ok = self._eval(rs, cond, names)
+                if cond.__class__ is Expression:  # inlines _eval: the hot path of every rule
+                    ok = ev.evaluate(cond, names)
+                    if ev.late:
+                        self._late(rs, cond)
                 else:
                     ok = cond(RuleContext(self, rs.rule, names))
             except ExpressionError as exc:
-                out.append(RuleError(rs.rule.id, rs.rule.where, f"condition '{cond}': {exc}"))
+                self._condition_error(rs, cond, exc, out)
                 return False
             except Exception as exc:  # noqa: BLE001 - a user's Python condition; reported, rule skipped
                 out.append(RuleError(rs.rule.id, rs.rule.where,
@@ -320,11 +335,30 @@ class Engine:
                 return False
         return True
 
+    def _condition_error(self, rs: _RuleState, cond: Expression, exc: ExpressionError,
+                         out: list[Action]) -> None:
+        if isinstance(exc, ExpressionLimit):
+            self._strike(rs, str(exc), timed=isinstance(exc, ExpressionTimeout))
+        out.append(RuleError(rs.rule.id, rs.rule.where, f"condition '{cond}': {exc}"))
+
     def _hit(self, rs: _RuleState, names: dict, trigger: str, now: float, out: list[Action]) -> None:
         rule = rs.rule
         if rs.disabled:
             return
-        if not self._conditions(rs, names, out):
+        cond = rs.condition
+        if cond is not None:  # _conditions inlined for one expression: the hot path
+            ev = self.evaluator
+            try:
+                ok = ev.evaluate(cond, names)
+            except ExpressionError as exc:
+                self._condition_error(rs, cond, exc, out)
+                ok = False
+            else:
+                if ev.late:
+                    self._late(rs, cond)
+        else:
+            ok = self._conditions(rs, names, out)
+        if not ok:
             rs.armed, rs.hold_since, rs.hold_count = True, None, 0
             return
         if rule.edge and rule.conditions and not rs.armed:
@@ -372,6 +406,8 @@ class Engine:
         out.append(Fired(rule.id, trigger, queued))
         if queued:
             rs.queue.append(names)
+        elif rs.sync:
+            self._run_sync(rs, names, out)
         else:
             self._start(rs, names, now, out)
 
@@ -407,32 +443,31 @@ class Engine:
             else:
                 self._sleep(run, now + delay)
             return
-        steps = rs.rule.steps
+        steps = rs.steps
         while run.pc < len(steps):
             step = steps[run.pc]
             run.pc += 1
             try:
-                if isinstance(step, DelayStep):
-                    self._sleep(run, now + step.seconds)
-                    return
-                if isinstance(step, CommandStep):
-                    out.append(Command(rs.rule.id, step.output,
-                                       self._render(rs, step.args, run.names), step.label))
-                elif isinstance(step, PublishStep):
-                    out.append(Publish(rs.rule.id, step.output,
-                                       self._render(rs, step.data, run.names)))
-                elif isinstance(step, SetStep):
-                    for key, value in step.values:
-                        self.state[key] = self._render(rs, value, run.names)
-                elif isinstance(step, LogStep):
-                    out.append(Log(rs.rule.id, safe_str(self._render(rs, step.message, run.names))))
-                elif isinstance(step, ConditionStep):
-                    if not self._eval(rs, step.expr, run.names):
-                        break
+                result = step(self, rs, run.names, out)
             except ExpressionError as exc:
                 out.append(RuleError(rs.rule.id, rs.rule.where, f"action {run.pc}: {exc}"))
                 break
+            if result is _STOP:
+                break
+            if result is not None:  # a delay
+                self._sleep(run, now + result)
+                return
         self._finish(run, now, out)
+
+    def _run_sync(self, rs: _RuleState, names: dict, out: list[Action]) -> None:
+        """A run of actions that cannot pause: no _Run to keep, nothing else can be running."""
+        for pc, step in enumerate(rs.steps, 1):
+            try:
+                if step(self, rs, names, out) is _STOP:
+                    return
+            except ExpressionError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, f"action {pc}: {exc}"))
+                return
 
     def _sleep(self, run: _Run, until: float) -> None:
         run.resume_at = until
@@ -464,18 +499,6 @@ class Engine:
     def _error(self, rs: _RuleState, exc: BaseException, out: list[Action]) -> None:
         out.append(RuleError(rs.rule.id, rs.rule.where, f"Python rule raised {type(exc).__name__}: {exc}"))
 
-    def _render(self, rs: _RuleState, template: Any, names: dict) -> Any:
-        if isinstance(template, Expression):
-            return self._eval(rs, template, names)
-        if isinstance(template, Interpolated):
-            return join_checked([p if isinstance(p, str) else safe_str(self._eval(rs, p, names))
-                                 for p in template.parts])
-        if isinstance(template, dict):
-            return {k: self._render(rs, v, names) for k, v in template.items()}
-        if isinstance(template, list):
-            return [self._render(rs, v, names) for v in template]
-        return template
-
     # -- expression budgets --------------------------------------------------------------------
 
     def _eval(self, rs: _RuleState, expr: Expression, names: dict) -> Any:
@@ -486,11 +509,15 @@ class Engine:
         except ExpressionLimit as exc:
             self._strike(rs, str(exc), timed=isinstance(exc, ExpressionTimeout))
             raise
-        if ev.late:  # finished, but after its deadline: one slow operation in C
-            ev.late = False
-            self._strike(rs, f"'{expr}' ran past its {ev.timeout_s * 1000:g} ms budget",
-                         timed=True)
+        if ev.late:
+            self._late(rs, expr)
         return value
+
+    def _late(self, rs: _RuleState, expr: Expression) -> None:
+        """The evaluation finished, but after its deadline: one slow operation in C."""
+        ev = self.evaluator
+        ev.late = False
+        self._strike(rs, f"'{expr}' ran past its {ev.timeout_s * 1000:g} ms budget", timed=True)
 
     def _strike(self, rs: _RuleState, reason: str, timed: bool) -> None:
         # A time overrun counts only if this thread really spent a good part of the budget
@@ -505,6 +532,71 @@ class Engine:
                            f"disabled until the rules are reloaded")
             self._cancel(rs)
             self._out.append(RuleDisabled(rs.rule.id, rs.rule.where, rs.disabled))
+
+
+# --- actions compiled at load ----------------------------------------------------------------
+
+# A compiled action step: step(engine, rule state, names, out) -> None (go on), a delay in
+# seconds, or _STOP (a condition step was false).
+StepCode = Callable[["Engine", _RuleState, dict, list], Any]
+Render = Callable[["Engine", _RuleState, dict], Any]
+_STOP = object()
+
+
+def _compile_template(template: Any) -> Render:
+    """Data whose strings may hold ${expr} -> a function building a fresh copy of it."""
+    if isinstance(template, Expression):
+        return lambda engine, rs, names: engine._eval(rs, template, names)
+    if isinstance(template, Interpolated):
+        parts = [(lambda text: lambda engine, rs, names: text)(p) if isinstance(p, str)
+                 else (lambda e: lambda engine, rs, names: safe_str(engine._eval(rs, e, names)))(p)
+                 for p in template.parts]
+        return lambda engine, rs, names: join_checked([p(engine, rs, names) for p in parts])
+    if isinstance(template, dict):
+        items = [(k, _compile_template(v)) for k, v in template.items()]
+        return lambda engine, rs, names: {k: f(engine, rs, names) for k, f in items}
+    if isinstance(template, list):
+        elements = [_compile_template(v) for v in template]
+        return lambda engine, rs, names: [f(engine, rs, names) for f in elements]
+    return lambda engine, rs, names: template  # str, number, bool, None: immutable
+
+
+def _compile_step(step: Step) -> StepCode:
+    if isinstance(step, CommandStep):
+        args, output, label = _compile_template(step.args), step.output, step.label
+
+        def command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Command(rs.rule.id, output, args(engine, rs, names), label))
+        return command
+    if isinstance(step, PublishStep):
+        data, output = _compile_template(step.data), step.output
+
+        def publish(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Publish(rs.rule.id, output, data(engine, rs, names)))
+        return publish
+    if isinstance(step, SetStep):
+        values = [(key, _compile_template(v)) for key, v in step.values]
+
+        def set_(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            for key, value in values:
+                engine.state[key] = value(engine, rs, names)
+        return set_
+    if isinstance(step, LogStep):
+        message = _compile_template(step.message)
+
+        def log(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Log(rs.rule.id, safe_str(message(engine, rs, names))))
+        return log
+    if isinstance(step, ConditionStep):
+        expr = step.expr
+
+        def condition(engine: Engine, rs: _RuleState, names: dict, out: list) -> Any:
+            return None if engine._eval(rs, expr, names) else _STOP
+        return condition
+    if isinstance(step, DelayStep):
+        seconds = step.seconds
+        return lambda engine, rs, names, out: seconds
+    raise TypeError(step)
 
 
 class _GeneratorRun:

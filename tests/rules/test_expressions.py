@@ -192,3 +192,47 @@ def test_templates_and_fstrings_share_the_joined_size_cap():
         == MAX_SEQUENCE
     with pytest.raises(ExpressionLimit, match="f-string of"):
         ev(f"f\"{{'a' * {MAX_SEQUENCE // 2}}}{{'b' * {MAX_SEQUENCE // 2}}}!\"")
+
+
+# --- the compiled closures behave like Python ---------------------------------------------------
+
+@pytest.mark.parametrize("source, expected", [
+    ("[(x, [x * 10 for x in [1, 2]], x) for x in [7]]", [(7, [10, 20], 7)]),  # inner x is inner
+    ("[x for x in [x for x in [3, 4]]]", [3, 4]),
+    ("[(a, b) for a, b in [(1, 2)] for c in [0] if a < b]", [(1, 2)]),
+    ("{k: v for k, v in msg.items() if k == 'n'}", {"n": 7}),
+    ("{f.name for f in msg.faces}", {"owner", "unknown"}),
+    ("any(1 / x > 0.2 for x in [1, 0])", True),  # stops before dividing by zero
+    ("all(x > 1 for x in [])", True),
+    ("all(10 / x > 1 for x in [20, 0])", False),  # stops before dividing by zero
+    ("1 < msg.n <= 7 < 8", True),
+    ("1 < msg.n > 9", False),
+    ("{**msg.faces[0], 'score': 1}['score']", 1),
+    ("msg.faces[-1]['name'][1:3]", "nk"),
+    ("msg.n if msg.n > 10 else -msg.n", -7),
+    ("not msg.faces or msg.n", 7),
+    ("msg.missing if False else 0 or 'x'", "x"),
+    ("len(f for f in msg.faces)", 2),  # a generator expression is a (bounded) list here
+    ("max(msg.n, 3) + min([4, 5]) + sum(x for x in range(4))", 17),
+    ("msg.get('n') + msg.get('nope', 1)", 8),
+    ("' a b '.split() + 'a,b'.split(',', 1)", ["a", "b", "a", "b"]),
+])
+def test_compiled_expressions_match_python(source, expected):
+    assert ev(source) == expected
+
+
+def test_step_budget_trips_on_a_long_cheap_loop():
+    # 10,000 items of 40 steps each: under the item cap, over the 200,000-step budget. If the
+    # budget checks were not in the loop, this would return a list instead.
+    expr = compile_expression("[x + x + x + x + x + x + x + x + x + x + x + x + x for x in "
+                              "range(10000)]", NAMES)
+    with pytest.raises(ExpressionLimit, match="evaluation steps"):
+        Evaluator(timeout_s=60.0).evaluate(expr, {})
+
+
+def test_time_budget_trips_inside_a_loop():
+    from iotrt.rules.expressions import ExpressionTimeout
+
+    expr = compile_expression("[sorted(range(2000), key=str) for x in range(2000)]", NAMES)
+    with pytest.raises(ExpressionTimeout):
+        Evaluator(timeout_s=0.01).evaluate(expr, {})
