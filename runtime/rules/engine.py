@@ -26,28 +26,26 @@ import datetime as dt
 import inspect
 import time
 from collections import deque
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from iotrt.rules.actions import (
-    TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
+    Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
     Skipped, Tick,
 )
 from iotrt.rules.expressions import (
     DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, ExpressionLimit, ExpressionTimeout,
     join_checked, safe_str,
 )
+from iotrt.rules.parsing import parse_duration
 from iotrt.rules.schema import (
-    AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
-    MessageTrigger, PublishStep, RuleDef, RuleSet, SetStep, Step, ThresholdTrigger, TimeTrigger,
-    Trigger, parse_duration,
+    CommandStep, ConditionStep, DelayStep, Interpolated, LogStep, PublishStep, RuleDef, RuleSet,
+    SetStep, Step,
 )
-
-
-# Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
-# against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
-_EPS = 1e-9
+from iotrt.rules.triggers import EPS as _EPS
+from iotrt.rules.triggers import Clock, TriggerError, TriggerKind
 
 # Budget overruns after which a rule is disabled (until the rules are reloaded).
 MAX_STRIKES = 3
@@ -79,10 +77,7 @@ class _RuleState:
     last_fired: float | None = None
     runs: list[_Run] = field(default_factory=list)
     queue: deque = field(default_factory=deque)
-    inside: dict[int, bool] = field(default_factory=dict)  # threshold trigger -> in range
-    seen: dict[int, float] = field(default_factory=dict)  # absent trigger -> last message
-    absent_fired: dict[int, bool] = field(default_factory=dict)
-    next_at: dict[int, float] = field(default_factory=dict)  # interval trigger -> next due
+    triggers: list[Any] | None = None  # each trigger's state, from its start() (None: not yet)
     strikes: int = 0  # expression budget overruns since load
     disabled: str = ""  # why the rule is off ("" = on)
     steps: list[StepCode] = field(default_factory=list)  # the rule's actions, compiled
@@ -100,25 +95,7 @@ class _RuleState:
     @property
     def timed(self) -> bool:
         r = self.rule
-        return bool(r.hold and r.hold.seconds) or any(
-            isinstance(t, (AbsentTrigger, IntervalTrigger, TimeTrigger)) for t in r.triggers)
-
-
-def _describe(trigger: Trigger) -> str:
-    match trigger:
-        case MessageTrigger(topic):
-            return f"message {topic}"
-        case ThresholdTrigger(topic, value, above, below):
-            rng = " and ".join(s for s in (above is not None and f"> {above:g}",
-                                           below is not None and f"< {below:g}") if s)
-            return f"threshold {topic}: {value} {rng}"
-        case AbsentTrigger(topic, seconds):
-            return f"no message on {topic} for {seconds:g}s"
-        case IntervalTrigger(seconds):
-            return f"every {seconds:g}s"
-        case TimeTrigger(at):
-            return f"at {at.isoformat()}"
-    raise TypeError(trigger)
+        return bool(r.hold and r.hold.seconds) or any(t.timed for t in r.triggers)
 
 
 class Engine:
@@ -172,14 +149,13 @@ class Engine:
         if self._started is not None:
             for rs in new:
                 self._init_timers(rs, self.now)
-        self._by_topic: dict[str, list[tuple[_RuleState, int, Trigger, str]]] = {}
+        self._by_topic: dict[str, list[tuple[_RuleState, int, TriggerKind, str]]] = {}
         for rs in new:
             for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, (MessageTrigger, ThresholdTrigger, AbsentTrigger)):
-                    self._by_topic.setdefault(trig.topic, []).append((rs, i, trig, _describe(trig)))
+                if trig.topic is not None:
+                    self._by_topic.setdefault(trig.topic, []).append(
+                        (rs, i, trig, trig.describe()))
         self._timed = [rs for rs in new if rs.timed]
-        self._described = {t: _describe(t) for rs in new for t in rs.rule.triggers
-                           if not isinstance(t, (MessageTrigger, ThresholdTrigger))}
 
     def topics(self) -> set[str]:
         """Every topic some trigger listens to."""
@@ -197,11 +173,8 @@ class Engine:
         return commands, publishes
 
     def _init_timers(self, rs: _RuleState, now: float) -> None:
-        for i, trig in enumerate(rs.rule.triggers):
-            if isinstance(trig, AbsentTrigger):
-                rs.seen.setdefault(i, now)
-            elif isinstance(trig, IntervalTrigger):
-                rs.next_at.setdefault(i, now + trig.seconds)
+        if rs.triggers is None:
+            rs.triggers = [trig.start(now) for trig in rs.rule.triggers]
 
     # -- the entry point ---------------------------------------------------------------------
 
@@ -231,18 +204,16 @@ class Engine:
     def next_due(self) -> float | None:
         """The earliest monotonic time at which `handle(TICK, ...)` would do something."""
         times = [r.resume_at for r in self._sleeping if r.resume_at is not None]
+        clock = Clock(self.now, self.wall, self._prev_wall)
         for rs in self._timed:
             hold = rs.rule.hold
             if hold and hold.seconds is not None and rs.hold_since is not None:
                 times.append(rs.hold_since + hold.seconds)
-            for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, AbsentTrigger) and not rs.absent_fired.get(i) and i in rs.seen:
-                    times.append(rs.seen[i] + trig.seconds)
-                elif isinstance(trig, IntervalTrigger) and i in rs.next_at:
-                    times.append(rs.next_at[i])
-                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
-                    nxt = _next_time_of_day(self.wall, trig.at)
-                    times.append(self.now + (nxt - self.wall).total_seconds())
+            if rs.triggers is None or rs.disabled:
+                continue
+            for trig, state in zip(rs.rule.triggers, rs.triggers):
+                if trig.timed and (due := trig.due(state, clock)) is not None:
+                    times.append(due)
         return min(times) if times else None
 
     # -- triggers ----------------------------------------------------------------------------
@@ -254,53 +225,32 @@ class Engine:
             if alias != msg.topic and alias in self._by_topic:
                 hits = hits + self._by_topic[alias]
         # One set of variables for every message trigger of this message (read-only to
-        # expressions); threshold triggers add their value, so they get their own.
+        # expressions); other kinds may add to their `trigger` dict, so they get their own.
         shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
         for rs, i, trig, described in hits:
             if rs.disabled:
                 continue
-            if trig.__class__ is MessageTrigger:
+            if trig.every_message:
                 self._hit(rs, shared, described, now, out)
-            elif isinstance(trig, ThresholdTrigger):
-                names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
-                try:
-                    value = float(self._eval(rs, trig.value, names))
-                except (ExpressionError, TypeError, ValueError) as exc:
-                    out.append(RuleError(rs.rule.id, rs.rule.where, f"threshold value: {exc}"))
-                    continue
-                inside, was = trig.inside(value), rs.inside.get(i, False)
-                rs.inside[i] = inside
-                if inside and not was:  # the edge, not the level
-                    names["trigger"]["value"] = value
-                    self._hit(rs, names, f"{described} (value {value:g})", now, out)
-            else:  # AbsentTrigger: a message re-arms it
-                rs.seen[i] = now
-                rs.absent_fired[i] = False
+                continue
+            names = self._names(msg.topic, msg.data, {"kind": trig.KEY, "topic": msg.topic})
+            try:
+                hit = trig.on_message(rs.triggers[i], names, now, partial(self._eval, rs))
+            except TriggerError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, str(exc)))
+                continue
+            if hit is not None:
+                self._hit(rs, names, hit, now, out)
 
     def _on_time(self, now: float, out: list[Action]) -> None:
+        clock = Clock(now, self.wall, self._prev_wall)
         for rs in self._timed:
             if rs.disabled:
                 continue
-            for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, AbsentTrigger):
-                    if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) + _EPS >= trig.seconds:
-                        rs.absent_fired[i] = True
-                        self._hit(rs, self._names(trig.topic, None, {
-                            "kind": "absent", "topic": trig.topic,
-                            "seconds": now - rs.seen[i]}), self._described[trig], now, out)
-                elif isinstance(trig, IntervalTrigger):
-                    due = rs.next_at.get(i)
-                    if due is not None and now + _EPS >= due:
-                        # Catch up to the next slot after now: missed slots fire once, not N times.
-                        missed = max(0, int((now - due) // trig.seconds))
-                        rs.next_at[i] = due + (missed + 1) * trig.seconds
-                        self._hit(rs, self._names(None, None, {"kind": "interval"}),
-                                  self._described[trig], now, out)
-                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
-                    nxt = _next_time_of_day(self._prev_wall, trig.at)
-                    if nxt <= self.wall:
-                        self._hit(rs, self._names(None, None, {"kind": "time", "at": str(trig.at)}),
-                                  self._described[trig], now, out)
+            for trig, state in zip(rs.rule.triggers, rs.triggers):
+                if trig.timed and (fired := trig.on_time(state, clock)) is not None:
+                    variables, described = fired
+                    self._hit(rs, self._names(trig.topic, None, variables), described, now, out)
             hold = rs.rule.hold
             if (hold and hold.seconds is not None and rs.hold_since is not None
                     and now - rs.hold_since + _EPS >= hold.seconds):
@@ -614,11 +564,3 @@ class _GeneratorRun:
         finally:
             out.extend(self.ctx.actions)
         return parse_duration(delay)
-
-
-def _next_time_of_day(after: dt.datetime, at: dt.time) -> dt.datetime:
-    """The first datetime strictly after `after` whose time of day is `at`."""
-    candidate = dt.datetime.combine(after.date(), at)
-    if candidate <= after:
-        candidate += dt.timedelta(days=1)
-    return candidate
