@@ -33,7 +33,7 @@ from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
     TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
-    RulesError, Skipped, load_rules,
+    RulesError, Skipped, StateSet, load_rules,
 )
 
 SPEC = NodeSpec(
@@ -225,6 +225,8 @@ class RuleNode:
                 node.log.info("rule %s: %s", rule, text)
             case Skipped(rule, reason):
                 node.log.debug("rule %s skipped: %s", rule, reason)
+            case StateSet(rule, values):
+                node.log.debug("rule %s set %s", rule, values)
             case RuleError(rule, where, message):
                 self.report(rule, f"{message} (rule at {where})")
             case RuleDisabled(rule, where, reason):

@@ -1,7 +1,7 @@
 """What goes into the rule engine (messages, ticks) and what comes out (actions, notes).
 
 The engine returns `Command`, `Publish` and `Log` actions for the caller to carry out, and
-`Fired`, `Skipped`, `RuleError` and `RuleDisabled` notes to journal or log. A Python rule sees a `RuleContext`.
+`Fired`, `Skipped`, `StateSet`, `RuleError` and `RuleDisabled` notes to journal or log. A Python rule sees a `RuleContext`.
 """
 
 from __future__ import annotations
@@ -79,6 +79,14 @@ class RuleError:
 
 
 @dataclass(slots=True)
+class StateSet:
+    """A `set:` action changed rule variables (shown by `iotrt rules test --all`)."""
+
+    rule: str
+    values: dict[str, Any]
+
+
+@dataclass(slots=True)
 class RuleDisabled:
     """The rule overran its expression budget too often; it stays off until the next reload."""
 
@@ -87,7 +95,7 @@ class RuleDisabled:
     reason: str
 
 
-Action = Fired | Skipped | Command | Publish | Log | RuleError | RuleDisabled
+Action = Fired | Skipped | Command | Publish | Log | StateSet | RuleError | RuleDisabled
 
 
 # --- the context a Python rule sees -----------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 
 from iotrt.rules.actions import (
     Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
-    Skipped, Tick,
+    Skipped, StateSet, Tick,
 )
 from iotrt.rules.expressions import (
     DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, ExpressionLimit, ExpressionTimeout,
@@ -72,6 +72,7 @@ class _RuleState:
     armed: bool = True  # edge: re-armed when the condition is seen false
     hold_since: float | None = None
     hold_count: int = 0
+    hold_times: deque = field(default_factory=deque)  # `for: {count, within}`: true hits
     hold_names: dict[str, Any] | None = None
     hold_trigger: str = ""
     last_fired: float | None = None
@@ -260,7 +261,8 @@ class Engine:
     def _names(self, topic: str | None, data: Any, trigger: dict) -> dict[str, Any]:
         w = self.wall
         return {"msg": data, "topic": topic, "trigger": trigger, "state": self.state,
-                "last": self.last, "hour": w.hour, "minute": w.minute, "weekday": w.weekday()}
+                "last": self.last, "now": self.now, "hour": w.hour, "minute": w.minute,
+                "weekday": w.weekday()}
 
     # -- conditions, edge, hold, cooldown, mode ----------------------------------------------
 
@@ -314,7 +316,17 @@ class Engine:
         if rule.edge and rule.conditions and not rs.armed:
             return  # already fired during this episode of the condition being true
         hold = rule.hold
-        if hold is not None and hold.count is not None:
+        if hold is not None and hold.within is not None:
+            # A sliding window: count true hits in the last `within` seconds, false ones
+            # in between do not matter (a face that flickers out for a frame still counts).
+            times = rs.hold_times
+            times.append(now)
+            while now - times[0] > hold.within + _EPS:
+                times.popleft()
+            if len(times) < hold.count:
+                return
+            times.clear()
+        elif hold is not None and hold.count is not None:
             rs.hold_count += 1
             if rs.hold_count < hold.count:
                 return
@@ -528,8 +540,10 @@ def _compile_step(step: Step) -> StepCode:
         values = [(key, _compile_template(v)) for key, v in step.values]
 
         def set_(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
-            for key, value in values:
-                engine.state[key] = value(engine, rs, names)
+            changed = {}
+            for key, value in values:  # in order: a later value may read an earlier one
+                changed[key] = engine.state[key] = value(engine, rs, names)
+            out.append(StateSet(rs.rule.id, changed))
         return set_
     if isinstance(step, LogStep):
         message = _compile_template(step.message)

@@ -13,7 +13,7 @@ from iotrt.rules.source import LocatedDict, LocatedList
 from iotrt.yamlcheck import suggest
 
 # Variables an expression can use (documented in docs/rules.md).
-NAMES = ("msg", "topic", "trigger", "state", "last", "hour", "minute", "weekday")
+NAMES = ("msg", "topic", "trigger", "state", "last", "now", "hour", "minute", "weekday")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}

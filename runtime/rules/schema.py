@@ -87,10 +87,12 @@ Step = Union[CommandStep, PublishStep, DelayStep, SetStep, ConditionStep, LogSte
 
 @dataclass(frozen=True)
 class Hold:
-    """`for:` the condition must hold this long, or for this many consecutive evaluations."""
+    """`for:` the condition must hold this long, or for this many consecutive evaluations, or
+    (with `within`) be true at this many triggers within a sliding window of seconds."""
 
     seconds: float | None = None
     count: int | None = None
+    within: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,14 +208,19 @@ _RULE_KEYS = ("id", "description", "trigger", "condition", "for", "cooldown", "m
 
 def parse_hold(raw: Any, line: int) -> Hold:
     if isinstance(raw, Mapping):
-        check_keys(raw, ("count", "seconds"), "for", line)
-        if len(raw) != 1:
-            raise Invalid(line, "for: give either {count: N} or a duration")
+        check_keys(raw, ("count", "within", "seconds"), "for", line)
+        if ("count" in raw) == ("seconds" in raw) or "within" in raw and "count" not in raw:
+            raise Invalid(line, "for: give {count: N}, {count: N, within: DURATION} or a duration")
         if "count" in raw:
             n = raw["count"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise Invalid(line, f"for: count must be an integer >= 1, got {n!r}")
-            return Hold(count=n)
+            within = None
+            if "within" in raw:
+                within = parse_duration(raw["within"], line_of(raw, "within", line))
+                if within <= 0:
+                    raise Invalid(line_of(raw, "within", line), "for: within must be > 0")
+            return Hold(count=n, within=within)
         return Hold(seconds=parse_duration(raw["seconds"], line))
     return Hold(seconds=parse_duration(raw, line))
 

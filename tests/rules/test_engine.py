@@ -5,7 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 
-from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, Skipped, loads_rules
+import pytest
+
+from iotrt.rules import (
+    TICK, Command, Engine, Log, Message, Publish, RuleError, RulesError, Skipped, loads_rules,
+)
 
 OK = {"ok": True}
 NOT = {"ok": False}
@@ -378,3 +382,46 @@ def test_reload_gives_a_disabled_rule_a_new_chance(driver):
     assert [a.rule for t, a in d.log if isinstance(a, RuleDisabled)] == ["bomb"]
     d.engine.replace(loads_rules(textwrap.dedent(text), "test.rules.yaml"))
     assert [a.text for a in d.at(4, "m", {"n": 2}) if isinstance(a, Log)] == ["boom"]
+
+
+# --- windowed count: `for: {count: N, within: DURATION}` ----------------------------------------
+
+def test_windowed_count_fires_on_n_true_hits_within_the_window(driver):
+    d = driver("""
+        rules:
+          - id: visit
+            trigger: faces
+            condition: len(msg.faces) > 0
+            edge: false
+            for: {count: 3, within: 60s}
+            actions: [{log: visit}]
+    """)
+    face, empty = {"faces": [{"name": "owner"}]}, {"faces": []}
+    # a flickering detection: false frames in between do not restart the count
+    for t, data in [(0, face), (1, empty), (2, face), (3, empty), (30, face)]:
+        d.at(t, "faces", data)
+    assert d.fired("visit") == [30]
+    # the count starts afresh after a firing; hits older than the window drop out
+    for t in (40, 41, 102):
+        d.at(t, "faces", face)
+    assert d.fired("visit") == [30]  # 40 and 41 are more than 60 s before 102
+    d.at(103, "faces", face)
+    d.at(104, "faces", face)
+    assert d.fired("visit") == [30, 104]
+
+
+def test_windowed_count_is_checked_at_load():
+    for bad, message in [("{within: 60s}", "give {count: N}"),
+                         ("{count: 3, within: 0}", "within must be > 0"),
+                         ("{count: 3, seconds: 2}", "give {count: N}"),
+                         ("{count: 3, whithin: 60s}", "did you mean 'within'")]:
+        with pytest.raises(RulesError, match=message):
+            loads_rules(f"rules: [{{id: r, trigger: m, for: {bad}, actions: [{{log: x}}]}}]")
+
+
+def test_now_is_the_engines_monotonic_time(driver):
+    d = driver("""
+        rules:
+          - {id: r, trigger: m, edge: false, actions: [{log: "t=${now}"}]}
+    """)
+    assert [a.text for a in d.at(12.5, "m", {}) if isinstance(a, Log)] == ["t=12.5"]
