@@ -13,7 +13,8 @@ Messages and timer ticks go through the pure `Engine` in this node's event loop.
 happen inline; commands go to one worker thread per command output, so waiting for a slow
 actuator's acknowledgement never holds up the other rules (nor the other actuators). Every
 decision is journaled: rule_fired, command_sent, command_acked, command_failed, rule_error,
-rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its failures).
+rule_disabled, rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its
+failures).
 SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 """
 
@@ -31,8 +32,8 @@ from iotrt.codec import EncodeError
 from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
-    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleError, RulesError, Skipped,
-    load_rules,
+    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
+    RulesError, Skipped, StateSet, load_rules,
 )
 
 SPEC = NodeSpec(
@@ -54,6 +55,8 @@ SPEC = NodeSpec(
               "(never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
+        Param("expr_strikes", int, 3, "budget overruns after which a rule is disabled (until "
+                                      "the next reload)", min=1),
     ],
 )
 
@@ -144,7 +147,8 @@ class RuleNode:
         p = node.params
         self.rules_path = Path(p["rules"])
         self.python = [Path(x) for x in p["python"]]
-        self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0)
+        self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0,
+                             max_strikes=p["expr_strikes"])
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
         self.sender.quiet = self._quiet_rules()
@@ -221,8 +225,13 @@ class RuleNode:
                 node.log.info("rule %s: %s", rule, text)
             case Skipped(rule, reason):
                 node.log.debug("rule %s skipped: %s", rule, reason)
+            case StateSet(rule, values):
+                node.log.debug("rule %s set %s", rule, values)
             case RuleError(rule, where, message):
                 self.report(rule, f"{message} (rule at {where})")
+            case RuleDisabled(rule, where, reason):
+                node.log.error("rule %s (at %s) disabled: %s", rule, where, reason)
+                node.record("rule_disabled", rule=rule, where=where, reason=reason)
 
     def report(self, rule: str, message: str) -> None:
         now = time.monotonic()
