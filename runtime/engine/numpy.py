@@ -5,11 +5,14 @@ the artifact's memory plan) and to its prepared weights, so `run` is a flat loop
 that allocates nothing for convolutions, pooling and elementwise ops in steady state (rare ops
 fall back to the reference kernels, which allocate).
 
-Convolution: a 1x1 stride-1 conv is one GEMM on the input as it lies; any other conv builds
-its im2col matrix from the kernel's shifted slices into a scratch buffer shared by all convs
-(only the border strips that fall into padding are zeroed), then one batched
-`np.matmul(..., out=)` over the groups (depthwise included) writes the output, often straight
-into a concat slice, and the bias and fused activation are applied in place.
+Convolution: a 1x1 stride-1 conv is one GEMM on the input as it lies. Depthwise and grouped
+convs (and dense ones whose output is wide enough) copy the input once into zero-bordered phase
+planes and build their im2col matrix from "wide rows" of them (see `_build_wide`): one strided
+copy per plane with long inner loops, then one batched `np.matmul(..., out=)` over the groups.
+Other convs build the im2col matrix from the kernel's shifted slices (only the border strips
+that fall into padding are zeroed), then one GEMM. The scratch buffers are shared by all convs;
+outputs go straight into their arena slot (often a concat slice), and the bias and fused
+activation are applied in place.
 """
 
 from __future__ import annotations
@@ -55,6 +58,22 @@ class _Scratch:
 
     def need(self, shape, dtype) -> None:
         self.nbytes = max(self.nbytes, math.prod(shape) * np.dtype(dtype).itemsize)
+
+    def need_parts(self, parts) -> None:
+        self.nbytes = max(self.nbytes, sum(self._aligned(shape, dtype) for shape, dtype in parts))
+
+    def parts(self, parts) -> list[np.ndarray]:
+        """Views of consecutive (aligned) regions of the buffer, one per (shape, dtype)."""
+        views, off = [], 0
+        for shape, dtype in parts:
+            n = math.prod(shape) * np.dtype(dtype).itemsize
+            views.append(self.buf[off:off + n].view(dtype).reshape(shape))
+            off += self._aligned(shape, dtype)
+        return views
+
+    @staticmethod
+    def _aligned(shape, dtype) -> int:
+        return -(-math.prod(shape) * np.dtype(dtype).itemsize // 64) * 64
 
     def view(self, shape, dtype) -> np.ndarray:
         n = math.prod(shape) * np.dtype(dtype).itemsize
@@ -255,6 +274,10 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
             finish()
         return step_1x1
 
+    if group > 1 or 16 * ((kw - 1) * dw // sw) <= wo:
+        # grouped and depthwise convs always; dense ones when the wide rows are at most 1/16 wider
+        return _build_wide(m, x, w, y, bias, act, group, (sh, sw), (dh, dw), (pt, pl))
+
     # im2col for all channels at once: cols[c, tap] = input shifted by the tap. Viewed as
     # (group, cg * taps, pixels) it is every group's matrix, so one batched matmul does any
     # grouping: depthwise (cg = 1) included, with no per-tap multiply-add passes.
@@ -277,6 +300,94 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
             np.matmul(wg, colsg, out=yg[k])
         finish()
     return step_im2col
+
+
+def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin) -> Step:
+    """Convolution on "wide rows" of zero-bordered phase planes.
+
+    The input is copied once into phase planes (one plane for stride 1; for stride s, plane
+    (a, b) holds padded rows a, a+s, ... and columns b, b+s, ...), laid out so that each kernel
+    tap reads a *contiguous* run of its plane: output (oy, ox) of tap (i, j) sits at flat index
+    oy * width + ox + the tap's offset. Output rows are computed `width` wide (the extra columns
+    wrap into the next row and are dropped), so one strided copy per plane builds the whole
+    im2col matrix with long inner loops, one batched matmul over the groups reduces it (for a
+    depthwise conv, a 1 x taps GEMV per channel), and the crop to the real width is fused with
+    the bias add.
+    """
+    n, c, h, wd = x.shape
+    mo, cg, kh, kw = w.shape
+    mg = mo // group
+    ho, wo = y.shape[2:]
+    (sh, sw), (dh, dw), (pt, pl) = strides, dil, begin
+    dtype = x.dtype
+    item = dtype.itemsize
+    # tap (i, j) reads plane ((i*dh) % sh, (j*dw) % sw) at row/column offset ((i*dh)//sh, (j*dw)//sw)
+    qh = [(i * dh) // sh for i in range(kh)]
+    qw = [(j * dw) // sw for j in range(kw)]
+    rows, width = ho + qh[-1] + 1, wo + qw[-1]  # one slack row: the last tap reads past the end
+    span = ho * width
+    planes = sorted({((i * dh) % sh, (j * dw) % sw) for i in range(kh) for j in range(kw)})
+    fills = []  # per plane: (plane index, destination window, source window, zero strips)
+    for p, (ra, cb) in enumerate(planes):
+        r0, r1 = _ranges(rows, h, ra - pt, sh)
+        q0, q1 = _ranges(width, wd, cb - pl, sw)
+        src = (slice(r0 * sh + ra - pt, (r1 - 1) * sh + ra - pt + 1, sh) if r1 > r0 else slice(0, 0),
+               slice(q0 * sw + cb - pl, (q1 - 1) * sw + cb - pl + 1, sw) if q1 > q0 else slice(0, 0))
+        strips = [(slice(0, r0), slice(None)), (slice(r1, None), slice(None)),
+                  (slice(r0, r1), slice(0, q0)), (slice(r0, r1), slice(q1, None))]
+        strips = [s for s in strips if _nonempty(s, rows, width)]
+        fills.append((p, (slice(r0, r1), slice(q0, q1)), src, strips))
+    # taps grouped by plane; within a plane the offsets step evenly in i and in j
+    order, groups = [], []
+    for p, (ra, cb) in enumerate(planes):
+        ii = [i for i in range(kh) if (i * dh) % sh == ra]
+        jj = [j for j in range(kw) if (j * dw) % sw == cb]
+        groups.append((p, len(order), ii, jj))
+        order += [i * kw + j for i in ii for j in jj]
+    taps = len(order)
+    wt = np.ascontiguousarray(w.reshape(group, mg, cg, kh * kw)[..., order].reshape(group, mg, cg * taps))
+    bias3 = None if bias is None else bias.reshape(mo, 1, 1)
+    parts = [((len(planes), c, rows, width), dtype), ((c, taps, span), dtype), ((group, mg, span), dtype)]
+    m._scratch.need_parts(parts)
+    scratch = m._scratch
+    views = []
+
+    def bind() -> None:
+        plane, cols, acc = scratch.parts(parts)
+        cs = plane.strides[1]
+        copies = []
+        for p, i0, ii, jj in groups:
+            base = plane[p].reshape(-1)[qh[ii[0]] * width + qw[jj[0]]:]
+            si = (qh[ii[1]] - qh[ii[0]]) * width * item if len(ii) > 1 else 0
+            sj = (qw[jj[1]] - qw[jj[0]]) * item if len(jj) > 1 else 0
+            src = np.lib.stride_tricks.as_strided(
+                base, (c, len(ii), len(jj), span), (cs, si, sj, item), writeable=False)
+            dst = cols[:, i0:i0 + len(ii) * len(jj)].reshape(c, len(ii), len(jj), span)
+            copies.append((dst, src))
+        wide = acc.reshape(mo, ho, width)[:, :, :wo]
+        views.extend([plane, cols.reshape(group, cg * taps, span), acc, copies, wide])
+
+    def step() -> None:
+        if not views:
+            bind()
+        plane, cols, acc, copies, wide = views
+        for k in range(n):
+            xk = x[k]
+            for p, dst, src, strips in fills:
+                pk = plane[p]
+                pk[:, dst[0], dst[1]] = xk[:, src[0], src[1]]
+                for sy, sx in strips:
+                    pk[:, sy, sx] = 0
+            for dst, src in copies:
+                np.copyto(dst, src)
+            np.matmul(wt, cols, out=acc)
+            if bias3 is None:
+                np.copyto(y[k], wide)
+            else:
+                np.add(wide, bias3, out=y[k])
+        if act:
+            act()
+    return step
 
 
 def _nonempty(strip, ho, wo) -> bool:

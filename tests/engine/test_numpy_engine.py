@@ -1,6 +1,6 @@
 """The numpy backend's fast paths against onnxruntime, and its memory behaviour.
 
-The conv fast paths (1x1 GEMM, depthwise multiply-accumulate, im2col with border strips) are
+The conv fast paths (1x1 GEMM, depthwise on wide rows of phase planes, im2col with border strips) are
 chosen by geometry, so each geometry is built here and compared with onnxruntime.
 """
 
@@ -54,6 +54,13 @@ CONVS = {
     "depthwise": ((1, 8, 10, 10), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
     "depthwise stride 2 5x5": ((1, 6, 13, 13), (6, 1, 5, 5), {"group": 6, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
     "depthwise multiplier 2": ((1, 4, 7, 7), (8, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    "depthwise multiplier 3 stride 2": ((1, 3, 9, 8), (9, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    "depthwise dilation 2": ((1, 5, 11, 12), (5, 1, 3, 3), {"group": 5, "dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    "depthwise stride 3 dilation 2": ((1, 4, 17, 15), (4, 1, 3, 3), {"group": 4, "strides": [3, 3], "dilations": [2, 2], "pads": [1, 2, 0, 1]}),
+    "depthwise 5x1 stride 2x1 batch 2": ((2, 6, 12, 7), (6, 1, 5, 1), {"group": 6, "strides": [2, 1], "pads": [2, 0, 2, 0]}),
+    "depthwise no pads": ((1, 7, 6, 6), (7, 1, 3, 3), {"group": 7}),
+    "depthwise pad wider than kernel": ((1, 3, 4, 5), (3, 1, 2, 2), {"group": 3, "pads": [3, 2, 3, 3]}),
+    "depthwise same upper stride 2": ((1, 8, 16, 16), (8, 1, 3, 3), {"group": 8, "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
     "1x1": ((1, 16, 6, 6), (8, 16, 1, 1), {}),
     "1x1 stride 2": ((1, 16, 7, 7), (8, 16, 1, 1), {"strides": [2, 2]}),
     "same lower": ((1, 3, 8, 8), (4, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
