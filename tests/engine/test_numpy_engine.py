@@ -90,6 +90,11 @@ POOLS = {
     "avg 3x3 pads incl": ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
                                           "count_include_pad": 1}),
     "avg 3x3 s2 ceil": ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    "max 2x2 s2": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "max 3x2 dilation 2x1 s1x2": ("MaxPool", {"kernel_shape": [3, 2], "dilations": [2, 1], "strides": [1, 2]}),
+    "max 1x3 pads": ("MaxPool", {"kernel_shape": [1, 3], "pads": [0, 1, 0, 2]}),
+    "max 3x1 s3": ("MaxPool", {"kernel_shape": [3, 1], "strides": [3, 3]}),
+    "avg 2x3 s2 asymmetric pads": ("AveragePool", {"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 0, 0, 2]}),
 }
 
 
