@@ -139,8 +139,11 @@ class NumpyModel:
         # zeros broadcast over y viewed as rows it runs the SIMD one (3-5x faster here).
         self._zero_row = np.zeros(ZERO_ROW, np.float64)
         self._zero_row.flags.writeable = False
+        self._shuffled, self._skipped = _channel_shuffles(g)
         self._steps: list[tuple[Node, Step]] = []
         for node in g.nodes:
+            if node.name in self._skipped:
+                continue
             builder = BUILDERS.get(node.op, _build_generic)
             step = builder(self, node)
             if step is not None:
@@ -205,6 +208,50 @@ class NumpyModel:
 
 
 # ---- builders: node -> closure over fixed views ---------------------------------------------
+
+
+def _channel_shuffles(g) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
+    """ShuffleNet's channel shuffle, Reshape (n, c, h, w) -> (n, g, c/g, h, w), Transpose
+    (0, 2, 1, 3, 4), Reshape back, read only by depthwise convs: those convs read the shuffled
+    channels straight from the unshuffled tensor while they copy it into their planes anyway,
+    so the Transpose (and the copy it makes) disappears.
+
+    Returns (shuffled tensor -> (source tensor, g, c/g), names of the nodes that need no step).
+    """
+    producers, users = g.producers(), g.consumers()
+    shuffled: dict[str, tuple[str, int, int]] = {}
+    skipped: set[str] = set()
+    for t in g.nodes:
+        if t.op is not Op.TRANSPOSE or list(t.attrs.get("perm") or []) != [0, 2, 1, 3, 4]:
+            continue
+        r1 = producers.get(t.inputs[0])
+        after = users.get(t.outputs[0], [])
+        if r1 is None or r1.op is not Op.RESHAPE or len(after) != 1 or after[0].op is not Op.RESHAPE:
+            continue
+        r2 = after[0]
+        src, out = r1.inputs[0], r2.outputs[0]
+        if (src not in g.shapes or len(g.shapes[src]) != 4 or g.shapes[out] != g.shapes[src]
+                or {t.outputs[0], out, r1.outputs[0]} & set(g.outputs)
+                or len(users.get(r1.outputs[0], [])) != 1):
+            continue
+        n, c, h, w = g.shapes[src]
+        _, groups, per, _, _ = g.shapes[t.inputs[0]]
+        convs = users.get(out, [])
+        if not convs or not all(_is_plane_conv(g, conv) for conv in convs):
+            continue
+        shuffled[out] = (src, groups, per)
+        skipped.update((t.name, r2.name))
+    return shuffled, skipped
+
+
+def _is_plane_conv(g, node: Node) -> bool:
+    """A conv `_build_conv` runs with `_build_wide` (depthwise, kernel larger than 1x1)."""
+    if node.op is not Op.CONV or node.inputs[1] not in g.consts:
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in g.consts:
+        return False
+    w = g.consts[node.inputs[1]]
+    return w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and w.shape[1] == 1 and w.shape[2] * w.shape[3] > 1
 
 
 def _build_generic(m: NumpyModel, node: Node) -> Step:
@@ -300,8 +347,14 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
             finish()
         return step_1x1
 
+    shuffle = m._shuffled.get(node.inputs[0])
     if group > 1:
-        return _build_wide(m, x, w, y, bias, act, group, (sh, sw), (dh, dw), (pt, pl))
+        if shuffle is not None:
+            src, g, per = shuffle
+            shuffle = (m.t(src), g, per)
+        return _build_wide(m, x, w, y, bias, act, group, (sh, sw), (dh, dw), (pt, pl), shuffle)
+    if shuffle is not None:
+        raise EngineError(f"conv '{node.name}' was expected to read its channel shuffle itself")
 
     # im2col for all channels at once: cols[c, tap] = input shifted by the tap. Viewed as
     # (group, cg * taps, pixels) it is every group's matrix, so one batched matmul does any
@@ -327,7 +380,7 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
     return step_im2col
 
 
-def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin) -> Step:
+def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, shuffle=None) -> Step:
     """Convolution on "wide rows" of zero-bordered phase planes.
 
     The input is copied once into phase planes (one plane for stride 1; for stride s, plane
@@ -338,6 +391,8 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin) -
     im2col matrix with long inner loops, one batched matmul over the groups reduces it (for a
     depthwise conv, a 1 x taps GEMV per channel), and the crop to the real width is fused with
     the bias add.
+
+    `shuffle` = (source, g, c/g): x is source's channel shuffle, read from source directly.
     """
     n, c, h, wd = x.shape
     mo, cg, kh, kw = w.shape
@@ -387,6 +442,16 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin) -
     def bind() -> None:
         plane, cols, acc = scratch.parts(parts)
         cs = plane.strides[1]
+        fill_views = []
+        for k in range(n):
+            for p, dst, src, strips in fills:
+                pk, xk = plane[p], x[k]
+                if shuffle is not None:
+                    source, g, per = shuffle
+                    xk = source[k].reshape(g, per, h, wd).transpose(1, 0, 2, 3)
+                    pk = pk.reshape(per, g, rows, width)
+                fill_views.append((k, pk[..., dst[0], dst[1]], xk[..., src[0], src[1]],
+                                   [pk[..., sy, sx] for sy, sx in strips]))
         for g0, g1 in blocks:
             c0, c1, nb = g0 * cg, g1 * cg, g1 - g0
             copies = []
@@ -403,19 +468,19 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin) -
             b = None if bias3 is None else bias3[o0:o1]
             bound.append((copies, wt[g0:g1], cols[:c1 - c0].reshape(nb, cg * taps, span), acc[:nb],
                           wide, b, slice(o0, o1)))
-        bound.append(plane)
+        bound.append(fill_views)
 
     def step() -> None:
         if not bound:
             bind()
-        plane = bound[-1]
+        fill_views = bound[-1]
         for k in range(n):
-            xk, yk = x[k], y[k]
-            for p, dst, src, strips in fills:
-                pk = plane[p]
-                pk[:, dst[0], dst[1]] = xk[:, src[0], src[1]]
-                for sy, sx in strips:
-                    pk[:, sy, sx] = 0
+            yk = y[k]
+            for kk, dst, src, strips in fill_views:
+                if kk == k:
+                    np.copyto(dst, src)
+                    for strip in strips:
+                        strip.fill(0)
             for copies, wb, cols, acc, wide, b, out in bound[:-1]:
                 for dst, src in copies:
                     np.copyto(dst, src)

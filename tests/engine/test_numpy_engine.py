@@ -142,3 +142,25 @@ def test_steady_state_run_allocates_only_its_outputs(tmp_path):
     # the arena alone is 2 MB; a run allocates its two output arrays, plus numpy's transient
     # ufunc buffers (8192 elements per operand) when an operand is a strided view
     assert peak < outputs + 160 * 1024, f"peak {peak} bytes allocated during one run"
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_channel_shuffle_is_read_by_the_depthwise_conv_without_a_transpose(tmp_path, also_read):
+    """ShuffleNet's Reshape -> Transpose -> Reshape feeding a depthwise conv: the conv reads the
+    shuffled channels from the unshuffled tensor (no Transpose step), unless someone else also
+    reads the shuffled tensor."""
+    x_shape = (2, 12, 7, 9)
+    inits = {"s5": np.array([2, 3, 4, 7, 9], np.int64), "s4": np.array([2, 12, 7, 9], np.int64),
+             "w": RNG.standard_normal((12, 1, 3, 3)).astype(np.float32),
+             "b": RNG.standard_normal(12).astype(np.float32)}
+    nodes = [helper.make_node("Reshape", ["x", "s5"], ["r5"]),
+             helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "s4"], ["sh"]),
+             helper.make_node("Conv", ["sh", "w", "b"], ["c"], group=12, strides=[2, 1], pads=[1, 1, 1, 1])]
+    nodes.append(helper.make_node("Add", ["c", "c"] if not also_read else ["c", "sh2"], ["y"]))
+    if also_read:  # the shuffled tensor is read by a pool too: the Transpose must run
+        nodes.insert(4, helper.make_node("MaxPool", ["sh"], ["sh2"], kernel_shape=[1, 1], strides=[2, 1]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    ops = [node.op.value for node, _ in compiled._steps]
+    assert ("Transpose" in ops) is also_read
