@@ -331,15 +331,32 @@ def select(
     i.e. an artifact that was not loaded from a file).
     """
     key = device_key(artifact, threads) if artifact is not None else {"threads": str(threads)}
-    cached = read_cache(artifact, key) if artifact is not None else None
-    if cached is not None and cached.backend in names:
-        try:
-            model = build(cached.backend)
-        except Exception as exc:  # noqa: BLE001  e.g. its package was removed: measure again
-            log.warning("auto: cached choice %s no longer loads (%s); measuring again", cached.backend, exc)
-        else:
-            log.info("auto: %s (cached in %s)", cached.backend, cache_path(artifact))
-            return model, cached
+    found = cached(artifact, key, names, build)
+    if found is not None:
+        return found
+    return first_choice(artifact, key, names, build, feeds, budget, clock)
+
+
+def cached(artifact: Path | None, key: dict[str, str], names: list[str],
+           build: Callable[[str], object]) -> tuple[object, Choice] | None:
+    """(model, choice) from a valid cache whose backend still loads, else None."""
+    choice = read_cache(artifact, key) if artifact is not None else None
+    if choice is None or choice.backend not in names:
+        return None
+    try:
+        model = build(choice.backend)
+    except Exception as exc:  # noqa: BLE001  e.g. its package was removed: measure again
+        log.warning("auto: cached choice %s no longer loads (%s); measuring again", choice.backend, exc)
+        return None
+    log.info("auto: %s (cached in %s)", choice.backend, cache_path(artifact))
+    return model, choice
+
+
+def first_choice(artifact: Path | None, key: dict[str, str], names: list[str],
+                 build: Callable[[str], object], feeds: Mapping[str, np.ndarray],
+                 budget: Budget = Budget(), clock: Callable[[], float] = time.perf_counter,
+                 ) -> tuple[object, Choice]:
+    """Build every backend, measure, cache the choice; returns (chosen model, choice)."""
     built, rejected = build_all(names, build)
     runs = {name: (lambda b=b: b.run(feeds)) for name, b in built.items()}
     verdict, rounds, wrong = measure(runs, budget, clock)
@@ -429,11 +446,15 @@ class AutoModel:
         if self._job is not None:
             self._countdown -= 1
             if self._countdown <= 0:
-                job, self._job = self._job, None
-                self._thread = threading.Thread(target=self._recheck, args=(job,),
-                                                name="iotrt-auto-recheck", daemon=True)
-                self._thread.start()
+                self.start(self._job)
         return self._model.run(feeds)
+
+    def start(self, job: Callable[[], tuple[Choice, object]]) -> None:
+        """Run `job` (-> (choice, a fresh model of its backend)) in the background now."""
+        self._job = None
+        self._thread = threading.Thread(target=self._recheck, args=(job,),
+                                        name="iotrt-auto-recheck", daemon=True)
+        self._thread.start()
 
     def _recheck(self, job: Callable[[], tuple[Choice, object]]) -> None:
         try:
@@ -441,7 +462,7 @@ class AutoModel:
         except Exception:  # noqa: BLE001  a failed re-check keeps the working choice
             log.exception("auto re-check failed; keeping %s", self.choice.backend)
             return
-        if choice.backend != self.choice.backend:
+        if choice.backend != self._model.backend:
             self._model = model  # one attribute store: the next run() uses it
         self.choice = choice
 
@@ -453,8 +474,34 @@ class AutoModel:
         return True
 
 
-def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int):
-    """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend."""
+def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int,
+              background: bool = False):
+    """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend.
+
+    With `background` and no cached choice yet, the model starts on the numpy reference at once
+    and the first measurement runs in a background thread (on its own instances), switching to
+    its winner when done: a node's first result does not wait for every backend to load and be
+    timed.
+    """
     feeds = random_feeds(art.inputs)
-    model, choice = select(path, names, build, feeds, threads)
-    return AutoModel(model, choice, lambda: recheck(path, choice, names, build, feeds))
+    key = device_key(path, threads) if path is not None else {"threads": str(threads)}
+
+    def again(choice: Choice) -> Callable[[], tuple[Choice, object]]:
+        return lambda: recheck(path, choice, names, build, feeds)
+
+    found = cached(path, key, names, build)
+    if found is not None:
+        model, choice = found
+        return AutoModel(model, choice, again(choice))
+    if not background:
+        model, choice = first_choice(path, key, names, build, feeds)
+        return AutoModel(model, choice, again(choice))
+    provisional = Choice(REFERENCE, {}, 0, {}, key, {}, settled=False)
+    auto = AutoModel(build(REFERENCE), provisional, None)
+
+    def measure_first() -> tuple[Choice, object]:
+        model, choice = first_choice(path, key, names, build, feeds)
+        return choice, model
+
+    auto.start(measure_first)
+    return auto

@@ -297,3 +297,39 @@ def test_recheck_keeps_the_incumbent_within_the_margin(artifact):
     later = {"numpy": 0.0095, "opencv": 0.0097}  # numpy now 2% ahead: not worth a switch
     new, model = autotune.recheck(artifact, choice, list(later), make_builder(clock, later, []), FEEDS, FAST, clock)
     assert new.backend == "opencv" == model.name and new.settled
+
+
+class SleepyBackend:
+    """Really takes `cost` seconds per run (load_auto times with the real clock)."""
+
+    def __init__(self, name, cost):
+        self.backend, self.cost = name, cost
+        self.inputs, self.outputs, self.meta = [], [], {}
+
+    def run(self, feeds):
+        import time
+
+        time.sleep(self.cost)
+        return {"y": np.ones((2, 3), np.float32)}
+
+
+def test_first_measurement_in_the_background_starts_on_numpy_then_switches(artifact):
+    class Art:
+        inputs = []
+
+    built = []
+
+    def build(name):
+        built.append(name)
+        return SleepyBackend(name, {"numpy": 0.004, "opencv": 0.0}[name])
+
+    auto = autotune.load_auto(Art(), artifact, ["numpy", "opencv"], build, 1, background=True)
+    assert auto.backend == "numpy" and built[0] == "numpy"  # usable at once, on the reference
+    auto.run({})
+    assert auto.wait_recheck(30)
+    assert auto.backend == "opencv" and auto.choice.settled
+    assert json.loads(autotune.cache_path(artifact).read_text())["backend"] == "opencv"
+    # the next process finds the cache: no numpy first, nothing measured
+    built.clear()
+    again = autotune.load_auto(Art(), artifact, ["numpy", "opencv"], build, 1, background=True)
+    assert again.backend == "opencv" and built == ["opencv"] and again.wait_recheck(0)
