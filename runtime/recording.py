@@ -135,7 +135,7 @@ class RecordWriter:
     @property
     def bytes(self) -> int:
         """Bytes in the file so far (flushed chunks; the open chunk is not counted)."""
-        return self._file.tell()
+        return self._size if self._file.closed else self._file.tell()
 
     def _channel(self, topic: str, kind: str) -> int:
         key = (topic, kind)
@@ -187,6 +187,7 @@ class RecordWriter:
             "drops": json.dumps(dict(self.drops)), "counts": json.dumps(dict(self.counts)),
             "end_wall_ns": str(time.time_ns())})
         self._mcap.finish()
+        self._size = self._file.tell()
         self._file.close()
 
     def __enter__(self) -> RecordWriter:
