@@ -125,7 +125,7 @@ class Clips:
         self.ring.add(e)
         now = time.monotonic()
         for clip in list(self.open):
-            if e.stamp_ns >= clip.start_ns:
+            if clip.start_ns <= e.stamp_ns <= clip.end_ns:
                 self._write(clip, e)
             clip.last_arrival = now
             if e.stamp_ns > clip.end_ns:
@@ -149,7 +149,8 @@ class Clips:
                          **{k: data[k] for k in ("rule", "who") if k in data}},
                         time.monotonic())
         for e in self.ring.since(clip.start_ns):
-            self._write(clip, e)
+            if e.stamp_ns <= clip.end_ns:
+                self._write(clip, e)
         self.open.append(clip)
 
     def _write(self, clip: OpenClip, e: Entry) -> None:

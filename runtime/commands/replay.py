@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         print(f"iotrt replay: {args.graph} is invalid; nothing was started", file=sys.stderr)
         return 1
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix=f"iotrt-replay-{graph.name}-"))
     runtime_dir = default_runtime_root() / f"replay-{os.getpid()}"
+    state_dir = args.state_dir or Path(tempfile.gettempdir()) / "iotrt-replay-unused"
     try:
         plan = replay_graph(graph, info, topics=[t for t in args.topics.split(",") if t],
                             rate=args.rate, start_s=args.start, end_s=args.end,
@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         print(f"iotrt replay: {exc}; nothing was started", file=sys.stderr)
         return 1
+    if args.state_dir is None:   # a fresh folder, made only once the replay can start
+        state_dir = Path(tempfile.mkdtemp(prefix=f"iotrt-replay-{graph.name}-"))
+        plan.graph.state_dir = state_dir / graph.name
     level = args.log_level or ("DEBUG" if args.verbose else "WARNING")
     logging.getLogger("iotrt").setLevel(level)
     print(f"replaying {len(plan.played)} topic(s) of {args.file} "
