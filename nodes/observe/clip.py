@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotrt.codec import CodecError
+from iotrt.codec import CodecError, Encoder
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.recording import RecordingError, RecordWriter, encode
 
@@ -118,9 +118,10 @@ class Clips:
         self.ring = Ring(int(p["ring_mb"] * 1e6), p["before_max_s"])
         self.folder = Path(p["dir"] or Path(node.config.state_dir or ".") / "clips")
         self.open: list[OpenClip] = []
+        self.encoder = Encoder()
 
     def keep(self, env) -> None:
-        kind, payload = encode(env, "jpeg", self.p["quality"])
+        kind, payload = encode(env, "jpeg", self.p["quality"], self.encoder)
         e = Entry(env.topic, kind, payload, env.seq, env.stamp_ns, time.monotonic_ns())
         self.ring.add(e)
         now = time.monotonic()

@@ -117,8 +117,9 @@ def main(node: Node) -> None:
                 raise SystemExit(f"node {node.id!r}: {exc}") from None
             if not more:
                 done = True
-                node.log.info("replay done: %d message(s)", player.sent)
+                elapsed = time.monotonic() - player.t0
+                node.log.info("replay done: %d message(s) in %.2f s", player.sent, elapsed)
                 node.record("replay_done", sync=True, messages=player.sent,
-                            file=node.params["file"])
+                            seconds=round(elapsed, 4), file=node.params["file"])
     finally:
         player.close()
