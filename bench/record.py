@@ -128,7 +128,8 @@ def main() -> int:
             r = results[frames] = record(env, tmp / f"{frames}.mcap", frames, args.seconds)
             print(f"record {frames:4} {args.seconds:g} s at {args.fps:g} fps: "
                   f"CPU {r['cpu_pct']:5.1f} % of a core ({r['ms_per_frame']:.2f} ms/frame, "
-                  f"{r['ms_per_frame'] / ref_ms:.2f}x the JPEG reference), RSS {r['rss_mb']:.0f} MB, "
+                  f"{r['ms_per_frame'] / ref_ms:.2f}x the JPEG reference), "
+                  f"RSS {r['rss_mb']:.0f} MB, "
                   f"{r['mb_per_min']:.0f} MB/min, {r['frames']} frames ({r['fps']:.1f}/s), "
                   f"{r['drops']} dropped")
         j = results["jpeg"]
