@@ -9,7 +9,8 @@ MCAP clip around each event it is sent (e.g. by a rule: a visitor at the door).
         event: rules/clip                       # a rule's `publish: clip` action
 
 An event is any message on the input named `event` (param `trigger`), e.g.
-`{before: 5, after: 3, reason: visitor}`; its stamp (the capture time of what the rule saw)
+`{before: 5, after: 3, reason: visitor, topics: [cam/image]}` (topics: default all inputs);
+its stamp (the capture time of what the rule saw)
 is the clip's centre. The clip holds every ring message stamped from `before` seconds before
 it (as far back as the ring reaches) to `after` seconds after it, then is written to
 `<dir>/<UTC time>-<reason>.mcap` and journaled as `clip_saved` with its path. Frames are
@@ -99,6 +100,7 @@ class OpenClip:
     end_ns: int
     fields: dict[str, Any]
     last_arrival: float
+    topics: frozenset[str] | None = None   # None: every input
     frames: int = 0
 
 
@@ -138,6 +140,9 @@ class Clips:
         before = _seconds(data.get("before"), p["before_s"], p["before_max_s"])
         after = _seconds(data.get("after"), p["after_s"], 600.0)
         reason = _REASON_RE.sub("_", str(data.get("reason", "event")))[:40] or "event"
+        wanted = data.get("topics")
+        topics = (frozenset(t for t in wanted[:64] if isinstance(t, str))
+                  if isinstance(wanted, list) else None)
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         path = self.folder / f"{stamp}-{reason}.mcap"
@@ -148,13 +153,15 @@ class Clips:
                         env.stamp_ns + int(after * 1e9),
                         {"reason": reason, "before_s": before, "after_s": after,
                          **{k: data[k] for k in ("rule", "who") if k in data}},
-                        time.monotonic())
+                        time.monotonic(), topics)
         for e in self.ring.since(clip.start_ns):
             if e.stamp_ns <= clip.end_ns:
                 self._write(clip, e)
         self.open.append(clip)
 
     def _write(self, clip: OpenClip, e: Entry) -> None:
+        if clip.topics is not None and e.topic not in clip.topics:
+            return
         clip.writer.write_encoded(e.topic, e.kind, e.payload, e.seq, e.stamp_ns, e.log_time_ns)
         clip.frames += e.kind == "jpeg"
 

@@ -268,3 +268,16 @@ def test_clip_node_ignores_bad_before_after(tmp_path):
     node.run()
     (_, f), = [r for r in node.records if r[0] == "clip_saved"]
     assert f["before_s"] == 1.0 and f["after_s"] == 0.0 and f["frames"] == 1
+
+
+def test_clip_keeps_only_the_topics_asked_for(tmp_path):
+    node = Node.for_test(clip_node, params={"dir": str(tmp_path), "after_s": 0.0})
+    for k in range(3):
+        node.feed("image", frame(k), stamp_ns=(k + 1) * 100_000_000, src="cam")
+        node.feed("faces", {"faces": []}, stamp_ns=(k + 1) * 100_000_000, src="who")
+    node.feed("event", {"before": 1, "topics": ["who/faces"]}, stamp_ns=300_000_000)
+    node.feed("faces", {"faces": []}, stamp_ns=400_000_000, src="who")
+    node.run()
+    (_, f), = [r for r in node.records if r[0] == "clip_saved"]
+    assert {m.topic for m in Recording(f["path"]).messages()} == {"who/faces"}
+    assert f["frames"] == 0 and f["messages"] == 3
