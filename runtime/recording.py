@@ -48,6 +48,7 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 # is 25 MB, a chunk holds one message or ~1 MB of them.
 RECORD_LIMIT = 256 << 20
 CHUNK_BYTES = 1 << 20
+MAX_TRACE = 1024          # hops kept in a recorded trace (the bus keeps 128)
 
 _ENVELOPE_SCHEMA = {
     "title": "iotrt envelope",
@@ -328,7 +329,8 @@ class Recording:
                 f"{self.path}: truncated: {info.error} (was the recorder killed?); "
                 f"the {info.messages} message(s) before that are readable with --partial")
 
-    def _scan(self, topics: set[str] | None, decode: bool, info: Info) -> Iterator[Recorded]:
+    def _scan(self, topics: set[str] | None, decode: bool, info: Info,
+              frames: bool = True) -> Iterator[Recorded]:
         channels: dict[int, tuple[str, str]] = {}
         schemas: dict[int, Schema] = {}
         for record in self._records(info):
@@ -362,12 +364,20 @@ class Recording:
                 t.first_ns = record.log_time if t.first_ns is None else t.first_ns
                 t.last_ns = record.log_time
                 if decode and (topics is None or topic in topics):
-                    yield _decode(self.path, topic, kind, record)
+                    yield _decode(self.path, topic, kind, record, frames)
 
     def info(self) -> Info:
         """Scan the whole file: topics, counts, times, drops (raises like `messages`)."""
         info = Info(self.path, self.path.stat().st_size if self.path.exists() else 0, {})
         for _ in self._scan(None, False, info):
+            pass
+        return info
+
+    def check(self) -> Info:
+        """`info()`, and every message's envelope checked (JPEG frames are not decoded): what
+        a replay does before it starts anything."""
+        info = Info(self.path, self.path.stat().st_size if self.path.exists() else 0, {})
+        for _ in self._scan(None, True, info, frames=False):
             pass
         return info
 
@@ -378,17 +388,26 @@ class Recording:
         return self._scan(topics, True, info)
 
 
-def _decode(path: Path, topic: str, kind: str, record: Message) -> Recorded:
+def _decode(path: Path, topic: str, kind: str, record: Message, frames: bool) -> Recorded:
     try:
         m = unpack(record.data)
     except CodecError as exc:
         raise RecordingError(f"{path}: message {record.sequence} on {topic}: {exc}") from None
-    if not isinstance(m, dict) or not {"seq", "stamp_ns", "src", "trace", "data"} <= set(m):
-        raise RecordingError(f"{path}: message {record.sequence} on {topic} is not an envelope")
+    if not (isinstance(m, dict) and {"seq", "stamp_ns", "src", "trace", "data"} <= set(m)
+            and all(_is_int63(m[k]) for k in ("seq", "stamp_ns")) and isinstance(m["src"], str)
+            and isinstance(m["trace"], list) and len(m["trace"]) <= MAX_TRACE):
+        raise RecordingError(f"{path}: message {record.sequence} on {topic} is not an envelope "
+                             f"(seq, stamp_ns: integers 0..2^63-1; src: text; trace: a list)")
     data = m["data"]
-    if kind == "jpeg":
+    if kind == "jpeg" and frames:
         data = _unjpeg(path, topic, data)
+    elif kind == "jpeg" and not isinstance(data, bytes):
+        raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
     return Recorded(topic, m["seq"], m["stamp_ns"], m["src"], m["trace"], data, record.log_time)
+
+
+def _is_int63(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 1 << 63
 
 
 def _unjpeg(path: Path, topic: str, data: Any) -> np.ndarray:

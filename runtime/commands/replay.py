@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        info = Recording(args.file, partial=args.partial).info()
+        info = Recording(args.file, partial=args.partial).check()
     except RecordingError as exc:
         print(f"iotrt replay: {exc}; nothing was started", file=sys.stderr)
         return 1

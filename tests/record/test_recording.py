@@ -281,3 +281,30 @@ def test_clip_keeps_only_the_topics_asked_for(tmp_path):
     (_, f), = [r for r in node.records if r[0] == "clip_saved"]
     assert {m.topic for m in Recording(f["path"]).messages()} == {"who/faces"}
     assert f["frames"] == 0 and f["messages"] == 3
+
+
+def test_hostile_messages_inside_a_valid_file_are_refused(tmp_path):
+    """An MCAP file with iotrt's header whose messages lie: each is one clear error."""
+    from iotrt.codec import pack
+
+    cases = {"not msgpack": b"\xc1\xc1\xc1", "not a map": pack([1, 2]),
+             "seq as text": pack({"seq": "1", "stamp_ns": 1, "src": "a", "trace": [],
+                                  "data": None}),
+             "stamp past 2^63": pack({"seq": 1, "stamp_ns": (1 << 64) - 1, "src": "a", "trace": [],
+                                      "data": None})}
+    for name, payload in cases.items():
+        path = tmp_path / f"{name}.mcap"
+        with RecordWriter(path) as w:
+            w.write_encoded("a/b", "msgpack", payload, 0, 0)
+        assert Recording(path).info().messages == 1      # the container itself is fine
+        with pytest.raises(RecordingError) as exc:
+            list(Recording(path).messages())
+        assert "\n" not in str(exc.value), name
+        with pytest.raises(RecordingError):
+            Recording(path).check()                       # what a replay runs first
+    path = tmp_path / "jpeg.mcap"
+    with RecordWriter(path) as w:
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 0, "src": "cam",
+                                                   "trace": [], "data": b"not a jpeg"}), 0, 0)
+    with pytest.raises(RecordingError, match="not a readable JPEG"):
+        list(Recording(path).messages())
