@@ -23,4 +23,7 @@ NODES: dict[str, str] = {
     "mqtt": "iotrt.nodes.action.mqtt",
     "log": "iotrt.nodes.action.log",
     "snapshot": "iotrt.nodes.action.snapshot",
+    # observe: recordings (docs/record.md)
+    "recorder": "iotrt.nodes.observe.recorder",
+    "clip": "iotrt.nodes.observe.clip",
 }

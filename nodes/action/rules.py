@@ -57,6 +57,10 @@ SPEC = NodeSpec(
               min=1.0, max=10_000.0),
         Param("expr_strikes", int, 3, "budget overruns after which a rule is disabled (until "
                                       "the next reload)", min=1),
+        Param("clock", str, "monotonic",
+              "rule time: when a message arrives (monotonic), or its capture stamp (capture: "
+              "decisions then replay exactly; time advances only with messages)",
+              choices=("monotonic", "capture")),
     ],
 )
 
@@ -157,6 +161,8 @@ class RuleNode:
         # that input's capture stamp and trace, so capture -> decision latency is measurable
         # (bench/e2e.py) and `iotrt echo rules/decisions` shows what each message caused.
         self.decisions = DECISIONS in node.config.outputs
+        self.capture_clock = p["clock"] == "capture"
+        self._t = 0.0   # clock "capture": the rule time so far (never goes back)
         self._check_wiring()
 
     def _load(self):
@@ -180,9 +186,24 @@ class RuleNode:
         for out in sorted(publishes - set(cfg.outputs) - {DECISIONS}):
             log.warning("rules publish on %r, but no node subscribes to it", out)
 
+    def _capture_time(self, stamp_ns: int | None) -> float:
+        """Clock "capture" (iotrt replay, docs/record.md): the message's capture stamp is the
+        time; what fell due before it (holds, delays) runs first, at its own due time."""
+        t = max(self._t, (stamp_ns or 0) / 1e9)
+        while (due := self.engine.next_due()) is not None and due < t:
+            self._t = max(self._t, due)
+            for action in self.engine.handle(TICK, self._t):
+                self.execute(action)
+        self._t = t
+        return t
+
     def handle(self, event: Any) -> None:
         now = time.monotonic()
+        if self.capture_clock and event.kind == "timer":
+            return   # time stands still between messages
         if event.kind == "input":
+            if self.capture_clock:
+                now = self._capture_time(event.stamp_ns)
             env = event.envelope
             aliases = (env.topic,) if env is not None and env.topic else ()
             actions = self.engine.handle(Message(event.name, event.data, aliases), now)
