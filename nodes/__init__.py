@@ -23,4 +23,6 @@ NODES: dict[str, str] = {
     "mqtt": "iotrt.nodes.action.mqtt",
     "log": "iotrt.nodes.action.log",
     "snapshot": "iotrt.nodes.action.snapshot",
+    # observe
+    "web": "iotrt.nodes.observe.web",
 }
