@@ -38,9 +38,9 @@ log = logging.getLogger("iotrt.web")
 
 OVERLAY_MAX_AGE_NS = 500_000_000   # boxes older than the frame by more draw nothing
 MAX_BOXES = 32                      # boxes drawn per message (the rest are ignored)
-DETECTOR_COLOUR = (255, 255, 0)     # RGB: yellow, thin: what the detector found
-KNOWN_COLOUR = (0, 200, 0)          # green, thick: an enrolled person
-UNKNOWN_COLOUR = (255, 64, 0)       # orange-red, thick: anybody else
+DETECTOR_COLOUR = (255, 255, 0)     # RGB: yellow, on the box: what the detector found
+KNOWN_COLOUR = (0, 200, 0)          # green, 3 px out, named: an enrolled person
+UNKNOWN_COLOUR = (255, 64, 0)       # orange-red, 3 px out: anybody else
 
 
 def matching(topics: list[str], patterns: list[str]) -> list[str]:
@@ -94,12 +94,13 @@ def parse_overlay(data: Any) -> list[Box] | None:
 
 
 def annotate(frame: np.ndarray, overlays: list[list[Box]]) -> np.ndarray:
-    """A BGR copy of an RGB frame with the boxes drawn (detector thin, identity thick+name)."""
+    """A BGR copy of an RGB frame with the boxes drawn (detector on the box, identity around
+    it with the name)."""
     img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     for boxes in overlays:
         for b in boxes:
             if b.known is None:
-                cv2.rectangle(img, (b.x1, b.y1), (b.x2, b.y2), DETECTOR_COLOUR[::-1], 1)
+                cv2.rectangle(img, (b.x1, b.y1), (b.x2, b.y2), DETECTOR_COLOUR[::-1], 2)
                 continue
             colour = (KNOWN_COLOUR if b.known else UNKNOWN_COLOUR)[::-1]
             cv2.rectangle(img, (b.x1 - 3, b.y1 - 3), (b.x2 + 3, b.y2 + 3), colour, 2)
