@@ -111,7 +111,11 @@ def main(node: Node) -> None:
                       node.params["token_file"] or Path(cfg.state_dir or ".") / TOKEN_FILE)
         node.record("web_listening", url=web.url)
         node.ready()
-        for _event in node:     # heartbeats and reloads; the server runs in its own threads
-            pass
+        for event in node:      # heartbeats and reloads; the server runs in its own threads
+            if event.kind == "reload":   # SIGHUP (`iotrt reload web`): a new token takes effect
+                try:
+                    web.token = load_token(node.params, cfg.state_dir, node.log).encode()
+                except WebError as exc:
+                    node.log.error("%s; keeping the token in use", exc)
     finally:
         web.close()

@@ -103,6 +103,8 @@ class Web:
         self.registry.register(self.collector)
         self.collector.journal.start_at_end()
         self.slots = threading.BoundedSemaphore(params["max_clients"])
+        Gauge("iotrt_web_connections", "Connections being served",
+              registry=self.registry).set_function(lambda: self.server.active if self.server else 0)
         self.ssl = self._tls(params)
         self.server: _Server | None = None
         self._serving: threading.Thread | None = None
@@ -203,12 +205,17 @@ class _Server(ThreadingHTTPServer):
         self.web = web
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
+        self.active = 0               # connections being served (for the gauge)
+        self._count_lock = threading.Lock()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
 
     def process_request(self, request, client_address) -> None:
         # Bounded: beyond max_clients a connection gets a short 503 at once, not a thread.
-        if not self.web.slots.acquire(blocking=False):
+        if self.web.slots.acquire(blocking=False):
+            with self._count_lock:
+                self.active += 1
+        else:
             self.web.refused.inc()
             try:
                 request.setblocking(False)
@@ -232,6 +239,8 @@ class _Server(ThreadingHTTPServer):
                     return
             super().process_request_thread(request, client_address)
         finally:
+            with self._count_lock:
+                self.active -= 1
             self.web.slots.release()
 
     def serve(self) -> None:
@@ -285,8 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in {**HEADERS, **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def _json(self, obj: Any, code: int = 200) -> None:
         self._send(code, json.dumps(obj, default=str).encode(), "application/json")
@@ -315,9 +323,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes -----------------------------------------------------------------------------
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         path = url.path
@@ -328,6 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._metrics()
         if not self.web.authorized(self.headers, self._cookies()):
             return self._unauthorized()
+        if path == "/metrics":
+            return self._metrics()
         route = path.split("/")[1] or "page"
         self.web.requests.labels(route if route in ROUTES else "other").inc()
         if path == "/":
@@ -335,8 +342,6 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/logout":
             return self._send(303, b"", "text/plain", {
                 "Location": "/", "Set-Cookie": f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly"})
-        if path == "/metrics":
-            return self._metrics()
         if path == "/api/status":
             return self._json(self.web.status.snapshot())
         if path == "/api/live":
@@ -386,10 +391,10 @@ class _Handler(BaseHTTPRequestHandler):
             fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return self._error(404, "no such file")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return self._error(404, "no such file")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return self._error(404, "no such file")
             ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
             headers = {} if ctype.startswith("image/") else {
                 "Content-Disposition": f'attachment; filename="{name}"'}
@@ -445,4 +450,4 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True   # the client went away: nothing to answer
 
 
-ROUTES = {"page", "logout", "metrics", "api", "video", "media"}
+ROUTES = {"page", "logout", "api", "video", "media"}

@@ -314,7 +314,8 @@ class Taps:
     def _sync(self, now: float) -> None:
         want = self._wanted(now)
         for key in [k for k in self._taps if k not in want]:
-            tap = self._taps.pop(key)
+            with self._lock:
+                tap = self._taps.pop(key)
             self._sel.unregister(tap.sub.fileno())
             tap.sub.close()
             log.debug("web: unsubscribed from %s", key)
