@@ -40,20 +40,24 @@ class Graph:
 
     def __init__(self, runtime_dir: str) -> None:
         self.address = f"ipc://{Path(runtime_dir) / control.CONTROL_NAME}"
-        self._topics: dict[str, str] | None = None
+        self._table: dict[str, dict] | None = None
         self._lock = threading.Lock()
 
     def ps(self) -> dict:
         return control.call(self.address, "ps", timeout_s=2.0)
 
-    def topics(self) -> dict[str, str]:
-        """topic -> address (fixed for the graph's life, so asked once)."""
+    def table(self) -> dict[str, dict]:
+        """topic -> {address, subscribers: ["node.input", ...]} (fixed for the graph's life,
+        so asked once)."""
         with self._lock:
-            if self._topics is None:
+            if self._table is None:
                 reply = control.call(self.address, "topics", timeout_s=2.0)
-                self._topics = {t: v["address"] for t, v in reply["topics"].items()
-                                if not t.startswith("_")}
-            return self._topics
+                self._table = {t: v for t, v in reply["topics"].items() if not t.startswith("_")}
+            return self._table
+
+    def topics(self) -> dict[str, str]:
+        """topic -> address."""
+        return {t: v["address"] for t, v in self.table().items()}
 
 
 class JournalTail:
@@ -266,7 +270,12 @@ class GraphCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from self._nodes(ps.get("nodes", []))
+        rows = ps.get("nodes", [])
+        yield from self._nodes(rows)
+        try:
+            yield from self._topics(rows, self.graph.table())
+        except control.ControlError as exc:
+            log.warning("web: /metrics without the topic table: %s", exc)
         with self._lock:
             for ev in self.journal.new():
                 self.counters.add(ev)
@@ -309,3 +318,33 @@ class GraphCollector(Collector):
             rate_out.add_metric([node], row.get("out_per_s") or 0.0)
             drops.add_metric([node], row.get("drops") or 0)
         yield from (state, restarts, cpu, rss, pss, rate_in, rate_out, drops)
+
+    @staticmethod
+    def _topics(rows: list[dict], table: dict[str, dict]):
+        """Per-topic counters from each node's per-port counters (`ports` in a `ps` row, the
+        heartbeat's {"in": {input: {msgs, drops}}, "out": {output: {msgs}}}) when the
+        supervisor reports them; nothing otherwise."""
+        ports = {r.get("node"): r["ports"] for r in rows if isinstance(r.get("ports"), dict)}
+        if not ports:
+            return
+        msgs = CounterMetricFamily("iotrt_topic_messages", "Messages published on the topic "
+                                   "since its node started", labels=["topic"])
+        drops = CounterMetricFamily("iotrt_topic_dropped_messages", "Messages of the topic a "
+                                    "subscriber lost (latest-wins) since it started",
+                                    labels=["topic", "subscriber"])
+
+        def count(node: str, section: str, port: str, key: str) -> int | None:
+            v = ports.get(node, {}).get(section)
+            v = v.get(port) if isinstance(v, dict) else None
+            n = v.get(key) if isinstance(v, dict) else None
+            return n if type(n) is int and n >= 0 else None
+
+        for topic, info in sorted(table.items()):
+            node, _, output = topic.partition("/")
+            if (n := count(node, "out", output, "msgs")) is not None:
+                msgs.add_metric([topic], n)
+            for sub in info.get("subscribers", []):
+                snode, _, sinput = str(sub).partition(".")
+                if (n := count(snode, "in", sinput, "drops")) is not None:
+                    drops.add_metric([topic, str(sub)], n)
+        yield from (msgs, drops)

@@ -229,3 +229,75 @@ def test_pacer_gives_the_capped_rate(source_fps, cap, expect):
             sent += 1
         t += 1.0 / source_fps + rng.uniform(-0.004, 0.004)   # jitter of a loaded machine
     assert abs(sent / 20.0 - expect) <= 0.3, sent / 20.0
+
+
+class FakeGraph:
+    """A supervisor's `ps` and `topics` replies, as the control socket gives them."""
+
+    def ps(self) -> dict:
+        me = os.getpid()
+        return {"ok": True, "graph": "door", "nodes": [
+            {"node": "cam", "kind": "camera", "state": "running", "pid": me, "restarts": 2,
+             "in_per_s": 0.0, "out_per_s": 15.0, "drops": 0,
+             "ports": {"in": {}, "out": {"image": {"msgs": 150}}}},
+            {"node": "faces", "kind": "detector", "state": "backoff", "pid": None, "restarts": 0,
+             "in_per_s": 14.0, "out_per_s": 14.0, "drops": 10,
+             "ports": {"in": {"image": {"msgs": 140, "drops": 10, "bad": 0}},
+                       "out": {"detections": {"msgs": "lots"}}}},
+        ]}
+
+    def table(self) -> dict:
+        return {"cam/image": {"address": "ipc:///x", "subscribers": ["faces.image"]},
+                "faces/detections": {"address": "ipc:///y", "subscribers": []}}
+
+
+def test_collector_reads_ps_ports_and_the_journal(tmp_path, monkeypatch):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from iotrt.journal import Journal
+    from iotrt.nodes.observe import webstatus
+    from iotrt.nodes.observe.webstatus import GraphCollector, JournalTail
+
+    monkeypatch.setattr(webstatus, "MAX_SERIES", 20)     # fewer fsync'd writes to reach it
+
+    journal = Journal(tmp_path / "journal.db")
+    journal.write("rule_fired", "rules", {"rule": "before-the-web-node"})   # not counted
+    collector = GraphCollector(FakeGraph(), JournalTail(str(tmp_path)))
+    collector.journal.start_at_end()
+    for _ in range(2):
+        journal.write("rule_fired", "rules", {"rule": "unlock_for_enrolled"})
+    journal.write("command_sent", "rules", {"rule": "unlock_for_enrolled", "output": "lock"})
+    journal.write("command_failed", "rules", {"rule": "unlock_for_enrolled", "output": "lock",
+                                              "error": "timeout"})
+    journal.write("command_applied", "lock", {"id": "1", "result": {"ok": True}})
+    journal.write("command_failed", "lock", {"id": "2", "result": {"ok": False}})
+    for i in range(20 + 50):                    # a node journaling a new rule id every time
+        journal.write("rule_fired", "rules", {"rule": f"r{i}" + "x" * 100})
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    lines = set(text.splitlines())
+    for line in ['iotrt_supervisor_up 1.0',
+                 'iotrt_node_state{kind="detector",node="faces",state="backoff"} 1.0',
+                 'iotrt_node_state{kind="detector",node="faces",state="running"} 0.0',
+                 'iotrt_node_restarts_total{node="cam"} 2.0',
+                 'iotrt_node_dropped_messages_total{node="faces"} 10.0',
+                 'iotrt_topic_messages_total{topic="cam/image"} 150.0',
+                 'iotrt_topic_dropped_messages_total{subscriber="faces.image",topic="cam/image"} 10.0',
+                 'iotrt_rule_firings_total{rule="unlock_for_enrolled"} 2.0',
+                 'iotrt_rule_firings_total{rule="other"} 51.0',
+                 'iotrt_rule_commands_total{output="lock",result="sent",rule="unlock_for_enrolled"} 1.0',
+                 'iotrt_rule_commands_total{output="lock",result="failed",rule="unlock_for_enrolled"} 1.0',
+                 'iotrt_actuator_commands_total{node="lock",result="applied"} 1.0',
+                 'iotrt_actuator_commands_total{node="lock",result="failed"} 1.0']:
+        assert line in lines, line
+    assert "before-the-web-node" not in text and 'topic="faces/detections"' not in text
+    assert max(len(v) for v in __import__("re").findall(r'rule="([^"]*)"', text)) <= 64
+    assert any(line.startswith('iotrt_node_cpu_seconds_total{node="cam"}') for line in lines)
+    assert not any(line.startswith('iotrt_node_cpu_seconds_total{node="faces"}') for line in lines)
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                               capture_output=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    journal.close()
+    collector.journal.close()
