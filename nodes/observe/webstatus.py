@@ -154,7 +154,7 @@ class Status:
             return {"ok": False, "error": str(exc), **self._extra()}
         return {"ok": True, "graph": ps.get("graph"), "state": ps.get("state"),
                 "uptime_s": ps.get("uptime_s"), "nodes": ps.get("nodes", []),
-                "topics": sorted(topics), **self._extra()}
+                "processes": ps.get("processes", []), "topics": sorted(topics), **self._extra()}
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[queue.Queue]:
@@ -287,12 +287,13 @@ class GraphCollector(Collector):
         restarts = CounterMetricFamily("iotrt_node_restarts", "Restarts of the node",
                                        labels=["node"])
         cpu = CounterMetricFamily("iotrt_node_cpu_seconds", "CPU time of the node's process "
-                                  "(nodes sharing a process report the same)", labels=["node"])
+                                  "(nodes sharing a process report the same)",
+                                  labels=["node", "process"])
         rss = GaugeMetricFamily("iotrt_node_resident_memory_bytes", "RSS of the node's process",
-                                labels=["node"])
+                                labels=["node", "process"])
         pss = GaugeMetricFamily("iotrt_node_proportional_memory_bytes",
                                 "PSS of the node's process (shared pages divided among users)",
-                                labels=["node"])
+                                labels=["node", "process"])
         rate_in = GaugeMetricFamily("iotrt_node_received_messages_per_second",
                                     "Messages the node received per second (all inputs)",
                                     labels=["node"])
@@ -308,12 +309,13 @@ class GraphCollector(Collector):
                 state.add_metric([node, _label(row.get("kind")), s.value],
                                  1 if row.get("state") == s.value else 0)
             restarts.add_metric([node], row.get("restarts") or 0)
+            proc = _label(row.get("process") or node)   # a process group's name, if any
             cpu_s, rss_b, pss_b = usage(row.get("pid"))
             if cpu_s is not None:
-                cpu.add_metric([node], cpu_s)
-                rss.add_metric([node], rss_b)
+                cpu.add_metric([node, proc], cpu_s)
+                rss.add_metric([node, proc], rss_b)
             if pss_b is not None:
-                pss.add_metric([node], pss_b)
+                pss.add_metric([node, proc], pss_b)
             rate_in.add_metric([node], row.get("in_per_s") or 0.0)
             rate_out.add_metric([node], row.get("out_per_s") or 0.0)
             drops.add_metric([node], row.get("drops") or 0)

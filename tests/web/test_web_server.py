@@ -238,6 +238,7 @@ class FakeGraph:
         me = os.getpid()
         return {"ok": True, "graph": "door", "nodes": [
             {"node": "cam", "kind": "camera", "state": "running", "pid": me, "restarts": 2,
+             "process": "sensing",
              "in_per_s": 0.0, "out_per_s": 15.0, "drops": 0,
              "ports": {"in": {}, "out": {"image": {"msgs": 150}}}},
             {"node": "faces", "kind": "detector", "state": "backoff", "pid": None, "restarts": 0,
@@ -293,8 +294,9 @@ def test_collector_reads_ps_ports_and_the_journal(tmp_path, monkeypatch):
         assert line in lines, line
     assert "before-the-web-node" not in text and 'topic="faces/detections"' not in text
     assert max(len(v) for v in __import__("re").findall(r'rule="([^"]*)"', text)) <= 64
-    assert any(line.startswith('iotrt_node_cpu_seconds_total{node="cam"}') for line in lines)
-    assert not any(line.startswith('iotrt_node_cpu_seconds_total{node="faces"}') for line in lines)
+    assert any(line.startswith('iotrt_node_cpu_seconds_total{node="cam",process="sensing"}')
+               for line in lines)                           # the process group's name
+    assert not any(line.startswith('iotrt_node_cpu_seconds_total{node="faces"') for line in lines)
     if shutil.which("promtool"):
         check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                                capture_output=True)

@@ -37,15 +37,19 @@ function showStatus(st) {
   $("graph").textContent = st.graph || "";
   setBadge($("state"), st.state);
   $("uptime").textContent = "up " + duration(st.uptime_s);
+  // CPU and memory belong to processes: a process group's nodes show their shared process's
+  const procs = new Map((st.processes || []).map((p) => [p.process, p]));
+  const mb = (v) => num(typeof v === "number" ? v / 1048576 : null, 1);
   const rows = [];
   for (const n of st.nodes) {
+    const p = procs.get(n.process) || n;
     const tr = el("tr");
     tr.dataset.node = n.node;
     const state = el("span", n.state, "badge");
     setBadge(state, n.state);
-    const cells = [n.node, n.kind, state, n.pid ?? "-", num(n.cpu_pct, 1),
-      num(typeof n.rss_bytes === "number" ? n.rss_bytes / 1048576 : null, 1),
-      num(n.in_per_s, 1), num(n.out_per_s, 1), n.drops ?? 0, n.restarts ?? 0, duration(n.uptime_s)];
+    const cells = [n.node, n.kind, state, n.process ?? n.node, p.pid ?? "-", num(p.cpu_pct, 1),
+      mb(p.rss_bytes), mb(p.pss_bytes), num(n.in_per_s, 1), num(n.out_per_s, 1), n.drops ?? 0,
+      n.restarts ?? 0, duration(n.uptime_s)];
     for (const c of cells) {
       const td = el("td");
       if (c instanceof Node) td.appendChild(c); else td.textContent = String(c);
