@@ -100,7 +100,7 @@ def main(node: Node) -> None:
     try:
         token = load_token(node.params, cfg.state_dir, node.log)
         web = Web(node.params, token, runtime_dir=cfg.runtime_dir, state_dir=cfg.state_dir,
-                  media=media_dirs(node.params, cfg.state_dir), log=node.log)
+                  media=media_dirs(node.params, cfg.state_dir), log=node.log, on_death=node.stop)
         web.start()
     except WebError as exc:
         node.log.error("%s", exc)
@@ -119,3 +119,5 @@ def main(node: Node) -> None:
                     node.log.error("%s; keeping the token in use", exc)
     finally:
         web.close()
+    if web.died:
+        raise SystemExit(1)   # logged where it happened; the supervisor restarts the node

@@ -36,7 +36,7 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import disable_created_metrics, generate_latest
@@ -71,8 +71,11 @@ class Web:
     """Everything the node serves; `start()` binds and serves, `close()` stops it all."""
 
     def __init__(self, params: dict, token: str, *, runtime_dir: str, state_dir: str,
-                 media: dict[str, Path], log: logging.Logger) -> None:
+                 media: dict[str, Path], log: logging.Logger,
+                 on_death: Callable[[], None] = lambda: None) -> None:
         self.params, self.token, self.media, self.log = params, token.encode(), media, log
+        self.on_death = on_death
+        self.died: list[str] = []          # threads of ours that ended with an exception
         disable_created_metrics()   # the *_created series only double a scrape's size
         self.registry = CollectorRegistry()
         self.graph = Graph(runtime_dir)
@@ -92,11 +95,11 @@ class Web:
                          quality=params["jpeg_quality"],
                          overlay_patterns=params["overlay_topics"],
                          latency_patterns=params["latency_topics"], idle_s=params["idle_s"],
-                         latency=self.latency, on_frame=self.frames.inc)
+                         latency=self.latency, on_frame=self.frames.inc, guard=self.guard)
         Gauge("iotrt_web_video_viewers", "Live video clients connected",
               registry=self.registry).set_function(lambda: self.taps.viewers)
         self.status = Status(self.graph, JournalTail(state_dir), params["status_period_s"],
-                             self._extra, self.link_media)
+                             self._extra, self.link_media, self.guard)
         Gauge("iotrt_web_status_pages", "Status pages open (live)",
               registry=self.registry).set_function(lambda: self.status.watchers)
         self.collector = GraphCollector(self.graph, JournalTail(state_dir))
@@ -139,7 +142,8 @@ class Web:
                            f"another port with the web node's `port` param)") from exc
         self.taps.start()
         self.status.start()
-        self._serving = threading.Thread(target=self.server.serve, name="web-http", daemon=True)
+        self._serving = threading.Thread(target=self.guard(self.server.serve), name="web-http",
+                                         daemon=True)
         self._serving.start()
 
     def close(self) -> None:
@@ -149,6 +153,18 @@ class Web:
         self.taps.close()
         self.status.close()
         self.collector.journal.close()
+
+    def guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        """`target` for a thread of ours: if it dies with an exception (a bug), say so and end
+        the node, which then exits 1 and is restarted, rather than serve half a page."""
+        def run() -> None:
+            try:
+                target()
+            except BaseException:
+                self.log.exception("web: thread %s died", threading.current_thread().name)
+                self.died.append(threading.current_thread().name)
+                self.on_death()
+        return run
 
     def authorized(self, headers, cookies: dict[str, str]) -> bool:
         auth = headers.get("Authorization", "")

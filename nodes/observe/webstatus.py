@@ -134,14 +134,14 @@ class Status:
     """Live status for the open pages (see the module docstring)."""
 
     def __init__(self, graph: Graph, journal: JournalTail, period_s: float, extra,
-                 decorate) -> None:
+                 decorate, guard=lambda f: f) -> None:
         self.graph, self.journal, self.period_s = graph, journal, period_s
         self._extra = extra              # () -> dict merged into each snapshot (video, latency)
         self._decorate = decorate        # event dict -> event dict (links to media files)
         self._clients: list[queue.Queue] = []
         self._cond = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="web-status", daemon=True)
+        self._thread = threading.Thread(target=guard(self._run), name="web-status", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
+import pynng
 
 from iotrt.bus import Subscriber
 from iotrt.codec import Envelope
@@ -200,7 +201,8 @@ class Taps:
 
     def __init__(self, addresses: Callable[[], dict[str, str]], *, max_fps: float,
                  quality: int, overlay_patterns: list[str], latency_patterns: list[str],
-                 idle_s: float, latency: Latency, on_frame: Callable[[], None] = lambda: None):
+                 idle_s: float, latency: Latency, on_frame: Callable[[], None] = lambda: None,
+                 guard: Callable[[Callable], Callable] = lambda f: f):
         self._addresses = addresses
         self.period = 1.0 / max_fps
         self.quality = quality
@@ -220,7 +222,7 @@ class Taps:
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="web-taps", daemon=True)
+        self._thread = threading.Thread(target=guard(self._run), name="web-taps", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -323,8 +325,12 @@ class Taps:
             addresses = self._addresses()
             for key, (role, topic) in want.items():
                 if key not in self._taps:
-                    sub = Subscriber(addresses[topic], queue=1 if role != "latency" else 64,
-                                     name=f"web.{key}")
+                    try:
+                        sub = Subscriber(addresses[topic], queue=1 if role != "latency" else 64,
+                                         name=f"web.{key}")
+                    except (ValueError, pynng.NNGException) as exc:   # AddressError, no fds
+                        log.warning("web: cannot subscribe to %s: %s", topic, exc)
+                        continue
                     tap = _Tap(topic, role, sub)
                     with self._lock:
                         self._taps[key] = tap

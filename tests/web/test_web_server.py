@@ -303,3 +303,24 @@ def test_collector_reads_ps_ports_and_the_journal(tmp_path, monkeypatch):
         assert check.returncode == 0, check.stdout + check.stderr
     journal.close()
     collector.journal.close()
+
+
+def test_a_dying_thread_ends_the_node(tmp_path, monkeypatch):
+    """A bug in a thread of the node must not leave half a page running: it ends the node
+    (which exits 1 and is restarted by the supervisor)."""
+    from iotrt.nodes.observe.webtaps import Taps
+
+    def broken(self, now):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(Taps, "_wanted", broken)
+    stopped = []
+    p = params()
+    web = Web(p, TOKEN, runtime_dir=str(tmp_path), state_dir=str(tmp_path), media={}, log=LOG,
+              on_death=lambda: stopped.append(True))
+    web.start()
+    try:
+        web.taps.touch()                       # the taps thread recomputes its subscriptions
+        wait_for(lambda: stopped, 10, "the node told to stop")
+        assert web.died == ["web-taps"]
+    finally:
+        web.close()

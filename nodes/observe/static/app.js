@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const STATES = ["running", "starting", "stopping", "backoff", "stopped", "exited", "failed"];
 const MAX_EVENTS = 200;
 let lastEventId = 0;
+const pictured = new Set();
 let topics = [];
 
 function el(tag, text, cls) {
@@ -110,11 +111,19 @@ function showEvent(ev) {
   const what = el("span", summary(ev), "what");
   what.title = JSON.stringify(ev.fields);
   for (const m of ev.media || []) {
+    // a picture once (the snapshot's own event), a link wherever else the file is named
+    const picture = m.image && !pictured.has(m.file);
     const href = "/media/" + encodeURIComponent(m.folder) + "/" + encodeURIComponent(m.file);
-    const a = el("a", m.image ? "" : " " + m.file);
+    const a = el("a", picture ? "" : " " + m.file);
     a.href = href;
     a.target = "_blank";
-    if (m.image) { const img = el("img"); img.src = href; img.alt = m.file; a.appendChild(img); }
+    if (picture) {
+      pictured.add(m.file);
+      const img = el("img");
+      img.src = href;
+      img.alt = m.file;
+      a.appendChild(img);
+    }
     what.appendChild(a);
   }
   li.append(time, el("span", ev.kind), el("span", ev.node, "node"), what);
