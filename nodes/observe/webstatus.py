@@ -196,7 +196,8 @@ class Status:
                 self._cond.wait_for(lambda: self._clients or self._stop)
                 if self._stop:
                     return
-            items = [("status", self.snapshot())] + [("event", self._decorate(e)) for e in self.journal.new()]
+            items = [("status", self.snapshot())]
+            items += [("event", self._decorate(e)) for e in self.journal.new()]
             with self._cond:
                 for q in list(self._clients):
                     for item in items:
@@ -222,7 +223,8 @@ class JournalCounters:
         kind, node, f = event["kind"], event["node"], event["fields"]
         if kind == "rule_fired":
             self._inc("rule_firings", (_label(f.get("rule")),))
-        elif kind in ("command_sent", "command_acked") or (kind == "command_failed" and "rule" in f):
+        elif kind in ("command_sent", "command_acked") or (kind == "command_failed"
+                                                            and "rule" in f):
             self._inc("rule_commands", (_label(f.get("rule")), _label(f.get("output")),
                                         kind.removeprefix("command_")))
         elif kind in ("command_applied", "command_refused", "command_failed"):

@@ -39,6 +39,7 @@ log = logging.getLogger("iotrt.web")
 
 OVERLAY_MAX_AGE_NS = 500_000_000   # boxes older than the frame by more draw nothing
 MAX_BOXES = 32                      # boxes drawn per message (the rest are ignored)
+MAX_SIDE = 8192                     # larger "frames" are not encoded (not a camera's)
 DETECTOR_COLOUR = (255, 255, 0)     # RGB: yellow, on the box: what the detector found
 KNOWN_COLOUR = (0, 200, 0)          # green, 3 px out, named: an enrolled person
 UNKNOWN_COLOUR = (255, 64, 0)       # orange-red, 3 px out: anybody else
@@ -382,7 +383,8 @@ class Taps:
             return  # over the cap: this frame is skipped without being touched
         frame = env.data
         if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
-                and frame.shape[2] == 3 and 0 < frame.shape[0] <= 4320 and 0 < frame.shape[1] <= 7680):
+                and frame.shape[2] == 3 and 0 < frame.shape[0] <= MAX_SIDE
+                and 0 < frame.shape[1] <= MAX_SIDE):
             return
         overlays = [tap.latest[1] for tap in self._taps.values()
                     if tap.role == "overlay" and tap.latest is not None

@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
