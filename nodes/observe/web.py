@@ -20,6 +20,7 @@ watcher (webstatus.Status). Details and the page: docs/web.md.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -55,6 +56,7 @@ SPEC = NodeSpec(
 )
 
 TOKEN_FILE = "web.token"
+TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
 
 class WebError(RuntimeError):
@@ -64,7 +66,7 @@ class WebError(RuntimeError):
 def load_token(params: dict, state_dir: str, log) -> str:
     """The token from the param, else its file; generated (and said once) when there is none."""
     if params["token"]:
-        return params["token"]
+        return _checked(params["token"], "the web node's token param")
     path = Path(params["token_file"] or Path(state_dir or ".") / TOKEN_FILE)
     try:
         text = path.read_text().strip()
@@ -73,8 +75,7 @@ def load_token(params: dict, state_dir: str, log) -> str:
     except OSError as exc:
         raise WebError(f"cannot read the web token file {path}: {exc}") from exc
     if text:
-        if len(text) < 16:
-            raise WebError(f"{path}: the token must be at least 16 characters")
+        _checked(text, str(path))
         if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s is readable by other users: chmod 600 it", path)
         return text
@@ -84,6 +85,15 @@ def load_token(params: dict, state_dir: str, log) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     log.warning("web: generated an access token: %s (kept in %s)", token, path)
+    return token
+
+
+def _checked(token: str, where: str) -> str:
+    # it travels in a header and a cookie: letters, digits and -._~+/= only
+    if not TOKEN_RE.fullmatch(token):
+        raise WebError(f"{where}: the token must be 16 to 256 characters of letters, digits "
+                       f"and -._~+/= (make one: python3 -c 'import secrets; "
+                       f"print(secrets.token_urlsafe(24))')")
     return token
 
 

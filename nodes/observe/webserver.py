@@ -27,6 +27,7 @@ import os
 import queue
 import re
 import selectors
+import shutil
 import socket
 import ssl
 import stat
@@ -411,9 +412,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "no such file")
         with os.fdopen(fd, "rb") as f:
             ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            headers = {} if ctype.startswith("image/") else {
-                "Content-Disposition": f'attachment; filename="{name}"'}
-            self._send(200, f.read(), ctype, headers)
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(os.fstat(fd).st_size))
+            if not ctype.startswith("image/"):     # a clip: download it, never render it
+                self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+            for k, v in HEADERS.items():
+                self.send_header(k, v)
+            self.end_headers()
+            shutil.copyfileobj(f, self.wfile, 1 << 16)   # a clip can be large: stream it
 
     def _live(self) -> None:
         self._stream_headers("text/event-stream")

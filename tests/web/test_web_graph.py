@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -37,6 +38,7 @@ class Door:
         self.state = tmp / "state"
         env = up_env(self.run_dir, self.state)
         env.update(CAMERA_SOURCE="sim", CAMERA_FPS="15", WEB_PORT="0")
+        self.up_env = env
         self.up = Up(DOOR, env, tmp / "up.log")
         self.gdir = self.state / "door"
         self.url = wait_for(self._url, 120, "the web node's web_listening event")
@@ -375,3 +377,15 @@ def test_fifty_clients_do_not_stall_the_graph(door):
     assert not errors, errors[:5]
     assert len(counts) == 50 and min(counts) > 0
     assert busy >= 0.95 * quiet, f"detector {quiet:.1f}/s alone, {busy:.1f}/s with 50 clients"
+
+
+def test_reload_reads_a_new_token(door):
+    """A new token in web.token takes effect on `iotrt reload web`; the old one stops working."""
+    old, new = door.token, "a-new-token-for-the-door-0123"
+    (door.gdir / "web.token").write_text(new + "\n")
+    done = subprocess.run([sys.executable, "-m", "iotrt", "reload", "web", "--graph", str(DOOR)],
+                          env=door.up_env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: door.request("/api/status", token=new)[0] == 200, 10, "the new token")
+    door.token = new
+    assert door.request("/api/status", token=old)[0] == 401

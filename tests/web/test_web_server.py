@@ -109,6 +109,13 @@ def test_media_route(serve, tmp_path):
     (tmp_path / "secret.txt").write_text("secret")
     (snaps / "link.jpg").symlink_to(tmp_path / "secret.txt")
     (snaps / "sub").mkdir()
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = os.urandom(3 << 20)
+    (clips / "visitor.mcap").write_bytes(clip)
+    code, headers, body = get(web, "/media/clips/visitor.mcap")
+    assert code == 200 and body == clip                 # streamed, all of it
+    assert headers["Content-Disposition"] == 'attachment; filename="visitor.mcap"'
     code, headers, body = get(web, "/media/snapshots/20260101T000000.000-visitor.jpg")
     assert code == 200 and body == b"\xff\xd8jpeg" and headers["Content-Type"] == "image/jpeg"
     for path in ("/media/snapshots/../secret.txt", "/media/snapshots/..%2Fsecret.txt",
@@ -186,9 +193,12 @@ def test_token_file(tmp_path, caplog):
     assert token in caplog.text and str(path) in caplog.text        # printed once, on creation
     assert load_token(p, str(tmp_path), LOG) == token                # then read back
     assert load_token(params(token="from-the-graph-0123"), str(tmp_path), LOG) == "from-the-graph-0123"
-    path.write_text("short\n")
-    with pytest.raises(WebError, match="at least 16"):
-        load_token(p, str(tmp_path), LOG)
+    for bad in ("short", "sixteen chars but; a cookie breaker", "x" * 300):
+        path.write_text(bad + "\n")
+        with pytest.raises(WebError, match="16 to 256 characters"):
+            load_token(p, str(tmp_path), LOG)
+    with pytest.raises(WebError, match="token param"):
+        load_token(params(token="has space 0123456789"), str(tmp_path), LOG)
 
 
 @pytest.mark.parametrize("data", [
