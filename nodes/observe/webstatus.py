@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +33,8 @@ log = logging.getLogger("iotrt.web")
 BACKLOG = 50              # journal events a new page starts with
 MAX_LABEL = 64            # longest label value taken from the journal
 MAX_SERIES = 500          # distinct label sets per journal counter; the rest count as "other"
-CLIENT_QUEUE = 64         # messages waiting for a slow page before it is dropped
+CLIENT_QUEUE = 256        # messages waiting for a slow page before it is dropped
+EVENTS_PER_TICK = 50      # newest journal events sent to pages per period (the page shows 200)
 
 
 class Graph:
@@ -80,24 +82,37 @@ class JournalTail:
     def recent(self, n: int = BACKLOG) -> list[dict]:
         with self._lock:
             reader = self._open()
-            return [e.to_dict() for e in reader.query(limit=n)] if reader else []
+            try:
+                return [e.to_dict() for e in reader.query(limit=n)] if reader else []
+            except JournalError as exc:
+                log.warning("web: %s", exc)
+                return []
 
     def start_at_end(self) -> None:
         with self._lock:
-            reader = self._open()
-            if reader is not None and self.last_id is None:
+            self._start_at_end()
+
+    def _start_at_end(self) -> None:
+        reader = self._open()
+        if reader is not None and self.last_id is None:
+            try:
                 self.last_id = reader.last_id()
+            except sqlite3.Error as exc:     # last_id() is a bare query
+                log.warning("web: %s: %s", self.path, exc)
 
     def new(self, limit: int = 10_000) -> list[dict]:
-        """Events after the last call (the first call starts at the journal's end)."""
+        """Events after the last call (the first call starts at the journal's end); at most
+        `limit`, the oldest first (the rest come with the next call)."""
         with self._lock:
             reader = self._open()
-            if reader is None:
+            if reader is None or self.last_id is None:
+                self._start_at_end()
                 return []
-            if self.last_id is None:
-                self.last_id = reader.last_id()
+            try:
+                events = reader.query(after_id=self.last_id)[:limit]
+            except JournalError as exc:   # busy or damaged file: the page goes on without it
+                log.warning("web: %s", exc)
                 return []
-            events = reader.query(after_id=self.last_id)[:limit]
             if events:
                 self.last_id = events[-1].id
             return [e.to_dict() for e in events]
@@ -197,7 +212,7 @@ class Status:
                 if self._stop:
                     return
             items = [("status", self.snapshot())]
-            items += [("event", self._decorate(e)) for e in self.journal.new()]
+            items += [("event", self._decorate(e)) for e in self.journal.new()[-EVENTS_PER_TICK:]]
             with self._cond:
                 for q in list(self._clients):
                     for item in items:

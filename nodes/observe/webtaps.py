@@ -176,6 +176,7 @@ class Latency:
 
     observe: Callable[[str, float], None]
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=512))
+    lock: threading.Lock = field(default_factory=threading.Lock)   # taps thread vs pages
 
     def add(self, topic: str, env: Envelope) -> None:
         if not env.trace or not isinstance(env.trace[-1], list) or len(env.trace[-1]) != 2:
@@ -186,10 +187,12 @@ class Latency:
         seconds = (t - env.stamp_ns) / 1e9
         if 0.0 <= seconds < 3600.0:       # a stamp from another clock says nothing
             self.observe(topic, seconds)
-            self.recent.append(seconds)
+            with self.lock:
+                self.recent.append(seconds)
 
     def summary(self) -> dict[str, float | int | None]:
-        vals = sorted(self.recent)
+        with self.lock:
+            vals = sorted(self.recent)
         if not vals:
             return {"n": 0, "p50_ms": None, "p99_ms": None}
         pick = lambda q: round(1000 * vals[min(len(vals) - 1, int(q * len(vals)))], 1)  # noqa: E731
