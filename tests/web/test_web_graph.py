@@ -23,7 +23,7 @@ from helpers import Up, up_env, wait_for
 
 from iotrt import control
 from iotrt.bus import Subscriber
-from iotrt.journal import JournalError, JournalReader
+from iotrt.journal import Journal, JournalError, JournalReader
 
 from web.cdp import Browser, CdpError, chromium
 
@@ -169,6 +169,14 @@ def test_a_person_watches_in_chromium(door, tmp_path):
         left = 30 - (time.monotonic() - started)
         wait_for(lambda: "unlock_for_enrolled fired" in text() and '"unlock"' in text()
                  and "visitor fired" in text(), left, "an unlock and a visitor in the events")
+        # whatever the journal holds is shown as text, never run as HTML
+        hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+        with Journal(door.gdir / "journal.db") as j:
+            j.write("rule_fired", "<b>rules</b>", {"rule": hostile})
+        wait_for(lambda: hostile in text(), 10, "the hostile event, as text")
+        assert browser.js("document.querySelectorAll('#events script, #events b, "
+                          "#events img[src=\"x\"]').length") == 0
+        assert browser.js("typeof window.pwned") == "undefined"
         # the visitor's snapshot is shown next to its event
         wait_for(lambda: browser.js("[...document.querySelectorAll('#events img')]"
                                     ".some(i => i.complete && i.naturalWidth === 640)"), 20,
