@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("iotrt.commands.enroll", "enroll a person into a face gallery from photos"),
     "rules": ("iotrt.commands.rules", "test rules offline against recorded messages"),
     "events": ("iotrt.commands.events", "read the event journal"),
+    "mqtt": ("iotrt.commands.mqtt", "Home Assistant over MQTT: forget a graph's device"),
 }
 
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import uuid
 import time
 from pathlib import Path
 
@@ -147,6 +148,14 @@ class HomeAssistant:
         topic = config["state_topic"]
         return wait_for(lambda: len(self.history.get(topic, [])) >= count and
                         list(self.history[topic]), timeout, f"{count} event(s) on {topic}")
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Wait until every message the broker had for us has arrived (retained ones too): a
+        message published now arrives after them."""
+        topic = f"{self.prefix}/sync/{uuid.uuid4().hex}"
+        wait_for(self.client.is_connected, timeout, "connected to the broker")
+        self.client.publish(topic, b"", qos=1)
+        wait_for(lambda: topic in self.history, timeout, "the sync message")
 
     def press(self, config: dict, command: str, code: str | None = None) -> None:
         """Send a command as Home Assistant does: the command_template with value and code."""

@@ -31,6 +31,7 @@ from iotrt.nodes.action.actuator import DriverError
 from iotrt.nodes.action.hadiscovery import (LOCK_COMMANDS, OFFLINE, ONLINE, BridgedTopic, Layout,
                                             event_payload, health_of, lock_payload,
                                             rules_event_types, slug, who_payloads)
+from iotrt.nodes.action.mqttlink import BrokerConfig
 
 SPEC = NodeSpec(
     doc="Home Assistant over MQTT: discovery, states, availability; its commands go to the rules",
@@ -86,28 +87,46 @@ class BadCommand(ValueError):
     """A command from MQTT that is not accepted (too long, not JSON, unknown, bad field)."""
 
 
-def read_secret(node: Node, env_param: str, file_param: str) -> str:
+def read_secret(params: dict, env_param: str, file_param: str, log=None) -> str:
     """A secret from the env var or file the params name ("" if neither is set)."""
-    p = node.params
-    if p[env_param] and p[file_param]:
+    if params[env_param] and params[file_param]:
         raise DriverError(f"set {env_param} or {file_param}, not both")
-    if p[env_param]:
-        value = os.environ.get(p[env_param], "")
+    if params[env_param]:
+        value = os.environ.get(params[env_param], "")
         if not value:
-            raise DriverError(f"{env_param} names ${p[env_param]}, which is not set in the "
-                              f"node's environment (the graph's env: or the service's "
+            raise DriverError(f"{env_param} names ${params[env_param]}, which is not set in "
+                              f"the node's environment (the graph's env: or the service's "
                               f"EnvironmentFile=)")
         return value
-    if p[file_param]:
-        path = Path(p[file_param])
+    if params[file_param]:
+        path = Path(params[file_param])
         try:
-            if path.stat().st_mode & 0o077:
-                node.log.warning("%s %s is readable by other users: chmod 600 it", file_param,
-                                 path)
+            if path.stat().st_mode & 0o077 and log is not None:
+                log.warning("%s %s is readable by other users: chmod 600 it", file_param, path)
             return path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise DriverError(f"cannot read {file_param} {path}: {exc}") from exc
     return ""
+
+
+def broker_config(params: dict, device_id: str, log=None) -> BrokerConfig:
+    """How to reach the broker, from the node's params (DriverError: a secret is missing)."""
+    host = params["host"]
+    tls = params["tls"] if params["tls"] is not None else not is_local(host)
+    if not tls and not is_local(host) and log is not None:
+        log.warning("tls: false to %s: the password and the unlock code cross the network in "
+                    "clear", host)
+    return BrokerConfig(
+        host=host, port=params["port"] or (8883 if tls else 1883),
+        client_id=params["client_id"] or f"iotrt-{device_id}"[:64],
+        username=params["username"],
+        password=read_secret(params, "password_env", "password_file", log),
+        tls=tls, ca_file=params["ca_file"], cert_file=params["cert_file"],
+        key_file=params["key_file"], keepalive_s=params["keepalive_s"])
+
+
+def device_id(params: dict, graph: str) -> str:
+    return slug(params["device_id"] or f"iotrt_{socket.gethostname()}_{graph}")
 
 
 def is_local(host: str) -> bool:
@@ -158,7 +177,7 @@ class CommandGate:
             if not isinstance(body, dict):
                 raise BadCommand(f"a JSON command on {topic} must be an object")
             text, code = body.get("command"), body.get("code")
-        if text not in LOCK_COMMANDS:
+        if not isinstance(text, str) or text not in LOCK_COMMANDS:
             raise BadCommand(f"unknown command {str(text)[:40]!r} on {topic} "
                              f"(send {' or '.join(LOCK_COMMANDS)})")
         if code is not None and not isinstance(code, str):
@@ -218,9 +237,8 @@ def layout_from(node: Node) -> Layout:
             raise DriverError(f"cannot read event types from {p['rules']}: {exc}") from exc
         outputs = {cfg.inputs[n].topic.split("/", 1)[-1] for n in events}
         event_types = rules_event_types(ruleset, outputs)
-    device_id = p["device_id"] or f"iotrt_{socket.gethostname()}_{graph}"
     return Layout(
-        graph=graph, device_id=slug(device_id), device_name=p["device_name"] or graph,
+        graph=graph, device_id=device_id(p, graph), device_name=p["device_name"] or graph,
         prefix=p["discovery_prefix"].strip("/"), base=p["base_topic"].strip("/"),
         version=__version__, configuration_url=p["configuration_url"],
         locks={n: source(n) for n in names("locks")}, events=events,
@@ -363,7 +381,7 @@ def poll_health(node: Node, bridge: Bridge) -> None:
 
 
 def main(node: Node) -> None:
-    from iotrt.nodes.action.mqttlink import BrokerConfig, MqttLink
+    from iotrt.nodes.action.mqttlink import MqttLink
 
     p = node.params
     if not p["host"]:
@@ -373,18 +391,9 @@ def main(node: Node) -> None:
         return
     try:
         layout = layout_from(node)
-        code = read_secret(node, "code_env", "code_file")
+        code = read_secret(p, "code_env", "code_file", node.log)
         layout = dataclasses.replace(layout, has_code=bool(code))
-        tls = p["tls"] if p["tls"] is not None else not is_local(p["host"])
-        if not tls and not is_local(p["host"]):
-            node.log.warning("tls: false to %s: the password and the unlock code cross the "
-                             "network in clear", p["host"])
-        cfg = BrokerConfig(
-            host=p["host"], port=p["port"] or (8883 if tls else 1883),
-            client_id=p["client_id"] or f"iotrt-{layout.device_id}"[:64],
-            username=p["username"], password=read_secret(node, "password_env", "password_file"),
-            tls=tls, ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"],
-            keepalive_s=p["keepalive_s"])
+        cfg = broker_config(p, layout.device_id, node.log)
         gate = CommandGate(layout, code, p["max_payload"])
         if layout.locks and not code:
             node.log.warning("no unlock code (code_env/code_file): the rules refuse every "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +75,7 @@ class Door:
         self.faces([])
         self.path = self.dir / "hadoor.yaml"
         self.path.write_text(GRAPH.format(faces=FACES, port=port))
-        env = up_env(tmp_path / "run", tmp_path / "state")
+        self.env = env = up_env(tmp_path / "run", tmp_path / "state")
         self.graph = load_graph(self.path, environ=env)
         self.up = Up(self.path, env, tmp_path / "up.log")
         self.up.wait_log("nodes up in", timeout=60)
@@ -97,6 +99,13 @@ class Door:
         return next(r["pid"] for r in rows if r["node"] == node and r["state"] == "running")
 
     def close(self) -> None:
+        """Stop the graph as `iotrt down` does (SIGTERM), then make sure it is gone."""
+        if self.up.proc.poll() is None:
+            self.up.proc.terminate()
+            try:
+                self.up.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         self.up.close()
 
 
@@ -116,6 +125,11 @@ def test_home_assistant_follows_discovery_to_unlock_through_the_rule(door, homea
     wait_for(lambda: ha.available(lock), 10, "the lock to be available")
     assert lock["code_format"], "a code is configured, so HA must ask for it"
 
+    # garbage on the command topic: rejected, counted, and the bridge carries on
+    for junk in (b"x" * 100_000, b"\xff\x00", b'{"command": ', b'{"command": ["UNLOCK"]}',
+                 b"OPEN_SESAME"):
+        ha.client.publish(lock["command_topic"], junk, qos=1).wait_for_publish(5)
+    ha.wait_state(ha.entity("sensor", "MQTT commands rejected"), "5")
     ha.press(lock, "UNLOCK", code="0000")           # wrong code: the rule refuses
     ha.press(lock, "UNLOCK")                        # no code at all: refused too
     ha.press(lock, "UNLOCK", code=CODE)             # the same path, in order, is accepted
@@ -199,3 +213,26 @@ def test_broker_dies_during_an_unlock(tmp_path, door, broker, homeassistant):
             ha2.close()
     finally:
         again.kill()
+
+
+def test_forget_clears_the_device_from_the_broker(tmp_path, broker, homeassistant):
+    door = Door(tmp_path, broker.port)
+    try:
+        wait_for(lambda: len(homeassistant.configs) >= 8, 20, "discovery configs")
+        assert subprocess.run([sys.executable, "-m", "iotrt", "mqtt", "forget", str(door.path)],
+                              env=door.env, capture_output=True, text=True).returncode == 1, \
+            "forget must refuse while the graph runs (its bridge would publish them again)"
+    finally:
+        door.close()
+    out = subprocess.run([sys.executable, "-m", "iotrt", "mqtt", "forget", str(door.path)],
+                         env=door.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "of device hadoor_test" in out.stdout
+    wait_for(lambda: not homeassistant.configs, 10, "every config removed")
+    # the states went too: a new subscriber finds nothing retained of the device
+    late = HomeAssistant(broker.port, prefix="iotrt")
+    try:
+        late.sync()
+        assert [t for t, v in late.retained.items() if v] == []
+    finally:
+        late.close()

@@ -1,0 +1,163 @@
+"""Discovery configs against Home Assistant's documented MQTT discovery schema, and the command
+gate's handling of whatever arrives on a command topic. No broker needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iotrt.nodes.action.hadiscovery import (BridgedTopic, Layout, event_payload, lock_payload,
+                                            rules_event_types, who_payloads)
+from iotrt.nodes.action.homeassistant import MAX_BAD_CODES, BadCommand, CommandGate
+from iotrt.rules import load_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What Home Assistant's MQTT integration requires of a discovered entity, per component, from
+# its platform schemas (homeassistant/components/mqtt/<component>.py; docs at
+# home-assistant.io/integrations/<component>.mqtt): MQTT_RW_SCHEMA requires command_topic,
+# MQTT_RO_SCHEMA requires state_topic; event adds event_types; image needs exactly one of
+# image_topic / url_topic (vol.Exclusive + validate_topic_required).
+REQUIRED = {
+    "lock": [{"command_topic"}],
+    "event": [{"state_topic", "event_types"}],
+    "sensor": [{"state_topic"}],
+    "binary_sensor": [{"state_topic"}],
+    "image": [{"image_topic"}, {"url_topic"}],     # one of these sets, not both
+}
+EXCLUSIVE = {"image": {"image_topic", "url_topic"}}
+# Every entity of a device: a unique_id (device info is only kept for entities that have one),
+# device identifiers (or connections), and a topic per availability entry.
+COMMON = {"unique_id", "device", "availability"}
+ALL_HEALTH = ["camera", "rules", "lock", "homeassistant"]
+
+
+def door_layout(**kw) -> Layout:
+    defaults = dict(graph="door", device_id="iotrt_host_door", device_name="door",
+                    version="1.0", locks={"lock": "lock"}, events={"events": "rules"},
+                    event_types=("visitor", "unlocked"), faces=("faces", "who"),
+                    image=("image", "cam"), has_code=True,
+                    bridged={"temp": (BridgedTopic("temp", "Temperature",
+                                                   "{{ value_json.c }}", "°C", "temperature"),
+                                      "thermo")})
+    return Layout(**{**defaults, **kw})
+
+
+def test_every_config_has_what_home_assistant_requires():
+    configs = door_layout().configs(ALL_HEALTH)
+    components = {t.split("/")[1] for t in configs}
+    assert components == {"lock", "event", "sensor", "image"}
+    for topic, config in configs.items():
+        prefix, component, device, key, last = topic.split("/")
+        assert (prefix, last) == ("homeassistant", "config")
+        assert any(req <= config.keys() for req in REQUIRED[component]), (topic, config)
+        assert len(EXCLUSIVE.get(component, set()) & config.keys()) <= 1, topic
+        assert COMMON <= config.keys(), topic
+        assert config["device"]["identifiers"] == ["iotrt_host_door"]
+        assert all(a["topic"] for a in config["availability"])
+        json.dumps(config)                          # what is published
+    ids = [c["unique_id"] for c in configs.values()]
+    assert len(ids) == len(set(ids))
+    health = [c for c in configs.values() if c.get("entity_category") == "diagnostic"
+              and c.get("device_class") == "enum"]
+    assert sorted(c["name"] for c in health) == sorted(f"{n} health" for n in ALL_HEALTH)
+
+
+def test_entities_follow_their_nodes_availability():
+    configs = door_layout().configs()
+    lock = next(c for t, c in configs.items() if "/lock/" in t)
+    assert [a["topic"] for a in lock["availability"]] == ["iotrt/iotrt_host_door/status",
+                                                          "iotrt/iotrt_host_door/node/lock/status"]
+    assert lock["availability_mode"] == "all"
+    assert lock["code_format"]
+    assert "code_format" not in next(c for t, c in door_layout(has_code=False).configs().items()
+                                     if "/lock/" in t)
+
+
+def test_configuration_url_and_prefix():
+    layout = door_layout(prefix="ha", base="home/door", configuration_url="http://door.local:8080/")
+    config = next(iter(layout.configs().values()))
+    assert config["device"]["configuration_url"] == "http://door.local:8080/"
+    assert all(t.startswith("ha/") for t in layout.configs())
+    assert layout.status_topic == "home/door/status"
+    assert layout.config_wildcard == "ha/+/iotrt_host_door/+/config"
+
+
+def test_state_payloads():
+    assert json.loads(lock_payload({"locked": False, "relock_in_s": 4.2, "cause": "command"})) \
+        == {"locked": False}
+    assert lock_payload({"locked": "yes"}) is None and lock_payload([1]) is None
+    assert who_payloads({"faces": [{"name": "unknown"}, {"name": "ana"}]}) == ("ana", "2")
+    assert who_payloads({"faces": [{"name": "unknown"}]}) == ("unknown", "1")
+    assert who_payloads({"faces": []}) == ("none", "0")
+    assert who_payloads({"faces": "x"}) is None and who_payloads(None) is None
+    types = ("visitor",)
+    assert json.loads(event_payload({"event": "visitor", "faces": 2}, types)) == \
+        {"event_type": "visitor", "faces": 2}
+    assert event_payload({"event": "other"}, types) is None
+    assert json.loads(event_payload({"event": "visitor", "x": float("nan")}, types)) == \
+        {"event_type": "visitor"}
+
+
+def test_event_types_come_from_the_door_rules():
+    ruleset = load_rules(ROOT / "configs" / "door.rules.yaml")
+    assert rules_event_types(ruleset, {"events"}) == ["unlocked", "visitor"]
+    assert rules_event_types(ruleset, {"other"}) == []
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def gate():
+    return CommandGate(door_layout(), "4711", max_payload=128, clock=Clock())
+
+
+SET = "iotrt/iotrt_host_door/lock/lock/set"
+
+
+def test_commands_become_messages_for_the_rules(gate):
+    assert gate.parse(SET, b'{"command": "UNLOCK", "code": "4711"}') == {
+        "entity": "lock", "lock": "lock", "command": "unlock", "code_ok": True,
+        "source": "homeassistant"}
+    assert gate.parse(SET, b'{"command": "UNLOCK", "code": "4712"}')["code_ok"] is False
+    assert gate.parse(SET, b'{"command": "UNLOCK", "code": null}')["code_ok"] is False
+    assert gate.parse(SET, b"LOCK")["command"] == "lock"
+    assert gate.rejected == 0
+
+
+@pytest.mark.parametrize("topic, payload, why", [
+    (SET, b"x" * 129, "129 bytes"),
+    (SET, b"\xff\xfe", "not UTF-8"),
+    (SET, b'{"command": ', "bad JSON"),
+    (SET, b"[1, 2]", "unknown command"),
+    (SET, b'{"command": ["UNLOCK"]}', "unknown command"),
+    (SET, b'{"command": "UNLOCK", "code": 4711}', "must be a string"),
+    (SET, b"OPEN_SESAME", "unknown command"),
+    (SET, b"", "unknown command"),
+    (SET + "x", b"UNLOCK", "no entity"),
+    (SET, b'{"command": "UNLOCK", "code": "' + b"9" * 10**6 + b'"}', "bytes"),
+])
+def test_bad_commands_are_counted_and_explained(gate, topic, payload, why):
+    with pytest.raises(BadCommand, match=why):
+        gate.parse(topic, payload)
+    assert gate.rejected == 1
+
+
+def test_too_many_wrong_codes_lock_out_even_the_right_one(gate):
+    for _ in range(MAX_BAD_CODES):
+        assert not gate.parse(SET, b'{"command": "UNLOCK", "code": "0000"}')["code_ok"]
+    assert not gate.parse(SET, b'{"command": "UNLOCK", "code": "4711"}')["code_ok"]
+    gate._clock.t += 61
+    assert gate.parse(SET, b'{"command": "UNLOCK", "code": "4711"}')["code_ok"]
+
+
+def test_without_a_code_nothing_is_ok():
+    gate = CommandGate(door_layout(has_code=False), "", max_payload=128)
+    assert gate.parse(SET, b'{"command": "UNLOCK", "code": ""}')["code_ok"] is False
