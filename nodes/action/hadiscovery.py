@@ -59,6 +59,7 @@ class BridgedTopic:
     template: str                       # HA value_template over the message as JSON
     unit: str = ""
     device_class: str = ""
+    every_s: float = 1.0                # publish at most this often (the newest message wins)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ SPEC = NodeSpec(
         Param("image", str, "image", "input carrying camera frames (for the snapshot)"),
         Param("image_width", int, 320, "snapshot width in pixels", min=16, max=4096),
         Param("bridge", dict, {}, "more inputs to show as sensors: input -> value_template, or "
-                                  "{template, name, unit, device_class}"),
+                                  "{template, name, unit, device_class, every_s}"),
         Param("code_env", str, "", "environment variable holding the unlock code"),
         Param("code_file", str, "", "file holding the unlock code"),
         Param("health_s", float, 5.0, "ask the supervisor for node health this often (0: off)",
@@ -220,13 +220,18 @@ def layout_from(node: Node) -> Layout:
             raise DriverError(f"bridge: {name!r} is not an input of this node (inputs: "
                               f"{', '.join(wired) or 'none'})")
         spec = {"template": spec} if isinstance(spec, str) else spec
+        every = spec.get("every_s", 1.0) if isinstance(spec, dict) else None
         if not isinstance(spec, dict) or not isinstance(spec.get("template"), str) or \
-                not set(spec) <= {"template", "name", "unit", "device_class"}:
+                not set(spec) <= {"template", "name", "unit", "device_class", "every_s"} or \
+                isinstance(every, bool) or not isinstance(every, (int, float)) or \
+                not 0.01 <= every <= 86400:
             raise DriverError(f"bridge.{name}: give a value_template string or a map with "
-                              f"template (and optionally name, unit, device_class)")
+                              f"template (and optionally name, unit, device_class, every_s "
+                              f"from 0.01 to 86400)")
         bridged[name] = (BridgedTopic(name, str(spec.get("name", name)), spec["template"],
                                       str(spec.get("unit", "")),
-                                      str(spec.get("device_class", ""))), source(name))
+                                      str(spec.get("device_class", "")), float(every)),
+                         source(name))
     events = {n: source(n) for n in names("events")}
     event_types = [str(t) for t in p["event_types"]]
     if not event_types and p["rules"] and events:
@@ -256,6 +261,8 @@ class Bridge:
         self.nodes: list[str] = []
         self.health: dict[str, str] = {}
         self.frame: Any = None
+        self.bridged_at: dict[str, float] = {}      # input -> when it was last published
+        self.pending: dict[str, str] = {}           # input -> newest message not yet published
         self.stats = {"rejected_commands": 0, "dropped_events": 0, "bad_messages": 0}
         self._last_log = 0.0
 
@@ -325,7 +332,15 @@ class Bridge:
                 return self.bad(name, "not JSON-able (arrays and bytes are not bridged)")
             if len(text) > self.node.params["max_state_bytes"]:
                 return self.bad(name, f"{len(text)} bytes as JSON")
-            self.link.set_state(L.bridge_topic(name), text)
+            self.pending[name] = text
+            self.flush_bridged(time.monotonic())
+
+    def flush_bridged(self, now: float) -> None:
+        """Publish each pending bridged message whose every_s has passed."""
+        for name in list(self.pending):
+            if now - self.bridged_at.get(name, -1e18) >= self.layout.bridged[name][0].every_s:
+                self.bridged_at[name] = now
+                self.link.set_state(self.layout.bridge_topic(name), self.pending.pop(name))
 
     def bad(self, name: str, why: str) -> None:
         self.stats["bad_messages"] += 1
@@ -410,6 +425,8 @@ def main(node: Node) -> None:
         bridge.start()
         if p["health_s"] > 0:
             node.timer("health", p["health_s"], first_s=0.0)
+        if layout.bridged:
+            node.timer("bridge", min(b.every_s for b, _ in layout.bridged.values()))
         node.ready()
         dropped = 0
         for event in node:
@@ -417,6 +434,8 @@ def main(node: Node) -> None:
                 bridge.on_input(event.input, event.data)
             elif event.timer == "health":
                 poll_health(node, bridge)
+            elif event.timer == "bridge":
+                bridge.flush_bridged(time.monotonic())
             if bridge.link.dropped_events != dropped:
                 dropped = bridge.link.dropped_events
                 bridge.publish_stats()

@@ -4,6 +4,7 @@ gate's handling of whatever arrives on a command topic. No broker needed."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,73 @@ def test_too_many_wrong_codes_lock_out_even_the_right_one(gate):
 def test_without_a_code_nothing_is_ok():
     gate = CommandGate(door_layout(has_code=False), "", max_payload=128)
     assert gate.parse(SET, b'{"command": "UNLOCK", "code": ""}')["code_ok"] is False
+
+
+# -- the bridge between graph messages and the broker, with a recording link -----------------
+
+class Link:
+    def __init__(self) -> None:
+        self.states: dict[str, bytes | str] = {}
+        self.events: list[tuple[str, str]] = []
+        self.dropped_events = 0
+
+    def set_state(self, topic, payload) -> None:
+        self.states[topic] = payload
+
+    def send_event(self, topic, payload) -> None:
+        self.events.append((topic, payload))
+
+
+def bridge():
+    import logging
+    from types import SimpleNamespace
+
+    from iotrt.nodes.action.homeassistant import SPEC, Bridge
+
+    layout = door_layout()
+    node = SimpleNamespace(params=SPEC.validate_params({}), log=logging.getLogger("t"),
+                           published=[])
+    node.publish = lambda out, data, stamp_ns=None: node.published.append((out, data))
+    b = Bridge(node, layout, Link(), CommandGate(layout, "4711", 128))
+    b.start()
+    return b
+
+
+def test_bridge_states_events_and_snapshot():
+    import numpy as np
+
+    b = bridge()
+    L = b.layout
+    assert sum(t.endswith("/config") for t in b.link.states) == len(L.configs())
+    b.on_input("lock", {"locked": False, "cause": "command"})
+    assert json.loads(b.link.states[L.lock_state_topic("lock")]) == {"locked": False}
+    b.on_input("faces", {"faces": [{"name": "ana", "score": 0.9}]})
+    assert (b.link.states[L.who_topic], b.link.states[L.faces_topic]) == ("ana", "1")
+    b.on_input("image", np.full((480, 640, 3), 200, np.uint8))
+    b.on_input("events", {"event": "visitor", "faces": 1})
+    assert json.loads(b.link.events[0][1])["event_type"] == "visitor"
+    jpeg = b.link.states[L.image_topic]
+    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) < 20_000
+    for bad in (("lock", "locked"), ("faces", {"faces": 3}), ("events", {"event": "x"}),
+                ("temp", {"a": np.zeros(3)}), ("image", np.zeros((2, 2), np.float32))):
+        b.on_input(*bad)
+    b.on_input("events", {"event": "unlocked"})     # a snapshot of the 2-D frame is refused
+    assert b.stats["bad_messages"] == 5            # 4 above (the frame is kept unchecked) + it
+    b.on_command(SET, b'{"command": "UNLOCK", "code": "4711"}')
+    b.on_command(SET, b"nonsense")
+    assert b.node.published == [("commands", {"entity": "lock", "lock": "lock",
+                                              "command": "unlock", "code_ok": True,
+                                              "source": "homeassistant"})]
+    assert json.loads(b.link.states[L.stats_topic])["rejected_commands"] == 1
+
+
+def test_bridged_topics_are_rate_limited_latest_wins():
+    b = bridge()
+    topic = b.layout.bridge_topic("temp")
+    b.on_input("temp", {"c": 20})
+    b.on_input("temp", {"c": 21})
+    b.on_input("temp", {"c": 22})
+    assert json.loads(b.link.states[topic]) == {"c": 20}
+    b.flush_bridged(time.monotonic() + 1.0)          # the node's timer, when every_s passed
+    assert json.loads(b.link.states[topic]) == {"c": 22}
+    assert not b.pending
