@@ -6,6 +6,7 @@ jinja2 (Home Assistant's template engine), never a topic name of its own."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import socket
@@ -41,8 +42,10 @@ class Broker:
     def __init__(self, tmp_path: Path, port: int | None = None, extra: str = "") -> None:
         self.port = port or free_port()
         conf = tmp_path / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        f"persistence false\n{extra}")
+        # `user`: as root, mosquitto would switch to the user "mosquitto", who cannot read the
+        # test's private files (certificates, password file)
+        conf.write_text(f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\n"
+                        f"persistence false\n{extra or 'allow_anonymous true'}\n")
         self.log = tmp_path / f"mosquitto-{self.port}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf), "-v"], stdout=out,
