@@ -33,6 +33,8 @@ nodes:
   - id: who
     run: {faces}
     params: {{file: faces.json, period_s: 0.1}}
+    restart: never
+    critical: false
   - id: rules
     kind: rules
     params: {{rules: door.rules.yaml}}
@@ -161,6 +163,19 @@ def test_states_follow_the_door_and_the_bridge_health(door, homeassistant):
     ha.wait_state(lock, "LOCKED", timeout=15)
     health = ha.entity("sensor", "lock health")
     assert health["entity_category"] == "diagnostic" and ha.state(health) == "running"
+
+    # Home Assistant restarted: it says so, and the bridge publishes everything again
+    first = next(iter(ha.configs))
+    before = len(ha.history[first])
+    ha.client.publish("homeassistant/status", "online", qos=1)
+    wait_for(lambda: len(ha.history[first]) > before, 10, "the configs again")
+
+    # a node dies: the entities it feeds become unavailable, its health says so
+    assert ha.available(who)
+    os.kill(door.pid("who"), signal.SIGKILL)        # restart: never
+    ha.wait_state(ha.entity("sensor", "who health"), "failed")
+    wait_for(lambda: not ha.available(who), 10, "the who sensor unavailable")
+    assert ha.available(lock)
 
 
 def test_last_will_fires_when_the_bridge_is_killed(door, homeassistant):
