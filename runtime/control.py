@@ -34,7 +34,12 @@ class ControlError(RuntimeError):
 
 
 def runtime_roots(environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where running graphs may be: ours first, then the system service's."""
+    """Where running graphs may be: ours first, then the system service's.
+
+    IOTRT_RUNTIME_DIR names the one root to look in: a user (or a test) who set it means that
+    graph, and must never be answered by a graph of the same name under another root."""
+    if environ.get("IOTRT_RUNTIME_DIR"):
+        return [Path(environ["IOTRT_RUNTIME_DIR"])]
     candidates = [default_runtime_root(environ), Path("/run/iotrt")]
     if environ.get("XDG_RUNTIME_DIR"):
         candidates.append(Path(environ["XDG_RUNTIME_DIR"]) / "iotrt")

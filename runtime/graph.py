@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 from iotrt.bus import short_ipc_address
 from iotrt.journal import JOURNAL_FILE
+from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
 from iotrt.yamlcheck import Checker, Issue
 
@@ -220,26 +221,6 @@ class GraphError(Exception):
         self.issues = list(issues)
         count = f"{len(self.issues)} problem{'s' if len(self.issues) != 1 else ''}"
         super().__init__(f"invalid graph ({count}):\n" + "\n".join(f"  {i}" for i in self.issues))
-
-
-def default_runtime_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where graphs keep their sockets when the graph file does not say."""
-    if environ.get("IOTRT_RUNTIME_DIR"):
-        return Path(environ["IOTRT_RUNTIME_DIR"])
-    if environ.get("RUNTIME_DIRECTORY"):          # set by systemd's RuntimeDirectory=
-        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_RUNTIME_DIR"):
-        return Path(environ["XDG_RUNTIME_DIR"]) / "iotrt"
-    return Path(f"/tmp/iotrt-{os.getuid()}")
-
-
-def default_state_root(environ: Mapping[str, str] = os.environ) -> Path:
-    if environ.get("IOTRT_STATE_DIR"):
-        return Path(environ["IOTRT_STATE_DIR"])
-    if environ.get("STATE_DIRECTORY"):            # set by systemd's StateDirectory=
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "iotrt"
 
 
 def load_graph(

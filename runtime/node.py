@@ -32,7 +32,7 @@ import numpy as np
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
-from iotrt.protocol import NodeConfig, SupervisorLink, record_body
+from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, record_body
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
 
 if TYPE_CHECKING:
@@ -177,6 +177,18 @@ class Node:
         elif not self._link.record(body):
             self.log.info("record %s %s", body["kind"], body["fields"])
 
+    def _deadline(self, in_s: float | None) -> bool:
+        if self._journal is None:
+            return True     # standalone: no supervisor, no backstop to arm
+        try:
+            ack = self._journal.call(deadline_body(self.id, in_s), timeout_s=0.5, retries=3)
+        except CommandError as exc:
+            self.log.error("the supervisor did not acknowledge a safety deadline: %s", exc)
+            return False
+        if not ack.get("ok"):
+            self.log.error("the supervisor refused a safety deadline: %s", ack.get("error"))
+        return bool(ack.get("ok"))
+
     # -- the API -----------------------------------------------------------------------------
 
     @property
@@ -243,6 +255,15 @@ class Node:
         Returns the ack map (check `ack["ok"]`); raises CommandTimeout when no ack arrives.
         """
         return self._call(output, data, timeout_s, retries)
+
+    def safety_deadline(self, in_s: float | None) -> bool:
+        """Arm the supervisor's backstop: unless this is called again within `in_s` seconds
+        (+ a short grace), the supervisor SIGKILLs this node's process, which restarts in its
+        safe state. `None` disarms it. For a safety action that must end even if this process
+        freezes (a door's re-lock): report the deadline BEFORE starting the action, and do not
+        start it when this returns False (the supervisor did not acknowledge). Thread-safe;
+        only for nodes whose SPEC says `safety=True`. Standalone: does nothing, returns True."""
+        return self._deadline(in_s)
 
     def record(self, kind: str, sync: bool = False, **fields: Any) -> None:
         """Send an event to the journal. sync=True waits until the supervisor wrote it."""

@@ -4,7 +4,8 @@ A node is exec'd as `python -m iotrt.launch` in its own session (so a Ctrl-C in 
 reaches only the supervisor, which then stops the nodes in order, and a signal to the node's
 process group also reaches anything the node spawned). The supervisor learns of its end through
 a pidfd (readable when the process exits), and reads its stdout/stderr through non-blocking
-pipes, all in the supervisor's one select() loop: no thread per node.
+pipes, all in the supervisor's one select() loop: no thread per node. Lines are forwarded
+through the supervisor's OutputPump, so a stalled log reader cannot block that loop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from typing import TextIO
 
 from iotrt.graph import Graph
+from iotrt.outpump import OutputPump
 from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS
 from iotrt.sdnotify import SYSTEMD_ONLY_ENV
 
@@ -44,8 +46,9 @@ def node_env(graph: Graph, node_id: str, log_level: str, base: dict[str, str]) -
 class NodeProcess:
     """A running node: its Popen, its pidfd and its output pipes (all non-blocking fds)."""
 
-    def __init__(self, graph: Graph, node_id: str, env: dict[str, str]):
+    def __init__(self, graph: Graph, node_id: str, env: dict[str, str], pump: OutputPump):
         self.id = node_id
+        self.pump = pump
         n = graph.nodes[node_id]
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "iotrt.launch"],
@@ -76,7 +79,6 @@ class NodeProcess:
             self.popen.wait()
             raise
         self.pipes: dict[int, tuple[TextIO, bytearray]] = {}
-        self.lost_lines = 0
         for pipe, sink in ((self.popen.stdout, sys.stdout), (self.popen.stderr, sys.stderr)):
             fd = pipe.fileno()
             os.set_blocking(fd, False)
@@ -113,16 +115,11 @@ class NodeProcess:
         else:
             lines = [bytes(buf)] if buf else []
         if lines:
+            # through the pump: a log reader that stops reading never blocks the supervisor,
+            # and the pipe is still drained (its lines are dropped and counted instead)
             prefix = f"{self.id} | "
-            try:
-                sink.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
-                sink.flush()
-            except OSError as exc:
-                # our own stdout is gone (a closed pipe, journald restarting): losing log lines
-                # is better than taking the device down; the pipe is still drained
-                self.lost_lines += len(lines)
-                if self.lost_lines == len(lines):
-                    log.error("%s: cannot forward output (%s); dropping it", self.id, exc)
+            self.pump.write(sink, "".join(prefix + ln.decode("utf-8", "replace") + "\n"
+                                          for ln in lines), len(lines))
         if not chunk:
             del self.pipes[fd]
             return False

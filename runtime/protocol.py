@@ -31,6 +31,10 @@ Node -> supervisor (msgpack maps over Push0 -> the supervisor's Pull0)
     ``{"type": "heartbeat", "id", "pid", "stats": {"in": {name: {"msgs", "drops", "bad"}},
     "out": {name: {"msgs"}}}}`` every `heartbeat_s`, sent from inside the event loop, so a node
     stuck in its own code stops heartbeating and gets restarted.
+    ``{"type": "deadline", "id", "pid", "in_s": float | null}``, sent as a command on the
+    "journal" channel (acknowledged): a safety-critical node (SPEC ``safety=True``) will have
+    ended its safety action within ``in_s`` seconds (null: it has); past that plus a short grace
+    the supervisor SIGKILLs the process (``node.safety_deadline``).
     ``{"type": "record", "id", "kind", "fields": {...}, "t_ns"}``: a journal event
     (``node.record()``). With ``sync=True`` the record is instead sent as a command
     (data = the same map) on the "journal" command channel, and ``node.record`` returns once
@@ -63,6 +67,7 @@ ENV_CONFIG = "IOTRT_NODE_CONFIG"
 ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
 ENV_THREADS = "IOTRT_THREADS"
 MESSAGE_TYPES = ("ready", "heartbeat", "record")
+MAX_DEADLINE_S = 86400.0
 
 
 class ConfigError(ValueError):
@@ -141,6 +146,21 @@ def heartbeat_msg(node_id: str, stats: dict) -> bytes:
 def record_body(node_id: str, kind: str, fields: dict, t_ns: int | None = None) -> dict:
     return {"type": "record", "id": node_id, "kind": kind, "fields": fields,
             "t_ns": time.time_ns() if t_ns is None else t_ns}
+
+
+def deadline_body(node_id: str, in_s: float | None) -> dict:
+    return {"type": "deadline", "id": node_id, "pid": os.getpid(), "in_s": in_s}
+
+
+def deadline_in_s(body: dict) -> float | None:
+    """Supervisor side: the checked `in_s` of a deadline body; ValueError if it is not a
+    finite number of seconds in [0, MAX_DEADLINE_S] or null."""
+    in_s = body.get("in_s")
+    if in_s is None:
+        return None
+    if isinstance(in_s, bool) or not isinstance(in_s, (int, float)) or not 0 <= in_s <= MAX_DEADLINE_S:
+        raise ValueError(f"in_s must be null or a number of seconds from 0 to {MAX_DEADLINE_S:g}")
+    return float(in_s)
 
 
 def parse_message(buf: bytes) -> dict:

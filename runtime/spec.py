@@ -90,6 +90,9 @@ class NodeSpec:
     commands_in: dict[str, str] = field(default_factory=dict)
     commands_out: dict[str, str] = field(default_factory=dict)
     params: list[Param] = field(default_factory=list)
+    # Safety-critical (a door lock, motors): runs in a process of its own, never in a process
+    # group, and the supervisor enforces the deadlines it reports (node.safety_deadline).
+    safety: bool = False
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

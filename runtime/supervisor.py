@@ -30,11 +30,12 @@ from iotrt.command import CommandServer
 from iotrt.control import Rates, Usage, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
+from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
 from iotrt.procs import NodeProcess, node_env, terminate_all
-from iotrt.protocol import parse_message
+from iotrt.protocol import deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
-    DONE, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
+    DONE, Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
     State, Stop, Tick, next_deadline, transition,
 )
 
@@ -58,6 +59,7 @@ class Supervisor:
         p = graph.policy
         self.slots: dict[str, Slot] = {
             n.id: Slot(n.id, restart=n.restart, critical=n.critical,
+                       backstop=n.spec is not None and n.spec.safety,
                        start_timeout_s=n.start_timeout_s, liveness_s=p.liveness_s,
                        stop_grace_s=p.stop_grace_s, backoff=p.backoff, intensity=p.intensity)
             for n in graph.nodes.values()
@@ -77,6 +79,7 @@ class Supervisor:
         self._next_ping = 0.0
         self._withholding = False
         self._last_status = ""
+        self._throttle = Throttle()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -93,11 +96,20 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the graph and supervise it until it stops; return the process exit code."""
-        self._open()
+        self.pump = OutputPump()
+        swapped = route_logging(self.pump)
         try:
-            self._loop()
+            self._open()
+            try:
+                self._loop()
+            finally:
+                self._close()
         finally:
-            self._close()
+            unroute_logging(swapped)
+            self.pump.close()
+            if self.pump.dropped_total:
+                log.warning("%d output lines were dropped: the log reader did not keep up",
+                            self.pump.dropped_total)
         return self.exit_code
 
     # -- set-up and tear-down -----------------------------------------------------------------
@@ -272,7 +284,7 @@ class Supervisor:
             old.close_pipes()
         try:
             env = node_env(self.graph, slot.id, self.log_level, self.environ)
-            proc = NodeProcess(self.graph, slot.id, env)
+            proc = NodeProcess(self.graph, slot.id, env, self.pump)
         except OSError as exc:
             self._apply(slot, SpawnFailed(str(exc)), now)
             return
@@ -366,11 +378,11 @@ class Supervisor:
             try:
                 msg = parse_message(buf)
             except DecodeError as exc:
-                log.warning("ignored a malformed message from a node: %s", exc)
+                self._warn("malformed", now, "ignored a malformed message from a node: %s", exc)
                 continue
             slot = self.slots.get(msg["id"])
             if slot is None:
-                log.warning("ignored a message from unknown node %r", msg["id"])
+                self._warn("unknown", now, "ignored a message from unknown node %.80r", msg["id"])
                 continue
             kind, pid = msg["type"], msg.get("pid")
             if kind == "ready":
@@ -382,7 +394,14 @@ class Supervisor:
             else:
                 event_id, error = self._write_record(msg)
                 if event_id is None:
-                    log.warning("record from %s not journaled: %s", slot.id, error)
+                    self._warn(f"record:{slot.id}", now, "record from %s not journaled: %s",
+                               slot.id, error)
+
+    def _warn(self, key: str, now: float, fmt: str, *args) -> None:
+        """A warning about what arrived on a socket, at most one per key every 10 s."""
+        held = self._throttle(key, now)
+        if held is not None:
+            log.warning(fmt + (f" ({held} more like it not shown)" if held else ""), *args)
 
     def _write_record(self, body) -> tuple[int | None, str]:
         """Journal a node's record: (event id, "") or (None, why not)."""
@@ -396,8 +415,27 @@ class Supervisor:
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
+            if isinstance(cmd.data, dict) and cmd.data.get("type") == "deadline":
+                cmd.reply(self._on_deadline(cmd.data))
+                continue
             event_id, error = self._write_record(cmd.data)
             cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
+
+    def _on_deadline(self, body: dict) -> dict:
+        """A safety-critical node's deadline (see iotrt.states): armed only for a node whose
+        SPEC declares safety=True, from the process the supervisor started for it."""
+        slot = self.slots.get(body.get("id")) if isinstance(body.get("id"), str) else None
+        if slot is None or not slot.backstop:
+            return {"ok": False, "error": "not a safety-critical node of this graph"}
+        if body.get("pid") != slot.pid or slot.pid is None:
+            return {"ok": False, "error": f"pid {body.get('pid')!r} is not {slot.id}'s process"}
+        try:
+            in_s = deadline_in_s(body)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        now = self.clock()
+        self._apply(slot, Deadline(slot.pid, None if in_s is None else now + in_s), now)
+        return {"ok": True}
 
     def _on_control(self, fd: int) -> None:
         while True:

@@ -78,6 +78,7 @@ class TestNode(Node):
         self.commands: list[SentCommand] = []
         self.acks: list[dict] = []
         self.records: list[tuple[str, dict]] = []
+        self.deadlines: list[float | None] = []   # node.safety_deadline() calls, in order
         self.responder: Callable[[str, Any], dict | None] = lambda output, data: {}
         self._queue: deque[Event] = deque()
         self._seq: dict[str, int] = {}
@@ -153,6 +154,10 @@ class TestNode(Node):
         if ack is None:
             raise CommandTimeout(f"no ack for command on {output!r} (test responder)")
         return ack
+
+    def _deadline(self, in_s: float | None) -> bool:
+        self.deadlines.append(in_s)
+        return True
 
     def _record(self, body: dict, sync: bool) -> None:
         body = unpack(pack(body))
