@@ -13,7 +13,6 @@ import socket
 import subprocess
 import threading
 import uuid
-import time
 from pathlib import Path
 
 import pytest

@@ -43,6 +43,11 @@ LOCK_COMMAND_TEMPLATE = '{{ {"command": value, "code": code} | tojson }}'
 NO_FACE, UNKNOWN = "none", "unknown"
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+_TOPIC_ROOT = re.compile(r"^[^+#\x00]+$")
+
+
+class LayoutError(ValueError):
+    """The bridge's params do not describe something it can publish."""
 
 
 def slug(text: str) -> str:
@@ -132,6 +137,11 @@ class Layout:
     def config_wildcard(self) -> str:
         """Every discovery config of this device (for `iotrt mqtt forget`)."""
         return f"{self.prefix}/+/{slug(self.device_id)}/+/config"
+
+    def uses(self) -> set[str]:
+        """The input names this layout reads."""
+        return {*self.locks, *self.events, *self.bridged,
+                *(x[0] for x in (self.faces, self.image) if x is not None)}
 
     def command_topics(self) -> dict[str, str]:
         """command topic -> lock input name."""
@@ -232,16 +242,19 @@ def who_payloads(data: Any) -> tuple[str, str] | None:
     return who, str(len(faces))
 
 
-def event_payload(data: Any, event_types: tuple[str, ...]) -> str | None:
+def event_payload(data: Any, event_types: tuple[str, ...], max_bytes: int = 65536) -> str | None:
     """A rules ``events`` message ``{event: visitor, ...}`` -> HA's ``{event_type, ...}``
-    (None when it names no known event type: Home Assistant would drop it anyway)."""
-    if not isinstance(data, dict) or data.get("event") not in event_types:
+    (None when it names no known event type: Home Assistant would drop it anyway). Other
+    fields become the event's attributes, unless they are not JSON or too long."""
+    if not isinstance(data, dict) or not isinstance(data.get("event"), str) \
+            or data["event"] not in event_types:
         return None
     attrs = {k: v for k, v in data.items() if k != "event" and isinstance(k, str)}
     try:
-        return json.dumps({"event_type": data["event"], **attrs}, allow_nan=False)
+        text = json.dumps({"event_type": data["event"], **attrs}, allow_nan=False)
     except (TypeError, ValueError):
-        return json.dumps({"event_type": data["event"]})
+        text = ""
+    return text if 0 < len(text) <= max_bytes else json.dumps({"event_type": data["event"]})
 
 
 def health_of(state: str) -> str:
@@ -260,3 +273,67 @@ def rules_event_types(ruleset: Any, outputs: set[str]) -> list[str]:
                     and step.data["event"] not in found:
                 found.append(step.data["event"])
     return found
+
+
+BRIDGE_KEYS = {"template", "name", "unit", "device_class", "every_s"}
+
+
+def bridged_topic(name: str, spec: Any) -> BridgedTopic:
+    """One entry of the ``bridge`` param: a value_template, or a map (BRIDGE_KEYS)."""
+    spec = {"template": spec} if isinstance(spec, str) else spec
+    every = spec.get("every_s", 1.0) if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("template"), str) \
+            or not set(spec) <= BRIDGE_KEYS or isinstance(every, bool) \
+            or not isinstance(every, (int, float)) or not 0.01 <= every <= 86400:
+        raise LayoutError(f"bridge.{name}: give a value_template string or a map with template "
+                          f"(and optionally name, unit, device_class, every_s from 0.01 to "
+                          f"86400)")
+    return BridgedTopic(name, str(spec.get("name", name)), spec["template"],
+                        str(spec.get("unit", "")), str(spec.get("device_class", "")),
+                        float(every))
+
+
+def make_layout(params: dict, graph: str, device_id: str, version: str,
+                inputs: dict[str, str]) -> Layout:
+    """The Layout from the bridge's params; ``inputs``: input name -> the topic wired to it."""
+    source = {name: topic.split("/")[0] for name, topic in inputs.items()}
+
+    def names(param: str) -> list[str]:
+        value = params[param]
+        if not all(isinstance(v, str) for v in value):
+            raise LayoutError(f"{param} must be a list of input names")
+        return [v for v in value if v in source]
+
+    if not params["discovery_prefix"].strip("/"):
+        raise LayoutError("discovery_prefix must not be empty (Home Assistant's default: "
+                          "homeassistant)")
+    for param in ("discovery_prefix", "base_topic"):
+        if params[param] and not _TOPIC_ROOT.match(params[param]):
+            raise LayoutError(f"{param} {params[param]!r}: no + or # in a topic to publish to")
+    bridged = {}
+    for name, spec in params["bridge"].items():
+        if name not in source:
+            raise LayoutError(f"bridge: {name!r} is not an input of this node (inputs: "
+                              f"{', '.join(source) or 'none'})")
+        bridged[name] = (bridged_topic(name, spec), source[name])
+    events = {n: source[n] for n in names("events")}
+    event_types = params["event_types"]
+    if not all(isinstance(t, str) and t for t in event_types):
+        raise LayoutError("event_types must be a list of names")
+    if not event_types and params["rules"] and events:
+        from iotrt.rules import RulesError, load_rules
+        try:
+            ruleset = load_rules(params["rules"])
+        except (RulesError, OSError) as exc:
+            raise LayoutError(f"cannot read event types from {params['rules']}: {exc}") from exc
+        event_types = rules_event_types(ruleset, {inputs[n].split("/", 1)[-1] for n in events})
+    faces, image = params["faces"], params["image"]
+    return Layout(
+        graph=graph, device_id=device_id, device_name=params["device_name"] or graph,
+        prefix=params["discovery_prefix"].strip("/"), base=params["base_topic"].strip("/"),
+        version=version, configuration_url=params["configuration_url"],
+        locks={n: source[n] for n in names("locks")}, events=events,
+        event_types=tuple(event_types),
+        faces=(faces, source[faces]) if faces in source else None,
+        image=(image, source[image]) if image in source else None,
+        bridged=bridged)

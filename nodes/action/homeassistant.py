@@ -28,9 +28,9 @@ from typing import Any
 from iotrt import __version__
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
-from iotrt.nodes.action.hadiscovery import (LOCK_COMMANDS, OFFLINE, ONLINE, BridgedTopic, Layout,
-                                            event_payload, health_of, lock_payload,
-                                            rules_event_types, slug, who_payloads)
+from iotrt.nodes.action.hadiscovery import (LOCK_COMMANDS, OFFLINE, ONLINE, Layout, event_payload,
+                                            health_of, lock_payload, make_layout, slug,
+                                            who_payloads)
 from iotrt.nodes.action.mqttlink import BrokerConfig
 
 SPEC = NodeSpec(
@@ -200,57 +200,16 @@ class CommandGate:
 
 
 def layout_from(node: Node) -> Layout:
-    """What to expose, from the params and the node's wiring (raises DriverError)."""
-    p, cfg = node.params, node.config
+    """What to expose, from the params and the node's wiring (LayoutError when wrong)."""
+    cfg = node.config
     graph = cfg.graph or node.id
-    wired = {name: ep.topic.split("/")[0] for name, ep in cfg.inputs.items()}
-
-    def source(name: str) -> str:
-        return wired.get(name, "")
-
-    def names(param: str) -> list[str]:
-        value = p[param]
-        if not all(isinstance(v, str) for v in value):
-            raise DriverError(f"{param} must be a list of input names")
-        return [v for v in value if v in wired]
-
-    bridged: dict[str, tuple[BridgedTopic, str]] = {}
-    for name, spec in p["bridge"].items():
-        if name not in wired:
-            raise DriverError(f"bridge: {name!r} is not an input of this node (inputs: "
-                              f"{', '.join(wired) or 'none'})")
-        spec = {"template": spec} if isinstance(spec, str) else spec
-        every = spec.get("every_s", 1.0) if isinstance(spec, dict) else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("template"), str) or \
-                not set(spec) <= {"template", "name", "unit", "device_class", "every_s"} or \
-                isinstance(every, bool) or not isinstance(every, (int, float)) or \
-                not 0.01 <= every <= 86400:
-            raise DriverError(f"bridge.{name}: give a value_template string or a map with "
-                              f"template (and optionally name, unit, device_class, every_s "
-                              f"from 0.01 to 86400)")
-        bridged[name] = (BridgedTopic(name, str(spec.get("name", name)), spec["template"],
-                                      str(spec.get("unit", "")),
-                                      str(spec.get("device_class", "")), float(every)),
-                         source(name))
-    events = {n: source(n) for n in names("events")}
-    event_types = [str(t) for t in p["event_types"]]
-    if not event_types and p["rules"] and events:
-        from iotrt.rules import RulesError, load_rules
-        try:
-            ruleset = load_rules(p["rules"])
-        except (RulesError, OSError) as exc:
-            raise DriverError(f"cannot read event types from {p['rules']}: {exc}") from exc
-        outputs = {cfg.inputs[n].topic.split("/", 1)[-1] for n in events}
-        event_types = rules_event_types(ruleset, outputs)
-    return Layout(
-        graph=graph, device_id=device_id(p, graph), device_name=p["device_name"] or graph,
-        prefix=p["discovery_prefix"].strip("/"), base=p["base_topic"].strip("/"),
-        version=__version__, configuration_url=p["configuration_url"],
-        locks={n: source(n) for n in names("locks")}, events=events,
-        event_types=tuple(event_types),
-        faces=(p["faces"], source(p["faces"])) if p["faces"] in wired else None,
-        image=(p["image"], source(p["image"])) if p["image"] in wired else None,
-        bridged=bridged)
+    layout = make_layout(node.params, graph, device_id(node.params, graph), __version__,
+                         {name: ep.topic for name, ep in cfg.inputs.items()})
+    unused = [n for n in cfg.inputs if n not in layout.uses()]
+    if unused:
+        node.log.warning("inputs %s are not used: name them in locks, events, faces, image or "
+                         "bridge", ", ".join(unused))
+    return layout
 
 
 class Bridge:
@@ -311,7 +270,7 @@ class Bridge:
                 return self.bad(name, "not a lock state")
             self.link.set_state(L.lock_state_topic(name), state)
         elif name in L.events:
-            event = event_payload(data, L.event_types)
+            event = event_payload(data, L.event_types, self.node.params["max_state_bytes"])
             if event is None:
                 return self.bad(name, f"no event type of {list(L.event_types)}")
             self.link.send_event(L.event_topic(name), event)

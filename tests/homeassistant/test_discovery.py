@@ -232,3 +232,46 @@ def test_bridged_topics_are_rate_limited_latest_wins():
     b.flush_bridged(time.monotonic() + 1.0)          # the node's timer, when every_s passed
     assert json.loads(b.link.states[topic]) == {"c": 22}
     assert not b.pending
+
+
+def layout_params(**kw) -> dict:
+    from iotrt.nodes.action.homeassistant import SPEC
+
+    return SPEC.validate_params({"host": "h", **kw})
+
+
+def test_layout_from_params_and_wiring():
+    from iotrt.nodes.action.hadiscovery import make_layout
+
+    inputs = {"lock": "lock/state", "events": "rules/events", "faces": "who/faces",
+              "t": "thermo/reading"}
+    layout = make_layout(layout_params(rules=str(ROOT / "configs" / "door.rules.yaml"),
+                                       bridge={"t": "{{ value_json.c }}"}),
+                         "door", "dev", "1.0", inputs)
+    assert layout.locks == {"lock": "lock"} and layout.events == {"events": "rules"}
+    assert layout.event_types == ("unlocked", "visitor")
+    assert layout.faces == ("faces", "who") and layout.image is None
+    assert layout.bridged["t"][0].every_s == 1.0 and layout.bridged["t"][1] == "thermo"
+    assert layout.uses() == set(inputs)
+
+
+@pytest.mark.parametrize("params, why", [
+    ({"bridge": {"nope": "{{ value }}"}}, "not an input"),
+    ({"bridge": {"t": {"name": "x"}}}, "value_template"),
+    ({"bridge": {"t": {"template": "x", "colour": "red"}}}, "value_template"),
+    ({"bridge": {"t": {"template": "x", "every_s": 0}}}, "every_s"),
+    ({"bridge": {"t": {"template": "x", "every_s": True}}}, "every_s"),
+    ({"bridge": {"t": 5}}, "value_template"),
+    ({"locks": [1]}, "list of input names"),
+    ({"event_types": [""]}, "event_types"),
+    ({"discovery_prefix": "home/#"}, "no \\+ or #"),
+    ({"base_topic": "a/+/b"}, "no \\+ or #"),
+    ({"discovery_prefix": "/"}, "must not be empty"),
+    ({"rules": "/nonexistent.rules.yaml"}, "cannot read event types"),
+])
+def test_bad_params_are_explained(params, why):
+    from iotrt.nodes.action.hadiscovery import LayoutError, make_layout
+
+    with pytest.raises(LayoutError, match=why):
+        make_layout(layout_params(**params), "door", "dev", "1.0",
+                    {"t": "thermo/reading", "events": "rules/events"})
