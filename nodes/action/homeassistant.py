@@ -81,6 +81,7 @@ SPEC = NodeSpec(
 
 MAX_BAD_CODES = 5           # wrong unlock codes within BAD_CODE_WINDOW_S ...
 BAD_CODE_WINDOW_S = 60.0    # ... refuse every code for the rest of that window
+JOURNAL_PER_MIN = 30        # Home Assistant requests journaled per minute, at most
 
 
 class BadCommand(ValueError):
@@ -222,6 +223,8 @@ class Bridge:
         self.frame: Any = None
         self.bridged_at: dict[str, float] = {}      # input -> when it was last published
         self.pending: dict[str, str] = {}           # input -> newest message not yet published
+        self.journaled: deque[float] = deque()      # when the last requests were journaled
+        self.unjournaled = 0
         self.stats = {"rejected_commands": 0, "dropped_events": 0, "bad_messages": 0}
         self._last_log = 0.0
 
@@ -258,7 +261,21 @@ class Bridge:
         self.node.log.info("Home Assistant asks: %s %s (code %s); the rules decide",
                            message["command"], message["lock"],
                            "ok" if message["code_ok"] else "missing or wrong")
+        self.journal(message)
         self.node.publish("commands", message, stamp_ns=time.monotonic_ns())
+
+    def journal(self, message: dict) -> None:
+        """Each request goes to the journal (who asked to unlock, with or without the code),
+        at most JOURNAL_PER_MIN a minute so a flood cannot fill it; the rest is counted."""
+        now = time.monotonic()
+        while self.journaled and self.journaled[0] < now - 60:
+            self.journaled.popleft()
+        if len(self.journaled) >= JOURNAL_PER_MIN:
+            self.unjournaled += 1
+            return
+        self.journaled.append(now)
+        self.node.record("ha_command", **message, not_journaled_before=self.unjournaled)
+        self.unjournaled = 0
 
     # -- from the graph (the node's loop) ------------------------------------------------
 

@@ -137,6 +137,7 @@ def test_home_assistant_follows_discovery_to_unlock_through_the_rule(door, homea
     ha.press(lock, "UNLOCK", code=CODE)             # the same path, in order, is accepted
     ha.wait_state(lock, "UNLOCKED")
     assert door.up.text.count("Home Assistant asks: unlock lock (code missing or wrong)") == 2
+    assert [e.fields["code_ok"] for e in door.journal(kind="ha_command")] == [False, False, True]
     assert [c["locked"] for c in door.lock_changes()] == [True, False]
     applied = door.journal(kind="command_applied")
     assert len(applied) == 1 and applied[0].fields["src"] == "rules"

@@ -187,8 +187,9 @@ def bridge():
 
     layout = door_layout()
     node = SimpleNamespace(params=SPEC.validate_params({}), log=logging.getLogger("t"),
-                           published=[])
+                           published=[], records=[])
     node.publish = lambda out, data, stamp_ns=None: node.published.append((out, data))
+    node.record = lambda kind, **fields: node.records.append((kind, fields))
     b = Bridge(node, layout, Link(), CommandGate(layout, "4711", 128))
     b.start()
     return b
@@ -220,6 +221,18 @@ def test_bridge_states_events_and_snapshot():
                                               "command": "unlock", "code_ok": True,
                                               "source": "homeassistant"})]
     assert json.loads(b.link.states[L.stats_topic])["rejected_commands"] == 1
+    assert b.node.records == [("ha_command", {**b.node.published[0][1],
+                                              "not_journaled_before": 0})]
+
+
+def test_a_flood_of_requests_is_journaled_at_a_bounded_rate():
+    from iotrt.nodes.action.homeassistant import JOURNAL_PER_MIN
+
+    b = bridge()
+    for _ in range(JOURNAL_PER_MIN + 7):
+        b.on_command(SET, b'{"command": "UNLOCK", "code": "0"}')
+    assert len(b.node.records) == JOURNAL_PER_MIN and b.unjournaled == 7
+    assert len(b.node.published) == JOURNAL_PER_MIN + 7     # the rules still see every one
 
 
 def test_bridged_topics_are_rate_limited_latest_wins():
