@@ -84,7 +84,6 @@ class MqttLink:
         self.log = log or logging.getLogger("iotrt.mqtt")
         self.connected = threading.Event()
         self.dropped_events = 0
-        self.connects = 0
         self._mqtt = import_paho()
         self._will = (will_topic, online, offline)
         self._subscriptions = subscriptions
@@ -114,13 +113,6 @@ class MqttLink:
             self._states[topic] = data
             if self.connected.is_set():
                 self._client.publish(topic, data, qos=1, retain=True)
-
-    def clear_state(self, topic: str) -> None:
-        """Forget a retained topic and delete it on the broker (an empty retained message)."""
-        with self._mutex:
-            self._states.pop(topic, None)
-            if self.connected.is_set():
-                self._client.publish(topic, b"", qos=1, retain=True)
 
     def send_event(self, topic: str, payload: str | bytes) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
@@ -155,7 +147,6 @@ class MqttLink:
             client.subscribe(topic, qos=1)
         with self._mutex:
             self.connected.set()
-            self.connects += 1
             status = self._will[0]
             for topic, data in self._states.items():
                 if topic != status:
