@@ -77,18 +77,15 @@ def make_client(cfg: BrokerConfig):
 class MqttLink:
     def __init__(self, cfg: BrokerConfig, *, will_topic: str, online: str = "online",
                  offline: str = "offline", subscriptions: tuple[str, ...] = (),
-                 on_message: Callable[[str, bytes], None] | None = None,
-                 on_connected: Callable[[], None] | None = None, max_events: int = 100,
+                 on_message: Callable[[str, bytes], None] | None = None, max_events: int = 100,
                  log: logging.Logger | None = None) -> None:
         self.cfg = cfg
         self.log = log or logging.getLogger("iotrt.mqtt")
         self.connected = threading.Event()
         self.dropped_events = 0
-        self._mqtt = import_paho()
         self._will = (will_topic, online, offline)
         self._subscriptions = subscriptions
         self._on_message = on_message
-        self._on_connected = on_connected
         self._mutex = threading.Lock()
         self._states: dict[str, bytes] = {}       # topic -> latest payload (retained)
         self._events: deque[tuple[str, bytes]] = deque(maxlen=max_events)
@@ -158,8 +155,6 @@ class MqttLink:
             client.publish(status, self._will[1], qos=1, retain=True)   # birth, last
         self.log.info("connected to MQTT broker %s (%d states, %d queued events sent)",
                       self.cfg.where, len(self._states), len(queued))
-        if self._on_connected is not None:
-            self._on_connected()
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         with self._mutex:
