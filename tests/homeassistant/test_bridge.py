@@ -57,8 +57,12 @@ nodes:
       keepalive_s: 5
       health_s: 0.5
       max_events: 3
+      bridge:
+        relock: {{template: "{{{{ value_json.relock_in_s | round(0) if value_json.relock_in_s else 0 }}}}",
+                 name: Relock in, unit: s, every_s: 0.2}}
     inputs:
       lock: lock/state
+      relock: lock/state
       events: rules/events
       faces: who/faces
     outputs: [commands]
@@ -151,7 +155,7 @@ def test_home_assistant_follows_discovery_to_unlock_through_the_rule(door, homea
 
 def test_states_follow_the_door_and_the_bridge_health(door, homeassistant):
     ha = homeassistant
-    wait_for(lambda: len(ha.configs) >= 8, 20, "discovery configs")
+    wait_for(lambda: len(ha.configs) >= 9, 20, "discovery configs")
     lock, who = ha.entity("lock"), ha.entity("sensor", "Who is at the door")
     faces = ha.entity("sensor", "Faces in view")
     ha.wait_state(who, "none")
@@ -159,6 +163,9 @@ def test_states_follow_the_door_and_the_bridge_health(door, homeassistant):
     ha.wait_state(who, "owner")
     ha.wait_state(lock, "UNLOCKED")
     assert ha.state(faces) == "1"
+    relock = ha.entity("sensor", "Relock in")       # a bridged topic, with the user's template
+    assert relock["unit_of_measurement"] == "s"
+    wait_for(lambda: float(ha.state(relock) or 0) > 0, 10, "a bridged relock countdown")
     door.faces([])
     ha.wait_state(who, "none")
     ha.wait_state(lock, "LOCKED", timeout=15)
@@ -181,7 +188,7 @@ def test_states_follow_the_door_and_the_bridge_health(door, homeassistant):
 
 def test_last_will_fires_when_the_bridge_is_killed(door, homeassistant):
     ha = homeassistant
-    wait_for(lambda: len(ha.configs) >= 8, 20, "discovery configs")
+    wait_for(lambda: len(ha.configs) >= 9, 20, "discovery configs")
     lock = ha.entity("lock")
     status = lock["availability"][0]["topic"]
     wait_for(lambda: ha.retained.get(status) == b"online", 10, "birth message")
@@ -197,7 +204,7 @@ def test_last_will_fires_when_the_bridge_is_killed(door, homeassistant):
 
 def test_broker_dies_during_an_unlock(tmp_path, door, broker, homeassistant):
     ha = homeassistant
-    wait_for(lambda: len(ha.configs) >= 8, 20, "discovery configs")
+    wait_for(lambda: len(ha.configs) >= 9, 20, "discovery configs")
     lock = ha.entity("lock")
     ha.wait_state(lock, "LOCKED")
     ha.press(lock, "UNLOCK", code=CODE)
