@@ -21,6 +21,7 @@ NODES: dict[str, str] = {
     "webhook": "iotrt.nodes.action.webhook",
     "command": "iotrt.nodes.action.command",
     "mqtt": "iotrt.nodes.action.mqtt",
+    "homeassistant": "iotrt.nodes.action.homeassistant",
     "log": "iotrt.nodes.action.log",
     "snapshot": "iotrt.nodes.action.snapshot",
     # observe: recordings (docs/record.md), the web page (docs/web.md)

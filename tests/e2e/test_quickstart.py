@@ -64,7 +64,7 @@ def test_readme_quickstart_in_a_fresh_virtualenv(tmp_path):
             if "rule unlock_for_enrolled fired" in chunk:
                 break
         text = "".join(lines)
-        assert "all 8 nodes up" in text, text[-3000:]
+        assert re.search(r"all \d+ nodes up", text), text[-3000:]
         assert "rule unlock_for_enrolled fired" in text, text[-3000:]
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0

@@ -95,7 +95,7 @@ def test_invalid_messages_exit_1_with_file_and_line(tmp_path, capsys):
 def test_check_lists_rules(capsys):
     assert main(["rules", "check", DOOR]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: 2 rule(s)")
+    assert out.startswith("OK: 4 rule(s)")
     assert "door.rules.yaml:6" in out
 
 
