@@ -202,7 +202,8 @@ class Status:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.journal.close()
 
     def _run(self) -> None:
