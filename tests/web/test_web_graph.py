@@ -24,13 +24,14 @@ from helpers import Up, up_env, wait_for
 
 from iotrt import control
 from iotrt.bus import Subscriber
+from iotrt.graph import load_graph
 from iotrt.journal import Journal, JournalError, JournalReader
 
 from web.cdp import Browser, CdpError, chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = ROOT / "configs" / "door.yaml"
-NODES = {"cam", "faces", "who", "rules", "lock", "doorbell", "snapshot", "web"}
+NODES = set(load_graph(DOOR).nodes)          # camera ... lock, web: every node must run
 
 
 class Door:
