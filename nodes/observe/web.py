@@ -12,9 +12,11 @@ client is connected (one JPEG encode per frame, shared by every viewer of that t
 reads the decision traces for the latency histogram only while somebody (a page or a
 Prometheus scrape) looked within `idle_s`. Between those, its threads sleep on conditions.
 
-Threads: the node's event loop (heartbeats, reloads) in the main thread, the HTTP server
-(one thread per connection, at most `max_clients`), the bus taps (webtaps.Taps) and the status
-watcher (webstatus.Status). Details and the page: docs/web.md.
+Threads: the node's event loop (heartbeats, reloads, retries to serve), the HTTP server (one
+thread per connection, at most `max_clients`), the bus taps (webtaps.Taps) and the status
+watcher (webstatus.Status). Modules: webserver.py (HTTP, token, TLS), webtaps.py (bus
+subscriptions, annotation, JPEG), webstatus.py (control socket, journal, metrics), static/
+(the page). Details: docs/web.md.
 """
 
 from __future__ import annotations
