@@ -144,6 +144,11 @@ def test_a_person_watches_in_chromium(door, tmp_path):
     try:
         browser.navigate(door.url)
         wait_for(lambda: look("!!document.getElementById('token')"), 20, "the login form")
+        shown = "getComputedStyle(document.getElementById('wrong')).display !== 'none'"
+        assert browser.js(shown) is False
+        browser.js("document.getElementById('token').value = 'not-the-token-0123456789';"
+                   "document.querySelector('form').submit(); true")
+        wait_for(lambda: look(shown), 20, "'That is not the token.' after a wrong one")
         browser.js(f"document.getElementById('token').value = {json.dumps(door.token)};"
                    "document.querySelector('form').submit(); true")
         wait_for(lambda: look("!!document.getElementById('nodes')"), 20, "the status page")
