@@ -123,7 +123,8 @@ def broker_config(params: dict, device_id: str, log=None) -> BrokerConfig:
         username=params["username"],
         password=read_secret(params, "password_env", "password_file", log),
         tls=tls, ca_file=params["ca_file"], cert_file=params["cert_file"],
-        key_file=params["key_file"], keepalive_s=params["keepalive_s"])
+        key_file=params["key_file"], keepalive_s=params["keepalive_s"],
+        max_packet=params["max_payload"] + 1024)    # + the topic and the packet's header
 
 
 def device_id(params: dict, graph: str) -> str:
