@@ -63,6 +63,8 @@ SPEC = NodeSpec(
                                        "file publishes)"),
         Param("rules", str, "", "the rules file to read event types from"),
         Param("faces", str, "faces", "input carrying the identity node's faces"),
+        Param("faces_every_s", float, 0.5, "publish who/faces at most this often", min=0.05,
+              max=60),
         Param("image", str, "image", "input carrying camera frames (for the snapshot)"),
         Param("image_width", int, 320, "snapshot width in pixels", min=16, max=4096),
         Param("bridge", dict, {}, "more inputs to show as sensors: input -> value_template, or "
@@ -222,8 +224,8 @@ class Bridge:
         self.nodes: list[str] = []
         self.health: dict[str, str] = {}
         self.frame: Any = None
-        self.bridged_at: dict[str, float] = {}      # input -> when it was last published
-        self.pending: dict[str, str] = {}           # input -> newest message not yet published
+        self.sent_at: dict[str, float] = {}                 # topic -> when last published
+        self.pending: dict[str, tuple[str, float]] = {}     # topic -> (newest, every_s)
         self.journaled: deque[float] = deque()      # when the last requests were journaled
         self.unjournaled = 0
         self.stats = {"rejected_commands": 0, "dropped_events": 0, "bad_messages": 0}
@@ -298,8 +300,11 @@ class Bridge:
             who = who_payloads(data)
             if who is None:
                 return self.bad(name, "no 'faces' list")
-            self.link.set_state(L.who_topic, who[0])
-            self.link.set_state(L.faces_topic, who[1])
+            # A detector flickering at 30 Hz must not flood the broker: at most every
+            # faces_every_s, the newest value wins.
+            every = self.node.params["faces_every_s"]
+            self.throttle(L.who_topic, who[0], every)
+            self.throttle(L.faces_topic, who[1], every)
         elif L.image is not None and name == L.image[0]:
             self.frame = data           # encoded only when an event asks for a snapshot
         elif name in L.bridged:
@@ -309,15 +314,19 @@ class Bridge:
                 return self.bad(name, "not JSON-able (arrays and bytes are not bridged)")
             if len(text) > self.node.params["max_state_bytes"]:
                 return self.bad(name, f"{len(text)} bytes as JSON")
-            self.pending[name] = text
-            self.flush_bridged(time.monotonic())
+            self.throttle(L.bridge_topic(name), text, L.bridged[name][0].every_s)
 
-    def flush_bridged(self, now: float) -> None:
-        """Publish each pending bridged message whose every_s has passed."""
-        for name in list(self.pending):
-            if now - self.bridged_at.get(name, -1e18) >= self.layout.bridged[name][0].every_s:
-                self.bridged_at[name] = now
-                self.link.set_state(self.layout.bridge_topic(name), self.pending.pop(name))
+    def throttle(self, topic: str, payload: str, every_s: float) -> None:
+        self.pending[topic] = (payload, every_s)
+        self.flush(time.monotonic())
+
+    def flush(self, now: float) -> None:
+        """Publish each pending state whose interval has passed (also the node's timer)."""
+        for topic, (payload, every_s) in list(self.pending.items()):
+            if now - self.sent_at.get(topic, -1e18) >= every_s:
+                self.sent_at[topic] = now
+                del self.pending[topic]
+                self.link.set_state(topic, payload)
 
     def bad(self, name: str, why: str) -> None:
         self.stats["bad_messages"] += 1
@@ -403,8 +412,11 @@ def main(node: Node) -> None:
         bridge.start()
         if p["health_s"] > 0:
             node.timer("health", p["health_s"], first_s=0.0)
-        if layout.bridged:
-            node.timer("bridge", min(b.every_s for b, _ in layout.bridged.values()))
+        intervals = [b.every_s for b, _ in layout.bridged.values()]
+        if layout.faces is not None:
+            intervals.append(p["faces_every_s"])
+        if intervals:
+            node.timer("flush", min(intervals))
         node.ready()
         dropped = 0
         for event in node:
@@ -412,8 +424,8 @@ def main(node: Node) -> None:
                 bridge.on_input(event.input, event.data)
             elif event.timer == "health":
                 poll_health(node, bridge)
-            elif event.timer == "bridge":
-                bridge.flush_bridged(time.monotonic())
+            elif event.timer == "flush":
+                bridge.flush(time.monotonic())
             if bridge.link.dropped_events != dropped:
                 dropped = bridge.link.dropped_events
                 bridge.publish_stats()

@@ -235,15 +235,16 @@ def test_a_flood_of_requests_is_journaled_at_a_bounded_rate():
     assert len(b.node.published) == JOURNAL_PER_MIN + 7     # the rules still see every one
 
 
-def test_bridged_topics_are_rate_limited_latest_wins():
+def test_bridged_topics_and_faces_are_rate_limited_latest_wins():
     b = bridge()
-    topic = b.layout.bridge_topic("temp")
-    b.on_input("temp", {"c": 20})
-    b.on_input("temp", {"c": 21})
-    b.on_input("temp", {"c": 22})
-    assert json.loads(b.link.states[topic]) == {"c": 20}
-    b.flush_bridged(time.monotonic() + 1.0)          # the node's timer, when every_s passed
-    assert json.loads(b.link.states[topic]) == {"c": 22}
+    topic, who = b.layout.bridge_topic("temp"), b.layout.who_topic
+    for c in (20, 21, 22):
+        b.on_input("temp", {"c": c})
+    for names in (["ana"], [], ["bo"]):               # a flickering detector
+        b.on_input("faces", {"faces": [{"name": n} for n in names]})
+    assert json.loads(b.link.states[topic]) == {"c": 20} and b.link.states[who] == "ana"
+    b.flush(time.monotonic() + 1.0)                   # the node's timer, once the time passed
+    assert json.loads(b.link.states[topic]) == {"c": 22} and b.link.states[who] == "bo"
     assert not b.pending
 
 
