@@ -222,7 +222,6 @@ class Bridge:
     def __init__(self, node: Node, layout: Layout, link: Any, gate: CommandGate) -> None:
         self.node, self.layout, self.link, self.gate = node, layout, link, gate
         self.nodes: list[str] = []
-        self.health: dict[str, str] = {}
         self.frame: Any = None
         self.sent_at: dict[str, float] = {}                 # topic -> when last published
         self.pending: dict[str, tuple[str, float]] = {}     # topic -> (newest, every_s)
@@ -409,7 +408,8 @@ def main(node: Node) -> None:
         node.log.error("cannot start: %s", exc)
         raise SystemExit(1) from None
     try:
-        bridge.start()
+        bridge.start()          # discovery configs first, so the first connect publishes them
+        bridge.link.start()
         if p["health_s"] > 0:
             node.timer("health", p["health_s"], first_s=0.0)
         intervals = [b.every_s for b, _ in layout.bridged.values()]

@@ -111,8 +111,15 @@ class MqttLink:
         self._client.on_connect = self._connected
         self._client.on_disconnect = self._disconnected
         self._client.on_message = self._message
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
-                                   properties=connect_properties(cfg))
+        # A bug in a callback must not end paho's thread (and with it every reconnect): paho
+        # logs the exception through our logger and carries on.
+        self._client.suppress_exceptions = True
+        self._client.enable_logger(self.log)
+
+    def start(self) -> None:
+        """Connect in the background (paho's thread), and keep reconnecting."""
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                   properties=connect_properties(self.cfg))
         self._client.loop_start()
 
     # -- what the node calls ---------------------------------------------------------------
