@@ -24,4 +24,8 @@ NODES: dict[str, str] = {
     "homeassistant": "iotrt.nodes.action.homeassistant",
     "log": "iotrt.nodes.action.log",
     "snapshot": "iotrt.nodes.action.snapshot",
+    # observe: recordings (docs/record.md), the web page (docs/web.md)
+    "recorder": "iotrt.nodes.observe.recorder",
+    "clip": "iotrt.nodes.observe.clip",
+    "web": "iotrt.nodes.observe.web",
 }
