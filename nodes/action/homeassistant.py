@@ -8,7 +8,7 @@ messages on its ``commands`` output, ``{entity: lock, lock, command, code_ok, so
 rule decides (configs/door.rules.yaml). The lock's own ``state`` output, published after it has
 applied and acknowledged a command, is what Home Assistant then shows.
 
-With ``host`` empty the node ends at once (the door graph ships that way). User guide:
+With ``host`` empty the bridge is off (the door graph ships that way). User guide:
 docs/home-assistant.md.
 """
 
@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -39,7 +40,7 @@ SPEC = NodeSpec(
     outputs={"commands": "{entity: lock, lock: name, command: lock|unlock, code_ok: bool, "
                          "source: homeassistant}"},
     params=[
-        Param("host", str, "", "MQTT broker host; empty: the bridge is off (the node ends)"),
+        Param("host", str, "", "MQTT broker host; empty: the bridge is off"),
         Param("port", int, 0, "broker port (0: 8883 with TLS, else 1883)", min=0, max=65535),
         Param("tls", bool, None, "TLS, verifying the broker (default: on unless the host is "
                                  "this machine)"),
@@ -84,6 +85,7 @@ SPEC = NodeSpec(
 MAX_BAD_CODES = 5           # wrong unlock codes within BAD_CODE_WINDOW_S ...
 BAD_CODE_WINDOW_S = 60.0    # ... refuse every code for the rest of that window
 JOURNAL_PER_MIN = 30        # Home Assistant requests journaled per minute, at most
+MAX_IN_FLIGHT = 100         # requests handed to the node's loop and not yet handled
 
 
 class BadCommand(ValueError):
@@ -226,6 +228,7 @@ class Bridge:
         self.sent_at: dict[str, float] = {}                 # topic -> when last published
         self.pending: dict[str, tuple[str, float]] = {}     # topic -> (newest, every_s)
         self.journaled: deque[float] = deque()      # when the last requests were journaled
+        self.in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.unjournaled = 0
         self.stats = {"rejected_commands": 0, "dropped_events": 0, "bad_messages": 0}
         self._last_log = 0.0
@@ -260,6 +263,17 @@ class Bridge:
             self.warn("rejected an MQTT command: %s", exc)
             self.publish_stats()
             return
+        if not self.in_flight.acquire(blocking=False):
+            self.gate.rejected += 1
+            self.warn("rejected an MQTT command: %d requests are already waiting for the node",
+                      MAX_IN_FLIGHT)
+            self.publish_stats()
+            return
+        self.node.post("command", message)      # the node's loop publishes it (on_post)
+
+    def on_post(self, name: str, message: Any) -> None:
+        """A request from Home Assistant, on the node's loop: journal it, hand it to the rules."""
+        self.in_flight.release()
         self.node.log.info("Home Assistant asks: %s %s (code %s); the rules decide",
                            message["command"], message["lock"],
                            "ok" if message["code_ok"] else "missing or wrong")
@@ -385,10 +399,11 @@ def main(node: Node) -> None:
 
     p = node.params
     if not p["host"]:
-        # Ending costs nothing (no process, no frames decoded for nobody); the supervisor
-        # counts a clean exit as done and `iotrt ps` shows the node as exited.
+        # Off, but still running: in a process group (`process:`) a node that returns takes
+        # its companions down. Its inputs are read and dropped.
         node.log.info("no MQTT broker configured (param host): the Home Assistant bridge is off")
-        node.ready()
+        for _ in node:
+            pass
         return
     try:
         layout = layout_from(node)
@@ -426,6 +441,8 @@ def main(node: Node) -> None:
                 poll_health(node, bridge)
             elif event.timer == "flush":
                 bridge.flush(time.monotonic())
+            elif event.kind == "post":
+                bridge.on_post(event.name, event.data)
             if bridge.link.dropped_events != dropped:
                 dropped = bridge.link.dropped_events
                 bridge.publish_stats()

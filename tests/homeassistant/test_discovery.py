@@ -190,6 +190,8 @@ def bridge():
                            published=[], records=[])
     node.publish = lambda out, data, stamp_ns=None: node.published.append((out, data))
     node.record = lambda kind, **fields: node.records.append((kind, fields))
+    node.post = lambda name, data: node.posted.append((name, data))
+    node.posted = []
     b = Bridge(node, layout, Link(), CommandGate(layout, "4711", 128))
     b.start()
     return b
@@ -217,6 +219,9 @@ def test_bridge_states_events_and_snapshot():
     assert b.stats["bad_messages"] == 5            # 4 above (the frame is kept unchecked) + it
     b.on_command(SET, b'{"command": "UNLOCK", "code": "4711"}')
     b.on_command(SET, b"nonsense")
+    assert b.node.published == []                   # paho's thread only posts to the loop
+    for posted in b.node.posted:
+        b.on_post(*posted)
     assert b.node.published == [("commands", {"entity": "lock", "lock": "lock",
                                               "command": "unlock", "code_ok": True,
                                               "source": "homeassistant"})]
@@ -231,6 +236,7 @@ def test_a_flood_of_requests_is_journaled_at_a_bounded_rate():
     b = bridge()
     for _ in range(JOURNAL_PER_MIN + 7):
         b.on_command(SET, b'{"command": "UNLOCK", "code": "0"}')
+        b.on_post(*b.node.posted.pop())
     assert len(b.node.records) == JOURNAL_PER_MIN and b.unjournaled == 7
     assert len(b.node.published) == JOURNAL_PER_MIN + 7     # the rules still see every one
 
@@ -289,3 +295,15 @@ def test_bad_params_are_explained(params, why):
     with pytest.raises(LayoutError, match=why):
         make_layout(layout_params(**params), "door", "dev", "1.0",
                     {"t": "thermo/reading", "events": "rules/events"})
+
+
+def test_requests_waiting_for_the_loop_are_bounded():
+    from iotrt.nodes.action.homeassistant import MAX_IN_FLIGHT
+
+    b = bridge()
+    for _ in range(MAX_IN_FLIGHT + 3):              # the node's loop is stuck: nothing handled
+        b.on_command(SET, b"LOCK")
+    assert len(b.node.posted) == MAX_IN_FLIGHT and b.gate.rejected == 3
+    b.on_post(*b.node.posted.pop())                 # one handled: room for one more
+    b.on_command(SET, b"LOCK")
+    assert len(b.node.posted) == MAX_IN_FLIGHT and b.gate.rejected == 3
