@@ -68,7 +68,8 @@ FEEDER = textwrap.dedent("""
             frame[:] = n % 255
             node.publish("image", frame, stamp_ns=now)
             name = ("ana", "unknown", "none")[(n // 30) % 3]
-            faces = [] if name == "none" else [{"name": name, "score": 0.9, "box": [1, 2, 3, 4]}]
+            faces = [] if name == "none" else [{"name": name, "score": 0.9, "known": name == "ana",
+                                                 "box": [1, 2, 3, 4]}]
             node.publish("faces", {"faces": faces}, stamp_ns=now)
         elif event.timer == "lock":
             node.publish("state", {"locked": (n // 60) % 2 == 0, "relock_in_s": None,

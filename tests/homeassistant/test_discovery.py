@@ -90,8 +90,11 @@ def test_state_payloads():
     assert json.loads(lock_payload({"locked": False, "relock_in_s": 4.2, "cause": "command"})) \
         == {"locked": False}
     assert lock_payload({"locked": "yes"}) is None and lock_payload([1]) is None
-    assert who_payloads({"faces": [{"name": "unknown"}, {"name": "ana"}]}) == ("ana", "2")
-    assert who_payloads({"faces": [{"name": "unknown"}]}) == ("unknown", "1")
+    assert who_payloads({"faces": [{"name": "unknown", "known": False},
+                                   {"name": "ana", "known": True}]}) == ("ana", "2")
+    assert who_payloads({"faces": [{"name": "unknown", "known": False}]}) == ("unknown", "1")
+    assert who_payloads({"faces": [{"name": "ana"}, {"name": "bo", "known": 1}]}) == \
+        ("unknown", "2")                            # known must be exactly true
     assert who_payloads({"faces": []}) == ("none", "0")
     assert who_payloads({"faces": "x"}) is None and who_payloads(None) is None
     types = ("visitor",)
@@ -205,7 +208,7 @@ def test_bridge_states_events_and_snapshot():
     assert sum(t.endswith("/config") for t in b.link.states) == len(L.configs())
     b.on_input("lock", {"locked": False, "cause": "command"})
     assert json.loads(b.link.states[L.lock_state_topic("lock")]) == {"locked": False}
-    b.on_input("faces", {"faces": [{"name": "ana", "score": 0.9}]})
+    b.on_input("faces", {"faces": [{"name": "ana", "score": 0.9, "known": True}]})
     assert (b.link.states[L.who_topic], b.link.states[L.faces_topic]) == ("ana", "1")
     b.on_input("image", np.full((480, 640, 3), 200, np.uint8))
     b.on_input("events", {"event": "visitor", "faces": 1})
@@ -247,7 +250,7 @@ def test_bridged_topics_and_faces_are_rate_limited_latest_wins():
     for c in (20, 21, 22):
         b.on_input("temp", {"c": c})
     for names in (["ana"], [], ["bo"]):               # a flickering detector
-        b.on_input("faces", {"faces": [{"name": n} for n in names]})
+        b.on_input("faces", {"faces": [{"name": n, "known": True} for n in names]})
     assert json.loads(b.link.states[topic]) == {"c": 20} and b.link.states[who] == "ana"
     b.flush(time.monotonic() + 1.0)                   # the node's timer, once the time passed
     assert json.loads(b.link.states[topic]) == {"c": 22} and b.link.states[who] == "bo"
