@@ -8,12 +8,12 @@ import time
 
 import psutil
 
+from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.control import ControlError, call, control_address
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("graph", nargs="?", metavar="GRAPH",
-                        help="graph file or name (default: the only running graph)")
+    add_graph_argument(parser, positional=True)
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
                         help="how long to wait for the supervisor to exit (default 30)")
 
@@ -27,7 +27,7 @@ def _running(pid: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        address = control_address(args.graph)
+        address = control_address(selected_graph(args))
         reply = call(address, "stop")
     except ControlError as exc:
         print(f"iotrt down: {exc}", file=sys.stderr)

@@ -14,6 +14,9 @@ import re
 import sys
 from pathlib import Path
 
+from iotrt.commands._graph import add_graph_argument, selected_graph
+from iotrt.commands._graph import journal_path as graph_journal
+from iotrt.control import ControlError
 from iotrt.journal import JOURNAL_FILE, Event, JournalError, JournalReader
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -42,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (f"Which journal: GRAPH (a graph file, or a graph's name under the state "
                      f"root), --state-dir, or --journal. With none of them, the only graph "
                      f"under the state root ($IOTRT_STATE_DIR, $STATE_DIRECTORY or "
-                     f"~/.local/state/iotrt) that has a {JOURNAL_FILE}.")
-    parser.add_argument("graph", nargs="?", metavar="GRAPH",
-                        help="graph file (door.yaml) or graph name (door)")
+                     f"~/.local/state/iotrt) that has a {JOURNAL_FILE}, or among several "
+                     f"the one that is running.")
+    add_graph_argument(parser, positional=True)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--journal", metavar="PATH", type=Path, help="the journal file")
     where.add_argument("--state-dir", metavar="DIR", type=Path,
@@ -63,30 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def journal_path(args: argparse.Namespace) -> Path:
     """The journal the arguments name; JournalError says what to give when it is unclear."""
-    if args.graph and (args.journal or args.state_dir):
+    try:
+        graph = selected_graph(args)
+    except ControlError as exc:
+        raise JournalError(str(exc)) from exc
+    if graph and (args.journal or args.state_dir):
         raise JournalError("give GRAPH or --journal/--state-dir, not both")
     if args.journal is not None:
         return args.journal
     if args.state_dir is not None:
         return args.state_dir / JOURNAL_FILE
-    from iotrt.graph import GraphError, default_state_root, load_graph
-
-    root = default_state_root()
-    if args.graph:
-        if args.graph.endswith((".yaml", ".yml")) or os.sep in args.graph:
-            try:
-                return load_graph(args.graph).journal_path
-            except GraphError as exc:
-                raise JournalError(f"{exc}\n(--journal PATH reads a journal without the "
-                                   f"graph file)") from exc
-        return root / args.graph / JOURNAL_FILE
-    found = sorted(p.parent.name for p in root.glob(f"*/{JOURNAL_FILE}"))
-    if len(found) == 1:
-        return root / found[0] / JOURNAL_FILE
-    if not found:
-        raise JournalError(f"no journal under {root}: give GRAPH, --state-dir or --journal")
-    raise JournalError(f"several graphs under {root} have a journal ({', '.join(found)}): "
-                       f"name one")
+    try:
+        return graph_journal(graph)
+    except ControlError as exc:
+        raise JournalError(str(exc)) from exc
 
 
 def _value(value) -> str:

@@ -10,13 +10,13 @@ from collections import deque
 
 from iotrt.bus import Subscriber
 from iotrt.commands.echo import resolve_topic
+from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.control import ControlError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", help="node/output, e.g. cam/image (see 'iotrt topics')")
-    parser.add_argument("--graph", metavar="GRAPH",
-                        help="graph file or name (default: the only running graph)")
+    add_graph_argument(parser)
     parser.add_argument("--window", type=int, default=100, metavar="N",
                         help="compute over the last N messages (default 100)")
     parser.add_argument("--duration", type=float, default=0.0, metavar="S",
@@ -33,7 +33,7 @@ def rate_line(times: deque, drops: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        address = resolve_topic(args.graph, args.topic)
+        address = resolve_topic(selected_graph(args), args.topic)
     except ControlError as exc:
         print(f"iotrt hz: {exc}", file=sys.stderr)
         return 1

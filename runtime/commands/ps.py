@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.control import ControlError, call, control_address
 
 NODE_COLUMNS = ("NODE", "PROCESS", "STATE", "PID", "RESTARTS", "UPTIME", "IN/s", "OUT/s", "DROPS")
@@ -14,8 +15,7 @@ PROCESS_COLUMNS = ("PROCESS", "PID", "STATE", "NODES", "CPU%", "RSS", "PSS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("graph", nargs="?", metavar="GRAPH",
-                        help="graph file or name (default: the only running graph)")
+    add_graph_argument(parser, positional=True)
     parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
 
 
@@ -82,7 +82,7 @@ def format_table(reply: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        reply = call(control_address(args.graph), "ps")
+        reply = call(control_address(selected_graph(args)), "ps")
     except ControlError as exc:
         print(f"iotrt ps: {exc}", file=sys.stderr)
         return 1
