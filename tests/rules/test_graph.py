@@ -104,7 +104,8 @@ def test_door_rules_in_a_running_graph(graph):
     (tmp_path / "door.rules.yaml").write_text("rules:\n  - id: x\n    trigger: faces\n")
     out = subprocess.run([sys.executable, "-m", "iotrt", "reload", "--graph",
                           str(tmp_path / "door.yaml")], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stdout + out.stderr          # reload waits for the answer
+    assert "door.rules.yaml:2: rule 'x' needs 'actions'" in out.stderr
     failed = wait_for(lambda: events(tmp_path, "rules_reload_failed"), 10, "the refused reload")
     assert "door.rules.yaml:2: rule 'x' needs 'actions'" in failed[0].fields["problems"][0]
     before = len(events(tmp_path, "rule_fired", "unlock_for_enrolled"))
