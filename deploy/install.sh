@@ -2,29 +2,54 @@
 # Install, upgrade or remove iotrt as a systemd service on a device (Raspberry Pi OS, Debian,
 # Ubuntu). Run as root. See docs/deploy.md.
 #
-#   install.sh install GRAPH [PACKAGE]   install iotrt and run GRAPH as iotrt-NAME.service
-#   install.sh upgrade [PACKAGE]         upgrade iotrt, rewrite the units, restart the graphs
-#   install.sh uninstall [--purge]       stop and remove the services and iotrt
-#                                        (--purge also deletes /etc/iotrt, the state, the user)
+#   install.sh install [--extras LIST] GRAPH [SOURCE]   install iotrt, run GRAPH as iotrt-NAME
+#   install.sh upgrade [--extras LIST] [SOURCE]         upgrade iotrt, rewrite the units of the
+#                                                       installed graphs, restart them
+#   install.sh uninstall [--purge]                      stop and remove the services and iotrt
+#                                  (--purge also deletes /etc/iotrt, the state and the user)
 #
-# PACKAGE is what pip installs: a wheel, a source folder, or "iotrt" (the default).
-# GRAPH's whole folder is copied to /etc/iotrt/NAME/, so files it names (rules, models, your
-# nodes) come along; edit them there and `systemctl restart iotrt-NAME`.
+# SOURCE is what pip installs iotrt from: a checkout (default: the one this script is in) or a
+# wheel, never a name from the package index. [--extras] LIST adds pip extras, e.g. hardware
+# (the GPIO lock, serial and I2C sensors) or hardware,mqtt.
+# GRAPH is copied to /etc/iotrt/NAME/ with the files it names (rules, gallery, node files);
+# edit them there and `systemctl restart iotrt-NAME`.
 set -eu
 
 PREFIX=${IOTRT_PREFIX:-/opt/iotrt}
 ETC=${IOTRT_ETC:-/etc/iotrt}
-USER_NAME=iotrt
+UNIT_DIR=${IOTRT_UNIT_DIR:-/etc/systemd/system}
+USER_NAME=${IOTRT_USER:-iotrt}
 GROUPS_WANTED="video gpio dialout i2c"
 VENV=$PREFIX/venv
-UNIT_DIR=/etc/systemd/system
+MANIFEST=$PREFIX/graphs          # one line per installed graph: NAME /etc/iotrt/NAME/GRAPH.yaml
+HERE=$(cd "$(dirname "$0")" && pwd)
+EXTRAS=""
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 
-usage() { sed -n '4,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '4,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-need_root() { [ "$(id -u)" = 0 ] || die "run as root (sudo $0 $*)"; }
+# Root is needed to create the service user, chown, and talk to systemd; a throwaway install
+# for the current user (IOTRT_USER=$(id -un), IOTRT_PREFIX/ETC/UNIT_DIR under a temp folder)
+# does not.
+need_root() {
+    [ "$(id -u)" = 0 ] || [ "$USER_NAME" = "$(id -un)" ] || die "run as root (sudo $0 ...)"
+}
+
+# systemd is there to ask only when it runs (not in a chroot, a container build, a test);
+# IOTRT_SYSTEMD=0 skips it even then (a throwaway install next to a real one).
+have_systemd() {
+    [ "${IOTRT_SYSTEMD:-1}" != 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
+}
+
+systemd() {
+    if have_systemd; then systemctl "$@"; else say "no systemd running: skipped systemctl $*"; fi
+}
+
+as_user() {   # run a command as the service user
+    if [ "$USER_NAME" = "$(id -un)" ]; then "$@"; else runuser -u "$USER_NAME" -- "$@"; fi
+}
 
 ensure_user() {
     if ! id "$USER_NAME" >/dev/null 2>&1; then
@@ -32,34 +57,63 @@ ensure_user() {
         useradd --system --home-dir /var/lib/iotrt --no-create-home \
                 --shell /usr/sbin/nologin "$USER_NAME"
     fi
+    [ "$USER_NAME" != "$(id -un)" ] || return 0      # a throwaway install as ourselves
     for g in $GROUPS_WANTED; do   # only the device groups this system has
         if getent group "$g" >/dev/null; then usermod -aG "$g" "$USER_NAME"; fi
     done
 }
 
+# The source pip installs: the given one, else the checkout this script is in. Never a bare
+# name: that would fetch whatever package of that name the index has.
+source_of() {
+    src=${1:-}
+    if [ -z "$src" ]; then
+        src=$(dirname "$HERE")
+        [ -f "$src/pyproject.toml" ] || die "$HERE is not in an iotrt checkout: give SOURCE (a checkout or a wheel)"
+    fi
+    case "$src" in
+        *.whl) [ -f "$src" ] || die "no wheel '$src'" ;;
+        *) [ -f "$src/pyproject.toml" ] || die "'$src' is neither an iotrt checkout (no pyproject.toml) nor a wheel" ;;
+    esac
+    (cd "$(dirname "$src")" && echo "$(pwd)/$(basename "$src")")
+}
+
 install_package() {
-    pkg=${1:-iotrt}
+    src=$(source_of "${1:-}")
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating $VENV"
+        mkdir -p "$PREFIX"
         python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
     fi
-    say "installing $pkg into $VENV"
-    "$VENV/bin/pip" install --upgrade "$pkg"
+    target=$src
+    [ -z "$EXTRAS" ] || target="$src[$EXTRAS]"
+    say "installing $target into $VENV"
+    "$VENV/bin/pip" install --upgrade "$target"
 }
 
 graph_name() {
     "$VENV/bin/python" -c 'import sys; from iotrt.graph import load_graph; print(load_graph(sys.argv[1]).name)' "$1"
 }
 
-write_unit() {   # write_unit GRAPH_FILE -> prints the unit name
-    name=$(graph_name "$1")
+write_unit() {   # write_unit GRAPH_FILE NAME -> prints the unit name
+    mkdir -p "$UNIT_DIR"
     "$VENV/bin/iotrt" unit "$1" --python "$VENV/bin/python" --user "$USER_NAME" \
-        -o "$UNIT_DIR/iotrt-$name.service" 2>/dev/null
-    echo "iotrt-$name.service"
+        -o "$UNIT_DIR/iotrt-$2.service" >/dev/null
+    echo "iotrt-$2.service"
+}
+
+parse_extras() {   # sets EXTRAS and NSHIFT
+    NSHIFT=0
+    if [ "${1:-}" = "--extras" ]; then
+        [ $# -ge 2 ] || die "--extras needs a value, e.g. --extras hardware"
+        case "$2" in *[!a-z0-9_,-]*|"") die "--extras '$2': names like hardware or hardware,mqtt" ;; esac
+        EXTRAS=$2 NSHIFT=2
+    fi
 }
 
 cmd_install() {
-    [ $# -ge 1 ] || usage 2
+    parse_extras "$@"; shift "$NSHIFT"
+    [ $# -ge 1 ] && [ $# -le 2 ] || usage 2
     graph=$1
     [ -f "$graph" ] || die "no graph file '$graph'"
     need_root
@@ -67,51 +121,75 @@ cmd_install() {
     install_package "${2:-}"
     "$VENV/bin/iotrt" validate "$graph" || die "fix the graph first"
     name=$(graph_name "$graph")
+    files=$("$VENV/bin/python" -m iotrt.deploy.graphfiles "$graph") || die "cannot list the files of $graph"
     dest=$ETC/$name
-    say "copying $(dirname "$graph") to $dest"
+    say "copying $(basename "$graph") and the files it names to $dest"
     mkdir -p "$dest"
-    cp -R "$(dirname "$graph")/." "$dest/"
-    chown -R root:"$USER_NAME" "$ETC"
-    chmod -R u=rwX,g=rX,o= "$ETC"
+    src_dir=$(dirname "$graph")
+    echo "$files" | while IFS= read -r f; do
+        [ -n "$f" ] || continue
+        mkdir -p "$dest/$(dirname "$f")"
+        cp "$src_dir/$f" "$dest/$f"
+        echo "    $f"
+    done
+    if [ "$(id -u)" = 0 ]; then
+        chown -R root:"$USER_NAME" "$dest"
+        chmod -R u=rwX,g=rX,o= "$dest"
+    fi
     installed=$dest/$(basename "$graph")
-    runuser -u "$USER_NAME" -- "$VENV/bin/iotrt" validate "$installed" \
+    as_user "$VENV/bin/iotrt" validate "$installed" \
         || die "the service user cannot use $installed (see above)"
-    unit=$(write_unit "$installed")
-    systemctl daemon-reload
-    systemctl enable --now "$unit"
+    unit=$(write_unit "$installed" "$name")
+    { grep -v "^$name " "$MANIFEST" 2>/dev/null || true; echo "$name $installed"; } > "$MANIFEST.new"
+    mv "$MANIFEST.new" "$MANIFEST"
+    say "wrote $UNIT_DIR/$unit"
+    systemd daemon-reload
+    systemd enable --now "$unit"
     say "running: systemctl status $unit; journalctl -u $unit -f;" \
-        "sudo -u $USER_NAME $VENV/bin/iotrt ps $name"
+        "sudo -u $USER_NAME $VENV/bin/iotrt ps -g $name"
 }
 
 cmd_upgrade() {
+    parse_extras "$@"; shift "$NSHIFT"
+    [ $# -le 1 ] || usage 2
     need_root
+    [ -x "$VENV/bin/python" ] || die "iotrt is not installed in $PREFIX: use install"
     install_package "${1:-}"
-    for graph in "$ETC"/*/*.yaml; do
-        [ -f "$graph" ] || continue
-        # only files that are graphs (a rules file is not): rewrite their units
-        if runuser -u "$USER_NAME" -- "$VENV/bin/iotrt" validate "$graph" >/dev/null 2>&1; then
-            unit=$(write_unit "$graph")
-            systemctl daemon-reload
-            say "restarting $unit"
-            systemctl restart "$unit"
-        fi
-    done
+    [ -f "$MANIFEST" ] || { say "no installed graph"; return 0; }
+    while read -r name graph; do
+        [ -n "$name" ] || continue
+        if [ ! -f "$graph" ]; then say "skipping $name: $graph is gone"; continue; fi
+        as_user "$VENV/bin/iotrt" validate "$graph" >/dev/null </dev/null \
+            || { say "skipping $name: $graph does not validate with the new version"; continue; }
+        unit=$(write_unit "$graph" "$name" </dev/null)
+        say "rewrote $unit"
+        systemd daemon-reload </dev/null
+        systemd restart "$unit" </dev/null
+    done < "$MANIFEST"
 }
 
 cmd_uninstall() {
+    [ $# -le 1 ] || usage 2
     need_root
-    for unit in "$UNIT_DIR"/iotrt-*.service; do
-        [ -f "$unit" ] || continue
-        say "removing $(basename "$unit")"
-        systemctl disable --now "$(basename "$unit")" || true
-        rm -f "$unit"
+    if [ -f "$MANIFEST" ]; then
+        units=$(while read -r name graph; do [ -z "$name" ] || echo "iotrt-$name.service"; done < "$MANIFEST")
+    else   # installed by an older install.sh, which kept no list
+        units=$(cd "$UNIT_DIR" 2>/dev/null && ls iotrt-*.service 2>/dev/null || true)
+    fi
+    for unit in $units; do
+        say "removing $unit"
+        systemd disable --now "$unit" || true
+        rm -f "$UNIT_DIR/$unit"
     done
-    systemctl daemon-reload
+    systemd daemon-reload
     rm -rf "$PREFIX"
     if [ "${1:-}" = "--purge" ]; then
         say "purging $ETC, /var/lib/iotrt, /run/iotrt and user $USER_NAME"
-        rm -rf "$ETC" /var/lib/iotrt /run/iotrt
-        userdel "$USER_NAME" 2>/dev/null || true
+        rm -rf "$ETC"
+        if [ "$USER_NAME" != "$(id -un)" ]; then
+            rm -rf /var/lib/iotrt /run/iotrt
+            userdel "$USER_NAME" 2>/dev/null || true
+        fi
     else
         say "kept $ETC and /var/lib/iotrt (the journal); --purge removes them"
     fi
