@@ -2,15 +2,15 @@
 # Install, upgrade or remove iotrt as a systemd service on a device (Raspberry Pi OS, Debian,
 # Ubuntu). Run as root. See docs/deploy.md.
 #
-#   install.sh install [--extras LIST] GRAPH [SOURCE]   install iotrt, run GRAPH as iotrt-NAME
-#   install.sh upgrade [--extras LIST] [SOURCE]         upgrade iotrt, rewrite the units of the
-#                                                       installed graphs, restart them
-#   install.sh uninstall [--purge]                      stop and remove the services and iotrt
-#                                  (--purge also deletes /etc/iotrt, the state and the user)
+#   install.sh install GRAPH [SOURCE]   install iotrt, run GRAPH as iotrt-NAME.service
+#   install.sh upgrade [SOURCE]         upgrade iotrt, rewrite the units of the installed
+#                                       graphs, restart them
+#   install.sh uninstall [--purge]      stop and remove the services and iotrt
+#                                       (--purge also deletes /etc/iotrt, the state, the user)
 #
 # SOURCE is what pip installs iotrt from: a checkout (default: the one this script is in) or a
-# wheel, never a name from the package index. [--extras] LIST adds pip extras, e.g. hardware
-# (the GPIO lock, serial and I2C sensors) or hardware,mqtt.
+# wheel, never a name from the package index. [--extras] LIST right after install or upgrade
+# adds pip extras: hardware (the GPIO lock, serial and I2C sensors), or e.g. hardware,mqtt.
 # GRAPH is copied to /etc/iotrt/NAME/ with the files it names (rules, gallery, node files);
 # edit them there and `systemctl restart iotrt-NAME`.
 set -eu

@@ -69,3 +69,36 @@ def test_install_upgrade_uninstall_in_a_throwaway_prefix(tmp_path):
     out = sh("uninstall")
     assert not prefix.exists() and not list(units.iterdir())
     assert (etc / "door" / "door.yaml").exists()          # kept without --purge
+
+
+def test_graph_files_are_the_graph_its_node_files_and_the_files_its_params_name(tmp_path):
+    from iotrt.deploy.graphfiles import graph_files
+    from iotrt.graph import load_graph
+
+    (tmp_path / "my_nodes").mkdir()
+    shutil.copy(ROOT / "tests" / "supervisor" / "graphs" / "nodes" / "testnode.py",
+                tmp_path / "my_nodes" / "counter.py")
+    shutil.copy(ROOT / "configs" / "door.rules.yaml", tmp_path / "door.rules.yaml")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-gallery.npz"
+    shutil.copy(ROOT / "configs" / "door.gallery.npz", elsewhere)
+    (tmp_path / "unrelated.yaml").write_text("name: other\nnodes: []\n")
+    (tmp_path / "g.yaml").write_text(f"""\
+name: files
+nodes:
+  - id: count
+    run: my_nodes/counter.py
+  - id: who
+    kind: identity
+    params: {{gallery: {elsewhere}}}
+    inputs: {{image: count/out, detections: count/out}}
+  - id: rules
+    kind: rules
+    params: {{rules: door.rules.yaml}}
+    inputs: {{faces: who/faces}}
+""")
+    try:
+        inside, outside = graph_files(load_graph(tmp_path / "g.yaml"))
+    finally:
+        elsewhere.unlink()
+    assert [str(p) for p in inside] == ["g.yaml", "my_nodes/counter.py", "door.rules.yaml"]
+    assert outside == [elsewhere.resolve()]
