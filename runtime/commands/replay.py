@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"iotrt replay: note: {topic} is read by a started node but its node is "
               f"replaced and it was not recorded: nothing arrives on it", file=sys.stderr)
     sup = Supervisor(plan.graph, log_level=level)
-    watcher = threading.Thread(target=_stop_when_done, args=(sup, plan.graph.journal_path,
-                                                              args.settle), daemon=True)
+    watcher = threading.Thread(target=_stop_when_done, daemon=True,
+                               args=(sup, plan.graph.journal_path, plan.graph.source,
+                                     args.settle))
     watcher.start()
     try:
         code = sup.run()
@@ -128,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
     return _compare(graph.journal_path, info, args, replayed)
 
 
-def _stop_when_done(sup: Supervisor, journal: Path, settle_s: float) -> None:
-    """Stop the supervisor once the replay node reported the end and the journal went quiet."""
+def _stop_when_done(sup: Supervisor, journal: Path, source: str, settle_s: float) -> None:
+    """Stop the supervisor once the replay node reported the end and the journal went quiet,
+    or at once (exit 1) if the replay node ended without reporting it (e.g. a bad message)."""
     reader = None
     last_id, quiet_since, done = 0, time.monotonic(), False
     while not sup.stopping:
@@ -147,6 +149,11 @@ def _stop_when_done(sup: Supervisor, journal: Path, settle_s: float) -> None:
             last_id = events[-1].id
             quiet_since = time.monotonic()
             done = done or any(e.kind == "replay_done" for e in events)
+            if not done and any(e.kind == "lifecycle" and e.node == source
+                                and e.fields.get("state") in ("exited", "failed")
+                                for e in events):
+                sup.request_stop("the replay node ended before the recording was played",
+                                 code=1)
         elif done and time.monotonic() - quiet_since >= settle_s:
             sup.request_stop("the recording was played")
     if reader is not None:

@@ -4,6 +4,7 @@ the clip node's bounded ring, and `iotrt replay`/`echo`/`rules test` refusing ba
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -160,7 +161,7 @@ def bad_files(tmp_path):
 ])
 def test_replay_refuses_bad_input_with_one_line(bad_files, name, says, monkeypatch):
     state = bad_files / f"state-{name}"
-    env = dict(__import__("os").environ, IOTRT_RUNTIME_DIR=str(bad_files / "run"))
+    env = dict(os.environ, IOTRT_RUNTIME_DIR=str(bad_files / "run"))
     out = run_cli("replay", bad_files / name, "--graph", DOOR, "--state-dir", state, env=env)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -308,3 +309,19 @@ def test_hostile_messages_inside_a_valid_file_are_refused(tmp_path):
                                                    "trace": [], "data": b"not a jpeg"}), 0, 0)
     with pytest.raises(RecordingError, match="not a readable JPEG"):
         list(Recording(path).messages())
+
+
+def test_replay_stops_with_an_error_when_a_frame_is_unreadable(tmp_path):
+    """A JPEG that does not decode is only found while playing: the replay node ends, and
+    iotrt replay stops the graph and exits 1 instead of waiting for ever."""
+    from iotrt.codec import pack
+
+    path = tmp_path / "badframe.mcap"
+    with RecordWriter(path) as w:
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 1, "src": "cam",
+                                                   "trace": [], "data": b"not a jpeg"}), 0, 1)
+    env = dict(os.environ, IOTRT_RUNTIME_DIR=f"/tmp/iotrt-bf-{os.getpid()}")
+    out = run_cli("replay", path, "--graph", DOOR, "--rate", "max", "--state-dir",
+                  tmp_path / "st", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "not a readable JPEG" in out.stderr
