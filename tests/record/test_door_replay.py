@@ -162,10 +162,13 @@ def test_mcap_reader_lists_every_topic_with_its_count(door_run):
 
 def test_replay_at_max_rate_reproduces_the_decisions(door_run, tmp_path):
     env = dict(door_run["env"], IOTRT_RUNTIME_DIR=f"/tmp/iotrt-rep-{os.getpid()}")
-    out = subprocess.run(
-        [sys.executable, "-m", "iotrt", "replay", str(door_run["file"]), "--graph", str(DOOR),
-         "--rate", "max", "--compare", "--state-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=180)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "iotrt", "replay", str(door_run["file"]), "--graph",
+             str(DOOR), "--rate", "max", "--compare", "--state-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        subprocess.run(["rm", "-rf", env["IOTRT_RUNTIME_DIR"]], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "identical to the live run" in out.stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -321,7 +322,10 @@ def test_replay_stops_with_an_error_when_a_frame_is_unreadable(tmp_path):
         w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 1, "src": "cam",
                                                    "trace": [], "data": b"not a jpeg"}), 0, 1)
     env = dict(os.environ, IOTRT_RUNTIME_DIR=f"/tmp/iotrt-bf-{os.getpid()}")
-    out = run_cli("replay", path, "--graph", DOOR, "--rate", "max", "--state-dir",
-                  tmp_path / "st", env=env)
+    try:
+        out = run_cli("replay", path, "--graph", DOOR, "--rate", "max", "--state-dir",
+                      tmp_path / "st", env=env)
+    finally:
+        shutil.rmtree(env["IOTRT_RUNTIME_DIR"], ignore_errors=True)
     assert out.returncode == 1, out.stderr
     assert "not a readable JPEG" in out.stderr
