@@ -329,3 +329,8 @@ def test_replay_stops_with_an_error_when_a_frame_is_unreadable(tmp_path):
         shutil.rmtree(env["IOTRT_RUNTIME_DIR"], ignore_errors=True)
     assert out.returncode == 1, out.stderr
     assert "not a readable JPEG" in out.stderr
+
+
+def test_recordings_are_private(tmp_path):
+    write_sample(tmp_path / "a.mcap")
+    assert (tmp_path / "a.mcap").stat().st_mode & 0o777 == 0o600
