@@ -74,11 +74,7 @@ def ensure_private_dir(path: str | os.PathLike) -> Path:
     p = Path(os.path.abspath(path))
     missing = [q for q in [p, *p.parents] if not os.path.lexists(q)]
     check_trusted_path(missing[-1].parent if missing else p)   # before we put anything there
-    for q in reversed(missing):
-        try:
-            os.mkdir(q, 0o700)
-        except FileExistsError:
-            pass   # made meanwhile: the checks below judge it
+    make_dirs_private(p)
     check_trusted_path(p)
     st = p.stat()
     if st.st_uid != os.getuid():
@@ -86,6 +82,19 @@ def ensure_private_dir(path: str | os.PathLike) -> Path:
                               f"(uid {os.getuid()}); choose another one")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(p, 0o700)
+    return p
+
+
+def make_dirs_private(path: str | os.PathLike) -> Path:
+    """Create `path` and its missing parents, each 0700 whatever the umask (os.makedirs gives
+    the parents the umask's mode); existing folders are left as they are."""
+    p = Path(os.path.abspath(path))
+    for q in reversed([q for q in [p, *p.parents] if not os.path.lexists(q)]):
+        try:
+            os.mkdir(q, 0o700)
+            os.chmod(q, 0o700)   # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            pass   # made meanwhile
     return p
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from iotrt.rules.api import load_rules
-from iotrt.rules.actions import Command, Fired, Log, Publish, RuleError, Skipped
+from iotrt.rules.actions import (
+    Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet,
+)
 from iotrt.rules.engine import Engine
 from iotrt.recording import Recording, RecordingError
 from iotrt.rules.replay import Entry, load_messages, replay
@@ -48,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     test.add_argument("--gap", type=float, default=0.1, metavar="SECONDS",
                       help="spacing of messages that give no t (default: 0.1)")
     test.add_argument("--all", action="store_true",
-                      help="also show skipped firings (cooldown, mode) and log actions")
+                      help="also show skipped firings (cooldown, mode), log actions and "
+                           "rule variables changed by set actions")
     test.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -89,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
     start = args.start or dt.datetime.combine(dt.date.today(), dt.time())
     results = replay(engine, entries, start, until=args.until)
     shown = [(t, a) for t, a in results
-             if args.all or not isinstance(a, (Skipped, Log))]
+             if args.all or not isinstance(a, (Skipped, Log, StateSet))]
     for t, action in shown:
         print(json.dumps(_as_json(t, action), default=str) if args.json else _as_text(t, action))
     if not args.json:
         fired = Counter(a.rule for _, a in results if isinstance(a, Fired))
         errors = sum(isinstance(a, RuleError) for _, a in results)
         summary = ", ".join(f"{rule} x{n}" for rule, n in fired.items()) or "nothing fired"
+        disabled = [a.rule for _, a in results if isinstance(a, RuleDisabled)]
         print(f"-- {len(entries)} message(s): {summary}"
-              + (f"; {errors} rule error(s)" if errors else ""))
+              + (f"; {errors} rule error(s)" if errors else "")
+              + (f"; disabled: {', '.join(disabled)}" if disabled else ""))
         if missing:
             print(f"-- note: no rule triggers on topic(s) {', '.join(missing)}")
     return 0
@@ -132,16 +137,20 @@ def _as_text(t: float, action: Any) -> str:
             return f"{head}   publish {output} {_compact(data)}"
         case Log(_, text):
             return f"{head}   log {text}"
+        case StateSet(_, values):
+            return f"{head}   set " + ", ".join(f"{k} = {_compact(v)}" for k, v in values.items())
         case Skipped(_, reason):
             return f"{head} skipped: {reason}"
         case RuleError(_, where, message):
             return f"{head} ERROR at {where}: {message}"
+        case RuleDisabled(_, where, reason):
+            return f"{head} DISABLED at {where}: {reason}"
     raise TypeError(action)
 
 
 def _as_json(t: float, action: Any) -> dict[str, Any]:
-    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log",
-            Skipped: "skipped", RuleError: "error"}[type(action)]
+    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log", StateSet: "set",
+            Skipped: "skipped", RuleError: "error", RuleDisabled: "disabled"}[type(action)]
     fields = dict(vars(action)) if hasattr(action, "__dict__") else {
         f: getattr(action, f) for f in action.__dataclass_fields__}
     return {"t": round(t, 6), "kind": kind, **fields}

@@ -51,3 +51,24 @@ def test_hostile_commands_are_refused_never_applied_and_the_lock_survives(tmp_pa
     assert refused == {"c-bytes", "c-deep"}
     id_store = tmp_path / "state" / "door" / "commands"
     assert sum(f.stat().st_size for f in id_store.rglob("*") if f.is_file()) < 64 * 1024
+
+
+def test_a_full_disk_refuses_the_unlock_instead_of_applying_it(tmp_path):
+    """The supervisor answers a record it cannot write (SQLite: "database or disk is full")
+    with an error; the lock must then refuse, not open the door unrecorded."""
+    from iotrt.command import CommandError
+    from iotrt.node import Node
+    from iotrt.nodes.action import lock
+
+    node = Node.for_test(lock, params={"sim_file": str(tmp_path / "door.jsonl")}, id="lock")
+
+    def full_disk(body, sync):
+        raise CommandError(f"journal refused record {body['kind']!r}: database or disk is full")
+    node._record = full_disk
+    for i in range(3):     # every owner visit
+        node.feed_command("commands", {"action": "unlock", "duration_s": 5}, id=f"c{i}")
+    node.run()
+    assert [a["ok"] for a in node.acks] == [False] * 3
+    assert all("disk is full" in a["error"] for a in node.acks)
+    states = [json.loads(line)["locked"] for line in (tmp_path / "door.jsonl").read_text().splitlines()]
+    assert False not in states
