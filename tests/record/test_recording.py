@@ -204,8 +204,14 @@ def test_replay_graph_replaces_publishers_and_prunes_what_feeds_them(tmp_path, m
     cfg = g.node_config("rules")
     assert g.nodes["replay"].params["topics"]["who/faces"]["address"] == \
         cfg["inputs"]["faces"]["address"]
-    assert g.nodes["replay"].params["topics"]["who/faces"]["subscribers"] == 1
+    readers = [n.id for n in g.nodes.values()
+               if any(w.topic == "who/faces" for w in n.inputs.values())]
+    assert "rules" in readers
+    assert g.nodes["replay"].params["topics"]["who/faces"]["subscribers"] == len(readers)
     assert "replay" in g.dependencies()["rules"]
+    procs = g.process_dependencies()
+    assert "replay" in procs[g.nodes["rules"].process] and procs["replay"] == set()
+    assert all(g.process_config(p) for p in g.processes())
     # every recorded topic by default: the rules node is replaced too
     plan = replay_graph(graph, info, runtime_dir=tmp_path / "run", state_dir=tmp_path / "st")
     assert plan.replaced == ["cam", "rules", "who"] and "rules" not in plan.graph.nodes
