@@ -45,6 +45,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Guide: docs/record.md. Exit status: 0 done (and identical with "
                      "--compare), 1 bad recording or graph (nothing started), 2 could not start, "
@@ -55,16 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="1 real time (default), N times faster, max as fast as possible")
     parser.add_argument("--topics", default="", metavar="T1,T2",
                         help="recorded topics to play (default: all); their nodes do not start")
-    parser.add_argument("--start", type=float, default=0.0, metavar="S",
+    parser.add_argument("--start", type=_seconds, default=0.0, metavar="S",
                         help="skip the first S seconds of the recording")
-    parser.add_argument("--end", type=float, default=0.0, metavar="S",
+    parser.add_argument("--end", type=_seconds, default=0.0, metavar="S",
                         help="stop S seconds after the recording's start (default: its end)")
     parser.add_argument("--partial", action="store_true",
                         help="play a truncated recording up to where it ends")
     parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="the replay's state folder, with its journal (default: a new "
                              "temporary folder)")
-    parser.add_argument("--settle", type=float, default=1.0, metavar="S",
+    parser.add_argument("--settle", type=_seconds, default=1.0, metavar="S",
                         help="after the last message, stop once the journal is quiet for S s")
     parser.add_argument("--compare", action="store_true",
                         help="compare the decisions with the live graph's journal")
