@@ -44,7 +44,7 @@ SPEC = NodeSpec(
     params=[
         Param("rules", str, doc="rules file (.yaml, or .py for Python rules), relative to the "
                                 "graph file"),
-        Param("python", list, [], "more Python rule files to load"),
+        Param("python", list, [], "more Python rule files to load", items=str),
         Param("tick_s", float, 0.05, "resolution of holds, delays, absences, intervals",
               min=0.005, max=5.0),
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
@@ -57,6 +57,10 @@ SPEC = NodeSpec(
               min=1.0, max=10_000.0),
         Param("expr_strikes", int, 3, "budget overruns after which a rule is disabled (until "
                                       "the next reload)", min=1),
+        Param("clock", str, "monotonic",
+              "rule time: when a message arrives (monotonic), or its capture stamp (capture: "
+              "decisions then replay exactly; time advances only with messages)",
+              choices=("monotonic", "capture")),
     ],
 )
 
@@ -157,6 +161,8 @@ class RuleNode:
         # that input's capture stamp and trace, so capture -> decision latency is measurable
         # (bench/e2e.py) and `iotrt echo rules/decisions` shows what each message caused.
         self.decisions = DECISIONS in node.config.outputs
+        self.capture_clock = p["clock"] == "capture"
+        self._t = 0.0   # clock "capture": the rule time so far (never goes back)
         self._check_wiring()
 
     def _load(self):
@@ -180,9 +186,24 @@ class RuleNode:
         for out in sorted(publishes - set(cfg.outputs) - {DECISIONS}):
             log.warning("rules publish on %r, but no node subscribes to it", out)
 
+    def _capture_time(self, stamp_ns: int | None) -> float:
+        """Clock "capture" (iotrt replay, docs/record.md): the message's capture stamp is the
+        time; what fell due before it (holds, delays) runs first, at its own due time."""
+        t = max(self._t, (stamp_ns or 0) / 1e9)
+        while (due := self.engine.next_due()) is not None and due < t:
+            self._t = max(self._t, due)
+            for action in self.engine.handle(TICK, self._t):
+                self.execute(action)
+        self._t = t
+        return t
+
     def handle(self, event: Any) -> None:
         now = time.monotonic()
+        if self.capture_clock and event.kind == "timer":
+            return   # time stands still between messages
         if event.kind == "input":
+            if self.capture_clock:
+                now = self._capture_time(event.stamp_ns)
             env = event.envelope
             aliases = (env.topic,) if env is not None and env.topic else ()
             actions = self.engine.handle(Message(event.name, event.data, aliases), now)
@@ -283,12 +304,19 @@ def main(node: Node) -> None:
             node.log.error("%s", problem)
         raise SystemExit(f"node {node.id!r}: the rules file has {len(exc.problems)} problem(s)")
     node.log.info("%d rule(s) loaded from %s", len(rules.engine.rules), rules.rules_path)
-    node.timer("tick", node.params["tick_s"])
     node.ready()
     p = node.params
+    tick_ns = int(p["tick_s"] * 1e9)
+    node.alarm("tick", time.monotonic())     # a first tick starts the engine's clocks
     try:
         for event in node:
             rules.handle(event)
+            # Sleep until the engine has something due (a hold, a delay, an absence, an
+            # interval) or the next message: an idle rule node does not wake. Due times are
+            # rounded up to the tick_s grid, so a burst of messages does not re-arm every µs.
+            due = rules.engine.next_due()
+            node.alarm("tick", None if due is None else
+                       -(-int(due * 1e9) // tick_ns) * tick_ns / 1e9)
     finally:
         # Commands already decided still go out (bounded by one full retry cycle).
         rules.sender.close(wait_s=p["command_timeout_s"] * (p["command_retries"] + 1))

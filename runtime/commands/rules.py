@@ -22,7 +22,8 @@ from iotrt.rules.actions import (
     Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet,
 )
 from iotrt.rules.engine import Engine
-from iotrt.rules.replay import load_messages, replay
+from iotrt.recording import Recording, RecordingError
+from iotrt.rules.replay import Entry, load_messages, replay
 from iotrt.rules.source import RulesError
 
 
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--python", type=Path, action="append", default=[], metavar="FILE",
                        help="also load Python rules from FILE (repeatable)")
     test.add_argument("--input", "-i", type=Path, required=True, metavar="MESSAGES",
-                      help="messages: YAML/JSON list of {t, topic, data}, or .jsonl (recorded)")
+                      help="messages: YAML/JSON list of {t, topic, data}, .jsonl, or an "
+                           ".mcap recording (iotrt record; times from the capture stamps)")
     test.add_argument("--start", type=_datetime, default=None, metavar="DATETIME",
                       help="wall-clock time at t=0 for time-of-day triggers "
                            "(default: today 00:00 local; e.g. 2026-05-01T07:29)")
@@ -73,14 +75,20 @@ def run(args: argparse.Namespace) -> int:
         for rule in ruleset.rules:
             print(f"  {rule.id:24} {rule.where}  {rule.description}".rstrip())
         return 0
+    engine = Engine(ruleset)
     try:
-        entries = load_messages(args.input, gap=args.gap)
+        entries = (_recorded(args.input, engine.topics()) if args.input.suffix == ".mcap"
+                   else load_messages(args.input, gap=args.gap))
     except RulesError as exc:
         for problem in exc.problems:
             print(f"iotrt rules: {problem}", file=sys.stderr)
         return 1
-    engine = Engine(ruleset)
-    missing = sorted({e.topic for e in entries if e.topic} - engine.topics())
+    except RecordingError as exc:
+        print(f"iotrt rules: {exc}", file=sys.stderr)
+        return 1
+    triggers = engine.topics()   # a topic node/output also matches triggers on `output`
+    missing = sorted({e.topic for e in entries if e.topic and e.topic not in triggers
+                      and e.topic.rsplit("/", 1)[-1] not in triggers})
     start = args.start or dt.datetime.combine(dt.date.today(), dt.time())
     results = replay(engine, entries, start, until=args.until)
     shown = [(t, a) for t, a in results
@@ -98,6 +106,20 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             print(f"-- note: no rule triggers on topic(s) {', '.join(missing)}")
     return 0
+
+
+def _recorded(path: Path, triggers: set[str]) -> list[Entry]:
+    """The messages of a recording that a rule triggers on (by topic or output name), timed
+    by their capture stamps as the rules node's `clock: capture` does."""
+    rec = Recording(path)
+    wanted = {t for t in rec.info().topics if t in triggers or t.rsplit("/", 1)[-1] in triggers}
+    entries: list[Entry] = []
+    first = None
+    for m in rec.messages(wanted):
+        first = m.stamp_ns if first is None else first
+        t = max((m.stamp_ns - first) / 1e9, entries[-1].t if entries else 0.0)
+        entries.append(Entry(t, m.topic, m.data))
+    return entries
 
 
 def _compact(data: Any) -> str:

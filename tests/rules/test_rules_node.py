@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")
 HERE = Path(__file__).resolve().parent
 
-OWNER = {"faces": [{"name": "owner", "score": 0.93}]}
+OWNER = {"faces": [{"name": "owner", "score": 0.93, "known": True}]}
 
 
 def kinds(node):
