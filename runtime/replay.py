@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotrt.graph import EVENTS_TOPIC, Graph, NodeDef, Wire
+from iotrt.graph import EVENTS_TOPIC, Graph, NodeDef
 from iotrt.recording import Info
 from iotrt.spec import load_spec
 
@@ -41,9 +41,9 @@ class ReplayGraph(Graph):
     source: str = "replay"
     played: tuple[str, ...] = ()
 
-    # Graph's wiring helpers look nodes up by a wire's node id; the replaced nodes are gone,
-    # so these two see them through the replay node. (Kept in step with iotrt.graph; the
-    # replay tests exercise both: node_config, dependencies, process_dependencies.)
+    # The start order looks nodes up by a wire's node id; the replaced nodes are gone, so it
+    # sees them through the replay node. (Kept in step with iotrt.graph's own; the replay
+    # tests exercise it: dependencies, process_dependencies, node_config.)
 
     def _raw_dependencies(self) -> dict[str, set[str]]:
         """Start order: a wire from a replaced node waits for the replay node instead."""
@@ -56,17 +56,6 @@ class ReplayGraph(Graph):
                     if wire.node in self.nodes:
                         deps[wire.node].add(n.id)
         return deps
-
-    def _input_endpoint(self, w: Wire, process: str = "") -> dict[str, Any]:
-        if w.node in self.nodes:
-            return super()._input_endpoint(w, process)
-        # a replaced node's output: the replay node publishes it at the same address, over
-        # NNG (it is never in the subscriber's process)
-        ep: dict[str, Any] = {"address": self.output_address(w.node, w.output),
-                              "topic": w.topic}
-        if w.queue is not None:
-            ep["queue"] = w.queue
-        return ep
 
     def topics(self) -> dict[str, str]:
         out = super().topics()
