@@ -19,6 +19,7 @@ as ONNX TensorProto initializers with a few lines of protobuf wire format (no `o
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -71,23 +72,32 @@ class FrameworkModel:
         self.inputs = list(artifact.inputs)
         self.outputs = list(artifact.outputs)
         self.meta = artifact.meta
+        # what a well-formed call looks like, checked cheaply on every run (a few us matter
+        # next to a 1 ms model: more Python per run is more chances to be preempted under load)
+        self._expect = [(s.name, tuple(s.shape), np.dtype(s.dtype)) for s in self.inputs]
+        self._out_specs = [(s.name, tuple(s.shape), np.dtype(s.dtype), math.prod(s.shape)) for s in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(self.inputs, feeds)
-        values = self._run({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs})
+        if len(feeds) != len(self._expect) or not all(
+                type(x := feeds.get(name)) is np.ndarray and x.shape == shape and x.dtype == dtype
+                for name, shape, dtype in self._expect):
+            check_feeds(self.inputs, feeds)  # raises, naming what is wrong (or accepts a list)
+        values = self._run({name: np.ascontiguousarray(feeds[name]) for name, _, _ in self._expect})
         out = {}
-        for spec, value in zip(self.outputs, values):
+        for (name, shape, dtype, size), value in zip(self._out_specs, values):
             value = np.asarray(value)
-            if value.size != int(np.prod(spec.shape)):
-                from iotrt.engine.numpy import EngineError
+            if value.shape != shape or value.dtype != dtype:
+                if value.size != size:
+                    from iotrt.engine.numpy import EngineError
 
-                raise EngineError(
-                    f"backend {self.backend!r} returned shape {value.shape} for output "
-                    f"'{spec.name}', the model's is {tuple(spec.shape)}; use backend 'numpy'"
-                )
-            # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the
-            # artifact's output specs are the contract.
-            out[spec.name] = value.reshape(spec.shape).astype(spec.dtype, copy=False)
+                    raise EngineError(
+                        f"backend {self.backend!r} returned shape {value.shape} for output "
+                        f"'{name}', the model's is {shape}; use backend 'numpy'"
+                    )
+                # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the
+                # artifact's output specs are the contract.
+                value = value.reshape(shape).astype(dtype, copy=False)
+            out[name] = value
         return out
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
