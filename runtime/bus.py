@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from iotrt.lazy import numpy as np   # imported when the first array travels
 import pynng
 
 from iotrt import shm

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgpack
-import numpy as np
+
+from iotrt.lazy import numpy as np   # imported when the first array is encoded or decoded
 
 EXT_NDARRAY = 1
 EXT_SHM = 2
@@ -41,14 +42,35 @@ MAX_NAME = 256
 MAX_TRACE = 128
 
 # dtype.str on the wire -> dtype. Everything is little-endian on the wire.
-ARRAY_DTYPES: dict[str, np.dtype] = {
-    d.str: d
-    for d in map(
-        np.dtype,
-        ["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8",
-         "<f2", "<f4", "<f8", "<c8", "<c16"],
-    )
-}
+class _WireDtypes(dict):
+    """dtype.str -> dtype, filled (importing numpy) on first use."""
+
+    NAMES = ("|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8",
+             "<f2", "<f4", "<f8", "<c8", "<c16")
+
+    def _fill(self) -> None:
+        if not dict.__len__(self):
+            self.update({n: np.dtype(n) for n in self.NAMES})
+
+    def __getitem__(self, key):
+        self._fill()
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        self._fill()
+        return dict.get(self, key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.NAMES
+
+    def __iter__(self):
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+ARRAY_DTYPES: dict[str, np.dtype] = _WireDtypes()
 
 
 class CodecError(ValueError):
@@ -111,8 +133,8 @@ def parse_array_header(hdr: Any) -> tuple[np.dtype, tuple[int, ...], int]:
     return dtype, tuple(shape), count * dtype.itemsize
 
 
-ArraySink = Callable[[np.ndarray], "msgpack.ExtType | None"]
-ShmReader = Callable[[bytes], np.ndarray]
+ArraySink = Callable[["np.ndarray"], "msgpack.ExtType | None"]
+ShmReader = Callable[[bytes], "np.ndarray"]
 
 
 class Encoder:

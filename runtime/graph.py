@@ -102,6 +102,11 @@ class NodeDef:
     threads: int = 1
     start_timeout_s: float = 60.0
     line: int = 0
+    process: str = ""                # the OS process it runs in; "" = its own (named by id)
+    process_line: int = 0
+
+    def __post_init__(self) -> None:
+        self.process = self.process or self.id
 
     @property
     def commands_in(self) -> list[str]:
@@ -166,6 +171,11 @@ class Graph:
         """node -> the nodes that must be ready before it starts: its publishers, and the
         actuators its command outputs dial. Nodes on a cycle start together (pub/sub does not
         need the other end to exist; a cycle only loses the ordering between its members)."""
+        deps = self._raw_dependencies()
+        component = _strongly_connected(deps)
+        return {nid: {d for d in ds if component[d] != component[nid]} for nid, ds in deps.items()}
+
+    def _raw_dependencies(self) -> dict[str, set[str]]:
         deps: dict[str, set[str]] = {nid: set() for nid in self.nodes}
         for n in self.nodes.values():
             for wire in n.inputs.values():
@@ -173,8 +183,7 @@ class Graph:
             for wires in n.commands.values():
                 for wire in wires:
                     deps[wire.node].add(n.id)   # the rule node dials the actuator
-        component = _strongly_connected(deps)
-        return {nid: {d for d in ds if component[d] != component[nid]} for nid, ds in deps.items()}
+        return deps
 
     # -- the config each node process gets (see iotrt.protocol) ------------------------------
 
@@ -192,7 +201,7 @@ class Graph:
             "kind": n.kind,
             "target": n.target,
             "params": n.params,
-            "inputs": {name: self._input_endpoint(w) for name, w in n.inputs.items()},
+            "inputs": {name: self._input_endpoint(w, n.process) for name, w in n.inputs.items()},
             "outputs": {
                 o: {"address": self.output_address(n.id, o), "topic": f"{n.id}/{o}"} for o in n.outputs
             },
@@ -207,8 +216,33 @@ class Graph:
         }
 
 
-    def _input_endpoint(self, w: Wire) -> dict[str, Any]:
+    # -- processes (process groups: nodes sharing one OS process) ---------------------------
+
+    def processes(self) -> dict[str, list[str]]:
+        """OS process name -> the ids of the nodes it runs (a node alone: named by its id)."""
+        out: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            out.setdefault(n.process, []).append(n.id)
+        return out
+
+    def process_dependencies(self) -> dict[str, set[str]]:
+        """process -> the processes that must be up before it starts (see dependencies)."""
+        procs = {nid: n.process for nid, n in self.nodes.items()}
+        deps: dict[str, set[str]] = {p: set() for p in procs.values()}
+        for nid, ds in self._raw_dependencies().items():
+            deps[procs[nid]].update(procs[d] for d in ds)
+        component = _strongly_connected(deps)
+        return {p: {d for d in ds if component[d] != component[p]} for p, ds in deps.items()}
+
+    def process_config(self, name: str, log_level: str = "INFO") -> dict[str, Any]:
+        """What `python -m iotrt.launch` runs: {"process", "nodes": [node configs]}."""
+        return {"process": name,
+                "nodes": [self.node_config(nid, log_level) for nid in self.processes()[name]]}
+
+    def _input_endpoint(self, w: Wire, process: str = "") -> dict[str, Any]:
         ep = {"address": self.output_address(w.node, w.output), "topic": w.topic}
+        if self.nodes[w.node].process == process:
+            ep["local"] = True    # same process: the in-process transport (iotrt.local)
         if w.queue is not None:   # else the node's own default depth
             ep["queue"] = w.queue
         return ep

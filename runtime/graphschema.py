@@ -41,7 +41,7 @@ TOP_KEYS = {
 }
 NODE_KEYS = (
     "id", "kind", "run", "params", "inputs", "outputs", "commands", "env",
-    "restart", "critical", "cpus", "nice", "threads", "start_timeout_s",
+    "restart", "critical", "cpus", "nice", "threads", "start_timeout_s", "process",
 )
 INPUT_KEYS = ("from", "queue")
 MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
@@ -165,7 +165,9 @@ class GraphReader:
                 continue
             nodes[n.id] = n
             first_line[n.id] = n.line
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(nodes)))
+        self._check_processes(nodes)
+        processes = {n.process for n in nodes.values()}
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(processes)))
         for n in nodes.values():
             if n.threads == 0:   # not set: share the cores out so processes do not fight
                 n.threads = threads
@@ -192,6 +194,13 @@ class GraphReader:
             commands={}, env={}, threads=0, start_timeout_s=policy.start_timeout_s,
             line=line_of(item),
         )
+        if "process" in m:
+            name = c.text(m["process"][1], f"{what}: process")
+            if name is not INVALID and not _ID_RE.match(name):
+                name = c.error(m["process"][1], f"{what}: process '{name}': use 1-64 of "
+                                                 "A-Z a-z 0-9 _ - (it names an OS process)")
+            n.process = _ok(name, nid)
+            n.process_line = line_of(m["process"][1])
         n.outputs = self._outputs(m, spec, what)
         n.params = self._params(m.get("params"), spec, what, item)
         if "inputs" in m:
@@ -402,6 +411,36 @@ class GraphReader:
             elif cpu is not INVALID:
                 cpus.append(cpu)
         return cpus or None
+
+    def _check_processes(self, nodes: dict[str, NodeDef]) -> None:
+        """Process groups: a safety-critical node (SPEC safety=True) runs alone, and what is
+        per process (CPU affinity, niceness, environment) must agree within a group."""
+        c = self.check
+        groups: dict[str, list[NodeDef]] = {}
+        for n in nodes.values():
+            groups.setdefault(n.process, []).append(n)
+        for name, members in groups.items():
+            if len(members) < 2:
+                continue
+            for n in members:
+                if n.spec is not None and n.spec.safety:
+                    others = ", ".join(m.id for m in members if m is not n)
+                    c.error(n.process_line or n.line,
+                            f"node '{n.id}' ({n.kind or n.target}) is safety-critical and runs "
+                            f"in a process of its own; it cannot share process '{name}' with "
+                            f"{others} (remove the 'process:' key that joins them)")
+            first = members[0]
+            for n in members[1:]:
+                for attr in ("cpus", "nice"):
+                    if getattr(n, attr) != getattr(first, attr):
+                        c.error(n.line, f"node '{n.id}': {attr} differs from node "
+                                        f"'{first.id}' in the same process '{name}'; "
+                                        f"{attr} is per process")
+                for key, value in n.env.items():
+                    if first.env.get(key, value) != value:
+                        c.error(n.line, f"node '{n.id}': env.{key} differs from node "
+                                        f"'{first.id}' in the same process '{name}'; the "
+                                        f"environment is per process")
 
     # -- wiring across nodes ----------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 import pynng
@@ -79,6 +80,7 @@ class Endpoint:
     address: str
     topic: str = ""
     queue: int = 2
+    local: bool = False   # an input whose publisher runs in the same process (iotrt.local)
 
 
 @dataclass(slots=True)
@@ -126,11 +128,39 @@ class NodeConfig:
 
     @classmethod
     def from_env(cls) -> NodeConfig | None:
+        """This node's config: the one `iotrt.launch` gave this thread (a node of a process
+        group), else the environment's."""
+        config = getattr(_this_thread, "config", None)
+        if config is not None:
+            return config
         text = os.environ.get(ENV_CONFIG)
         return None if text is None else cls.from_json(text)
 
+    def bind_to_thread(self) -> None:
+        """`Node()` in this thread reads this config (a script node in a process group)."""
+        _this_thread.config = self
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+_this_thread = threading.local()
+
+
+def process_configs(text: str) -> tuple[str, list[NodeConfig]]:
+    """IOTRT_NODE_CONFIG -> (process name, node configs): a single node's config object, or a
+    process group's {"process": name, "nodes": [config, ...]}."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_CONFIG} is not valid JSON: {exc}") from exc
+    if isinstance(raw, dict) and "nodes" in raw and "process" in raw:
+        nodes = raw["nodes"]
+        if not (isinstance(nodes, list) and nodes and isinstance(raw["process"], str)):
+            raise ConfigError(f"{ENV_CONFIG}: a process group needs 'process' and 'nodes'")
+        return raw["process"], [NodeConfig.from_json(json.dumps(n)) for n in nodes]
+    config = NodeConfig.from_json(text)
+    return config.id, [config]
 
 
 # -- messages (the supervisor parses them with parse_message) --------------------------------

@@ -56,7 +56,7 @@ import threading
 import weakref
 
 import msgpack
-import numpy as np
+from iotrt.lazy import numpy as np   # imported when the first array travels
 
 from iotrt.codec import EXT_SHM, DecodeError, FrameOverwritten, parse_array_header, wire_dtype
 

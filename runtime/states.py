@@ -1,6 +1,9 @@
-"""The supervisor's per-node state machine, free of processes and clocks.
+"""The supervisor's per-process state machine, free of processes and clocks.
 
-`transition(node, event, now)` moves one node's `Slot` to its next state and returns the
+A `Slot` is one OS process: a node alone, or the nodes of a process group (`members`); the
+process is the unit of start, restart and backoff, while readiness and heartbeat liveness are
+per node, so one hung node in a group is found (and its whole process restarted).
+`transition(slot, event, now)` moves one `Slot` to its next state and returns the
 actions the supervisor must carry out (spawn, signal, give up). It does no I/O and reads no
 clock, so every path (backoff growth, intensity limit, hung node, stop grace) is tested with a
 fake time in microseconds of test time.
@@ -67,11 +70,13 @@ class SpawnFailed:
 @dataclass(frozen=True)
 class Ready:
     pid: int
+    node: str = ""           # the member that is ready ("": the slot's only node)
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     pid: int
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,8 +150,18 @@ class Slot:
     restart_times: deque = field(default_factory=deque)
     backoff_waited: float = 0.0      # total seconds spent in BACKOFF
     returncode: int | None = None
+    members: tuple[str, ...] = ()    # the nodes this process runs (default: just `id`)
+    beats: dict = field(default_factory=dict)   # member -> its last ready/heartbeat time
     backstop: bool = False           # its safety deadlines are enforced (SPEC safety=True)
     safety_deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        self.members = self.members or (self.id,)
+
+    def silent(self) -> tuple[str, float]:
+        """(the member heard from longest ago, when): liveness is as good as the worst node."""
+        node = min(self.members, key=lambda m: self.beats.get(m, 0.0))
+        return node, self.beats.get(node, 0.0)
 
     def backoff_delay(self) -> float:
         b = self.backoff
@@ -198,7 +213,13 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
     if isinstance(event, (Ready, Heartbeat)):
         if event.pid != n.pid:      # a late message from an earlier incarnation
             return []
-        n.last_heartbeat = now
+        member = event.node or n.members[0]
+        if member not in n.members:
+            return []
+        n.beats[member] = now
+        n.last_heartbeat = n.silent()[1] if len(n.members) > 1 else now
+        if s == State.STARTING and len(n.beats) < len(n.members):
+            return []               # a group is ready once every node in it is
         if s == State.STARTING:
             # STARTING -> RUNNING (a heartbeat implies the node got past its start-up)
             _enter(n, State.RUNNING, now, "ready")
@@ -256,7 +277,8 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
                                  "(if it needs longer, raise its start_timeout_s)")
         if s == State.RUNNING and now - n.last_heartbeat > n.liveness_s:
             # RUNNING -> STOPPING (hung: its event loop stopped heartbeating)
-            return _stop(n, now, f"no heartbeat for {n.liveness_s:g}s")
+            who = f" from node {n.silent()[0]}" if len(n.members) > 1 else ""
+            return _stop(n, now, f"no heartbeat{who} for {n.liveness_s:g}s")
         if s == State.STOPPING and not n.killed and n.deadline is not None and now >= n.deadline:
             # STOPPING -> STOPPING (grace period over: SIGKILL)
             n.killed = True
@@ -292,6 +314,7 @@ def _start(n: Slot, now: float, reason: str) -> list[Action]:
     n.killed = False
     n.running_since = None
     n.safety_deadline = None
+    n.beats = {}
     n.deadline = now + n.start_timeout_s
     return [Spawn()]
 

@@ -120,6 +120,13 @@ class TestNode(Node):
         self._queue.append(Event("command", name, cmd.data, command=cmd))
         return self
 
+    def post(self, name: str, data: Any = None) -> None:
+        """As Node.post: the event is queued (handled if `run` is still going)."""
+        self._queue.append(Event("post", name, data))
+
+    def _wake(self) -> None:
+        pass   # no loop to wake: events are queued
+
     def feed_reload(self) -> TestNode:
         self._queue.append(Event("reload"))
         return self

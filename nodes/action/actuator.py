@@ -185,12 +185,12 @@ def serve(node, make: Callable[[], Controller], device: bool = False,
         raise SystemExit(1) from None
     timer = None
     if device:
-        timer = SafetyTimer(controller.check, name=f"{node.id}-safety")
+        # The timer thread changes state on its own (re-lock, dead-man stop); it wakes the loop
+        # (node.post) to publish those changes at once: no polling timer.
+        timer = SafetyTimer(controller.check, name=f"{node.id}-safety",
+                            after=lambda: node.post("safety"))
         controller.wake = timer.poke
         controller.deadline = node.safety_deadline
-        # The timer thread changes state on its own (re-lock, dead-man stop); the loop publishes
-        # those changes within this period.
-        node.timer("flush", 0.05)
         node.timer("state", state_period_s)
     try:
         node.ready()
@@ -222,8 +222,10 @@ class SafetyTimer:
     delay a safety action.
     """
 
-    def __init__(self, check: Callable[[], float | None], name: str = "safety") -> None:
+    def __init__(self, check: Callable[[], float | None], name: str = "safety",
+                 after: Callable[[], None] = lambda: None) -> None:
         self._check = check
+        self._after = after       # after each check that may have changed state
         self._cond = threading.Condition()
         self._poked = False
         self._closed = False
@@ -251,6 +253,7 @@ class SafetyTimer:
         try:
             while True:
                 wait = self._check()
+                self._after()
                 with self._cond:
                     if self._closed:
                         return

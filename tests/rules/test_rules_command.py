@@ -95,7 +95,7 @@ def test_invalid_messages_exit_1_with_file_and_line(tmp_path, capsys):
 def test_check_lists_rules(capsys):
     assert main(["rules", "check", DOOR]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: 2 rule(s)")
+    assert out.startswith("OK: 4 rule(s)")
     assert "door.rules.yaml:6" in out
 
 
@@ -110,3 +110,29 @@ def test_reads_what_iotrt_echo_printed(tmp_path, capsys):
     recorded.write_text("--- identity/faces seq=7 src=identity age=1.2ms\n{not json\n")
     assert main(["rules", "test", DOOR, "--input", str(recorded)]) == 1
     assert f"{recorded}:2: bad JSON after line 1" in capsys.readouterr().err
+
+
+def test_all_shows_state_changes_and_now(tmp_path, capsys):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""\
+state: {visits: 0}
+rules:
+  - id: count
+    trigger: faces
+    condition: len(msg.faces) > 0
+    actions:
+      - set: {visits: "${state.visits + 1}", seen_at: "${now}"}
+  - id: gone
+    trigger: {interval: 10s}
+    condition: state.get("seen_at") is not None and now - state.seen_at > 8
+    actions: [{set: {seen_at: null}}]
+""")
+    msgs = tmp_path / "m.yaml"
+    msgs.write_text(VISIT)
+    assert main(["rules", "test", str(rules), "--input", str(msgs), "--until", "20"]) == 0
+    assert " set " not in capsys.readouterr().out  # only with --all
+    assert main(["rules", "test", str(rules), "--input", str(msgs), "--until", "20", "--all"]) == 0
+    sets = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if " set " in line]
+    assert sets == [["0.000s", "count", "set visits = 1, seen_at = 0.0"],
+                    ["5.000s", "count", "set visits = 2, seen_at = 5.0"],
+                    ["20.000s", "gone", "set seen_at = null"]]
