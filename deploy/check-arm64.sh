@@ -42,7 +42,7 @@ HOST_PY=""
 APT_DIR=${IOTRT_CHECK_APT_DIR:-/etc/apt}   # where the host's apt sources are read from
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || bad_usage "$1 needs a value"; }
-is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ] && [ "$1" -le 1000000 ]; }
+is_uint() { [[ $1 =~ ^[0-9]{1,7}$ ]] && [ "$((10#$1))" -gt 0 ]; }   # 1 .. 9999999
 
 parse_args() {
     while [ $# -gt 0 ]; do
