@@ -126,8 +126,8 @@ claim_cache() {
     fi
     mkdir -p "$CACHE"
     [ -f "$CACHE/$CACHE_MARK" ] || echo "iotrt deploy/check-arm64.sh cache: roots, .debs, pip cache" > "$CACHE/$CACHE_MARK"
-    exec 9>"$CACHE/.lock"
-    flock -n 9 || die "another check is running with the cache $CACHE"
+    exec 9>"$CACHE/.lock-$ARCH"     # one run per architecture; arm64 and armhf may run together
+    flock -n 9 || die "another $ARCH check is running with the cache $CACHE"
 }
 
 # Deletes a folder of the cache; refuses while anything is mounted under it.
@@ -676,4 +676,5 @@ main() {
     [ "$FAILED" = 0 ]
 }
 
-main "$@"
+main "$@"; exit    # on one line: bash has read it all before running it
+

@@ -72,7 +72,7 @@ def test_plan_on_a_new_cache_builds_and_creates_nothing_but_the_mark(tmp_path, a
     assert p["arch"].startswith("arm64 (qemu-aarch64")
     assert p["root"] == f"{cache}/roots/bookworm-arm64: build (no cached root)"
     assert p["mirror"] == "http://archive.example/debian"
-    assert sorted(f.name for f in cache.iterdir()) == [".iotrt-check-cache", ".lock"]
+    assert sorted(f.name for f in cache.iterdir()) == [".iotrt-check-cache", ".lock-arm64"]
 
 
 def test_armhf_uses_qemu_arm_and_armv7_wheels(tmp_path, apt):
@@ -114,14 +114,16 @@ def test_refuses_a_cache_folder_that_is_not_its_own(tmp_path, apt):
     assert sorted(f.name for f in home.iterdir()) == ["thesis.tex"]
 
 
-def test_a_second_run_on_the_same_cache_is_refused(tmp_path, apt):
+def test_a_second_run_of_one_arch_on_the_same_cache_is_refused(tmp_path, apt):
     cache = tmp_path / "cache"
     plan(cache, apt)
-    with open(cache / ".lock", "w") as held:
+    with open(cache / ".lock-arm64", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = check("--plan", "--cache", str(cache), apt_dir=apt)
+        other_arch = check("--plan", "--cache", str(cache), "--arch", "armhf", apt_dir=apt)
     assert result.returncode == 1
-    assert "another check is running" in result.stderr
+    assert "another arm64 check is running" in result.stderr
+    assert other_arch.returncode == 0, other_arch.stderr     # armhf has its own lock
     assert plan(cache, apt)["root"].endswith("build (no cached root)")   # free again
 
 
