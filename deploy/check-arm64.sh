@@ -32,7 +32,9 @@ say() { printf '==> %s\n' "$*"; }
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RECIPE_VERSION=1          # bump when the base root's recipe changes: cached roots are rebuilt
 CACHE_MARK=.iotrt-check-cache
-BASE_PACKAGES=python3,python3-venv,systemd,ca-certificates
+# Debian's minimal system plus what docs/deploy.md tells a Pi user to apt-get install
+# (python3-venv, libatomic1), systemd and ca-certificates as every Raspberry Pi OS has them.
+BASE_PACKAGES=python3,python3-venv,libatomic1,systemd,ca-certificates
 
 # --- arguments -------------------------------------------------------------------------------
 
@@ -153,8 +155,8 @@ print_plan() {
 # --- mounts, binfmt, processes in the root ---------------------------------------------------
 
 MOUNTS=()            # mounted by this run, unmounted in reverse order on exit
-BINFMT_MOUNTED=0
 BINFMT_ENTRY=""      # our binfmt entry, removed on exit ("" when an existing one is used)
+BINFMT_NOTE="binfmt_misc was mounted already"
 RUN=""
 
 mount_in() {         # mount_in TARGET MOUNT-ARGS...
@@ -168,7 +170,8 @@ binfmt_setup() {
     local dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-$QARCH.conf magic mask
     if [ ! -e "$dir/register" ]; then
         mount -t binfmt_misc binfmt_misc "$dir"
-        BINFMT_MOUNTED=1
+        # A check mounted it: the last check to finish (arm64 and armhf may overlap) unmounts it.
+        touch "$CACHE/.binfmt-mounted"
     fi
     if [ -f "$dir/qemu-$QARCH" ] && grep -q '^enabled' "$dir/qemu-$QARCH" \
             && grep -q '^flags:.*F' "$dir/qemu-$QARCH"; then
@@ -209,7 +212,14 @@ cleanup_mounts() {   # idempotent: stray processes, our mounts, our binfmt entry
     if [ -n "$BINFMT_ENTRY" ] && [ -e "/proc/sys/fs/binfmt_misc/$BINFMT_ENTRY" ]; then
         echo -1 > "/proc/sys/fs/binfmt_misc/$BINFMT_ENTRY"
     fi
-    if [ "$BINFMT_MOUNTED" = 1 ]; then umount /proc/sys/fs/binfmt_misc && BINFMT_MOUNTED=0; fi
+    if [ -f "$CACHE/.binfmt-mounted" ]; then
+        if ls /proc/sys/fs/binfmt_misc/iotrt-check-* >/dev/null 2>&1; then
+            BINFMT_NOTE="binfmt_misc left mounted for the other check still running"
+        else
+            umount /proc/sys/fs/binfmt_misc && rm -f "$CACHE/.binfmt-mounted" \
+                && BINFMT_NOTE="binfmt_misc unmounted"
+        fi
+    fi
     return 0
 }
 
@@ -469,7 +479,7 @@ for i in json.load(open(sys.argv[1]))["install"]:
     if [ -n "$missing" ]; then
         record "index wheels ($PIP_ARCH)" info "${#INDEX[@]} packages; no $PIP_ARCH wheel for: $missing"
     else
-        record "index wheels ($PIP_ARCH)" ok "${#INDEX[@]} packages, every one has a $PIP_ARCH wheel for Python $pyver"
+        record "index wheels ($PIP_ARCH)" ok "${#INDEX[@]} packages, every one has a wheel for $PIP_ARCH, Python $pyver"
     fi
 }
 
@@ -477,7 +487,8 @@ for i in json.load(open(sys.argv[1]))["install"]:
 # itself is built from the checkout: pure Python).
 UNIT=""
 step_install() {
-    local t0=$EPOCHREALTIME rc=0 log=$RUN/logs/install.log site line built nwheel
+    local t0=$EPOCHREALTIME rc=0 log=$RUN/logs/install.log site line built nwheel cause
+
     say "install: deploy/install.sh install configs/door.yaml . (emulated; slow)"
     in_root PIP_ONLY_BINARY=:all: sh -c 'cd /root/iotrt && exec deploy/install.sh install configs/door.yaml .' \
         > "$log" 2>&1 || rc=$?
@@ -490,7 +501,8 @@ step_install() {
     else
         line=$(grep -m1 -o "No matching distribution found for [^ ]*" "$log" || true)
         [ -n "$line" ] && line="needs compiling on the device (no wheel): ${line##* }; "
-        record "install.sh" FAIL "${line}exit $rc after ${INSTALL_S}s: $(grep -v '^\s*$' "$log" | tail -n1)"
+        cause=$(grep -E '^[A-Za-z.]*(Error|Exception): ' "$log" | tail -n1 || true)
+        record "install.sh" FAIL "${line}exit $rc after ${INSTALL_S}s: $(grep -v '^\s*$' "$log" | tail -n1)${cause:+ (cause: $cause)}"
     fi
     site=$(ls -d "$RUN/root/opt/iotrt/venv/lib"/python3*/site-packages 2>/dev/null | head -n1 || true)
     if [ -n "$site" ]; then
@@ -608,7 +620,8 @@ teardown() {         # undo the mounts and the binfmt entry now, so the summary 
     local before=${#MOUNTS[@]}
     cleanup_mounts
     record "cleanup" "$([ "$LEFT_MOUNTS" = 0 ] && [ "$LEFT_PROCS" = 0 ] && echo ok || echo FAIL)" \
-        "$before mounts undone, $LEFT_MOUNTS left; $LEFT_PROCS stray process(es); binfmt entry $([ -n "$BINFMT_ENTRY" ] && echo removed || echo "was the system's")"
+        "$before mounts undone, $LEFT_MOUNTS left; $LEFT_PROCS stray process(es); binfmt entry $([ -n "$BINFMT_ENTRY" ] && echo removed || echo "was the system's"); $BINFMT_NOTE"
+
 }
 
 print_summary() {
