@@ -142,3 +142,15 @@ def test_cache_and_mirror_defaults(tmp_path, apt):
     assert p["mirror"] == "http://given.example/debian"
     (apt / "sources.list").unlink()
     assert plan(cache, apt)["mirror"].startswith("none found")
+
+
+def test_the_command_docs_deploy_md_shows_is_valid(tmp_path, apt):
+    docs = (SCRIPT.parents[1] / "docs" / "deploy.md").read_text()
+    commands = [line.split("#")[0].split()[2:] for line in docs.splitlines()
+                if line.startswith("sudo deploy/check-arm64.sh")]
+    assert commands, "docs/deploy.md no longer shows how to run deploy/check-arm64.sh"
+    for argv in commands:
+        args = [str(tmp_path / "cache") if prev == "--cache" else a
+                for prev, a in zip([None, *argv], argv)]
+        result = check("--plan", *args, apt_dir=apt)
+        assert result.returncode == 0, (argv, result.stderr)
