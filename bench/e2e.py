@@ -92,15 +92,16 @@ class Run:
 
 
 def processes(run: Run, timeout_s: float = 60.0) -> dict[str, psutil.Process]:
-    """Every node's process, once all are running (the first detection can come before the
-    last nodes of the graph have started)."""
+    """Every OS process of the graph (a node alone, or a process group), once all are running
+    (the first detection can come before the last nodes of the graph have started)."""
     deadline = time.monotonic() + timeout_s
-    while (rows := run.ps()["nodes"]) and any(r["state"] != "running" for r in rows):
+    while (rows := run.ps()["processes"]) and any(r["state"] != "running" for r in rows):
         if time.monotonic() > deadline:
-            raise SystemExit(f"not every node is running: {[(r['node'], r['state']) for r in rows]}")
+            raise SystemExit(f"not every process is running: "
+                             f"{[(r['process'], r['state']) for r in rows]}")
         time.sleep(0.2)
     procs = {"supervisor": psutil.Process(run.proc.pid)}
-    procs.update({r["node"]: psutil.Process(r["pid"]) for r in rows})
+    procs.update({r["process"]: psutil.Process(r["pid"]) for r in rows})
     return procs
 
 
@@ -161,7 +162,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="iotrt-e2e-") as tmp:
         env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
-                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps))
+                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps), WEB_PORT="0")
         print(f"door graph: {args.graph}, sim camera 640x480 @ {args.fps:g} fps, "
               f"{os.cpu_count()} CPUs", flush=True)
         run = Run(args.graph, env)

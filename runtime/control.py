@@ -34,7 +34,12 @@ class ControlError(RuntimeError):
 
 
 def runtime_roots(environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where running graphs may be: ours first, then the system service's."""
+    """Where running graphs may be: ours first, then the system service's.
+
+    IOTRT_RUNTIME_DIR names the one root to look in: a user (or a test) who set it means that
+    graph, and must never be answered by a graph of the same name under another root."""
+    if environ.get("IOTRT_RUNTIME_DIR"):
+        return [Path(environ["IOTRT_RUNTIME_DIR"])]
     candidates = [default_runtime_root(environ), Path("/run/iotrt")]
     if environ.get("XDG_RUNTIME_DIR"):
         candidates.append(Path(environ["XDG_RUNTIME_DIR"]) / "iotrt")
@@ -116,6 +121,15 @@ class Rates:
     out_rate: float = 0.0
     drops: int = 0
 
+    def inputs(self) -> dict[str, dict[str, int]]:
+        """Per input: its counters from the last heartbeat (what is not a count reads 0)."""
+        values = self.stats.get("in")
+        if not isinstance(values, dict):
+            return {}
+        return {str(name)[:64]: {k: v.get(k) if type(v.get(k)) is int else 0
+                                 for k in ("msgs", "drops", "bad")}
+                for name, v in list(values.items())[:64] if isinstance(v, dict)}
+
     def update(self, now: float, stats: dict) -> None:
         if self.stats and now > self.t:
             dt, prev = now - self.t, self.stats
@@ -135,15 +149,30 @@ def _total(stats: dict, section: str, key: str) -> int:
                if isinstance(v, dict) and type(v.get(key)) is int)
 
 
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size (shared pages divided among their sharers) from
+    /proc/PID/smaps_rollup: what adding up per-process memory should use, since every node
+    process maps the same interpreter and libraries. None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Usage:
-    """CPU % (since the previous `iotrt ps`) and RSS of node processes."""
+    """CPU % (since the previous `iotrt ps`), RSS and PSS of node processes."""
 
     def __init__(self):
         self._procs: dict[int, psutil.Process] = {}
 
-    def sample(self, pid: int | None) -> tuple[float | None, int | None]:
+    def sample(self, pid: int | None) -> tuple[float | None, int | None, int | None]:
+        """(CPU %, RSS, PSS) of `pid`; Nones when it is not there."""
         if pid is None:
-            return None, None
+            return None, None, None
         try:
             proc = self._procs.get(pid)
             if proc is None:
@@ -151,23 +180,36 @@ class Usage:
                 proc.cpu_percent(None)      # starts the interval for the next call
                 t = proc.cpu_times()        # first time: the average over its life so far
                 age = max(1e-3, time.time() - proc.create_time())
-                return 100.0 * (t.user + t.system) / age, proc.memory_info().rss
-            return proc.cpu_percent(None), proc.memory_info().rss
+                cpu = 100.0 * (t.user + t.system) / age
+            else:
+                cpu = proc.cpu_percent(None)
+            return cpu, proc.memory_info().rss, pss_bytes(pid)
         except psutil.Error:
-            return None, None
+            return None, None, None
 
     def forget(self, pid: int) -> None:
         self._procs.pop(pid, None)
 
 
-def ps_row(n: NodeDef, slot: Slot, rates: Rates, usage: Usage, now: float) -> dict[str, Any]:
-    cpu, rss = usage.sample(slot.pid)
+def process_row(slot: Slot, usage: Usage, now: float) -> dict[str, Any]:
+    """One OS process (a node alone or a process group) for `iotrt ps`."""
+    cpu, rss, pss = usage.sample(slot.pid)
     return {
-        "node": n.id, "kind": n.kind or n.target, "state": slot.state.value, "pid": slot.pid,
-        "restarts": slot.restarts, "critical": slot.critical,
+        "process": slot.id, "nodes": list(slot.members), "state": slot.state.value,
+        "pid": slot.pid, "restarts": slot.restarts,
         "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
-        "cpu_pct": cpu, "rss_bytes": rss, "in_per_s": rates.in_rate,
-        "out_per_s": rates.out_rate, "drops": rates.drops, "reason": slot.reason,
+        "cpu_pct": cpu, "rss_bytes": rss, "pss_bytes": pss, "reason": slot.reason,
+    }
+
+
+def ps_row(n: NodeDef, slot: Slot, rates: Rates, now: float) -> dict[str, Any]:
+    """One node for `iotrt ps`: its process's state, its own message rates."""
+    return {
+        "node": n.id, "kind": n.kind or n.target, "process": slot.id, "state": slot.state.value,
+        "pid": slot.pid, "restarts": slot.restarts, "critical": n.critical,
+        "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
+        "in_per_s": rates.in_rate, "out_per_s": rates.out_rate, "drops": rates.drops,
+        "inputs": rates.inputs(), "reason": slot.reason,
     }
 
 

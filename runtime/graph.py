@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 from iotrt.bus import short_ipc_address
 from iotrt.journal import JOURNAL_FILE
+from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
 from iotrt.yamlcheck import Checker, Issue
 
@@ -101,6 +102,11 @@ class NodeDef:
     threads: int = 1
     start_timeout_s: float = 60.0
     line: int = 0
+    process: str = ""                # the OS process it runs in; "" = its own (named by id)
+    process_line: int = 0
+
+    def __post_init__(self) -> None:
+        self.process = self.process or self.id
 
     @property
     def commands_in(self) -> list[str]:
@@ -165,6 +171,11 @@ class Graph:
         """node -> the nodes that must be ready before it starts: its publishers, and the
         actuators its command outputs dial. Nodes on a cycle start together (pub/sub does not
         need the other end to exist; a cycle only loses the ordering between its members)."""
+        deps = self._raw_dependencies()
+        component = _strongly_connected(deps)
+        return {nid: {d for d in ds if component[d] != component[nid]} for nid, ds in deps.items()}
+
+    def _raw_dependencies(self) -> dict[str, set[str]]:
         deps: dict[str, set[str]] = {nid: set() for nid in self.nodes}
         for n in self.nodes.values():
             for wire in n.inputs.values():
@@ -172,8 +183,7 @@ class Graph:
             for wires in n.commands.values():
                 for wire in wires:
                     deps[wire.node].add(n.id)   # the rule node dials the actuator
-        component = _strongly_connected(deps)
-        return {nid: {d for d in ds if component[d] != component[nid]} for nid, ds in deps.items()}
+        return deps
 
     # -- the config each node process gets (see iotrt.protocol) ------------------------------
 
@@ -191,7 +201,7 @@ class Graph:
             "kind": n.kind,
             "target": n.target,
             "params": n.params,
-            "inputs": {name: self._input_endpoint(w) for name, w in n.inputs.items()},
+            "inputs": {name: self._input_endpoint(w, n.process) for name, w in n.inputs.items()},
             "outputs": {
                 o: {"address": self.output_address(n.id, o), "topic": f"{n.id}/{o}"} for o in n.outputs
             },
@@ -206,8 +216,33 @@ class Graph:
         }
 
 
-    def _input_endpoint(self, w: Wire) -> dict[str, Any]:
+    # -- processes (process groups: nodes sharing one OS process) ---------------------------
+
+    def processes(self) -> dict[str, list[str]]:
+        """OS process name -> the ids of the nodes it runs (a node alone: named by its id)."""
+        out: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            out.setdefault(n.process, []).append(n.id)
+        return out
+
+    def process_dependencies(self) -> dict[str, set[str]]:
+        """process -> the processes that must be up before it starts (see dependencies)."""
+        procs = {nid: n.process for nid, n in self.nodes.items()}
+        deps: dict[str, set[str]] = {p: set() for p in procs.values()}
+        for nid, ds in self._raw_dependencies().items():
+            deps[procs[nid]].update(procs[d] for d in ds)
+        component = _strongly_connected(deps)
+        return {p: {d for d in ds if component[d] != component[p]} for p, ds in deps.items()}
+
+    def process_config(self, name: str, log_level: str = "INFO") -> dict[str, Any]:
+        """What `python -m iotrt.launch` runs: {"process", "nodes": [node configs]}."""
+        return {"process": name,
+                "nodes": [self.node_config(nid, log_level) for nid in self.processes()[name]]}
+
+    def _input_endpoint(self, w: Wire, process: str = "") -> dict[str, Any]:
         ep = {"address": self.output_address(w.node, w.output), "topic": w.topic}
+        if self.nodes[w.node].process == process:
+            ep["local"] = True    # same process: the in-process transport (iotrt.local)
         if w.queue is not None:   # else the node's own default depth
             ep["queue"] = w.queue
         return ep
@@ -220,26 +255,6 @@ class GraphError(Exception):
         self.issues = list(issues)
         count = f"{len(self.issues)} problem{'s' if len(self.issues) != 1 else ''}"
         super().__init__(f"invalid graph ({count}):\n" + "\n".join(f"  {i}" for i in self.issues))
-
-
-def default_runtime_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where graphs keep their sockets when the graph file does not say."""
-    if environ.get("IOTRT_RUNTIME_DIR"):
-        return Path(environ["IOTRT_RUNTIME_DIR"])
-    if environ.get("RUNTIME_DIRECTORY"):          # set by systemd's RuntimeDirectory=
-        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_RUNTIME_DIR"):
-        return Path(environ["XDG_RUNTIME_DIR"]) / "iotrt"
-    return Path(f"/tmp/iotrt-{os.getuid()}")
-
-
-def default_state_root(environ: Mapping[str, str] = os.environ) -> Path:
-    if environ.get("IOTRT_STATE_DIR"):
-        return Path(environ["IOTRT_STATE_DIR"])
-    if environ.get("STATE_DIRECTORY"):            # set by systemd's StateDirectory=
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "iotrt"
 
 
 def load_graph(
@@ -290,31 +305,37 @@ def _node_file_issues(graph: Graph) -> list[Issue]:
 
 
 def _strongly_connected(deps: dict[str, set[str]]) -> dict[str, int]:
-    """Tarjan's algorithm: node -> component number (nodes on one cycle share a number)."""
+    """Tarjan's algorithm: node -> component number (nodes on one cycle share a number).
+    Iterative: a long chain of nodes must not exhaust Python's stack."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     comp: dict[str, int] = {}
     stack: list[str] = []
-    counter = [0]
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        for w in deps[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w not in comp:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            while True:
-                w = stack.pop()
-                comp[w] = index[v]
-                if w == v:
+    for root in deps:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        work = [(root, iter(deps[root]))]
+        while work:
+            v, edges = work[-1]
+            for w in edges:
+                if w not in index:            # descend into w; v's other edges wait
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    work.append((w, iter(deps[w])))
                     break
-
-    for v in deps:
-        if v not in index:
-            visit(v)
+                if w not in comp:             # on the stack: same component as v
+                    low[v] = min(low[v], index[w])
+            else:                             # v is finished
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[v])
+                if low[v] == index[v]:
+                    while True:
+                        w = stack.pop()
+                        comp[w] = index[v]
+                        if w == v:
+                            break
     return comp

@@ -26,6 +26,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PORT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WIRE_RE = re.compile(r"^([^/\s]+)/([^/\s]+)$")
 
+# A simulated sensor (the sim doorstep shows the owner's photo every few seconds) must never
+# drive real hardware; this graph key, loud on purpose, is the only way to allow it.
+SIM_OVERRIDE = "unsafe_simulated_sensors_with_real_hardware"
+
 TOP_KEYS = {
     "name": "graph name: [a-z0-9_-], used in paths, topics and the systemd unit name",
     "description": "free text",
@@ -33,12 +37,14 @@ TOP_KEYS = {
     "state_dir": "where state lives (default: $STATE_DIRECTORY or ~/.local/state/iotrt)",
     "supervisor": "health and restart settings",
     "nodes": "the list of nodes",
+    SIM_OVERRIDE: "true lets simulated sensors run in a graph that drives real hardware (unsafe)",
 }
 NODE_KEYS = (
     "id", "kind", "run", "params", "inputs", "outputs", "commands", "env",
-    "restart", "critical", "cpus", "nice", "threads", "start_timeout_s",
+    "restart", "critical", "cpus", "nice", "threads", "start_timeout_s", "process",
 )
 INPUT_KEYS = ("from", "queue")
+MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
 
 
 class GraphReader:
@@ -76,6 +82,10 @@ class GraphReader:
             return None
         nodes = self._nodes(top["nodes"][1], policy)
         self._check_wiring(nodes)
+        override = (c.value(top[SIM_OVERRIDE][1], bool, SIM_OVERRIDE) if SIM_OVERRIDE in top
+                    else False)
+        if override is not True:
+            self._check_sim_vs_hardware(nodes)
         return Graph(name, self.path.resolve(), runtime_dir, state_dir, policy, nodes,
                      description if description is not INVALID else "")
 
@@ -141,6 +151,9 @@ class GraphReader:
             return {}
         if not items:
             c.error(node, "'nodes' is empty: a graph needs at least one node")
+        if len(items) > MAX_NODES:
+            c.error(node, f"{len(items)} nodes; a graph holds at most {MAX_NODES}")
+            return {}
         nodes: dict[str, NodeDef] = {}
         first_line: dict[str, int] = {}
         for item in items:
@@ -152,7 +165,9 @@ class GraphReader:
                 continue
             nodes[n.id] = n
             first_line[n.id] = n.line
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(nodes)))
+        self._check_processes(nodes)
+        processes = {n.process for n in nodes.values()}
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(processes)))
         for n in nodes.values():
             if n.threads == 0:   # not set: share the cores out so processes do not fight
                 n.threads = threads
@@ -179,6 +194,13 @@ class GraphReader:
             commands={}, env={}, threads=0, start_timeout_s=policy.start_timeout_s,
             line=line_of(item),
         )
+        if "process" in m:
+            name = c.text(m["process"][1], f"{what}: process")
+            if name is not INVALID and not _ID_RE.match(name):
+                name = c.error(m["process"][1], f"{what}: process '{name}': use 1-64 of "
+                                                 "A-Z a-z 0-9 _ - (it names an OS process)")
+            n.process = _ok(name, nid)
+            n.process_line = line_of(m["process"][1])
         n.outputs = self._outputs(m, spec, what)
         n.params = self._params(m.get("params"), spec, what, item)
         if "inputs" in m:
@@ -390,6 +412,36 @@ class GraphReader:
                 cpus.append(cpu)
         return cpus or None
 
+    def _check_processes(self, nodes: dict[str, NodeDef]) -> None:
+        """Process groups: a safety-critical node (SPEC safety=True) runs alone, and what is
+        per process (CPU affinity, niceness, environment) must agree within a group."""
+        c = self.check
+        groups: dict[str, list[NodeDef]] = {}
+        for n in nodes.values():
+            groups.setdefault(n.process, []).append(n)
+        for name, members in groups.items():
+            if len(members) < 2:
+                continue
+            for n in members:
+                if n.spec is not None and n.spec.safety:
+                    others = ", ".join(m.id for m in members if m is not n)
+                    c.error(n.process_line or n.line,
+                            f"node '{n.id}' ({n.kind or n.target}) is safety-critical and runs "
+                            f"in a process of its own; it cannot share process '{name}' with "
+                            f"{others} (remove the 'process:' key that joins them)")
+            first = members[0]
+            for n in members[1:]:
+                for attr in ("cpus", "nice"):
+                    if getattr(n, attr) != getattr(first, attr):
+                        c.error(n.line, f"node '{n.id}': {attr} differs from node "
+                                        f"'{first.id}' in the same process '{name}'; "
+                                        f"{attr} is per process")
+                for key, value in n.env.items():
+                    if first.env.get(key, value) != value:
+                        c.error(n.line, f"node '{n.id}': env.{key} differs from node "
+                                        f"'{first.id}' in the same process '{name}'; the "
+                                        f"environment is per process")
+
     # -- wiring across nodes ----------------------------------------------------------------------
 
     def _check_wiring(self, nodes: dict[str, NodeDef]) -> None:
@@ -406,6 +458,29 @@ class GraphReader:
                         c.error(wire.line, f"node '{n.id}': commands.{name}: '{wire.topic}' already feeds "
                                            f"{fed_by[wire.topic]}; a command output goes to one actuator")
                     fed_by[wire.topic] = f"'{n.id}/{name}'"
+
+    def _check_sim_vs_hardware(self, nodes: dict[str, NodeDef]) -> None:
+        """Refuse a graph where a node may publish simulated data while another drives real
+        hardware (each node's SPEC says which, from its params)."""
+        def says(n: NodeDef, what: str) -> bool:
+            declared = getattr(n.spec, what, None) if n.spec is not None else None
+            try:
+                return bool(declared and declared(n.params))
+            except KeyError:   # the param it looks at is invalid, and already reported
+                return False
+
+        real = [n.id for n in nodes.values() if says(n, "hardware")]
+        if not real:
+            return
+        for n in nodes.values():
+            if says(n, "simulated"):
+                self.check.error(n.line, (
+                    f"node '{n.id}' may publish SIMULATED data (with these params; a source "
+                    f"that falls back to simulation counts) while {', '.join(map(repr, real))} "
+                    f"drive{'s' if len(real) == 1 else ''} REAL hardware: a simulated scene "
+                    f"could open a real door or move a real motor. Give '{n.id}' a real source "
+                    f"(e.g. a camera's source: device), or the actuators their sim driver; to "
+                    f"allow it anyway, set '{SIM_OVERRIDE}: true' at the top of the graph"))
 
     def _check_source(self, nodes, wire: Wire, what: str, attr: str) -> bool:
         c = self.check

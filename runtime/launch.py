@@ -1,8 +1,14 @@
-"""`python -m iotrt.launch`: the process entry the supervisor execs for every node.
+"""`python -m iotrt.launch`: the process entry the supervisor execs for every node process.
 
-Reads the NodeConfig from IOTRT_NODE_CONFIG (see iotrt.protocol), ties the process's life to
+Reads the config from IOTRT_NODE_CONFIG (see iotrt.protocol), ties the process's life to
 the supervisor's, sizes thread pools, sets up logging, and runs the node's target. Exit status:
 0 when the node returned (normally after a stop request), 1 when it raised, 2 on a bad config.
+
+A process group (several nodes with the same `process:`) runs each node on a thread of its own,
+with its own Node and event loop; the main thread only waits and passes signals on (SIGTERM and
+SIGINT stop every node, SIGHUP reloads every node). A node that raises, or whose thread ends
+before a stop was asked for, takes the whole process down at once (exit 1): the supervisor
+restarts the process, and a half-running group never hides a dead node.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import os
 import runpy
 import signal
 import sys
+import threading
 
-from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig
+from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
+                            process_configs)
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,45 +49,110 @@ def size_thread_pools() -> None:
         os.environ.setdefault("OPENCV_FOR_THREADS_NUM", threads)
 
 
-def run_target(config: NodeConfig) -> None:
+def run_target(config: NodeConfig, started: list | None = None) -> None:
+    """Run one node's target in this thread; `started` collects its Node (process groups)."""
     from iotrt.node import Node
     from iotrt.spec import load_spec
 
     target = config.target
     if target.endswith(".py"):
         sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        config.bind_to_thread()          # the script's Node() reads this node's config
         runpy.run_path(target, run_name="__main__")
         return
     module_name, _, func_name = target.partition(":")
     module = importlib.import_module(module_name)
     entry = getattr(module, func_name or "main")
     node = Node(config, spec=load_spec(target))
+    if started is not None:
+        started.append(node)
     try:
         entry(node)
     finally:
         node.close()
 
 
+class Group:
+    """The nodes of one process group, one thread each (see the module docstring)."""
+
+    def __init__(self, name: str, configs: list[NodeConfig]):
+        self.name, self.configs = name, configs
+        self.log = logging.getLogger(f"iotrt.process.{name}")
+        self.nodes: list = []            # Node objects, as their threads create them
+        self.stopping = threading.Event()
+        self.done = threading.Event()    # some thread ended
+        self.failed: list[str] = []
+        self.ended: list[str] = []
+
+    def _run(self, config: NodeConfig) -> None:
+        try:
+            run_target(config, self.nodes)
+        except BaseException:     # noqa: BLE001 - any end of a node's code ends the process
+            self.log.exception("node %r failed; stopping process %r", config.id, self.name)
+            self.failed.append(config.id)
+        else:
+            self.ended.append(config.id)
+        self.done.set()
+
+    def run(self) -> int:
+        for sig, handler in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
+                             (signal.SIGHUP, self._reload)):
+            signal.signal(sig, handler)
+        threads = [threading.Thread(target=self._run, args=(c,), name=f"node-{c.id}", daemon=True)
+                   for c in self.configs]
+        for t in threads:
+            t.start()
+        while True:
+            self.done.wait()
+            self.done.clear()
+            if self.failed:
+                return 1
+            if len(self.ended) == len(threads):
+                return 0          # every node returned (after a stop, or done for good)
+            if not self.stopping.is_set():
+                self.log.error("node(s) %s returned while the others run; stopping process %r",
+                               ", ".join(self.ended), self.name)
+                return 1
+
+    def _stop(self, *_: object) -> None:
+        self.stopping.set()
+        for node in list(self.nodes):
+            node.stop()
+
+    def _reload(self, *_: object) -> None:
+        for node in list(self.nodes):
+            node._request_reload()
+
+
 def main() -> int:
     bind_to_supervisor()
     size_thread_pools()
-    try:
-        config = NodeConfig.from_env()
-    except ConfigError as exc:
-        print(f"iotrt.launch: {exc}", file=sys.stderr)
-        return 2
-    if config is None:
+    text = os.environ.get(ENV_CONFIG)
+    if text is None:
         print(f"iotrt.launch: {ENV_CONFIG} is not set; this entry is run by the supervisor "
               f"(try 'iotrt up GRAPH')", file=sys.stderr)
         return 2
+    try:
+        name, configs = process_configs(text)
+    except ConfigError as exc:
+        print(f"iotrt.launch: {exc}", file=sys.stderr)
+        return 2
+    config = configs[0]
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper(), logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger(f"iotrt.node.{config.id}")
-    if not config.target:
+    if not all(c.target for c in configs):
         log.error("no target in the node config")
         return 2
+    if len(configs) > 1:
+        code = Group(name, configs).run()
+        # daemon threads may still be inside node code: leave without waiting for them
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     try:
         run_target(config)
     except KeyboardInterrupt:

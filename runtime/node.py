@@ -11,11 +11,19 @@ One event loop per node: a selector over the NNG receive descriptors of every in
 input, a self-pipe woken by signals, and the timers' deadlines; no thread per input. Heartbeats
 to the supervisor are sent from inside this loop, so a node stuck in its own code stops
 heartbeating. `Node.for_test(...)` runs the same node logic in-process without sockets.
+
+Transport seam: `_setup` builds the node's ports, and the loop needs only this of them: an input
+has `fileno()` (readable while a message waits), `recv_nowait() -> Envelope | None`, `stats()`
+and `close()`; an output has `address`, `publish(data, stamp_ns, trace) -> seq`, `loan()` and
+`close()`. Inputs fed by a node of the same process group are `iotrt.local.LocalQueue`s, the
+others NNG `Subscriber`s; every output is an NNG `Publisher` whose messages are also handed to
+the in-process subscribers (`iotrt.local.deliver`).
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import heapq
 import logging
 import os
@@ -27,15 +35,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-
+from iotrt import local
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
-from iotrt.protocol import NodeConfig, SupervisorLink, record_body
+from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, record_body
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from iotrt.testing import TestNode
 
 __all__ = ["Node", "Event", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
@@ -50,8 +59,9 @@ class NodeError(RuntimeError):
 class Event:
     """One thing for the node to handle.
 
-    kind: "input" (a message on input `name`), "timer" (timer `name` fired), "command" (a
-    command on command input `name`: answer it with `ack`), or "reload" (SIGHUP).
+    kind: "input" (a message on input `name`), "timer" (timer `name` fired, or the alarm
+    `name` set with `node.alarm`), "command" (a command on command input `name`: answer it with
+    `ack`), "post" (`node.post(name, data)` from another thread) or "reload" (SIGHUP).
     """
 
     kind: str
@@ -107,7 +117,9 @@ class Node:
                        if spec is not None else dict(config.params))
         self._current: Envelope | None = None
         self._open_command: Command | None = None
-        self._timers: list[tuple[int, int, str]] = []  # heap of (due_ns, period_ns, name)
+        self._timers: list[tuple[int, int, str]] = []  # heap of (due_ns, period_ns, name);
+        #                                                  period 0: a one-shot alarm
+        self._posted: collections.deque[Event] = collections.deque()
         self._stop = threading.Event()
         self._reloads = 0
         self._setup()
@@ -120,7 +132,8 @@ class Node:
         self._link = SupervisorLink(self.id, cfg.supervisor)
         self._pubs = {n: Publisher(ep.address, ep.topic or f"{self.id}/{n}", self.id)
                       for n, ep in cfg.outputs.items()}
-        self._subs = {n: Subscriber(ep.address, queue=ep.queue, name=f"{self.id}.{n}")
+        self._subs = {n: (local.LocalQueue if ep.local else Subscriber)(
+                          ep.address, queue=ep.queue, name=f"{self.id}.{n}")
                       for n, ep in cfg.inputs.items()}
         store_dir = os.path.join(cfg.state_dir, "commands") if cfg.state_dir else None
         self._servers = {
@@ -137,8 +150,10 @@ class Node:
         os.set_blocking(self._wake_w, False)
         self._install_signals()
         threads = os.environ.get("IOTRT_THREADS")
-        if threads and "cv2" in sys.modules:
-            sys.modules["cv2"].setNumThreads(int(threads))
+        # getattr: in a process group another node's thread may be half-way through `import cv2`
+        set_threads = getattr(sys.modules.get("cv2"), "setNumThreads", None)
+        if threads and set_threads is not None:
+            set_threads(int(threads))
 
     def _install_signals(self) -> None:
         self._old_signals: dict[int, Any] = {}
@@ -155,11 +170,28 @@ class Node:
         atexit.register(self.close)
 
     def _request_reload(self) -> None:
+        """SIGHUP, or the process group's main thread passing one on (thread-safe)."""
         self._reloads += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # closed already: nothing left to wake
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is already being woken
 
     def _emit(self, output: str, data: Any, stamp_ns: int, trace: list) -> None:
         pub = self._pubs.get(output)
-        if pub is not None:
+        if pub is None:
+            return
+        queues = local.subscribers(pub.address)
+        if queues:   # validate and hand over first: what NNG could not carry fails here too
+            shared = local.share(data)
+            seq = pub.publish(shared, stamp_ns, trace)
+            local.deliver(Envelope(pub.topic, seq, stamp_ns, self.id, trace, shared), queues)
+        else:
             pub.publish(data, stamp_ns, trace)
 
     def _call(self, output: str, data: Any, timeout_s: float, retries: int) -> dict:
@@ -177,6 +209,18 @@ class Node:
         elif not self._link.record(body):
             self.log.info("record %s %s", body["kind"], body["fields"])
 
+    def _deadline(self, in_s: float | None) -> bool:
+        if self._journal is None:
+            return True     # standalone: no supervisor, no backstop to arm
+        try:
+            ack = self._journal.call(deadline_body(self.id, in_s), timeout_s=0.5, retries=3)
+        except CommandError as exc:
+            self.log.error("the supervisor did not acknowledge a safety deadline: %s", exc)
+            return False
+        if not ack.get("ok"):
+            self.log.error("the supervisor refused a safety deadline: %s", ack.get("error"))
+        return bool(ack.get("ok"))
+
     # -- the API -----------------------------------------------------------------------------
 
     @property
@@ -186,12 +230,15 @@ class Node:
     def stop(self) -> None:
         """Ask the event loop to end (thread-safe; SIGTERM does the same)."""
         self._stop.set()
-        if self._wake_w < 0:
-            return  # closed already: nothing left to wake
-        try:
-            os.write(self._wake_w, b"s")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is already being woken
+        self._wake()
+
+    def post(self, name: str, data: Any = None) -> None:
+        """Deliver an event of kind "post" named `name` to this node's loop (thread-safe).
+
+        How a worker thread (a safety timer, a driver's reader) wakes the loop when it has
+        something for it, instead of the loop polling on a short timer."""
+        self._posted.append(Event("post", name, data))
+        self._wake()
 
     def ready(self) -> None:
         """Tell the supervisor start-up is done (also implied by the first loop iteration)."""
@@ -208,6 +255,15 @@ class Node:
         period = int(period_s * 1e9)
         first = period if first_s is None else int(first_s * 1e9)
         heapq.heappush(self._timers, (time.monotonic_ns() + first, period, name))
+
+    def alarm(self, name: str, at: float | None) -> None:
+        """A one-shot "timer" event named `name` at monotonic time `at` (seconds, as
+        time.monotonic()), replacing this name's earlier alarm; None cancels it. From the
+        node's own thread (use `post` from others). E.g. sleep until a rule engine is due."""
+        self._timers = [t for t in self._timers if not (t[2] == name and t[1] == 0)]
+        heapq.heapify(self._timers)
+        if at is not None:
+            heapq.heappush(self._timers, (int(at * 1e9), 0, name))
 
     def publish(self, output: str, data: Any, stamp_ns: int | None = None) -> None:
         """Publish on `output`. stamp_ns and trace are inherited from the event being handled
@@ -234,7 +290,10 @@ class Node:
         `frame = node.loan("image", (480, 640, 3)); ok, _ = cap.read(frame)`, then
         `node.publish("image", frame)`. Read-only once published; take one per frame."""
         pub = self._pubs.get(output)
-        return pub.loan(shape, dtype) if pub is not None else np.empty(shape, dtype)
+        if pub is not None:
+            return pub.loan(shape, dtype)
+        import numpy as np
+        return np.empty(shape, dtype)
 
     def command(self, output: str, data: Any, *, timeout_s: float = 1.0,
                 retries: int = 4) -> dict:
@@ -243,6 +302,15 @@ class Node:
         Returns the ack map (check `ack["ok"]`); raises CommandTimeout when no ack arrives.
         """
         return self._call(output, data, timeout_s, retries)
+
+    def safety_deadline(self, in_s: float | None) -> bool:
+        """Arm the supervisor's backstop: unless this is called again within `in_s` seconds
+        (+ a short grace), the supervisor SIGKILLs this node's process, which restarts in its
+        safe state. `None` disarms it. For a safety action that must end even if this process
+        freezes (a door's re-lock): report the deadline BEFORE starting the action, and do not
+        start it when this returns False (the supervisor did not acknowledge). Thread-safe;
+        only for nodes whose SPEC says `safety=True`. Standalone: does nothing, returns True."""
+        return self._deadline(in_s)
 
     def record(self, kind: str, sync: bool = False, **fields: Any) -> None:
         """Send an event to the journal. sync=True waits until the supervisor wrote it."""
@@ -300,11 +368,13 @@ class Node:
         events = []
         while self._timers and self._timers[0][0] <= now:
             due, period, name = heapq.heappop(self._timers)
+            events.append(Event("timer", name))
+            if period == 0:
+                continue        # a one-shot alarm
             nxt = due + period
             if nxt <= now:  # fell behind: skip the missed ticks
                 nxt = now + period - (now - due) % period
             heapq.heappush(self._timers, (nxt, period, name))
-            events.append(Event("timer", name))
         return events
 
     def _events(self) -> Iterator[Event]:
@@ -340,6 +410,9 @@ class Node:
                     kind, name, source = key.data
                     if kind == "wake":
                         _drain(self._wake_r)
+                        while self._posted and not self._stop.is_set():
+                            self._before_next()
+                            yield self._deliver(self._posted.popleft())
                         continue
                     if kind == "input":
                         env = source.recv_nowait()

@@ -31,6 +31,10 @@ Node -> supervisor (msgpack maps over Push0 -> the supervisor's Pull0)
     ``{"type": "heartbeat", "id", "pid", "stats": {"in": {name: {"msgs", "drops", "bad"}},
     "out": {name: {"msgs"}}}}`` every `heartbeat_s`, sent from inside the event loop, so a node
     stuck in its own code stops heartbeating and gets restarted.
+    ``{"type": "deadline", "id", "pid", "in_s": float | null}``, sent as a command on the
+    "journal" channel (acknowledged): a safety-critical node (SPEC ``safety=True``) will have
+    ended its safety action within ``in_s`` seconds (null: it has); past that plus a short grace
+    the supervisor SIGKILLs the process (``node.safety_deadline``).
     ``{"type": "record", "id", "kind", "fields": {...}, "t_ns"}``: a journal event
     (``node.record()``). With ``sync=True`` the record is instead sent as a command
     (data = the same map) on the "journal" command channel, and ``node.record`` returns once
@@ -51,6 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 import pynng
@@ -63,6 +68,7 @@ ENV_CONFIG = "IOTRT_NODE_CONFIG"
 ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
 ENV_THREADS = "IOTRT_THREADS"
 MESSAGE_TYPES = ("ready", "heartbeat", "record")
+MAX_DEADLINE_S = 86400.0
 
 
 class ConfigError(ValueError):
@@ -74,6 +80,7 @@ class Endpoint:
     address: str
     topic: str = ""
     queue: int = 2
+    local: bool = False   # an input whose publisher runs in the same process (iotrt.local)
 
 
 @dataclass(slots=True)
@@ -121,11 +128,39 @@ class NodeConfig:
 
     @classmethod
     def from_env(cls) -> NodeConfig | None:
+        """This node's config: the one `iotrt.launch` gave this thread (a node of a process
+        group), else the environment's."""
+        config = getattr(_this_thread, "config", None)
+        if config is not None:
+            return config
         text = os.environ.get(ENV_CONFIG)
         return None if text is None else cls.from_json(text)
 
+    def bind_to_thread(self) -> None:
+        """`Node()` in this thread reads this config (a script node in a process group)."""
+        _this_thread.config = self
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+_this_thread = threading.local()
+
+
+def process_configs(text: str) -> tuple[str, list[NodeConfig]]:
+    """IOTRT_NODE_CONFIG -> (process name, node configs): a single node's config object, or a
+    process group's {"process": name, "nodes": [config, ...]}."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_CONFIG} is not valid JSON: {exc}") from exc
+    if isinstance(raw, dict) and "nodes" in raw and "process" in raw:
+        nodes = raw["nodes"]
+        if not (isinstance(nodes, list) and nodes and isinstance(raw["process"], str)):
+            raise ConfigError(f"{ENV_CONFIG}: a process group needs 'process' and 'nodes'")
+        return raw["process"], [NodeConfig.from_json(json.dumps(n)) for n in nodes]
+    config = NodeConfig.from_json(text)
+    return config.id, [config]
 
 
 # -- messages (the supervisor parses them with parse_message) --------------------------------
@@ -141,6 +176,21 @@ def heartbeat_msg(node_id: str, stats: dict) -> bytes:
 def record_body(node_id: str, kind: str, fields: dict, t_ns: int | None = None) -> dict:
     return {"type": "record", "id": node_id, "kind": kind, "fields": fields,
             "t_ns": time.time_ns() if t_ns is None else t_ns}
+
+
+def deadline_body(node_id: str, in_s: float | None) -> dict:
+    return {"type": "deadline", "id": node_id, "pid": os.getpid(), "in_s": in_s}
+
+
+def deadline_in_s(body: dict) -> float | None:
+    """Supervisor side: the checked `in_s` of a deadline body; ValueError if it is not a
+    finite number of seconds in [0, MAX_DEADLINE_S] or null."""
+    in_s = body.get("in_s")
+    if in_s is None:
+        return None
+    if isinstance(in_s, bool) or not isinstance(in_s, (int, float)) or not 0 <= in_s <= MAX_DEADLINE_S:
+        raise ValueError(f"in_s must be null or a number of seconds from 0 to {MAX_DEADLINE_S:g}")
+    return float(in_s)
 
 
 def parse_message(buf: bytes) -> dict:

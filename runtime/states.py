@@ -1,6 +1,9 @@
-"""The supervisor's per-node state machine, free of processes and clocks.
+"""The supervisor's per-process state machine, free of processes and clocks.
 
-`transition(node, event, now)` moves one node's `Slot` to its next state and returns the
+A `Slot` is one OS process: a node alone, or the nodes of a process group (`members`); the
+process is the unit of start, restart and backoff, while readiness and heartbeat liveness are
+per node, so one hung node in a group is found (and its whole process restarted).
+`transition(slot, event, now)` moves one `Slot` to its next state and returns the
 actions the supervisor must carry out (spawn, signal, give up). It does no I/O and reads no
 clock, so every path (backoff growth, intensity limit, hung node, stop grace) is tested with a
 fake time in microseconds of test time.
@@ -8,6 +11,13 @@ fake time in microseconds of test time.
     STOPPED --Start--> STARTING --Ready--> RUNNING
     STARTING/RUNNING --exit, hang, start timeout--> (STOPPING -->) BACKOFF --delay--> STARTING
     BACKOFF --too many restarts--> FAILED          any --Stop--> STOPPING --exit--> STOPPED
+    STARTING/RUNNING --safety deadline passed--> STOPPING (SIGKILL at once) --exit--> BACKOFF
+
+A safety deadline is the backstop of a safety-critical node (SPEC `safety=True`, e.g. the door
+lock): before it starts an action that must end by itself (an unlock), the node reports when it
+will have ended it; if it has not cleared the deadline `BACKSTOP_GRACE_S` after that (frozen by
+SIGSTOP, stuck in a driver), the supervisor SIGKILLs its process: the kernel releases the GPIO
+line (wired so that released = locked) and the restarted node starts in its safe state.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ class State(str, Enum):
 
 
 ALIVE = (State.STARTING, State.RUNNING, State.STOPPING)
+BACKSTOP_GRACE_S = 0.5       # a safety deadline missed by this much: SIGKILL
 DONE = (State.STOPPED, State.EXITED, State.FAILED)
 
 
@@ -59,11 +70,13 @@ class SpawnFailed:
 @dataclass(frozen=True)
 class Ready:
     pid: int
+    node: str = ""           # the member that is ready ("": the slot's only node)
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     pid: int
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,11 +86,18 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Deadline:
+    """The node's safety action will have ended by `at` (None: it has ended, nothing pending)."""
+    pid: int
+    at: float | None
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed; deadlines (start timeout, liveness, grace, backoff) are checked."""
 
 
-Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Exited | Tick
+Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Exited | Deadline | Tick
 
 
 # -- actions (what the supervisor must do) ----------------------------------------------------
@@ -125,8 +145,23 @@ class Slot:
     killed: bool = False             # SIGKILL already sent in this STOPPING
     restarts: int = 0                # total restarts since the supervisor started
     failures: int = 0                # consecutive failures: the backoff exponent
+    # restarts on the "active clock" (time minus time spent waiting in backoff): a crash loop
+    # whose backoff grows must still hit the intensity limit, however long its waits get
     restart_times: deque = field(default_factory=deque)
+    backoff_waited: float = 0.0      # total seconds spent in BACKOFF
     returncode: int | None = None
+    members: tuple[str, ...] = ()    # the nodes this process runs (default: just `id`)
+    beats: dict = field(default_factory=dict)   # member -> its last ready/heartbeat time
+    backstop: bool = False           # its safety deadlines are enforced (SPEC safety=True)
+    safety_deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        self.members = self.members or (self.id,)
+
+    def silent(self) -> tuple[str, float]:
+        """(the member heard from longest ago, when): liveness is as good as the worst node."""
+        node = min(self.members, key=lambda m: self.beats.get(m, 0.0))
+        return node, self.beats.get(node, 0.0)
 
     def backoff_delay(self) -> float:
         b = self.backoff
@@ -159,6 +194,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             return _stop(n, now, "stop requested")
         if s == State.BACKOFF:
             # BACKOFF -> STOPPED (nothing is running)
+            n.backoff_waited += now - n.since
             _enter(n, State.STOPPED, now, "stop requested")
             n.deadline = None
         return []
@@ -177,13 +213,24 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
     if isinstance(event, (Ready, Heartbeat)):
         if event.pid != n.pid:      # a late message from an earlier incarnation
             return []
-        n.last_heartbeat = now
+        member = event.node or n.members[0]
+        if member not in n.members:
+            return []
+        n.beats[member] = now
+        n.last_heartbeat = n.silent()[1] if len(n.members) > 1 else now
+        if s == State.STARTING and len(n.beats) < len(n.members):
+            return []               # a group is ready once every node in it is
         if s == State.STARTING:
             # STARTING -> RUNNING (a heartbeat implies the node got past its start-up)
             _enter(n, State.RUNNING, now, "ready")
             n.running_since = now
             n.down_since = None
             n.deadline = None
+        return []
+
+    if isinstance(event, Deadline):
+        if event.pid == n.pid and n.backstop and s in (State.STARTING, State.RUNNING):
+            n.safety_deadline = event.at
         return []
 
     if isinstance(event, Exited):
@@ -213,13 +260,25 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
         return _after_failure(n, now, how)
 
     if isinstance(event, Tick):
+        if (s in ALIVE and not n.killed and n.safety_deadline is not None
+                and now >= n.safety_deadline + BACKSTOP_GRACE_S):
+            # STARTING/RUNNING/STOPPING -> STOPPING (safety deadline missed: SIGKILL at once)
+            if s == State.RUNNING:
+                n.down_since = now
+            _enter(n, State.STOPPING, now, f"missed its safety deadline by "
+                                           f"{now - n.safety_deadline:.2g}s: killed")
+            n.killed = True
+            n.deadline = None
+            n.safety_deadline = None
+            return [Signal(signal.SIGKILL)]
         if s == State.STARTING and n.deadline is not None and now >= n.deadline:
             # STARTING -> STOPPING (start timeout; restarted once it is gone)
             return _stop(n, now, f"not ready within {n.start_timeout_s:g}s "
                                  "(if it needs longer, raise its start_timeout_s)")
         if s == State.RUNNING and now - n.last_heartbeat > n.liveness_s:
             # RUNNING -> STOPPING (hung: its event loop stopped heartbeating)
-            return _stop(n, now, f"no heartbeat for {n.liveness_s:g}s")
+            who = f" from node {n.silent()[0]}" if len(n.members) > 1 else ""
+            return _stop(n, now, f"no heartbeat{who} for {n.liveness_s:g}s")
         if s == State.STOPPING and not n.killed and n.deadline is not None and now >= n.deadline:
             # STOPPING -> STOPPING (grace period over: SIGKILL)
             n.killed = True
@@ -227,6 +286,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             return [Signal(signal.SIGKILL)]
         if s == State.BACKOFF and n.deadline is not None and now >= n.deadline:
             # BACKOFF -> STARTING
+            n.backoff_waited += now - n.since
             n.restarts += 1
             return _start(n, now, f"restart #{n.restarts}")
         return []
@@ -235,9 +295,11 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
 
 def next_deadline(n: Slot) -> float | None:
     """The earliest time a Tick can change `n`: the select() timeout of the supervisor loop."""
-    if n.state == State.RUNNING:
-        return n.last_heartbeat + n.liveness_s
-    return n.deadline
+    due = n.last_heartbeat + n.liveness_s if n.state == State.RUNNING else n.deadline
+    if n.safety_deadline is not None and not n.killed:
+        backstop = n.safety_deadline + BACKSTOP_GRACE_S
+        due = backstop if due is None else min(due, backstop)
+    return due
 
 
 def _enter(n: Slot, state: State, now: float, reason: str) -> None:
@@ -251,6 +313,8 @@ def _start(n: Slot, now: float, reason: str) -> list[Action]:
     n.pid = None
     n.killed = False
     n.running_since = None
+    n.safety_deadline = None
+    n.beats = {}
     n.deadline = now + n.start_timeout_s
     return [Spawn()]
 
@@ -277,15 +341,19 @@ def _after_failure(n: Slot, now: float, reason: str) -> list[Action]:
     if n.down_since is None:
         n.down_since = now
     n.failures += 1
-    window = n.intensity.window_s
-    while n.restart_times and now - n.restart_times[0] > window:
+    # The window is measured on the active clock: time spent waiting in backoff does not age
+    # earlier restarts, so "N restarts in T seconds" means T seconds of trying to run. With
+    # wall time, a node whose backoff grew past T/N would never reach the limit.
+    window, active = n.intensity.window_s, now - n.backoff_waited
+    while n.restart_times and active - n.restart_times[0] > window:
         n.restart_times.popleft()
     if len(n.restart_times) >= n.intensity.restarts:
         # -> FAILED (restart intensity exceeded)
-        why = f"{reason}; gave up after {len(n.restart_times)} restarts in {window:g}s"
+        why = (f"{reason}; gave up after {len(n.restart_times)} restarts in {window:g}s "
+               f"(not counting backoff waits)")
         _exited(n, State.FAILED, now, why)
         return [GiveUp(f"{n.id}: {why}")]
-    n.restart_times.append(now)
+    n.restart_times.append(active)
     delay = n.backoff_delay()
     # -> BACKOFF
     _enter(n, State.BACKOFF, now, f"{reason}; restarting in {delay:.2g}s")

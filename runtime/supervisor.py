@@ -1,4 +1,6 @@
-"""The supervisor: runs a validated graph, one process per node, until told to stop.
+"""The supervisor: runs a validated graph, one OS process per node or process group, until told
+to stop. A process group (nodes sharing `process:`) is one `Slot`: started, restarted and
+backed off as one, with readiness and heartbeats tracked per node.
 
 Everything happens in one thread, in one select() loop over: the node->supervisor Pull0 (ready,
 heartbeats, journal records), the journal command channel (records a node waits for), the
@@ -27,18 +29,20 @@ from iotrt import shm
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
-from iotrt.control import Rates, Usage, ps_row, topics_table
+from iotrt.control import Rates, Usage, process_row, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
+from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
 from iotrt.procs import NodeProcess, node_env, terminate_all
-from iotrt.protocol import parse_message
+from iotrt.protocol import deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
-    DONE, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
+    DONE, Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
     State, Stop, Tick, next_deadline, transition,
 )
 
 log = logging.getLogger("iotrt.supervisor")
+RESTART_ORDER = ("never", "on-failure", "always")
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should escalate
@@ -56,13 +60,21 @@ class Supervisor:
         self.clock = time.monotonic
         self.environ = dict(os.environ if environ is None else environ)
         p = graph.policy
-        self.slots: dict[str, Slot] = {
-            n.id: Slot(n.id, restart=n.restart, critical=n.critical,
-                       start_timeout_s=n.start_timeout_s, liveness_s=p.liveness_s,
-                       stop_grace_s=p.stop_grace_s, backoff=p.backoff, intensity=p.intensity)
-            for n in graph.nodes.values()
-        }
-        self.deps = graph.dependencies()
+        self.slots: dict[str, Slot] = {}           # process name -> its supervision record
+        for name, ids in graph.processes().items():
+            members = [graph.nodes[i] for i in ids]
+            self.slots[name] = Slot(
+                name, members=tuple(ids),
+                # a group restarts as readily as its most demanding node asks, and is
+                # critical if any of its nodes is
+                restart=max((n.restart for n in members), key=RESTART_ORDER.index),
+                critical=any(n.critical for n in members),
+                backstop=any(n.spec is not None and n.spec.safety for n in members),
+                start_timeout_s=max(n.start_timeout_s for n in members),
+                liveness_s=p.liveness_s, stop_grace_s=p.stop_grace_s, backoff=p.backoff,
+                intensity=p.intensity)
+        self.process_of = {nid: n.process for nid, n in graph.nodes.items()}
+        self.deps = graph.process_dependencies()
         self.procs: dict[str, NodeProcess] = {}
         self.rates: dict[str, Rates] = {nid: Rates() for nid in graph.nodes}
         self.usage = Usage()
@@ -77,6 +89,7 @@ class Supervisor:
         self._next_ping = 0.0
         self._withholding = False
         self._last_status = ""
+        self._throttle = Throttle()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -93,11 +106,20 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the graph and supervise it until it stops; return the process exit code."""
-        self._open()
+        self.pump = OutputPump()
+        swapped = route_logging(self.pump)
         try:
-            self._loop()
+            self._open()
+            try:
+                self._loop()
+            finally:
+                self._close()
         finally:
-            self._close()
+            unroute_logging(swapped)
+            self.pump.close()
+            if self.pump.dropped_total:
+                log.warning("%d output lines were dropped: the log reader did not keep up",
+                            self.pump.dropped_total)
         return self.exit_code
 
     # -- set-up and tear-down -----------------------------------------------------------------
@@ -143,8 +165,8 @@ class Supervisor:
             signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
         self.started_at = self.clock()
         self._next_ping = self.started_at
-        log.info("graph %s: %d nodes, sockets in %s, journal %s", g.name, len(g.nodes),
-                 g.runtime_dir, g.journal_path)
+        log.info("graph %s: %d nodes in %d processes, sockets in %s, journal %s", g.name,
+                 len(g.nodes), len(self.slots), g.runtime_dir, g.journal_path)
         self._status(f"starting {len(g.nodes)} nodes")
 
     def _close(self) -> None:
@@ -221,7 +243,8 @@ class Supervisor:
         if all(s.state in (State.RUNNING, State.EXITED, State.FAILED) for s in self.slots.values()):
             self.ready_sent = True
             took = now - self.started_at
-            log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.slots), took)
+            log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.graph.nodes),
+                     took)
             self.notifier.notify("READY=1")
             self._status(self._summary())
             self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took})
@@ -272,7 +295,7 @@ class Supervisor:
             old.close_pipes()
         try:
             env = node_env(self.graph, slot.id, self.log_level, self.environ)
-            proc = NodeProcess(self.graph, slot.id, env)
+            proc = NodeProcess(self.graph, slot.id, env, self.pump)
         except OSError as exc:
             self._apply(slot, SpawnFailed(str(exc)), now)
             return
@@ -290,15 +313,16 @@ class Supervisor:
         log.log(level, "%s: %s -> %s%s (%s)", slot.id, before.value, slot.state.value, pid, slot.reason)
         event = {"event": "node_state", "node": slot.id, "state": slot.state.value,
                  "prev": before.value, "pid": slot.pid, "reason": slot.reason,
-                 "restarts": slot.restarts}
+                 "restarts": slot.restarts, "nodes": list(slot.members)}
         self._publish_event(event)
         if slot.state != before:
             self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
             if slot.state in DONE:
                 # A node that was killed could not unlink its frame rings; a restart would
                 # reclaim them, but a node that stays down must not leave them in /dev/shm.
-                for output in self.graph.nodes[slot.id].outputs:
-                    shm.reclaim(self.graph.output_address(slot.id, output))
+                for nid in slot.members:
+                    for output in self.graph.nodes[nid].outputs:
+                        shm.reclaim(self.graph.output_address(nid, output))
             if self.ready_sent and not self.stopping and not self._withholding:
                 self._status(self._summary())
 
@@ -318,10 +342,11 @@ class Supervisor:
             self.notifier.notify(f"STATUS={text}")
 
     def _summary(self) -> str:
-        """`systemctl status` line: how many nodes run, and what the others are doing."""
+        """`systemctl status` line: how many processes run, and what the others are doing."""
         others = [f"{s.id} {s.state.value}" for s in self.slots.values() if s.state != State.RUNNING]
         running = len(self.slots) - len(others)
-        return f"{running}/{len(self.slots)} nodes running" + (f"; {', '.join(others)}" if others else "")
+        what = "nodes" if len(self.slots) == len(self.graph.nodes) else "processes"
+        return f"{running}/{len(self.slots)} {what} running" + (f"; {', '.join(others)}" if others else "")
 
     # -- handlers for readable fds -----------------------------------------------------------
 
@@ -366,23 +391,31 @@ class Supervisor:
             try:
                 msg = parse_message(buf)
             except DecodeError as exc:
-                log.warning("ignored a malformed message from a node: %s", exc)
+                self._warn("malformed", now, "ignored a malformed message from a node: %s", exc)
                 continue
-            slot = self.slots.get(msg["id"])
+            nid = msg["id"]
+            slot = self.slots.get(self.process_of.get(nid, ""))
             if slot is None:
-                log.warning("ignored a message from unknown node %r", msg["id"])
+                self._warn("unknown", now, "ignored a message from unknown node %.80r", nid)
                 continue
             kind, pid = msg["type"], msg.get("pid")
             if kind == "ready":
-                self._apply(slot, Ready(pid), now)
+                self._apply(slot, Ready(pid, nid), now)
             elif kind == "heartbeat":
                 if pid == slot.pid and isinstance(msg.get("stats"), dict):
-                    self.rates[slot.id].update(now, msg["stats"])
-                self._apply(slot, Heartbeat(pid), now)
+                    self.rates[nid].update(now, msg["stats"])
+                self._apply(slot, Heartbeat(pid, nid), now)
             else:
                 event_id, error = self._write_record(msg)
                 if event_id is None:
-                    log.warning("record from %s not journaled: %s", slot.id, error)
+                    self._warn(f"record:{slot.id}", now, "record from %s not journaled: %s",
+                               slot.id, error)
+
+    def _warn(self, key: str, now: float, fmt: str, *args) -> None:
+        """A warning about what arrived on a socket, at most one per key every 10 s."""
+        held = self._throttle(key, now)
+        if held is not None:
+            log.warning(fmt + (f" ({held} more like it not shown)" if held else ""), *args)
 
     def _write_record(self, body) -> tuple[int | None, str]:
         """Journal a node's record: (event id, "") or (None, why not)."""
@@ -396,8 +429,28 @@ class Supervisor:
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
+            if isinstance(cmd.data, dict) and cmd.data.get("type") == "deadline":
+                cmd.reply(self._on_deadline(cmd.data))
+                continue
             event_id, error = self._write_record(cmd.data)
             cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
+
+    def _on_deadline(self, body: dict) -> dict:
+        """A safety-critical node's deadline (see iotrt.states): armed only for a node whose
+        SPEC declares safety=True, from the process the supervisor started for it."""
+        nid = body.get("id")
+        slot = self.slots.get(self.process_of.get(nid, "")) if isinstance(nid, str) else None
+        if slot is None or not slot.backstop:
+            return {"ok": False, "error": "not a safety-critical node of this graph"}
+        if body.get("pid") != slot.pid or slot.pid is None:
+            return {"ok": False, "error": f"pid {body.get('pid')!r} is not {slot.id}'s process"}
+        try:
+            in_s = deadline_in_s(body)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        now = self.clock()
+        self._apply(slot, Deadline(slot.pid, None if in_s is None else now + in_s), now)
+        return {"ok": True}
 
     def _on_control(self, fd: int) -> None:
         while True:
@@ -425,11 +478,15 @@ class Supervisor:
 
     def _ctl_ps(self, req: dict) -> dict:
         now = self.clock()
-        rows = [ps_row(self.graph.nodes[nid], slot, self.rates[nid], self.usage, now)
-                for nid, slot in self.slots.items()]
+        processes = [process_row(slot, self.usage, now) for slot in self.slots.values()]
+        rows = [ps_row(self.graph.nodes[nid], self.slots[self.process_of[nid]],
+                       self.rates[nid], now)
+                for nid in self.graph.nodes]
         return {"ok": True, "graph": self.graph.name, "pid": os.getpid(),
                 "state": "stopping" if self.stopping else ("running" if self.ready_sent else "starting"),
-                "uptime_s": now - self.started_at, "nodes": rows}
+                "uptime_s": now - self.started_at, "nodes": rows, "processes": processes,
+                "supervisor": dict(zip(("cpu_pct", "rss_bytes", "pss_bytes"),
+                                       self.usage.sample(os.getpid())))}
 
     def _ctl_topics(self, req: dict) -> dict:
         return {"ok": True, "graph": self.graph.name, "topics": topics_table(self.graph)}
@@ -440,18 +497,21 @@ class Supervisor:
 
     def _ctl_reload(self, req: dict) -> dict:
         node = req.get("node")
-        if node is not None and (not isinstance(node, str) or node not in self.slots):
+        if node is not None and (not isinstance(node, str) or node not in self.graph.nodes):
             return {"ok": False, "error": f"no node '{node}' in graph {self.graph.name}"}
         return {"ok": True, "nodes": self._reload(node)}
 
     def _reload(self, node: str | None) -> list[str]:
         """SIGHUP the named node, or every rules node: they re-read their files in place."""
         targets = [node] if node else [n.id for n in self.graph.nodes.values() if n.kind == "rules"]
-        done = []
-        for nid in targets:
-            proc = self.procs.get(nid)
-            if proc is not None and self.slots[nid].state in (State.STARTING, State.RUNNING):
-                proc.signal(signal.SIGHUP)
+        done, signalled = [], set()
+        for nid in targets:   # a process group passes SIGHUP on to each of its nodes
+            pname = self.process_of[nid]
+            proc = self.procs.get(pname)
+            if proc is not None and self.slots[pname].state in (State.STARTING, State.RUNNING):
+                if pname not in signalled:
+                    proc.signal(signal.SIGHUP)
+                    signalled.add(pname)
                 done.append(nid)
         log.info("reload: sent SIGHUP to %s", ", ".join(done) or "no node")
         self._journal("reload", "_sup", {"nodes": done})

@@ -78,6 +78,7 @@ class TestNode(Node):
         self.commands: list[SentCommand] = []
         self.acks: list[dict] = []
         self.records: list[tuple[str, dict]] = []
+        self.deadlines: list[float | None] = []   # node.safety_deadline() calls, in order
         self.responder: Callable[[str, Any], dict | None] = lambda output, data: {}
         self._queue: deque[Event] = deque()
         self._seq: dict[str, int] = {}
@@ -119,6 +120,13 @@ class TestNode(Node):
         self._queue.append(Event("command", name, cmd.data, command=cmd))
         return self
 
+    def post(self, name: str, data: Any = None) -> None:
+        """As Node.post: the event is queued (handled if `run` is still going)."""
+        self._queue.append(Event("post", name, data))
+
+    def _wake(self) -> None:
+        pass   # no loop to wake: events are queued
+
     def feed_reload(self) -> TestNode:
         self._queue.append(Event("reload"))
         return self
@@ -153,6 +161,10 @@ class TestNode(Node):
         if ack is None:
             raise CommandTimeout(f"no ack for command on {output!r} (test responder)")
         return ack
+
+    def _deadline(self, in_s: float | None) -> bool:
+        self.deadlines.append(in_s)
+        return True
 
     def _record(self, body: dict, sync: bool) -> None:
         body = unpack(pack(body))

@@ -30,6 +30,7 @@ SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",
     outputs={"state": "{locked: bool, relock_in_s: float | None, cause: str}"},
     commands_in={"commands": "{action: 'unlock', duration_s: float} or {action: 'lock'}"},
+    safety=True,   # runs alone; the supervisor kills it if a re-lock is late (frozen process)
     params=[
         Param("driver", str, "sim", "how the lock is driven", choices=("sim", "gpio")),
         Param("chip", str, "/dev/gpiochip0", "gpio: the GPIO chip device"),
@@ -39,6 +40,7 @@ SPEC = NodeSpec(
               min=0.1),
         *device_params("lock"),
     ],
+    hardware=lambda p: p["driver"] != "sim",
 )
 
 
@@ -120,8 +122,8 @@ class Lock:
 
     def __init__(self, driver: Any, max_unlock_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if max_unlock_s <= 0:
-            raise ValueError("max_unlock_s must be > 0")
+        if not 0 < max_unlock_s < float("inf"):   # also refuses NaN: no cap is no lock
+            raise ValueError(f"max_unlock_s must be a finite number > 0, not {max_unlock_s}")
         self._driver = driver
         self.max_unlock_s = max_unlock_s
         self._clock = clock
@@ -129,6 +131,11 @@ class Lock:
         self._relock_at: float | None = None
         self._changes: list[dict[str, Any]] = []
         self.wake: Callable[[], None] = lambda: None  # set to the SafetyTimer's poke
+        # set to node.safety_deadline: the supervisor's backstop for a re-lock this process
+        # fails to make (frozen, stuck in the driver); False = not armed
+        self.deadline: Callable[[float | None], bool] = lambda in_s: True
+        self._arming = threading.Lock()   # orders the reports: an arm is never undone by a
+        #                                   disarm of the unlock before it
         with self._mutex:
             self._set(True, "start")
 
@@ -144,9 +151,11 @@ class Lock:
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         action = command.get("action")
         if action == "lock":
-            with self._mutex:
-                self._relock_at = None
-                self._set(True, "command")
+            with self._arming:
+                with self._mutex:
+                    self._relock_at = None
+                    self._set(True, "command")
+                self.deadline(None)
             return {"state": "locked"}
         if action != "unlock":
             raise CommandRefused(f"unknown action {action!r}: send {{action: unlock, "
@@ -160,14 +169,17 @@ class Lock:
             raise CommandRefused("'duration_s' must be more than 0")
         capped = duration > self.max_unlock_s
         duration = min(duration, self.max_unlock_s)
-        with self._mutex:
-            # The deadline is set, and the timer told, even if the driver fails half-way: the
-            # line's state is then unknown, and the re-lock must still come.
-            self._relock_at = self._clock() + duration
-            try:
-                self._set(False, "command")
-            finally:
-                self.wake()
+        with self._arming:
+            if not self.deadline(duration):
+                raise DriverError("the supervisor did not arm its re-lock backstop; not unlocking")
+            with self._mutex:
+                # The deadline is set, and the timer told, even if the driver fails half-way:
+                # the line's state is then unknown, and the re-lock must still come.
+                self._relock_at = self._clock() + duration
+                try:
+                    self._set(False, "command")
+                finally:
+                    self.wake()
         return {"state": "unlocked", "relock_in_s": duration, "capped": capped}
 
     def check(self) -> float | None:
@@ -179,7 +191,14 @@ class Lock:
                 return left
             self._relock_at = None
             self._set(True, "timeout")
-            return None
+        # Disarm, unless an unlock is arming a new deadline right now (it replaces this one).
+        # Unacknowledged, the backstop kills a lock that is already locked: still safe.
+        if self._arming.acquire(blocking=False):
+            try:
+                self.deadline(None)
+            finally:
+                self._arming.release()
+        return None
 
     def state(self) -> dict[str, Any]:
         with self._mutex:

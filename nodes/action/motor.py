@@ -37,6 +37,7 @@ SPEC = NodeSpec(
     doc="motors with a dead-man timeout: each command is good for deadman_s, then they stop",
     outputs={"state": "{speeds: {name: -1..1}, cause: str}"},
     commands_in={"commands": "{<motor>: speed -1..1, ...} or {stop: true}"},
+    safety=True,   # runs in a process of its own, never in a process group
     params=[
         Param("driver", str, "sim", "how the motors are driven", choices=("sim", "serial")),
         Param("motors", list, ["left", "right"], "motor names, in protocol order"),
@@ -50,6 +51,7 @@ SPEC = NodeSpec(
                                        "watchdog (0: never)", min=0),
         *device_params("motor"),
     ],
+    hardware=lambda p: p["driver"] != "sim",
 )
 
 

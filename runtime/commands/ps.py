@@ -1,4 +1,5 @@
-"""`iotrt ps [GRAPH]`: the nodes of a running graph, their state, resources and message rates."""
+"""`iotrt ps [GRAPH]`: the nodes of a running graph, the OS processes they run in (a node alone
+or a process group), their state, CPU, memory (RSS and PSS) and message rates."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 
 from iotrt.control import ControlError, call, control_address
 
-COLUMNS = ("NODE", "STATE", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS", "IN/s", "OUT/s", "DROPS")
+NODE_COLUMNS = ("NODE", "PROCESS", "STATE", "PID", "RESTARTS", "UPTIME", "IN/s", "OUT/s", "DROPS")
+PROCESS_COLUMNS = ("PROCESS", "PID", "STATE", "NODES", "CPU%", "RSS", "PSS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,23 +40,44 @@ def _bytes(n: int | None) -> str:
     return "-"
 
 
+def _cpu(pct: float | None) -> str:
+    return "-" if pct is None else f"{pct:.1f}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _sum(values: list) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
 def format_table(reply: dict) -> str:
-    rows = [COLUMNS]
+    nodes = [NODE_COLUMNS]
     notes = []
     for r in reply["nodes"]:
-        rows.append((
-            r["node"] + ("" if r["critical"] else " (nc)"), r["state"],
+        nodes.append((
+            r["node"] + ("" if r["critical"] else " (nc)"), r["process"], r["state"],
             str(r["pid"] or "-"), str(r["restarts"]), _duration(r["uptime_s"]),
-            "-" if r["cpu_pct"] is None else f"{r['cpu_pct']:.1f}", _bytes(r["rss_bytes"]),
             f"{r['in_per_s']:.1f}", f"{r['out_per_s']:.1f}", str(r["drops"]),
         ))
         if r["state"] != "running" and r["reason"]:
             notes.append(f"  {r['node']}: {r['reason']}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    procs = [PROCESS_COLUMNS]
+    sup = reply["supervisor"]
+    rows = [{"process": "(supervisor)", "pid": reply["pid"], "state": reply["state"],
+             "nodes": [], **sup}] + reply["processes"]
+    for p in rows:
+        procs.append((p["process"], str(p["pid"] or "-"), p["state"], ",".join(p["nodes"]) or "-",
+                      _cpu(p["cpu_pct"]), _bytes(p["rss_bytes"]), _bytes(p["pss_bytes"])))
+    procs.append(("total", "", f"{len(rows)} processes", "", _cpu(_sum([p["cpu_pct"] for p in rows])),
+                  _bytes(_sum([p["rss_bytes"] for p in rows])),
+                  _bytes(_sum([p["pss_bytes"] for p in rows]))))
     lines = [f"graph {reply['graph']}: {reply['state']}, supervisor pid {reply['pid']}, "
              f"up {_duration(reply['uptime_s'])}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines + notes)
+    return "\n".join(lines + _table(nodes) + notes + [""] + _table(procs))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,26 +1,15 @@
-"""`iotrt up GRAPH`: validate a graph, then run it under the supervisor until stopped."""
+"""`iotrt up GRAPH`: validate a graph, then run it under the supervisor until stopped.
+
+Validation imports every node module (to read its SPEC); the supervisor itself then runs as a
+fresh, lean process (exec, same pid: see iotrt.supervise) that never imports numpy or cv2."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from iotrt.graph import GraphError, load_graph
-from iotrt.supervisor import run_graph
-
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# syslog priorities: journald reads a "<N>" line prefix as the line's priority (SyslogLevelPrefix)
-PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-              logging.CRITICAL: 2}
-
-
-class JournalFormatter(logging.Formatter):
-    """Under systemd: '<3>message' so `journalctl -p err` finds the supervisor's errors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+from iotrt.supervise import LEVELS, exec_supervisor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +32,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"iotrt up: {args.graph} is invalid; nothing was started", file=sys.stderr)
         return 1
     level = args.log_level or ("DEBUG" if args.verbose else "INFO")
-    logging.getLogger("iotrt").setLevel(level)
-    if os.environ.get("JOURNAL_STREAM"):     # our stderr is journald's (set by systemd)
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
-    return run_graph(graph, log_level=level)
+    specs = {n.target: n.spec for n in graph.nodes.values()}
+    exec_supervisor(str(graph.path), specs, level)

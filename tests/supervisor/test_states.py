@@ -6,7 +6,7 @@ import pytest
 
 from iotrt.graph import Backoff, Intensity
 from iotrt.states import (
-    Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start, State,
+    Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start, State,
     Stop, Tick, next_deadline, transition,
 )
 
@@ -83,11 +83,14 @@ def test_intensity_limit_gives_up():
 
 def test_restarts_outside_the_window_do_not_count():
     n = make(intensity=Intensity(restarts=2, window_s=10.0),
-             backoff=Backoff(initial_s=6.0, max_s=6.0, factor=1.0, reset_s=1000))
+             backoff=Backoff(initial_s=0.5, max_s=0.5, factor=1.0, reset_s=1000))
     transition(n, Start(), 0.0)
     now = 0.0
-    for pid in range(1, 6):          # one crash every 6 s: never more than 2 in 10 s
+    for pid in range(1, 6):          # runs 6 s, then crashes: never more than 2 in 10 s
         transition(n, Spawned(pid), now)
+        transition(n, Ready(pid), now)
+        now += 6.0
+        transition(n, Heartbeat(pid), now)
         now += crash_and_wait(n, now, pid)
     assert n.state == State.STARTING and n.restarts == 5
 
@@ -194,3 +197,35 @@ def test_backoff_of_a_node_crash_looping_for_days_stays_at_the_cap():
     slot = Slot("n", backoff=Backoff(initial_s=0.5, max_s=30.0, factor=2.0))
     slot.failures = 100_000
     assert slot.backoff_delay() == 30.0
+
+
+def test_missed_safety_deadline_kills_at_once_and_restarts():
+    n = make(backstop=True)
+    transition(n, Start(), 0.0)
+    transition(n, Spawned(5), 0.0)
+    transition(n, Ready(5), 0.0)
+    transition(n, Deadline(5, 10.0), 5.0)              # "re-locked by t=10"
+    transition(n, Heartbeat(5), 9.0)
+    assert next_deadline(n) == 10.5
+    assert transition(n, Tick(), 10.4) == []
+    assert transition(n, Tick(), 10.5) == [Signal(signal.SIGKILL)]   # no SIGTERM, no grace
+    assert n.state == State.STOPPING and "safety deadline" in n.reason
+    transition(n, Exited(5, -signal.SIGKILL), 10.6)
+    assert n.state == State.BACKOFF
+
+
+def test_a_cleared_or_foreign_safety_deadline_does_nothing():
+    n = make(backstop=True)
+    transition(n, Start(), 0.0)
+    transition(n, Spawned(5), 0.0)
+    transition(n, Ready(5), 0.0)
+    transition(n, Deadline(5, 2.0), 1.0)
+    transition(n, Deadline(5, None), 2.0)              # re-locked in time
+    transition(n, Deadline(4, 3.0), 2.0)               # an earlier incarnation's: ignored
+    transition(n, Heartbeat(5), 4.0)
+    assert transition(n, Tick(), 4.0) == [] and n.state == State.RUNNING
+    plain = make()                                     # no SPEC safety flag: never enforced
+    transition(plain, Start(), 0.0)
+    transition(plain, Spawned(6), 0.0)
+    transition(plain, Deadline(6, 1.0), 0.0)
+    assert plain.safety_deadline is None

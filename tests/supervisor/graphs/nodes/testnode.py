@@ -1,5 +1,5 @@
-"""A node for the supervisor's tests: it runs, crashes, hangs, starts slowly or ignores SIGTERM,
-as its `behaviour` param says. Each start appends "pid start_time" to the `marker` file, so a
+"""A node for the supervisor's tests: it runs, crashes, hangs, starts slowly, ignores SIGTERM or
+logs a lot (chatty), as its `behaviour` param says. Each start appends "pid start_time" to the `marker` file, so a
 test can see every incarnation and check that none outlives the supervisor."""
 
 import os
@@ -10,7 +10,7 @@ import time
 from iotrt import Node
 from iotrt.spec import NodeSpec, Param
 
-BEHAVIOURS = ("run", "crash", "exit", "hang", "slow", "stubborn")
+BEHAVIOURS = ("run", "crash", "exit", "hang", "slow", "stubborn", "chatty")
 
 SPEC = NodeSpec(
     doc="test node",
@@ -44,6 +44,8 @@ def main(node: Node) -> None:
             continue
         node.publish("out", {"n": count})
         count += 1
+        if p["behaviour"] == "chatty":        # a node that logs a lot: 4 KB per tick
+            print(f"chatter {count} " + "x" * 4000, flush=True)
         if time.monotonic() - start < p["after_s"]:
             continue
         if p["behaviour"] == "crash":

@@ -1,0 +1,127 @@
+"""Footprint benchmark: the door graph run both ways, process groups vs one process per node.
+
+    python bench/footprint.py [--seconds 60] [--fps 30] [--graph configs/door.yaml]
+
+One invocation runs the same graph twice on the sim camera (640x480): as shipped, with its
+`process:` groups (sensing / perception / action / the lock alone), and with every `process:`
+line removed (one process per node, the reference measured in the same run). Each run: a warm
+start (the compiled model is cached by a first, unmeasured start), then `--seconds` of steady
+state. Reported per OS process and in total: PSS (from /proc/PID/smaps_rollup: shared pages
+split among their sharers, the honest sum), RSS, CPU %; capture -> decision p50/p99 from each
+message's trace; drops, and the frames lost on in-process inputs (which must be zero).
+
+Targets (issue 12): grouped door graph <= 150 MB PSS in total, supervisor <= 25 MB RSS,
+capture -> decision p99 grouped no worse than one process per node, zero frames lost to the
+in-process path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import Run, measure, pct  # noqa: E402 - the e2e benchmark's run and measurement
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 2**20
+
+
+def ungrouped_copy(graph: Path, folder: Path) -> Path:
+    """The graph with every `process:` line removed, next to copies of the files it names."""
+    for f in graph.parent.iterdir():
+        if f.is_file() and f != graph:
+            shutil.copy(f, folder / f.name)
+    out = folder / graph.name
+    out.write_text(re.sub(r"(?m)^\s*process:.*\n", "", graph.read_text()))
+    return out
+
+
+def run_once(graph: Path, env: dict, seconds: float) -> dict:
+    warm = Run(graph, env)
+    try:
+        warm.first_detection_s()
+        r = measure(warm, seconds)
+        rows = warm.ps()
+    finally:
+        warm.stop()
+    local = set()
+    g = warm.graph
+    for n in g.nodes.values():
+        for name, wire in n.inputs.items():
+            if g.nodes[wire.node].process == n.process and len(g.processes()[n.process]) > 1:
+                local.add((n.id, name))
+    r["local_drops"] = sum(row["inputs"].get(name, {}).get("drops", 0)
+                           for row in rows["nodes"] for (nid, name) in local if nid == row["node"])
+    r["local_inputs"] = sorted(f"{nid}.{name}" for nid, name in local)
+    r["drops"] = sum(row["drops"] for row in rows["nodes"])
+    return r
+
+
+def report(label: str, r: dict) -> None:
+    print(f"\n{label}")
+    print(f"  {'process':14s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s}")
+    for name in r["cpu"]:
+        print(f"  {name:14s} {r['cpu'][name]:7.1f} {r['rss'][name] / MB:8.1f} "
+              f"{r['pss'][name] / MB:8.1f}")
+    print(f"  {'total':14s} {sum(r['cpu'].values()):7.1f} {sum(r['rss'].values()) / MB:8.1f} "
+          f"{sum(r['pss'].values()) / MB:8.1f}   ({len(r['cpu'])} processes)")
+    print(f"  capture -> decision: p50 {pct(r['dec_ms'], 50):.1f} ms, p99 "
+          f"{pct(r['dec_ms'], 99):.1f} ms over {len(r['dec_ms'])} decisions; input drops "
+          f"{r['drops']} (whole run), lost on in-process inputs {r['local_drops']} "
+          f"({', '.join(r['local_inputs']) or 'none'})")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--graph", type=Path, default=ROOT / "configs" / "door.yaml")
+    ap.add_argument("--seconds", type=float, default=60.0, help="measured steady state per run")
+    ap.add_argument("--fps", type=float, default=30.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="iotrt-fp-") as tmp:
+        env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
+                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps))
+        flat_dir = Path(tmp) / "flat"
+        flat_dir.mkdir()
+        flat = ungrouped_copy(args.graph.resolve(), flat_dir)
+        print(f"door graph {args.graph}, sim camera 640x480 @ {args.fps:g} fps, "
+              f"{args.seconds:g} s steady state per run, {os.cpu_count()} CPUs", flush=True)
+        cold = Run(args.graph, env)        # compiles and caches the model: not measured
+        try:
+            cold.first_detection_s()
+        finally:
+            cold.stop()
+        t0 = time.monotonic()
+        grouped = run_once(args.graph, env, args.seconds)
+        flat_r = run_once(flat, env, args.seconds)
+        print(f"(both runs took {time.monotonic() - t0:.0f} s)")
+    report("grouped (as shipped: process groups)", grouped)
+    report("one process per node (process: lines removed)", flat_r)
+    g_pss = sum(grouped["pss"].values()) / MB
+    f_pss = sum(flat_r["pss"].values()) / MB
+    sup_rss = grouped["rss"]["supervisor"] / MB
+    g99, f99 = pct(grouped["dec_ms"], 99), pct(flat_r["dec_ms"], 99)
+    print("\ntargets")
+    print(f"  grouped PSS total {g_pss:.1f} MB <= 150 MB: {verdict(g_pss <= 150)} "
+          f"(one process per node: {f_pss:.1f} MB, ratio {g_pss / f_pss:.2f})")
+    print(f"  supervisor RSS {sup_rss:.1f} MB <= 25 MB: {verdict(sup_rss <= 25)}")
+    print(f"  capture -> decision p99 grouped {g99:.1f} ms <= one process per node {f99:.1f} ms: "
+          f"{verdict(g99 <= f99)} (ratio {g99 / f99:.2f})")
+    print(f"  frames lost to the in-process path: {grouped['local_drops']} == 0: "
+          f"{verdict(grouped['local_drops'] == 0)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
