@@ -33,8 +33,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RECIPE_VERSION=1          # bump when the base root's recipe changes: cached roots are rebuilt
 CACHE_MARK=.iotrt-check-cache
 # Debian's minimal system plus what docs/deploy.md tells a Pi user to apt-get install
-# (python3-venv, libatomic1), systemd and ca-certificates as every Raspberry Pi OS has them.
-BASE_PACKAGES=python3,python3-venv,libatomic1,systemd,ca-certificates
+# (python3-venv, libatomic1), and what every Raspberry Pi OS has: systemd, ca-certificates,
+# procps (/bin/kill, which the unit's ExecReload names).
+BASE_PACKAGES=python3,python3-venv,libatomic1,systemd,ca-certificates,procps
+
 
 # --- arguments -------------------------------------------------------------------------------
 
@@ -641,9 +643,11 @@ fmt_wait() {
 import json, sys
 w, what = json.loads(sys.argv[1]), sys.argv[2]
 if what == "unlock":
-    print(f"{w[\"unlock_s\"]} s after iotrt up (first node ready at {w.get(\"first_ready_s\")} s), who={w.get(\"unlock_who\")}")
+    print("{} s after iotrt up (first node ready at {} s), who={}".format(
+        w["unlock_s"], w.get("first_ready_s"), w.get("unlock_who")))
 else:
-    print(f"{w[\"visitor_s\"]} s after iotrt up")' "$1" "$2"
+    print("{} s after iotrt up".format(w["visitor_s"]))' "$1" "$2"
+
 }
 
 step_events() {
