@@ -162,7 +162,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="iotrt-e2e-") as tmp:
         env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
-                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps))
+                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps), WEB_PORT="0")
         print(f"door graph: {args.graph}, sim camera 640x480 @ {args.fps:g} fps, "
               f"{os.cpu_count()} CPUs", flush=True)
         run = Run(args.graph, env)

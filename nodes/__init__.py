@@ -21,6 +21,11 @@ NODES: dict[str, str] = {
     "webhook": "iotrt.nodes.action.webhook",
     "command": "iotrt.nodes.action.command",
     "mqtt": "iotrt.nodes.action.mqtt",
+    "homeassistant": "iotrt.nodes.action.homeassistant",
     "log": "iotrt.nodes.action.log",
     "snapshot": "iotrt.nodes.action.snapshot",
+    # observe: recordings (docs/record.md), the web page (docs/web.md)
+    "recorder": "iotrt.nodes.observe.recorder",
+    "clip": "iotrt.nodes.observe.clip",
+    "web": "iotrt.nodes.observe.web",
 }

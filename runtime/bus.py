@@ -3,7 +3,8 @@
 Addresses: `ipc://` (default, one host), `tcp://` and `tls+tcp://` (across hosts). ipc socket
 paths must fit the kernel's 107-byte limit, so the graph allocates short hashed names with
 `short_ipc_address` under a runtime directory that only the service user can enter (0700,
-`ensure_runtime_dir`): nobody else on the machine can publish into the graph.
+on a path no other user can change: `iotrt.rundir`): nobody else on the machine can publish
+into the graph.
 
 Streams are latest-wins. A Subscriber's `queue` is its NNG receive buffer (in messages); when it
 is full NNG keeps the newest and discards older ones, so a slow reader never slows the
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +30,8 @@ from iotrt.lazy import numpy as np   # imported when the first array travels
 import pynng
 
 from iotrt import shm
-from iotrt.codec import Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
+from iotrt.codec import INT64_MAX, Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
+from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
 
 log = logging.getLogger("iotrt.bus")
 
@@ -41,29 +42,6 @@ DEFAULT_QUEUE = 2
 
 class AddressError(ValueError):
     """An endpoint address that cannot work (unknown scheme, ipc path too long, ...)."""
-
-
-class RuntimeDirError(PermissionError):
-    """The runtime directory is not private to this user."""
-
-
-def ensure_runtime_dir(path: str | os.PathLike) -> Path:
-    """Create `path` (and parents) as a directory only this user can enter (0700).
-
-    An existing directory must belong to this user; a too-open mode is tightened, because other
-    local users could otherwise connect to (and publish into) the graph's ipc sockets.
-    """
-    p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = p.stat()
-    if st.st_uid != os.getuid():
-        raise RuntimeDirError(
-            f"runtime directory {p} belongs to uid {st.st_uid}, not to this user "
-            f"(uid {os.getuid()}); choose another runtime_dir"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(p, 0o700)
-    return p
 
 
 def short_ipc_address(runtime_dir: str | os.PathLike, graph: str, node: str, port: str) -> str:
@@ -325,7 +303,8 @@ class Subscriber:
             return None
         last = self._last_seq
         if last is not None and env.seq > last + 1:
-            self.drops += env.seq - last - 1
+            # saturating: a counter must stay packable in a heartbeat whatever the seqs were
+            self.drops = min(self.drops + env.seq - last - 1, INT64_MAX)
         # seq going backwards means the publisher restarted: start counting afresh
         self._last_seq = env.seq
         self.msgs += 1

@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("iotrt.commands.enroll", "enroll a person into a face gallery from photos"),
     "rules": ("iotrt.commands.rules", "test rules offline against recorded messages"),
     "events": ("iotrt.commands.events", "read the event journal"),
+    "record": ("iotrt.commands.record", "record topics of a running graph to an MCAP file"),
+    "replay": ("iotrt.commands.replay", "run a graph with recorded topics in place of their nodes"),
+    "mqtt": ("iotrt.commands.mqtt", "Home Assistant over MQTT: forget a graph's device"),
 }
 
 

@@ -33,6 +33,13 @@ from iotrt.lazy import numpy as np   # imported when the first array is encoded 
 EXT_NDARRAY = 1
 EXT_SHM = 2
 WIRE_VERSION = 1
+# Bounds on the envelope header, checked by decode (bytes from a socket are untrusted): seq and
+# times are non-negative int64 (what a counter from 0 and time.monotonic_ns() produce), so any
+# sum or count built on them stays packable; names are short; a trace has at most MAX_TRACE
+# hops (encode keeps the newest ones, so a cycle in a graph cannot grow it without end).
+INT64_MAX = 2**63 - 1
+MAX_NAME = 256
+MAX_TRACE = 128
 
 # dtype.str on the wire -> dtype. Everything is little-endian on the wire.
 class _WireDtypes(dict):
@@ -168,6 +175,8 @@ class Encoder:
     def encode_fields(self, topic: str, seq: int, stamp_ns: int, src: str, trace: list,
                       data: Any) -> bytes:
         """encode() without building an Envelope first (the publisher's hot path)."""
+        if len(trace) > MAX_TRACE:
+            trace = trace[-MAX_TRACE:]
         try:
             return self._packer.pack([WIRE_VERSION, topic, seq, stamp_ns, src, trace, data])
         except EncodeError as exc:
@@ -237,6 +246,16 @@ class Decoder:
             and type(seq) is int and type(stamp_ns) is int
         ):
             raise DecodeError("envelope fields have the wrong types")
+        if not (0 <= seq <= INT64_MAX and 0 <= stamp_ns <= INT64_MAX):
+            raise DecodeError(f"envelope seq {seq} or stamp_ns {stamp_ns} outside 0..2^63-1")
+        if len(topic) > MAX_NAME or len(src) > MAX_NAME or len(trace) > MAX_TRACE:
+            raise DecodeError(f"envelope topic, src or trace too long (limits: {MAX_NAME} "
+                              f"characters, {MAX_TRACE} hops)")
+        for hop in trace:
+            if not (isinstance(hop, list) and len(hop) == 2 and isinstance(hop[0], str)
+                    and len(hop[0]) <= MAX_NAME and type(hop[1]) is int
+                    and 0 <= hop[1] <= INT64_MAX):
+                raise DecodeError(f"envelope trace entry {hop!r:.80} is not [node, t_ns]")
         return Envelope(topic, seq, stamp_ns, src, trace, data)
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger("iotrt.command")
 PENDING = "pending"
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_RETRIES = 4
+# Ids are uuid hex (32 chars) in practice; a bound keeps a hostile sender from growing the id
+# store (and the receiver's memory) with megabyte-sized ids.
+MAX_ID_LEN = 128
 _LEN = struct.Struct("<I")
 
 
@@ -219,6 +222,9 @@ class CommandServer:
             req = unpack(buf)
             if not (isinstance(req, dict) and isinstance(req.get("id"), str) and req["id"]):
                 raise DecodeError("a command must be a map with a non-empty string id")
+            if len(req["id"]) > MAX_ID_LEN:
+                raise DecodeError(f"command id of {len(req['id'])} characters; the limit is "
+                                  f"{MAX_ID_LEN}")
         except DecodeError as exc:
             self.bad += 1
             log.warning("%s: rejected a malformed command: %s", self.name, exc)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 from iotrt.bus import short_ipc_address
 from iotrt.journal import JOURNAL_FILE
+from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
 from iotrt.yamlcheck import Checker, Issue
 
@@ -256,26 +257,6 @@ class GraphError(Exception):
         super().__init__(f"invalid graph ({count}):\n" + "\n".join(f"  {i}" for i in self.issues))
 
 
-def default_runtime_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where graphs keep their sockets when the graph file does not say."""
-    if environ.get("IOTRT_RUNTIME_DIR"):
-        return Path(environ["IOTRT_RUNTIME_DIR"])
-    if environ.get("RUNTIME_DIRECTORY"):          # set by systemd's RuntimeDirectory=
-        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_RUNTIME_DIR"):
-        return Path(environ["XDG_RUNTIME_DIR"]) / "iotrt"
-    return Path(f"/tmp/iotrt-{os.getuid()}")
-
-
-def default_state_root(environ: Mapping[str, str] = os.environ) -> Path:
-    if environ.get("IOTRT_STATE_DIR"):
-        return Path(environ["IOTRT_STATE_DIR"])
-    if environ.get("STATE_DIRECTORY"):            # set by systemd's StateDirectory=
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "iotrt"
-
-
 def load_graph(
     path: str | Path,
     environ: Mapping[str, str] | None = None,
@@ -324,31 +305,37 @@ def _node_file_issues(graph: Graph) -> list[Issue]:
 
 
 def _strongly_connected(deps: dict[str, set[str]]) -> dict[str, int]:
-    """Tarjan's algorithm: node -> component number (nodes on one cycle share a number)."""
+    """Tarjan's algorithm: node -> component number (nodes on one cycle share a number).
+    Iterative: a long chain of nodes must not exhaust Python's stack."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     comp: dict[str, int] = {}
     stack: list[str] = []
-    counter = [0]
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        for w in deps[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w not in comp:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            while True:
-                w = stack.pop()
-                comp[w] = index[v]
-                if w == v:
+    for root in deps:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        work = [(root, iter(deps[root]))]
+        while work:
+            v, edges = work[-1]
+            for w in edges:
+                if w not in index:            # descend into w; v's other edges wait
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    work.append((w, iter(deps[w])))
                     break
-
-    for v in deps:
-        if v not in index:
-            visit(v)
+                if w not in comp:             # on the stack: same component as v
+                    low[v] = min(low[v], index[w])
+            else:                             # v is finished
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[v])
+                if low[v] == index[v]:
+                    while True:
+                        w = stack.pop()
+                        comp[w] = index[v]
+                        if w == v:
+                            break
     return comp

@@ -26,6 +26,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PORT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WIRE_RE = re.compile(r"^([^/\s]+)/([^/\s]+)$")
 
+# A simulated sensor (the sim doorstep shows the owner's photo every few seconds) must never
+# drive real hardware; this graph key, loud on purpose, is the only way to allow it.
+SIM_OVERRIDE = "unsafe_simulated_sensors_with_real_hardware"
+
 TOP_KEYS = {
     "name": "graph name: [a-z0-9_-], used in paths, topics and the systemd unit name",
     "description": "free text",
@@ -33,12 +37,14 @@ TOP_KEYS = {
     "state_dir": "where state lives (default: $STATE_DIRECTORY or ~/.local/state/iotrt)",
     "supervisor": "health and restart settings",
     "nodes": "the list of nodes",
+    SIM_OVERRIDE: "true lets simulated sensors run in a graph that drives real hardware (unsafe)",
 }
 NODE_KEYS = (
     "id", "kind", "run", "params", "inputs", "outputs", "commands", "env",
     "restart", "critical", "cpus", "nice", "threads", "start_timeout_s", "process",
 )
 INPUT_KEYS = ("from", "queue")
+MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
 
 
 class GraphReader:
@@ -76,6 +82,10 @@ class GraphReader:
             return None
         nodes = self._nodes(top["nodes"][1], policy)
         self._check_wiring(nodes)
+        override = (c.value(top[SIM_OVERRIDE][1], bool, SIM_OVERRIDE) if SIM_OVERRIDE in top
+                    else False)
+        if override is not True:
+            self._check_sim_vs_hardware(nodes)
         return Graph(name, self.path.resolve(), runtime_dir, state_dir, policy, nodes,
                      description if description is not INVALID else "")
 
@@ -141,6 +151,9 @@ class GraphReader:
             return {}
         if not items:
             c.error(node, "'nodes' is empty: a graph needs at least one node")
+        if len(items) > MAX_NODES:
+            c.error(node, f"{len(items)} nodes; a graph holds at most {MAX_NODES}")
+            return {}
         nodes: dict[str, NodeDef] = {}
         first_line: dict[str, int] = {}
         for item in items:
@@ -445,6 +458,29 @@ class GraphReader:
                         c.error(wire.line, f"node '{n.id}': commands.{name}: '{wire.topic}' already feeds "
                                            f"{fed_by[wire.topic]}; a command output goes to one actuator")
                     fed_by[wire.topic] = f"'{n.id}/{name}'"
+
+    def _check_sim_vs_hardware(self, nodes: dict[str, NodeDef]) -> None:
+        """Refuse a graph where a node may publish simulated data while another drives real
+        hardware (each node's SPEC says which, from its params)."""
+        def says(n: NodeDef, what: str) -> bool:
+            declared = getattr(n.spec, what, None) if n.spec is not None else None
+            try:
+                return bool(declared and declared(n.params))
+            except KeyError:   # the param it looks at is invalid, and already reported
+                return False
+
+        real = [n.id for n in nodes.values() if says(n, "hardware")]
+        if not real:
+            return
+        for n in nodes.values():
+            if says(n, "simulated"):
+                self.check.error(n.line, (
+                    f"node '{n.id}' may publish SIMULATED data (with these params; a source "
+                    f"that falls back to simulation counts) while {', '.join(map(repr, real))} "
+                    f"drive{'s' if len(real) == 1 else ''} REAL hardware: a simulated scene "
+                    f"could open a real door or move a real motor. Give '{n.id}' a real source "
+                    f"(e.g. a camera's source: device), or the actuators their sim driver; to "
+                    f"allow it anyway, set '{SIM_OVERRIDE}: true' at the top of the graph"))
 
     def _check_source(self, nodes, wire: Wire, what: str, attr: str) -> bool:
         c = self.check

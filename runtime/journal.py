@@ -15,7 +15,13 @@ boots, so the monotonic clock used for message stamps would be meaningless here.
 
 Retention: ``max_age_s`` and ``max_bytes`` (90 days and 64 MiB unless given; None for no limit)
 bound the journal; the writer prunes the oldest events now and then (see ``PRUNE_EVERY``) and
-gives the freed pages back to the file system.
+gives the freed pages back to the file system. ``max_bytes`` bounds the database *and* its WAL
+file: SQLite checkpoints the WAL after an eighth of the budget and truncates it to that size,
+and the database is pruned to the rest. Safety events (``SAFETY_KINDS``: what actuators did and
+why) outlive the rest: size pruning deletes other events first, and they have their own
+``safety_max_age_s`` (a year unless given). One record's fields are at most ``MAX_RECORD_BYTES``
+of JSON: a larger value is replaced by a summary (its type, size and first characters), so one
+huge record cannot evict the history.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from iotrt.rundir import make_dirs_private
+
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "journal.db"  # its name inside a graph's state directory
 
@@ -38,7 +46,13 @@ PRUNE_EVERY = 500
 # Retention unless told otherwise: a device journal must not fill its SD card.
 DEFAULT_MAX_AGE_S = 90 * 86400.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_SAFETY_MAX_AGE_S = 365 * 86400.0
 PRUNE_INTERVAL_S = 60.0
+MAX_RECORD_BYTES = 16 * 1024
+SUMMARY_HEAD = 200        # characters of a summarised value that are kept
+# Event kinds that say what an actuator did and why: kept longest (see the module docstring).
+SAFETY_KINDS = ("command_received", "command_applied", "command_refused", "command_failed",
+                "command_unjournalable", "actuator_state")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -108,7 +122,26 @@ def _encode_fields(fields: dict[str, Any]) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it, JSON escapes can
         text = json.dumps(fields, default=_json_default, separators=(",", ":"))
+    if len(text) > MAX_RECORD_BYTES:
+        text = _summarise(fields)
     return text
+
+
+def _summarise(fields: dict[str, Any]) -> str:
+    """JSON of `fields` within MAX_RECORD_BYTES: each large value replaced by a summary."""
+    out: dict[str, Any] = {}
+    budget = MAX_RECORD_BYTES - 1024   # room for the keys and the marker
+    for key, value in fields.items():
+        text = json.dumps(value, default=_json_default, separators=(",", ":"))
+        if len(text) > SUMMARY_HEAD or len(text) > budget:
+            value = {"summarised": type(value).__name__, "json_chars": len(text),
+                     "head": text[:SUMMARY_HEAD]}
+        out[str(key)[:SUMMARY_HEAD]] = value
+        budget -= len(json.dumps(value, separators=(",", ":"))) + len(str(key)[:SUMMARY_HEAD])
+        if budget <= 0:
+            out["summarised_keys"] = len(fields)   # only the first keys fit
+            break
+    return json.dumps(out, separators=(",", ":"))
 
 
 class Journal:
@@ -119,13 +152,19 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike, *,
                  max_age_s: float | None = DEFAULT_MAX_AGE_S,
-                 max_bytes: int | None = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int | None = DEFAULT_MAX_BYTES,
+                 safety_max_age_s: float | None = DEFAULT_SAFETY_MAX_AGE_S) -> None:
         self.path = Path(path)
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
+        self.safety_max_age_s = safety_max_age_s
+        self._wal_bytes = 0 if max_bytes is None else max_bytes // 8
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # private to the service user: the journal says who came and when (SQLite gives
+            # the -wal and -shm files the database file's mode)
+            make_dirs_private(self.path.parent)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per event.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
@@ -136,6 +175,13 @@ class Journal:
             if mode.lower() != "wal":
                 raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             self._db.execute("PRAGMA synchronous=FULL")
+            if max_bytes is not None:
+                # the WAL counts against the budget: an eighth of it. SQLite checkpoints the
+                # WAL after that many bytes and truncates it to that size (else it keeps the
+                # largest size it ever had); the database is pruned to the rest.
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA wal_autocheckpoint={max(4, self._wal_bytes // page)}")
+                self._db.execute(f"PRAGMA journal_size_limit={self._wal_bytes}")
             self._db.executescript(_SCHEMA)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -145,6 +191,8 @@ class Journal:
                                    f"iotrt understands ({SCHEMA_VERSION}); upgrade iotrt")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal for writing: {exc}") from exc
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create the journal: {exc}") from exc
         self._writes_since_prune = 0
         self._last_prune = time.monotonic()
         self.prune()
@@ -208,13 +256,22 @@ class Journal:
         self._writes_since_prune = 0
         self._last_prune = time.monotonic()
         deleted = 0
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        safety = ",".join("?" * len(SAFETY_KINDS))
         if self.max_age_s is not None:
-            cutoff = (time.time_ns() if now_ns is None else now_ns) - int(self.max_age_s * 1e9)
+            cutoff = now_ns - int(self.max_age_s * 1e9)
+            deleted += self._db.execute(
+                f"DELETE FROM events WHERE t_ns < ? AND kind NOT IN ({safety})",
+                (cutoff, *SAFETY_KINDS)).rowcount
+        if self.safety_max_age_s is not None:
+            cutoff = now_ns - int(self.safety_max_age_s * 1e9)
             deleted += self._db.execute("DELETE FROM events WHERE t_ns < ?", (cutoff,)).rowcount
         if self.max_bytes is not None:
             deleted += self._prune_to_size()
         if deleted:
             self._vacuum()
+        if deleted and self.max_bytes is not None:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return deleted
 
     def _used_bytes(self) -> int:
@@ -226,17 +283,25 @@ class Journal:
     def _prune_to_size(self) -> int:
         deleted = 0
         # Delete the oldest events down to 90% of the limit so pruning does not run on every
-        # write once the journal is full. Row size is estimated from the current average.
-        while (used := self._used_bytes()) > self.max_bytes:
-            count = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
-            if count == 0:
-                break
-            target = int(self.max_bytes * 0.9)
-            excess = max(1, int(count * (used - target) / used))
-            deleted += self._db.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
-                (excess,)).rowcount
-            self._vacuum()
+        # write once the journal is full. Row size is estimated from the current average. Other
+        # events go first; safety events only when nothing else is left.
+        safety = ",".join("?" * len(SAFETY_KINDS))
+        chatter = (f"kind NOT IN ({safety})", SAFETY_KINDS)
+        limit = self.max_bytes - self._wal_bytes   # the WAL has the rest of the budget
+        for where, args in (chatter, ("1", ())):
+            while (used := self._used_bytes()) > limit:
+                count = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+                if count == 0:
+                    return deleted
+                target = int(limit * 0.9)
+                excess = max(1, int(count * (used - target) / used))
+                gone = self._db.execute(
+                    f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {where} "
+                    f"ORDER BY id LIMIT ?)", (*args, excess)).rowcount
+                self._vacuum()
+                if gone == 0:
+                    break
+                deleted += gone
         return deleted
 
     def _vacuum(self) -> None:

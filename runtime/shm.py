@@ -27,12 +27,16 @@ kernel-managed open-file-description locks (fcntl F_OFD_SETLK) on one byte per s
 The lock calls are system calls, and a descriptor reaches readers only through NNG (system
 calls and mutexes): both order the sequence word and data accesses on weakly ordered CPUs.
 
-Lifetime: segments are named `iotrt-<hash of the output address>-<pid>-<generation>` and opened
-with os.open + mmap (not multiprocessing.shared_memory, whose resource tracker would unlink a
-segment when a *reader* exits). A publisher that starts on an address first removes every
-segment left for that address (its predecessor may have been SIGKILLed), which is safe because
-it has just bound the address, so no other live publisher owns it. `reclaim(address)` does the
-same for a supervisor cleaning up after a dead node. When a frame outgrows the slots, the writer
+Lifetime: segments are named `iotrt-<hash of the output address>-<random token>-<generation>`
+and opened with os.open + mmap (not multiprocessing.shared_memory, whose resource tracker would
+unlink a segment when a *reader* exits). The token is drawn afresh by each writer, so another
+local user cannot squat the name a publisher will create (/dev/shm is shared by everyone); the
+create is exclusive and draws a new token if the name is taken anyway. Readers map only
+segments of their own user. A publisher that starts on an address first removes every segment
+of *this user* left for that address (its predecessor may have been SIGKILLed), which is safe
+because it has just bound the address, so no other live publisher owns it. `reclaim(address)`
+does the same for a supervisor cleaning up after a dead node; it never raises: a segment it
+cannot remove (another user's) is reported in the log and left alone. When a frame outgrows the slots, the writer
 starts a new generation and unlinks the old one (readers keep the old mapping while they hold
 frames from it).
 """
@@ -46,6 +50,7 @@ import logging
 import mmap
 import os
 import re
+import secrets
 import struct
 import threading
 import weakref
@@ -65,7 +70,8 @@ HEADER = struct.Struct("<8sIIQ")  # magic, slots, reserved, slot_size
 HEADER_SIZE = 64
 SEQ_STRIDE = 64  # one cache line per slot's sequence word: no false sharing between slots
 ALIGN = 4096
-NAME_RE = re.compile(r"^iotrt-[0-9a-f]{12}-\d{1,10}-\d{1,10}$")
+NAME_RE = re.compile(r"^iotrt-[0-9a-f]{12}-[0-9a-f]{16}-\d{1,10}$")
+CREATE_ATTEMPTS = 8  # fresh tokens to try when a name is taken (only by someone else's file)
 
 __all__ = ["RingWriter", "RingReaders", "FrameOverwritten", "reclaim", "segment_prefix",
            "DEFAULT_THRESHOLD", "DEFAULT_SLOTS"]
@@ -100,21 +106,33 @@ def segment_prefix(address: str) -> str:
 
 
 def reclaim(address_or_prefix: str) -> int:
-    """Unlink every segment of an output (address or prefix); returns how many were removed."""
+    """Unlink this user's segments of an output (address or prefix); returns how many were
+    removed. Never raises: anything else under the output's prefix (another user's file, put
+    there to get in the way) is reported in the log and left alone."""
     prefix = (address_or_prefix if address_or_prefix.startswith("iotrt-")
               else segment_prefix(address_or_prefix))
     removed = 0
     try:
         names = os.listdir(SHM_DIR)
-    except FileNotFoundError:
+    except OSError:
         return 0
     for name in names:
-        if name.startswith(prefix + "-") and NAME_RE.match(name):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
+        if not name.startswith(prefix + "-"):
+            continue
+        path = os.path.join(SHM_DIR, name)
+        try:
+            owner = os.lstat(path).st_uid
+            if owner != os.getuid():
+                log.warning("%s belongs to uid %d, another user; left alone (our segments have "
+                            "unpredictable names, so it cannot stand in their way)", path, owner)
+                continue
+            if NAME_RE.match(name):
+                os.unlink(path)
                 removed += 1
-            except FileNotFoundError:
-                pass
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove the leftover segment %s: %s", path, exc)
     return removed
 
 
@@ -148,10 +166,16 @@ class RingWriter:
         self.close()
         self.generation += 1
         self.slot_size = -(-nbytes // ALIGN) * ALIGN
-        self.name = f"{self.prefix}-{os.getpid()}-{self.generation}"
         data0, total = _layout(self.slots, self.slot_size)
-        path = os.path.join(SHM_DIR, self.name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        for attempt in range(CREATE_ATTEMPTS):
+            self.name = f"{self.prefix}-{secrets.token_hex(8)}-{self.generation}"
+            path = os.path.join(SHM_DIR, self.name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                break
+            except FileExistsError:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
         try:
             os.ftruncate(fd, total)
             self._map = mmap.mmap(fd, total)
@@ -261,9 +285,13 @@ class _Mapping:
 
     def __init__(self, name: str):
         self.name = name
-        self.fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+        self.fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            size = os.fstat(self.fd).st_size
+            st = os.fstat(self.fd)
+            if st.st_uid != os.getuid():   # a publisher of the graph runs as this user
+                raise DecodeError(f"shared-memory segment {name} belongs to uid {st.st_uid}, "
+                                  f"not to this graph's user")
+            size = st.st_size
             if size < HEADER_SIZE:
                 raise DecodeError(f"shared-memory segment {name} is not a frame ring")
             self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)

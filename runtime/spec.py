@@ -11,8 +11,9 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 class SpecError(ValueError):
@@ -39,7 +40,11 @@ WILDCARD = "*"
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A declared parameter. `default=REQUIRED` makes it mandatory; a None default allows None."""
+    """A declared parameter. `default=REQUIRED` makes it mandatory; a None default allows None.
+
+    Numbers must be finite (NaN compares false with every bound, so `.nan` would slip past
+    `min`/`max` and disable a limit such as a lock's longest unlock); a param that means to take
+    NaN or infinity says so with `nonfinite=True`. This holds inside list and dict values too."""
 
     name: str
     type: type
@@ -48,6 +53,8 @@ class Param:
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
+    nonfinite: bool = False
+    items: type | None = None     # list params: the type every element must have
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -73,6 +80,14 @@ class Param:
             quoted = t is str and isinstance(value, (bool, int, float))
             hint = " (quote it in YAML)" if quoted else ""
             return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
+        if self.items is not None and isinstance(value, list):
+            for v in value:
+                if not isinstance(v, self.items) or (isinstance(v, bool)
+                                                     and self.items is not bool):
+                    return (f"must be a list of {self.items.__name__}, got "
+                            f"{type(v).__name__} {v!r} in it")
+        if not self.nonfinite and _nonfinite(value):
+            return f"must be a finite number, got {value!r} (NaN and infinity are refused)"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
         if self.min is not None and value < self.min:
@@ -80,6 +95,21 @@ class Param:
         if self.max is not None and value > self.max:
             return f"must be <= {self.max}, got {value!r}"
         return None
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether `value` is, or holds, a float NaN or infinity (iteratively: no recursion)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,12 @@ class NodeSpec:
     # Safety-critical (a door lock, motors): runs in a process of its own, never in a process
     # group, and the supervisor enforces the deadlines it reports (node.safety_deadline).
     safety: bool = False
+    # Safety declarations, functions of the node's validated params, checked across the graph
+    # so that a simulated sensor never drives real hardware: whether the node may publish
+    # simulated data (a sensor's sim source, or a source that can fall back to one), and
+    # whether it drives real hardware (a lock's GPIO line, a motor controller).
+    simulated: Callable[[dict], bool] | None = None
+    hardware: Callable[[dict], bool] | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

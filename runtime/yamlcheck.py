@@ -10,6 +10,7 @@ the first one. It knows nothing about graphs; `iotrt.graph` builds the graph sch
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ FLOAT_TAG = "tag:yaml.org,2002:float"
 
 # ${NAME} or ${NAME:-default}; "$$" writes a literal "$".
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Bounds on a file (it may come from anyone): its size, how deep lists and mappings nest
+# (PyYAML composes recursively: ~500 levels exhaust Python's stack), and how many values the
+# tree holds once every alias is expanded (a "billion laughs" file of 400 bytes expands to
+# 10^9 values in whatever later walks or serialises it).
+MAX_CHARS = 1024 * 1024
+MAX_DEPTH = 64
+MAX_EXPANDED = 200_000
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,14 @@ class Checker:
     # -- loading ---------------------------------------------------------------------------
 
     def compose(self, text: str, environ: Mapping[str, str] | None = None) -> Node | None:
-        """Parse `text`, report duplicate keys everywhere, substitute ${ENV} in every scalar."""
+        """Parse `text`, report duplicate keys everywhere, substitute ${ENV} in every scalar.
+        A file beyond the bounds above is one issue, and None."""
+        if len(text) > MAX_CHARS:
+            self.error(1, f"the file has {len(text)} characters; the limit is {MAX_CHARS}")
+            return None
         try:
+            if not self._shallow(text):
+                return None
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -91,8 +106,60 @@ class Checker:
         if root is None:
             self.error(1, "the file is empty")
             return None
+        if not self._bounded(root):
+            return None
         self._walk(root, os.environ if environ is None else environ, set())
         return root
+
+    def _shallow(self, text: str) -> bool:
+        """Whether lists and mappings nest at most MAX_DEPTH deep (the event parser is a state
+        machine, so this check itself cannot run out of stack)."""
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    self.error(event.start_mark.line + 1,
+                               f"lists and mappings nest deeper than {MAX_DEPTH} levels here")
+                    return False
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return True
+
+    def _bounded(self, root: Node) -> bool:
+        """Whether the tree, with every alias expanded, is finite and at most MAX_EXPANDED
+        values. Reports the first (innermost) collection that is too big or holds itself."""
+        size: dict[int, int] = {}
+        # iterative post-order; depth is bounded by _shallow, node count by aliases here
+        todo: list[tuple[Node, bool]] = [(root, False)]
+        active: set[int] = set()
+        while todo:
+            node, done = todo.pop()
+            if id(node) in size:
+                continue
+            kids = ([] if isinstance(node, ScalarNode) else
+                    list(node.value) if isinstance(node, SequenceNode) else
+                    [n for pair in node.value for n in pair])
+            if not done:
+                if id(node) in active:
+                    self.error(node, "an alias refers to a collection that contains it "
+                                     "(the value would be infinite)")
+                    return False
+                active.add(id(node))
+                todo.append((node, True))
+                todo.extend((k, False) for k in kids if id(k) not in size)
+                continue
+            active.discard(id(node))
+            if any(id(k) not in size for k in kids):   # a kid that is also an ancestor
+                self.error(node, "an alias refers to a collection that contains it "
+                                 "(the value would be infinite)")
+                return False
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            if size[id(node)] > MAX_EXPANDED:
+                self.error(node, f"with its aliases expanded this holds more than "
+                                 f"{MAX_EXPANDED} values (an alias bomb?)")
+                return False
+        return True
 
     def _walk(self, node: Node, environ: Mapping[str, str], seen: set[int]) -> None:
         if id(node) in seen:  # an alias shares its anchor's node: visit it once
@@ -219,6 +286,8 @@ class Checker:
         self, node: Node, what: str, typ: type = float, minimum: float | None = None
     ) -> Any:
         value = self.value(node, typ, what)
+        if value is not INVALID and not math.isfinite(value):
+            return self.error(node, f"{what}: must be a finite number, got {node.value}")
         if value is not INVALID and minimum is not None and value < minimum:
             return self.error(node, f"{what}: must be at least {minimum}, got {value}")
         return value

@@ -1,9 +1,13 @@
-"""What every actuator node shares: the command loop (journal, then ack) and the safety timer.
+"""What every actuator node shares: the command loop (journal, apply, ack) and the safety timer.
 
 An actuator is a controller object with ``apply(command) -> result`` for one command input.
-``serve`` runs the node's event loop: each command is applied, journaled durably with
-``node.record(..., sync=True)`` and only then acknowledged, so any command whose ack the sender
-saw is in the journal even if the actuator is killed the next instant.
+``serve`` runs the node's event loop: each command is first journaled durably with
+``node.record("command_received", sync=True, ...)``, then applied, its outcome journaled, and only
+then acknowledged. So a command is never carried out without a journal record (even if the
+actuator is killed the next instant), and any command whose ack the sender saw is in the journal.
+A command that cannot be journaled (fields JSON cannot hold, nesting too deep, a full disk, the
+supervisor not answering) is refused - acknowledged ``{"ok": False, "error": ...}`` - and never
+applied.
 
 A command the actuator refuses (bad or unsafe input: ``CommandRefused``) or cannot carry out
 (``DriverError``: the webhook timed out, the serial controller did not answer) is still
@@ -23,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from iotrt.codec import CodecError
+from iotrt.command import CommandError, CommandTimeout
 from iotrt.node import Param
 
 log = logging.getLogger(__name__)
@@ -71,14 +77,40 @@ def execute(controller: Controller, data: Any) -> tuple[str, dict[str, Any]]:
     return "command_applied", {"ok": True, **result}
 
 
+def _journal(node, kind: str, **fields: Any) -> tuple[str, bool] | None:
+    """Record durably; None when written, else (why not, whether the journal is reachable)."""
+    try:
+        node.record(kind, sync=True, **fields)
+    except CommandTimeout as exc:     # the supervisor does not answer
+        return str(exc), False
+    except (CommandError, CodecError) as exc:   # the content, or the journal's disk
+        return str(exc), True
+    return None
+
+
 def handle_command(node, controller: Controller, event) -> dict[str, Any]:
-    """Apply, journal (durably), then ack one command event; returns the ack result."""
+    """Journal (durably), apply, journal the outcome, then ack one command event; returns the
+    ack result. A command that cannot be journaled is refused and never applied."""
+    src = event.command.src if event.command is not None else ""  # the sending node's id
+    where = dict(id=event.id, input=event.input, src=src)
+    problem = _journal(node, "command_received", **where, command=event.data)
+    if problem is not None:
+        reason, reachable = problem
+        result = {"ok": False, "error": f"refused, not applied: the command cannot be "
+                                        f"journaled ({reason})"}
+        node.log.warning("command %s on %s: %s", event.id, event.input, result["error"])
+        # the id and the reason are plain text, which a working journal can hold
+        if reachable and _journal(node, "command_unjournalable", **where,
+                                  error=result["error"]) is not None:
+            node.log.error("command %s: the journal refused the refusal too", event.id)
+        event.ack(result)
+        return result
     kind, result = execute(controller, event.data)
     if not result["ok"]:
         node.log.warning("command %s on %s: %s", event.id, event.input, result["error"])
-    src = event.command.src if event.command is not None else ""  # the sending node's id
-    node.record(kind, sync=True, id=event.id, input=event.input, src=src, command=event.data,
-                result=result)
+    problem = _journal(node, kind, **where, command=event.data, result=result)
+    if problem is not None:   # applied, and its receipt is journaled: the ack must still go
+        node.log.error("command %s: outcome %s not journaled: %s", event.id, kind, problem[0])
     event.ack(result)
     return result
 

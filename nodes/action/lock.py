@@ -40,6 +40,7 @@ SPEC = NodeSpec(
               min=0.1),
         *device_params("lock"),
     ],
+    hardware=lambda p: p["driver"] != "sim",
 )
 
 
@@ -121,8 +122,8 @@ class Lock:
 
     def __init__(self, driver: Any, max_unlock_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if max_unlock_s <= 0:
-            raise ValueError("max_unlock_s must be > 0")
+        if not 0 < max_unlock_s < float("inf"):   # also refuses NaN: no cap is no lock
+            raise ValueError(f"max_unlock_s must be a finite number > 0, not {max_unlock_s}")
         self._driver = driver
         self.max_unlock_s = max_unlock_s
         self._clock = clock

@@ -51,6 +51,7 @@ SPEC = NodeSpec(
                                        "watchdog (0: never)", min=0),
         *device_params("motor"),
     ],
+    hardware=lambda p: p["driver"] != "sim",
 )
 
 

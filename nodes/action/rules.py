@@ -13,7 +13,8 @@ Messages and timer ticks go through the pure `Engine` in this node's event loop.
 happen inline; commands go to one worker thread per command output, so waiting for a slow
 actuator's acknowledgement never holds up the other rules (nor the other actuators). Every
 decision is journaled: rule_fired, command_sent, command_acked, command_failed, rule_error,
-rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its failures).
+rule_disabled, rules_reloaded, rules_reload_failed (a rule with `quiet: true` journals only its
+failures).
 SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 """
 
@@ -31,8 +32,8 @@ from iotrt.codec import EncodeError
 from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
-    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleError, RulesError, Skipped,
-    load_rules,
+    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
+    RulesError, Skipped, StateSet, load_rules,
 )
 
 SPEC = NodeSpec(
@@ -43,7 +44,7 @@ SPEC = NodeSpec(
     params=[
         Param("rules", str, doc="rules file (.yaml, or .py for Python rules), relative to the "
                                 "graph file"),
-        Param("python", list, [], "more Python rule files to load"),
+        Param("python", list, [], "more Python rule files to load", items=str),
         Param("tick_s", float, 0.05, "resolution of holds, delays, absences, intervals",
               min=0.005, max=5.0),
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
@@ -54,6 +55,12 @@ SPEC = NodeSpec(
               "(never unlock late)", min=0.1),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
+        Param("expr_strikes", int, 3, "budget overruns after which a rule is disabled (until "
+                                      "the next reload)", min=1),
+        Param("clock", str, "monotonic",
+              "rule time: when a message arrives (monotonic), or its capture stamp (capture: "
+              "decisions then replay exactly; time advances only with messages)",
+              choices=("monotonic", "capture")),
     ],
 )
 
@@ -144,7 +151,8 @@ class RuleNode:
         p = node.params
         self.rules_path = Path(p["rules"])
         self.python = [Path(x) for x in p["python"]]
-        self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0)
+        self.engine = Engine(self._load(), timeout_s=p["expr_timeout_ms"] / 1000.0,
+                             max_strikes=p["expr_strikes"])
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
         self.sender.quiet = self._quiet_rules()
@@ -153,6 +161,8 @@ class RuleNode:
         # that input's capture stamp and trace, so capture -> decision latency is measurable
         # (bench/e2e.py) and `iotrt echo rules/decisions` shows what each message caused.
         self.decisions = DECISIONS in node.config.outputs
+        self.capture_clock = p["clock"] == "capture"
+        self._t = 0.0   # clock "capture": the rule time so far (never goes back)
         self._check_wiring()
 
     def _load(self):
@@ -176,9 +186,24 @@ class RuleNode:
         for out in sorted(publishes - set(cfg.outputs) - {DECISIONS}):
             log.warning("rules publish on %r, but no node subscribes to it", out)
 
+    def _capture_time(self, stamp_ns: int | None) -> float:
+        """Clock "capture" (iotrt replay, docs/record.md): the message's capture stamp is the
+        time; what fell due before it (holds, delays) runs first, at its own due time."""
+        t = max(self._t, (stamp_ns or 0) / 1e9)
+        while (due := self.engine.next_due()) is not None and due < t:
+            self._t = max(self._t, due)
+            for action in self.engine.handle(TICK, self._t):
+                self.execute(action)
+        self._t = t
+        return t
+
     def handle(self, event: Any) -> None:
         now = time.monotonic()
+        if self.capture_clock and event.kind == "timer":
+            return   # time stands still between messages
         if event.kind == "input":
+            if self.capture_clock:
+                now = self._capture_time(event.stamp_ns)
             env = event.envelope
             aliases = (env.topic,) if env is not None and env.topic else ()
             actions = self.engine.handle(Message(event.name, event.data, aliases), now)
@@ -221,8 +246,13 @@ class RuleNode:
                 node.log.info("rule %s: %s", rule, text)
             case Skipped(rule, reason):
                 node.log.debug("rule %s skipped: %s", rule, reason)
+            case StateSet(rule, values):
+                node.log.debug("rule %s set %s", rule, values)
             case RuleError(rule, where, message):
                 self.report(rule, f"{message} (rule at {where})")
+            case RuleDisabled(rule, where, reason):
+                node.log.error("rule %s (at %s) disabled: %s", rule, where, reason)
+                node.record("rule_disabled", rule=rule, where=where, reason=reason)
 
     def report(self, rule: str, message: str) -> None:
         now = time.monotonic()

@@ -97,9 +97,14 @@ def compiled_artifact(
 
 def load_model(model: str, cache_dir: Path, backend: str = "auto", base_dir: Path | None = None,
                log: logging.Logger | None = None):
-    """Resolve, compile if needed (cached), and load with the engine: returns (model, sha256)."""
+    """Resolve, compile if needed (cached), and load with the engine: returns (model, sha256).
+
+    With backend "auto" and no cached choice yet (a device's first boot), the node starts on the
+    numpy backend at once and the backends are measured in the background (see
+    iotrt.engine.autotune): the first detection does not wait for every framework to load.
+    """
     from iotrt.engine import load
 
     src = resolve(model, base_dir)
     artifact = compiled_artifact(src, cache_dir, log)
-    return load(str(artifact), backend=backend), file_sha256(src)
+    return load(str(artifact), backend=backend, measure_in_background=True), file_sha256(src)

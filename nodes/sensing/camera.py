@@ -30,7 +30,8 @@ SPEC = NodeSpec(
     outputs={"image": "RGB uint8 frame (H, W, 3); stamp_ns = capture time"},
     params=[
         Param("source", str, "auto", "where frames come from (auto: the first camera device "
-                                     "if there is one, else sim)",
+                                     "if there is one, else sim; both refused in a graph "
+                                     "that drives real hardware)",
               choices=("auto", "sim", "device", "file", "url", "gstreamer")),
         Param("uri", str, "", "device index or /dev/videoN, file path, stream URL, or pipeline"),
         Param("width", int, 640, "frame width (requested from devices, resized to otherwise)"),
@@ -41,6 +42,7 @@ SPEC = NodeSpec(
         Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle",
               min=1.0),
     ],
+    simulated=lambda p: p["source"] in ("sim", "auto"),   # auto falls back to sim
 )
 
 
@@ -244,7 +246,9 @@ class Camera:
 
 def main(node: Node) -> None:
     cfg, what = resolve_source(CameraConfig.from_params(node.params))
-    node.log.info(what)
+    # simulated frames are said loudly (a graph that drives real hardware never gets here
+    # with sim or auto: validation refuses it, see SPEC.simulated)
+    (node.log.warning if cfg.source == "sim" else node.log.info)(what)
     camera = Camera(cfg, node.log)
     camera.open()
     node.timer("frame", camera.frame_period())

@@ -49,6 +49,7 @@ SPEC = NodeSpec(
         Param("sim_start_s", float, 2.5, "sim: still this long before moving (odometry: same)",
               min=0.0),
     ],
+    simulated=lambda p: p["driver"] == "sim",
 )
 
 

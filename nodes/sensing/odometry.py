@@ -41,6 +41,7 @@ SPEC = NodeSpec(
         Param("sim_start_s", float, 2.5, "sim: still this long before driving (as the IMU's sim)",
               min=0.0),
     ],
+    simulated=lambda p: p["driver"] == "sim",
 )
 
 WRAP = 2**32

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from iotrt.rules.api import load_rules
-from iotrt.rules.actions import Command, Fired, Log, Publish, RuleError, Skipped
+from iotrt.rules.actions import (
+    Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet,
+)
 from iotrt.rules.engine import Engine
-from iotrt.rules.replay import load_messages, replay
+from iotrt.recording import Recording, RecordingError
+from iotrt.rules.replay import Entry, load_messages, replay
 from iotrt.rules.source import RulesError
 
 
@@ -37,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--python", type=Path, action="append", default=[], metavar="FILE",
                        help="also load Python rules from FILE (repeatable)")
     test.add_argument("--input", "-i", type=Path, required=True, metavar="MESSAGES",
-                      help="messages: YAML/JSON list of {t, topic, data}, or .jsonl (recorded)")
+                      help="messages: YAML/JSON list of {t, topic, data}, .jsonl, or an "
+                           ".mcap recording (iotrt record; times from the capture stamps)")
     test.add_argument("--start", type=_datetime, default=None, metavar="DATETIME",
                       help="wall-clock time at t=0 for time-of-day triggers "
                            "(default: today 00:00 local; e.g. 2026-05-01T07:29)")
@@ -46,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     test.add_argument("--gap", type=float, default=0.1, metavar="SECONDS",
                       help="spacing of messages that give no t (default: 0.1)")
     test.add_argument("--all", action="store_true",
-                      help="also show skipped firings (cooldown, mode) and log actions")
+                      help="also show skipped firings (cooldown, mode), log actions and "
+                           "rule variables changed by set actions")
     test.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -70,29 +75,51 @@ def run(args: argparse.Namespace) -> int:
         for rule in ruleset.rules:
             print(f"  {rule.id:24} {rule.where}  {rule.description}".rstrip())
         return 0
+    engine = Engine(ruleset)
     try:
-        entries = load_messages(args.input, gap=args.gap)
+        entries = (_recorded(args.input, engine.topics()) if args.input.suffix == ".mcap"
+                   else load_messages(args.input, gap=args.gap))
     except RulesError as exc:
         for problem in exc.problems:
             print(f"iotrt rules: {problem}", file=sys.stderr)
         return 1
-    engine = Engine(ruleset)
-    missing = sorted({e.topic for e in entries if e.topic} - engine.topics())
+    except RecordingError as exc:
+        print(f"iotrt rules: {exc}", file=sys.stderr)
+        return 1
+    triggers = engine.topics()   # a topic node/output also matches triggers on `output`
+    missing = sorted({e.topic for e in entries if e.topic and e.topic not in triggers
+                      and e.topic.rsplit("/", 1)[-1] not in triggers})
     start = args.start or dt.datetime.combine(dt.date.today(), dt.time())
     results = replay(engine, entries, start, until=args.until)
     shown = [(t, a) for t, a in results
-             if args.all or not isinstance(a, (Skipped, Log))]
+             if args.all or not isinstance(a, (Skipped, Log, StateSet))]
     for t, action in shown:
         print(json.dumps(_as_json(t, action), default=str) if args.json else _as_text(t, action))
     if not args.json:
         fired = Counter(a.rule for _, a in results if isinstance(a, Fired))
         errors = sum(isinstance(a, RuleError) for _, a in results)
         summary = ", ".join(f"{rule} x{n}" for rule, n in fired.items()) or "nothing fired"
+        disabled = [a.rule for _, a in results if isinstance(a, RuleDisabled)]
         print(f"-- {len(entries)} message(s): {summary}"
-              + (f"; {errors} rule error(s)" if errors else ""))
+              + (f"; {errors} rule error(s)" if errors else "")
+              + (f"; disabled: {', '.join(disabled)}" if disabled else ""))
         if missing:
             print(f"-- note: no rule triggers on topic(s) {', '.join(missing)}")
     return 0
+
+
+def _recorded(path: Path, triggers: set[str]) -> list[Entry]:
+    """The messages of a recording that a rule triggers on (by topic or output name), timed
+    by their capture stamps as the rules node's `clock: capture` does."""
+    rec = Recording(path)
+    wanted = {t for t in rec.info().topics if t in triggers or t.rsplit("/", 1)[-1] in triggers}
+    entries: list[Entry] = []
+    first = None
+    for m in rec.messages(wanted):
+        first = m.stamp_ns if first is None else first
+        t = max((m.stamp_ns - first) / 1e9, entries[-1].t if entries else 0.0)
+        entries.append(Entry(t, m.topic, m.data))
+    return entries
 
 
 def _compact(data: Any) -> str:
@@ -110,16 +137,20 @@ def _as_text(t: float, action: Any) -> str:
             return f"{head}   publish {output} {_compact(data)}"
         case Log(_, text):
             return f"{head}   log {text}"
+        case StateSet(_, values):
+            return f"{head}   set " + ", ".join(f"{k} = {_compact(v)}" for k, v in values.items())
         case Skipped(_, reason):
             return f"{head} skipped: {reason}"
         case RuleError(_, where, message):
             return f"{head} ERROR at {where}: {message}"
+        case RuleDisabled(_, where, reason):
+            return f"{head} DISABLED at {where}: {reason}"
     raise TypeError(action)
 
 
 def _as_json(t: float, action: Any) -> dict[str, Any]:
-    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log",
-            Skipped: "skipped", RuleError: "error"}[type(action)]
+    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log", StateSet: "set",
+            Skipped: "skipped", RuleError: "error", RuleDisabled: "disabled"}[type(action)]
     fields = dict(vars(action)) if hasattr(action, "__dict__") else {
         f: getattr(action, f) for f in action.__dataclass_fields__}
     return {"t": round(t, 6), "kind": kind, **fields}

@@ -33,15 +33,19 @@ def unit_name(graph: Graph) -> str:
 
 def dependency_levels(graph: Graph) -> int:
     """How many rounds of 'start, wait for ready' the start-up takes (cycles count once)."""
-    deps = graph.dependencies()
+    deps = graph.dependencies()   # acyclic: a cycle's members do not depend on each other
     level: dict[str, int] = {}
-
-    def depth(nid: str, seen: frozenset) -> int:
-        if nid not in level:
-            level[nid] = 1 + max((depth(d, seen | {nid}) for d in deps[nid] if d not in seen), default=0)
-        return level[nid]
-
-    return max((depth(n, frozenset()) for n in deps), default=1)
+    for start in deps:            # iterative depth-first: a long chain must not hit the stack
+        todo = [start]
+        while todo:
+            nid = todo[-1]
+            waiting = [d for d in deps[nid] if d not in level]
+            if waiting:
+                todo.extend(waiting)
+                continue
+            todo.pop()
+            level[nid] = 1 + max((level[d] for d in deps[nid]), default=0)
+    return max(level.values(), default=1)
 
 
 def render(graph: Graph, user: str = "iotrt", python: str = sys.executable,

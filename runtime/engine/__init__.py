@@ -42,13 +42,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load(path: str | Path | Artifact, backend: str | None = None, threads: int | None = None):
+def load(path: str | Path | Artifact, backend: str | None = None, threads: int | None = None,
+         measure_in_background: bool = False):
     """Load an artifact (a path, or an already read `Artifact`) on `backend`.
 
     None means the artifact's own preference (`iotrt compile --target`, by default "auto").
     "auto" picks the fastest backend on this device (measured at the first load, cached next to
     the artifact: see `iotrt.engine.autotune`). `threads` fixes the backend's thread pool
-    (default: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1).
+    (default: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1). With `measure_in_background`, an
+    "auto" load with no cached choice returns at once on numpy and measures in a background
+    thread, switching backend between two runs when it is done (nodes use this: their first
+    result does not wait for every backend to load and be timed).
     """
     art = path if isinstance(path, Artifact) else read(path)
     threads = default_threads() if threads is None else threads
@@ -57,7 +61,8 @@ def load(path: str | Path | Artifact, backend: str | None = None, threads: int |
         from iotrt.engine import autotune
 
         where = None if isinstance(path, Artifact) else Path(path)
-        return autotune.load_auto(art, where, list(BACKENDS), lambda n: _load(art, n, threads), threads)
+        return autotune.load_auto(art, where, list(BACKENDS), lambda n: _load(art, n, threads), threads,
+                                  background=measure_in_background)
     return _load(art, backend, threads)
 
 

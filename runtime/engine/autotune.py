@@ -1,13 +1,22 @@
-"""Backend `auto`: measure the backends on this device once, keep the fastest, remember it.
+"""Backend `auto`: measure the backends on this device, keep the fastest, remember it.
 
 The machine that compiles a model is not the device that runs it, so the choice is made where
 the artifact is loaded: the first `load(path, backend="auto")` builds every available backend,
 checks that each one's outputs agree with the numpy reference (a backend that answers wrongly is
 never chosen, however fast), times them in *interleaved* rounds (one run of each backend per
 round, in rotating order, so that background load or a CPU clock change hits every backend alike)
-and keeps the one with the lowest median. The figures are logged and the choice is written next
-to the artifact (`face.iotm` -> `face.iotm.auto.json`), keyed by the artifact's sha256, the
-device and the library versions; later loads read it and build only the chosen backend.
+and keeps the one with the lowest *lower quartile*: on a busy device other programs only ever
+add time to a run, so the fast quarter of the samples is what the backend itself costs (the
+median is logged too). The figures are logged and the choice is written next to the artifact
+(`face.iotm` -> `face.iotm.auto.json`), keyed by the artifact's sha256, the device and the
+library versions; later loads read it and build only the chosen backend.
+
+A choice is *settled* when the winner beat the runner-up by a clear margin (`MARGIN`) in its
+lower quartile and in most of the rounds they shared. An unsettled choice (two backends close,
+or a measurement swamped by load) is used at once on later loads too, but the model re-checks it
+once in a background thread after it has warmed up (`RECHECK_AFTER_RUNS` runs): the incumbent
+against the other candidates, on fresh instances so the node's own runs are not disturbed. It
+switches only when a challenger wins by the clear margin, and caches the result as settled.
 
 Everything runs with the thread count the caller fixed: a choice measured with 4 threads says
 nothing about a node that gets 1 core.
@@ -19,9 +28,10 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -32,8 +42,13 @@ from iotrt.hashing import file_sha256
 log = logging.getLogger("iotrt.engine.auto")
 
 CACHE_SUFFIX = ".auto.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 REFERENCE = "numpy"
+# A challenger must be this much faster (lower quartile) and win this share of the rounds it
+# shares with the incumbent before `auto` prefers it; within the margin the choice stays open.
+MARGIN = 0.10
+ROUND_WINS = 0.75
+RECHECK_AFTER_RUNS = 50
 # Outputs of a candidate may differ from the numpy reference by this much (absolute, after scaling
 # by max(1, |reference|)): float32 summation order differs between engines, wrong weights do not.
 AGREEMENT_TOL = 1e-3
@@ -57,6 +72,8 @@ class Choice:
     rounds: int
     rejected: dict[str, str]  # backend -> why it was not a candidate
     key: dict[str, str]  # what the choice is valid for (artifact, device, versions, threads)
+    scores_ms: dict[str, float] = field(default_factory=dict)  # lower quartiles: what decided
+    settled: bool = True  # False: the winner's lead was not clear; re-checked after warm-up
 
 
 Runner = Callable[[], object]
@@ -117,6 +134,39 @@ def disagreement(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.n
     return worst
 
 
+def lower_quartile(samples: list[float]) -> float:
+    return float(np.percentile(samples, 25))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What interleaved samples say: the winner, and whether its lead over the others is clear."""
+
+    winner: str
+    scores: dict[str, float]  # lower quartile per backend, seconds
+    medians: dict[str, float]
+    clear: bool
+
+
+def judge(samples: Mapping[str, list[float]], incumbent: str | None = None) -> Verdict:
+    """Rank interleaved samples by lower quartile. With an `incumbent`, a challenger takes its
+    place only with a clear lead: `MARGIN` faster and faster in `ROUND_WINS` of the rounds."""
+    scores = {n: lower_quartile(s) for n, s in samples.items()}
+    medians = {n: float(np.median(s)) for n, s in samples.items()}
+
+    def leads(a: str, b: str) -> bool:
+        wins = sum(x < y for x, y in zip(samples[a], samples[b]))
+        return scores[a] <= (1 - MARGIN) * scores[b] and wins >= ROUND_WINS * len(samples[a])
+
+    best = min(scores, key=scores.__getitem__)
+    if incumbent is None or incumbent not in samples:
+        others = [n for n in samples if n != best]
+        return Verdict(best, scores, medians, all(leads(best, n) for n in others))
+    if best != incumbent and leads(best, incumbent):
+        return Verdict(best, scores, medians, True)
+    return Verdict(incumbent, scores, medians, False)
+
+
 def choose(
     runs: Mapping[str, Callable[[], Mapping[str, np.ndarray]]],
     budget: Budget = Budget(),
@@ -126,6 +176,17 @@ def choose(
 
     Returns (winner, median ms per timed backend, rounds, rejected backend -> reason).
     """
+    verdict, rounds, rejected = measure(runs, budget, clock)
+    return verdict.winner, {n: s * 1e3 for n, s in verdict.medians.items()}, rounds, rejected
+
+
+def measure(
+    runs: Mapping[str, Callable[[], Mapping[str, np.ndarray]]],
+    budget: Budget = Budget(),
+    clock: Callable[[], float] = time.perf_counter,
+    incumbent: str | None = None,
+) -> tuple[Verdict, int, dict[str, str]]:
+    """Check every run against the reference, time the agreeing ones interleaved, judge them."""
     if REFERENCE not in runs:
         raise ValueError(f"autotune needs the {REFERENCE!r} backend as the reference")
     reference = runs[REFERENCE]()
@@ -139,10 +200,9 @@ def choose(
             rejected[name] = f"outputs differ from {REFERENCE} by {err:.3g} (> {AGREEMENT_TOL})"
         else:
             candidates[name] = run
-    medians, rounds = interleaved_medians(candidates, budget, clock)
-    medians_ms = {n: s * 1e3 for n, s in medians.items()}
-    winner = min(medians_ms, key=medians_ms.__getitem__)
-    return winner, medians_ms, rounds, rejected
+    samples = interleaved_samples(candidates, budget, clock)
+    rounds = len(next(iter(samples.values()), []))
+    return judge(samples, incumbent), rounds, rejected
 
 
 # ---- the cache next to the artifact ----------------------------------------------------------
@@ -204,7 +264,8 @@ def read_cache(artifact: Path, key: dict[str, str]) -> Choice | None:
         log.info("autotune cache %s is stale (%s changed); measuring again", path, ", ".join(changed))
         return None
     try:
-        return Choice(**{k: data[k] for k in ("backend", "medians_ms", "rounds", "rejected", "key")})
+        return Choice(**{k: data[k] for k in ("backend", "medians_ms", "rounds", "rejected", "key",
+                                              "scores_ms", "settled")})
     except (KeyError, TypeError):
         return None
 
@@ -229,7 +290,11 @@ def write_cache(artifact: Path, choice: Choice) -> Path | None:
 def describe(choice: Choice) -> str:
     figures = ", ".join(f"{n} {ms:.2f} ms" for n, ms in sorted(choice.medians_ms.items(), key=lambda kv: kv[1]))
     text = f"auto chose {choice.backend}: {figures} (medians of {choice.rounds} interleaved rounds"
-    text += f", {choice.key.get('threads', '?')} thread(s))"
+    text += f", {choice.key.get('threads', '?')} thread(s)"
+    if choice.scores_ms:
+        quartiles = ", ".join(f"{n} {ms:.2f}" for n, ms in sorted(choice.scores_ms.items(), key=lambda kv: kv[1]))
+        text += f"; lower quartiles {quartiles} ms"
+    text += ")" if choice.settled else "; no clear lead: re-checked after warm-up)"
     for name, why in choice.rejected.items():
         text += f"; {name} not used: {why}"
     return text
@@ -266,15 +331,51 @@ def select(
     i.e. an artifact that was not loaded from a file).
     """
     key = device_key(artifact, threads) if artifact is not None else {"threads": str(threads)}
-    cached = read_cache(artifact, key) if artifact is not None else None
-    if cached is not None and cached.backend in names:
-        try:
-            model = build(cached.backend)
-        except Exception as exc:  # noqa: BLE001  e.g. its package was removed: measure again
-            log.warning("auto: cached choice %s no longer loads (%s); measuring again", cached.backend, exc)
-        else:
-            log.info("auto: %s (cached in %s)", cached.backend, cache_path(artifact))
-            return model, cached
+    found = cached(artifact, key, names, build)
+    if found is not None:
+        return found
+    return first_choice(artifact, key, names, build, feeds, budget, clock)
+
+
+def cached(artifact: Path | None, key: dict[str, str], names: list[str],
+           build: Callable[[str], object]) -> tuple[object, Choice] | None:
+    """(model, choice) from a valid cache whose backend still loads, else None."""
+    choice = read_cache(artifact, key) if artifact is not None else None
+    if choice is None or choice.backend not in names:
+        return None
+    try:
+        model = build(choice.backend)
+    except Exception as exc:  # noqa: BLE001  e.g. its package was removed: measure again
+        log.warning("auto: cached choice %s no longer loads (%s); measuring again", choice.backend, exc)
+        return None
+    log.info("auto: %s (cached in %s)", choice.backend, cache_path(artifact))
+    return model, choice
+
+
+def first_choice(artifact: Path | None, key: dict[str, str], names: list[str],
+                 build: Callable[[str], object], feeds: Mapping[str, np.ndarray],
+                 budget: Budget = Budget(), clock: Callable[[], float] = time.perf_counter,
+                 ) -> tuple[object, Choice]:
+    """Build every backend, measure, cache the choice; returns (chosen model, choice)."""
+    built, rejected = build_all(names, build)
+    runs = {name: (lambda b=b: b.run(feeds)) for name, b in built.items()}
+    verdict, rounds, wrong = measure(runs, budget, clock)
+    choice = Choice(verdict.winner, _ms(verdict.medians), rounds, {**rejected, **wrong}, key,
+                    _ms(verdict.scores), verdict.clear)
+    log.info(describe(choice))
+    if artifact is not None:
+        where = write_cache(artifact, choice)
+        if where is not None:
+            log.info("auto: choice cached in %s", where)
+    return built[choice.backend], choice
+
+
+def _ms(seconds: Mapping[str, float]) -> dict[str, float]:
+    return {n: s * 1e3 for n, s in seconds.items()}
+
+
+def build_all(names: list[str], build: Callable[[str], object]) -> tuple[dict[str, object], dict[str, str]]:
+    """Every backend that builds, and why the others did not (the reference must build)."""
     built: dict[str, object] = {}
     rejected: dict[str, str] = {}
     for name in names:
@@ -284,18 +385,123 @@ def select(
             if name == REFERENCE:
                 raise
             rejected[name] = f"failed to load: {type(exc).__name__}: {exc}"
+    return built, rejected
+
+
+def recheck(
+    artifact: Path | None,
+    choice: Choice,
+    names: list[str],
+    build: Callable[[str], object],
+    feeds: Mapping[str, np.ndarray],
+    budget: Budget = Budget(),
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[Choice, object]:
+    """Measure an unsettled choice again, the incumbent against the other candidates, on fresh
+    instances. Returns the settled choice (also cached: a challenger wins only by a clear
+    margin) and a fresh model of its backend."""
+    built, rejected = build_all(names, build)
     runs = {name: (lambda b=b: b.run(feeds)) for name, b in built.items()}
-    winner, medians_ms, rounds, wrong = choose(runs, budget, clock)
-    choice = Choice(winner, medians_ms, rounds, {**rejected, **wrong}, key)
-    log.info(describe(choice))
+    verdict, rounds, wrong = measure(runs, budget, clock, incumbent=choice.backend)
+    new = replace(choice, backend=verdict.winner, medians_ms=_ms(verdict.medians), rounds=rounds,
+                  rejected={**rejected, **wrong}, scores_ms=_ms(verdict.scores), settled=True)
+    verb = "switching from" if new.backend != choice.backend else "keeping"
+    log.info("auto re-check: %s %s; %s", verb, choice.backend, describe(new))
     if artifact is not None:
-        where = write_cache(artifact, choice)
-        if where is not None:
-            log.info("auto: choice cached in %s", where)
-    return built[winner], choice
+        write_cache(artifact, new)
+    return new, built[new.backend]
 
 
-def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int):
-    """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend."""
-    model, _ = select(path, names, build, random_feeds(art.inputs), threads)
-    return model
+class AutoModel:
+    """What `load(..., backend="auto")` returns: runs the chosen backend's model. When the
+    choice is unsettled it re-checks once, in a background thread, after `recheck_after` runs,
+    and from then on runs the re-check's winner (swapped between two calls, never during one).
+    """
+
+    def __init__(self, model, choice: Choice, recheck_job: Callable[[], tuple[Choice, object]] | None,
+                 recheck_after: int = RECHECK_AFTER_RUNS):
+        self._model = model
+        self.choice = choice
+        self._job = None if choice.settled else recheck_job
+        self._countdown = recheck_after
+        self._thread: threading.Thread | None = None
+
+    @property
+    def backend(self) -> str:
+        return self._model.backend
+
+    @property
+    def inputs(self):
+        return self._model.inputs
+
+    @property
+    def outputs(self):
+        return self._model.outputs
+
+    @property
+    def meta(self):
+        return self._model.meta
+
+    def run(self, feeds):
+        if self._job is not None:
+            self._countdown -= 1
+            if self._countdown <= 0:
+                self.start(self._job)
+        return self._model.run(feeds)
+
+    def start(self, job: Callable[[], tuple[Choice, object]]) -> None:
+        """Run `job` (-> (choice, a fresh model of its backend)) in the background now."""
+        self._job = None
+        self._thread = threading.Thread(target=self._recheck, args=(job,),
+                                        name="iotrt-auto-recheck", daemon=True)
+        self._thread.start()
+
+    def _recheck(self, job: Callable[[], tuple[Choice, object]]) -> None:
+        try:
+            choice, model = job()
+        except Exception:  # noqa: BLE001  a failed re-check keeps the working choice
+            log.exception("auto re-check failed; keeping %s", self.choice.backend)
+            return
+        if choice.backend != self._model.backend:
+            self._model = model  # one attribute store: the next run() uses it
+        self.choice = choice
+
+    def wait_recheck(self, timeout: float | None = None) -> bool:
+        """Block until a started re-check is done (tests, benchmarks); True if none is running."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+
+def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int,
+              background: bool = False):
+    """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend.
+
+    With `background` and no cached choice yet, the model starts on the numpy reference at once
+    and the first measurement runs in a background thread (on its own instances), switching to
+    its winner when done: a node's first result does not wait for every backend to load and be
+    timed.
+    """
+    feeds = random_feeds(art.inputs)
+    key = device_key(path, threads) if path is not None else {"threads": str(threads)}
+
+    def again(choice: Choice) -> Callable[[], tuple[Choice, object]]:
+        return lambda: recheck(path, choice, names, build, feeds)
+
+    found = cached(path, key, names, build)
+    if found is not None:
+        model, choice = found
+        return AutoModel(model, choice, again(choice))
+    if not background:
+        model, choice = first_choice(path, key, names, build, feeds)
+        return AutoModel(model, choice, again(choice))
+    provisional = Choice(REFERENCE, {}, 0, {}, key, {}, settled=False)
+    auto = AutoModel(build(REFERENCE), provisional, None)
+
+    def measure_first() -> tuple[Choice, object]:
+        model, choice = first_choice(path, key, names, build, feeds)
+        return choice, model
+
+    auto.start(measure_first)
+    return auto

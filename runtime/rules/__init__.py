@@ -9,7 +9,8 @@ See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-
 
 from iotrt.rules.api import load_rules, loads_rules, rule
 from iotrt.rules.actions import (
-    TICK, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+    TICK, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError, Skipped,
+    StateSet, Tick,
 )
 from iotrt.rules.engine import Engine
 from iotrt.rules.expressions import ExpressionError
@@ -18,6 +19,6 @@ from iotrt.rules.source import Problem, RulesError
 
 __all__ = [
     "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
-    "Publish", "RuleContext", "RuleDef", "RuleError", "RuleSet", "RulesError", "Skipped", "Tick",
+    "Publish", "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError", "Skipped", "StateSet", "Tick",
     "load_rules", "loads_rules", "rule",
 ]

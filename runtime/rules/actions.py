@@ -1,7 +1,7 @@
 """What goes into the rule engine (messages, ticks) and what comes out (actions, notes).
 
 The engine returns `Command`, `Publish` and `Log` actions for the caller to carry out, and
-`Fired`, `Skipped` and `RuleError` notes to journal or log. A Python rule sees a `RuleContext`.
+`Fired`, `Skipped`, `StateSet`, `RuleError` and `RuleDisabled` notes to journal or log. A Python rule sees a `RuleContext`.
 """
 
 from __future__ import annotations
@@ -37,20 +37,20 @@ TICK = Tick()
 
 # --- what comes out ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Fired:
     rule: str
     trigger: str
     queued: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Skipped:
     rule: str
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Command:
     rule: str
     output: str
@@ -58,27 +58,44 @@ class Command:
     label: str = "command"  # "notify" for notify actions
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Publish:
     rule: str
     output: str
     data: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Log:
     rule: str
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RuleError:
     rule: str
     where: str
     message: str
 
 
-Action = Fired | Skipped | Command | Publish | Log | RuleError
+@dataclass(slots=True)
+class StateSet:
+    """A `set:` action changed rule variables (shown by `iotrt rules test --all`)."""
+
+    rule: str
+    values: dict[str, Any]
+
+
+@dataclass(slots=True)
+class RuleDisabled:
+    """The rule overran its expression budget too often; it stays off until the next reload."""
+
+    rule: str
+    where: str
+    reason: str
+
+
+Action = Fired | Skipped | Command | Publish | Log | StateSet | RuleError | RuleDisabled
 
 
 # --- the context a Python rule sees -----------------------------------------------------------

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotrt.rules.schema import RuleDef, RuleSet, _Invalid, parse_rule, parse_rules_document
+from iotrt.rules.parsing import Invalid
+from iotrt.rules.schema import RuleDef, RuleSet, parse_rule, parse_rules_document
 from iotrt.rules.source import Problem, RulesError, load_located
 
 _MARK = "_iotrt_rule"
@@ -74,7 +75,7 @@ def rules_from_module(module: Any, file: str) -> tuple[list[RuleDef], list[Probl
         opts: _RuleOptions = getattr(fn, _MARK)
         try:
             rules.append(parse_rule(opts.options, opts.line, file, body=fn))
-        except _Invalid as exc:
+        except Invalid as exc:
             problems.append(Problem(file, opts.line, f"@rule on {fn.__name__}: {exc}"))
     return rules, problems
 

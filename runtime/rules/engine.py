@@ -9,8 +9,11 @@ monotonic times, so a wall-clock jump changes nothing); `wall` is the local wall
 used only for time-of-day triggers and the hour/minute/weekday variables (read from the
 system only when the caller does not pass it: tests and replays do). The caller executes
 the returned actions (`Command`, `Publish`, `Log`) and may journal the notes (`Fired`,
-`Skipped`, `RuleError`). A rule whose expression or Python body fails yields a RuleError and
-the other rules carry on.
+`Skipped`, `RuleError`, `RuleDisabled`). A rule whose expression or Python body fails yields
+a RuleError and the other rules carry on. A rule whose expressions overrun their budget (a size,
+step or time bound; time confirmed by this thread's CPU time, so a busy machine does not count)
+`max_strikes` times is disabled until the next reload (`RuleDisabled`), so a hostile rule or
+message cannot keep stealing the node's time.
 
 Per rule, a trigger hit goes through: conditions -> edge (fire once per episode of the
 condition being true) -> `for:` hold -> cooldown -> mode (single/restart/queued/parallel) ->
@@ -21,27 +24,33 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from functools import partial
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from iotrt.rules.actions import (
-    TICK, Action, Command, Fired, Log, Message, Publish, RuleContext, RuleError, Skipped, Tick,
+    Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
+    Skipped, StateSet, Tick,
 )
 from iotrt.rules.expressions import (
-    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, safe_str,
+    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, ExpressionLimit, ExpressionTimeout,
+    join_checked, safe_str,
 )
+from iotrt.rules.parsing import parse_duration
 from iotrt.rules.schema import (
-    AbsentTrigger, CommandStep, ConditionStep, DelayStep, Interpolated, IntervalTrigger, LogStep,
-    MessageTrigger, PublishStep, RuleDef, RuleSet, SetStep, ThresholdTrigger, TimeTrigger,
-    Trigger, parse_duration,
+    CommandStep, ConditionStep, DelayStep, Interpolated, LogStep, PublishStep, RuleDef, RuleSet,
+    SetStep, Step,
 )
+from iotrt.rules.triggers import EPS as _EPS
+from iotrt.rules.triggers import Clock, TriggerError, TriggerKind
 
-
-# Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
-# against a duration allow this much, so "cooldown 4s" means 4 s even after rounding.
-_EPS = 1e-9
+# Budget overruns after which a rule is disabled (until the rules are reloaded).
+MAX_STRIKES = 3
+# A time overrun is the rule's fault when it used at least this share of its budget in CPU time.
+CPU_SHARE = 0.25
 
 
 # --- runtime state ----------------------------------------------------------------------------
@@ -63,46 +72,42 @@ class _RuleState:
     armed: bool = True  # edge: re-armed when the condition is seen false
     hold_since: float | None = None
     hold_count: int = 0
+    hold_times: deque = field(default_factory=deque)  # `for: {count, within}`: true hits
     hold_names: dict[str, Any] | None = None
     hold_trigger: str = ""
     last_fired: float | None = None
     runs: list[_Run] = field(default_factory=list)
     queue: deque = field(default_factory=deque)
-    inside: dict[int, bool] = field(default_factory=dict)  # threshold trigger -> in range
-    seen: dict[int, float] = field(default_factory=dict)  # absent trigger -> last message
-    absent_fired: dict[int, bool] = field(default_factory=dict)
-    next_at: dict[int, float] = field(default_factory=dict)  # interval trigger -> next due
+    triggers: list[Any] | None = None  # each trigger's state, from its start() (None: not yet)
+    strikes: int = 0  # expression budget overruns since load
+    disabled: str = ""  # why the rule is off ("" = on)
+    steps: list[StepCode] = field(default_factory=list)  # the rule's actions, compiled
+    sync: bool = False  # YAML actions without a delay: a run starts and ends in one call
+    condition: Expression | None = None  # the rule's only condition, when it is an expression
+
+    def __post_init__(self) -> None:
+        conds = self.rule.conditions
+        # The commonest rule has one expression condition: _hit evaluates it inline.
+        self.condition = conds[0] if len(conds) == 1 and type(conds[0]) is Expression else None
+        self.steps = [_compile_step(step) for step in self.rule.steps]
+        self.sync = self.rule.func is None and not any(
+            isinstance(step, DelayStep) for step in self.rule.steps)
 
     @property
     def timed(self) -> bool:
         r = self.rule
-        return bool(r.hold and r.hold.seconds) or any(
-            isinstance(t, (AbsentTrigger, IntervalTrigger, TimeTrigger)) for t in r.triggers)
-
-
-def _describe(trigger: Trigger) -> str:
-    match trigger:
-        case MessageTrigger(topic):
-            return f"message {topic}"
-        case ThresholdTrigger(topic, value, above, below):
-            rng = " and ".join(s for s in (above is not None and f"> {above:g}",
-                                           below is not None and f"< {below:g}") if s)
-            return f"threshold {topic}: {value} {rng}"
-        case AbsentTrigger(topic, seconds):
-            return f"no message on {topic} for {seconds:g}s"
-        case IntervalTrigger(seconds):
-            return f"every {seconds:g}s"
-        case TimeTrigger(at):
-            return f"at {at.isoformat()}"
-    raise TypeError(trigger)
+        return bool(r.hold and r.hold.seconds) or any(t.timed for t in r.triggers)
 
 
 class Engine:
     """Evaluates a set of rules. Single-threaded: call `handle` from one thread."""
 
     def __init__(self, rules: RuleSet | Iterable[RuleDef], *, state: dict | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_strikes: int = MAX_STRIKES) -> None:
         self.evaluator = Evaluator(timeout_s)
+        self.max_strikes = max_strikes
+        self._out: list[Action] = []
+        self._cpu0 = 0.0
         self.state: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
         self.now = 0.0
@@ -131,6 +136,7 @@ class Engine:
             prev = old.pop(rule.id, None)
             if prev is not None and prev.rule.fingerprint == rule.fingerprint and rule.fingerprint:
                 prev.rule = rule
+                prev.strikes, prev.disabled = 0, ""  # a reload gives a disabled rule a new chance
                 new.append(prev)
             else:
                 if prev is not None:
@@ -144,13 +150,13 @@ class Engine:
         if self._started is not None:
             for rs in new:
                 self._init_timers(rs, self.now)
-        self._by_topic: dict[str, list[tuple[_RuleState, int, Trigger]]] = {}
+        self._by_topic: dict[str, list[tuple[_RuleState, int, TriggerKind, str]]] = {}
         for rs in new:
             for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, (MessageTrigger, ThresholdTrigger, AbsentTrigger)):
-                    self._by_topic.setdefault(trig.topic, []).append((rs, i, trig))
+                if trig.topic is not None:
+                    self._by_topic.setdefault(trig.topic, []).append(
+                        (rs, i, trig, trig.describe()))
         self._timed = [rs for rs in new if rs.timed]
-        self._described = {t: _describe(t) for rs in new for t in rs.rule.triggers}
 
     def topics(self) -> set[str]:
         """Every topic some trigger listens to."""
@@ -168,11 +174,8 @@ class Engine:
         return commands, publishes
 
     def _init_timers(self, rs: _RuleState, now: float) -> None:
-        for i, trig in enumerate(rs.rule.triggers):
-            if isinstance(trig, AbsentTrigger):
-                rs.seen.setdefault(i, now)
-            elif isinstance(trig, IntervalTrigger):
-                rs.next_at.setdefault(i, now + trig.seconds)
+        if rs.triggers is None:
+            rs.triggers = [trig.start(now) for trig in rs.rule.triggers]
 
     # -- the entry point ---------------------------------------------------------------------
 
@@ -180,6 +183,8 @@ class Engine:
                wall: dt.datetime | None = None) -> list[Action]:
         """Feed one message (or a tick) at monotonic time `now`; returns the actions to take."""
         out: list[Action] = []
+        self._out = out
+        self._cpu0 = time.thread_time()
         self.now = now
         self.wall = wall if wall is not None else dt.datetime.now()
         if self._started is None:
@@ -200,18 +205,16 @@ class Engine:
     def next_due(self) -> float | None:
         """The earliest monotonic time at which `handle(TICK, ...)` would do something."""
         times = [r.resume_at for r in self._sleeping if r.resume_at is not None]
+        clock = Clock(self.now, self.wall, self._prev_wall)
         for rs in self._timed:
             hold = rs.rule.hold
             if hold and hold.seconds is not None and rs.hold_since is not None:
                 times.append(rs.hold_since + hold.seconds)
-            for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, AbsentTrigger) and not rs.absent_fired.get(i) and i in rs.seen:
-                    times.append(rs.seen[i] + trig.seconds)
-                elif isinstance(trig, IntervalTrigger) and i in rs.next_at:
-                    times.append(rs.next_at[i])
-                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
-                    nxt = _next_time_of_day(self.wall, trig.at)
-                    times.append(self.now + (nxt - self.wall).total_seconds())
+            if rs.triggers is None or rs.disabled:
+                continue
+            for trig, state in zip(rs.rule.triggers, rs.triggers):
+                if trig.timed and (due := trig.due(state, clock)) is not None:
+                    times.append(due)
         return min(times) if times else None
 
     # -- triggers ----------------------------------------------------------------------------
@@ -223,49 +226,32 @@ class Engine:
             if alias != msg.topic and alias in self._by_topic:
                 hits = hits + self._by_topic[alias]
         # One set of variables for every message trigger of this message (read-only to
-        # expressions); threshold triggers add their value, so they get their own.
+        # expressions); other kinds may add to their `trigger` dict, so they get their own.
         shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
-        for rs, i, trig in hits:
-            if isinstance(trig, MessageTrigger):
-                self._hit(rs, shared, self._described[trig], now, out)
-            elif isinstance(trig, ThresholdTrigger):
-                names = self._names(msg.topic, msg.data, {"kind": "threshold", "topic": msg.topic})
-                try:
-                    value = float(self.evaluator.evaluate(trig.value, names))
-                except (ExpressionError, TypeError, ValueError) as exc:
-                    out.append(RuleError(rs.rule.id, rs.rule.where, f"threshold value: {exc}"))
-                    continue
-                inside, was = trig.inside(value), rs.inside.get(i, False)
-                rs.inside[i] = inside
-                if inside and not was:  # the edge, not the level
-                    names["trigger"]["value"] = value
-                    self._hit(rs, names, f"{self._described[trig]} (value {value:g})", now, out)
-            else:  # AbsentTrigger: a message re-arms it
-                rs.seen[i] = now
-                rs.absent_fired[i] = False
+        for rs, i, trig, described in hits:
+            if rs.disabled:
+                continue
+            if trig.every_message:
+                self._hit(rs, shared, described, now, out)
+                continue
+            names = self._names(msg.topic, msg.data, {"kind": trig.KEY, "topic": msg.topic})
+            try:
+                hit = trig.on_message(rs.triggers[i], names, now, partial(self._eval, rs))
+            except TriggerError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, str(exc)))
+                continue
+            if hit is not None:
+                self._hit(rs, names, hit, now, out)
 
     def _on_time(self, now: float, out: list[Action]) -> None:
+        clock = Clock(now, self.wall, self._prev_wall)
         for rs in self._timed:
-            for i, trig in enumerate(rs.rule.triggers):
-                if isinstance(trig, AbsentTrigger):
-                    if not rs.absent_fired.get(i) and now - rs.seen.get(i, now) + _EPS >= trig.seconds:
-                        rs.absent_fired[i] = True
-                        self._hit(rs, self._names(trig.topic, None, {
-                            "kind": "absent", "topic": trig.topic,
-                            "seconds": now - rs.seen[i]}), self._described[trig], now, out)
-                elif isinstance(trig, IntervalTrigger):
-                    due = rs.next_at.get(i)
-                    if due is not None and now + _EPS >= due:
-                        # Catch up to the next slot after now: missed slots fire once, not N times.
-                        missed = max(0, int((now - due) // trig.seconds))
-                        rs.next_at[i] = due + (missed + 1) * trig.seconds
-                        self._hit(rs, self._names(None, None, {"kind": "interval"}),
-                                  self._described[trig], now, out)
-                elif isinstance(trig, TimeTrigger) and self._prev_wall is not None:
-                    nxt = _next_time_of_day(self._prev_wall, trig.at)
-                    if nxt <= self.wall:
-                        self._hit(rs, self._names(None, None, {"kind": "time", "at": str(trig.at)}),
-                                  self._described[trig], now, out)
+            if rs.disabled:
+                continue
+            for trig, state in zip(rs.rule.triggers, rs.triggers):
+                if trig.timed and (fired := trig.on_time(state, clock)) is not None:
+                    variables, described = fired
+                    self._hit(rs, self._names(trig.topic, None, variables), described, now, out)
             hold = rs.rule.hold
             if (hold and hold.seconds is not None and rs.hold_since is not None
                     and now - rs.hold_since + _EPS >= hold.seconds):
@@ -275,19 +261,23 @@ class Engine:
     def _names(self, topic: str | None, data: Any, trigger: dict) -> dict[str, Any]:
         w = self.wall
         return {"msg": data, "topic": topic, "trigger": trigger, "state": self.state,
-                "last": self.last, "hour": w.hour, "minute": w.minute, "weekday": w.weekday()}
+                "last": self.last, "now": self.now, "hour": w.hour, "minute": w.minute,
+                "weekday": w.weekday()}
 
     # -- conditions, edge, hold, cooldown, mode ----------------------------------------------
 
     def _conditions(self, rs: _RuleState, names: dict, out: list[Action]) -> bool:
+        ev = self.evaluator
         for cond in rs.rule.conditions:
             try:
-                if isinstance(cond, Expression):
-                    ok = self.evaluator.evaluate(cond, names)
+                if cond.__class__ is Expression:  # inlines _eval: the hot path of every rule
+                    ok = ev.evaluate(cond, names)
+                    if ev.late:
+                        self._late(rs, cond)
                 else:
                     ok = cond(RuleContext(self, rs.rule, names))
             except ExpressionError as exc:
-                out.append(RuleError(rs.rule.id, rs.rule.where, f"condition '{cond}': {exc}"))
+                self._condition_error(rs, cond, exc, out)
                 return False
             except Exception as exc:  # noqa: BLE001 - a user's Python condition; reported, rule skipped
                 out.append(RuleError(rs.rule.id, rs.rule.where,
@@ -297,15 +287,46 @@ class Engine:
                 return False
         return True
 
+    def _condition_error(self, rs: _RuleState, cond: Expression, exc: ExpressionError,
+                         out: list[Action]) -> None:
+        if isinstance(exc, ExpressionLimit):
+            self._strike(rs, str(exc), timed=isinstance(exc, ExpressionTimeout))
+        out.append(RuleError(rs.rule.id, rs.rule.where, f"condition '{cond}': {exc}"))
+
     def _hit(self, rs: _RuleState, names: dict, trigger: str, now: float, out: list[Action]) -> None:
         rule = rs.rule
-        if not self._conditions(rs, names, out):
+        if rs.disabled:
+            return
+        cond = rs.condition
+        if cond is not None:  # _conditions inlined for one expression: the hot path
+            ev = self.evaluator
+            try:
+                ok = ev.evaluate(cond, names)
+            except ExpressionError as exc:
+                self._condition_error(rs, cond, exc, out)
+                ok = False
+            else:
+                if ev.late:
+                    self._late(rs, cond)
+        else:
+            ok = self._conditions(rs, names, out)
+        if not ok:
             rs.armed, rs.hold_since, rs.hold_count = True, None, 0
             return
         if rule.edge and rule.conditions and not rs.armed:
             return  # already fired during this episode of the condition being true
         hold = rule.hold
-        if hold is not None and hold.count is not None:
+        if hold is not None and hold.within is not None:
+            # A sliding window: count true hits in the last `within` seconds, false ones
+            # in between do not matter (a face that flickers out for a frame still counts).
+            times = rs.hold_times
+            times.append(now)
+            while now - times[0] > hold.within + _EPS:
+                times.popleft()
+            if len(times) < hold.count:
+                return
+            times.clear()
+        elif hold is not None and hold.count is not None:
             rs.hold_count += 1
             if rs.hold_count < hold.count:
                 return
@@ -320,6 +341,8 @@ class Engine:
     def _fire(self, rs: _RuleState, names: dict, trigger: str, now: float,
               out: list[Action]) -> None:
         rule = rs.rule
+        if rs.disabled:
+            return
         # One firing per episode (edge) and a fresh hold afterwards, whatever happens below.
         rs.armed = not (rule.edge and rule.conditions)
         rs.hold_since, rs.hold_count, rs.hold_names = None, 0, None
@@ -345,6 +368,8 @@ class Engine:
         out.append(Fired(rule.id, trigger, queued))
         if queued:
             rs.queue.append(names)
+        elif rs.sync:
+            self._run_sync(rs, names, out)
         else:
             self._start(rs, names, now, out)
 
@@ -380,31 +405,31 @@ class Engine:
             else:
                 self._sleep(run, now + delay)
             return
-        steps = rs.rule.steps
+        steps = rs.steps
         while run.pc < len(steps):
             step = steps[run.pc]
             run.pc += 1
             try:
-                if isinstance(step, DelayStep):
-                    self._sleep(run, now + step.seconds)
-                    return
-                if isinstance(step, CommandStep):
-                    out.append(Command(rs.rule.id, step.output, self._render(step.args, run.names),
-                                       step.label))
-                elif isinstance(step, PublishStep):
-                    out.append(Publish(rs.rule.id, step.output, self._render(step.data, run.names)))
-                elif isinstance(step, SetStep):
-                    for key, value in step.values:
-                        self.state[key] = self._render(value, run.names)
-                elif isinstance(step, LogStep):
-                    out.append(Log(rs.rule.id, safe_str(self._render(step.message, run.names))))
-                elif isinstance(step, ConditionStep):
-                    if not self.evaluator.evaluate(step.expr, run.names):
-                        break
+                result = step(self, rs, run.names, out)
             except ExpressionError as exc:
                 out.append(RuleError(rs.rule.id, rs.rule.where, f"action {run.pc}: {exc}"))
                 break
+            if result is _STOP:
+                break
+            if result is not None:  # a delay
+                self._sleep(run, now + result)
+                return
         self._finish(run, now, out)
+
+    def _run_sync(self, rs: _RuleState, names: dict, out: list[Action]) -> None:
+        """A run of actions that cannot pause: no _Run to keep, nothing else can be running."""
+        for pc, step in enumerate(rs.steps, 1):
+            try:
+                if step(self, rs, names, out) is _STOP:
+                    return
+            except ExpressionError as exc:
+                out.append(RuleError(rs.rule.id, rs.rule.where, f"action {pc}: {exc}"))
+                return
 
     def _sleep(self, run: _Run, until: float) -> None:
         run.resume_at = until
@@ -436,17 +461,106 @@ class Engine:
     def _error(self, rs: _RuleState, exc: BaseException, out: list[Action]) -> None:
         out.append(RuleError(rs.rule.id, rs.rule.where, f"Python rule raised {type(exc).__name__}: {exc}"))
 
-    def _render(self, template: Any, names: dict) -> Any:
-        if isinstance(template, Expression):
-            return self.evaluator.evaluate(template, names)
-        if isinstance(template, Interpolated):
-            return "".join(p if isinstance(p, str) else safe_str(self.evaluator.evaluate(p, names))
-                           for p in template.parts)
-        if isinstance(template, dict):
-            return {k: self._render(v, names) for k, v in template.items()}
-        if isinstance(template, list):
-            return [self._render(v, names) for v in template]
-        return template
+    # -- expression budgets --------------------------------------------------------------------
+
+    def _eval(self, rs: _RuleState, expr: Expression, names: dict) -> Any:
+        """Evaluate one of rule `rs`'s expressions, counting budget overruns against it."""
+        ev = self.evaluator
+        try:
+            value = ev.evaluate(expr, names)
+        except ExpressionLimit as exc:
+            self._strike(rs, str(exc), timed=isinstance(exc, ExpressionTimeout))
+            raise
+        if ev.late:
+            self._late(rs, expr)
+        return value
+
+    def _late(self, rs: _RuleState, expr: Expression) -> None:
+        """The evaluation finished, but after its deadline: one slow operation in C."""
+        ev = self.evaluator
+        ev.late = False
+        self._strike(rs, f"'{expr}' ran past its {ev.timeout_s * 1000:g} ms budget", timed=True)
+
+    def _strike(self, rs: _RuleState, reason: str, timed: bool) -> None:
+        # A time overrun counts only if this thread really spent a good part of the budget
+        # computing (CPU time since this call to handle() began, which includes the other
+        # rules' few microseconds): a rule that was merely descheduled on a busy machine is
+        # not to blame. Normal conditions take microseconds, far below a quarter of 50 ms.
+        if timed and time.thread_time() - self._cpu0 < self.evaluator.timeout_s * CPU_SHARE:
+            return
+        rs.strikes += 1
+        if rs.strikes >= self.max_strikes and not rs.disabled:
+            rs.disabled = (f"{rs.strikes} expression budget overruns, the last: {reason}; "
+                           f"disabled until the rules are reloaded")
+            self._cancel(rs)
+            self._out.append(RuleDisabled(rs.rule.id, rs.rule.where, rs.disabled))
+
+
+# --- actions compiled at load ----------------------------------------------------------------
+
+# A compiled action step: step(engine, rule state, names, out) -> None (go on), a delay in
+# seconds, or _STOP (a condition step was false).
+StepCode = Callable[["Engine", _RuleState, dict, list], Any]
+Render = Callable[["Engine", _RuleState, dict], Any]
+_STOP = object()
+
+
+def _compile_template(template: Any) -> Render:
+    """Data whose strings may hold ${expr} -> a function building a fresh copy of it."""
+    if isinstance(template, Expression):
+        return lambda engine, rs, names: engine._eval(rs, template, names)
+    if isinstance(template, Interpolated):
+        parts = [(lambda text: lambda engine, rs, names: text)(p) if isinstance(p, str)
+                 else (lambda e: lambda engine, rs, names: safe_str(engine._eval(rs, e, names)))(p)
+                 for p in template.parts]
+        return lambda engine, rs, names: join_checked([p(engine, rs, names) for p in parts])
+    if isinstance(template, dict):
+        items = [(k, _compile_template(v)) for k, v in template.items()]
+        return lambda engine, rs, names: {k: f(engine, rs, names) for k, f in items}
+    if isinstance(template, list):
+        elements = [_compile_template(v) for v in template]
+        return lambda engine, rs, names: [f(engine, rs, names) for f in elements]
+    return lambda engine, rs, names: template  # str, number, bool, None: immutable
+
+
+def _compile_step(step: Step) -> StepCode:
+    if isinstance(step, CommandStep):
+        args, output, label = _compile_template(step.args), step.output, step.label
+
+        def command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Command(rs.rule.id, output, args(engine, rs, names), label))
+        return command
+    if isinstance(step, PublishStep):
+        data, output = _compile_template(step.data), step.output
+
+        def publish(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Publish(rs.rule.id, output, data(engine, rs, names)))
+        return publish
+    if isinstance(step, SetStep):
+        values = [(key, _compile_template(v)) for key, v in step.values]
+
+        def set_(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            changed = {}
+            for key, value in values:  # in order: a later value may read an earlier one
+                changed[key] = engine.state[key] = value(engine, rs, names)
+            out.append(StateSet(rs.rule.id, changed))
+        return set_
+    if isinstance(step, LogStep):
+        message = _compile_template(step.message)
+
+        def log(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+            out.append(Log(rs.rule.id, safe_str(message(engine, rs, names))))
+        return log
+    if isinstance(step, ConditionStep):
+        expr = step.expr
+
+        def condition(engine: Engine, rs: _RuleState, names: dict, out: list) -> Any:
+            return None if engine._eval(rs, expr, names) else _STOP
+        return condition
+    if isinstance(step, DelayStep):
+        seconds = step.seconds
+        return lambda engine, rs, names, out: seconds
+    raise TypeError(step)
 
 
 class _GeneratorRun:
@@ -464,11 +578,3 @@ class _GeneratorRun:
         finally:
             out.extend(self.ctx.actions)
         return parse_duration(delay)
-
-
-def _next_time_of_day(after: dt.datetime, at: dt.time) -> dt.datetime:
-    """The first datetime strictly after `after` whose time of day is `at`."""
-    candidate = dt.datetime.combine(after.date(), at)
-    if candidate <= after:
-        candidate += dt.timedelta(days=1)
-    return candidate

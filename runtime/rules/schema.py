@@ -16,69 +16,26 @@ A rules file:
             args: {action: unlock, duration_s: 5}
 
 Every check happens here, once, at load: unknown keys (with a close-match suggestion), wrong
-types, bad durations and every expression (compiled by the sandbox). All mistakes are collected
-and raised together as one RulesError.
+types, bad durations and every expression (compiled by the sandbox). Each trigger kind parses
+its own options (iotrt.rules.triggers); the checks they share are in iotrt.rules.parsing. All
+mistakes are collected and raised together as one RulesError.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from iotrt.rules.expressions import Expression, ExpressionError, compile_expression
-from iotrt.rules.source import LocatedDict, LocatedList, Problem
-from iotrt.yamlcheck import suggest
-
-# Variables an expression can use (documented in docs/rules.md).
-NAMES = ("msg", "topic", "trigger", "state", "last", "hour", "minute", "weekday")
+from iotrt.rules.expressions import Expression
+from iotrt.rules.parsing import (
+    Invalid, check_keys, expression, line_of, mapping, name, parse_duration,
+)
+from iotrt.rules.source import LocatedDict, Problem
+from iotrt.rules.triggers import TriggerKind, parse_trigger
 
 MODES = ("single", "restart", "queued", "parallel")
-
-
-# --- triggers -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class MessageTrigger:
-    topic: str
-
-
-@dataclass(frozen=True)
-class ThresholdTrigger:
-    """Fires when `value` enters the range (above/below) from outside it: on the edge."""
-
-    topic: str
-    value: Expression
-    above: float | None
-    below: float | None
-
-    def inside(self, x: float) -> bool:
-        return (self.above is None or x > self.above) and (self.below is None or x < self.below)
-
-
-@dataclass(frozen=True)
-class AbsentTrigger:
-    """Fires once when `topic` has been silent for `seconds`; the next message re-arms it."""
-
-    topic: str
-    seconds: float
-
-
-@dataclass(frozen=True)
-class IntervalTrigger:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TimeTrigger:
-    """Fires when the wall clock passes `at` (local time), once a day."""
-
-    at: dt.time
-
-
-Trigger = Union[MessageTrigger, ThresholdTrigger, AbsentTrigger, IntervalTrigger, TimeTrigger]
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -130,16 +87,18 @@ Step = Union[CommandStep, PublishStep, DelayStep, SetStep, ConditionStep, LogSte
 
 @dataclass(frozen=True)
 class Hold:
-    """`for:` the condition must hold this long, or for this many consecutive evaluations."""
+    """`for:` the condition must hold this long, or for this many consecutive evaluations, or
+    (with `within`) be true at this many triggers within a sliding window of seconds."""
 
     seconds: float | None = None
     count: int | None = None
+    within: float | None = None
 
 
 @dataclass(frozen=True)
 class RuleDef:
     id: str
-    triggers: tuple[Trigger, ...]
+    triggers: tuple[TriggerKind, ...]
     conditions: tuple[Expression | Callable[..., Any], ...] = ()
     steps: tuple[Step, ...] = ()
     func: Callable[..., Any] | None = None  # a Python rule's body (instead of steps)
@@ -169,129 +128,7 @@ class RuleSet:
 
 # --- parsing --------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h)?\s*$")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TOPIC = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")  # an input name or a bus topic
 _TEMPLATE = re.compile(r"\$\{(.*?)\}")
-
-
-class _Invalid(Exception):
-    """One problem at one line; collected into RulesError by the caller."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-def parse_duration(value: Any, line: int = 0) -> float:
-    """'5s', '250ms', '2min', '1h' or a number of seconds -> seconds (float, >= 0)."""
-    if isinstance(value, bool):
-        raise _Invalid(line, f"expected a duration like '5s', got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value)) if isinstance(value, str) else None
-        if not m:
-            raise _Invalid(line, f"expected a duration like '5s', '250ms' or '2min', got {value!r}")
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise _Invalid(line, f"a duration must be a finite number >= 0, got {value!r}")
-    return seconds
-
-
-def _line(obj: Any, key: Any, default: int) -> int:
-    if isinstance(obj, (LocatedDict, LocatedList)):
-        return obj.line_of(key)
-    return default
-
-
-def _check_keys(d: Mapping, allowed: tuple[str, ...], what: str, line: int) -> None:
-    for key in d:
-        if key not in allowed:
-            hint = suggest(key, allowed)
-            raise _Invalid(_line(d, key, line),
-                           f"unknown key '{key}' in {what}{hint}; allowed: {', '.join(allowed)}")
-
-
-def _mapping(value: Any, what: str, line: int) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise _Invalid(line, f"{what} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _name(value: Any, what: str, line: int) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise _Invalid(line, f"{what} must be a name (letters, digits, _ . -), got {value!r}")
-    return value
-
-
-def _topic(value: Any, what: str, line: int) -> str:
-    if not isinstance(value, str) or not _TOPIC.match(value):
-        raise _Invalid(line, f"{what} must be an input name or a topic like node/output, got {value!r}")
-    return value
-
-
-def _expr(value: Any, what: str, line: int) -> Expression:
-    try:
-        return compile_expression(value, NAMES)
-    except ExpressionError as exc:
-        raise _Invalid(line, f"{what}: {exc} in {value!r}") from None
-
-
-def _number(value: Any, what: str, line: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Invalid(line, f"{what} must be a number, got {value!r}")
-    return float(value)
-
-
-def _time_of_day(value: Any, line: int) -> dt.time:
-    try:
-        return dt.time.fromisoformat(str(value))
-    except ValueError:
-        raise _Invalid(line, f"expected a time of day like \"07:30\" or \"22:15:00\", got {value!r}") from None
-
-
-_TRIGGER_KINDS = ("message", "threshold", "absent", "interval", "at")
-
-
-def parse_trigger(raw: Any, line: int) -> Trigger:
-    if isinstance(raw, str):  # shorthand: a topic name is a message trigger
-        return MessageTrigger(_topic(raw, "trigger topic", line))
-    d = _mapping(raw, "a trigger", line)
-    line = getattr(d, "line", line)
-    kinds = [k for k in _TRIGGER_KINDS if k in d]
-    if len(kinds) != 1:
-        raise _Invalid(line, f"a trigger needs exactly one of: {', '.join(_TRIGGER_KINDS)}")
-    kind = kinds[0]
-    at = _line(d, kind, line)
-    if kind == "message":
-        _check_keys(d, ("message",), "a message trigger", line)
-        return MessageTrigger(_topic(d["message"], "message topic", at))
-    if kind == "threshold":
-        _check_keys(d, ("threshold", "value", "above", "below"), "a threshold trigger", line)
-        if "above" not in d and "below" not in d:
-            raise _Invalid(line, "a threshold trigger needs 'above', 'below' or both")
-        above = _number(d["above"], "above", _line(d, "above", line)) if "above" in d else None
-        below = _number(d["below"], "below", _line(d, "below", line)) if "below" in d else None
-        value = _expr(d.get("value", "msg"), "threshold value", _line(d, "value", line))
-        return ThresholdTrigger(_topic(d["threshold"], "threshold topic", at), value, above, below)
-    if kind == "absent":
-        _check_keys(d, ("absent", "for"), "an absent trigger", line)
-        if "for" not in d:
-            raise _Invalid(line, "an absent trigger needs 'for: DURATION'")
-        seconds = parse_duration(d["for"], _line(d, "for", line))
-        if seconds <= 0:
-            raise _Invalid(_line(d, "for", line), "an absent trigger's 'for' must be > 0")
-        return AbsentTrigger(_topic(d["absent"], "absent topic", at), seconds)
-    if kind == "interval":
-        _check_keys(d, ("interval",), "an interval trigger", line)
-        seconds = parse_duration(d["interval"], at)
-        if seconds <= 0:
-            raise _Invalid(at, "an interval must be > 0")
-        return IntervalTrigger(seconds)
-    _check_keys(d, ("at",), "a time trigger", line)
-    return TimeTrigger(_time_of_day(d["at"], at))
 
 
 def parse_template(value: Any, line: int) -> Any:
@@ -302,7 +139,7 @@ def parse_template(value: Any, line: int) -> Any:
         for m in _TEMPLATE.finditer(value):
             if m.start() > pos:
                 parts.append(value[pos:m.start()])
-            parts.append(_expr(m.group(1), "template", line))
+            parts.append(expression(m.group(1), "template", line))
             pos = m.end()
         if not parts:
             return value
@@ -312,9 +149,9 @@ def parse_template(value: Any, line: int) -> Any:
             return parts[0]
         return Interpolated(tuple(parts))
     if isinstance(value, Mapping):
-        return {k: parse_template(v, _line(value, k, line)) for k, v in value.items()}
+        return {k: parse_template(v, line_of(value, k, line)) for k, v in value.items()}
     if isinstance(value, list):
-        return [parse_template(v, _line(value, i, line)) for i, v in enumerate(value)]
+        return [parse_template(v, line_of(value, i, line)) for i, v in enumerate(value)]
     return value
 
 
@@ -330,38 +167,38 @@ _STEP_KEYS = {
 
 
 def parse_step(raw: Any, line: int) -> Step:
-    d = _mapping(raw, "an action", line)
+    d = mapping(raw, "an action", line)
     line = getattr(d, "line", line)
     kinds = [k for k in _STEP_KEYS if k in d]
     if len(kinds) != 1:
-        raise _Invalid(line, f"an action needs exactly one of: {', '.join(_STEP_KEYS)}")
+        raise Invalid(line, f"an action needs exactly one of: {', '.join(_STEP_KEYS)}")
     kind = kinds[0]
-    _check_keys(d, _STEP_KEYS[kind], f"a {kind} action", line)
-    at = _line(d, kind, line)
+    check_keys(d, _STEP_KEYS[kind], f"a {kind} action", line)
+    at = line_of(d, kind, line)
     if kind == "command":
         args = d.get("args", {})
-        _mapping(args, "command args", _line(d, "args", line))
-        return CommandStep(_name(d["command"], "command output", at),
-                           parse_template(args, _line(d, "args", line)))
+        mapping(args, "command args", line_of(d, "args", line))
+        return CommandStep(name(d["command"], "command output", at),
+                           parse_template(args, line_of(d, "args", line)))
     if kind == "notify":
         if "message" not in d:
-            raise _Invalid(line, "a notify action needs 'message'")
-        data = dict(_mapping(d.get("data", {}), "notify data", _line(d, "data", line)))
+            raise Invalid(line, "a notify action needs 'message'")
+        data = dict(mapping(d.get("data", {}), "notify data", line_of(d, "data", line)))
         data["message"] = d["message"]
-        return CommandStep(_name(d["notify"], "notify output", at),
-                           parse_template(data, _line(d, "message", line)), label="notify")
+        return CommandStep(name(d["notify"], "notify output", at),
+                           parse_template(data, line_of(d, "message", line)), label="notify")
     if kind == "publish":
-        return PublishStep(_name(d["publish"], "publish output", at),
-                           parse_template(d.get("data", {}), _line(d, "data", line)))
+        return PublishStep(name(d["publish"], "publish output", at),
+                           parse_template(d.get("data", {}), line_of(d, "data", line)))
     if kind == "delay":
         return DelayStep(parse_duration(d["delay"], at))
     if kind == "set":
-        values = _mapping(d["set"], "set", at)
+        values = mapping(d["set"], "set", at)
         return SetStep(tuple(
-            (_name(k, "variable", _line(values, k, at)), parse_template(v, _line(values, k, at)))
+            (name(k, "variable", line_of(values, k, at)), parse_template(v, line_of(values, k, at)))
             for k, v in values.items()))
     if kind == "condition":
-        return ConditionStep(_expr(d["condition"], "condition", at))
+        return ConditionStep(expression(d["condition"], "condition", at))
     return LogStep(parse_template(d["log"], at))
 
 
@@ -371,14 +208,19 @@ _RULE_KEYS = ("id", "description", "trigger", "condition", "for", "cooldown", "m
 
 def parse_hold(raw: Any, line: int) -> Hold:
     if isinstance(raw, Mapping):
-        _check_keys(raw, ("count", "seconds"), "for", line)
-        if len(raw) != 1:
-            raise _Invalid(line, "for: give either {count: N} or a duration")
+        check_keys(raw, ("count", "within", "seconds"), "for", line)
+        if ("count" in raw) == ("seconds" in raw) or "within" in raw and "count" not in raw:
+            raise Invalid(line, "for: give {count: N}, {count: N, within: DURATION} or a duration")
         if "count" in raw:
             n = raw["count"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise _Invalid(line, f"for: count must be an integer >= 1, got {n!r}")
-            return Hold(count=n)
+                raise Invalid(line, f"for: count must be an integer >= 1, got {n!r}")
+            within = None
+            if "within" in raw:
+                within = parse_duration(raw["within"], line_of(raw, "within", line))
+                if within <= 0:
+                    raise Invalid(line_of(raw, "within", line), "for: within must be > 0")
+            return Hold(count=n, within=within)
         return Hold(seconds=parse_duration(raw["seconds"], line))
     return Hold(seconds=parse_duration(raw, line))
 
@@ -389,43 +231,43 @@ def as_list(raw: Any) -> list:
 
 def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> RuleDef:
     """One rule from a mapping. Python rules pass their function as `body` instead of actions."""
-    d = _mapping(d, "a rule", line)
+    d = mapping(d, "a rule", line)
     line = getattr(d, "line", line)
-    _check_keys(d, _RULE_KEYS, "a rule", line)
-    rule_id = _name(d.get("id"), "rule id", _line(d, "id", line))
+    check_keys(d, _RULE_KEYS, "a rule", line)
+    rule_id = name(d.get("id"), "rule id", line_of(d, "id", line))
     if "trigger" not in d:
-        raise _Invalid(line, f"rule '{rule_id}' needs a 'trigger'")
+        raise Invalid(line, f"rule '{rule_id}' needs a 'trigger'")
     raw_triggers = as_list(d["trigger"])
-    tline = _line(d, "trigger", line)
-    triggers = tuple(parse_trigger(t, _line(d["trigger"], i, tline))
+    tline = line_of(d, "trigger", line)
+    triggers = tuple(parse_trigger(t, line_of(d["trigger"], i, tline))
                      for i, t in enumerate(raw_triggers))
     conditions: list[Expression | Callable] = []
-    cline = _line(d, "condition", line)
+    cline = line_of(d, "condition", line)
     for i, c in enumerate(as_list(d.get("condition", []))):
-        conditions.append(c if callable(c) else _expr(c, "condition", _line(d["condition"], i, cline)))
-    hold = parse_hold(d["for"], _line(d, "for", line)) if "for" in d else None
-    cooldown = parse_duration(d.get("cooldown", 0), _line(d, "cooldown", line))
+        conditions.append(c if callable(c) else expression(c, "condition", line_of(d["condition"], i, cline)))
+    hold = parse_hold(d["for"], line_of(d, "for", line)) if "for" in d else None
+    cooldown = parse_duration(d.get("cooldown", 0), line_of(d, "cooldown", line))
     mode = d.get("mode", "single")
     if mode not in MODES:
-        raise _Invalid(_line(d, "mode", line), f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise Invalid(line_of(d, "mode", line), f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     limit = d.get("max", 10)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise _Invalid(_line(d, "max", line), f"max must be an integer >= 1, got {limit!r}")
+        raise Invalid(line_of(d, "max", line), f"max must be an integer >= 1, got {limit!r}")
     edge = d.get("edge", True)
     if not isinstance(edge, bool):
-        raise _Invalid(_line(d, "edge", line), f"edge must be true or false, got {edge!r}")
+        raise Invalid(line_of(d, "edge", line), f"edge must be true or false, got {edge!r}")
     quiet = d.get("quiet", False)
     if not isinstance(quiet, bool):
-        raise _Invalid(_line(d, "quiet", line), f"quiet must be true or false, got {quiet!r}")
+        raise Invalid(line_of(d, "quiet", line), f"quiet must be true or false, got {quiet!r}")
     steps: tuple[Step, ...] = ()
     if body is None:
         if "actions" not in d:
-            raise _Invalid(line, f"rule '{rule_id}' needs 'actions'")
+            raise Invalid(line, f"rule '{rule_id}' needs 'actions'")
         raw_steps = d["actions"]
-        aline = _line(d, "actions", line)
+        aline = line_of(d, "actions", line)
         if not isinstance(raw_steps, list) or not raw_steps:
-            raise _Invalid(aline, "actions must be a non-empty list")
-        steps = tuple(parse_step(s, _line(raw_steps, i, aline)) for i, s in enumerate(raw_steps))
+            raise Invalid(aline, "actions must be a non-empty list")
+        steps = tuple(parse_step(s, line_of(raw_steps, i, aline)) for i, s in enumerate(raw_steps))
     description = d.get("description", "")
     return RuleDef(
         id=rule_id, triggers=triggers, conditions=tuple(conditions), steps=steps, func=body,
@@ -448,29 +290,29 @@ def parse_rules_document(doc: Any, file: str) -> tuple[RuleSet, list[Problem]]:
     if not isinstance(doc, Mapping):
         return RuleSet([], {}, []), [Problem(file, 1, "a rules file is a mapping with a 'rules' list")]
     try:
-        _check_keys(doc, ("rules", "state", "python"), "the rules file", 1)
-    except _Invalid as exc:
+        check_keys(doc, ("rules", "state", "python"), "the rules file", 1)
+    except Invalid as exc:
         problems.append(Problem(file, exc.line, str(exc)))
     state = doc.get("state", {})
     if not isinstance(state, Mapping):
-        problems.append(Problem(file, _line(doc, "state", 1), "state must be a mapping"))
+        problems.append(Problem(file, line_of(doc, "state", 1), "state must be a mapping"))
         state = {}
     python_files = as_list(doc.get("python", []))
     for i, p in enumerate(python_files):
         if not isinstance(p, str) or not p.endswith(".py"):
-            problems.append(Problem(file, _line(doc.get("python"), i, _line(doc, "python", 1)),
+            problems.append(Problem(file, line_of(doc.get("python"), i, line_of(doc, "python", 1)),
                                     f"python: expected a path to a .py file, got {p!r}"))
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list):
-        problems.append(Problem(file, _line(doc, "rules", 1), "'rules' must be a list of rules"))
+        problems.append(Problem(file, line_of(doc, "rules", 1), "'rules' must be a list of rules"))
         raw_rules = []
     rules: list[RuleDef] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_rules):
-        line = _line(raw_rules, i, 1)
+        line = line_of(raw_rules, i, 1)
         try:
             rule = parse_rule(raw, line, file)
-        except _Invalid as exc:
+        except Invalid as exc:
             problems.append(Problem(file, exc.line, str(exc)))
             continue
         if rule.id in seen:

@@ -64,5 +64,6 @@ def test_the_custom_actuator_example_works(tmp_path, monkeypatch):
     node.feed_command("commands", {"beep_s": 5}).run()
     assert [a["ok"] for a in node.acks] == [True, False, False]
     assert node.acks[0]["beeps"] == 1 and "outside 0.05..0.2" in node.acks[2]["error"]
-    assert [kind for kind, _ in node.records] == ["command_applied", "command_refused",
-                                                   "command_refused"]
+    assert [kind for kind, _ in node.records] == [
+        "command_received", "command_applied", "command_received", "command_refused",
+        "command_received", "command_refused"]

@@ -125,15 +125,16 @@ def test_a_missing_gpio_chip_is_one_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_no_ok_ack_without_the_journal(graph):
-    lock = graph.start_node("door", LOCK, {"max_unlock_s": 10.0})
+def test_no_ok_ack_without_the_journal(graph, tmp_path):
+    sim = tmp_path / "door.jsonl"
+    lock = graph.start_node("door", LOCK, {"max_unlock_s": 10.0, "sim_file": str(sim)})
     graph.writer.kill()  # the journal cannot be written any more
     from iotrt.command import CommandClient
 
     with CommandClient(graph.command_address("door")) as client:
         # One long attempt (no resend), so the answer the lock gives when it gives up is ours.
         ack = client.call({"action": "unlock", "duration_s": 5}, timeout_s=15.0, retries=0)
-    assert ack["ok"] is False and "did not acknowledge" in ack["error"], ack
-    # The lock gave up on the command it could not journal and ended, for the supervisor to
-    # restart it locked.
-    assert lock.popen.wait(timeout=30) == 1
+    assert ack["ok"] is False and "cannot be journaled" in ack["error"], ack
+    # The lock refused the command it could not journal, never applied it, and keeps running.
+    assert lock.popen.poll() is None
+    assert [r["locked"] for r in graph.read_jsonl(sim)] == [True]

@@ -32,14 +32,18 @@ def _watch(node) -> list:
     return order
 
 
-def test_each_command_is_journaled_durably_before_its_ack(tmp_path):
+def test_each_command_is_journaled_durably_before_it_is_applied_and_acked(tmp_path):
     node = Node.for_test(lock, params={"sim_file": str(tmp_path / "door.jsonl")}, id="door")
     order = _watch(node)
     node.feed_command("commands", {"action": "unlock", "duration_s": 5}, id="c1")
     node.feed_command("commands", {"action": "unlock"}, id="c2")
     node.run()
-    assert order == [("record", "c1", True), ("ack", "c1"), ("record", "c2", True), ("ack", "c2")]
-    (kind1, f1), (kind2, f2) = node.records
+    assert order == [("record", "c1", True), ("record", "c1", True), ("ack", "c1"),
+                     ("record", "c2", True), ("record", "c2", True), ("ack", "c2")]
+    received = [f for kind, f in node.records if kind == "command_received"]
+    assert [f["command"] for f in received] == [{"action": "unlock", "duration_s": 5},
+                                                {"action": "unlock"}]
+    (kind1, f1), (kind2, f2) = [r for r in node.records if r[0] != "command_received"]
     assert kind1 == "command_applied" and f1["command"] == {"action": "unlock", "duration_s": 5}
     assert f1["result"]["state"] == "unlocked" and f1["input"] == "commands"
     assert kind2 == "command_refused" and "duration_s" in f2["result"]["error"]
@@ -79,7 +83,8 @@ def test_log_node(tmp_path, caplog):
     node.feed_command("commands", "not a map")
     node.run()
     assert [a["ok"] for a in node.acks] == [True, False]
-    assert [k for k, _ in node.records] == ["command_applied", "command_refused"]
+    assert [k for k, _ in node.records] == ["command_received", "command_applied",
+                                            "command_received", "command_refused"]
 
 
 def test_setup_errors_end_the_node_with_one_clear_message(caplog, monkeypatch):

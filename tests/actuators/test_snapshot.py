@@ -27,8 +27,8 @@ def test_snapshot_saves_the_newest_frame_and_journals_it(tmp_path):
     assert abs(int(saved[..., 0].mean()) - 200) <= 3      # the newest frame, red kept red
     assert int(saved[..., 2].mean()) <= 3
     kinds = [kind for kind, _ in node.records]
-    assert kinds == ["command_applied"]
-    assert node.records[0][1]["result"]["path"] == ack["path"]
+    assert kinds == ["command_received", "command_applied"]
+    assert node.records[1][1]["result"]["path"] == ack["path"]
 
 
 def test_snapshot_keeps_at_most_keep_files(tmp_path):
@@ -48,5 +48,5 @@ def test_snapshot_without_a_frame_is_refused_not_crashed(tmp_path):
     node.run()
     assert node.acks[0]["ok"] is False
     assert "no camera frame" in node.acks[0]["error"]
-    assert [kind for kind, _ in node.records] == ["command_refused"]
+    assert [kind for kind, _ in node.records] == ["command_received", "command_refused"]
     assert not list(tmp_path.iterdir())

@@ -55,7 +55,8 @@ def seen(evs: list[dict]) -> dict[str, bool]:
 def door_env(tmp_path):
     run_dir = Path("/tmp") / f"iotrt-e2e-{os.getpid()}"     # short: ipc paths max 107 bytes
     env = dict(os.environ, IOTRT_STATE_DIR=str(tmp_path / "state"),
-               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="15")
+               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="15",
+               WEB_PORT="0")   # any free port: other graphs may run on this machine
     yield env
     subprocess.run(["rm", "-rf", str(run_dir)], check=False)
 

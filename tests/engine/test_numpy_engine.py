@@ -1,6 +1,6 @@
 """The numpy backend's fast paths against onnxruntime, and its memory behaviour.
 
-The conv fast paths (1x1 GEMM, depthwise multiply-accumulate, im2col with border strips) are
+The conv fast paths (1x1 GEMM, depthwise on wide rows of phase planes, im2col with border strips) are
 chosen by geometry, so each geometry is built here and compared with onnxruntime.
 """
 
@@ -54,6 +54,13 @@ CONVS = {
     "depthwise": ((1, 8, 10, 10), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
     "depthwise stride 2 5x5": ((1, 6, 13, 13), (6, 1, 5, 5), {"group": 6, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
     "depthwise multiplier 2": ((1, 4, 7, 7), (8, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    "depthwise multiplier 3 stride 2": ((1, 3, 9, 8), (9, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    "depthwise dilation 2": ((1, 5, 11, 12), (5, 1, 3, 3), {"group": 5, "dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    "depthwise stride 3 dilation 2": ((1, 4, 17, 15), (4, 1, 3, 3), {"group": 4, "strides": [3, 3], "dilations": [2, 2], "pads": [1, 2, 0, 1]}),
+    "depthwise 5x1 stride 2x1 batch 2": ((2, 6, 12, 7), (6, 1, 5, 1), {"group": 6, "strides": [2, 1], "pads": [2, 0, 2, 0]}),
+    "depthwise no pads": ((1, 7, 6, 6), (7, 1, 3, 3), {"group": 7}),
+    "depthwise pad wider than kernel": ((1, 3, 4, 5), (3, 1, 2, 2), {"group": 3, "pads": [3, 2, 3, 3]}),
+    "depthwise same upper stride 2": ((1, 8, 16, 16), (8, 1, 3, 3), {"group": 8, "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
     "1x1": ((1, 16, 6, 6), (8, 16, 1, 1), {}),
     "1x1 stride 2": ((1, 16, 7, 7), (8, 16, 1, 1), {"strides": [2, 2]}),
     "same lower": ((1, 3, 8, 8), (4, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
@@ -83,6 +90,11 @@ POOLS = {
     "avg 3x3 pads incl": ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
                                           "count_include_pad": 1}),
     "avg 3x3 s2 ceil": ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    "max 2x2 s2": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "max 3x2 dilation 2x1 s1x2": ("MaxPool", {"kernel_shape": [3, 2], "dilations": [2, 1], "strides": [1, 2]}),
+    "max 1x3 pads": ("MaxPool", {"kernel_shape": [1, 3], "pads": [0, 1, 0, 2]}),
+    "max 3x1 s3": ("MaxPool", {"kernel_shape": [3, 1], "strides": [3, 3]}),
+    "avg 2x3 s2 asymmetric pads": ("AveragePool", {"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 0, 0, 2]}),
 }
 
 
@@ -130,3 +142,25 @@ def test_steady_state_run_allocates_only_its_outputs(tmp_path):
     # the arena alone is 2 MB; a run allocates its two output arrays, plus numpy's transient
     # ufunc buffers (8192 elements per operand) when an operand is a strided view
     assert peak < outputs + 160 * 1024, f"peak {peak} bytes allocated during one run"
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_channel_shuffle_is_read_by_the_depthwise_conv_without_a_transpose(tmp_path, also_read):
+    """ShuffleNet's Reshape -> Transpose -> Reshape feeding a depthwise conv: the conv reads the
+    shuffled channels from the unshuffled tensor (no Transpose step), unless someone else also
+    reads the shuffled tensor."""
+    x_shape = (2, 12, 7, 9)
+    inits = {"s5": np.array([2, 3, 4, 7, 9], np.int64), "s4": np.array([2, 12, 7, 9], np.int64),
+             "w": RNG.standard_normal((12, 1, 3, 3)).astype(np.float32),
+             "b": RNG.standard_normal(12).astype(np.float32)}
+    nodes = [helper.make_node("Reshape", ["x", "s5"], ["r5"]),
+             helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "s4"], ["sh"]),
+             helper.make_node("Conv", ["sh", "w", "b"], ["c"], group=12, strides=[2, 1], pads=[1, 1, 1, 1])]
+    nodes.append(helper.make_node("Add", ["c", "c"] if not also_read else ["c", "sh2"], ["y"]))
+    if also_read:  # the shuffled tensor is read by a pool too: the Transpose must run
+        nodes.insert(4, helper.make_node("MaxPool", ["sh"], ["sh2"], kernel_shape=[1, 1], strides=[2, 1]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    ops = [node.op.value for node, _ in compiled._steps]
+    assert ("Transpose" in ops) is also_read

@@ -51,4 +51,14 @@ HOSTILE = [
     # `%` on a string is printf formatting: a width or precision allocates or runs in C
     ("msg.count % 2 == 0", "run"),  # msg.count is "%0300000000d": 300 MB (see HOSTILE_MSG)
     ("'%.200000000f' % 1.0", "run"),  # seconds of float formatting
+    # bounds bypasses found by attack testing (issue 13): each ran unchecked before
+    ("f\"{'a' * 60000}{'a' * 60000}\"", "run"),  # f-string parts under the cap, the whole over
+    ("len(f\"{'f' * 99999}{'f' * 99999}{'f' * 99999}\")", "run"),
+    ("int('f' * 90000, 16)", "run"),  # 360k bits through int(), past the 4096-bit cap
+    ("int('v' * 20000, 32)", "run"),
+    ("int('1' * 5000, 2) > 0", "run"),  # a short text, still a 5000-bit result
+    # an 800k-bit by 200k-bit division: one C call the deadline cannot interrupt
+    ("int(f\"{'f' * 99999}{'f' * 99999}\", 16) // int('f' * 50000, 16)", "run"),
+    ("('a' * 99999).strip('b' * 99998 + 'a')", "run"),  # strip: length x chars comparisons
+    ("(msg.label * 9000).lstrip('Front D' * 1000 + 'o')", "run"),
 ]

@@ -14,7 +14,8 @@ RULES = load_rules(Path(__file__).resolve().parents[2] / "configs" / "door.rules
 
 
 def faces(*people):
-    return {"faces": [{"name": n, "score": s, "box": [0, 0, 10, 10]} for n, s in people]}
+    return {"faces": [{"name": n, "score": s, "known": n != "unknown", "box": [0, 0, 10, 10]}
+                      for n, s in people]}
 
 
 def feed(frames, dt=0.1):

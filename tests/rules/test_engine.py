@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 
-from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, Skipped, loads_rules
+import pytest
+
+from iotrt.rules import (
+    TICK, Command, Engine, Log, Message, Publish, RuleError, RulesError, Skipped, loads_rules,
+)
 
 OK = {"ok": True}
 NOT = {"ok": False}
@@ -316,3 +321,107 @@ rules:
     assert any(isinstance(a, Skipped) for a in out)
     out = engine.handle(TICK, 10.0)  # the changed rule's pending run was cancelled
     assert not any(isinstance(a, Command) for a in out)
+
+
+# --- budget strikes: a rule that keeps overrunning is disabled, the others keep firing ---------
+
+def test_rule_over_its_budget_is_disabled_after_three_strikes_and_others_keep_firing(driver):
+    from iotrt.rules import RuleDisabled
+
+    d = driver("""
+        rules:
+          - {id: bomb, trigger: m, condition: "int('f' * msg.n, 16) > 0", actions: [{log: boom}]}
+          - {id: good, trigger: m, edge: false, actions: [{log: fine}]}
+    """)
+    for t in range(6):
+        out = d.at(t, "m", {"n": 90_000})
+        assert [a.text for a in out if isinstance(a, Log)] == ["fine"]
+        errors = [a.rule for a in out if isinstance(a, RuleError)]
+        disabled = [a for a in out if isinstance(a, RuleDisabled)]
+        assert errors == (["bomb"] if t < 3 else [])  # once disabled it is not evaluated
+        assert [a.rule for a in disabled] == (["bomb"] if t == 2 else [])
+    assert "test.rules.yaml:3" in [a for t, a in d.log if isinstance(a, RuleDisabled)][0].where
+
+
+def test_one_slow_call_in_c_that_finishes_late_is_a_strike():
+    from iotrt.rules import RuleDisabled
+
+    # key=str runs ~10k calls inside sorted(): no expression step sees the time pass.
+    engine = Engine(loads_rules("rules: [{id: slow, trigger: m, condition: "
+                                "'len(sorted(range(10000), key=str)) > 0', actions: [{log: x}]}]"),
+                    timeout_s=0.0002)
+    notes = [a for t in range(3) for a in engine.handle(Message("m", {}), float(t))]
+    assert [a.rule for a in notes if isinstance(a, RuleDisabled)] == ["slow"]
+    assert "ran past its 0.2 ms budget" in [a for a in notes if isinstance(a, RuleDisabled)][0].reason
+
+
+def test_a_descheduled_rule_is_not_struck(monkeypatch):
+    import iotrt.rules.engine as engine_mod
+
+    # The wall clock says the evaluation overran, this thread's CPU time says it did not
+    # (the machine was busy): not the rule's fault.
+    engine = Engine(loads_rules("rules: [{id: r, trigger: m, edge: false, actions: [{log: x}], "
+                                "condition: 'len(sorted(range(10000), key=str)) > 0'}]"),
+                    timeout_s=0.0002)
+    monkeypatch.setattr(engine_mod.time, "thread_time", lambda: 0.0)
+    for t in range(5):
+        out = engine.handle(Message("m", {}), float(t))
+        assert [a.text for a in out if isinstance(a, Log)] == ["x"]
+
+
+def test_reload_gives_a_disabled_rule_a_new_chance(driver):
+    from iotrt.rules import RuleDisabled
+
+    text = """
+        rules:
+          - {id: bomb, trigger: m, condition: "int('f' * msg.n, 16) > 0", actions: [{log: boom}]}
+    """
+    d = driver(text)
+    for t in range(3):
+        d.at(t, "m", {"n": 90_000})
+    assert [a.rule for t, a in d.log if isinstance(a, RuleDisabled)] == ["bomb"]
+    d.engine.replace(loads_rules(textwrap.dedent(text), "test.rules.yaml"))
+    assert [a.text for a in d.at(4, "m", {"n": 2}) if isinstance(a, Log)] == ["boom"]
+
+
+# --- windowed count: `for: {count: N, within: DURATION}` ----------------------------------------
+
+def test_windowed_count_fires_on_n_true_hits_within_the_window(driver):
+    d = driver("""
+        rules:
+          - id: visit
+            trigger: faces
+            condition: len(msg.faces) > 0
+            edge: false
+            for: {count: 3, within: 60s}
+            actions: [{log: visit}]
+    """)
+    face, empty = {"faces": [{"name": "owner"}]}, {"faces": []}
+    # a flickering detection: false frames in between do not restart the count
+    for t, data in [(0, face), (1, empty), (2, face), (3, empty), (30, face)]:
+        d.at(t, "faces", data)
+    assert d.fired("visit") == [30]
+    # the count starts afresh after a firing; hits older than the window drop out
+    for t in (40, 41, 102):
+        d.at(t, "faces", face)
+    assert d.fired("visit") == [30]  # 40 and 41 are more than 60 s before 102
+    d.at(103, "faces", face)
+    d.at(104, "faces", face)
+    assert d.fired("visit") == [30, 104]
+
+
+def test_windowed_count_is_checked_at_load():
+    for bad, message in [("{within: 60s}", "give {count: N}"),
+                         ("{count: 3, within: 0}", "within must be > 0"),
+                         ("{count: 3, seconds: 2}", "give {count: N}"),
+                         ("{count: 3, whithin: 60s}", "did you mean 'within'")]:
+        with pytest.raises(RulesError, match=message):
+            loads_rules(f"rules: [{{id: r, trigger: m, for: {bad}, actions: [{{log: x}}]}}]")
+
+
+def test_now_is_the_engines_monotonic_time(driver):
+    d = driver("""
+        rules:
+          - {id: r, trigger: m, edge: false, actions: [{log: "t=${now}"}]}
+    """)
+    assert [a.text for a in d.at(12.5, "m", {}) if isinstance(a, Log)] == ["t=12.5"]

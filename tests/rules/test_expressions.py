@@ -152,3 +152,87 @@ def test_any_text_is_rejected_or_evaluated_safely(source):
         Evaluator(timeout_s=0.05).evaluate(expr, {"msg": FACES})
     except ExpressionError:
         pass
+
+
+# --- size checks before superlinear operations (issue 13) -----------------------------------
+
+BIG = 1 << 8_000_000  # an integer no expression can build, but message data or state could hold
+
+
+@pytest.mark.parametrize("source", [
+    "msg.a // msg.b", "msg.a / msg.b", "msg.a % msg.b", "msg.a * 3", "msg.b ** 2",
+    "3 // msg.b",
+])
+def test_big_integers_from_data_are_refused_before_the_operation(source):
+    expr = compile_expression(source, NAMES)
+    start = time.thread_time()
+    with pytest.raises(ExpressionLimit, match="operand above 4096 bits"):
+        Evaluator().evaluate(expr, {"msg": {"a": BIG, "b": BIG >> 6_000_000}})
+    assert time.thread_time() - start < 0.05  # refused, not computed (that takes seconds)
+
+
+def test_integer_literals_are_capped_at_load():
+    with pytest.raises(ExpressionRejected, match="integer literal above"):
+        compile_expression("9" * 1300 + " // 7", NAMES)
+
+
+def test_int_still_parses_what_rules_need():
+    assert ev("int('ff', 16) + int('0b101', 0) + int(' 42 ') + int(2.9)") == 255 + 5 + 42 + 2
+
+
+def test_strip_with_a_short_chars_argument_still_works():
+    assert ev("'  door--'.strip() + '|' + 'xxdoorxx'.strip('x') + msg.label.rstrip('or')") \
+        == "door--|doorFront D"
+
+
+def test_templates_and_fstrings_share_the_joined_size_cap():
+    from iotrt.rules.expressions import MAX_SEQUENCE
+
+    assert len(ev(f"f\"{{'a' * {MAX_SEQUENCE // 2}}}{{'b' * {MAX_SEQUENCE // 2}}}\"")) \
+        == MAX_SEQUENCE
+    with pytest.raises(ExpressionLimit, match="f-string of"):
+        ev(f"f\"{{'a' * {MAX_SEQUENCE // 2}}}{{'b' * {MAX_SEQUENCE // 2}}}!\"")
+
+
+# --- the compiled closures behave like Python ---------------------------------------------------
+
+@pytest.mark.parametrize("source, expected", [
+    ("[(x, [x * 10 for x in [1, 2]], x) for x in [7]]", [(7, [10, 20], 7)]),  # inner x is inner
+    ("[x for x in [x for x in [3, 4]]]", [3, 4]),
+    ("[(a, b) for a, b in [(1, 2)] for c in [0] if a < b]", [(1, 2)]),
+    ("{k: v for k, v in msg.items() if k == 'n'}", {"n": 7}),
+    ("{f.name for f in msg.faces}", {"owner", "unknown"}),
+    ("any(1 / x > 0.2 for x in [1, 0])", True),  # stops before dividing by zero
+    ("all(x > 1 for x in [])", True),
+    ("all(10 / x > 1 for x in [20, 0])", False),  # stops before dividing by zero
+    ("1 < msg.n <= 7 < 8", True),
+    ("1 < msg.n > 9", False),
+    ("{**msg.faces[0], 'score': 1}['score']", 1),
+    ("msg.faces[-1]['name'][1:3]", "nk"),
+    ("msg.n if msg.n > 10 else -msg.n", -7),
+    ("not msg.faces or msg.n", 7),
+    ("msg.missing if False else 0 or 'x'", "x"),
+    ("len(f for f in msg.faces)", 2),  # a generator expression is a (bounded) list here
+    ("max(msg.n, 3) + min([4, 5]) + sum(x for x in range(4))", 17),
+    ("msg.get('n') + msg.get('nope', 1)", 8),
+    ("' a b '.split() + 'a,b'.split(',', 1)", ["a", "b", "a", "b"]),
+])
+def test_compiled_expressions_match_python(source, expected):
+    assert ev(source) == expected
+
+
+def test_step_budget_trips_on_a_long_cheap_loop():
+    # 10,000 items of 40 steps each: under the item cap, over the 200,000-step budget. If the
+    # budget checks were not in the loop, this would return a list instead.
+    expr = compile_expression("[x + x + x + x + x + x + x + x + x + x + x + x + x for x in "
+                              "range(10000)]", NAMES)
+    with pytest.raises(ExpressionLimit, match="evaluation steps"):
+        Evaluator(timeout_s=60.0).evaluate(expr, {})
+
+
+def test_time_budget_trips_inside_a_loop():
+    from iotrt.rules.expressions import ExpressionTimeout
+
+    expr = compile_expression("[sorted(range(2000), key=str) for x in range(2000)]", NAMES)
+    with pytest.raises(ExpressionTimeout):
+        Evaluator(timeout_s=0.01).evaluate(expr, {})

@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")
 
 VISIT = """\
-- {t: 0.0, topic: faces, data: {faces: [{name: owner, score: 0.93}]}}
-- {t: 0.1, topic: faces, data: {faces: [{name: owner, score: 0.95}]}}
+- {t: 0.0, topic: faces, data: {faces: [{name: owner, score: 0.93, known: true}]}}
+- {t: 0.1, topic: faces, data: {faces: [{name: owner, score: 0.95, known: true}]}}
 - {t: 0.2, topic: faces, data: {faces: []}}
-- {t: 5.0, topic: faces, data: {faces: [{name: unknown, score: 0.6}]}}
-- {t: 5.1, topic: faces, data: {faces: [{name: unknown, score: 0.6}]}}
-- {t: 5.2, topic: faces, data: {faces: [{name: unknown, score: 0.7}]}}
+- {t: 5.0, topic: faces, data: {faces: [{name: unknown, score: 0.6, known: false}]}}
+- {t: 5.1, topic: faces, data: {faces: [{name: unknown, score: 0.6, known: false}]}}
+- {t: 5.2, topic: faces, data: {faces: [{name: unknown, score: 0.7, known: false}]}}
 """
 
 
@@ -35,7 +35,7 @@ def test_door_rules_on_a_visit(tmp_path, capsys):
 
 def test_json_output_and_all(tmp_path, capsys):
     msgs = tmp_path / "visit.yaml"
-    msgs.write_text(VISIT + "- {t: 0.3, topic: faces, data: {faces: [{name: owner, score: 0.9}]}}\n"
+    msgs.write_text(VISIT + "- {t: 0.3, topic: faces, data: {faces: [{name: owner, score: 0.9, known: true}]}}\n"
                     .replace("0.3", "5.3"))
     assert main(["rules", "test", DOOR, "--input", str(msgs), "--json", "--all"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -95,18 +95,44 @@ def test_invalid_messages_exit_1_with_file_and_line(tmp_path, capsys):
 def test_check_lists_rules(capsys):
     assert main(["rules", "check", DOOR]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: 2 rule(s)")
+    assert out.startswith("OK: 4 rule(s)")
     assert "door.rules.yaml:6" in out
 
 
 def test_reads_what_iotrt_echo_printed(tmp_path, capsys):
     recorded = tmp_path / "faces.log"
     recorded.write_text(
-        '--- identity/faces seq=7 src=identity age=1.2ms\n{"faces": [{"name": "owner", "score": 0.9}]}\n'
-        '--- identity/faces seq=8 src=identity age=1.1ms\n{"faces": [{"name": "owner", "score": 0.91}]}\n')
+        '--- identity/faces seq=7 src=identity age=1.2ms\n{"faces": [{"name": "owner", "score": 0.9, "known": true}]}\n'
+        '--- identity/faces seq=8 src=identity age=1.1ms\n{"faces": [{"name": "owner", "score": 0.91, "known": true}]}\n')
     assert main(["rules", "test", DOOR, "--input", str(recorded)]) == 0
     out = capsys.readouterr().out
     assert "    0.100s  unlock_for_enrolled    fired (message faces)" in out
     recorded.write_text("--- identity/faces seq=7 src=identity age=1.2ms\n{not json\n")
     assert main(["rules", "test", DOOR, "--input", str(recorded)]) == 1
     assert f"{recorded}:2: bad JSON after line 1" in capsys.readouterr().err
+
+
+def test_all_shows_state_changes_and_now(tmp_path, capsys):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""\
+state: {visits: 0}
+rules:
+  - id: count
+    trigger: faces
+    condition: len(msg.faces) > 0
+    actions:
+      - set: {visits: "${state.visits + 1}", seen_at: "${now}"}
+  - id: gone
+    trigger: {interval: 10s}
+    condition: state.get("seen_at") is not None and now - state.seen_at > 8
+    actions: [{set: {seen_at: null}}]
+""")
+    msgs = tmp_path / "m.yaml"
+    msgs.write_text(VISIT)
+    assert main(["rules", "test", str(rules), "--input", str(msgs), "--until", "20"]) == 0
+    assert " set " not in capsys.readouterr().out  # only with --all
+    assert main(["rules", "test", str(rules), "--input", str(msgs), "--until", "20", "--all"]) == 0
+    sets = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if " set " in line]
+    assert sets == [["0.000s", "count", "set visits = 1, seen_at = 0.0"],
+                    ["5.000s", "count", "set visits = 2, seen_at = 5.0"],
+                    ["20.000s", "gone", "set seen_at = null"]]

@@ -127,4 +127,5 @@ def test_yaml_names_python_rules_relative_to_itself(tmp_path):
 
 def test_shipped_door_rules_are_valid():
     ruleset = load_rules(ROOT / "configs" / "door.rules.yaml")
-    assert {r.id for r in ruleset.rules} == {"unlock_for_enrolled", "visitor"}
+    assert {r.id for r in ruleset.rules} == {"unlock_for_enrolled", "visitor",
+                                             "unlock_from_home_assistant", "lock_from_home_assistant"}

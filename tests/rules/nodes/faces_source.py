@@ -11,7 +11,7 @@ from iotrt.spec import NodeSpec, Param
 
 SPEC = NodeSpec(
     doc="test source of identity messages",
-    outputs={"faces": "{faces: [{name, score, box}]}"},
+    outputs={"faces": "{faces: [{name, score, known, box}]}"},
     params=[
         Param("face_file", str, doc="file holding the name of the person in view ('' = nobody)"),
         Param("period_s", float, 0.05, "publish period"),
@@ -25,7 +25,8 @@ def main(node: Node) -> None:
     for event in node:
         if event.kind == "timer":
             name = path.read_text().strip() if path.exists() else ""
-            faces = [{"name": name, "score": 0.95, "box": [10, 10, 50, 50]}] if name else []
+            faces = ([{"name": name, "score": 0.95, "known": name != "unknown",
+                       "box": [10, 10, 50, 50]}] if name else [])
             node.publish("faces", {"faces": faces})
 
 

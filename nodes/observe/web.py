@@ -1,0 +1,133 @@
+"""Web node: a status page, live annotated video, the journal live, and /metrics, behind a token.
+
+    - id: web
+      kind: web
+      params: {port: 8080}            # http://127.0.0.1:8080/ ; the token is printed once
+
+Data sources, all read-only: the supervisor's control socket (`ps`, `topics`) for the nodes and
+the topics' addresses, the bus for frames, boxes and decision traces, and the journal for
+events. Nothing costs when nobody looks: the node subscribes to a camera only while a video
+client is connected (one JPEG encode per frame, shared by every viewer of that topic, at most
+`max_fps`), polls the control socket and the journal only while a status page is open, and
+reads the decision traces for the latency histogram only while somebody (a page or a
+Prometheus scrape) looked within `idle_s`. Between those, its threads sleep on conditions.
+
+Threads: the node's event loop (heartbeats, reloads) in the main thread, the HTTP server
+(one thread per connection, at most `max_clients`), the bus taps (webtaps.Taps) and the status
+watcher (webstatus.Status). Details and the page: docs/web.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+
+from iotrt.node import Node, NodeSpec, Param
+
+SPEC = NodeSpec(
+    doc="web page: status, live annotated video, journal, /metrics (token-protected)",
+    params=[
+        Param("host", str, "127.0.0.1", "address to serve on; another interface only if named"),
+        Param("port", int, 8080, "TCP port (0: any free port, journaled as web_listening)",
+              min=0, max=65535),
+        Param("token", str, "", "access token (empty: read token_file, or generate it there)"),
+        Param("token_file", str, "", "file holding the token (default: <state dir>/web.token)"),
+        Param("metrics_public", bool, False, "serve /metrics without the token"),
+        Param("tls_cert", str, "", "PEM certificate: serve https (needs tls_key)"),
+        Param("tls_key", str, "", "PEM private key of tls_cert"),
+        Param("max_fps", float, 10.0, "frame rate cap of the live video", min=0.1, max=60.0),
+        Param("jpeg_quality", int, 75, "JPEG quality of the live video", min=10, max=100),
+        Param("max_clients", int, 64, "connections served at once; more get 503", min=1,
+              max=1024),
+        Param("image_topics", list, ["*/image"], "topics offered as video (glob patterns)"),
+        Param("overlay_topics", list, ["*/detections", "*/faces"],
+              "topics whose boxes are drawn on the video (detector boxes, identity names)"),
+        Param("latency_topics", list, ["*/decisions"],
+              "topics whose traces give the capture -> decision latency histogram"),
+        Param("media_dirs", dict, {}, "name -> folder of snapshots/clips the page may show "
+                                      "(default: snapshots and clips in the state dir)"),
+        Param("status_period_s", float, 1.0, "status page refresh period", min=0.1, max=60.0),
+        Param("idle_s", float, 300.0, "stop reading decision traces after nobody looked for "
+                                      "this long", min=1.0),
+    ],
+)
+
+TOKEN_FILE = "web.token"
+TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
+class WebError(RuntimeError):
+    """The web node cannot start as configured (port taken, bad TLS files, bad token file)."""
+
+
+def load_token(params: dict, state_dir: str, log) -> str:
+    """The token from the param, else its file; generated (and said once) when there is none."""
+    if params["token"]:
+        return _checked(params["token"], "the web node's token param")
+    path = Path(params["token_file"] or Path(state_dir or ".") / TOKEN_FILE)
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        raise WebError(f"cannot read the web token file {path}: {exc}") from exc
+    if text:
+        _checked(text, str(path))
+        if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s is readable by other users: chmod 600 it", path)
+        return text
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.warning("web: generated an access token: %s (kept in %s)", token, path)
+    return token
+
+
+def _checked(token: str, where: str) -> str:
+    # it travels in a header and a cookie: letters, digits and -._~+/= only
+    if not TOKEN_RE.fullmatch(token):
+        raise WebError(f"{where}: the token must be 16 to 256 characters of letters, digits "
+                       f"and -._~+/= (make one: python3 -c 'import secrets; "
+                       f"print(secrets.token_urlsafe(24))')")
+    return token
+
+
+def media_dirs(params: dict, state_dir: str) -> dict[str, Path]:
+    base = Path(state_dir or ".")
+    dirs = params["media_dirs"] or {"snapshots": base / "snapshots", "clips": base / "clips"}
+    return {str(k): Path(v) for k, v in dirs.items()}
+
+
+def main(node: Node) -> None:
+    from iotrt.nodes.observe.webserver import Web
+
+    cfg = node.config
+    try:
+        token = load_token(node.params, cfg.state_dir, node.log)
+        web = Web(node.params, token, runtime_dir=cfg.runtime_dir, state_dir=cfg.state_dir,
+                  media=media_dirs(node.params, cfg.state_dir), log=node.log, on_death=node.stop)
+        web.start()
+    except WebError as exc:
+        node.log.error("%s", exc)
+        raise SystemExit(1) from None
+    try:
+        node.log.info("web: open %s (token in %s)", web.url,
+                      "the graph's params" if node.params["token"] else
+                      node.params["token_file"] or Path(cfg.state_dir or ".") / TOKEN_FILE)
+        node.record("web_listening", url=web.url)
+        node.ready()
+        for event in node:      # heartbeats and reloads; the server runs in its own threads
+            if event.kind == "reload":   # SIGHUP (`iotrt reload web`): a new token takes effect
+                try:
+                    web.token = load_token(node.params, cfg.state_dir, node.log).encode()
+                except WebError as exc:
+                    node.log.error("%s; keeping the token in use", exc)
+    finally:
+        web.close()
+    if web.died:
+        raise SystemExit(1)   # logged where it happened; the supervisor restarts the node

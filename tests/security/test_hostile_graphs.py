@@ -1,0 +1,116 @@
+"""Attack 10: hostile graph files gave tracebacks instead of errors - a 396-byte billion-laughs
+graph passed `validate` and `up` ate memory until MemoryError; YAML nested 500 deep raised
+RecursionError; `python: [1]` in rules params a TypeError; a 1,500-node chain listed in reverse
+a RecursionError in `up` and `unit`; any number of nodes validated. Each is now one clear
+file:line error (or, for the chain, simply works), in bounded time and memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from iotrt.commands.unit import dependency_levels, render
+from iotrt.graph import GraphError, load_graph
+from iotrt.graphschema import MAX_NODES
+
+TEST_NODE = Path(__file__).parents[1] / "supervisor" / "graphs" / "nodes" / "testnode.py"
+
+def write(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def validate(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`iotrt validate` in a process of its own, with its memory capped at 1 GiB."""
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); "
+            "from iotrt.cli import main; sys.exit(main(['validate', sys.argv[1]]))")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={"IOTRT_RUNTIME_DIR": str(tmp_path / "rt"), "HOME": str(tmp_path),
+                               "PATH": "/usr/bin:/bin"})
+
+
+def billion_laughs() -> str:
+    lines = ["name: bomb", 'lol: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    # a list param: `validate` took it, and `up` expanded it into the node's config
+    lines += ["nodes:", "  - id: wheels", "    kind: motor", "    params: {motors: *l9}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_one_error_not_a_memory_error(tmp_path):
+    g = write(tmp_path, billion_laughs())
+    out = validate(g, tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
+    assert f"{g}:" in out.stdout + out.stderr and "alias" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_deep_nesting_is_one_error_not_a_recursion_error(tmp_path, style):
+    if style == "flow":
+        deep = "x: " + "[" * 600 + "]" * 600
+    else:
+        deep = "\n".join("  " * i + f"k{i}:" for i in range(600)) + " 1"
+    g = write(tmp_path, "name: deep\nnodes: []\n" + deep + "\n")
+    with pytest.raises(GraphError, match=r"g\.yaml:\d+: lists and mappings nest deeper"):
+        load_graph(g)
+
+
+def test_recursive_alias_is_one_error(tmp_path):
+    g = write(tmp_path, "name: loop\nnodes: &n [*n]\n")
+    with pytest.raises(GraphError, match=r"g\.yaml:2: an alias refers to a collection that contains it"):
+        load_graph(g)
+
+
+def test_rules_python_param_of_the_wrong_type_is_one_error(tmp_path):
+    write(tmp_path, "rules: []\n", "r.yaml")
+    g = write(tmp_path, textwrap.dedent("""\
+        name: door
+        nodes:
+          - id: rules
+            kind: rules
+            params:
+              rules: r.yaml
+              python: [1]
+        """))
+    with pytest.raises(GraphError) as err:
+        load_graph(g, check_node_files=True)
+    assert f"{g}:7:" in str(err.value) and "list of str" in str(err.value)
+
+
+def chain(n: int) -> str:
+    """n test nodes, each fed by the previous one, listed last first."""
+    lines = ["name: chain", "nodes:"]
+    for i in reversed(range(n)):
+        lines += [f"  - id: n{i}", f"    run: {TEST_NODE}"]
+        if i:
+            lines.append(f"    inputs: {{in: n{i - 1}/out}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_1500_node_chain_in_reverse_orders_without_recursion(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOTRT_RUNTIME_DIR", str(tmp_path / "rt"))
+    g = load_graph(write(tmp_path, chain(1500)))
+    deps = g.dependencies()                       # what `up` orders the start by
+    assert deps["n1499"] == {"n1498"} and deps["n0"] == set()
+    assert dependency_levels(g) == 1500           # what `unit` sizes the start timeout by
+    assert "iotrt" in render(g)
+
+
+def test_node_count_is_capped(tmp_path):
+    g = write(tmp_path, "name: many\nnodes:\n" + "".join(
+        f"  - {{id: n{i}, run: {TEST_NODE}}}\n" for i in range(MAX_NODES + 1)))
+    with pytest.raises(GraphError, match=rf"g\.yaml:3: {MAX_NODES + 1} nodes; a graph holds at most"):
+        load_graph(g)
+
+
+def test_an_oversized_file_is_one_error(tmp_path):
+    g = write(tmp_path, "name: big\n# " + "x" * (2 * 1024 * 1024) + "\nnodes: []\n")
+    with pytest.raises(GraphError, match=r"g\.yaml:1: the file has \d+ characters"):
+        load_graph(g)
