@@ -40,7 +40,8 @@ def test_a_crash_in_a_group_restarts_its_process_and_the_rest_of_the_graph_runs_
             params: {{marker: {mc}}}
     """)
     up(g)
-    h.wait_for(lambda: len(h.marker_pids(mb)) >= 2, 30, "b restarted with a's crash")
+    h.wait_for(lambda: len(h.marker_pids(ma)) >= 2 and len(h.marker_pids(mb)) >= 2, 30,
+               "b restarted with a's crash")
     assert h.marker_pids(ma)[:2] == h.marker_pids(mb)[:2]      # one process, both times
     assert len(h.marker_pids(mc)) == 1                         # c was never touched
     reply = h.wait_for(lambda: (r := _ps(g, env)) and r["processes"][0]["state"] == "running"
