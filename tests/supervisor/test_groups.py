@@ -4,9 +4,7 @@ nodes are refused in a group at file:line."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
+import time
 
 import pytest
 
@@ -109,12 +107,13 @@ def test_per_process_settings_must_agree_within_a_group(graph_file):
         load_graph(g)
 
 
-def test_a_node_that_returns_while_its_group_runs_takes_the_process_down(
-        graph_file, up, tmp_path, h):
+def test_a_node_that_returns_by_itself_leaves_its_group_running(graph_file, up, env, tmp_path, h):
+    """A node with nothing to do (a bridge with no broker configured) just ends: the others in
+    its process run on, and the supervisor stops expecting its heartbeats."""
     ma = tmp_path / "a.pids"
     g = graph_file(f"""
         name: early
-        supervisor: {{backoff: {{initial_s: 0.1}}}}
+        supervisor: {{heartbeat_s: 0.2, liveness_s: 1.0, backoff: {{initial_s: 0.1}}}}
         nodes:
           - id: a
             run: {{node}}
@@ -123,8 +122,12 @@ def test_a_node_that_returns_while_its_group_runs_takes_the_process_down(
           - id: b
             run: {{node}}
             process: pair
-            params: {{behaviour: exit, after_s: 0.5}}
+            params: {{behaviour: exit, after_s: 0.3}}
     """)
     u = up(g)
-    u.wait_log("returned while the others run")
-    h.wait_for(lambda: len(h.marker_pids(ma)) >= 2, 20, "the group restarted")
+    u.wait_log("node b is done (returned by itself); its process runs on")
+    t0 = time.monotonic()
+    h.wait_for(lambda: time.monotonic() - t0 > 3.0, 5, "three liveness periods")
+    (pair,) = _ps(g, env)["processes"]
+    assert pair["state"] == "running" and pair["restarts"] == 0
+    assert len(h.marker_pids(ma)) == 1
