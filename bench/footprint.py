@@ -99,7 +99,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotrt-fp-") as tmp:
         env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
-                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps))
+                   CAMERA_SOURCE="sim", CAMERA_FPS=str(args.fps), WEB_PORT="0")
         flat_dir = Path(tmp) / "flat"
         flat_dir.mkdir()
         flat = ungrouped_copy(args.graph.resolve(), flat_dir)

@@ -94,7 +94,8 @@ def run_in_cgroup(tmp_path: Path, seconds: float) -> None:
                     "memory.limit_in_bytes is writable)")
     run_dir = Path("/tmp") / f"iotrt-cg-{os.getpid()}"
     env = dict(os.environ, IOTRT_STATE_DIR=str(tmp_path / "state"),
-               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="30")
+               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="30",
+               WEB_PORT="0")   # any free port: other graphs may hold 8080
     graph = load_graph(DOOR, environ=env)
     # the shell joins the cgroup before it becomes `iotrt up`: every node inherits it
     proc = subprocess.Popen(
