@@ -14,7 +14,8 @@ A graph under the real supervisor (`iotrt up`) with a real mosquitto on a free l
 
 Reference, measured in the same run: the same feeder process publishing each event straight to
 the broker with paho (no graph, no bridge): what MQTT itself costs. Bridge CPU is the bridge
-process's user+system time over the measured window, in % of one core; target <= 2 %.
+process's user+system time over the measured window, in % of one core; target <= 2 %. A third
+stage runs the bridge with no host (off, as the door graph ships): what it costs doing nothing.
 Progress goes to stderr, the table to stdout. Needs mosquitto (Debian: apt install mosquitto).
 """
 
@@ -68,7 +69,8 @@ FEEDER = textwrap.dedent("""
             frame[:] = n % 255
             node.publish("image", frame, stamp_ns=now)
             name = ("ana", "unknown", "none")[(n // 30) % 3]
-            faces = [] if name == "none" else [{"name": name, "score": 0.9, "box": [1, 2, 3, 4]}]
+            faces = [] if name == "none" else [{"name": name, "score": 0.9, "known": name == "ana",
+                                                 "box": [1, 2, 3, 4]}]
             node.publish("faces", {"faces": faces}, stamp_ns=now)
         elif event.timer == "lock":
             node.publish("state", {"locked": (n // 60) % 2 == 0, "relock_in_s": None,
@@ -154,15 +156,18 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q / 100 * len(s)))]
 
 
-def stage(tmp: Path, port: int, seconds: float, direct: bool) -> dict:
-    label = "direct paho publish (reference)" if direct else "feeder -> bridge node -> MQTT"
+def stage(tmp: Path, port: int, seconds: float, direct: bool, off: bool = False) -> dict:
+    label = ("direct paho publish (reference)" if direct else
+             "bridge off (no host)" if off else "feeder -> bridge node -> MQTT")
     print(f"  {label}: {seconds:g} s ...", file=sys.stderr, flush=True)
-    folder = tmp / ("direct" if direct else "bridge")
+    folder = tmp / ("direct" if direct else "off" if off else "bridge")
     folder.mkdir()
     (folder / "feeder.py").write_text(FEEDER)
     graph = folder / "mqttbench.yaml"
-    graph.write_text(GRAPH.format(direct=port if direct else 0,
-                                  bridge="" if direct else BRIDGE.format(port=port)))
+    bridge = BRIDGE.format(port=port)
+    if off:
+        bridge = bridge.replace("host: 127.0.0.1", 'host: ""')
+    graph.write_text(GRAPH.format(direct=port if direct else 0, bridge="" if direct else bridge))
     env = {**os.environ, "IOTRT_RUNTIME_DIR": str(folder / "run"),
            "IOTRT_STATE_DIR": str(folder / "state")}
     env.pop("NOTIFY_SOCKET", None)
@@ -193,6 +198,8 @@ def stage(tmp: Path, port: int, seconds: float, direct: bool) -> dict:
             up.wait()
         log.close()
         sub.close()
+    if off:
+        return {"stage": label, "cpu_pct": cpu, "process": node}
     if len(sub.ms) < 5:
         raise SystemExit(f"bench/mqtt.py: only {len(sub.ms)} events arrived; see {folder}/up.log")
     return {"stage": label, "events": len(sub.ms), "p50_ms": pct(sub.ms, 50),
@@ -218,6 +225,7 @@ def main() -> int:
             wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, "mosquitto")
             ref = stage(Path(tmp), port, args.seconds, direct=True)
             bridge = stage(Path(tmp), port, args.seconds, direct=False)
+            off = stage(Path(tmp), port, args.seconds, direct=False, off=True)
         finally:
             broker.kill()
             broker.wait()
@@ -231,8 +239,9 @@ def main() -> int:
     met = bridge["cpu_pct"] <= CPU_TARGET_PCT
     print(f"bridge CPU: {bridge['cpu_pct']:.2f} % of one core (target <= {CPU_TARGET_PCT:g} %: "
           f"{'met' if met else 'missed'}); the feeder, for scale: {ref['cpu_pct']:.2f} %")
+    print(f"bridge off (host empty, inputs still wired): {off['cpu_pct']:.2f} % of one core")
     if args.json:
-        args.json.write_text(json.dumps({"reference": ref, "bridge": bridge,
+        args.json.write_text(json.dumps({"reference": ref, "bridge": bridge, "off": off,
                                          "cpu_target_pct": CPU_TARGET_PCT, "met": met},
                                         indent=2))
     return 0

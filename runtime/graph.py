@@ -241,7 +241,8 @@ class Graph:
 
     def _input_endpoint(self, w: Wire, process: str = "") -> dict[str, Any]:
         ep = {"address": self.output_address(w.node, w.output), "topic": w.topic}
-        if self.nodes[w.node].process == process:
+        src = self.nodes.get(w.node)    # None: a publisher that `iotrt replay` replaced
+        if src is not None and src.process == process:
             ep["local"] = True    # same process: the in-process transport (iotrt.local)
         if w.queue is not None:   # else the node's own default depth
             ep["queue"] = w.queue

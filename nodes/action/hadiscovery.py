@@ -236,8 +236,9 @@ def who_payloads(data: Any) -> tuple[str, str] | None:
     faces = data.get("faces") if isinstance(data, dict) else None
     if not isinstance(faces, list):
         return None
-    names = [f.get("name") for f in faces if isinstance(f, dict)]
-    known = [n for n in names if isinstance(n, str) and n and n != UNKNOWN]
+    # An allow-list, as the door's rules: only a face marked known (exactly true) is named.
+    known = [f["name"] for f in faces if isinstance(f, dict) and f.get("known") is True
+             and isinstance(f.get("name"), str) and f["name"]]
     who = known[0][:255] if known else (UNKNOWN if faces else NO_FACE)
     return who, str(len(faces))
 

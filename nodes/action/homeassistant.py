@@ -8,7 +8,7 @@ messages on its ``commands`` output, ``{entity: lock, lock, command, code_ok, so
 rule decides (configs/door.rules.yaml). The lock's own ``state`` output, published after it has
 applied and acknowledged a command, is what Home Assistant then shows.
 
-With ``host`` empty the node ends at once (the door graph ships that way). User guide:
+With ``host`` empty the bridge is off (the door graph ships that way). User guide:
 docs/home-assistant.md.
 """
 
@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -39,7 +40,7 @@ SPEC = NodeSpec(
     outputs={"commands": "{entity: lock, lock: name, command: lock|unlock, code_ok: bool, "
                          "source: homeassistant}"},
     params=[
-        Param("host", str, "", "MQTT broker host; empty: the bridge is off (the node ends)"),
+        Param("host", str, "", "MQTT broker host; empty: the bridge is off"),
         Param("port", int, 0, "broker port (0: 8883 with TLS, else 1883)", min=0, max=65535),
         Param("tls", bool, None, "TLS, verifying the broker (default: on unless the host is "
                                  "this machine)"),
@@ -63,6 +64,8 @@ SPEC = NodeSpec(
                                        "file publishes)"),
         Param("rules", str, "", "the rules file to read event types from"),
         Param("faces", str, "faces", "input carrying the identity node's faces"),
+        Param("faces_every_s", float, 0.5, "publish who/faces at most this often", min=0.05,
+              max=60),
         Param("image", str, "image", "input carrying camera frames (for the snapshot)"),
         Param("image_width", int, 320, "snapshot width in pixels", min=16, max=4096),
         Param("bridge", dict, {}, "more inputs to show as sensors: input -> value_template, or "
@@ -82,6 +85,7 @@ SPEC = NodeSpec(
 MAX_BAD_CODES = 5           # wrong unlock codes within BAD_CODE_WINDOW_S ...
 BAD_CODE_WINDOW_S = 60.0    # ... refuse every code for the rest of that window
 JOURNAL_PER_MIN = 30        # Home Assistant requests journaled per minute, at most
+MAX_IN_FLIGHT = 100         # requests handed to the node's loop and not yet handled
 
 
 class BadCommand(ValueError):
@@ -123,7 +127,8 @@ def broker_config(params: dict, device_id: str, log=None) -> BrokerConfig:
         username=params["username"],
         password=read_secret(params, "password_env", "password_file", log),
         tls=tls, ca_file=params["ca_file"], cert_file=params["cert_file"],
-        key_file=params["key_file"], keepalive_s=params["keepalive_s"])
+        key_file=params["key_file"], keepalive_s=params["keepalive_s"],
+        max_packet=params["max_payload"] + 1024)    # + the topic and the packet's header
 
 
 def device_id(params: dict, graph: str) -> str:
@@ -219,11 +224,11 @@ class Bridge:
     def __init__(self, node: Node, layout: Layout, link: Any, gate: CommandGate) -> None:
         self.node, self.layout, self.link, self.gate = node, layout, link, gate
         self.nodes: list[str] = []
-        self.health: dict[str, str] = {}
         self.frame: Any = None
-        self.bridged_at: dict[str, float] = {}      # input -> when it was last published
-        self.pending: dict[str, str] = {}           # input -> newest message not yet published
+        self.sent_at: dict[str, float] = {}                 # topic -> when last published
+        self.pending: dict[str, tuple[str, float]] = {}     # topic -> (newest, every_s)
         self.journaled: deque[float] = deque()      # when the last requests were journaled
+        self.in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self.unjournaled = 0
         self.stats = {"rejected_commands": 0, "dropped_events": 0, "bad_messages": 0}
         self._last_log = 0.0
@@ -258,6 +263,17 @@ class Bridge:
             self.warn("rejected an MQTT command: %s", exc)
             self.publish_stats()
             return
+        if not self.in_flight.acquire(blocking=False):
+            self.gate.rejected += 1
+            self.warn("rejected an MQTT command: %d requests are already waiting for the node",
+                      MAX_IN_FLIGHT)
+            self.publish_stats()
+            return
+        self.node.post("command", message)      # the node's loop publishes it (on_post)
+
+    def on_post(self, name: str, message: Any) -> None:
+        """A request from Home Assistant, on the node's loop: journal it, hand it to the rules."""
+        self.in_flight.release()
         self.node.log.info("Home Assistant asks: %s %s (code %s); the rules decide",
                            message["command"], message["lock"],
                            "ok" if message["code_ok"] else "missing or wrong")
@@ -297,8 +313,11 @@ class Bridge:
             who = who_payloads(data)
             if who is None:
                 return self.bad(name, "no 'faces' list")
-            self.link.set_state(L.who_topic, who[0])
-            self.link.set_state(L.faces_topic, who[1])
+            # A detector flickering at 30 Hz must not flood the broker: at most every
+            # faces_every_s, the newest value wins.
+            every = self.node.params["faces_every_s"]
+            self.throttle(L.who_topic, who[0], every)
+            self.throttle(L.faces_topic, who[1], every)
         elif L.image is not None and name == L.image[0]:
             self.frame = data           # encoded only when an event asks for a snapshot
         elif name in L.bridged:
@@ -308,15 +327,19 @@ class Bridge:
                 return self.bad(name, "not JSON-able (arrays and bytes are not bridged)")
             if len(text) > self.node.params["max_state_bytes"]:
                 return self.bad(name, f"{len(text)} bytes as JSON")
-            self.pending[name] = text
-            self.flush_bridged(time.monotonic())
+            self.throttle(L.bridge_topic(name), text, L.bridged[name][0].every_s)
 
-    def flush_bridged(self, now: float) -> None:
-        """Publish each pending bridged message whose every_s has passed."""
-        for name in list(self.pending):
-            if now - self.bridged_at.get(name, -1e18) >= self.layout.bridged[name][0].every_s:
-                self.bridged_at[name] = now
-                self.link.set_state(self.layout.bridge_topic(name), self.pending.pop(name))
+    def throttle(self, topic: str, payload: str, every_s: float) -> None:
+        self.pending[topic] = (payload, every_s)
+        self.flush(time.monotonic())
+
+    def flush(self, now: float) -> None:
+        """Publish each pending state whose interval has passed (also the node's timer)."""
+        for topic, (payload, every_s) in list(self.pending.items()):
+            if now - self.sent_at.get(topic, -1e18) >= every_s:
+                self.sent_at[topic] = now
+                del self.pending[topic]
+                self.link.set_state(topic, payload)
 
     def bad(self, name: str, why: str) -> None:
         self.stats["bad_messages"] += 1
@@ -376,10 +399,11 @@ def main(node: Node) -> None:
 
     p = node.params
     if not p["host"]:
-        # Ending costs nothing (no process, no frames decoded for nobody); the supervisor
-        # counts a clean exit as done and `iotrt ps` shows the node as exited.
+        # Off, but still running: in a process group (`process:`) a node that returns takes
+        # its companions down. Its inputs are read and dropped.
         node.log.info("no MQTT broker configured (param host): the Home Assistant bridge is off")
-        node.ready()
+        for _ in node:
+            pass
         return
     try:
         layout = layout_from(node)
@@ -399,11 +423,15 @@ def main(node: Node) -> None:
         node.log.error("cannot start: %s", exc)
         raise SystemExit(1) from None
     try:
-        bridge.start()
+        bridge.start()          # discovery configs first, so the first connect publishes them
+        bridge.link.start()
         if p["health_s"] > 0:
             node.timer("health", p["health_s"], first_s=0.0)
-        if layout.bridged:
-            node.timer("bridge", min(b.every_s for b, _ in layout.bridged.values()))
+        intervals = [b.every_s for b, _ in layout.bridged.values()]
+        if layout.faces is not None:
+            intervals.append(p["faces_every_s"])
+        if intervals:
+            node.timer("flush", min(intervals))
         node.ready()
         dropped = 0
         for event in node:
@@ -411,8 +439,10 @@ def main(node: Node) -> None:
                 bridge.on_input(event.input, event.data)
             elif event.timer == "health":
                 poll_health(node, bridge)
-            elif event.timer == "bridge":
-                bridge.flush_bridged(time.monotonic())
+            elif event.timer == "flush":
+                bridge.flush(time.monotonic())
+            elif event.kind == "post":
+                bridge.on_post(event.name, event.data)
             if bridge.link.dropped_events != dropped:
                 dropped = bridge.link.dropped_events
                 bridge.publish_stats()

@@ -8,6 +8,8 @@
   to ``max_events``; the oldest are dropped beyond that and counted (``dropped_events``).
 - The birth message ("online") is the last state published on connect; the last will
   ("offline", retained) is set on the connection so the broker announces a dead device.
+- MQTT 5, with a maximum packet size: the broker drops an oversized message instead of
+  sending it to us.
 - Credentials come from the caller (an env var or a file, never the graph file); TLS verifies
   the broker's certificate against ``ca_file`` (or the system CAs) and its host name; a client
   certificate is optional.
@@ -39,6 +41,7 @@ class BrokerConfig:
     cert_file: str = ""
     key_file: str = ""
     keepalive_s: int = 30
+    max_packet: int = 65536     # larger messages are dropped by the broker, never sent to us
 
     @property
     def where(self) -> str:
@@ -58,9 +61,10 @@ def import_paho():
 
 
 def make_client(cfg: BrokerConfig):
-    """A configured, not yet connected paho client (credentials, TLS)."""
+    """A configured, not yet connected paho client (MQTT 5, credentials, TLS)."""
     mqtt = import_paho()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                         protocol=mqtt.MQTTv5)
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password or None)
     if cfg.tls:
@@ -72,6 +76,17 @@ def make_client(cfg: BrokerConfig):
             raise DriverError(f"TLS setup for {cfg.where} failed: {exc} (check ca_file, "
                               f"cert_file, key_file)") from exc
     return client
+
+
+def connect_properties(cfg: BrokerConfig):
+    """MQTT 5 CONNECT properties: the broker must not send us a packet above ``max_packet``
+    (paho would read a 256 MB message into memory before any check of ours could run)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = cfg.max_packet
+    return props
 
 
 class MqttLink:
@@ -96,7 +111,15 @@ class MqttLink:
         self._client.on_connect = self._connected
         self._client.on_disconnect = self._disconnected
         self._client.on_message = self._message
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        # A bug in a callback must not end paho's thread (and with it every reconnect): paho
+        # logs the exception through our logger and carries on.
+        self._client.suppress_exceptions = True
+        self._client.enable_logger(self.log)
+
+    def start(self) -> None:
+        """Connect in the background (paho's thread), and keep reconnecting."""
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                   properties=connect_properties(self.cfg))
         self._client.loop_start()
 
     # -- what the node calls ---------------------------------------------------------------

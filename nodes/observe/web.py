@@ -12,9 +12,11 @@ client is connected (one JPEG encode per frame, shared by every viewer of that t
 reads the decision traces for the latency histogram only while somebody (a page or a
 Prometheus scrape) looked within `idle_s`. Between those, its threads sleep on conditions.
 
-Threads: the node's event loop (heartbeats, reloads) in the main thread, the HTTP server
-(one thread per connection, at most `max_clients`), the bus taps (webtaps.Taps) and the status
-watcher (webstatus.Status). Details and the page: docs/web.md.
+Threads: the node's event loop (heartbeats, reloads, retries to serve), the HTTP server (one
+thread per connection, at most `max_clients`), the bus taps (webtaps.Taps) and the status
+watcher (webstatus.Status). Modules: webserver.py (HTTP, token, TLS), webtaps.py (bus
+subscriptions, annotation, JPEG), webstatus.py (control socket, journal, metrics), static/
+(the page). Details: docs/web.md.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ import re
 import secrets
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iotrt.node import Node, NodeSpec, Param
+
+if TYPE_CHECKING:
+    from iotrt.nodes.observe.webserver import Web
 
 SPEC = NodeSpec(
     doc="web page: status, live annotated video, journal, /metrics (token-protected)",
@@ -56,6 +62,7 @@ SPEC = NodeSpec(
 )
 
 TOKEN_FILE = "web.token"
+RETRY_S = 10.0            # between two tries to serve after a failure (port in use, ...)
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
 
@@ -103,31 +110,51 @@ def media_dirs(params: dict, state_dir: str) -> dict[str, Path]:
     return {str(k): Path(v) for k, v in dirs.items()}
 
 
-def main(node: Node) -> None:
+def serve(node: Node, failure: str = "") -> tuple[Web | None, str]:
+    """Start serving: (the server, ""), or (None, why not); the reason is logged and journaled
+    when it differs from the previous `failure`."""
     from iotrt.nodes.observe.webserver import Web
 
     cfg = node.config
+    web = None
     try:
         token = load_token(node.params, cfg.state_dir, node.log)
         web = Web(node.params, token, runtime_dir=cfg.runtime_dir, state_dir=cfg.state_dir,
                   media=media_dirs(node.params, cfg.state_dir), log=node.log, on_death=node.stop)
         web.start()
     except WebError as exc:
-        node.log.error("%s", exc)
-        raise SystemExit(1) from None
+        if web is not None:
+            web.close()
+        if str(exc) != failure:
+            node.log.error("%s; trying again every %g s", exc, RETRY_S)
+            node.record("web_failed", error=str(exc))
+        return None, str(exc)
+    node.log.info("web: open %s (token in %s)", web.url,
+                  "the graph's params" if node.params["token"] else
+                  node.params["token_file"] or Path(cfg.state_dir or ".") / TOKEN_FILE)
+    node.record("web_listening", url=web.url)
+    return web, ""
+
+
+def main(node: Node) -> None:
+    # A port in use or a missing certificate does not end the node: in a process group that
+    # would take its companions (clips, the Home Assistant bridge) down with it. It says why,
+    # journals `web_failed`, and tries again every RETRY_S (or on `iotrt reload web`).
+    web, failure = serve(node)
+    if web is None:
+        node.timer("retry", RETRY_S)
+    node.ready()
     try:
-        node.log.info("web: open %s (token in %s)", web.url,
-                      "the graph's params" if node.params["token"] else
-                      node.params["token_file"] or Path(cfg.state_dir or ".") / TOKEN_FILE)
-        node.record("web_listening", url=web.url)
-        node.ready()
         for event in node:      # heartbeats and reloads; the server runs in its own threads
-            if event.kind == "reload":   # SIGHUP (`iotrt reload web`): a new token takes effect
+            if web is None and (event.timer == "retry" or event.kind == "reload"):
+                web, failure = serve(node, failure)
+            elif web is not None and event.kind == "reload":   # a new token takes effect
                 try:
-                    web.token = load_token(node.params, cfg.state_dir, node.log).encode()
+                    web.token = load_token(node.params, node.config.state_dir, node.log).encode()
                 except WebError as exc:
                     node.log.error("%s; keeping the token in use", exc)
     finally:
-        web.close()
-    if web.died:
-        raise SystemExit(1)   # logged where it happened; the supervisor restarts the node
+        if web is not None:
+            web.close()
+    if web is not None and web.died:
+        raise SystemExit(1)   # a bug, logged where it happened: the supervisor restarts us

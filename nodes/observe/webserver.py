@@ -73,6 +73,7 @@ class Web:
     def __init__(self, params: dict, token: str, *, runtime_dir: str, state_dir: str,
                  media: dict[str, Path], log: logging.Logger,
                  on_death: Callable[[], None] = lambda: None) -> None:
+        self.ssl = self._tls(params)       # first: a bad certificate leaves nothing to close
         self.params, self.token, self.media, self.log = params, token.encode(), media, log
         self.on_death = on_death
         self.died: list[str] = []          # threads of ours that ended with an exception
@@ -108,7 +109,6 @@ class Web:
         self.slots = threading.BoundedSemaphore(params["max_clients"])
         Gauge("iotrt_web_connections", "Connections being served",
               registry=self.registry).set_function(lambda: self.server.active if self.server else 0)
-        self.ssl = self._tls(params)
         self.server: _Server | None = None
         self._serving: threading.Thread | None = None
 

@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +34,7 @@ log = logging.getLogger("iotrt.web")
 BACKLOG = 50              # journal events a new page starts with
 MAX_LABEL = 64            # longest label value taken from the journal
 MAX_SERIES = 500          # distinct label sets per journal counter; the rest count as "other"
+PS_TTL_S = 0.25           # a `ps` reply serves every request within this long
 CLIENT_QUEUE = 256        # messages waiting for a slow page before it is dropped
 EVENTS_PER_TICK = 50      # newest journal events sent to pages per period (the page shows 200)
 
@@ -44,9 +46,19 @@ class Graph:
         self.address = f"ipc://{Path(runtime_dir) / control.CONTROL_NAME}"
         self._table: dict[str, dict] | None = None
         self._lock = threading.Lock()
+        self._ps: dict | None = None
+        self._ps_at = 0.0
+        self._ps_lock = threading.Lock()
 
     def ps(self) -> dict:
-        return control.call(self.address, "ps", timeout_s=2.0)
+        """The supervisor's `ps` reply, at most PS_TTL_S old: however many pages and scrapes
+        ask, the supervisor answers a few times a second at most."""
+        with self._ps_lock:
+            now = time.monotonic()
+            if self._ps is None or now - self._ps_at > PS_TTL_S:
+                self._ps = control.call(self.address, "ps", timeout_s=2.0)
+                self._ps_at = now
+            return self._ps
 
     def table(self) -> dict[str, dict]:
         """topic -> {address, subscribers: ["node.input", ...]} (fixed for the graph's life,
@@ -202,7 +214,8 @@ class Status:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.journal.close()
 
     def _run(self) -> None:

@@ -38,7 +38,7 @@ def forget(params: dict, graph: str, timeout_s: float) -> tuple[str, int]:
     from iotrt.nodes.action.actuator import DriverError
     from iotrt.nodes.action.hadiscovery import Layout
     from iotrt.nodes.action.homeassistant import broker_config, device_id
-    from iotrt.nodes.action.mqttlink import make_client
+    from iotrt.nodes.action.mqttlink import connect_properties, make_client
 
     if not params["host"]:
         raise ForgetError("its param host is empty: it never published anything")
@@ -77,7 +77,8 @@ def forget(params: dict, graph: str, timeout_s: float) -> tuple[str, int]:
 
     client.on_connect, client.on_subscribe, client.on_message = connected, subscribed, message
     try:
-        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                       properties=connect_properties(cfg))
     except OSError as exc:
         raise ForgetError(f"cannot reach the broker {cfg.where}: {exc}") from exc
     client.loop_start()

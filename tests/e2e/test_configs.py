@@ -52,7 +52,8 @@ def _rules_test(rules: Path, messages: list, tmp_path: Path) -> str:
 
 def _faces(t, *faces):
     return {"t": t, "topic": "faces",
-            "data": {"faces": [{"name": n, "score": s, "box": [0, 0, 10, 10]} for n, s in faces]}}
+            "data": {"faces": [{"name": n, "score": s, "known": n != "unknown", "box": [0, 0, 10, 10]}
+                               for n, s in faces]}}
 
 
 def test_door_rules_unlock_only_for_enrolled(tmp_path):

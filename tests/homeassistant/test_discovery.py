@@ -90,8 +90,11 @@ def test_state_payloads():
     assert json.loads(lock_payload({"locked": False, "relock_in_s": 4.2, "cause": "command"})) \
         == {"locked": False}
     assert lock_payload({"locked": "yes"}) is None and lock_payload([1]) is None
-    assert who_payloads({"faces": [{"name": "unknown"}, {"name": "ana"}]}) == ("ana", "2")
-    assert who_payloads({"faces": [{"name": "unknown"}]}) == ("unknown", "1")
+    assert who_payloads({"faces": [{"name": "unknown", "known": False},
+                                   {"name": "ana", "known": True}]}) == ("ana", "2")
+    assert who_payloads({"faces": [{"name": "unknown", "known": False}]}) == ("unknown", "1")
+    assert who_payloads({"faces": [{"name": "ana"}, {"name": "bo", "known": 1}]}) == \
+        ("unknown", "2")                            # known must be exactly true
     assert who_payloads({"faces": []}) == ("none", "0")
     assert who_payloads({"faces": "x"}) is None and who_payloads(None) is None
     types = ("visitor",)
@@ -190,6 +193,8 @@ def bridge():
                            published=[], records=[])
     node.publish = lambda out, data, stamp_ns=None: node.published.append((out, data))
     node.record = lambda kind, **fields: node.records.append((kind, fields))
+    node.post = lambda name, data: node.posted.append((name, data))
+    node.posted = []
     b = Bridge(node, layout, Link(), CommandGate(layout, "4711", 128))
     b.start()
     return b
@@ -203,7 +208,7 @@ def test_bridge_states_events_and_snapshot():
     assert sum(t.endswith("/config") for t in b.link.states) == len(L.configs())
     b.on_input("lock", {"locked": False, "cause": "command"})
     assert json.loads(b.link.states[L.lock_state_topic("lock")]) == {"locked": False}
-    b.on_input("faces", {"faces": [{"name": "ana", "score": 0.9}]})
+    b.on_input("faces", {"faces": [{"name": "ana", "score": 0.9, "known": True}]})
     assert (b.link.states[L.who_topic], b.link.states[L.faces_topic]) == ("ana", "1")
     b.on_input("image", np.full((480, 640, 3), 200, np.uint8))
     b.on_input("events", {"event": "visitor", "faces": 1})
@@ -217,6 +222,9 @@ def test_bridge_states_events_and_snapshot():
     assert b.stats["bad_messages"] == 5            # 4 above (the frame is kept unchecked) + it
     b.on_command(SET, b'{"command": "UNLOCK", "code": "4711"}')
     b.on_command(SET, b"nonsense")
+    assert b.node.published == []                   # paho's thread only posts to the loop
+    for posted in b.node.posted:
+        b.on_post(*posted)
     assert b.node.published == [("commands", {"entity": "lock", "lock": "lock",
                                               "command": "unlock", "code_ok": True,
                                               "source": "homeassistant"})]
@@ -231,19 +239,21 @@ def test_a_flood_of_requests_is_journaled_at_a_bounded_rate():
     b = bridge()
     for _ in range(JOURNAL_PER_MIN + 7):
         b.on_command(SET, b'{"command": "UNLOCK", "code": "0"}')
+        b.on_post(*b.node.posted.pop())
     assert len(b.node.records) == JOURNAL_PER_MIN and b.unjournaled == 7
     assert len(b.node.published) == JOURNAL_PER_MIN + 7     # the rules still see every one
 
 
-def test_bridged_topics_are_rate_limited_latest_wins():
+def test_bridged_topics_and_faces_are_rate_limited_latest_wins():
     b = bridge()
-    topic = b.layout.bridge_topic("temp")
-    b.on_input("temp", {"c": 20})
-    b.on_input("temp", {"c": 21})
-    b.on_input("temp", {"c": 22})
-    assert json.loads(b.link.states[topic]) == {"c": 20}
-    b.flush_bridged(time.monotonic() + 1.0)          # the node's timer, when every_s passed
-    assert json.loads(b.link.states[topic]) == {"c": 22}
+    topic, who = b.layout.bridge_topic("temp"), b.layout.who_topic
+    for c in (20, 21, 22):
+        b.on_input("temp", {"c": c})
+    for names in (["ana"], [], ["bo"]):               # a flickering detector
+        b.on_input("faces", {"faces": [{"name": n, "known": True} for n in names]})
+    assert json.loads(b.link.states[topic]) == {"c": 20} and b.link.states[who] == "ana"
+    b.flush(time.monotonic() + 1.0)                   # the node's timer, once the time passed
+    assert json.loads(b.link.states[topic]) == {"c": 22} and b.link.states[who] == "bo"
     assert not b.pending
 
 
@@ -288,3 +298,15 @@ def test_bad_params_are_explained(params, why):
     with pytest.raises(LayoutError, match=why):
         make_layout(layout_params(**params), "door", "dev", "1.0",
                     {"t": "thermo/reading", "events": "rules/events"})
+
+
+def test_requests_waiting_for_the_loop_are_bounded():
+    from iotrt.nodes.action.homeassistant import MAX_IN_FLIGHT
+
+    b = bridge()
+    for _ in range(MAX_IN_FLIGHT + 3):              # the node's loop is stuck: nothing handled
+        b.on_command(SET, b"LOCK")
+    assert len(b.node.posted) == MAX_IN_FLIGHT and b.gate.rejected == 3
+    b.on_post(*b.node.posted.pop())                 # one handled: room for one more
+    b.on_command(SET, b"LOCK")
+    assert len(b.node.posted) == MAX_IN_FLIGHT and b.gate.rejected == 3

@@ -102,6 +102,7 @@ def test_tls_verifies_the_broker_and_the_password(tmp_path, pki):
             connect_now(cfg(broker, pki, username="", password=""))
         # the bridge's own link: connects, and says why when the broker refuses it
         link = MqttLink(cfg(broker, pki), will_topic="t/status")
+        link.start()
         try:
             assert link.connected.wait(10)
         finally:

@@ -16,7 +16,7 @@ from iotrt.recording import RecordWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")
-OWNER = {"faces": [{"name": "owner", "score": 0.93}]}
+OWNER = {"faces": [{"name": "owner", "score": 0.93, "known": True}]}
 S = 1_000_000_000
 
 

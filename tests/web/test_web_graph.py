@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,13 +24,14 @@ from helpers import Up, up_env, wait_for
 
 from iotrt import control
 from iotrt.bus import Subscriber
+from iotrt.graph import load_graph
 from iotrt.journal import Journal, JournalError, JournalReader
 
 from web.cdp import Browser, CdpError, chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = ROOT / "configs" / "door.yaml"
-NODES = {"cam", "faces", "who", "rules", "lock", "doorbell", "snapshot", "web"}
+NODES = set(load_graph(DOOR).nodes)          # camera ... lock, web: every node must run
 
 
 class Door:
@@ -142,6 +144,11 @@ def test_a_person_watches_in_chromium(door, tmp_path):
     try:
         browser.navigate(door.url)
         wait_for(lambda: look("!!document.getElementById('token')"), 20, "the login form")
+        shown = "getComputedStyle(document.getElementById('wrong')).display !== 'none'"
+        assert browser.js(shown) is False
+        browser.js("document.getElementById('token').value = 'not-the-token-0123456789';"
+                   "document.querySelector('form').submit(); true")
+        wait_for(lambda: look(shown), 20, "'That is not the token.' after a wrong one")
         browser.js(f"document.getElementById('token').value = {json.dumps(door.token)};"
                    "document.querySelector('form').submit(); true")
         wait_for(lambda: look("!!document.getElementById('nodes')"), 20, "the status page")
@@ -397,3 +404,58 @@ def test_reload_reads_a_new_token(door):
     wait_for(lambda: door.request("/api/status", token=new)[0] == 200, 10, "the new token")
     door.token = new
     assert door.request("/api/status", token=old)[0] == 401
+
+
+RETRY_GRAPH = """\
+name: webretry
+nodes:
+  - id: bell
+    kind: log
+    process: observe
+  - id: web
+    kind: web
+    process: observe
+    params:
+      port: ${WEB_PORT}
+    critical: false
+"""
+
+
+def test_a_taken_port_keeps_the_process_up_and_is_retried(tmp_path):
+    """In a process group, a web node that cannot serve must not take its companions down:
+    it journals why, keeps running, and serves once the port is free."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    graph = tmp_path / "g.yaml"
+    graph.write_text(RETRY_GRAPH)
+    run_dir = Path(f"/tmp/iotrt-webr-{os.getpid()}")
+    env = up_env(run_dir, tmp_path / "state")
+    env["WEB_PORT"] = str(port)
+    up = Up(graph, env, tmp_path / "up.log")
+    journal = tmp_path / "state" / "webretry" / "journal.db"
+
+    def events(kind):
+        try:
+            with JournalReader(journal) as j:
+                return j.query(kind=kind)
+        except JournalError:
+            return []
+    try:
+        failed = wait_for(lambda: events("web_failed"), 60, "web_failed in the journal")
+        assert f"127.0.0.1:{port}" in failed[0].fields["error"]
+        up.wait_log("all 2 nodes up", 30)
+        ctl = f"ipc://{run_dir / 'webretry' / 'ctl'}"
+        rows = control.call(ctl, "ps")["nodes"]
+        assert all(r["state"] == "running" and r["restarts"] == 0 for r in rows), rows
+        holder.close()
+        listening = wait_for(lambda: events("web_listening"), 30, "serving once the port is free")
+        assert listening[0].fields["url"] == f"http://127.0.0.1:{port}/"
+        assert len(events("web_failed")) == 1                 # said once, not every retry
+        rows = control.call(ctl, "ps")["nodes"]
+        assert all(r["restarts"] == 0 for r in rows), rows
+    finally:
+        holder.close()
+        up.close()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 """A stand-in for the identity node: publishes, every period_s, the faces named in a JSON file
-the test rewrites (a list of names; "unknown" is a visitor)."""
+the test rewrites (a list of names; "unknown" is a visitor, anyone else is enrolled)."""
 
 import json
 from pathlib import Path
@@ -18,5 +18,5 @@ for event in node:
         names = json.loads(path.read_text())
     except (OSError, ValueError):
         names = []
-    node.publish("faces", {"faces": [{"name": n, "score": 0.95, "box": [10, 10, 80, 80]}
-                                     for n in names]})
+    node.publish("faces", {"faces": [{"name": n, "score": 0.95, "known": n != "unknown",
+                                      "box": [10, 10, 80, 80]} for n in names]})
