@@ -316,7 +316,11 @@ class Supervisor:
                  "restarts": slot.restarts, "nodes": list(slot.members)}
         self._publish_event(event)
         if slot.state != before:
-            self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
+            # one row per node (of a process group too), so `iotrt events` and readers of the
+            # journal follow a node by its id; "process" says which OS process it lives in
+            fields = {k: event[k] for k in ("state", "prev", "pid", "reason")}
+            for nid in slot.members:
+                self._journal("lifecycle", nid, {**fields, "process": slot.id})
             if slot.state in DONE:
                 # A node that was killed could not unlink its frame rings; a restart would
                 # reclaim them, but a node that stays down must not leave them in /dev/shm.
