@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 GRAPH = """\
 name: benchrec
 nodes:
@@ -66,6 +68,15 @@ def record(env, out: Path, frames: str, seconds: float) -> dict:
     proc = iotrt("record", "--graph", "benchrec", "-o", out, "--topics", "cam/image",
                  "--frames", frames, "--quality", "80", "--duration", seconds, env=env,
                  stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    samples = []
+    # RSS while recording (ru_maxrss below is the peak); WNOWAIT leaves the child to wait4
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        try:
+            samples.append(ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read()
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -76,7 +87,9 @@ def record(env, out: Path, frames: str, seconds: float) -> dict:
         capture_output=True, text=True, check=True).stdout)
     n = info["topics"]["cam/image"]["count"]
     cpu_s = usage.ru_utime + usage.ru_stime
+    steady = sorted(samples)[len(samples) // 2] / 1e6 if samples else 0.0
     return {"cpu_pct": cpu_s / seconds * 100, "rss_mb": usage.ru_maxrss / 1024,
+            "rss_median_mb": steady,
             "mb_per_min": info["bytes"] / 1e6 / info["duration_s"] * 60, "frames": n,
             "fps": n / info["duration_s"], "drops": info["drops"],
             "ms_per_frame": cpu_s / max(n, 1) * 1e3}
@@ -129,7 +142,7 @@ def main() -> int:
             print(f"record {frames:4} {args.seconds:g} s at {args.fps:g} fps: "
                   f"CPU {r['cpu_pct']:5.1f} % of a core ({r['ms_per_frame']:.2f} ms/frame, "
                   f"{r['ms_per_frame'] / ref_ms:.2f}x the JPEG reference), "
-                  f"RSS {r['rss_mb']:.0f} MB, "
+                  f"RSS {r['rss_median_mb']:.0f} MB (peak {r['rss_mb']:.0f}), "
                   f"{r['mb_per_min']:.0f} MB/min, {r['frames']} frames ({r['fps']:.1f}/s), "
                   f"{r['drops']} dropped")
         j = results["jpeg"]

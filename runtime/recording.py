@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 from mcap.exceptions import McapError
-from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata, Schema
+from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata
 from mcap.stream_reader import CRCValidationError, StreamReader
 from mcap.writer import CompressionType, Writer
 
@@ -105,7 +105,8 @@ def is_frame(data: Any) -> bool:
 class RecordWriter:
     """Writes envelopes to one MCAP file. Not thread-safe: one recorder loop owns it.
 
-    frames: "jpeg" (quality 1-100) or "raw". `meta` goes into the "iotrt" metadata record.
+    frames: "jpeg" (quality 1-100) or "raw". `meta` goes into the "iotrt" metadata record
+    (its keys win over the ones this writer puts there). The file is created 0600.
     """
 
     def __init__(self, path: str | os.PathLike, *, frames: str = "jpeg", quality: int = 80,
@@ -116,8 +117,9 @@ class RecordWriter:
             raise ValueError(f"JPEG quality must be 1..100, not {quality}")
         self.path = Path(path)
         self.frames, self.quality, self.flush_s = frames, quality, flush_s
-        try:
-            self._file: BinaryIO = open(self.path, "wb")
+        try:   # private (0600), like the journal: recordings hold what the camera saw
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self._file: BinaryIO = os.fdopen(fd, "wb")
         except OSError as exc:
             raise RecordingError(f"cannot write {self.path}: {exc.strerror}") from exc
         self._mcap = Writer(self._file, chunk_size=CHUNK_BYTES, compression=CompressionType.NONE)
@@ -332,7 +334,6 @@ class Recording:
     def _scan(self, topics: set[str] | None, decode: bool, info: Info,
               frames: bool = True) -> Iterator[Recorded]:
         channels: dict[int, tuple[str, str]] = {}
-        schemas: dict[int, Schema] = {}
         for record in self._records(info):
             if isinstance(record, Metadata):
                 if record.name == PROFILE:
@@ -342,8 +343,6 @@ class Recording:
                     for topic, n in _json_map(record.metadata.get("drops")).items():
                         if topic in info.topics and isinstance(n, int):
                             info.topics[topic].drops = n
-            elif isinstance(record, Schema):
-                schemas[record.id] = record
             elif isinstance(record, Channel):
                 kind = record.metadata.get("iotrt.data", "")
                 if record.message_encoding != MESSAGE_ENCODING or kind not in ("msgpack", "jpeg"):

@@ -314,7 +314,9 @@ def main(node: Node) -> None:
             # Sleep until the engine has something due (a hold, a delay, an absence, an
             # interval) or the next message: an idle rule node does not wake. Due times are
             # rounded up to the tick_s grid, so a burst of messages does not re-arm every µs.
-            due = rules.engine.next_due()
+            # (On clock "capture" due times are capture stamps: they run when a message
+            # arrives, so no alarm.)
+            due = None if rules.capture_clock else rules.engine.next_due()
             node.alarm("tick", None if due is None else
                        -(-int(due * 1e9) // tick_ns) * tick_ns / 1e9)
     finally:

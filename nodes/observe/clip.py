@@ -143,7 +143,7 @@ class Clips:
         wanted = data.get("topics")
         topics = (frozenset(t for t in wanted[:64] if isinstance(t, str))
                   if isinstance(wanted, list) else None)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         path = self.folder / f"{stamp}-{reason}.mcap"
         writer = RecordWriter(path, quality=p["quality"],

@@ -62,7 +62,7 @@ class Rotation:
         self._n = 0
 
     def _open(self) -> RecordWriter:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._n += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.folder / f"{self.prefix}-{stamp}-{self._n:04d}.mcap"

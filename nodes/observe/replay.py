@@ -79,7 +79,9 @@ class Player:
                 self.pending = m
                 return True
             trace = list(m.trace) + [[self.node.id, time.monotonic_ns()]]
-            self.pubs[m.topic].publish(m.data, stamp_ns=m.stamp_ns, trace=trace)
+            pub = self.pubs[m.topic]
+            pub.src = m.src            # the recorded publisher's id, as live
+            pub.publish(m.data, stamp_ns=m.stamp_ns, trace=trace)
             self.sent += 1
             budget -= 1
         return True

@@ -25,6 +25,18 @@ from iotrt.control import ControlError, call, control_address
 from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter
 
 
+def _bounded(kind, lo, hi):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number from {lo} to {hi}, not {text!r}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Guide: docs/record.md. Exit status: 0 ok, 1 no graph/topic or a "
                      "file problem.")
@@ -36,11 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="topics to record (default: every topic of the graph but _sup/*)")
     parser.add_argument("--frames", choices=FRAME_ENCODINGS, default="jpeg",
                         help="store RGB frames as JPEG (default) or raw")
-    parser.add_argument("--quality", type=int, default=80, metavar="Q",
+    parser.add_argument("--quality", type=_bounded(int, 1, 100), default=80, metavar="Q",
                         help="JPEG quality 1-100 (default 80)")
-    parser.add_argument("--duration", type=float, default=0.0, metavar="S",
+    parser.add_argument("--duration", type=_bounded(float, 0, 1e9), default=0.0, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C/SIGTERM)")
-    parser.add_argument("--queue", type=int, default=8, metavar="N",
+    parser.add_argument("--queue", type=_bounded(int, 1, 8192), default=8, metavar="N",
                         help="per-topic receive queue, in messages (default 8)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     info = sub.add_parser("info", help="topics, counts, duration, drops and size of a recording",

@@ -45,6 +45,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Guide: docs/record.md. Exit status: 0 done (and identical with "
                      "--compare), 1 bad recording or graph (nothing started), 2 could not start, "
@@ -55,16 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="1 real time (default), N times faster, max as fast as possible")
     parser.add_argument("--topics", default="", metavar="T1,T2",
                         help="recorded topics to play (default: all); their nodes do not start")
-    parser.add_argument("--start", type=float, default=0.0, metavar="S",
+    parser.add_argument("--start", type=_seconds, default=0.0, metavar="S",
                         help="skip the first S seconds of the recording")
-    parser.add_argument("--end", type=float, default=0.0, metavar="S",
+    parser.add_argument("--end", type=_seconds, default=0.0, metavar="S",
                         help="stop S seconds after the recording's start (default: its end)")
     parser.add_argument("--partial", action="store_true",
                         help="play a truncated recording up to where it ends")
     parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="the replay's state folder, with its journal (default: a new "
                              "temporary folder)")
-    parser.add_argument("--settle", type=float, default=1.0, metavar="S",
+    parser.add_argument("--settle", type=_seconds, default=1.0, metavar="S",
                         help="after the last message, stop once the journal is quiet for S s")
     parser.add_argument("--compare", action="store_true",
                         help="compare the decisions with the live graph's journal")
@@ -108,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"iotrt replay: note: {topic} is read by a started node but its node is "
               f"replaced and it was not recorded: nothing arrives on it", file=sys.stderr)
     sup = Supervisor(plan.graph, log_level=level)
-    watcher = threading.Thread(target=_stop_when_done, args=(sup, plan.graph.journal_path,
-                                                              args.settle), daemon=True)
+    watcher = threading.Thread(target=_stop_when_done, daemon=True,
+                               args=(sup, plan.graph.journal_path, plan.graph.source,
+                                     args.settle))
     watcher.start()
     try:
         code = sup.run()
@@ -128,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     return _compare(graph.journal_path, info, args, replayed)
 
 
-def _stop_when_done(sup: Supervisor, journal: Path, settle_s: float) -> None:
-    """Stop the supervisor once the replay node reported the end and the journal went quiet."""
+def _stop_when_done(sup: Supervisor, journal: Path, source: str, settle_s: float) -> None:
+    """Stop the supervisor once the replay node reported the end and the journal went quiet,
+    or at once (exit 1) if the replay node ended without reporting it (e.g. a bad message)."""
     reader = None
     last_id, quiet_since, done = 0, time.monotonic(), False
     while not sup.stopping:
@@ -147,6 +159,11 @@ def _stop_when_done(sup: Supervisor, journal: Path, settle_s: float) -> None:
             last_id = events[-1].id
             quiet_since = time.monotonic()
             done = done or any(e.kind == "replay_done" for e in events)
+            if not done and any(e.kind == "lifecycle" and e.node == source
+                                and e.fields.get("state") in ("exited", "failed")
+                                for e in events):
+                sup.request_stop("the replay node ended before the recording was played",
+                                 code=1)
         elif done and time.monotonic() - quiet_since >= settle_s:
             sup.request_stop("the recording was played")
     if reader is not None:

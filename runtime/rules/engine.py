@@ -514,6 +514,12 @@ def _compile_template(template: Any) -> Render:
                  else (lambda e: lambda engine, rs, names: safe_str(engine._eval(rs, e, names)))(p)
                  for p in template.parts]
         return lambda engine, rs, names: join_checked([p(engine, rs, names) for p in parts])
+    if isinstance(template, (dict, list)) and all(
+            not isinstance(v, (dict, list, Expression, Interpolated))
+            for v in (template.values() if isinstance(template, dict) else template)):
+        # only literal scalars (`data: {rule: 5}`): a shallow copy is a fresh copy
+        kind = type(template)
+        return lambda engine, rs, names: kind(template)
     if isinstance(template, dict):
         items = [(k, _compile_template(v)) for k, v in template.items()]
         return lambda engine, rs, names: {k: f(engine, rs, names) for k, f in items}

@@ -596,6 +596,13 @@ class _Compiler:
             return True, _UNARY[type(node.op)](node.operand.value)
         return False, None
 
+    def var_field(self, node: ast.AST, scope: frozenset[str]) -> tuple[str, str] | None:
+        """(variable, field) when `node` is `msg.field`-like: a rule variable's field."""
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in self.names and node.value.id not in scope):
+            return node.value.id, node.attr
+        return None
+
     # -- leaves --------------------------------------------------------------------------------
 
     def _constant(self, node: ast.Constant, scope: frozenset[str]) -> Closure:
@@ -682,6 +689,20 @@ class _Compiler:
         left = self.compile(node.left, scope)
         const, k = self.constant(node.right)
         fast = _NUMERIC.get(type(node.op))
+        field = self.var_field(node.left, scope)
+        if const and fast is not None and _small_number(k) and field:
+            key, attr = field  # `msg.n % 2`: one closure
+
+            def field_number_op(c: _Context) -> Any:
+                try:
+                    v = c.names[key]
+                except KeyError:
+                    raise ExpressionError(f"'{key}' is not defined") from None
+                a = v[attr] if type(v) is dict and attr in v else _attribute(v, attr)
+                if type(a) is float or type(a) is int and -_SMALL < a < _SMALL:
+                    return fast(a, k)
+                return op(a, k)
+            return field_number_op
         if const and fast is not None and _small_number(k):
             # `msg.n % 2`: a small number with a small number needs no size check
             def number_op(c: _Context) -> Any:
@@ -733,6 +754,17 @@ class _Compiler:
                     v = c.local[key]
                     return op(v[attr] if type(v) is dict and attr in v else _attribute(v, attr), k)
                 return local_field_compare
+            field = self.var_field(node.left, scope)
+            if const and field:  # `msg.distance < 0.3`: one closure
+                key, attr = field
+
+                def var_field_compare(c: _Context) -> Any:
+                    try:
+                        v = c.names[key]
+                    except KeyError:
+                        raise ExpressionError(f"'{key}' is not defined") from None
+                    return op(v[attr] if type(v) is dict and attr in v else _attribute(v, attr), k)
+                return var_field_compare
             left = self.compile(node.left, scope)
             if const:
                 return _COMPARE_CONST[type(node.ops[0])](left, k)
@@ -764,7 +796,7 @@ class _Compiler:
         args = [self.compile(a, scope) for a in node.args]
         kwargs = {k.arg: self.compile(k.value, scope) for k in node.keywords}
         if isinstance(node.func, ast.Attribute):  # a method of a value
-            return self._method_call(node.func, args, kwargs, scope)
+            return self._method_call(node.func, args, kwargs, scope, node.args)
         name = node.func.id
         if name not in FUNCTIONS or name in scope | self.names:
             raise ExpressionRejected(f"'{name}' cannot be called")
@@ -778,6 +810,17 @@ class _Compiler:
             return lambda c: _checked(builtin(items(c)))
         fixed = FUNCTIONS[name]
         if name in _SCALAR_FUNCTIONS and len(args) == 1 and not kwargs:
+            field = self.var_field(node.args[0], scope)
+            if field:  # `len(msg.faces)`: one closure
+                key, attr = field
+
+                def scalar_of_field(c: _Context) -> Any:
+                    try:
+                        v = c.names[key]
+                    except KeyError:
+                        raise ExpressionError(f"'{key}' is not defined") from None
+                    return fixed(v[attr] if type(v) is dict and attr in v else _attribute(v, attr))
+                return scalar_of_field
             (arg,) = args
             return lambda c: fixed(arg(c))
         if kwargs:
@@ -789,7 +832,7 @@ class _Compiler:
         return lambda c: _checked(fixed(*[a(c) for a in args]))
 
     def _method_call(self, func: ast.Attribute, args: list[Closure], kwargs: dict[str, Closure],
-                     scope: frozenset[str]) -> Closure:
+                     scope: frozenset[str], arg_nodes: list[ast.expr]) -> Closure:
         value, attr = self.compile(func.value, scope), func.attr
 
         def generic(c: _Context, v: Any) -> Any:
@@ -799,6 +842,23 @@ class _Compiler:
             return lambda c: generic(c, value(c))
         if attr in _STR_METHODS:
             unbound, check = getattr(str, attr), attr in _STR_BUILDERS
+            field = self.var_field(func.value, scope)
+            consts = [self.constant(a) for a in arg_nodes]
+            if field and all(is_const for is_const, _ in consts):
+                key, name = field  # `msg.label.startswith("cam")`: one closure
+                fixed_args = tuple(value for _, value in consts)
+
+                def str_method_of_field(c: _Context) -> Any:
+                    try:
+                        v = c.names[key]
+                    except KeyError:
+                        raise ExpressionError(f"'{key}' is not defined") from None
+                    v = v[name] if type(v) is dict and name in v else _attribute(v, name)
+                    if type(v) is str:
+                        result = unbound(v, *fixed_args)
+                        return _checked(result) if check else result
+                    return generic(c, v)
+                return str_method_of_field
             if len(args) == 1:
                 (arg,) = args
 

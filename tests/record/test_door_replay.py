@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import pytest
 from mcap.reader import make_reader
 
 from helpers import wait_for
+from iotrt.graph import load_graph
 from iotrt.journal import Journal, JournalError
 from iotrt.recording import Recording
 
@@ -79,9 +81,17 @@ def decisions(events: list) -> list[tuple]:
     return fired + commands
 
 
+def door_graph(folder: Path) -> Path:
+    """configs/door.yaml with its rules and gallery, copied into `folder`."""
+    for name in ("door.yaml", "door.rules.yaml", "door.gallery.npz"):
+        shutil.copy(DOOR.parent / name, folder / name)
+    return folder / "door.yaml"
+
+
 @pytest.fixture(scope="module")
 def door_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("door-record")
+    door = door_graph(tmp)
     video = tmp / "visit.avi"
     render_visit(video)
     run_dir = Path("/tmp") / f"iotrt-rec-{os.getpid()}"      # short: ipc paths max 107 bytes
@@ -90,18 +100,21 @@ def door_run(tmp_path_factory):
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(var, None)
     rec_file = tmp / "visit.mcap"
-    up = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(DOOR)], env=env,
+    up = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(door)], env=env,
                           stdout=open(tmp / "up.log", "w"), stderr=subprocess.STDOUT,
                           start_new_session=True)
     recorder = None
     try:
-        def running(node):
-            return any(e.kind == "lifecycle" and e.node == node and e.fields["state"] == "running"
+        graph = load_graph(door, environ=env)
+
+        def running(node):      # lifecycle events name the node's process (process groups)
+            proc = graph.nodes[node].process
+            return any(e.kind == "lifecycle" and e.node == proc and e.fields["state"] == "running"
                        for e in journal(env))
 
         wait_for(lambda: running("rules") and running("clips"), 120, "the door graph running")
         recorder = subprocess.Popen(
-            [sys.executable, "-m", "iotrt", "record", "--graph", str(DOOR), "-o", str(rec_file),
+            [sys.executable, "-m", "iotrt", "record", "--graph", str(door), "-o", str(rec_file),
              "--topics", "cam/image,who/faces"], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -125,7 +138,7 @@ def door_run(tmp_path_factory):
                  "the visitor's clip")
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
-        yield {"env": env, "file": rec_file, "events": journal(env), "tmp": tmp,
+        yield {"env": env, "file": rec_file, "events": journal(env), "tmp": tmp, "door": door,
                "recorder_err": err}
     finally:
         for proc in (recorder, up):
@@ -162,10 +175,13 @@ def test_mcap_reader_lists_every_topic_with_its_count(door_run):
 
 def test_replay_at_max_rate_reproduces_the_decisions(door_run, tmp_path):
     env = dict(door_run["env"], IOTRT_RUNTIME_DIR=f"/tmp/iotrt-rep-{os.getpid()}")
-    out = subprocess.run(
-        [sys.executable, "-m", "iotrt", "replay", str(door_run["file"]), "--graph", str(DOOR),
-         "--rate", "max", "--compare", "--state-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=180)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "iotrt", "replay", str(door_run["file"]), "--graph",
+             str(door_run["door"]), "--rate", "max", "--compare", "--state-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        subprocess.run(["rm", "-rf", env["IOTRT_RUNTIME_DIR"]], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "identical to the live run" in out.stdout
 
@@ -178,9 +194,13 @@ def test_replay_at_max_rate_reproduces_the_decisions(door_run, tmp_path):
     assert decisions(replayed) == decisions(live)
     rules = [d[1] for d in decisions(live) if d[0] == "fired"]
     assert "visitor" in rules and "unlock_for_enrolled" in rules
-    # not started in the replay: the recorded topics' publishers and the detector
+    # not started in the replay: the recorded topics' publishers and the detector (their
+    # processes: lifecycle events name processes)
+    graph = load_graph(door_run["door"], environ=door_run["env"])
+    procs = {n: graph.nodes[n].process for n in ("cam", "who", "faces", "rules", "lock")}
     started = {e.node for e in replayed if e.kind == "lifecycle"}
-    assert not started & {"cam", "who", "faces"} and {"rules", "lock"} <= started
+    assert not started & {procs["cam"], procs["who"], procs["faces"]}
+    assert {procs["rules"], procs["lock"], "replay"} <= started
 
 
 def test_visitor_clip_holds_the_seconds_before(door_run):

@@ -4,6 +4,8 @@ the clip node's bounded ring, and `iotrt replay`/`echo`/`rules test` refusing ba
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -160,7 +162,7 @@ def bad_files(tmp_path):
 ])
 def test_replay_refuses_bad_input_with_one_line(bad_files, name, says, monkeypatch):
     state = bad_files / f"state-{name}"
-    env = dict(__import__("os").environ, IOTRT_RUNTIME_DIR=str(bad_files / "run"))
+    env = dict(os.environ, IOTRT_RUNTIME_DIR=str(bad_files / "run"))
     out = run_cli("replay", bad_files / name, "--graph", DOOR, "--state-dir", state, env=env)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -202,8 +204,14 @@ def test_replay_graph_replaces_publishers_and_prunes_what_feeds_them(tmp_path, m
     cfg = g.node_config("rules")
     assert g.nodes["replay"].params["topics"]["who/faces"]["address"] == \
         cfg["inputs"]["faces"]["address"]
-    assert g.nodes["replay"].params["topics"]["who/faces"]["subscribers"] == 1
+    readers = [n.id for n in g.nodes.values()
+               if any(w.topic == "who/faces" for w in n.inputs.values())]
+    assert "rules" in readers
+    assert g.nodes["replay"].params["topics"]["who/faces"]["subscribers"] == len(readers)
     assert "replay" in g.dependencies()["rules"]
+    procs = g.process_dependencies()
+    assert "replay" in procs[g.nodes["rules"].process] and procs["replay"] == set()
+    assert all(g.process_config(p) for p in g.processes())
     # every recorded topic by default: the rules node is replaced too
     plan = replay_graph(graph, info, runtime_dir=tmp_path / "run", state_dir=tmp_path / "st")
     assert plan.replaced == ["cam", "rules", "who"] and "rules" not in plan.graph.nodes
@@ -308,3 +316,27 @@ def test_hostile_messages_inside_a_valid_file_are_refused(tmp_path):
                                                    "trace": [], "data": b"not a jpeg"}), 0, 0)
     with pytest.raises(RecordingError, match="not a readable JPEG"):
         list(Recording(path).messages())
+
+
+def test_replay_stops_with_an_error_when_a_frame_is_unreadable(tmp_path):
+    """A JPEG that does not decode is only found while playing: the replay node ends, and
+    iotrt replay stops the graph and exits 1 instead of waiting for ever."""
+    from iotrt.codec import pack
+
+    path = tmp_path / "badframe.mcap"
+    with RecordWriter(path) as w:
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 1, "src": "cam",
+                                                   "trace": [], "data": b"not a jpeg"}), 0, 1)
+    env = dict(os.environ, IOTRT_RUNTIME_DIR=f"/tmp/iotrt-bf-{os.getpid()}")
+    try:
+        out = run_cli("replay", path, "--graph", DOOR, "--rate", "max", "--state-dir",
+                      tmp_path / "st", env=env)
+    finally:
+        shutil.rmtree(env["IOTRT_RUNTIME_DIR"], ignore_errors=True)
+    assert out.returncode == 1, out.stderr
+    assert "not a readable JPEG" in out.stderr
+
+
+def test_recordings_are_private(tmp_path):
+    write_sample(tmp_path / "a.mcap")
+    assert (tmp_path / "a.mcap").stat().st_mode & 0o777 == 0o600
