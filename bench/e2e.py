@@ -95,13 +95,15 @@ def processes(run: Run, timeout_s: float = 60.0) -> dict[str, psutil.Process]:
     """Every OS process of the graph (a node alone, or a process group), once all are running
     (the first detection can come before the last nodes of the graph have started)."""
     deadline = time.monotonic() + timeout_s
-    while (rows := run.ps()["processes"]) and any(r["state"] != "running" for r in rows):
+    # "exited": a node that ended by itself with nothing to do (a bridge with no broker)
+    while (rows := run.ps()["processes"]) and any(r["state"] not in ("running", "exited")
+                                                  for r in rows):
         if time.monotonic() > deadline:
             raise SystemExit(f"not every process is running: "
                              f"{[(r['process'], r['state']) for r in rows]}")
         time.sleep(0.2)
     procs = {"supervisor": psutil.Process(run.proc.pid)}
-    procs.update({r["process"]: psutil.Process(r["pid"]) for r in rows})
+    procs.update({r["process"]: psutil.Process(r["pid"]) for r in rows if r["state"] == "running"})
     return procs
 
 

@@ -8,7 +8,8 @@ measures, each in its own fresh subprocess (peak RSS only ever rises within a pr
 - iotrt numpy / opencv / onnxruntime / auto on the compiled artifact;
 - onnxruntime on the source ONNX model, LiteRT on the source .tflite, raw cv2.dnn on the source;
 
-and prints p50 latency, peak RSS and the ratios the project targets. Every subprocess runs with a
+and prints p50 latency, p50 CPU time (this process's, all threads: what other programs on a busy
+machine cannot stretch), peak RSS and the ratios the project targets. Every subprocess runs with a
 fixed thread count (--threads) and with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed from its
 environment: this machine sets them for old OpenBLAS builds, and they halve numpy's GEMM speed.
 """
@@ -129,19 +130,21 @@ def child(args: argparse.Namespace) -> int:
         info["model"].wait_recheck()
     for _ in range(args.warmup):
         run()
-    times = []
+    times, cpu = [], []  # wall and CPU (this process, all its threads) ms per run
     start = time.perf_counter()
     while len(times) < args.max_iters and (
         len(times) < args.min_iters or time.perf_counter() - start < args.min_seconds
     ):
-        t = time.perf_counter_ns()
+        t, c = time.perf_counter_ns(), time.process_time_ns()
         run()
         times.append((time.perf_counter_ns() - t) / 1e6)
+        cpu.append((time.process_time_ns() - c) / 1e6)
     model = info.pop("model", None)
     info.update(
         backend=getattr(model, "backend", info.get("backend")),
         p50_ms=float(np.median(times)),
         p90_ms=float(np.percentile(times, 90)),
+        cpu_p50_ms=float(np.median(cpu)),
         iters=len(times),
         load_s=load_s,
         peak_rss_mb=peak_rss_mb(),
@@ -249,6 +252,7 @@ def combine(measurements: list[dict]) -> dict:
     out = dict(ok[0])
     out["p50_ms"] = float(statistics.median(m["p50_ms"] for m in ok))
     out["p90_ms"] = float(statistics.median(m["p90_ms"] for m in ok))
+    out["cpu_p50_ms"] = float(statistics.median(m["cpu_p50_ms"] for m in ok))
     out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in ok)
     out["p50_spread_ms"] = [min(m["p50_ms"] for m in ok), max(m["p50_ms"] for m in ok)]
     out["passes"] = len(ok)
@@ -264,7 +268,7 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
     raw = {k: v for k, v in ok.items() if not k.startswith("iotrt")}
     best_raw = min(raw.items(), key=lambda kv: kv[1]["p50_ms"]) if raw else None
     print(f"\n{case.name} {case.shape}")
-    print(f"  {'runner':30s} {'p50 ms':>9s} {'p50 range':>15s} {'p90 ms':>9s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
+    print(f"  {'runner':30s} {'p50 ms':>9s} {'p50 range':>15s} {'p90 ms':>9s} {'CPU p50 ms':>11s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
     for label, r in results.items():
         if "error" in r:
             print(f"  {label:30s} {'error':>9s}  {r['error']}")
@@ -276,7 +280,7 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         lo, hi = r.get("p50_spread_ms", (r["p50_ms"], r["p50_ms"]))
         print(
             f"  {label:30s} {r['p50_ms']:9.2f} {f'{lo:.1f}-{hi:.1f}':>15s} {r['p90_ms']:9.2f}"
-            f" {r['peak_rss_mb']:12.1f} {fmt_ratio(ratio):>12s}  {note}"
+            f" {r['cpu_p50_ms']:11.2f} {r['peak_rss_mb']:12.1f} {fmt_ratio(ratio):>12s}  {note}"
         )
     lines = []
     num, auto = ok.get("iotrt numpy"), ok.get("iotrt auto")
@@ -286,6 +290,9 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         r = num["p50_ms"] / ref["p50_ms"]
         target = NUMPY_TARGETS.get(case.name)
         lines.append(f"{case.name}: numpy / {ref_label.split()[0]} latency = {r:.2f}x" + _verdict(r, target))
+        rc = num["cpu_p50_ms"] / ref["cpu_p50_ms"]
+        lines.append(f"{case.name}: numpy / {ref_label.split()[0]} CPU time per run = {rc:.2f}x"
+                     " (the same comparison without the waits other programs cause)")
         rss = num["peak_rss_mb"]
         lines.append(f"{case.name}: numpy peak RSS = {rss:.1f} MB" + _verdict(rss, RSS_BEFORE_MB.get(case.name), " MB"))
     if auto and best_raw:

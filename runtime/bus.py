@@ -17,7 +17,6 @@ transparent to both sides.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _blake2 import blake2s   # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
 from iotrt.lazy import numpy as np   # imported when the first array travels
 import pynng
 
@@ -46,7 +46,7 @@ class AddressError(ValueError):
 
 def short_ipc_address(runtime_dir: str | os.PathLike, graph: str, node: str, port: str) -> str:
     """A short, stable ipc address for one endpoint: ipc://<runtime_dir>/<10 hex chars>."""
-    digest = hashlib.blake2s(f"{graph}\0{node}\0{port}".encode(), digest_size=5).hexdigest()
+    digest = blake2s(f"{graph}\0{node}\0{port}".encode(), digest_size=5).hexdigest()
     return f"ipc://{os.path.join(os.fspath(runtime_dir), digest)}"
 
 

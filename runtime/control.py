@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import psutil
 import pynng
 
 from iotrt.bus import recv_bytes
@@ -163,32 +162,52 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, start time), in clock ticks, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()   # the name may hold spaces and ")"
+    return int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
 class Usage:
-    """CPU % (since the previous `iotrt ps`), RSS and PSS of node processes."""
+    """CPU % (since the previous `iotrt ps`), RSS and PSS of node processes, from /proc (no
+    psutil: the supervisor stays small)."""
 
     def __init__(self):
-        self._procs: dict[int, psutil.Process] = {}
+        self._last: dict[int, tuple[float, int]] = {}   # pid -> (when, cpu ticks)
 
     def sample(self, pid: int | None) -> tuple[float | None, int | None, int | None]:
         """(CPU %, RSS, PSS) of `pid`; Nones when it is not there."""
         if pid is None:
             return None, None, None
+        now = time.monotonic()
         try:
-            proc = self._procs.get(pid)
-            if proc is None:
-                proc = self._procs[pid] = psutil.Process(pid)
-                proc.cpu_percent(None)      # starts the interval for the next call
-                t = proc.cpu_times()        # first time: the average over its life so far
-                age = max(1e-3, time.time() - proc.create_time())
-                cpu = 100.0 * (t.user + t.system) / age
-            else:
-                cpu = proc.cpu_percent(None)
-            return cpu, proc.memory_info().rss, pss_bytes(pid)
-        except psutil.Error:
+            ticks, start = _cpu_ticks(pid)
+            rss = _rss_bytes(pid)
+            with open("/proc/uptime", "rb") as f:
+                uptime = float(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
             return None, None, None
+        last = self._last.get(pid)
+        self._last[pid] = (now, ticks)
+        if last is None:     # first time: the average over its life so far
+            age = max(1e-3, uptime - start / TICKS)
+            cpu = 100.0 * ticks / TICKS / age
+        else:
+            cpu = 100.0 * (ticks - last[1]) / TICKS / max(1e-3, now - last[0])
+        return cpu, rss, pss_bytes(pid)
 
     def forget(self, pid: int) -> None:
-        self._procs.pop(pid, None)
+        self._last.pop(pid, None)
 
 
 def process_row(slot: Slot, usage: Usage, now: float) -> dict[str, Any]:

@@ -229,7 +229,7 @@ class Graph:
         """process -> the processes that must be up before it starts (see dependencies)."""
         procs = {nid: n.process for nid, n in self.nodes.items()}
         deps: dict[str, set[str]] = {p: set() for p in procs.values()}
-        for nid, ds in self._raw_dependencies().items():
+        for nid, ds in self.dependencies().items():
             deps[procs[nid]].update(procs[d] for d in ds)
         component = _strongly_connected(deps)
         return {p: {d for d in ds if component[d] != component[p]} for p, ds in deps.items()}

@@ -74,7 +74,8 @@ class GraphReader:
                 name = value
         description = c.text(top["description"][1], "description") if "description" in top else ""
         policy = self._policy(top["supervisor"][1]) if "supervisor" in top else Policy()
-        runtime_dir = self._dir(top, "runtime_dir", default_runtime_root(self.environ)) / name
+        runtime_dir = self._dir(top, "runtime_dir", None) or self._default_runtime_root(root)
+        runtime_dir /= name
         state_dir = self._dir(top, "state_dir", default_state_root(self.environ)) / name
         self._check_ipc_length(runtime_dir, top.get("runtime_dir", (root, root))[1])
         if "nodes" not in top:
@@ -89,7 +90,16 @@ class GraphReader:
         return Graph(name, self.path.resolve(), runtime_dir, state_dir, policy, nodes,
                      description if description is not INVALID else "")
 
-    def _dir(self, top, key: str, default: Path) -> Path:
+    def _default_runtime_root(self, root) -> Path:
+        """The default socket root; without systemd or XDG one is made (iotrt.rundir)."""
+        try:
+            return default_runtime_root(self.environ)
+        except OSError as exc:   # RuntimeDirError too: a state root others can tamper with
+            self.check.error(root, f"cannot set up the default runtime folder: {exc} (set "
+                                   f"runtime_dir, or IOTRT_RUNTIME_DIR)")
+            return Path("/nonexistent")
+
+    def _dir(self, top, key: str, default: Path | None) -> Path | None:
         if key not in top:
             return default
         value = self.check.text(top[key][1], key)

@@ -6,9 +6,11 @@ the supervisor's, sizes thread pools, sets up logging, and runs the node's targe
 
 A process group (several nodes with the same `process:`) runs each node on a thread of its own,
 with its own Node and event loop; the main thread only waits and passes signals on (SIGTERM and
-SIGINT stop every node, SIGHUP reloads every node). A node that raises, or whose thread ends
-before a stop was asked for, takes the whole process down at once (exit 1): the supervisor
-restarts the process, and a half-running group never hides a dead node.
+SIGINT stop every node, SIGHUP reloads every node). A node that raises takes the whole process
+down at once (exit 1): the supervisor restarts the process, and a half-running group never
+hides a dead node. A node that returns by itself (it has nothing to do, e.g. a bridge with no
+broker configured) is reported done; the others run on, and the process exits 0 once all
+have returned.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import threading
 
 from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
-                            process_configs)
+                            done_body, process_configs)
 
 PR_SET_PDEATHSIG = 1
 
@@ -57,15 +59,14 @@ def run_target(config: NodeConfig, started: list | None = None) -> None:
     target = config.target
     if target.endswith(".py"):
         sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
-        config.bind_to_thread()          # the script's Node() reads this node's config
+        config.bind_to_thread(started)   # the script's Node() reads this node's config
         runpy.run_path(target, run_name="__main__")
         return
     module_name, _, func_name = target.partition(":")
     module = importlib.import_module(module_name)
     entry = getattr(module, func_name or "main")
+    config.bind_to_thread(started)
     node = Node(config, spec=load_spec(target))
-    if started is not None:
-        started.append(node)
     try:
         entry(node)
     finally:
@@ -91,8 +92,22 @@ class Group:
             self.log.exception("node %r failed; stopping process %r", config.id, self.name)
             self.failed.append(config.id)
         else:
+            if not self.stopping.is_set():
+                self._report_done(config)
             self.ended.append(config.id)
         self.done.set()
+
+    def _report_done(self, config: NodeConfig) -> None:
+        """The node returned by itself: the supervisor stops expecting its heartbeats."""
+        from iotrt.command import CommandClient, CommandError
+
+        if not config.journal:
+            return
+        with CommandClient(config.journal, src=config.id) as client:
+            try:
+                client.call(done_body(config.id), timeout_s=0.5, retries=3)
+            except CommandError as exc:
+                self.log.warning("could not report node %r done: %s", config.id, exc)
 
     def run(self) -> int:
         for sig, handler in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
@@ -109,10 +124,6 @@ class Group:
                 return 1
             if len(self.ended) == len(threads):
                 return 0          # every node returned (after a stop, or done for good)
-            if not self.stopping.is_set():
-                self.log.error("node(s) %s returned while the others run; stopping process %r",
-                               ", ".join(self.ended), self.name)
-                return 1
 
     def _stop(self, *_: object) -> None:
         self.stopping.set()

@@ -5,6 +5,7 @@ wire and bus code with the array-carrying nodes, and must not pay numpy's ~12 MB
 from __future__ import annotations
 
 import importlib
+import sys
 import types
 from typing import Any
 
@@ -14,9 +15,17 @@ class LazyModule(types.ModuleType):
     so later accesses are as fast as on the module itself."""
 
     def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:     # deferred with `defer`: step aside
+            del sys.modules[self.__name__]
         module = importlib.import_module(self.__name__)
         self.__dict__.update(module.__dict__)
         return getattr(module, name)
+
+
+def defer(name: str) -> None:
+    """Make a later `import name` (by anyone) cheap until the module is first used."""
+    if name not in sys.modules:
+        sys.modules[name] = LazyModule(name)
 
 
 numpy = LazyModule("numpy")

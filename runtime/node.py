@@ -39,7 +39,8 @@ from iotrt import local
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
-from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, record_body
+from iotrt.protocol import (NodeConfig, SupervisorLink, deadline_body, node_created,
+                            record_body)
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class Node:
         self._reloads = 0
         self._setup()
         self._out_msgs: dict[str, int] = dict.fromkeys(self._pubs, 0)
+        node_created(self)
 
     # -- transport (TestNode overrides these) ------------------------------------------------
 

@@ -35,6 +35,9 @@ Node -> supervisor (msgpack maps over Push0 -> the supervisor's Pull0)
     "journal" channel (acknowledged): a safety-critical node (SPEC ``safety=True``) will have
     ended its safety action within ``in_s`` seconds (null: it has); past that plus a short grace
     the supervisor SIGKILLs the process (``node.safety_deadline``).
+    ``{"type": "done", "id", "pid"}``, also on the "journal" channel (acknowledged): a node of a
+    process group returned by itself (nothing left to do); its process runs on for the others,
+    and the supervisor stops expecting its heartbeats.
     ``{"type": "record", "id", "kind", "fields": {...}, "t_ns"}``: a journal event
     (``node.record()``). With ``sync=True`` the record is instead sent as a command
     (data = the same map) on the "journal" command channel, and ``node.record`` returns once
@@ -136,15 +139,24 @@ class NodeConfig:
         text = os.environ.get(ENV_CONFIG)
         return None if text is None else cls.from_json(text)
 
-    def bind_to_thread(self) -> None:
-        """`Node()` in this thread reads this config (a script node in a process group)."""
+    def bind_to_thread(self, started: list | None = None) -> None:
+        """`Node()` in this thread reads this config (a script node in a process group), and
+        is appended to `started` (so the group can stop it)."""
         _this_thread.config = self
+        _this_thread.started = started
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
 
 _this_thread = threading.local()
+
+
+def node_created(node: object) -> None:
+    """Called by every Node: a process group's thread collects the Node it runs."""
+    started = getattr(_this_thread, "started", None)
+    if started is not None:
+        started.append(node)
 
 
 def process_configs(text: str) -> tuple[str, list[NodeConfig]]:
@@ -176,6 +188,10 @@ def heartbeat_msg(node_id: str, stats: dict) -> bytes:
 def record_body(node_id: str, kind: str, fields: dict, t_ns: int | None = None) -> dict:
     return {"type": "record", "id": node_id, "kind": kind, "fields": fields,
             "t_ns": time.time_ns() if t_ns is None else t_ns}
+
+
+def done_body(node_id: str) -> dict:
+    return {"type": "done", "id": node_id, "pid": os.getpid()}
 
 
 def deadline_body(node_id: str, in_s: float | None) -> dict:

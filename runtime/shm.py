@@ -45,17 +45,16 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import hashlib
 import logging
 import mmap
 import os
 import re
-import secrets
 import struct
 import threading
 import weakref
 
 import msgpack
+from _blake2 import blake2s   # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
 from iotrt.lazy import numpy as np   # imported when the first array travels
 
 from iotrt.codec import EXT_SHM, DecodeError, FrameOverwritten, parse_array_header, wire_dtype
@@ -102,7 +101,7 @@ def _lock(fd: int, slot: int, kind: int) -> bool:
 
 
 def segment_prefix(address: str) -> str:
-    return "iotrt-" + hashlib.blake2s(address.encode(), digest_size=6).hexdigest()
+    return "iotrt-" + blake2s(address.encode(), digest_size=6).hexdigest()
 
 
 def reclaim(address_or_prefix: str) -> int:
@@ -168,7 +167,7 @@ class RingWriter:
         self.slot_size = -(-nbytes // ALIGN) * ALIGN
         data0, total = _layout(self.slots, self.slot_size)
         for attempt in range(CREATE_ATTEMPTS):
-            self.name = f"{self.prefix}-{secrets.token_hex(8)}-{self.generation}"
+            self.name = f"{self.prefix}-{os.urandom(8).hex()}-{self.generation}"
             path = os.path.join(SHM_DIR, self.name)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

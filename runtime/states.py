@@ -80,6 +80,13 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class Done:
+    """A node of the process returned by itself; the others run on."""
+    pid: int
+    node: str
+
+
+@dataclass(frozen=True)
 class Exited:
     pid: int
     returncode: int          # negative: killed by that signal (subprocess convention)
@@ -97,7 +104,7 @@ class Tick:
     """Time passed; deadlines (start timeout, liveness, grace, backoff) are checked."""
 
 
-Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Exited | Deadline | Tick
+Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Done | Exited | Deadline | Tick
 
 
 # -- actions (what the supervisor must do) ----------------------------------------------------
@@ -152,6 +159,7 @@ class Slot:
     returncode: int | None = None
     members: tuple[str, ...] = ()    # the nodes this process runs (default: just `id`)
     beats: dict = field(default_factory=dict)   # member -> its last ready/heartbeat time
+    done: set = field(default_factory=set)      # members that returned by themselves
     backstop: bool = False           # its safety deadlines are enforced (SPEC safety=True)
     safety_deadline: float | None = None
 
@@ -160,8 +168,9 @@ class Slot:
 
     def silent(self) -> tuple[str, float]:
         """(the member heard from longest ago, when): liveness is as good as the worst node."""
-        node = min(self.members, key=lambda m: self.beats.get(m, 0.0))
-        return node, self.beats.get(node, 0.0)
+        live = [m for m in self.members if m not in self.done] or list(self.members)
+        node = min(live, key=lambda m: self.beats.get(m, 0.0))
+        return node, self.beats.get(node, float("inf") if node in self.done else 0.0)
 
     def backoff_delay(self) -> float:
         b = self.backoff
@@ -210,13 +219,15 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
             return _after_failure(n, now, f"could not start: {event.error}")
         return []
 
-    if isinstance(event, (Ready, Heartbeat)):
+    if isinstance(event, (Ready, Heartbeat, Done)):
         if event.pid != n.pid:      # a late message from an earlier incarnation
             return []
         member = event.node or n.members[0]
         if member not in n.members:
             return []
         n.beats[member] = now
+        if isinstance(event, Done):
+            n.done.add(member)      # no more heartbeats expected from it
         n.last_heartbeat = n.silent()[1] if len(n.members) > 1 else now
         if s == State.STARTING and len(n.beats) < len(n.members):
             return []               # a group is ready once every node in it is
@@ -315,6 +326,7 @@ def _start(n: Slot, now: float, reason: str) -> list[Action]:
     n.running_since = None
     n.safety_deadline = None
     n.beats = {}
+    n.done = set()
     n.deadline = now + n.start_timeout_s
     return [Spawn()]
 

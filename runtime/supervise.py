@@ -60,6 +60,8 @@ def exec_supervisor(graph_path: str, specs: dict[str, NodeSpec], log_level: str)
     """Replace this process with the lean supervisor for `graph_path` (validated already)."""
     env = dict(os.environ)
     env[ENV_SPECS] = json.dumps({t: spec_summary(s) for t, s in specs.items()}, default=str)
+    # NNG's worker threads would each get a malloc arena of their own (see iotrt.procs)
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "iotrt.supervise", graph_path, log_level],
@@ -67,6 +69,11 @@ def exec_supervisor(graph_path: str, specs: dict[str, NodeSpec], log_level: str)
 
 
 def main(argv: list[str]) -> int:
+    from iotrt.lazy import defer
+
+    # pynng imports asyncio (which imports ssl) for its async API, which the supervisor never
+    # uses: ~9 MB of RSS. Deferred, it is imported only if something does use it.
+    defer("asyncio")
     from iotrt.graph import GraphError, load_graph
     from iotrt.supervisor import run_graph
 

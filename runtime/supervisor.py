@@ -37,7 +37,7 @@ from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
-    DONE, Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
+    DONE, Deadline, Done, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
     State, Stop, Tick, next_deadline, transition,
 )
 
@@ -316,7 +316,11 @@ class Supervisor:
                  "restarts": slot.restarts, "nodes": list(slot.members)}
         self._publish_event(event)
         if slot.state != before:
-            self._journal("lifecycle", slot.id, {k: event[k] for k in ("state", "prev", "pid", "reason")})
+            # one row per node (of a process group too), so `iotrt events` and readers of the
+            # journal follow a node by its id; "process" says which OS process it lives in
+            fields = {k: event[k] for k in ("state", "prev", "pid", "reason")}
+            for nid in slot.members:
+                self._journal("lifecycle", nid, {**fields, "process": slot.id})
             if slot.state in DONE:
                 # A node that was killed could not unlink its frame rings; a restart would
                 # reclaim them, but a node that stays down must not leave them in /dev/shm.
@@ -432,8 +436,21 @@ class Supervisor:
             if isinstance(cmd.data, dict) and cmd.data.get("type") == "deadline":
                 cmd.reply(self._on_deadline(cmd.data))
                 continue
+            if isinstance(cmd.data, dict) and cmd.data.get("type") == "done":
+                cmd.reply(self._on_done(cmd.data))
+                continue
             event_id, error = self._write_record(cmd.data)
             cmd.reply({"event_id": event_id} if error == "" else {"ok": False, "error": error})
+
+    def _on_done(self, body: dict) -> dict:
+        """A node of a process group returned by itself: stop expecting its heartbeats."""
+        nid = body.get("id")
+        slot = self.slots.get(self.process_of.get(nid, "")) if isinstance(nid, str) else None
+        if slot is None or body.get("pid") != slot.pid or slot.pid is None:
+            return {"ok": False, "error": "not a node of a running process of this graph"}
+        log.info("%s: node %s is done (returned by itself); its process runs on", slot.id, nid)
+        self._apply(slot, Done(slot.pid, nid), self.clock())
+        return {"ok": True}
 
     def _on_deadline(self, body: dict) -> dict:
         """A safety-critical node's deadline (see iotrt.states): armed only for a node whose

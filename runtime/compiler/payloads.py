@@ -1,7 +1,8 @@
 """What the compiler embeds in an artifact for the backends other than numpy.
 
 - "onnx": the optimised graph as ONNX, without its weights (see `onnx_export`), for the opencv
-  and onnxruntime backends; written only where the `onnx` package is installed.
+  and onnxruntime backends (written without the `onnx` package; absent when the graph has
+  something ONNX cannot express).
 - "tflite": the source flatbuffer itself, for the litert backend, when the model came from
   TFLite and its weights are not re-quantized (the payload would otherwise hold weights that
   differ from the artifact's, and undo the size saving).

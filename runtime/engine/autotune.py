@@ -79,6 +79,19 @@ class Choice:
 Runner = Callable[[], object]
 
 
+class Cancelled(Exception):
+    """A background measurement stopped because the program is exiting."""
+
+
+_background = threading.local()  # .cancel: set in the background measuring thread only
+
+
+def _check_cancelled() -> None:
+    cancel = getattr(_background, "cancel", None)
+    if cancel is not None and cancel():
+        raise Cancelled
+
+
 def interleaved_samples(
     runners: Mapping[str, Runner],
     budget: Budget = Budget(),
@@ -91,6 +104,7 @@ def interleaved_samples(
     """
     names = list(runners)
     for name in names:
+        _check_cancelled()
         for _ in range(budget.warmup):
             runners[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -99,6 +113,7 @@ def interleaved_samples(
     while rounds < budget.max_rounds and (
         rounds < budget.min_rounds or clock() - start < budget.seconds
     ):
+        _check_cancelled()
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:
             t0 = clock()
@@ -379,6 +394,7 @@ def build_all(names: list[str], build: Callable[[str], object]) -> tuple[dict[st
     built: dict[str, object] = {}
     rejected: dict[str, str] = {}
     for name in names:
+        _check_cancelled()
         try:
             built[name] = build(name)
         except Exception as exc:  # noqa: BLE001  any backend failure just removes a candidate
@@ -452,13 +468,20 @@ class AutoModel:
     def start(self, job: Callable[[], tuple[Choice, object]]) -> None:
         """Run `job` (-> (choice, a fresh model of its backend)) in the background now."""
         self._job = None
-        self._thread = threading.Thread(target=self._recheck, args=(job,),
-                                        name="iotrt-auto-recheck", daemon=True)
+        # Not a daemon: one killed at exit inside a framework's native code aborts the process
+        # ("terminate called without an active exception"). It stops by itself instead, at its
+        # next backend or round, once the main thread has ended.
+        self._thread = threading.Thread(target=self._recheck, args=(job,), name="iotrt-auto-recheck")
         self._thread.start()
 
     def _recheck(self, job: Callable[[], tuple[Choice, object]]) -> None:
+        main = threading.main_thread()
+        _background.cancel = lambda: not main.is_alive()
         try:
             choice, model = job()
+        except Cancelled:
+            log.info("auto: measurement stopped, the program is exiting; %s stays", self.choice.backend)
+            return
         except Exception:  # noqa: BLE001  a failed re-check keeps the working choice
             log.exception("auto re-check failed; keeping %s", self.choice.backend)
             return

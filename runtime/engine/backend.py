@@ -19,16 +19,20 @@ as ONNX TensorProto initializers with a few lines of protobuf wire format (no `o
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+
 import numpy as np
 
 PAYLOAD = "onnx"
 MAGIC = b"IOTRT-ONNX-PAYLOAD 1\n"
 
-# numpy dtype -> onnx.TensorProto.DataType (the subset an IR constant can have)
+# numpy dtype -> onnx.TensorProto.DataType (the numeric ones an IR tensor can have)
 ONNX_DTYPES = {
-    np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3, np.dtype("int32"): 6,
-    np.dtype("int64"): 7, np.dtype("bool"): 9, np.dtype("float16"): 10, np.dtype("float64"): 11,
+    np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3, np.dtype("uint16"): 4,
+    np.dtype("int16"): 5, np.dtype("int32"): 6, np.dtype("int64"): 7, np.dtype("bool"): 9,
+    np.dtype("float16"): 10, np.dtype("float64"): 11, np.dtype("uint32"): 12, np.dtype("uint64"): 13,
 }  # fmt: skip
 
 
@@ -68,23 +72,32 @@ class FrameworkModel:
         self.inputs = list(artifact.inputs)
         self.outputs = list(artifact.outputs)
         self.meta = artifact.meta
+        # what a well-formed call looks like, checked cheaply on every run (a few us matter
+        # next to a 1 ms model: more Python per run is more chances to be preempted under load)
+        self._expect = [(s.name, tuple(s.shape), np.dtype(s.dtype)) for s in self.inputs]
+        self._out_specs = [(s.name, tuple(s.shape), np.dtype(s.dtype), math.prod(s.shape)) for s in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(self.inputs, feeds)
-        values = self._run({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs})
+        if len(feeds) != len(self._expect) or not all(
+                type(x := feeds.get(name)) is np.ndarray and x.shape == shape and x.dtype == dtype
+                for name, shape, dtype in self._expect):
+            check_feeds(self.inputs, feeds)  # raises, naming what is wrong (or accepts a list)
+        values = self._run({name: np.ascontiguousarray(feeds[name]) for name, _, _ in self._expect})
         out = {}
-        for spec, value in zip(self.outputs, values):
+        for (name, shape, dtype, size), value in zip(self._out_specs, values):
             value = np.asarray(value)
-            if value.size != int(np.prod(spec.shape)):
-                from iotrt.engine.numpy import EngineError
+            if value.shape != shape or value.dtype != dtype:
+                if value.size != size:
+                    from iotrt.engine.numpy import EngineError
 
-                raise EngineError(
-                    f"backend {self.backend!r} returned shape {value.shape} for output "
-                    f"'{spec.name}', the model's is {tuple(spec.shape)}; use backend 'numpy'"
-                )
-            # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the
-            # artifact's output specs are the contract.
-            out[spec.name] = value.reshape(spec.shape).astype(spec.dtype, copy=False)
+                    raise EngineError(
+                        f"backend {self.backend!r} returned shape {value.shape} for output "
+                        f"'{name}', the model's is {shape}; use backend 'numpy'"
+                    )
+                # Frameworks may drop or add unit axes (cv2.dnn flattens some outputs): the
+                # artifact's output specs are the contract.
+                value = value.reshape(shape).astype(dtype, copy=False)
+            out[name] = value
         return out
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -134,6 +147,7 @@ def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
 
 
 def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # a negative int64 is written as its two's complement (ten bytes)
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -144,27 +158,36 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _int_field(number: int, value: int) -> bytes:
+def int_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
-def _bytes_field(number: int, value: bytes) -> bytes:
+def float_field(number: int, value: float) -> bytes:
+    return _varint(number << 3 | 5) + struct.pack("<f", value)
+
+
+def bytes_field(number: int, value: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(value)) + value
 
 
-def initializer_bytes(name: str, value: np.ndarray) -> bytes:
-    """A serialized ModelProto whose graph holds one initializer: appended to a serialized
-    model, protobuf's merge rule adds it to that model's graph."""
+def tensor_proto(name: str | None, value: np.ndarray) -> bytes:
+    """A serialized TensorProto: dims, data_type, name (when given), raw_data (little-endian)."""
     value = np.asarray(value)  # tobytes() below writes C order whatever the strides
     dtype = ONNX_DTYPES.get(value.dtype)
     if dtype is None:
         raise BackendUnavailable(f"constant '{name}' has dtype {value.dtype}, which has no ONNX type")
     little = value.astype(value.dtype.newbyteorder("<"), copy=False)
-    tensor = b"".join(_int_field(1, d) for d in value.shape)  # TensorProto.dims = 1
-    tensor += _int_field(2, dtype)  # data_type = 2
-    tensor += _bytes_field(8, name.encode())  # name = 8
-    tensor += _bytes_field(9, little.tobytes())  # raw_data = 9
-    return _bytes_field(7, _bytes_field(5, tensor))  # ModelProto.graph = 7, GraphProto.initializer = 5
+    tensor = b"".join(int_field(1, d) for d in value.shape)  # TensorProto.dims = 1
+    tensor += int_field(2, dtype)  # data_type = 2
+    if name is not None:
+        tensor += bytes_field(8, name.encode())  # name = 8
+    return tensor + bytes_field(9, little.tobytes())  # raw_data = 9
+
+
+def initializer_bytes(name: str, value: np.ndarray) -> bytes:
+    """A serialized ModelProto whose graph holds one initializer: appended to a serialized
+    model, protobuf's merge rule adds it to that model's graph."""
+    return bytes_field(7, bytes_field(5, tensor_proto(name, value)))  # ModelProto.graph, .initializer
 
 
 def unpack(payload: bytes) -> tuple[dict, bytes]:
@@ -192,8 +215,8 @@ def artifact_onnx(artifact, backend: str) -> bytes:
     if payload is None:
         source = artifact.source.get("name", "the model")
         raise BackendUnavailable(
-            f"backend {backend!r} runs the artifact's ONNX payload, and this artifact of {source} has none: it "
-            f"was compiled where the 'onnx' package is missing (pip install 'iotrt[compiler]' on the "
-            f"compiling machine and compile again), or use backend 'numpy'"
+            f"backend {backend!r} runs the artifact's ONNX payload, and this artifact of {source} has none: "
+            f"its graph cannot be written as ONNX (the compiler's progress output says why) or an older "
+            f"iotrt compiled it without the 'onnx' package; compile it again, or use backend 'numpy'"
         )
     return onnx_model_bytes(payload, artifact.graph.consts)

@@ -94,15 +94,16 @@ def _activation(m: NumpyModel, y: np.ndarray, attrs: dict) -> Callable[[], None]
     return None
 
 
-ZERO_ROW = 16384  # elements
+ZERO_ROW = 64 * 1024  # bytes: 16384 float32 zeros
 
 
-def _row_length(size: int) -> int:
-    """A divisor of `size` up to ZERO_ROW, as long as possible (long rows vectorise best)."""
-    if size <= ZERO_ROW:
+def _row_length(size: int, limit: int) -> int:
+    """A divisor of `size` up to `limit` (a power of two), as long as possible (long rows
+    vectorise best)."""
+    if size <= limit:
         return max(size, 1)
-    best = math.gcd(size, ZERO_ROW)
-    for n in range(ZERO_ROW, best, -1):
+    best = math.gcd(size, limit)
+    for n in range(limit, best, -1):
         if size % n == 0:
             return n
     return best
@@ -137,7 +138,7 @@ class NumpyModel:
         self._scratch = _Scratch()
         # np.maximum(y, 0) with a scalar runs an unvectorised loop in numpy 2.x; against a row of
         # zeros broadcast over y viewed as rows it runs the SIMD one (3-5x faster here).
-        self._zero_row = np.zeros(ZERO_ROW, np.float64)
+        self._zero_row = np.zeros(ZERO_ROW, np.uint8)
         self._zero_row.flags.writeable = False
         self._shuffled, self._skipped = _channel_shuffles(g)
         self._steps: list[tuple[Node, Step]] = []
@@ -162,8 +163,8 @@ class NumpyModel:
     def relu_operands(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(y viewed as rows, a row of zeros of y's dtype): `np.maximum(rows, zeros, out=rows)`
         is a vectorised in-place Relu of the contiguous array y."""
-        n = _row_length(y.size)
-        zeros = self._zero_row.view(np.uint8)[:n * y.dtype.itemsize].view(y.dtype)
+        n = _row_length(y.size, ZERO_ROW // y.dtype.itemsize)
+        zeros = self._zero_row[:n * y.dtype.itemsize].view(y.dtype)
         return y.reshape(-1, n), zeros
 
     def is_const(self, name: str) -> bool:
@@ -655,6 +656,43 @@ def _build_pad(m: NumpyModel, node: Node) -> Step:
     return step
 
 
+def _build_lrn(m: NumpyModel, node: Node) -> Step:
+    """LRN without temporaries: the squares go into a channel-padded scratch buffer, their
+    window sums straight into the output, which is then turned into x / (bias + k*sum)**beta
+    in place (the reference kernel allocates four activation-sized arrays per call)."""
+    x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
+    if x.ndim < 3 or y.dtype.kind != "f" or m.same_bytes(node.inputs[0], node.outputs[0]):
+        return _build_generic(m, node)
+    a = node.attrs
+    size = int(a["size"])
+    alpha, beta, bias = a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
+    lo = (size - 1) // 2
+    n, c = x.shape[:2]
+    part = [((n, c + size - 1) + x.shape[2:], x.dtype)]
+    m._scratch.need_parts(part)
+    scratch = m._scratch
+    dtype = y.dtype.type
+    scale, bias, beta = dtype(alpha / size), dtype(bias), dtype(beta)
+    bound: list = []
+
+    def step() -> None:
+        if not bound:
+            sq = scratch.parts(part)[0]
+            bound.extend([sq, sq[:, lo:lo + c], [sq[:, i:i + c] for i in range(size)]])
+        sq, inner, windows = bound
+        sq[:, :lo] = 0
+        sq[:, lo + c:] = 0
+        np.square(x, out=inner)
+        np.copyto(y, windows[0])
+        for win in windows[1:]:
+            np.add(y, win, out=y)
+        np.multiply(y, scale, out=y)
+        np.add(y, bias, out=y)
+        np.power(y, beta, out=y)
+        np.divide(x, y, out=y)
+    return step
+
+
 def _build_transpose(m: NumpyModel, node: Node) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
@@ -702,6 +740,7 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
     Op.GEMM: _build_gemm,
     Op.GLOBAL_AVERAGE_POOL: _build_global_pool,
     Op.GLOBAL_MAX_POOL: _build_global_pool,
+    Op.LRN: _build_lrn,
     Op.MATMUL: _build_matmul,
     Op.MAX_POOL: _build_pool,
     Op.MUL: _build_binary(np.multiply),

@@ -1,7 +1,7 @@
 """Backend `onnxruntime`: runs the ONNX copy of the optimised graph that the artifact embeds.
 
-The compiler writes that copy (payload "onnx") when the `onnx` package is present on the
-compiling machine; the device needs only the `onnxruntime` wheel (extra `iotrt[onnxruntime]`).
+The compiler writes that copy (payload "onnx"); the device needs only the `onnxruntime` wheel
+(extra `iotrt[onnxruntime]`).
 Thread pools are fixed: `threads` intra-op threads, one inter-op thread, no spinning (a spinning
 pool burns the cores the other nodes of the graph need).
 """

@@ -37,7 +37,8 @@ def _ps(graph) -> dict | None:
 def test_killing_perception_during_an_unlock_never_holds_the_door_open(tmp_path):
     run_dir = Path("/tmp") / f"iotrt-grp-{os.getpid()}"       # short: ipc paths max 107 bytes
     env = dict(os.environ, IOTRT_STATE_DIR=str(tmp_path / "state"),
-               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="15")
+               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="15",
+               WEB_PORT="0")   # any free port: other graphs may hold 8080
     graph = load_graph(DOOR, environ=env)
     record = graph.state_dir / "lock.lock.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "iotrt", "up", str(DOOR)], env=env,

@@ -1,7 +1,8 @@
 """The 512 MB-class run (issue 12): the grouped door graph at 640x480, 30 fps on the sim camera,
 inside a memory cgroup limited to 256 MB (cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`),
 runs with no OOM kill, no restart, and a total RSS trend under 1 MB/min. The CI version runs
-60 s; `pytest -m long` runs the 10-minute one."""
+60 s after a 30 s warm-up (it resolves growth down to the ~2 MB the frames in flight make RSS jitter by, so it
+catches a fast leak); `pytest -m long` runs the 10-minute one, which resolves 1 MB/min."""
 
 from __future__ import annotations
 
@@ -69,13 +70,21 @@ def _ps(graph) -> dict | None:
         return None
 
 
-def _slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
-    n = len(samples)
-    mt = sum(t for t, _ in samples) / n
-    mr = sum(r for _, r in samples) / n
-    num = sum((t - mt) * (r - mr) for t, r in samples)
-    den = sum((t - mt) ** 2 for t, _ in samples)
-    return num / den * 60 / 2**20
+WARMUP_S = 30.0     # not measured: the first detections, caches, malloc arenas growing
+JITTER_MB = 2.0     # frames in flight (~1 MB each, fresh mmaps) move RSS by about this much
+
+
+def growth(samples: list[tuple[float, int]]) -> tuple[float, float]:
+    """(MB grown, minutes) between the medians of the first and the second half of `samples`:
+    medians, because RSS jitters by the frames in flight at each sample."""
+    half = len(samples) // 2
+    first, second = samples[:half], samples[half:]
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+    grown = (median([r for _, r in second]) - median([r for _, r in first])) / 2**20
+    minutes = (median([t for t, _ in second]) - median([t for t, _ in first])) / 60
+    return grown, minutes
 
 
 def run_in_cgroup(tmp_path: Path, seconds: float) -> None:
@@ -85,7 +94,8 @@ def run_in_cgroup(tmp_path: Path, seconds: float) -> None:
                     "memory.limit_in_bytes is writable)")
     run_dir = Path("/tmp") / f"iotrt-cg-{os.getpid()}"
     env = dict(os.environ, IOTRT_STATE_DIR=str(tmp_path / "state"),
-               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="30")
+               IOTRT_RUNTIME_DIR=str(run_dir), CAMERA_SOURCE="sim", CAMERA_FPS="30",
+               WEB_PORT="0")   # any free port: other graphs may hold 8080
     graph = load_graph(DOOR, environ=env)
     # the shell joins the cgroup before it becomes `iotrt up`: every node inherits it
     proc = subprocess.Popen(
@@ -99,6 +109,10 @@ def run_in_cgroup(tmp_path: Path, seconds: float) -> None:
             assert proc.poll() is None and time.monotonic() < deadline, "the graph did not start"
             time.sleep(0.5)
         pids.update(p["pid"] for p in r["processes"])
+        settle = time.monotonic() + WARMUP_S
+        while time.monotonic() < settle:       # warm-up: caches fill, arenas reach their size
+            assert proc.poll() is None, "the supervisor ended during the warm-up"
+            time.sleep(1.0)
         samples: list[tuple[float, int]] = []
         t0 = time.monotonic()
         while (now := time.monotonic()) < t0 + seconds:
@@ -108,13 +122,15 @@ def run_in_cgroup(tmp_path: Path, seconds: float) -> None:
             assert all(p["state"] == "running" and p["restarts"] == 0 for p in procs), procs
             total = sum(p["rss_bytes"] for p in procs) + reply["supervisor"]["rss_bytes"]
             samples.append((now - t0, total))
-            time.sleep(2.0)      # the sampling period of the trend
+            time.sleep(1.0)      # the sampling period of the trend
         assert cg.oom_kills() == 0
-        late = samples[len(samples) // 3:]          # after start-up transients
-        slope = _slope_mb_per_min(late)
-        print(f"total RSS {late[0][1] / 2**20:.1f} -> {late[-1][1] / 2**20:.1f} MB, trend "
-              f"{slope:.2f} MB/min over {late[-1][0] - late[0][0]:.0f} s")
-        assert slope < 1.0, f"RSS grows {slope:.2f} MB/min: {[(round(t), r >> 20) for t, r in late]}"
+
+        grown, minutes = growth(samples)
+        print(f"total RSS {samples[0][1] / 2**20:.1f} MB, grew {grown:.1f} MB "
+              f"in {minutes:.1f} min")
+        # under 1 MB/min; a short run cannot resolve less than the frames' jitter
+        assert grown < max(JITTER_MB, 1.0 * minutes), \
+            f"RSS grew {grown:.1f} MB in {minutes:.1f} min: {[(round(t), r >> 20) for t, r in samples]}"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -61,7 +61,9 @@ def test_readme_quickstart_in_a_fresh_virtualenv(tmp_path):
                 time.sleep(0.1)
                 continue
             lines.append(chunk)
-            if "rule unlock_for_enrolled fired" in chunk:
+            text = "".join(lines)
+            # The owner may be let in before the last process (observe) reports ready: wait for both.
+            if "rule unlock_for_enrolled fired" in text and re.search(r"all \d+ nodes up", text):
                 break
         text = "".join(lines)
         assert re.search(r"all \d+ nodes up", text), text[-3000:]

@@ -333,3 +333,36 @@ def test_first_measurement_in_the_background_starts_on_numpy_then_switches(artif
     built.clear()
     again = autotune.load_auto(Art(), artifact, ["numpy", "opencv"], build, 1, background=True)
     assert again.backend == "opencv" and built == ["opencv"] and again.wait_recheck(0)
+
+
+def test_a_program_that_exits_while_measuring_in_the_background_exits_cleanly(tmp_path):
+    """A CLI (`iotrt enroll`) or a node stopped during its first seconds: the measuring thread
+    stops at its next round instead of being killed inside native code (an abort at exit)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import time\n"
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from iotrt.engine import autotune\n"
+        "class Slow:\n"
+        "    inputs, outputs, meta = [], [], {}\n"
+        "    def __init__(self, name): self.backend = name\n"
+        "    def run(self, feeds):\n"
+        "        time.sleep(0.05)\n"
+        "        return {'y': np.ones(2, np.float32)}\n"
+        "class Art:\n"
+        "    inputs = []\n"
+        f"auto = autotune.load_auto(Art(), Path({str(tmp_path / 'm.iotm')!r}), ['numpy', 'opencv'], Slow, 1,\n"
+        "                          background=True)\n"
+        "assert auto._thread.is_alive()\n"
+    )
+    (tmp_path / "m.iotm").write_bytes(b"artifact")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 30  # and did not hang
+    assert not autotune.cache_path(tmp_path / "m.iotm").exists()  # nothing half-measured cached

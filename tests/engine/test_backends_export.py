@@ -102,3 +102,39 @@ def test_same_padding_with_stride_two_pads_the_end(engine):
     expect = np.einsum("ncijkl,ockl->noij", win, w)
     got = run_exported(g, {"x": x}, engine)["y"]
     np.testing.assert_allclose(got.reshape(expect.shape), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_schema_table_is_onnx_own():
+    """The exporter writes ONNX without the onnx package: its schema table must be onnx's."""
+    from onnx import defs
+
+    for op in ir.Op:
+        if op is Op.DEQUANTIZE:
+            continue
+        rows = []
+        for opset in onnx_export.OPSETS:
+            schema = defs.get_schema(op.value, opset)
+            variadic = any(i.option == i.option.Variadic for i in schema.inputs)
+            row = (frozenset(schema.attributes), None if variadic else len(schema.inputs))
+            if not rows or rows[-1][1:] != row:
+                rows.append((opset,) + row)
+        assert onnx_export.OPSET_SCHEMAS[op.value] == rows, op.value
+
+
+def test_hand_written_protobuf_is_what_onnx_helper_writes():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    attrs = {"ints": [3, -1, 0], "i": -7, "f": 0.25, "floats": [1, 2.5], "s": "SAME_UPPER",
+             "strings": ["a", "b"], "t": np.arange(6, dtype=np.int64).reshape(2, 3), "flag": True}
+    ours = onnx.NodeProto.FromString(onnx_export._node("Foo", ["x", "", "w"], ["y"], "n1", **attrs))
+    attrs["t"] = numpy_helper.from_array(attrs["t"])
+    assert ours == helper.make_node("Foo", ["x", "", "w"], ["y"], name="n1", **attrs)
+
+    g, feeds, _ = conv_graph({"activation": "LeakyRelu", "act_alpha": 0.2})
+    model = onnx.load_from_string(backend.onnx_model_bytes(onnx_export.export(g), g.consts))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == 8 and model.opset_import[0].version == 17
+    assert [n.op_type for n in model.graph.node] == ["Conv", "LeakyRelu", "Reshape"]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == list(feeds["x"].shape)

@@ -98,7 +98,7 @@ def test_artifact_without_payload_runs_numpy_and_says_why_not_others(blazeface, 
     from iotrt.engine import BackendUnavailable
 
     art = artifact.read(blazeface)
-    art.payloads.clear()  # as compiled on a machine without the onnx package
+    art.payloads.clear()  # as compiled by an older iotrt without the onnx package
     bare = tmp_path / "bare.iotm"
     artifact.write(art, bare)
     with pytest.raises(BackendUnavailable, match="onnx"):

@@ -164,3 +164,24 @@ def test_channel_shuffle_is_read_by_the_depthwise_conv_without_a_transpose(tmp_p
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     ops = [node.op.value for node, _ in compiled._steps]
     assert ("Transpose" in ops) is also_read
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn_matches_onnxruntime(tmp_path, size):
+    model = _model([helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.6, bias=1.5)],
+                   (2, 7, 5, 6), {})
+    _, got, ref = _run_both(tmp_path, model, (2, 7, 5, 6))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_lrn_even_size_matches_the_reference_kernel(tmp_path):
+    # onnxruntime refuses even sizes; ONNX pads the window (size-1)//2 before, the rest after
+    from iotrt.engine.kernels import lrn
+
+    attrs = {"size": 4, "alpha": 0.01, "beta": 0.6, "bias": 1.5}
+    src = tmp_path / "m.onnx"
+    onnx.save(_model([helper.make_node("LRN", ["x"], ["y"], **attrs)], (1, 6, 3, 4), {}), str(src))
+    compile_model(src, tmp_path / "m.iotm")
+    x = RNG.standard_normal((1, 6, 3, 4)).astype(np.float32)
+    got = load(tmp_path / "m.iotm", backend="numpy").run({"x": x})["y"]
+    np.testing.assert_allclose(got, lrn([x], attrs)[0], rtol=1e-6)

@@ -102,3 +102,14 @@ def test_default_root_taken_over_is_replaced(tmp_path, other_user):
         os.rmdir(again)
     finally:
         os.rmdir(root)
+
+
+def test_a_state_root_of_another_user_is_an_error_at_validation_not_a_traceback(tmp_path,
+                                                                                 other_user):
+    from iotrt.graph import GraphError, load_graph
+
+    home = tmp_path / "home"
+    (home / ".local" / "state").mkdir(parents=True)
+    os.chown(home / ".local" / "state", *other_user)   # where the pointer would be kept
+    with pytest.raises(GraphError, match="cannot set up the default runtime folder"):
+        load_graph(one_node_graph(tmp_path), environ={"HOME": str(home)})

@@ -4,9 +4,7 @@ nodes are refused in a group at file:line."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
+import time
 
 import pytest
 
@@ -40,7 +38,8 @@ def test_a_crash_in_a_group_restarts_its_process_and_the_rest_of_the_graph_runs_
             params: {{marker: {mc}}}
     """)
     up(g)
-    h.wait_for(lambda: len(h.marker_pids(mb)) >= 2, 30, "b restarted with a's crash")
+    h.wait_for(lambda: len(h.marker_pids(ma)) >= 2 and len(h.marker_pids(mb)) >= 2, 30,
+               "b restarted with a's crash")
     assert h.marker_pids(ma)[:2] == h.marker_pids(mb)[:2]      # one process, both times
     assert len(h.marker_pids(mc)) == 1                         # c was never touched
     reply = h.wait_for(lambda: (r := _ps(g, env)) and r["processes"][0]["state"] == "running"
@@ -108,12 +107,13 @@ def test_per_process_settings_must_agree_within_a_group(graph_file):
         load_graph(g)
 
 
-def test_a_node_that_returns_while_its_group_runs_takes_the_process_down(
-        graph_file, up, tmp_path, h):
+def test_a_node_that_returns_by_itself_leaves_its_group_running(graph_file, up, env, tmp_path, h):
+    """A node with nothing to do (a bridge with no broker configured) just ends: the others in
+    its process run on, and the supervisor stops expecting its heartbeats."""
     ma = tmp_path / "a.pids"
     g = graph_file(f"""
         name: early
-        supervisor: {{backoff: {{initial_s: 0.1}}}}
+        supervisor: {{heartbeat_s: 0.2, liveness_s: 1.0, backoff: {{initial_s: 0.1}}}}
         nodes:
           - id: a
             run: {{node}}
@@ -122,8 +122,12 @@ def test_a_node_that_returns_while_its_group_runs_takes_the_process_down(
           - id: b
             run: {{node}}
             process: pair
-            params: {{behaviour: exit, after_s: 0.5}}
+            params: {{behaviour: exit, after_s: 0.3}}
     """)
     u = up(g)
-    u.wait_log("returned while the others run")
-    h.wait_for(lambda: len(h.marker_pids(ma)) >= 2, 20, "the group restarted")
+    u.wait_log("node b is done (returned by itself); its process runs on")
+    t0 = time.monotonic()
+    h.wait_for(lambda: time.monotonic() - t0 > 3.0, 5, "three liveness periods")
+    (pair,) = _ps(g, env)["processes"]
+    assert pair["state"] == "running" and pair["restarts"] == 0
+    assert len(h.marker_pids(ma)) == 1

@@ -21,7 +21,7 @@ def _maps(pid: int) -> str:
 
 
 def test_supervisor_and_lock_processes_load_neither_numpy_nor_cv2(up, env, h):
-    u = up(DOOR, CAMERA_SOURCE="sim", CAMERA_FPS="5")
+    u = up(DOOR, CAMERA_SOURCE="sim", CAMERA_FPS="5", WEB_PORT="0")
     graph = load_graph(DOOR, environ={**env, "CAMERA_SOURCE": "sim"})
     reply = h.wait_for(lambda: (r := _ps(graph)) and r["state"] == "running" and r, 120,
                        "the door graph running")
