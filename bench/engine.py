@@ -112,6 +112,18 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
+def _context_switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of this process so far, all threads."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nvcsw, r.ru_nivcsw
+
+
+def _thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 def child(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -131,6 +143,8 @@ def child(args: argparse.Namespace) -> int:
     for _ in range(args.warmup):
         run()
     times, cpu = [], []  # wall and CPU (this process, all its threads) ms per run
+    switches = _context_switches()
+    threads_seen = _thread_count()
     start = time.perf_counter()
     while len(times) < args.max_iters and (
         len(times) < args.min_iters or time.perf_counter() - start < args.min_seconds
@@ -139,6 +153,8 @@ def child(args: argparse.Namespace) -> int:
         run()
         times.append((time.perf_counter_ns() - t) / 1e6)
         cpu.append((time.process_time_ns() - c) / 1e6)
+        threads_seen = max(threads_seen, _thread_count())
+    voluntary, involuntary = (b - a for a, b in zip(switches, _context_switches()))
     model = info.pop("model", None)
     info.update(
         backend=getattr(model, "backend", info.get("backend")),
@@ -146,6 +162,11 @@ def child(args: argparse.Namespace) -> int:
         p90_ms=float(np.percentile(times, 90)),
         cpu_p50_ms=float(np.median(cpu)),
         iters=len(times),
+        # where wall time beyond CPU time goes: waits (voluntary: sleeps, locks, I/O) or
+        # preemption by other programs (involuntary), per run; and the threads the process had
+        waits_per_run=voluntary / len(times),
+        preempted_per_run=involuntary / len(times),
+        threads=threads_seen,
         load_s=load_s,
         peak_rss_mb=peak_rss_mb(),
     )
@@ -253,6 +274,8 @@ def combine(measurements: list[dict]) -> dict:
     out["p50_ms"] = float(statistics.median(m["p50_ms"] for m in ok))
     out["p90_ms"] = float(statistics.median(m["p90_ms"] for m in ok))
     out["cpu_p50_ms"] = float(statistics.median(m["cpu_p50_ms"] for m in ok))
+    for k in ("waits_per_run", "preempted_per_run"):
+        out[k] = float(statistics.median(m.get(k, 0.0) for m in ok))
     out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in ok)
     out["p50_spread_ms"] = [min(m["p50_ms"] for m in ok), max(m["p50_ms"] for m in ok)]
     out["passes"] = len(ok)
@@ -293,6 +316,10 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         rc = num["cpu_p50_ms"] / ref["cpu_p50_ms"]
         lines.append(f"{case.name}: numpy / {ref_label.split()[0]} CPU time per run = {rc:.2f}x"
                      " (the same comparison without the waits other programs cause)")
+        lines.append(f"{case.name}: wall beyond CPU: numpy preempted {num['preempted_per_run']:.2f}/run,"
+                     f" waited {num['waits_per_run']:.2f}/run, {num.get('threads', '?')} thread(s);"
+                     f" {ref_label.split()[0]} preempted {ref['preempted_per_run']:.2f}/run,"
+                     f" waited {ref['waits_per_run']:.2f}/run, {ref.get('threads', '?')} thread(s)")
         rss = num["peak_rss_mb"]
         lines.append(f"{case.name}: numpy peak RSS = {rss:.1f} MB" + _verdict(rss, RSS_BEFORE_MB.get(case.name), " MB"))
     if auto and best_raw:

@@ -6,7 +6,7 @@ that allocates nothing for convolutions, pooling and elementwise ops in steady s
 fall back to the reference kernels, which allocate).
 
 Convolution: a 1x1 stride-1 conv is one GEMM on the input as it lies. Depthwise and grouped
-convs (and dense ones whose output is wide enough) copy the input once into zero-bordered phase
+convs (and dense ones on a few channels with a large kernel) copy the input once into zero-bordered phase
 planes and build their im2col matrix from "wide rows" of them (see `_build_wide`): one strided
 copy per plane with long inner loops, then one batched `np.matmul(..., out=)` over the groups.
 Other convs build the im2col matrix from the kernel's shifted slices (only the border strips
@@ -95,6 +95,11 @@ def _activation(m: NumpyModel, y: np.ndarray, attrs: dict) -> Callable[[], None]
 
 
 ZERO_ROW = 64 * 1024  # bytes: 16384 float32 zeros
+# A dense conv on a few channels with a large kernel (a first layer on RGB: 3 x 5x5 or 7x7)
+# builds its im2col matrix from phase planes (a copy per plane) rather than one copy per tap:
+# BlazeFace's first conv 340 -> 190 us; convs with more channels or 3x3 kernels gain nothing.
+WIDE_DENSE_CHANNELS = 4
+WIDE_DENSE_TAPS = 25
 
 
 def _row_length(size: int, limit: int) -> int:
@@ -349,7 +354,7 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
         return step_1x1
 
     shuffle = m._shuffled.get(node.inputs[0])
-    if group > 1:
+    if group > 1 or (c <= WIDE_DENSE_CHANNELS and kh * kw >= WIDE_DENSE_TAPS):
         if shuffle is not None:
             src, g, per = shuffle
             shuffle = (m.t(src), g, per)

@@ -66,6 +66,11 @@ CONVS = {
     "same lower": ((1, 3, 8, 8), (4, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
     "batch 3": ((3, 4, 6, 6), (5, 4, 3, 3), {"pads": [1, 1, 1, 1]}),
     "pad wider than kernel": ((1, 2, 4, 4), (3, 2, 2, 2), {"pads": [3, 3, 3, 3]}),
+    # dense convs on few channels with large kernels take the phase-plane path
+    "rgb 5x5 stride 2 (phase planes)": ((1, 3, 16, 16), (8, 3, 5, 5), {"strides": [2, 2], "pads": [1, 2, 2, 1]}),
+    "rgb 7x7 stride 2 batch 2 (phase planes)": ((2, 3, 19, 17), (4, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    "4 channels 5x5 stride 3 dilation 2 (phase planes)": ((1, 4, 20, 21), (5, 4, 5, 5), {"strides": [3, 3], "dilations": [2, 2], "pads": [4, 3, 2, 4]}),
+    "1 channel 5x5 no pads (phase planes)": ((1, 1, 9, 9), (2, 1, 5, 5), {}),
 }
 
 
