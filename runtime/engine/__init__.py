@@ -50,9 +50,10 @@ def load(path: str | Path | Artifact, backend: str | None = None, threads: int |
     "auto" picks the fastest backend on this device (measured at the first load, cached next to
     the artifact: see `iotrt.engine.autotune`). `threads` fixes the backend's thread pool
     (default: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1). With `measure_in_background`, an
-    "auto" load with no cached choice returns at once on numpy and measures in a background
-    thread, switching backend between two runs when it is done (nodes use this: their first
-    result does not wait for every backend to load and be timed).
+    "auto" load with no cached choice returns at once on numpy and measures in a separate
+    process (when `path` is a file; else in a background thread), switching backend between
+    two runs when it is done (nodes use this: their first result does not wait for every backend
+    to load and be timed, and their process imports only the framework it ends up running).
     """
     art = path if isinstance(path, Artifact) else read(path)
     threads = default_threads() if threads is None else threads
@@ -62,7 +63,7 @@ def load(path: str | Path | Artifact, backend: str | None = None, threads: int |
 
         where = None if isinstance(path, Artifact) else Path(path)
         return autotune.load_auto(art, where, list(BACKENDS), lambda n: _load(art, n, threads), threads,
-                                  background=measure_in_background)
+                                  background=measure_in_background, isolate=measure_in_background)
     return _load(art, backend, threads)
 
 

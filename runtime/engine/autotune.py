@@ -18,16 +18,28 @@ once in a background thread after it has warmed up (`RECHECK_AFTER_RUNS` runs): 
 against the other candidates, on fresh instances so the node's own runs are not disturbed. It
 switches only when a challenger wins by the clear margin, and caches the result as settled.
 
+Nodes measure in a separate process (`load(..., measure_in_background=True)` on an artifact
+file): a fresh `python -m iotrt.engine.autotune ARTIFACT` builds and times every candidate,
+caches the choice and prints it, while the node keeps running on numpy; the node then builds
+only the winner. So a node process imports the one framework it runs (a perception process
+that imported onnxruntime, LiteRT and cv2.dnn only to time them kept ~35 MB of them for
+good), and a crash in a framework's native code while measuring costs a measurement, not the
+node. The measuring process stops at its next round when the node is gone.
+
 Everything runs with the thread count the caller fixed: a choice measured with 4 threads says
 nothing about a node that gets 1 core.
 """
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +64,9 @@ RECHECK_AFTER_RUNS = 50
 # Outputs of a candidate may differ from the numpy reference by this much (absolute, after scaling
 # by max(1, |reference|)): float32 summation order differs between engines, wrong weights do not.
 AGREEMENT_TOL = 1e-3
+# The measuring process: building every backend and ~4 s of timing; a hung framework is killed.
+CHILD_TIMEOUT_S = 300.0
+CHILD_LOG_LINES = 40  # its last log lines are logged here
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,10 @@ Runner = Callable[[], object]
 
 class Cancelled(Exception):
     """A background measurement stopped because the program is exiting."""
+
+
+class MeasureError(RuntimeError):
+    """The measuring process failed, hung or printed no choice; the message says which."""
 
 
 _background = threading.local()  # .cancel: set in the background measuring thread only
@@ -428,19 +447,31 @@ def recheck(
     return new, built[new.backend]
 
 
+Job = Callable[[], tuple[Choice, object | None]]
+
+
 class AutoModel:
     """What `load(..., backend="auto")` returns: runs the chosen backend's model. When the
-    choice is unsettled it re-checks once, in a background thread, after `recheck_after` runs,
-    and from then on runs the re-check's winner (swapped between two calls, never during one).
+    choice is unsettled it re-checks once, in the background, after `recheck_after` runs, and
+    from then on runs the re-check's winner (swapped between two calls, never during one).
+
+    A job returns (choice, a model of its backend) when it measured in this process, or
+    (choice, None) when another process measured: then `build(choice.backend)` makes the model
+    in the caller's thread, at the next `run` (or `wait_recheck`). `isolated`: the jobs only
+    wait for another process, so their thread may be a daemon.
     """
 
-    def __init__(self, model, choice: Choice, recheck_job: Callable[[], tuple[Choice, object]] | None,
-                 recheck_after: int = RECHECK_AFTER_RUNS):
+    def __init__(self, model, choice: Choice, recheck_job: Job | None,
+                 recheck_after: int = RECHECK_AFTER_RUNS,
+                 build: Callable[[str], object] | None = None, isolated: bool = False):
         self._model = model
         self.choice = choice
         self._job = None if choice.settled else recheck_job
         self._countdown = recheck_after
         self._thread: threading.Thread | None = None
+        self._build = build
+        self._pending: Choice | None = None  # another process's winner, not built yet
+        self._isolated = isolated
 
     @property
     def backend(self) -> str:
@@ -459,22 +490,25 @@ class AutoModel:
         return self._model.meta
 
     def run(self, feeds):
+        if self._pending is not None:
+            self._adopt()
         if self._job is not None:
             self._countdown -= 1
             if self._countdown <= 0:
                 self.start(self._job)
         return self._model.run(feeds)
 
-    def start(self, job: Callable[[], tuple[Choice, object]]) -> None:
-        """Run `job` (-> (choice, a fresh model of its backend)) in the background now."""
+    def start(self, job: Job) -> None:
+        """Run `job` in the background now. In-process measuring is not a daemon: one killed at
+        exit inside a framework's native code aborts the process ("terminate called without an
+        active exception"); it stops by itself instead, at its next backend or round, once the
+        main thread has ended. A job that only waits for another process is a daemon."""
         self._job = None
-        # Not a daemon: one killed at exit inside a framework's native code aborts the process
-        # ("terminate called without an active exception"). It stops by itself instead, at its
-        # next backend or round, once the main thread has ended.
-        self._thread = threading.Thread(target=self._recheck, args=(job,), name="iotrt-auto-recheck")
+        self._thread = threading.Thread(target=self._recheck, args=(job,), name="iotrt-auto-recheck",
+                                        daemon=self._isolated)
         self._thread.start()
 
-    def _recheck(self, job: Callable[[], tuple[Choice, object]]) -> None:
+    def _recheck(self, job: Job) -> None:
         main = threading.main_thread()
         _background.cancel = lambda: not main.is_alive()
         try:
@@ -486,45 +520,155 @@ class AutoModel:
             log.exception("auto re-check failed; keeping %s", self.choice.backend)
             return
         if choice.backend != self._model.backend:
+            if model is None:
+                self._pending = choice  # built by the model's own thread, between two runs
+                return
             self._model = model  # one attribute store: the next run() uses it
         self.choice = choice
 
+    def _adopt(self) -> None:
+        choice, self._pending = self._pending, None
+        try:
+            self._model = self._build(choice.backend)
+        except Exception:  # noqa: BLE001  e.g. its framework fails here: keep the working model
+            log.exception("auto: cannot load the measured winner %s; keeping %s", choice.backend,
+                          self._model.backend)
+            return
+        self.choice = choice
+        log.info("auto: switched to %s", choice.backend)
+
     def wait_recheck(self, timeout: float | None = None) -> bool:
-        """Block until a started re-check is done (tests, benchmarks); True if none is running."""
+        """Block until a started re-check is done and its winner is in use (tests, benchmarks);
+        True if none is running. Call it from the thread that runs the model."""
         if self._thread is not None:
             self._thread.join(timeout)
-            return not self._thread.is_alive()
+            if self._thread.is_alive():
+                return False
+        if self._pending is not None:
+            self._adopt()
         return True
 
 
+# ---- measuring in a separate process ---------------------------------------------------------
+
+_children: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _stop_children() -> None:
+    for proc in list(_children):
+        proc.kill()
+
+
+def measure_in_child(artifact: Path, threads: int, recheck: bool = False,
+                     timeout: float = CHILD_TIMEOUT_S) -> Choice:
+    """Measure in a fresh process (`python -m iotrt.engine.autotune`), which imports every
+    candidate framework, caches its choice next to the artifact and prints it; this process
+    imports none of them. `recheck`: re-check the cached unsettled choice instead."""
+    cmd = [sys.executable, "-m", "iotrt.engine.autotune", str(artifact), "--threads", str(threads)]
+    if recheck:
+        cmd.append("--recheck")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _children.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise MeasureError(f"measuring {artifact.name} took over {timeout:g} s; killed") from None
+    finally:
+        _children.discard(proc)
+    for line in err.splitlines()[-CHILD_LOG_LINES:]:
+        log.info("(measuring process %d) %s", proc.pid, line)
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise MeasureError(f"measuring process for {artifact.name} exited {proc.returncode}: {last}")
+    try:
+        data = json.loads(lines[-1])
+        return Choice(**{k: data[k] for k in ("backend", "medians_ms", "rounds", "rejected", "key",
+                                              "scores_ms", "settled")})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MeasureError(f"measuring process for {artifact.name} printed no choice: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m iotrt.engine.autotune ARTIFACT --threads N [--recheck]`: measure, cache, and
+    print the choice as one JSON line (logs go to stderr)."""
+    p = argparse.ArgumentParser(prog="python -m iotrt.engine.autotune", description=main.__doc__)
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--recheck", action="store_true", help="re-check the cached unsettled choice")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    parent = os.getppid()
+    _background.cancel = lambda: os.getppid() != parent  # the node is gone: stop measuring
+    from iotrt.engine import BACKENDS, _load, read
+
+    art = read(args.artifact)
+    names = list(BACKENDS)
+
+    def build(name: str):
+        return _load(art, name, args.threads)
+
+    feeds = random_feeds(art.inputs)
+    key = device_key(args.artifact, args.threads)
+    old = read_cache(args.artifact, key) if args.recheck else None
+    try:
+        if old is None:
+            _, choice = first_choice(args.artifact, key, names, build, feeds)
+        elif not old.settled:
+            choice, _ = recheck(args.artifact, old, names, build, feeds)
+        else:
+            choice = old  # settled meanwhile (another process measured): nothing to do
+    except Cancelled:
+        log.info("the process that asked for this measurement is gone; stopping")
+        return 3
+    print(json.dumps(asdict(choice)), flush=True)
+    return 0
+
+
 def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], object], threads: int,
-              background: bool = False):
+              background: bool = False, isolate: bool = False):
     """`iotrt.engine.load(..., backend="auto")`: the model on this device's fastest backend.
 
     With `background` and no cached choice yet, the model starts on the numpy reference at once
-    and the first measurement runs in a background thread (on its own instances), switching to
-    its winner when done: a node's first result does not wait for every backend to load and be
-    timed.
+    and the first measurement runs in the background, switching to its winner when done: a
+    node's first result does not wait for every backend to load and be timed. With `isolate`
+    (and an artifact file) every measurement, first or re-check, runs in a separate process
+    (`measure_in_child`), so this one loads only the winner.
     """
     feeds = random_feeds(art.inputs)
     key = device_key(path, threads) if path is not None else {"threads": str(threads)}
+    isolate = isolate and path is not None
 
-    def again(choice: Choice) -> Callable[[], tuple[Choice, object]]:
+    def again(choice: Choice) -> Job:
+        if isolate:
+            return lambda: (measure_in_child(path, threads, recheck=True), None)
         return lambda: recheck(path, choice, names, build, feeds)
 
     found = cached(path, key, names, build)
     if found is not None:
         model, choice = found
-        return AutoModel(model, choice, again(choice))
+        return AutoModel(model, choice, again(choice), build=build, isolated=isolate)
     if not background:
         model, choice = first_choice(path, key, names, build, feeds)
-        return AutoModel(model, choice, again(choice))
+        return AutoModel(model, choice, again(choice), build=build, isolated=isolate)
     provisional = Choice(REFERENCE, {}, 0, {}, key, {}, settled=False)
-    auto = AutoModel(build(REFERENCE), provisional, None)
+    auto = AutoModel(build(REFERENCE), provisional, None, build=build, isolated=isolate)
 
-    def measure_first() -> tuple[Choice, object]:
+    def measure_first() -> tuple[Choice, object | None]:
+        if isolate:
+            return measure_in_child(path, threads), None
         model, choice = first_choice(path, key, names, build, feeds)
         return choice, model
 
     auto.start(measure_first)
     return auto
+
+
+if __name__ == "__main__":
+    from iotrt.engine.autotune import main as _main  # the package's module, not a second copy
+
+    sys.exit(_main())
