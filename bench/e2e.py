@@ -16,7 +16,8 @@ what the rule node missed. CPU % and RSS per node from /proc through psutil (RSS
 library pages once per process; PSS splits them and is the honest total).
 
 Targets on the 2-core reference machine: capture -> decision p99 <= 33 ms (one frame period),
-no growing backlog, first detection within 3 s, total memory reported against 200 MB.
+no growing backlog, first detection within 2.0 s cold and 1.5 s warm, total memory reported
+against 200 MB.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pynng
 
 from iotrt.bus import Subscriber
 from iotrt.control import ControlError, call
 from iotrt.graph import load_graph
 
 ROOT = Path(__file__).resolve().parents[1]
+COLD_S, WARM_S = 2.0, 1.5  # `iotrt up` -> first detection (issue 19)
 
 
 def pct(values, q) -> float:
@@ -60,6 +63,12 @@ class Run:
         topics = self.graph.topics()
         self.detections = Subscriber(topics["faces/detections"], queue=64)
         self.decisions = Subscriber(topics["rules/decisions"], queue=64)
+        # The first detection is timed on a socket of its own that redials every 20 ms: the bus's
+        # subscribers back off to 1 s while a publisher is away (here: until the detector has
+        # started), which added up to half a second of the benchmark's own to the start time.
+        self._first = pynng.Sub0(recv_buffer_size=64, reconnect_time_min=10, reconnect_time_max=20)
+        self._first.subscribe(b"")
+        self._first.dial(topics["faces/detections"], block=False)
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iotrt", "up", str(graph_path)], env=env,
@@ -71,14 +80,21 @@ class Run:
             if self.proc.poll() is not None:
                 raise SystemExit(f"iotrt up exited with {self.proc.returncode}:\n"
                                  f"{self.proc.stderr.read().decode(errors='replace')[-3000:]}")
-            if self.detections.recv(timeout_s=0.5) is not None:
-                return time.monotonic() - self.t0
+            try:
+                self._first.recv_timeout = 500
+                self._first.recv()
+            except pynng.Timeout:
+                continue
+            seen = time.monotonic() - self.t0
+            self._first.close()
+            return seen
         raise SystemExit(f"no detection within {timeout_s:.0f} s")
 
     def ps(self) -> dict:
         return call(self.graph.control_address, "ps", timeout_s=5.0)
 
     def stop(self) -> int:
+        self._first.close()
         self.detections.close()
         self.decisions.close()
         if self.proc.poll() is None:
@@ -208,8 +224,9 @@ def main() -> int:
     grows = last > 2 * first + period_ms
     print(f"backlog: decision p50 first {r['wall'] / 6:.0f} s {first:.1f} ms, last "
           f"{r['wall'] / 6:.0f} s {last:.1f} ms -> {'GROWING' if grows else 'none'}")
-    print(f"first detection: cold {cold:.2f} s, warm {warm:.2f} s (target 3 s: "
-          f"{'met' if warm <= 3 else 'NOT met'} warm, {'met' if cold <= 3 else 'NOT met'} cold)")
+    print(f"first detection: cold {cold:.2f} s (target <= {COLD_S:g} s: "
+          f"{'met' if cold <= COLD_S else 'NOT met'}), warm {warm:.2f} s (target <= {WARM_S:g} s: "
+          f"{'met' if warm <= WARM_S else 'NOT met'})")
     print()
     print(f"{'process':12s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s}")
     for name in r["cpu"]:
