@@ -124,9 +124,40 @@ def _thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def paired_child(args: argparse.Namespace) -> int:
+    """Two runners in one process, one call of each per round in alternating order: whatever
+    load the machine has hits both alike, so the ratio of their p50s is fair even when the
+    machine is busy (separate processes minutes apart see different loads)."""
+    import numpy as np
+
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
+    a, info = _make_runner(args.kind, args.path, shape, args.threads)
+    b, _ = _make_runner(args.against, args.against_path, shape, args.threads)
+    for _ in range(args.warmup + 1):
+        a()
+        b()
+    ta, tb = [], []
+    start = time.perf_counter()
+    while len(ta) < args.max_iters and (
+        len(ta) < args.min_iters or time.perf_counter() - start < args.min_seconds
+    ):
+        first, second = ((a, ta), (b, tb)) if len(ta) % 2 == 0 else ((b, tb), (a, ta))
+        for run, times in (first, second):
+            t = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - t) / 1e6)
+    model = info.pop("model", None)
+    print(json.dumps({"backend": getattr(model, "backend", None), "p50_ms": float(np.median(ta)),
+                      "against_p50_ms": float(np.median(tb)), "ratio": float(np.median(ta) / np.median(tb)),
+                      "rounds": len(ta)}))
+    return 0
+
+
 def child(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if args.against:
+        return paired_child(args)
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
     run, info = _make_runner(args.kind, args.path, shape, args.threads)
@@ -201,7 +232,8 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
-def measure(kind: str, path: Path, shape, args, settle: bool = False) -> dict:
+def measure(kind: str, path: Path, shape, args, settle: bool = False,
+            against: tuple[str, Path] | None = None) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--child", kind, "--path", str(path),
         "--threads", str(args.threads), "--min-iters", str(args.min_iters),
@@ -212,6 +244,8 @@ def measure(kind: str, path: Path, shape, args, settle: bool = False) -> dict:
         cmd += ["--shape", ",".join(map(str, shape))]
     if settle:
         cmd.append("--settle")
+    if against:
+        cmd += ["--against", against[0], "--against-path", str(against[1])]
     proc = subprocess.run(
         cmd, env=child_env(args.threads), capture_output=True, text=True, timeout=args.timeout
     )
@@ -286,7 +320,7 @@ def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def report(case: Case, results: dict[str, dict]) -> list[str]:
+def report(case: Case, results: dict[str, dict], paired: dict | None = None) -> list[str]:
     ok = {k: v for k, v in results.items() if "error" not in v}
     raw = {k: v for k, v in ok.items() if not k.startswith("iotrt")}
     best_raw = min(raw.items(), key=lambda kv: kv[1]["p50_ms"]) if raw else None
@@ -324,8 +358,15 @@ def report(case: Case, results: dict[str, dict]) -> list[str]:
         lines.append(f"{case.name}: numpy peak RSS = {rss:.1f} MB" + _verdict(rss, RSS_BEFORE_MB.get(case.name), " MB"))
     if auto and best_raw:
         r = auto["p50_ms"] / best_raw[1]["p50_ms"]
-        lines.append(f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) = {r:.2f}x"
-                     + _verdict(r, 1.1))
+        text = f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) = {r:.2f}x"
+        if paired is None:
+            lines.append(text + _verdict(r, 1.1))
+        else:
+            spread = ", ".join(f"{b} {x:.2f}" for b, x in zip(paired["chosen"], paired["ratios"]))
+            lines.append(text + " in separate processes; fresh choice + interleaved in one process"
+                         f" vs {paired['against']}, {len(paired['ratios'])} passes: median "
+                         f"{paired['ratio']:.2f}x, worst {max(paired['ratios']):.2f}x ({spread})"
+                         + _verdict(max(paired["ratios"]), 1.1))
     return lines
 
 
@@ -359,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     p.add_argument("--settle", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--against", help=argparse.SUPPRESS)
+    p.add_argument("--against-path", help=argparse.SUPPRESS)
+    p.add_argument("--busy", type=int, default=0,
+                   help="keep this many cores busy with spinning processes for the whole run "
+                        "(auto must hold on a loaded device)")  # fmt: skip
     args = p.parse_args(argv)
     if args.child:
         args.kind = args.child
@@ -370,8 +416,54 @@ def main(argv: list[str] | None = None) -> int:
         f"fresh subprocess, {args.repeats} passes per runner in rotating order (median shown).\nOPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
         f"subprocesses (here: {unset}); tests and CI keep them."
     )
+    if args.busy:
+        print(f"{args.busy} core(s) kept busy by spinning processes for the whole run")
     summary: list[str] = []
     everything: dict[str, dict] = {}
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        measure_all(args, summary, everything)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    print("\nratios")
+    for line in summary:
+        print("  " + line)
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=2))
+    return 0
+
+
+def pair_auto(case: Case, runs, results: dict[str, dict], args) -> dict | None:
+    """auto against the fastest raw runner (by CPU time, which load stretches least), in one
+    process per pass, interleaved. Each of the `args.repeats` passes starts from a fresh choice
+    (cache deleted, first load measured again, under whatever load the machine has), so the
+    figure says how often auto chooses right, not just once. Returns the median ratio."""
+    from iotrt.engine.autotune import cache_path
+
+    raw = {label: r for label, r in results.items() if not label.startswith("iotrt") and "error" not in r}
+    if case.artifact is None or "error" in results.get("iotrt auto", {"error": 1}) or not raw:
+        return None
+    best = min(raw, key=lambda label: raw[label]["cpu_p50_ms"])
+    kind, path = next((k, p) for label, k, p in runs if label == best)
+    ratios, chosen = [], []
+    for rep in range(args.repeats):
+        cache_path(case.artifact).unlink(missing_ok=True)
+        first = measure("iotrt:auto", case.artifact, case.shape, args, settle=True)
+        print(f"  {case.name}: fresh auto choice {first.get('backend', first.get('error'))}; auto vs "
+              f"{best}, interleaved (pass {rep + 1}/{args.repeats}) ...", flush=True)
+        m = measure("iotrt:auto", case.artifact, case.shape, args, against=(kind, path))
+        if "error" not in m:
+            ratios.append(m["ratio"])
+            chosen.append(m["backend"])
+    if not ratios:
+        return None
+    return {"against": best, "ratios": ratios, "chosen": chosen,
+            "ratio": float(statistics.median(ratios))}
+
+
+def measure_all(args, summary: list[str], everything: dict[str, dict]) -> None:
     with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as tmp:
         cases = prepare(args.models.split(","), Path(tmp), args)
         for case in cases:
@@ -391,14 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {case.name}: {label} (pass {rep + 1}/{args.repeats}) ...", flush=True)
                     passes[label].append(measure(kind, path, case.shape, args))
             results = {label: combine(ms) for label, ms in passes.items()}
-            everything[case.name] = results
-            summary += report(case, results)
-    print("\nratios")
-    for line in summary:
-        print("  " + line)
-    if args.json:
-        args.json.write_text(json.dumps(everything, indent=2))
-    return 0
+            paired = pair_auto(case, runs, results, args)
+            everything[case.name] = {**results, "auto paired": paired}
+            summary += report(case, results, paired)
 
 
 if __name__ == "__main__":
