@@ -99,8 +99,6 @@ ZERO_ROW = 64 * 1024  # bytes: 16384 float32 zeros
 # builds its im2col matrix from phase planes (a copy per plane) rather than one copy per tap:
 # BlazeFace's first conv 340 -> 190 us; convs with more channels or 3x3 kernels gain nothing.
 WIDE_DENSE_CHANNELS = 4
-# Pooling reduces channels in blocks of about this many bytes of row-reduced data (L2-sized).
-POOL_BLOCK_BYTES = 256 * 1024
 WIDE_DENSE_TAPS = 25
 
 
@@ -533,48 +531,40 @@ def _build_pool(m: NumpyModel, node: Node) -> Step:
         interior = xp[:, :, begin[0]:begin[0] + x.shape[2], begin[1]:begin[1] + x.shape[3]]
     # Separable: reduce over the kernel's rows first (kh - 1 ops on whole rows, which numpy
     # vectorises), then over its columns (kw - 1 ops on strided views of data already shrunk
-    # by the vertical stride): kh + kw - 2 passes instead of kh * kw - 1. Channels go through in
-    # blocks whose row-reduced part fits in cache (the passes are memory bound).
+    # by the vertical stride): kh + kw - 2 passes instead of kh * kw - 1.
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, strides, dil, outs
     combine = np.maximum if is_max else np.add
-    n, c = x.shape[:2]
-    item = x.dtype.itemsize
-    cb = max(1, min(c, POOL_BLOCK_BYTES // max(1, n * ho * need[1] * item)))
+    rows = [xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, :need[1]] for i in range(kh)]
     scratch = m._scratch
-    part = [((n, cb, ho, need[1]), x.dtype)]
+    part = [(x.shape[:2] + (ho, need[1]), x.dtype)]
     if kh > 1:
         scratch.need_parts(part)
-    blocks: list = []
+    cols: list = []
     inv_count = None if is_max else (1.0 / avg_pool_divisor(x.shape, a)).astype(x.dtype)
 
     def bind() -> None:
-        v1_all = scratch.parts(part)[0] if kh > 1 else None
-        for c0 in range(0, c, cb):
-            ch = slice(c0, min(c, c0 + cb))
-            rows = [xp[:, ch, i * dh:i * dh + (ho - 1) * sh + 1:sh, :need[1]] for i in range(kh)]
-            v1 = v1_all[:, :ch.stop - ch.start] if kh > 1 else rows[0]
-            cols = [v1[..., j * dw:j * dw + (wo - 1) * sw + 1:sw] for j in range(kw)]
-            copy = None if interior is None else (interior[:, ch], x[:, ch])
-            blocks.append((copy, rows, v1, cols, y[:, ch]))
+        v1 = scratch.parts(part)[0] if kh > 1 else rows[0]
+        cols.extend(v1[..., j * dw:j * dw + (wo - 1) * sw + 1:sw] for j in range(kw))
+        cols.append(v1)
 
     def step() -> None:
-        if not blocks:
+        if not cols:
             bind()
-        for copy, rows, v1, cols, yb in blocks:
-            if copy is not None:
-                np.copyto(*copy)
-            if kh > 1:
-                combine(rows[0], rows[1], out=v1)
-                for v in rows[2:]:
-                    combine(v1, v, out=v1)
-            if kw > 1:
-                combine(cols[0], cols[1], out=yb)
-                for v in cols[2:]:
-                    combine(yb, v, out=yb)
-            else:
-                np.copyto(yb, cols[0])
-            if inv_count is not None:
-                np.multiply(yb, inv_count, out=yb)
+        if interior is not None:
+            np.copyto(interior, x)
+        v1 = cols[-1]
+        if kh > 1:
+            combine(rows[0], rows[1], out=v1)
+            for v in rows[2:]:
+                combine(v1, v, out=v1)
+        if kw > 1:
+            combine(cols[0], cols[1], out=y)
+            for v in cols[2:kw]:
+                combine(y, v, out=y)
+        else:
+            np.copyto(y, cols[0])
+        if inv_count is not None:
+            np.multiply(y, inv_count, out=y)
     return step
 
 
