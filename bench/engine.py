@@ -136,20 +136,22 @@ def paired_child(args: argparse.Namespace) -> int:
     for _ in range(args.warmup + 1):
         a()
         b()
-    ta, tb = [], []
+    ta, tb, ca, cb = [], [], [], []  # wall and CPU ms per call
     start = time.perf_counter()
     while len(ta) < args.max_iters and (
         len(ta) < args.min_iters or time.perf_counter() - start < args.min_seconds
     ):
-        first, second = ((a, ta), (b, tb)) if len(ta) % 2 == 0 else ((b, tb), (a, ta))
-        for run, times in (first, second):
-            t = time.perf_counter_ns()
+        first, second = ((a, ta, ca), (b, tb, cb)) if len(ta) % 2 == 0 else ((b, tb, cb), (a, ta, ca))
+        for run, times, cpu in (first, second):
+            t, c = time.perf_counter_ns(), time.process_time_ns()
             run()
             times.append((time.perf_counter_ns() - t) / 1e6)
+            cpu.append((time.process_time_ns() - c) / 1e6)
     model = info.pop("model", None)
-    print(json.dumps({"backend": getattr(model, "backend", None), "p50_ms": float(np.median(ta)),
-                      "against_p50_ms": float(np.median(tb)), "ratio": float(np.median(ta) / np.median(tb)),
-                      "rounds": len(ta)}))
+    print(json.dumps({"backend": getattr(model, "backend", None), "rounds": len(ta),
+                      "ratio": float(np.median(ta) / np.median(tb)),  # p50 wall
+                      "lq_ratio": float(np.percentile(ta, 25) / np.percentile(tb, 25)),
+                      "cpu_ratio": float(np.median(ca) / np.median(cb))}))
     return 0
 
 
@@ -350,11 +352,12 @@ def report(case: Case, results: dict[str, dict], paired: dict | None = None,
         if numpy_paired is None:
             lines.append(f"{case.name}: numpy / {ref_label.split()[0]} latency = {r:.2f}x" + _verdict(r, target))
         else:
-            spread = ", ".join(f"{x:.2f}" for x in numpy_paired["ratios"])
-            lines.append(f"{case.name}: numpy / {ref_label.split()[0]} latency = {r:.2f}x in separate "
-                         f"processes; interleaved in one process, {len(numpy_paired['ratios'])} passes: "
-                         f"median {numpy_paired['ratio']:.2f}x ({spread})"
-                         + _verdict(numpy_paired["ratio"], target))
+            p = numpy_paired
+            lines.append(f"{case.name}: numpy / {ref_label.split()[0]}, interleaved in one process, "
+                         f"{len(p['ratios'])} passes (medians): CPU time per run {p['cpu_ratio']:.2f}x "
+                         f"({_list(p['cpu_ratios'])}), p50 latency {p['ratio']:.2f}x, lower-quartile "
+                         f"latency {p['lq_ratio']:.2f}x; separate processes: p50 latency {r:.2f}x"
+                         + _verdict(p["cpu_ratio"], target))
         rc = num["cpu_p50_ms"] / ref["cpu_p50_ms"]
         lines.append(f"{case.name}: numpy / {ref_label.split()[0]} CPU time per run = {rc:.2f}x"
                      " (the same comparison without the waits other programs cause)")
@@ -366,15 +369,17 @@ def report(case: Case, results: dict[str, dict], paired: dict | None = None,
         lines.append(f"{case.name}: numpy peak RSS = {rss:.1f} MB" + _verdict(rss, RSS_BEFORE_MB.get(case.name), " MB"))
     if auto and best_raw:
         r = auto["p50_ms"] / best_raw[1]["p50_ms"]
-        text = f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) = {r:.2f}x"
         if paired is None:
-            lines.append(text + _verdict(r, 1.1))
+            lines.append(f"{case.name}: auto (chose {auto.get('backend')}) / best raw ({best_raw[0]}) "
+                         f"= {r:.2f}x" + _verdict(r, 1.1))
         else:
-            spread = ", ".join(f"{b} {x:.2f}" for b, x in zip(paired["chosen"], paired["ratios"]))
-            lines.append(text + " in separate processes; fresh choice + interleaved in one process"
-                         f" vs {paired['against']}, {len(paired['ratios'])} passes: median "
-                         f"{paired['ratio']:.2f}x, worst {max(paired['ratios']):.2f}x ({spread})"
-                         + _verdict(max(paired["ratios"]), 1.1))
+            p = paired
+            chose = ", ".join(f"{b} {x:.2f}" for b, x in zip(p["chosen"], p["cpu_ratios"]))
+            lines.append(f"{case.name}: auto / best raw ({p['against']}), each pass a fresh choice then "
+                         f"interleaved in one process, {len(p['ratios'])} passes: CPU time per run worst "
+                         f"{max(p['cpu_ratios']):.2f}x ({chose}); p50 latency median {p['ratio']:.2f}x "
+                         f"({_list(p['ratios'])}), lower-quartile latency median {p['lq_ratio']:.2f}x; "
+                         f"separate processes: p50 latency {r:.2f}x" + _verdict(max(p["cpu_ratios"]), 1.1))
     return lines
 
 
@@ -383,6 +388,10 @@ NUMPY_TARGETS = {"blazeface": 2.5, "light_shufflenet": 2.5, "light_squeezenet": 
 # numpy peak RSS before the depthwise/pool kernels (docs/compile.md table, 2026-11-25): not above
 RSS_BEFORE_MB = {"blazeface": 47, "light_squeezenet": 52, "light_shufflenet": 58, "light_resnet50": 172,
                  "light_inception_v1": 101}
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
 
 
 def _verdict(value: float, target: float | None, unit: str = "x") -> str:
@@ -455,7 +464,7 @@ def pair_auto(case: Case, runs, results: dict[str, dict], args) -> dict | None:
         return None
     best = min(raw, key=lambda label: raw[label]["cpu_p50_ms"])
     kind, path = next((k, p) for label, k, p in runs if label == best)
-    ratios, chosen = [], []
+    ratios = []
     for rep in range(args.repeats):
         cache_path(case.artifact).unlink(missing_ok=True)
         first = measure("iotrt:auto", case.artifact, case.shape, args, settle=True)
@@ -463,12 +472,9 @@ def pair_auto(case: Case, runs, results: dict[str, dict], args) -> dict | None:
               f"{best}, interleaved (pass {rep + 1}/{args.repeats}) ...", flush=True)
         m = measure("iotrt:auto", case.artifact, case.shape, args, against=(kind, path))
         if "error" not in m:
-            ratios.append(m["ratio"])
-            chosen.append(m["backend"])
-    if not ratios:
-        return None
-    return {"against": best, "ratios": ratios, "chosen": chosen,
-            "ratio": float(statistics.median(ratios))}
+            ratios.append(m)
+    summary = summarize_pairs(ratios)
+    return None if summary is None else {"against": best, **summary}
 
 
 def reference_label(case: Case) -> str:
@@ -486,8 +492,19 @@ def pair_numpy(case: Case, runs, args) -> dict | None:
         print(f"  {case.name}: numpy vs {ref[0]}, interleaved (pass {rep + 1}/{args.repeats}) ...", flush=True)
         m = measure("iotrt:numpy", case.artifact, case.shape, args, against=ref)
         if "error" not in m:
-            ratios.append(m["ratio"])
-    return {"ratios": ratios, "ratio": float(statistics.median(ratios))} if ratios else None
+            ratios.append(m)
+    return summarize_pairs(ratios)
+
+
+def summarize_pairs(passes: list[dict]) -> dict | None:
+    """Per statistic (p50 wall, lower-quartile wall, p50 CPU): each pass's ratio and the median."""
+    if not passes:
+        return None
+    out: dict = {"chosen": [m.get("backend") for m in passes]}
+    for key in ("ratio", "lq_ratio", "cpu_ratio"):
+        out[key + "s"] = [m[key] for m in passes]
+        out[key] = float(statistics.median(out[key + "s"]))
+    return out
 
 
 def measure_all(args, summary: list[str], everything: dict[str, dict]) -> None:
