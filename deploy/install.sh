@@ -51,6 +51,18 @@ as_user() {   # run a command as the service user
     if [ "$USER_NAME" = "$(id -un)" ]; then "$@"; else runuser -u "$USER_NAME" -- "$@"; fi
 }
 
+# `iotrt validate` in the folders systemd gives the service (the unit's StateDirectory= and
+# RuntimeDirectory=): without them the defaults are under the caller's home, and the service
+# user's, /var/lib/iotrt, is made only by systemd at the first start. Validating creates
+# neither folder. validate_as_service: as the service user, who must be able to read it all.
+SERVICE_DIRS="STATE_DIRECTORY=/var/lib/iotrt RUNTIME_DIRECTORY=/run/iotrt"
+validate() {
+    env $SERVICE_DIRS "$VENV/bin/iotrt" validate "$@"
+}
+validate_as_service() {
+    as_user env $SERVICE_DIRS "$VENV/bin/iotrt" validate "$@"
+}
+
 ensure_user() {
     if ! id "$USER_NAME" >/dev/null 2>&1; then
         say "creating system user $USER_NAME"
@@ -119,7 +131,7 @@ cmd_install() {
     need_root
     ensure_user
     install_package "${2:-}"
-    "$VENV/bin/iotrt" validate "$graph" || die "fix the graph first"
+    validate "$graph" || die "fix the graph first"
     name=$(graph_name "$graph")
     files=$("$VENV/bin/python" -m iotrt.deploy.graphfiles "$graph") || die "cannot list the files of $graph"
     dest=$ETC/$name
@@ -137,7 +149,7 @@ cmd_install() {
         chmod -R u=rwX,g=rX,o= "$dest"
     fi
     installed=$dest/$(basename "$graph")
-    as_user "$VENV/bin/iotrt" validate "$installed" \
+    validate_as_service "$installed" \
         || die "the service user cannot use $installed (see above)"
     unit=$(write_unit "$installed" "$name")
     { grep -v "^$name " "$MANIFEST" 2>/dev/null || true; echo "$name $installed"; } > "$MANIFEST.new"
@@ -159,7 +171,7 @@ cmd_upgrade() {
     while read -r name graph; do
         [ -n "$name" ] || continue
         if [ ! -f "$graph" ]; then say "skipping $name: $graph is gone"; continue; fi
-        as_user "$VENV/bin/iotrt" validate "$graph" >/dev/null </dev/null \
+        validate_as_service "$graph" >/dev/null </dev/null \
             || { say "skipping $name: $graph does not validate with the new version"; continue; }
         unit=$(write_unit "$graph" "$name" </dev/null)
         say "rewrote $unit"
