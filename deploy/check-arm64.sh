@@ -21,7 +21,8 @@
 # Needs root (debootstrap, chroot, mounts), debootstrap and qemu-user-static. It mounts only
 # under its own run folder (plus binfmt_misc if it was not mounted), registers its own binfmt
 # entry only if none exists, and undoes all of it on exit. The host's /etc and services are
-# never touched. Prints a summary table; exit 0 when every step passed.
+# never touched. Prints a summary table; exit 0 when every step passed (or, for armhf, was
+# skipped for want of a package that has no armv7 wheel: see docs/deploy.md, "32-bit").
 set -euo pipefail
 
 usage() { sed -n '6,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -39,8 +40,9 @@ BASE_PACKAGES=python3,python3-venv,libatomic1,systemd,ca-certificates,procps
 # 32-bit (armhf): the package index has no armv7 wheel of these dependencies; the Debian packages
 # docs/deploy.md names stand in for them (python3-opencv is left out: with its ~170 libraries,
 # Qt, VTK and GDAL among them, it is too heavy to install under emulation; pynng is in no
-# Debian release).
-ARMHF_APT=python3-numpy,python3-yaml,python3-msgpack,python3-psutil,python3-cffi,python3-lz4,python3-zstandard
+# Debian release). python3-ply is for debootstrap, whose resolver does not follow the virtual
+# package (python3-ply-lex-3.10) that python3-pycparser, a dependency of python3-cffi, names.
+ARMHF_APT=python3-numpy,python3-yaml,python3-msgpack,python3-psutil,python3-cffi,python3-lz4,python3-zstandard,python3-ply
 
 
 # --- arguments -------------------------------------------------------------------------------
@@ -583,7 +585,7 @@ step_install_apt() {
     fi
     pick() { printf '%s\n' "${PACKAGES[@]}" | awk -v how="$1" '$3 == how { printf "%s%s", s, $1; s = ", " }'; }
     system=$(pick system) wheels=$(pick wheel) MISSING=$(pick missing)
-    record "install (32-bit)" ok "in ${INSTALL_S}s; from Debian: ${system:-none}; wheels: ${wheels:-none}; no armv7 wheel nor Debian package: ${MISSING:-none}"
+    record "install (32-bit)" ok "in ${INSTALL_S}s; from Debian: ${system:-none}; wheels: ${wheels:-none}; missing (neither in the root nor an armv7 wheel): ${MISSING:-none}"
 }
 
 step_unit() {

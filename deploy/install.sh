@@ -51,16 +51,16 @@ as_user() {   # run a command as the service user
     if [ "$USER_NAME" = "$(id -un)" ]; then "$@"; else runuser -u "$USER_NAME" -- "$@"; fi
 }
 
-# `iotrt validate` in the folders systemd gives the service (the unit's StateDirectory= and
-# RuntimeDirectory=): without them the defaults are under the caller's home, and the service
-# user's, /var/lib/iotrt, is made only by systemd at the first start. Validating creates
-# neither folder. validate_as_service: as the service user, who must be able to read it all.
-SERVICE_DIRS="STATE_DIRECTORY=/var/lib/iotrt RUNTIME_DIRECTORY=/run/iotrt"
-validate() {
-    env $SERVICE_DIRS "$VENV/bin/iotrt" validate "$@"
-}
-validate_as_service() {
-    as_user env $SERVICE_DIRS "$VENV/bin/iotrt" validate "$@"
+# Every iotrt command below sees the folders systemd gives the service (the unit's
+# StateDirectory= and RuntimeDirectory=), not the caller's defaults: validating then checks the
+# socket paths the service will use and creates no folder. (The service user's default state
+# folder is under its home, /var/lib/iotrt, which only systemd creates, at the first start.)
+export STATE_DIRECTORY=/var/lib/iotrt RUNTIME_DIRECTORY=/run/iotrt
+unset IOTRT_STATE_DIR IOTRT_RUNTIME_DIR
+
+validate_as_service() {   # as the service user, who must be able to read it all
+    as_user env STATE_DIRECTORY="$STATE_DIRECTORY" RUNTIME_DIRECTORY="$RUNTIME_DIRECTORY" \
+        "$VENV/bin/iotrt" validate "$@"
 }
 
 ensure_user() {
@@ -131,7 +131,7 @@ cmd_install() {
     need_root
     ensure_user
     install_package "${2:-}"
-    validate "$graph" || die "fix the graph first"
+    "$VENV/bin/iotrt" validate "$graph" || die "fix the graph first"
     name=$(graph_name "$graph")
     files=$("$VENV/bin/python" -m iotrt.deploy.graphfiles "$graph") || die "cannot list the files of $graph"
     dest=$ETC/$name

@@ -161,7 +161,7 @@ def test_the_armhf_root_has_the_debian_packages_docs_deploy_md_tells_a_32_bit_us
     dependencies without an armv7 wheel: the same ones docs/deploy.md's apt-get line names."""
     arm64 = set(plan(tmp_path / "cache", apt)["recipe"].split("include=")[1].split(","))
     armhf = set(plan(tmp_path / "cache", apt, "--arch", "armhf")["recipe"].split("include=")[1].split(","))
-    stand_ins = armhf - arm64
+    stand_ins = armhf - arm64 - {"python3-ply"}    # debootstrap's resolver needs it named
     assert {"python3-numpy", "python3-yaml", "python3-msgpack"} <= stand_ins
     docs = (SCRIPT.parents[1] / "docs" / "deploy.md").read_text()
     section = docs[docs.index("### 32-bit"):]
