@@ -241,13 +241,26 @@ class Supervisor:
         if self.ready_sent:
             return
         if all(s.state in (State.RUNNING, State.EXITED, State.FAILED) for s in self.slots.values()):
+            # Every process is running or has ended for good. "Up" means it sent ready and did
+            # not fail: a node that ended before it was ready (a file with nothing to run) or
+            # gave up is named, never counted.
             self.ready_sent = True
             took = now - self.started_at
-            log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.graph.nodes),
-                     took)
+            down = [(nid, s) for s in self.slots.values()
+                    if not (s.state == State.RUNNING
+                            or (s.state == State.EXITED and s.running_since is not None))
+                    for nid in s.members]
+            up = len(self.graph.nodes) - len(down)
+            if down:
+                log.warning("graph %s: %d of %d nodes up in %.2fs; not up: %s",
+                            self.graph.name, up, len(self.graph.nodes), took,
+                            "; ".join(f"{nid} {s.state.value} ({s.reason})" for nid, s in down))
+            else:
+                log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, up, took)
             self.notifier.notify("READY=1")
             self._status(self._summary())
-            self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took})
+            self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took,
+                                 "up": up, "not_up": [nid for nid, _ in down]})
 
     def _watchdog(self, now: float) -> None:
         if not self.notifier.watchdog_s or now < self._next_ping:

@@ -49,6 +49,7 @@ FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
 COVERED = {
     ("README.md", "sh", "iotrt up configs/door.yaml"): "tests/e2e/test_quickstart.py",
     ("docs/nodes.md", "python", ""): "tests/runtime/test_docs.py",
+    ("docs/nodes.md", "yaml", "my_nodes/facecount.py"): "tests/e2e/test_door_console.py",
     ("docs/compile.md", "python", ""): "tests/compiler/test_compile_docs.py",
     ("docs/actuators.md", "yaml", "kind: lock"): "tests/actuators/test_docs.py",
     ("docs/actuators.md", "python", "# buzzer.py"): "tests/actuators/test_docs.py",
