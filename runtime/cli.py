@@ -14,6 +14,7 @@ import os
 import sys
 
 from iotrt import __version__
+from iotrt.console import setup_logging
 
 # verb -> (module, one-line help). Adding a verb means adding one module and one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -77,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.verb is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if ns.verbose else logging.INFO)
     try:
         module = _load(ns.verb)
     except CommandUnavailable as exc:

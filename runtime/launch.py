@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 
+from iotrt.console import setup_logging
 from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
                             done_body, process_configs)
 
@@ -173,10 +174,7 @@ def main() -> int:
         print(f"iotrt.launch: {exc}", file=sys.stderr)
         return 2
     config = configs[0]
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(getattr(logging, config.log_level.upper(), logging.INFO))
     log = logging.getLogger(f"iotrt.node.{config.id}")
     if not all(c.target for c in configs):
         log.error("no target in the node config")

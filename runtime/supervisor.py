@@ -29,6 +29,7 @@ from iotrt import shm
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
+from iotrt.console import SHOWN, decision_line
 from iotrt.control import Rates, Usage, process_row, ps_row, topics_table
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
@@ -42,6 +43,7 @@ from iotrt.states import (
 )
 
 log = logging.getLogger("iotrt.supervisor")
+decisions = logging.getLogger("iotrt.events")    # one line per decision: iotrt.console
 RESTART_ORDER = ("never", "on-failure", "always")
 
 EXIT_OK = 0
@@ -437,12 +439,16 @@ class Supervisor:
     def _write_record(self, body) -> tuple[int | None, str]:
         """Journal a node's record: (event id, "") or (None, why not)."""
         try:
-            return self.journal.write_record(body), ""
+            event_id = self.journal.write_record(body)
         except BadRecord as exc:      # the node sent nonsense: its problem, not the journal's
             return None, str(exc)
         except JournalError as exc:
             log.error("journal write failed: %s", exc)
             return None, f"the journal could not be written: {exc}"
+        line = decision_line(body["kind"], body["id"], body["fields"])   # checked by the journal
+        if line is not None:
+            decisions.log(SHOWN[body["kind"]], "%s", line)
+        return event_id, ""
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:
