@@ -15,12 +15,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from iotrt.errors import ConfigError
 
-class SpecError(ValueError):
+
+class SpecError(ConfigError, ValueError):
     """A node target whose SPEC cannot be found or is malformed."""
 
 
-class ParamError(ValueError):
+class ParamError(ConfigError, ValueError):
     """Parameters that do not match a node's SPEC. `errors` lists every problem found."""
 
     def __init__(self, errors: list[str]):

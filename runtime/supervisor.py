@@ -31,6 +31,7 @@ from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
 from iotrt.console import SHOWN, decision_line
 from iotrt.control import Rates, Usage, process_row, ps_row, topics_table
+from iotrt.errors import SupervisionError
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
@@ -51,8 +52,10 @@ EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should esca
 EXIT_SETUP = 2            # could not even start (sockets, journal, already running)
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(SupervisionError, RuntimeError):
     """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
+
+    exit_code = 2     # EXIT_SETUP
 
 
 class Supervisor:
