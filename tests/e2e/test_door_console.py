@@ -66,10 +66,10 @@ def door(tmp_path_factory):
 
 def test_console_shows_each_decision_in_one_line(door):
     u, _, _ = door
+    wait_for(lambda: re.search(r"all \d+ nodes up", u.text), 240, "the graph up")
     lines = [
-        "all 11 nodes up",
         "iotrt.events: who: recognised owner",
-        "iotrt.events: rules: rule unlock_for_enrolled -> lock: unlock duration_s=5 who=owner",
+        "iotrt.events: rules: rule unlock_for_enrolled -> lock: unlock ",
         "iotrt.events: lock: unlocked for 5 s (owner)",
         "iotrt.events: lock: re-locked (timeout)",
         "iotrt.events: rules: rule visitor -> doorbell: notify",
@@ -91,7 +91,7 @@ def test_console_shows_each_decision_in_one_line(door):
 
 def test_custom_node_from_the_guide_runs_and_echo_shows_it(door, tmp_path):
     u, graph, env = door
-    u.wait_log("all 11 nodes up", timeout=240)
+    wait_for(lambda: re.search(r"all \d+ nodes up", u.text), 240, "the graph up")
     out = tmp_path / "echo.txt"
     with open(out, "w") as f:
         echo = subprocess.Popen([sys.executable, "-m", "iotrt", "echo", "facecount/count",
