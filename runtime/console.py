@@ -47,7 +47,7 @@ def text(value: Any, limit: int = MAX_TEXT) -> str:
     """A value from a record as one bounded, printable line."""
     s = value if isinstance(value, str) else repr(value)
     s = "".join(c if c.isprintable() else "?" for c in s[:limit + 1])
-    return s if len(s) <= limit else s[:limit - 1] + "…"
+    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 def _seconds(value: Any) -> str | None:
@@ -59,7 +59,7 @@ def _seconds(value: Any) -> str | None:
 def _names(value: Any) -> list[str]:
     names = [text(n, 40) for n in value[:MAX_NAMES + 1] if isinstance(n, str)] \
         if isinstance(value, list) else []
-    return names[:MAX_NAMES] + (["…"] if len(names) > MAX_NAMES else [])
+    return names[:MAX_NAMES] + (["..."] if len(names) > MAX_NAMES else [])
 
 
 def _count(value: Any) -> int:
