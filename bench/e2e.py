@@ -145,6 +145,7 @@ def measure(run: Run, seconds: float) -> dict:
         "stale": (stale_last or 0) - (stale_first or 0),
         "bench_drops": (run.detections.drops - drops0[0], run.decisions.drops - drops0[1]),
         "cpu": cpu, "rss": rss, "pss": pss, "ps": {r["node"]: r for r in ps["nodes"]},
+        "pids": {name: p.pid for name, p in procs.items()},
     }
 
 

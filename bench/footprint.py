@@ -52,12 +52,30 @@ def ungrouped_copy(graph: Path, folder: Path) -> Path:
     return out
 
 
-def run_once(graph: Path, env: dict, seconds: float) -> dict:
+def mappings(pid: int) -> dict[str, int]:
+    """PSS (bytes) of one process by what is mapped: each shared library or file by its name,
+    the Python heap and other anonymous memory as "[anon]", stacks, etc. From /proc/PID/smaps."""
+    out: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and not head[0].endswith(":"):     # a mapping's header line
+                name = os.path.basename(head[5].strip()) if len(head) > 5 else "[anon]"
+                name = re.sub(r"\.so[.\d]*$", ".so", name)
+            elif head[0] == "Pss:":
+                out[name] = out.get(name, 0) + int(head[1]) * 1024
+    return out
+
+
+def run_once(graph: Path, env: dict, seconds: float, breakdown: bool = False) -> dict:
     warm = Run(graph, env)
     try:
         warm.first_detection_s()
         r = measure(warm, seconds)
         rows = warm.ps()
+        if breakdown:
+            r["maps"] = {name: mappings(pid) for name, pid in r["pids"].items()}
     finally:
         warm.stop()
     local = set()
@@ -85,6 +103,9 @@ def report(label: str, r: dict) -> None:
           f"{pct(r['dec_ms'], 99):.1f} ms over {len(r['dec_ms'])} decisions; input drops "
           f"{r['drops']} (whole run), lost on in-process inputs {r['local_drops']} "
           f"({', '.join(r['local_inputs']) or 'none'})")
+    for name, maps in r.get("maps", {}).items():
+        top = sorted(maps.items(), key=lambda kv: -kv[1])[:8]
+        print(f"    {name}: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in top if v >= MB / 2))
 
 
 def verdict(ok: bool) -> str:
@@ -96,6 +117,8 @@ def main() -> int:
     ap.add_argument("--graph", type=Path, default=ROOT / "configs" / "door.yaml")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured steady state per run")
     ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print each process's PSS by mapping (libraries, [anon] heap)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotrt-fp-") as tmp:
         env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
@@ -122,8 +145,8 @@ def main() -> int:
         else:
             raise SystemExit("the engine's backend choice never settled")
         t0 = time.monotonic()
-        grouped = run_once(args.graph, env, args.seconds)
-        flat_r = run_once(flat, env, args.seconds)
+        grouped = run_once(args.graph, env, args.seconds, args.breakdown)
+        flat_r = run_once(flat, env, args.seconds, args.breakdown)
         print(f"(both runs took {time.monotonic() - t0:.0f} s)")
     report("grouped (as shipped: process groups)", grouped)
     report("one process per node (process: lines removed)", flat_r)
