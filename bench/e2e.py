@@ -112,6 +112,7 @@ def measure(run: Run, seconds: float) -> dict:
     cpu0 = {n: p.cpu_times() for n, p in procs.items()}
     t_start = time.monotonic()
     det_ms, dec_ms, det_at, dec_at = [], [], [], []
+    hops: dict[str, list[float]] = {}     # capture -> each hop of a decision's trace, in ms
     stale_first = stale_last = None
     # Drain everything that queued up before the window: only steady state counts.
     while run.detections.recv_nowait() is not None or run.decisions.recv_nowait() is not None:
@@ -132,6 +133,8 @@ def measure(run: Run, seconds: float) -> dict:
             if ms is not None:
                 dec_ms.append(ms)
                 dec_at.append(time.monotonic() - t_start)
+                for hop, t_ns in env.trace:
+                    hops.setdefault(hop, []).append((t_ns - env.stamp_ns) / 1e6)
     wall = time.monotonic() - t_start
     cpu, rss, pss = {}, {}, {}
     for name, p in procs.items():
@@ -142,6 +145,7 @@ def measure(run: Run, seconds: float) -> dict:
     ps = run.ps()
     return {
         "wall": wall, "det_ms": det_ms, "dec_ms": dec_ms, "det_at": det_at, "dec_at": dec_at,
+        "hops": hops,
         "stale": (stale_last or 0) - (stale_first or 0),
         "bench_drops": (run.detections.drops - drops0[0], run.decisions.drops - drops0[1]),
         "cpu": cpu, "rss": rss, "pss": pss, "ps": {r["node"]: r for r in ps["nodes"]},

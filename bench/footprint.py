@@ -103,6 +103,8 @@ def report(label: str, r: dict) -> None:
           f"{pct(r['dec_ms'], 99):.1f} ms over {len(r['dec_ms'])} decisions; input drops "
           f"{r['drops']} (whole run), lost on in-process inputs {r['local_drops']} "
           f"({', '.join(r['local_inputs']) or 'none'})")
+    print("  capture -> each hop of a decision: " + ", ".join(
+        f"{hop} p50 {pct(ms, 50):.1f} p99 {pct(ms, 99):.1f}" for hop, ms in r["hops"].items()))
     for name, maps in r.get("maps", {}).items():
         top = sorted(maps.items(), key=lambda kv: -kv[1])[:8]
         print(f"    {name}: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in top if v >= MB / 2))
