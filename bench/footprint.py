@@ -1,6 +1,6 @@
 """Footprint benchmark: the door graph run both ways, process groups vs one process per node.
 
-    python bench/footprint.py [--seconds 60] [--fps 30] [--graph configs/door.yaml]
+    python bench/footprint.py [--seconds 60] [--fps 30] [--repeat 1] [--breakdown] [--graph G]
 
 One invocation runs the same graph twice on the sim camera (640x480): as shipped, with its
 `process:` groups (sensing / perception / action / the lock alone), and with every `process:`
@@ -91,18 +91,34 @@ def run_once(graph: Path, env: dict, seconds: float, breakdown: bool = False) ->
     return r
 
 
+def pooled(runs: list[dict]) -> dict:
+    """Runs of one layout as one: memory and CPU from the first, latencies and drops of all."""
+    r = dict(runs[0])
+    r["dec_ms"] = [ms for x in runs for ms in x["dec_ms"]]
+    r["hops"] = {hop: [ms for x in runs for ms in x["hops"].get(hop, [])] for hop in r["hops"]}
+    r["drops"] = sum(x["drops"] for x in runs)
+    r["local_drops"] = sum(x["local_drops"] for x in runs)
+    r["runs"] = runs
+    return r
+
+
 def report(label: str, r: dict) -> None:
     print(f"\n{label}")
-    print(f"  {'process':14s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s}")
+    print(f"  {'process':14s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s} {'runq ms/s':>10s}")
     for name in r["cpu"]:
         print(f"  {name:14s} {r['cpu'][name]:7.1f} {r['rss'][name] / MB:8.1f} "
-              f"{r['pss'][name] / MB:8.1f}")
+              f"{r['pss'][name] / MB:8.1f} {r['runq'][name]:10.1f}")
     print(f"  {'total':14s} {sum(r['cpu'].values()):7.1f} {sum(r['rss'].values()) / MB:8.1f} "
           f"{sum(r['pss'].values()) / MB:8.1f}   ({len(r['cpu'])} processes)")
     print(f"  capture -> decision: p50 {pct(r['dec_ms'], 50):.1f} ms, p99 "
           f"{pct(r['dec_ms'], 99):.1f} ms over {len(r['dec_ms'])} decisions; input drops "
           f"{r['drops']} (whole run), lost on in-process inputs {r['local_drops']} "
           f"({', '.join(r['local_inputs']) or 'none'})")
+    if len(r["runs"]) > 1:
+        print(f"  {len(r['runs'])} runs (memory above: the first): total PSS "
+              + ", ".join(f"{sum(x['pss'].values()) / MB:.1f}" for x in r["runs"])
+              + " MB; capture -> decision p99 "
+              + ", ".join(f"{pct(x['dec_ms'], 99):.1f}" for x in r["runs"]) + " ms")
     print("  capture -> each hop of a decision: " + ", ".join(
         f"{hop} p50 {pct(ms, 50):.1f} p99 {pct(ms, 99):.1f}" for hop, ms in r["hops"].items()))
     for name, maps in r.get("maps", {}).items():
@@ -119,6 +135,9 @@ def main() -> int:
     ap.add_argument("--graph", type=Path, default=ROOT / "configs" / "door.yaml")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured steady state per run")
     ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each layout, alternated (ABBA) so that a change in the "
+                         "machine's load weighs on both; latencies are pooled")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print each process's PSS by mapping (libraries, [anon] heap)")
     args = ap.parse_args()
@@ -147,9 +166,12 @@ def main() -> int:
         else:
             raise SystemExit("the engine's backend choice never settled")
         t0 = time.monotonic()
-        grouped = run_once(args.graph, env, args.seconds, args.breakdown)
-        flat_r = run_once(flat, env, args.seconds, args.breakdown)
-        print(f"(both runs took {time.monotonic() - t0:.0f} s)")
+        runs: dict[Path, list[dict]] = {args.graph: [], flat: []}
+        for i in range(args.repeat):
+            for graph in (args.graph, flat) if i % 2 == 0 else (flat, args.graph):
+                runs[graph].append(run_once(graph, env, args.seconds, args.breakdown))
+        grouped, flat_r = pooled(runs[args.graph]), pooled(runs[flat])
+        print(f"({2 * args.repeat} runs took {time.monotonic() - t0:.0f} s)")
     report("grouped (as shipped: process groups)", grouped)
     report("one process per node (process: lines removed)", flat_r)
     g_pss = sum(grouped["pss"].values()) / MB

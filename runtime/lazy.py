@@ -28,4 +28,18 @@ def defer(name: str) -> None:
         sys.modules[name] = LazyModule(name)
 
 
+# Imported at start-up by the runtime's dependencies, used rarely or never in a running graph:
+# asyncio: pynng's async API, which nothing here uses (it also imports ssl: ~6 MB of RSS);
+# uuid: the id of a command, made by its sender (the lock never sends one);
+# tempfile: a private /tmp runtime folder, made only where none is given;
+# difflib: "did you mean" hints in graph errors. ~1.4 MB of RSS together besides asyncio.
+RARELY_USED = ("asyncio", "uuid", "tempfile", "difflib")
+
+
+def defer_rarely_used() -> None:
+    """Called first by the processes of a running graph (the supervisor, each node process)."""
+    for name in RARELY_USED:
+        defer(name)
+
+
 numpy = LazyModule("numpy")
