@@ -6,10 +6,12 @@ node's process group also reaches anything the node spawned), in the supervisor'
 CONFIG_SCHED_AUTOGROUP (most distribution kernels) the scheduler shares CPU equally between
 sessions and applies nice only within one, so a session per node made `nice:` between nodes
 moot, and on a busy machine gave a graph a CPU share that grew with its number of processes
-(its process groups looked slower than one process per node: bench/footprint.py). The supervisor learns of its end through
-a pidfd (readable when the process exits), and reads its stdout/stderr through non-blocking
-pipes, all in the supervisor's one select() loop: no thread per node. Lines are forwarded
-through the supervisor's OutputPump, so a stalled log reader cannot block that loop.
+(its process groups looked slower than one process per node: bench/footprint.py).
+
+The supervisor learns of a node process's end through a pidfd (readable when the process
+exits), and reads its stdout/stderr through non-blocking pipes, all in the supervisor's one
+select() loop: no thread per node. Lines are forwarded through the supervisor's OutputPump, so
+a stalled log reader cannot block that loop.
 """
 
 from __future__ import annotations
