@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from typing import Any
+
+# Two threads (nodes of one process group) may touch a deferred module first at the same time:
+# one steps it aside and imports it, the other must then find the real module, not remove it.
+_swap = threading.RLock()
 
 
 class LazyModule(types.ModuleType):
@@ -15,9 +20,10 @@ class LazyModule(types.ModuleType):
     so later accesses are as fast as on the module itself."""
 
     def __getattr__(self, name: str) -> Any:
-        if sys.modules.get(self.__name__) is self:     # deferred with `defer`: step aside
-            del sys.modules[self.__name__]
-        module = importlib.import_module(self.__name__)
+        with _swap:
+            if sys.modules.get(self.__name__) is self:     # deferred with `defer`: step aside
+                del sys.modules[self.__name__]
+            module = importlib.import_module(self.__name__)
         self.__dict__.update(module.__dict__)
         return getattr(module, name)
 
