@@ -8,8 +8,13 @@ line removed (one process per node, the reference measured in the same run). Eac
 start (the compiled model is cached by a first, unmeasured start), then `--seconds` of steady
 state (the cold start that compiles the model and caches the engine's backend choice is not
 measured). Reported per OS process and in total: PSS (from /proc/PID/smaps_rollup: shared pages
-split among their sharers, the honest sum), RSS, CPU %; capture -> decision p50/p99 from each
-message's trace; drops, and the frames lost on in-process inputs (which must be zero).
+split among their sharers, the honest sum), RSS, CPU %, and the time its threads waited for a
+CPU (runq ms/s, from schedstat: on a busy machine this, not the layout, can decide the p99);
+capture -> decision p50/p99 from each message's trace, and to each hop on the way; drops, and
+the frames lost on in-process inputs (which must be zero). `--repeat N` runs each layout N
+times, alternated (grouped, flat, flat, grouped, ...), and pools the latencies; `--breakdown`
+adds each process's PSS by mapping (/proc/PID/smaps: libraries, and Python's objects in
+`[anon]` and `[heap]`).
 
 Targets (issue 12): grouped door graph <= 150 MB PSS in total, supervisor <= 25 MB RSS,
 capture -> decision p99 grouped no worse than one process per node, zero frames lost to the
