@@ -332,6 +332,12 @@ class Expression:
     # Whether evaluating can take more than a few operations (a comprehension, a call that
     # loops, or STEP_CHECK nodes or more): only then are the budgets set and the clock read.
     timed: bool = True
+    # run(context): `code` with its budgets set first and its deadline checked after when
+    # `timed`, else `code` itself (see Evaluator.evaluate).
+    run: Callable[[Any], Any] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", _budgeted(self.code) if self.timed else self.code)
 
     def __str__(self) -> str:
         return self.source
@@ -451,14 +457,32 @@ _MISSING = object()
 class _Context:
     """The state of one evaluation: variables, comprehension variables, budgets."""
 
-    __slots__ = ("names", "local", "steps", "items", "deadline", "check_at")
+    __slots__ = ("names", "local", "steps", "items", "deadline", "check_at", "timeout", "late")
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.names: Mapping[str, Any] = {}
         self.local: dict[str, Any] = {}  # comprehension variables (scoped when compiling)
         self.steps = self.items = 0
         self.check_at = STEP_CHECK
         self.deadline = 0.0
+        self.timeout = timeout_s  # budget per evaluation (monotonic seconds)
+        self.late = False  # the last timed evaluation returned after its deadline
+
+
+def _budgeted(code: Callable[[_Context], Any]) -> Callable[[_Context], Any]:
+    """A timed expression's `run`: fresh budgets, then `code`, then a look at the deadline
+    (one operation in C can outlast the budget without a step to check it)."""
+    monotonic = time.monotonic
+
+    def run(c: _Context) -> Any:
+        c.steps = c.items = 0
+        c.check_at = STEP_CHECK
+        c.deadline = deadline = monotonic() + c.timeout
+        value = code(c)
+        if monotonic() > deadline:
+            c.late = True
+        return value
+    return run
 
 
 def _check_budget(c: _Context) -> None:
@@ -806,6 +830,9 @@ class _Compiler:
             # (and any/all stop at the first deciding item), so the builtin takes it directly.
             if name in ("any", "all"):
                 return self._comprehension(node.args[0], scope, name)
+            fused = self._comprehension(node.args[0], scope, "list", _CONSUMERS[name])
+            if fused is not None:
+                return fused
             builtin, (items,) = _CONSUMERS[name], args
             return lambda c: _checked(builtin(items(c)))
         fixed = FUNCTIONS[name]
@@ -997,10 +1024,15 @@ class _Compiler:
         return lambda c: _check_size({key(c): value(c) for _ in iterate(c)})
 
     def _comprehension(self, node: ast.ListComp | ast.GeneratorExp, scope: frozenset[str],
-                       mode: str) -> Closure:
-        """A list (mode "list"), or any()/all() of it, stopping at the first deciding item."""
+                       mode: str, consumer: Callable[[list], Any] | None = None) -> Closure:
+        """A list (mode "list"), or any()/all() of it, stopping at the first deciding item.
+        With a `consumer` (max, sum, ...): the consumer's result of the list, size-checked,
+        or None when the comprehension is not a single `for NAME in ...` (the caller then
+        applies the consumer to the list itself)."""
         gen = node.generators[0]
         if len(node.generators) > 1 or not isinstance(gen.target, ast.Name):
+            if consumer is not None:
+                return None
             iterate, inner = self._loop(node, scope, [node.elt])
             elt = self.compile(node.elt, inner)
             if mode == "list":
@@ -1047,7 +1079,10 @@ class _Compiler:
             else:
                 if shadows:
                     local[name] = saved
-                return _check_size(out) if mode == "list" else mode == "all"
+                if mode != "list":
+                    return mode == "all"
+                return _check_size(out) if consumer is None else _checked(consumer(
+                    _check_size(out)))
             if shadows:
                 local[name] = saved
             return mode == "any"
@@ -1055,23 +1090,32 @@ class _Compiler:
         if shadows:
             return lambda c: checked_loop(c, iter_(c))
 
-        # A short list (a message's faces, boxes...) whose items and steps all fit before the
-        # next budget check is counted once, up front, and looped over plainly.
-        def small(c: _Context, seq: Any) -> bool:
-            if type(seq) not in _SEQUENCES:
-                return False
-            n = len(seq)
-            if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
-                return False
-            c.items += n
-            c.steps += n * steps
-            return True
+        # The fast loops below fetch a `msg.field` sequence themselves, and take a short
+        # sequence (a message's faces, boxes...) whose items and steps all fit before the next
+        # budget check by counting it once, up front, and looping over it plainly; anything
+        # else goes through checked_loop, which counts and checks item by item.
+        field = self.var_field(gen.iter, scope)
+        key, attr = field if field else (None, None)
+
+        def sequence(c: _Context) -> Any:
+            if key is None:
+                return iter_(c)
+            try:
+                v = c.names[key]
+            except KeyError:
+                raise ExpressionError(f"'{key}' is not defined") from None
+            return v[attr] if type(v) is dict and attr in v else _attribute(v, attr)
 
         if mode == "any":
             def any_loop(c: _Context) -> Any:
-                seq = iter_(c)
-                if not small(c, seq):
+                seq = sequence(c)
+                if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
+                n = len(seq)
+                if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                    return checked_loop(c, seq)
+                c.items += n
+                c.steps += n * steps
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1081,9 +1125,14 @@ class _Compiler:
             return any_loop
         if mode == "all":
             def all_loop(c: _Context) -> Any:
-                seq = iter_(c)
-                if not small(c, seq):
+                seq = sequence(c)
+                if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
+                n = len(seq)
+                if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                    return checked_loop(c, seq)
+                c.items += n
+                c.steps += n * steps
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1093,20 +1142,36 @@ class _Compiler:
             return all_loop
 
         def list_loop(c: _Context) -> Any:
-            seq = iter_(c)
-            if not small(c, seq):
+            seq = sequence(c)
+            if type(seq) not in _SEQUENCES:
                 return checked_loop(c, seq)
+            n = len(seq)
+            if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                return checked_loop(c, seq)
+            c.items += n
+            c.steps += n * steps
             local = c.local
-            out = []
-            for item in seq:
-                local[name] = item
-                if cond is None or cond(c):
+            if cond is None:
+                out = []
+                for item in seq:
+                    local[name] = item
                     out.append(elt(c))
-            return _check_size(out)
+            else:
+                out = []
+                for item in seq:
+                    local[name] = item
+                    if cond(c):
+                        out.append(elt(c))
+            _check_size(out)
+            if consumer is None:
+                return out
+            result = consumer(out)
+            return result if type(result) in _SCALARS else _checked(result)
         return list_loop
 
 
 _SEQUENCES = frozenset({list, tuple, range, str})
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def _check_loop(c: _Context) -> None:
@@ -1116,36 +1181,49 @@ def _check_loop(c: _Context) -> None:
 
 
 # Everything evaluation may raise for a bad expression or bad data; turned into ExpressionError.
-_EVAL_ERRORS = (
+EVALUATION_ERRORS = (
     ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError,
     MemoryError,
 )
 
 
+def evaluation_error(exc: BaseException) -> ExpressionError:
+    """An error of EVALUATION_ERRORS raised while evaluating, as the ExpressionError it means."""
+    return ExpressionError(f"{type(exc).__name__}: {exc}")
+
+
 class Evaluator:
-    """Evaluates compiled expressions with the sandbox's budgets. Not thread-safe: one per engine."""
+    """Evaluates compiled expressions with the sandbox's budgets. Not thread-safe: one per engine.
+
+    `evaluate(expr, names)` is: `context.names = names`, then `expr.run(context)`, where an
+    error of EVALUATION_ERRORS becomes `evaluation_error(exc)`. A caller on a hot path may do
+    exactly that itself (the rule engine does, once per rule and message), and must then read
+    `context.late` like `late` below.
+    """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.timeout_s = timeout_s
-        # Set when an evaluation returned a value after its deadline (a single operation in C
-        # can outlast the budget without a step to check it): the caller decides what it costs.
-        self.late = False
-        self._ctx = _Context()
+        self.context = _Context(timeout_s)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.context.timeout
+
+    @property
+    def late(self) -> bool:
+        """Set when an evaluation returned a value after its deadline: the caller decides
+        what it costs (and clears it)."""
+        return self.context.late
+
+    @late.setter
+    def late(self, value: bool) -> None:
+        self.context.late = value
 
     def evaluate(self, expr: Expression, names: Mapping[str, Any]) -> Any:
-        c = self._ctx
+        c = self.context
         c.names = names
         try:
-            if not expr.timed:  # a few size-checked operations: nothing to count or time
-                return expr.code(c)
-            c.steps = c.items = 0
-            c.check_at = STEP_CHECK
-            c.deadline = deadline = time.monotonic() + self.timeout_s
-            value = expr.code(c)
+            return expr.run(c)
         except ExpressionError:
             raise
-        except _EVAL_ERRORS as exc:
-            raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
-        if time.monotonic() > deadline:
-            self.late = True
-        return value
+        except EVALUATION_ERRORS as exc:
+            raise evaluation_error(exc) from None
