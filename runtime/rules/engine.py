@@ -75,7 +75,7 @@ Fire = Callable[[dict, float, list, str], None]
 _Listener = tuple[Any, Any, Any, bool, str, Any]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _RuleState:
     rule: RuleDef
     armed: bool = True  # edge: re-armed when the condition is seen false
@@ -244,15 +244,16 @@ class Engine:
         # expressions); other kinds may add to their `trigger` dict, so they get their own.
         shared = self._names(topic, msg.data, {"kind": "message", "topic": topic})
         c = self.evaluator.context
+        c.names = shared
         for rs, run, cond, edge, described, other in hits:
             if run is None:
                 other(shared, now, out)
+                c.names = shared  # (other evaluated its own variables)
                 continue
             # The commonest rule, inlined: every message is a hit, one expression condition
             # (Evaluator.evaluate inlined, see its docstring), no hold. The same as _hit.
             if rs.disabled:
                 continue
-            c.names = shared
             try:
                 ok = run(c)
             except ExpressionError as exc:
@@ -268,6 +269,7 @@ class Engine:
                 rs.armed = True  # (no hold to reset)
             elif not (edge and not rs.armed):  # else: already fired during this episode
                 rs.fire(shared, now, out, described)
+                c.names = shared
 
     def _listener(self, rs: _RuleState, i: int, trig: TriggerKind) -> _Listener:
         """What _on_message does for rule `rs`'s trigger `i` (on a topic)."""

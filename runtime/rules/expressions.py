@@ -1096,6 +1096,10 @@ class _Compiler:
         # else goes through checked_loop, which counts and checks item by item.
         field = self.var_field(gen.iter, scope)
         key, attr = field if field else (None, None)
+        # `f.score` and `f.name == "x" and f.score > 0.5` of the loop's item: computed from
+        # the item directly (no per-item closures); `test` is None for other elements.
+        test = None if cond is not None else _item_test(node.elt, name)
+        elt_attr = (node.elt.attr if cond is None and _item_field(node.elt, name) else None)
 
         def sequence(c: _Context) -> Any:
             if key is None:
@@ -1116,6 +1120,11 @@ class _Compiler:
                     return checked_loop(c, seq)
                 c.items += n
                 c.steps += n * steps
+                if test is not None:
+                    for item in seq:
+                        if test(item):
+                            return True
+                    return False
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1133,6 +1142,11 @@ class _Compiler:
                     return checked_loop(c, seq)
                 c.items += n
                 c.steps += n * steps
+                if test is not None:
+                    for item in seq:
+                        if not test(item):
+                            return False
+                    return True
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1151,7 +1165,14 @@ class _Compiler:
             c.items += n
             c.steps += n * steps
             local = c.local
-            if cond is None:
+            if elt_attr is not None:
+                out = []
+                for item in seq:
+                    if type(item) is dict and elt_attr in item:
+                        out.append(item[elt_attr])
+                    else:
+                        out.append(_attribute(item, elt_attr))
+            elif cond is None:
                 out = []
                 for item in seq:
                     local[name] = item
@@ -1168,6 +1189,36 @@ class _Compiler:
             result = consumer(out)
             return result if type(result) in _SCALARS else _checked(result)
         return list_loop
+
+
+def _item_field(node: ast.AST, name: str) -> bool:
+    """Whether `node` is `NAME.attr` (a field of the comprehension's item)."""
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == name)
+
+
+def _item_test(node: ast.AST, name: str) -> Callable[[Any], Any] | None:
+    """`NAME.a OP literal`, or such comparisons joined by `and`/`or`, as one function of the
+    item (the same value as the closures would give); None for anything else."""
+    values = node.values if isinstance(node, ast.BoolOp) else [node]
+    parts = []
+    for v in values:
+        if not (isinstance(v, ast.Compare) and len(v.ops) == 1 and _item_field(v.left, name)):
+            return None
+        const, k = _Compiler.constant(v.comparators[0])
+        if not const:
+            return None
+        parts.append((v.left.attr, _COMPARE[type(v.ops[0])], k))
+    is_or = isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or)
+
+    def test(item: Any) -> Any:
+        for attr, op, k in parts:  # Python's and/or: the deciding value is the result
+            result = op(item[attr] if type(item) is dict and attr in item
+                        else _attribute(item, attr), k)
+            if bool(result) is is_or:
+                return result
+        return result
+    return test
 
 
 _SEQUENCES = frozenset({list, tuple, range, str})
