@@ -20,6 +20,7 @@ SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 
 from __future__ import annotations
 
+import ast
 import logging
 import queue
 import threading
@@ -37,7 +38,8 @@ from iotrt.rules import (
     TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
     RulesError, Skipped, StateSet, load_rules,
 )
-from iotrt.rules.schema import CommandStep, PublishStep
+from iotrt.rules.expressions import Expression
+from iotrt.rules.schema import CommandStep, Interpolated, PublishStep
 from iotrt.yamlcheck import suggest
 
 SPEC = NodeSpec(
@@ -68,7 +70,8 @@ SPEC = NodeSpec(
     ],
 )
 
-DECISIONS = "decisions"  # the optional per-message output (see RuleNode.__init__)
+DECISIONS = "decisions"
+_DICT_METHODS = frozenset({"get", "keys", "values", "items"})  # (as the sandbox allows them)  # the optional per-message output (see RuleNode.__init__)
 # A rule that keeps failing is logged and journaled at most this often.
 ERROR_REPORT_EVERY_S = 60.0
 _STOP = object()
@@ -349,7 +352,10 @@ def check_wiring(rules: list, node: Any, graph: Any) -> tuple[list[Problem], lis
     """Rules that name ports the graph did not wire to this node, at the rules' file:line:
     a trigger on a topic that is neither an input's name nor its topic, a command or notify
     to an output no actuator's command input is wired to, a publish on an output the node
-    does not declare. (A Python rule's body is not read: its triggers are checked.)
+    does not declare; and `msg.FIELD` in a rule whose every trigger is an input whose
+    messages' fields are known (the SPEC of the node feeding it documents its output as
+    `{a, b: ..., c}`) where FIELD is not one of them. (A Python rule's body is not read: its
+    triggers are checked.)
 
     Returns (problems, notes): a name close to a wired one is a typo and a problem (`face`
     for the input `faces`: the rule could never fire); one unlike any wired name is a note,
@@ -376,6 +382,13 @@ def check_wiring(rules: list, node: Any, graph: Any) -> tuple[list[Problem], lis
                 found(rule, line, trig.topic, topics,
                       f"rule '{rule.id}' triggers on '{trig.topic}', which is not an input of "
                       f"node '{node.id}' (inputs: {_listing(inputs)})")
+        fields = _rule_fields(rule, node, graph)
+        if fields is not None:
+            for field, line in _message_fields_used(rule):
+                if field not in fields:
+                    found(rule, line, field, sorted(fields),
+                          f"rule '{rule.id}' reads msg.{field}, but the messages it triggers on "
+                          f"have the fields {', '.join(sorted(fields))}")
         for step, line in zip(rule.steps, rule.step_lines or (rule.line,) * len(rule.steps)):
             if isinstance(step, CommandStep) and step.output not in commands:
                 found(rule, line, step.output, commands,
@@ -388,6 +401,76 @@ def check_wiring(rules: list, node: Any, graph: Any) -> tuple[list[Problem], lis
                       f"rule '{rule.id}' publishes on '{step.output}', which is not an output "
                       f"of node '{node.id}' (outputs: {', '.join(outputs) or 'none'})")
     return problems, notes
+
+
+def message_fields(doc: Any) -> frozenset[str] | None:
+    """The top-level fields of messages a SPEC documents as `{a, b: [..], c: {..}}`, or None
+    when the description is not of that shape (then nothing is known about the fields)."""
+    if not isinstance(doc, str) or not doc.startswith("{") or not doc.endswith("}"):
+        return None
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(doc[1:-1], 1):
+        depth += (ch in "[{(") - (ch in "]})")
+        if ch == "," and depth == 0:
+            parts.append(doc[start:i])
+            start = i + 1
+    parts.append(doc[start:-1])
+    keys = [part.split(":", 1)[0].strip() for part in parts]
+    return frozenset(keys) if all(k.isidentifier() for k in keys) else None
+
+
+def _rule_fields(rule: Any, node: Any, graph: Any) -> frozenset[str] | None:
+    """The fields of every message that can trigger `rule`, if all its triggers are inputs of
+    `node` fed by an output whose SPEC documents them; else None."""
+    by_topic = {**{name: wire for name, wire in node.inputs.items()},
+                **{wire.topic: wire for wire in node.inputs.values()}}
+    fields: set[str] = set()
+    for trig in rule.triggers:
+        wire = by_topic.get(trig.topic) if trig.topic is not None else None
+        source = graph.nodes.get(wire.node) if wire is not None else None
+        spec = getattr(source, "spec", None)
+        known = message_fields(spec.outputs.get(wire.output)) if spec is not None else None
+        if known is None:
+            return None
+        fields |= known
+    return frozenset(fields) if rule.triggers else None
+
+
+def _message_fields_used(rule: Any) -> list[tuple[str, int]]:
+    """(field, line) of every `msg.field` in the rule's expressions (conditions, trigger
+    values, action templates); `msg.get(...)` and the other dict methods are not fields."""
+    found: list[tuple[str, int]] = []
+
+    def walk(value: Any, line: int) -> None:
+        if isinstance(value, Expression):
+            bound = {n.id for c in ast.walk(value.tree) if isinstance(c, ast.comprehension)
+                     for n in ast.walk(c.target) if isinstance(n, ast.Name)}
+            if "msg" in bound:
+                return  # a comprehension's own `msg`: not the message
+            for n in ast.walk(value.tree):
+                if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                        and n.value.id == "msg" and n.attr not in _DICT_METHODS):
+                    found.append((n.attr, line))
+        elif isinstance(value, Interpolated):
+            for part in value.parts:
+                walk(part, line)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v, line)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, line)
+
+    tlines = rule.trigger_lines or (rule.line,) * len(rule.triggers)
+    for trig, line in zip(rule.triggers, tlines):
+        walk(getattr(trig, "value", None), line)
+    clines = rule.condition_lines or (rule.line,) * len(rule.conditions)
+    for cond, line in zip(rule.conditions, clines):
+        walk(cond, line)
+    for step, line in zip(rule.steps, rule.step_lines or (rule.line,) * len(rule.steps)):
+        walk([getattr(step, name, None) for name in ("args", "data", "message", "expr")]
+             + [v for _, v in getattr(step, "values", ())], line)
+    return found
 
 
 def _listing(inputs: dict[str, str]) -> str:

@@ -49,7 +49,9 @@ from iotrt.nodes.perception.tracker import Tracker
 SPEC = NodeSpec(
     doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
     inputs={"image": "RGB uint8 frame", "detections": "detector faces with keypoints"},
-    outputs={"faces": "{faces: [{name, score, known, box}], known: [names], unknown: n}"},
+    outputs={"faces": "{faces: [{name, score, known, box, track, held, person}], "
+                      "known: [names], unknown: n, people: [names], visitors: n, method, "
+                      "unpaired}"},
     params=[
         Param("gallery", str, "gallery.npz", "gallery file written by 'iotrt enroll'"),
         Param("method", str, "lbp", "matching method", choices=tuple(METHODS)),

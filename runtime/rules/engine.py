@@ -66,13 +66,14 @@ class _Run:
     gen: _GeneratorRun | None = None
 
 
-# fire(names, now, out, trigger): a hit past its conditions and hold (cooldown, mode, run).
-Fire = Callable[[dict, float, list, str], None]
+# fire(names, now, out, trigger, fired=None): a hit past its conditions and hold (cooldown,
+# mode, run); `fired`, if given, is the Fired note to journal (made once per trigger).
+Fire = Callable[..., None]
 # What a message on a topic runs for one rule's trigger: (rule state, run, condition, edge,
-# description, None) for the commonest rule, run by _on_message itself (every message a hit,
-# one expression condition, no hold); else (rule state, None, None, False, description,
-# function(names, now, out)).
-_Listener = tuple[Any, Any, Any, bool, str, Any]
+# description, its Fired note, None) for the commonest rule, run by _on_message itself (every
+# message a hit, one expression condition, no hold); else (rule state, None, None, False,
+# description, None, function(names, now, out)).
+_Listener = tuple[Any, Any, Any, bool, str, Any, Any]
 
 
 @dataclass(eq=False, slots=True)
@@ -245,7 +246,7 @@ class Engine:
         shared = self._names(topic, msg.data, {"kind": "message", "topic": topic})
         c = self.evaluator.context
         c.names = shared
-        for rs, run, cond, edge, described, other in hits:
+        for rs, run, cond, edge, described, fired, other in hits:
             if run is None:
                 other(shared, now, out)
                 c.names = shared  # (other evaluated its own variables)
@@ -268,7 +269,7 @@ class Engine:
             if not ok:
                 rs.armed = True  # (no hold to reset)
             elif not (edge and not rs.armed):  # else: already fired during this episode
-                rs.fire(shared, now, out, described)
+                rs.fire(shared, now, out, described, fired)
                 c.names = shared
 
     def _listener(self, rs: _RuleState, i: int, trig: TriggerKind) -> _Listener:
@@ -276,12 +277,12 @@ class Engine:
         rule, described = rs.rule, trig.describe()
         cond = rs.condition
         if trig.every_message and cond is not None and rule.hold is None:
-            return rs, cond.run, cond, rule.edge, described, None
+            return rs, cond.run, cond, rule.edge, described, Fired(rule.id, described), None
         if trig.every_message:
             def every(shared: dict, now: float, out: list) -> None:
                 if not rs.disabled:
                     self._hit(rs, shared, described, now, out)
-            return rs, None, None, False, described, every
+            return rs, None, None, False, described, None, every
         evaluate, key = partial(self._eval, rs), trig.KEY
 
         def on_message(shared: dict, now: float, out: list) -> None:
@@ -295,7 +296,7 @@ class Engine:
                 return
             if hit is not None:
                 self._hit(rs, names, hit, now, out)
-        return rs, None, None, False, described, on_message
+        return rs, None, None, False, described, None, on_message
 
     def _on_time(self, now: float, out: list[Action]) -> None:
         clock = Clock(now, self.wall, self._prev_wall)
@@ -431,7 +432,8 @@ class Engine:
         """_fire for rule `rs`, specialised once per load: most rules' actions cannot pause,
         and those need only a part of what _fire decides (the same outcome)."""
         if not rs.sync:
-            def generic_fire(names: dict, now: float, out: list, trigger: str) -> None:
+            def generic_fire(names: dict, now: float, out: list, trigger: str,
+                             fired: Fired | None = None) -> None:
                 self._fire(rs, names, trigger, now, out)
             return generic_fire
         # Actions that cannot pause never leave a run behind (rs.runs and rs.queue stay empty),
@@ -442,7 +444,8 @@ class Engine:
         hold = rule.hold is not None
         only = steps[0] if len(steps) == 1 else None
 
-        def sync_fire(names: dict, now: float, out: list, trigger: str) -> None:
+        def sync_fire(names: dict, now: float, out: list, trigger: str,
+                      fired: Fired | None = None) -> None:
             if rs.disabled:
                 return
             rs.armed = rearm
@@ -453,7 +456,7 @@ class Engine:
                 out.append(Skipped(rule_id, f"cooldown ({cooldown:g}s)"))
                 return
             rs.last_fired = now
-            out.append(Fired(rule_id, trigger, False))
+            out.append(Fired(rule_id, trigger, False) if fired is None else fired)
             if only is not None:  # the commonest: one action
                 try:
                     only(self, rs, names, out)

@@ -115,6 +115,7 @@ class RuleDef:
     fingerprint: str = field(default="", compare=False)
     # Where each trigger and each action step is written (for checks against the graph).
     trigger_lines: tuple[int, ...] = field(default=(), compare=False)
+    condition_lines: tuple[int, ...] = field(default=(), compare=False)
     step_lines: tuple[int, ...] = field(default=(), compare=False)
 
     @property
@@ -246,8 +247,10 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
     triggers = tuple(parse_trigger(t, at) for t, at in zip(raw_triggers, trigger_lines))
     conditions: list[Expression | Callable] = []
     cline = line_of(d, "condition", line)
-    for i, c in enumerate(as_list(d.get("condition", []))):
-        conditions.append(c if callable(c) else expression(c, "condition", line_of(d["condition"], i, cline)))
+    condition_lines = tuple(line_of(d["condition"], i, cline)
+                            for i in range(len(as_list(d.get("condition", [])))))
+    for c, at in zip(as_list(d.get("condition", [])), condition_lines):
+        conditions.append(c if callable(c) else expression(c, "condition", at))
     hold = parse_hold(d["for"], line_of(d, "for", line)) if "for" in d else None
     cooldown = parse_duration(d.get("cooldown", 0), line_of(d, "cooldown", line))
     mode = d.get("mode", "single")
@@ -280,7 +283,7 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         description=str(description), file=file, line=line,
         # A Python rule's code cannot be compared: a reloaded one always starts afresh.
         fingerprint=repr(dict(d)) if body is None else f"python:{id(body)}",
-        trigger_lines=trigger_lines, step_lines=step_lines,
+        trigger_lines=trigger_lines, condition_lines=condition_lines, step_lines=step_lines,
     )
 
 

@@ -106,3 +106,27 @@ def test_rules_check_needs_a_node_running_the_file(door, capsys):
     shutil.copy(door / "door.rules.yaml", other)
     assert main(["rules", "check", str(other), "--graph", str(door / "door.yaml")]) == 1
     assert "no rules node of this graph runs" in capsys.readouterr().err
+
+
+def test_a_misspelt_message_field(door, capsys):
+    line = edit(door / "door.rules.yaml", "for f in msg.faces)", "for f in msg.face)")
+    assert main(["validate", str(door / "door.yaml")]) == 1
+    (problem,) = problems(capsys)
+    assert f"door.rules.yaml:{line}: rule 'unlock_for_enrolled' reads msg.face, but the " \
+           "messages it triggers on have the fields faces, known," in problem
+    assert problem.endswith("(did you mean 'faces'?)")
+
+
+def test_fields_are_read_from_the_feeding_nodes_spec():
+    from iotrt.nodes.action.rules import message_fields
+    from iotrt.nodes.perception.identity import SPEC
+
+    assert {"faces", "known", "unknown", "people", "visitors"} <= message_fields(
+        SPEC.outputs["faces"])
+    assert message_fields("{locked: bool, relock_in_s: float | None, cause: str}") == {
+        "locked", "relock_in_s", "cause"}
+    assert message_fields("{speeds: {name: -1..1}, cause: str}") == {"speeds", "cause"}
+    # not a documented mapping: nothing is known, nothing is checked
+    assert message_fields("faces {boxes, scores} or classes {top}") is None
+    assert message_fields("RGB uint8 frame (H, W, 3)") is None
+    assert message_fields("{x + y}") is None
