@@ -21,6 +21,11 @@ recognitions in real frames. Rules that count presence (a visitor at the door) u
 
 The message also gets `people` (the persons of the tracks in view, sorted) and `visitors`
 (tracks in view recognised as nobody), the view the journal's `faces_seen` follows.
+
+The limit of linking by overlap: a face that takes the place of another within the hold (a
+stranger stepping into the box the owner just left, overlapping it by `min_iou`) continues
+that track and its `person`, so the door's visitor rule would not announce them. Nothing
+that unlocks reads `person`.
 """
 
 from __future__ import annotations
