@@ -789,6 +789,10 @@ class _Compiler:
                         raise ExpressionError(f"'{key}' is not defined") from None
                     return op(v[attr] if type(v) is dict and attr in v else _attribute(v, attr), k)
                 return var_field_compare
+            if const and isinstance(node.left, ast.Call):
+                fused = self._call_compared(node.left, scope, (op, k))
+                if fused is not None:
+                    return fused
             left = self.compile(node.left, scope)
             if const:
                 return _COMPARE_CONST[type(node.ops[0])](left, k)
@@ -815,6 +819,33 @@ class _Compiler:
         return lambda c: body(c) if test(c) else orelse(c)
 
     # -- calls ---------------------------------------------------------------------------------
+
+    def _call_compared(self, node: ast.Call, scope: frozenset[str],
+                       compared: tuple[Callable[[Any, Any], Any], Any]) -> Closure | None:
+        """`len(msg.faces) > 1`, `max(f.score for f in msg.faces) > 0.8`: the call and its
+        comparison with a literal, `compared` = (operator, literal), as one closure; None for
+        other calls (compiled as usual)."""
+        if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+                and node.func.id not in scope | self.names and len(node.args) == 1
+                and not node.keywords):
+            return None
+        name, (arg,) = node.func.id, node.args
+        if name in _CONSUMERS and name not in ("any", "all") and isinstance(
+                arg, (ast.GeneratorExp, ast.ListComp)):
+            return self._comprehension(arg, scope, "list", _CONSUMERS[name], compared)
+        field = self.var_field(arg, scope)
+        if name in _SCALAR_FUNCTIONS and field:
+            fixed, (key, attr), (op, k) = FUNCTIONS[name], field, compared
+
+            def scalar_of_field_compared(c: _Context) -> Any:
+                try:
+                    v = c.names[key]
+                except KeyError:
+                    raise ExpressionError(f"'{key}' is not defined") from None
+                return op(fixed(v[attr] if type(v) is dict and attr in v
+                                else _attribute(v, attr)), k)
+            return scalar_of_field_compared
+        return None
 
     def _call(self, node: ast.Call, scope: frozenset[str]) -> Closure:
         args = [self.compile(a, scope) for a in node.args]
@@ -1024,11 +1055,13 @@ class _Compiler:
         return lambda c: _check_size({key(c): value(c) for _ in iterate(c)})
 
     def _comprehension(self, node: ast.ListComp | ast.GeneratorExp, scope: frozenset[str],
-                       mode: str, consumer: Callable[[list], Any] | None = None) -> Closure:
+                       mode: str, consumer: Callable[[list], Any] | None = None,
+                       compared: tuple[Callable[[Any, Any], Any], Any] | None = None) -> Closure:
         """A list (mode "list"), or any()/all() of it, stopping at the first deciding item.
         With a `consumer` (max, sum, ...): the consumer's result of the list, size-checked,
-        or None when the comprehension is not a single `for NAME in ...` (the caller then
-        applies the consumer to the list itself)."""
+        and compared with a literal if `compared` = (operator, literal) is given; or None
+        when the comprehension is not a single `for NAME in ...` (the caller then applies the
+        consumer to the list itself)."""
         gen = node.generators[0]
         if len(node.generators) > 1 or not isinstance(gen.target, ast.Name):
             if consumer is not None:
@@ -1081,8 +1114,10 @@ class _Compiler:
                     local[name] = saved
                 if mode != "list":
                     return mode == "all"
-                return _check_size(out) if consumer is None else _checked(consumer(
-                    _check_size(out)))
+                if consumer is None:
+                    return _check_size(out)
+                result = _checked(consumer(_check_size(out)))
+                return result if compared is None else compared[0](result, compared[1])
             if shadows:
                 local[name] = saved
             return mode == "any"
@@ -1183,11 +1218,15 @@ class _Compiler:
                     local[name] = item
                     if cond(c):
                         out.append(elt(c))
-            _check_size(out)
+            if not _SCALARS.issuperset(map(type, out)):  # (numbers alone: nothing nested)
+                _check_size(out)
             if consumer is None:
                 return out
             result = consumer(out)
-            return result if type(result) in _SCALARS else _checked(result)
+            if type(result) not in _SCALARS:
+                result = _checked(result)
+            return result if op is None else op(result, k)
+        op, k = compared if compared is not None else (None, None)
         return list_loop
 
 
