@@ -1136,18 +1136,10 @@ class _Compiler:
         test = None if cond is not None else _item_test(node.elt, name)
         elt_attr = (node.elt.attr if cond is None and _item_field(node.elt, name) else None)
 
-        def sequence(c: _Context) -> Any:
-            if key is None:
-                return iter_(c)
-            try:
-                v = c.names[key]
-            except KeyError:
-                raise ExpressionError(f"'{key}' is not defined") from None
-            return v[attr] if type(v) is dict and attr in v else _attribute(v, attr)
-
         if mode == "any":
             def any_loop(c: _Context) -> Any:
-                seq = sequence(c)
+                v = c.names.get(key, _MISSING)  # `msg.faces` read here, else iter_
+                seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
                 if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
                 n = len(seq)
@@ -1169,7 +1161,8 @@ class _Compiler:
             return any_loop
         if mode == "all":
             def all_loop(c: _Context) -> Any:
-                seq = sequence(c)
+                v = c.names.get(key, _MISSING)  # `msg.faces` read here, else iter_
+                seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
                 if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
                 n = len(seq)
@@ -1191,7 +1184,8 @@ class _Compiler:
             return all_loop
 
         def list_loop(c: _Context) -> Any:
-            seq = sequence(c)
+            v = c.names.get(key, _MISSING)
+            seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
             if type(seq) not in _SEQUENCES:
                 return checked_loop(c, seq)
             n = len(seq)
@@ -1228,6 +1222,16 @@ class _Compiler:
             return result if op is None else op(result, k)
         op, k = compared if compared is not None else (None, None)
         return list_loop
+
+
+def _fetch(c: _Context, v: Any, key: str | None, attr: str | None, iter_: Closure) -> Any:
+    """A fast loop's sequence when it is not simply `dict[attr]` of variable `key` (`v`):
+    the compiled iterable when there is no `key`, else the variable's field the slow way."""
+    if key is None:
+        return iter_(c)
+    if v is _MISSING:
+        raise ExpressionError(f"'{key}' is not defined")
+    return _attribute(v, attr)
 
 
 def _item_field(node: ast.AST, name: str) -> bool:
