@@ -266,9 +266,11 @@ class Subscriber:
                 self._sock.recv_timeout = ms
                 self._timeout_ms = ms
             try:
-                buf = recv_bytes(self._sock)
+                buf = self._sock.recv()
             except pynng.Timeout:
                 return None
+            except RuntimeError:  # an empty message (see recv_bytes)
+                buf = b""
             env = self._accept(buf)
             if env is not None:
                 return env
