@@ -19,6 +19,9 @@ from iotrt.codec import DecodeError, pack, unpack
 log = logging.getLogger("iotrt.command")
 
 PENDING = "pending"
+# Group commit: the syncer waits this long after the first unsynced write, so that the records
+# written meanwhile share one fdatasync (and one wake-up of its thread) instead of one each.
+GROUP_S = 0.005
 _LEN = struct.Struct("<I")
 
 
@@ -27,16 +30,17 @@ class IdStore:
     file of records `[u32 length][msgpack [id, state]][u32 crc32 of the msgpack]`.
 
     `set` returns once the record is written (the kernel has it: it survives the death of
-    this process); a syncer thread puts what was written on disk with one fdatasync for all
-    the records written since its last one (group commit), so no caller waits for the disk.
-    `sync()` waits for it. Records with the id "" are the store's own: `{"boot": <kernel boot
-    id>}` when a process opens it, `{"closed": True}` after a clean `close` (everything synced).
+    this process). A syncer thread puts it on disk `GROUP_S` later with one fdatasync for
+    everything written meanwhile (group commit), so no caller waits for the disk; `sync()`
+    waits for it. Records with the id "" are the store's own: `{"boot": <kernel boot id>}` when
+    a process opens it, `{"closed": True}` after a clean `close` (everything synced).
 
-    A power loss can lose what was written but not yet synced. The next open sees it: the
-    file was last opened under another boot and not closed (or a record is damaged). Then
-    `fenced` is true: the server
-    answers "outcome unknown" to a retry of an unknown id whose first attempt was sent before
-    this store was opened (it may be one of the lost), and runs everything else.
+    A power loss can lose what was written but not yet synced. The next open sees it: the file
+    was last opened under another boot and not closed (or a record is damaged). Then `fenced`
+    is true: the server answers "outcome unknown" to a retry of an unknown id whose first
+    attempt may have been sent before this store was opened (it may be one of the lost), and
+    runs everything else. So the syncer decides only how much a power loss forgets (what it
+    forgets is never run twice), and a few milliseconds of grouping cost nothing in safety.
 
     Loading never raises on a damaged file: a record whose checksum fails is skipped (the
     records after it are kept, found again by their checksums if its length is damaged too);
@@ -55,6 +59,8 @@ class IdStore:
         self._fd = -1
         self._cond = threading.Condition()
         self._written = self._synced = 0  # records written / known to be on disk
+        self._idle = False  # the syncer waits for a write (set() must wake it)
+        self._urgent = 0  # callers of sync() waiting: no group delay
         self._sync_error: OSError | None = None
         self._closing = False
         if self.path is None:
@@ -139,7 +145,9 @@ class IdStore:
                 _write_all(self._fd, body)
                 self._written += 1
                 self._records += 1
-                self._cond.notify()
+                if self._idle:
+                    self._idle = False
+                    self._cond.notify_all()
         self.remember(key, state)
         if self._records > 2 * self.capacity:
             self._compact()
@@ -149,8 +157,13 @@ class IdStore:
         Raises the OSError of a failed fdatasync."""
         with self._cond:
             target = self._written
-            done = self._cond.wait_for(
-                lambda: self._synced >= target or self._sync_error is not None, timeout_s)
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                done = self._cond.wait_for(
+                    lambda: self._synced >= target or self._sync_error is not None, timeout_s)
+            finally:
+                self._urgent -= 1
             if self._sync_error is not None:
                 raise self._sync_error
             return done
@@ -158,9 +171,14 @@ class IdStore:
     def _sync_loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._written > self._synced or self._closing)
+                while not (self._written > self._synced or self._closing):
+                    self._idle = True
+                    self._cond.wait()
+                self._idle = False
+                if not self._urgent:  # let the next few ms of records share this sync
+                    self._cond.wait_for(lambda: self._closing or self._urgent, GROUP_S)
                 if self._closing:
-                    return
+                    return  # close() syncs
                 target = self._written
                 fd = os.dup(self._fd)  # compaction may swap self._fd while this one syncs
             try:
