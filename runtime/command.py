@@ -186,9 +186,10 @@ class CommandServer:
     def _sent_before_open(self, req: dict) -> bool:
         """Whether a request's first attempt may have been sent before the id store was
         opened. The client says how long before this attempt its first one went (`age_ns`)
-        and how long this attempt may wait in its queue (`wait_ns`, its timeout; NNG also
-        re-sends a request whose connection broke, within that time): together, how far back
-        the first attempt can lie. Durations, so the two hosts' clocks need not agree."""
+        and how long this attempt can take to arrive (`wait_ns`: its send and receive
+        timeouts; NNG re-sends a request whose connection broke within them): together, how
+        far back the first attempt can lie. Durations, so the two hosts' clocks need not
+        agree."""
         back = 0
         for key in ("age_ns", "wait_ns"):
             value = req.get(key)
@@ -254,8 +255,10 @@ class CommandClient:
         cid = id or uuid.uuid4().hex
         ms = max(1, int(timeout_s * 1000))
         t_first = time.monotonic_ns()
+        # an attempt waits up to `ms` to be sent and `ms` for its ack: it reaches the receiver
+        # (NNG re-sends it if its connection breaks meanwhile) at most 2 * ms after it is packed
         req = {"id": cid, "src": self.src, "t_ns": t_first, "data": data,
-               "wait_ns": ms * 1_000_000}
+               "wait_ns": 2 * ms * 1_000_000}
         body = pack(req)
         with self._lock:
             self._sock.send_timeout = ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -169,23 +170,33 @@ def test_store_left_open_by_another_boot_fences_retries_sent_before_it_opened(tm
     store_file(store, ("", {"boot": "a-boot-before-the-power-loss"}), ("old", acked))
     address = short_ipc_address(rundir, "g", "n", "c")
     with CommandClient(address) as cli:
-        late = {}
-        # first sent while the receiver is down, retried after it came back
+        late, sent = {}, threading.Event()
+        send = cli._sock.send
+        cli._sock.send = lambda body: (sent.set(), send(body))
+        # first sent while the receiver is down (queued, then retried) ...
         t = threading.Thread(target=lambda: late.update(
             cli.call("maybe-lost", id="lost", timeout_s=0.3, retries=40)))
         t.start()
-        wait_for(lambda: t.is_alive(), what="first attempt")
-        with CommandServer(address, store_path=store) as srv:
+        assert sent.wait(10)
+        with CommandServer(address, store_path=store) as srv:  # ... and it comes back fenced
             assert srv._store.fenced
-            assert srv.recv(timeout_s=1.0) is None  # answered internally, never delivered
-            t.join(20)
+            delivered = []
+
+            def answered():
+                cmd = srv.recv_nowait()
+                if cmd is not None:
+                    delivered.append(cmd)
+                return late
+            wait_for(answered, timeout=20, what="the answer to the old command")
+            t.join(10)
+            assert not delivered  # answered internally, never run
             assert late["ok"] is False and "outcome unknown" in late["error"]
             server = serve_one(srv)
             assert cli.call("again", id="old") == acked  # what the store kept still holds
-            # a command first sent once the fence is behind it (its attempts wait 0.2 s at
-            # most, so it cannot be one that the power loss interrupted) runs
-            wait_for(lambda: time.monotonic_ns() - srv._store.opened_ns > 0.3e9,
-                     what="0.3 s since the store opened")
+            # a command first sent once the fence is behind it (its attempts arrive within
+            # 2 x 0.2 s, so it cannot be one that the power loss interrupted) runs
+            wait_for(lambda: time.monotonic_ns() - srv._store.opened_ns > 0.5e9,
+                     what="0.5 s since the store opened")
             assert cli.call({"unlock": 5}, id="new", timeout_s=0.2, retries=20) == {
                 "id": "new", "ok": True, "result": {"unlock": 5}}
             server.join(10)
@@ -222,3 +233,33 @@ def test_corrupt_tail_is_skipped_and_the_receiver_keeps_serving(tmp_path, rundir
         server.join(10)
     s = IdStore(store)
     assert (s.get("a"), s.get("b")["ok"], s.skipped, s.fenced) == (first, True, 0, False)
+
+
+def test_a_command_whose_id_cannot_be_written_is_refused_and_not_run(tmp_path, rundir):
+    store = tmp_path / "ids"
+    address = short_ipc_address(rundir, "g", "n", "c")
+    with CommandServer(address, store_path=store) as srv, CommandClient(address) as cli:
+        disk = srv._store._fd
+        srv._store._fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        try:
+            result, delivered = {}, []
+            t = threading.Thread(target=lambda: result.update(
+                cli.call("x", id="full", timeout_s=5, retries=0)))
+            t.start()
+
+            def refused():
+                cmd = srv.recv_nowait()
+                if cmd is not None:
+                    delivered.append(cmd)
+                return result
+            wait_for(refused, what="the refusal")
+            t.join(10)
+        finally:
+            os.close(srv._store._fd)
+            srv._store._fd = disk
+        assert not delivered
+        assert result["ok"] is False and "cannot persist" in result["error"]
+        # not recorded as pending either: once the disk is back, the retry runs (once)
+        server = serve_one(srv)
+        assert cli.call("x", id="full") == {"id": "full", "ok": True, "result": "x"}
+        server.join(10)
