@@ -81,7 +81,7 @@ class NodeProcess:
                     os.setpriority(os.PRIO_PROCESS, self.pid, n.nice)
                 except PermissionError:
                     log.warning("%s: cannot set nice %d without CAP_SYS_NICE; running at default",
-                                node_id, n.nice)
+                                self.id, n.nice)
             self.pidfd = os.pidfd_open(self.pid)
         except BaseException:
             # A child we cannot track must not live on holding the node's sockets: the

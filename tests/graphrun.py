@@ -60,11 +60,12 @@ def graph_file(tmp_path):
 
 @pytest.fixture
 def up(env, tmp_path):
-    """up(graph_path, **extra_env) -> Up; every supervisor and node started is killed at the end."""
+    """up(graph_path, prefix=(), **extra_env) -> Up; every supervisor and node started is
+    killed at the end."""
     started: list[Up] = []
 
-    def start(graph: Path, **extra: str) -> Up:
-        u = Up(graph, {**env, **extra}, tmp_path / f"up{len(started)}.log")
+    def start(graph: Path, prefix: tuple[str, ...] = (), **extra: str) -> Up:
+        u = Up(graph, {**env, **extra}, tmp_path / f"up{len(started)}.log", prefix)
         started.append(u)
         return u
 

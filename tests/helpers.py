@@ -52,11 +52,12 @@ def up_env(runtime_dir: Path | str, state_dir: Path | str) -> dict:
 class Up:
     """A running `iotrt up GRAPH` with its combined output in a log file."""
 
-    def __init__(self, graph: Path, env: dict, log: Path):
+    def __init__(self, graph: Path, env: dict, log: Path, prefix: tuple[str, ...] = ()):
+        """`prefix`: a command that execs `iotrt up` (e.g. setpriv dropping a capability)."""
         self.graph, self.log = graph, log
         self._out = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iotrt", "up", str(graph)], env=env,
+            [*prefix, sys.executable, "-m", "iotrt", "up", str(graph)], env=env,
             stdout=self._out, stderr=subprocess.STDOUT, cwd=graph.parent,
         )
 

@@ -297,7 +297,13 @@ def fill(template: str, fields: dict[str, Any], what: str,
             raise CommandRefused(f"{what} {template!r} needs the field '{name}', which the "
                                  f"command does not have")
         value = fields[name]
-        return escape(value if isinstance(value, str) else json.dumps(value))
+        if isinstance(value, str):
+            return escape(value)
+        try:     # msgpack carries bytes and NaN, which have no faithful JSON text
+            return escape(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise CommandRefused(f"{what} {template!r}: the field '{name}' cannot be written "
+                                 f"as text: {exc}") from exc
     return _FIELD.sub(one, template)
 
 

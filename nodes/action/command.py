@@ -59,7 +59,7 @@ class RunCommand:
                                      f"a command's field cannot add an option")
             argv.append(arg)
         try:
-            stdin = json.dumps(command).encode()
+            stdin = json.dumps(command, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise CommandRefused(f"the command cannot be passed as JSON: {exc}") from exc
         try:

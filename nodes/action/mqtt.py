@@ -93,7 +93,7 @@ class MqttPublish:
         payload = command.get("payload", command)
         if not isinstance(payload, (str, bytes)):
             try:
-                payload = json.dumps(payload)
+                payload = json.dumps(payload, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise CommandRefused(f"the command cannot be sent as JSON: {exc}") from exc
         info = self._client.publish(topic, payload, qos=self.qos, retain=self.retain)

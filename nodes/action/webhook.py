@@ -59,7 +59,7 @@ class Webhook:
         url = fill(self.url, command, "url", escape=lambda v: urllib.parse.quote(v, safe=""))
         payload = command.get("body", command)
         try:
-            body = json.dumps(payload).encode() if self.method != "GET" else None
+            body = json.dumps(payload, allow_nan=False).encode() if self.method != "GET" else None
         except (TypeError, ValueError) as exc:
             raise CommandRefused(f"the command cannot be sent as JSON: {exc}") from exc
         problem = ""

@@ -59,3 +59,12 @@ def test_a_field_cannot_smuggle_in_an_option():
     kind, ack = execute(cmd, {"person": "ana", "tag": "-v"})     # inside the graph's own option
     assert kind == "command_applied"
     assert json.loads(ack["stdout"])["argv"] == ["ana", "--tag=-v"]
+
+
+@pytest.mark.parametrize("value", [b"\x00raw", float("nan"), float("inf"), {"deep": [b"x"]}])
+def test_a_field_json_cannot_carry_is_refused_not_a_crash(value):
+    """Commands arrive over msgpack, which carries bytes and NaN: a field that has no
+    faithful text form refuses the command (journaled) instead of ending the node."""
+    cmd = RunCommand([sys.executable, "-c", ECHO, "{v}"])
+    kind, ack = execute(cmd, {"v": value})
+    assert kind == "command_refused" and "field 'v'" in ack["error"]

@@ -359,15 +359,22 @@ def test_events_cli_follow(tmp_path):
     path = tmp_path / "journal.db"
     j = Journal(path)
     j.write("old", "n", {"i": 0})
-    proc = subprocess.Popen([sys.executable, "-m", "iotrt", "events", "--journal", str(path),
-                             "--follow", "--kind", "new"], stdout=subprocess.PIPE, text=True)
+    # -X faulthandler: should it not stop, SIGABRT makes it print where it is stuck
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "iotrt", "events",
+                             "--journal", str(path), "--follow", "--kind", "new"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         j.write("other", "n", {})
         new = j.write("new", "n", {"i": 1})
         line = proc.stdout.readline()  # blocks until the follower prints (pytest timeout guards)
         assert f"#{new}" in line and "new" in line
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            raise AssertionError(f"still following 30 s after Ctrl-C:\n{proc.communicate()[1]}")
+        assert code == 0, proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()

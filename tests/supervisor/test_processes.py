@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from iotrt.graph import load_graph
 from iotrt.journal import JournalError, JournalReader
@@ -267,3 +270,22 @@ def test_a_node_given_up_on_leaves_no_frame_ring_in_dev_shm(graph_file, up, tmp_
                f"the dead node's segments {segments} to be removed")
     u.proc.send_signal(signal.SIGTERM)
     assert u.wait_exit() == 0
+
+
+def test_a_nice_the_supervisor_may_not_set_is_a_warning_not_a_restart_loop(graph_file, up, h):
+    """Without CAP_SYS_NICE (any user but root) a negative `nice` cannot be applied: the node
+    runs at the default priority with a warning, instead of each start failing."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (apt-get install util-linux)")
+    g = graph_file("""
+        name: nicer
+        nodes:
+          - id: n
+            run: {node}
+            nice: -5
+    """)
+    no_nice = ("setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", "--")
+    u = up(g, prefix=no_nice)
+    u.wait_log("all 1 nodes up", timeout=30)
+    assert "n: cannot set nice -5 without CAP_SYS_NICE; running at default" in u.text
+    assert u.text.count("n: stopped -> starting pid") == 1      # started once, not again

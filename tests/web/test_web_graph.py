@@ -143,7 +143,9 @@ def test_a_person_watches_in_chromium(door, tmp_path):
             return None
     try:
         browser.navigate(door.url)
-        wait_for(lambda: look("!!document.getElementById('token')"), 20, "the login form")
+        # 'complete': the style sheet that hides the error has loaded too
+        wait_for(lambda: look("document.readyState === 'complete' && "
+                              "!!document.getElementById('token')"), 20, "the login form")
         shown = "getComputedStyle(document.getElementById('wrong')).display !== 'none'"
         assert browser.js(shown) is False
         browser.js("document.getElementById('token').value = 'not-the-token-0123456789';"
