@@ -302,7 +302,7 @@ def _node_file_issues(graph: Graph) -> list[Issue]:
     for n in graph.nodes.values():
         if n.kind in NODE_FILE_CHECKS:
             module = importlib.import_module(NODE_FILE_CHECKS[n.kind])
-            issues += module.check(n.params, graph.path.parent)
+            issues += module.check(n.params, graph.path.parent, node=n, graph=graph)
     return issues
 
 

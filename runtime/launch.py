@@ -24,6 +24,12 @@ import signal
 import sys
 import threading
 
+from iotrt.lazy import defer_rarely_used
+
+# e.g. pynng imports asyncio (which imports ssl and OpenSSL) for an async API no node uses:
+# ~6 MB of RSS in every node process. Deferred, each is imported only if some code uses it.
+defer_rarely_used()
+
 from iotrt.console import setup_logging
 from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
                             done_body, process_configs)

@@ -69,11 +69,11 @@ def exec_supervisor(graph_path: str, specs: dict[str, NodeSpec], log_level: str)
 
 
 def main(argv: list[str]) -> int:
-    from iotrt.lazy import defer
+    from iotrt.lazy import defer_rarely_used
 
-    # pynng imports asyncio (which imports ssl) for its async API, which the supervisor never
-    # uses: ~9 MB of RSS. Deferred, it is imported only if something does use it.
-    defer("asyncio")
+    # e.g. pynng imports asyncio (which imports ssl) for its async API, which the supervisor
+    # never uses: ~9 MB of RSS. Deferred, each is imported only if something does use it.
+    defer_rarely_used()
     from iotrt.console import setup_logging
     from iotrt.graph import GraphError, load_graph
     from iotrt.supervisor import run_graph
