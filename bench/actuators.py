@@ -6,8 +6,10 @@ For a burst of N commands sent back to back from this process, it prints p50/p99
 latency of:
 
 1. raw pynng Req0 -> Rep0 echo in another process (the reference: what NNG itself costs);
-2. the acknowledged command channel, iotrt.command (ids persisted with fsync for de-duplication
-   across restarts) to a server that acks at once;
+2. the acknowledged command channel, iotrt.command, to a server that acks at once: each id is
+   written to its append-only id store before the handler sees it and put on disk by the
+   store's syncer thread (group commit, one fdatasync for what was written since the last);
+   target p50 <= 1.0 ms and p99 <= 3 ms (it cost 3.3 / 12.5 ms with two fsyncs per id);
 3. the door lock actuator node (sim driver) under the real supervisor (`iotrt up`), which writes
    each command to the journal (SQLite WAL, synchronous=FULL) before the lock acks it: the full
    path a rule's unlock takes;
@@ -117,6 +119,7 @@ def _burst_commands(address: str, n: int, commands: list[dict]) -> list[float]:
 
 
 LOCK_PARAMS = {"max_unlock_s": 30.0}
+TARGET_P50_MS, TARGET_P99_MS = 1.0, 3.0  # the command channel (issue 19)
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -170,7 +173,7 @@ def run(n: int) -> list[dict]:
     results = []
     stages = [
         ("raw pynng Req0/Rep0", "raw"),
-        ("command channel (ids fsynced)", "channel"),
+        ("command channel (ids on disk)", "channel"),
         ("lock under iotrt up, journaled", "lock"),
         ("lock alone, no journal", "lock-alone"),
     ]
@@ -212,6 +215,12 @@ def main() -> int:
     for r in results:
         print(f"{r['stage']:34} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
               f"{r['p50_ms'] / ref['p50_ms']:10.1f} {r['p99_ms'] / ref['p99_ms']:10.1f}")
+    channel = results[1]
+    met = [channel["p50_ms"] <= TARGET_P50_MS, channel["p99_ms"] <= TARGET_P99_MS]
+    print(f"\ntargets for the command channel: p50 {channel['p50_ms']:.3f} ms <= "
+          f"{TARGET_P50_MS} ms {'met' if met[0] else 'MISSED'}; p99 {channel['p99_ms']:.3f} ms "
+          f"<= {TARGET_P99_MS} ms {'met' if met[1] else 'MISSED'} (load average "
+          f"{os.getloadavg()[0]:.1f})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

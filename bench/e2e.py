@@ -123,11 +123,25 @@ def processes(run: Run, timeout_s: float = 60.0) -> dict[str, psutil.Process]:
     return procs
 
 
+def run_delay_ns(pid: int) -> int:
+    """Nanoseconds the threads of `pid` have spent runnable but waiting for a CPU
+    (/proc/PID/task/TID/schedstat, second field): the scheduler's share, not the GIL's."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):     # the thread ended meanwhile
+            pass
+    return total
+
+
 def measure(run: Run, seconds: float) -> dict:
     procs = processes(run)
     cpu0 = {n: p.cpu_times() for n, p in procs.items()}
+    wait0 = {n: run_delay_ns(p.pid) for n, p in procs.items()}
     t_start = time.monotonic()
     det_ms, dec_ms, det_at, dec_at = [], [], [], []
+    hops: dict[str, list[float]] = {}     # capture -> each hop of a decision's trace, in ms
     stale_first = stale_last = None
     # Drain everything that queued up before the window: only steady state counts.
     while run.detections.recv_nowait() is not None or run.decisions.recv_nowait() is not None:
@@ -148,9 +162,12 @@ def measure(run: Run, seconds: float) -> dict:
             if ms is not None:
                 dec_ms.append(ms)
                 dec_at.append(time.monotonic() - t_start)
+                for hop, t_ns in env.trace:
+                    hops.setdefault(hop, []).append((t_ns - env.stamp_ns) / 1e6)
     wall = time.monotonic() - t_start
-    cpu, rss, pss = {}, {}, {}
+    cpu, rss, pss, runq = {}, {}, {}, {}
     for name, p in procs.items():
+        runq[name] = (run_delay_ns(p.pid) - wait0[name]) / 1e6 / wall     # ms per second
         c1, c0 = p.cpu_times(), cpu0[name]
         cpu[name] = 100.0 * ((c1.user - c0.user) + (c1.system - c0.system)) / wall
         mem = p.memory_full_info()
@@ -158,9 +175,12 @@ def measure(run: Run, seconds: float) -> dict:
     ps = run.ps()
     return {
         "wall": wall, "det_ms": det_ms, "dec_ms": dec_ms, "det_at": det_at, "dec_at": dec_at,
+        "hops": hops,
         "stale": (stale_last or 0) - (stale_first or 0),
         "bench_drops": (run.detections.drops - drops0[0], run.decisions.drops - drops0[1]),
-        "cpu": cpu, "rss": rss, "pss": pss, "ps": {r["node"]: r for r in ps["nodes"]},
+        "cpu": cpu, "rss": rss, "pss": pss, "runq": runq,
+        "ps": {r["node"]: r for r in ps["nodes"]},
+        "pids": {name: p.pid for name, p in procs.items()},
     }
 
 

@@ -1,6 +1,6 @@
 """Footprint benchmark: the door graph run both ways, process groups vs one process per node.
 
-    python bench/footprint.py [--seconds 60] [--fps 30] [--graph configs/door.yaml]
+    python bench/footprint.py [--seconds 60] [--fps 30] [--repeat 1] [--breakdown] [--graph G]
 
 One invocation runs the same graph twice on the sim camera (640x480): as shipped, with its
 `process:` groups (sensing / perception / action / the lock alone), and with every `process:`
@@ -8,8 +8,13 @@ line removed (one process per node, the reference measured in the same run). Eac
 start (the compiled model is cached by a first, unmeasured start), then `--seconds` of steady
 state (the cold start that compiles the model and caches the engine's backend choice is not
 measured). Reported per OS process and in total: PSS (from /proc/PID/smaps_rollup: shared pages
-split among their sharers, the honest sum), RSS, CPU %; capture -> decision p50/p99 from each
-message's trace; drops, and the frames lost on in-process inputs (which must be zero).
+split among their sharers, the honest sum), RSS, CPU %, and the time its threads waited for a
+CPU (runq ms/s, from schedstat: on a busy machine this, not the layout, can decide the p99);
+capture -> decision p50/p99 from each message's trace, and to each hop on the way; drops, and
+the frames lost on in-process inputs (which must be zero). `--repeat N` runs each layout N
+times, alternated (grouped, flat, flat, grouped, ...), and pools the latencies; `--breakdown`
+adds each process's PSS by mapping (/proc/PID/smaps: libraries, and Python's objects in
+`[anon]` and `[heap]`).
 
 Targets (issue 12): grouped door graph <= 150 MB PSS in total, supervisor <= 25 MB RSS,
 capture -> decision p99 grouped no worse than one process per node, zero frames lost to the
@@ -52,12 +57,30 @@ def ungrouped_copy(graph: Path, folder: Path) -> Path:
     return out
 
 
-def run_once(graph: Path, env: dict, seconds: float) -> dict:
+def mappings(pid: int) -> dict[str, int]:
+    """PSS (bytes) of one process by what is mapped: each shared library or file by its name,
+    the Python heap and other anonymous memory as "[anon]", stacks, etc. From /proc/PID/smaps."""
+    out: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and not head[0].endswith(":"):     # a mapping's header line
+                name = os.path.basename(head[5].strip()) if len(head) > 5 else "[anon]"
+                name = re.sub(r"\.so[.\d]*$", ".so", name)
+            elif head[0] == "Pss:":
+                out[name] = out.get(name, 0) + int(head[1]) * 1024
+    return out
+
+
+def run_once(graph: Path, env: dict, seconds: float, breakdown: bool = False) -> dict:
     warm = Run(graph, env)
     try:
         warm.first_detection_s()
         r = measure(warm, seconds)
         rows = warm.ps()
+        if breakdown:
+            r["maps"] = {name: mappings(pid) for name, pid in r["pids"].items()}
     finally:
         warm.stop()
     local = set()
@@ -73,18 +96,39 @@ def run_once(graph: Path, env: dict, seconds: float) -> dict:
     return r
 
 
+def pooled(runs: list[dict]) -> dict:
+    """Runs of one layout as one: memory and CPU from the first, latencies and drops of all."""
+    r = dict(runs[0])
+    r["dec_ms"] = [ms for x in runs for ms in x["dec_ms"]]
+    r["hops"] = {hop: [ms for x in runs for ms in x["hops"].get(hop, [])] for hop in r["hops"]}
+    r["drops"] = sum(x["drops"] for x in runs)
+    r["local_drops"] = sum(x["local_drops"] for x in runs)
+    r["runs"] = runs
+    return r
+
+
 def report(label: str, r: dict) -> None:
     print(f"\n{label}")
-    print(f"  {'process':14s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s}")
+    print(f"  {'process':14s} {'CPU %':>7s} {'RSS MB':>8s} {'PSS MB':>8s} {'runq ms/s':>10s}")
     for name in r["cpu"]:
         print(f"  {name:14s} {r['cpu'][name]:7.1f} {r['rss'][name] / MB:8.1f} "
-              f"{r['pss'][name] / MB:8.1f}")
+              f"{r['pss'][name] / MB:8.1f} {r['runq'][name]:10.1f}")
     print(f"  {'total':14s} {sum(r['cpu'].values()):7.1f} {sum(r['rss'].values()) / MB:8.1f} "
           f"{sum(r['pss'].values()) / MB:8.1f}   ({len(r['cpu'])} processes)")
     print(f"  capture -> decision: p50 {pct(r['dec_ms'], 50):.1f} ms, p99 "
           f"{pct(r['dec_ms'], 99):.1f} ms over {len(r['dec_ms'])} decisions; input drops "
           f"{r['drops']} (whole run), lost on in-process inputs {r['local_drops']} "
           f"({', '.join(r['local_inputs']) or 'none'})")
+    if len(r["runs"]) > 1:
+        print(f"  {len(r['runs'])} runs (memory above: the first): total PSS "
+              + ", ".join(f"{sum(x['pss'].values()) / MB:.1f}" for x in r["runs"])
+              + " MB; capture -> decision p99 "
+              + ", ".join(f"{pct(x['dec_ms'], 99):.1f}" for x in r["runs"]) + " ms")
+    print("  capture -> each hop of a decision: " + ", ".join(
+        f"{hop} p50 {pct(ms, 50):.1f} p99 {pct(ms, 99):.1f}" for hop, ms in r["hops"].items()))
+    for name, maps in r.get("maps", {}).items():
+        top = sorted(maps.items(), key=lambda kv: -kv[1])[:8]
+        print(f"    {name}: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in top if v >= MB / 2))
 
 
 def verdict(ok: bool) -> str:
@@ -96,6 +140,11 @@ def main() -> int:
     ap.add_argument("--graph", type=Path, default=ROOT / "configs" / "door.yaml")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured steady state per run")
     ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each layout, alternated (ABBA) so that a change in the "
+                         "machine's load weighs on both; latencies are pooled")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print each process's PSS by mapping (libraries, [anon] heap)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotrt-fp-") as tmp:
         env = dict(os.environ, IOTRT_STATE_DIR=f"{tmp}/state", IOTRT_RUNTIME_DIR=f"{tmp}/run",
@@ -122,9 +171,12 @@ def main() -> int:
         else:
             raise SystemExit("the engine's backend choice never settled")
         t0 = time.monotonic()
-        grouped = run_once(args.graph, env, args.seconds)
-        flat_r = run_once(flat, env, args.seconds)
-        print(f"(both runs took {time.monotonic() - t0:.0f} s)")
+        runs: dict[Path, list[dict]] = {args.graph: [], flat: []}
+        for i in range(args.repeat):
+            for graph in (args.graph, flat) if i % 2 == 0 else (flat, args.graph):
+                runs[graph].append(run_once(graph, env, args.seconds, args.breakdown))
+        grouped, flat_r = pooled(runs[args.graph]), pooled(runs[flat])
+        print(f"({2 * args.repeat} runs took {time.monotonic() - t0:.0f} s)")
     report("grouped (as shipped: process groups)", grouped)
     report("one process per node (process: lines removed)", flat_r)
     g_pss = sum(grouped["pss"].values()) / MB

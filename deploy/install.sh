@@ -51,6 +51,18 @@ as_user() {   # run a command as the service user
     if [ "$USER_NAME" = "$(id -un)" ]; then "$@"; else runuser -u "$USER_NAME" -- "$@"; fi
 }
 
+# Every iotrt command below sees the folders systemd gives the service (the unit's
+# StateDirectory= and RuntimeDirectory=), not the caller's defaults: validating then checks the
+# socket paths the service will use and creates no folder. (The service user's default state
+# folder is under its home, /var/lib/iotrt, which only systemd creates, at the first start.)
+export STATE_DIRECTORY=/var/lib/iotrt RUNTIME_DIRECTORY=/run/iotrt
+unset IOTRT_STATE_DIR IOTRT_RUNTIME_DIR
+
+validate_as_service() {   # as the service user, who must be able to read it all
+    as_user env STATE_DIRECTORY="$STATE_DIRECTORY" RUNTIME_DIRECTORY="$RUNTIME_DIRECTORY" \
+        "$VENV/bin/iotrt" validate "$@"
+}
+
 ensure_user() {
     if ! id "$USER_NAME" >/dev/null 2>&1; then
         say "creating system user $USER_NAME"
@@ -137,7 +149,7 @@ cmd_install() {
         chmod -R u=rwX,g=rX,o= "$dest"
     fi
     installed=$dest/$(basename "$graph")
-    as_user "$VENV/bin/iotrt" validate "$installed" \
+    validate_as_service "$installed" \
         || die "the service user cannot use $installed (see above)"
     unit=$(write_unit "$installed" "$name")
     { grep -v "^$name " "$MANIFEST" 2>/dev/null || true; echo "$name $installed"; } > "$MANIFEST.new"
@@ -159,7 +171,7 @@ cmd_upgrade() {
     while read -r name graph; do
         [ -n "$name" ] || continue
         if [ ! -f "$graph" ]; then say "skipping $name: $graph is gone"; continue; fi
-        as_user "$VENV/bin/iotrt" validate "$graph" >/dev/null </dev/null \
+        validate_as_service "$graph" >/dev/null </dev/null \
             || { say "skipping $name: $graph does not validate with the new version"; continue; }
         unit=$(write_unit "$graph" "$name" </dev/null)
         say "rewrote $unit"

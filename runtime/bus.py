@@ -189,12 +189,11 @@ class Publisher:
         plain array and publish copies it as usual. Take a new loan for every frame.
         """
         shape = tuple(shape)
-        with self._lock:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            if self._ring is not None and nbytes >= self._ring.threshold:
-                frame = self._ring.loan(shape, np.dtype(dtype))
-                if frame is not None:
-                    return frame
+        if self._ring is not None:
+            with self._lock:
+                frame = self._ring.loan(shape, dtype)  # None: small, or every slot leased
+            if frame is not None:
+                return frame
         return np.empty(shape, dtype)  # sent inline, with a copy
 
     @property
@@ -267,9 +266,11 @@ class Subscriber:
                 self._sock.recv_timeout = ms
                 self._timeout_ms = ms
             try:
-                buf = recv_bytes(self._sock)
+                buf = self._sock.recv()
             except pynng.Timeout:
                 return None
+            except RuntimeError:  # an empty message (see recv_bytes)
+                buf = b""
             env = self._accept(buf)
             if env is not None:
                 return env

@@ -14,6 +14,8 @@ import os
 import sys
 
 from iotrt import __version__
+from iotrt.console import setup_logging
+from iotrt.errors import IotrtError, UsageError
 
 # verb -> (module, one-line help). Adding a verb means adding one module and one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CommandUnavailable(RuntimeError):
+class CommandUnavailable(UsageError):
     """A verb whose module (or one of its optional dependencies) cannot be imported."""
 
 
@@ -53,6 +55,13 @@ def _load(verb: str):
             f"'iotrt {verb}' needs the Python package '{exc.name}', which is not installed "
             f"(pip install 'iotrt[...]' with the extra that provides it; see the README)"
         ) from exc
+
+
+def report(exc: IotrtError, prog: str) -> int:
+    """The one place the command line prints an error: 'iotrt VERB: message' on stderr (a
+    multi-line message, e.g. every problem of a graph, as it is); returns the exit code."""
+    print(f"{prog}: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,15 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if ns.verb is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if ns.verbose else logging.INFO)
     try:
         module = _load(ns.verb)
     except CommandUnavailable as exc:
-        print(f"iotrt: {exc}", file=sys.stderr)
-        return 2
+        return report(exc, "iotrt")
     verb_parser = argparse.ArgumentParser(
         prog=f"iotrt {ns.verb}", description=COMMANDS[ns.verb][1]
     )
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args.verbose = ns.verbose
     try:
         return int(module.run(args) or 0)
+    except IotrtError as exc:
+        return report(exc, f"iotrt {ns.verb}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -237,8 +237,14 @@ class Decoder:
 
     def decode(self, buf: bytes) -> Envelope:
         """bytes -> Envelope. Raises DecodeError, and only that, for any malformed input."""
-        obj = self.unpack(buf)
-        if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == WIRE_VERSION):
+        try:  # self.unpack, inline: this is every subscriber's hot path
+            obj = msgpack.unpackb(buf, raw=False, strict_map_key=False,
+                                  ext_hook=self._ext_hook)
+        except (DecodeError, FrameOverwritten):
+            raise
+        except Exception as exc:  # see unpack
+            raise DecodeError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
+        if not (type(obj) is list and len(obj) == 7 and obj[0] == WIRE_VERSION):
             raise DecodeError("not an iotrt envelope (or from an incompatible iotrt version)")
         _, topic, seq, stamp_ns, src, trace, data = obj
         if not (

@@ -5,48 +5,50 @@ NNG Req0 (client, dials) / Rep0 (server, listens). A request is
 and, by convention, `"result"` or `"error"`.
 
 Delivery guarantee: each command id reaches the handler AT MOST ONCE, also across a restart of
-the server process, and every retry of a command the handler has acknowledged gets the same
-ack back. The client retries with the same id until it gets an ack or runs out of attempts.
-So, as long as the server comes back within the client's retry window, every command is
-handled exactly once. The server keeps this promise with a small persisted id store:
+the server process or a power loss, and every retry of a command the handler has acknowledged
+gets the same ack back. The client retries with the same id until it gets an ack or runs out
+of attempts. So, as long as the server comes back within the client's retry window, every
+command is handled exactly once. The server keeps this promise with a persisted id store
+(`iotrt.idstore.IdStore`: one append-only file, synced by a thread of its own, group commit):
 
-1. before a command is handed to the handler its id is written (and fsynced) as *pending*;
-2. the handler's ack is written (and fsynced) before it is sent back;
+1. before a command is handed to the handler its id is written as *pending*;
+2. the handler's ack is written before it is sent back;
 3. a retry of an acked id is answered from the store without running the handler again;
 4. a retry of an id still *pending* (the process died between 1 and 2, so nobody knows whether
    the action happened) is answered `{"ok": False, "error": "outcome unknown ..."}` rather than
-   running it twice. For a door lock that is the safe side.
+   running it twice. For a door lock that is the safe side;
+5. after a power loss took records that were written but not yet synced, the store is
+   *fenced*: a retry of an id it does not know, whose first attempt may predate the restart,
+   is answered "outcome unknown" too (the client says how long ago its first attempt went).
 
-Without a `store_path` the store lives in memory (duplicates are caught only while the
-process lives).
+A command whose pending record cannot be written (full disk, I/O error) is refused with the
+reason and never handed to the handler. Without a `store_path` the store lives in memory
+(duplicates are caught only while the process lives).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import pynng
 
 from iotrt.bus import TlsConfig, check_address, recv_bytes, tls_for
-from iotrt.codec import DecodeError, pack, unpack
+from iotrt.codec import INT64_MAX, DecodeError, pack, unpack
+from iotrt.idstore import PENDING, IdStore
 
 log = logging.getLogger("iotrt.command")
 
-PENDING = "pending"
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_RETRIES = 4
 # Ids are uuid hex (32 chars) in practice; a bound keeps a hostile sender from growing the id
 # store (and the receiver's memory) with megabyte-sized ids.
 MAX_ID_LEN = 128
-_LEN = struct.Struct("<I")
 
 
 class CommandError(RuntimeError):
@@ -55,91 +57,6 @@ class CommandError(RuntimeError):
 
 class CommandTimeout(CommandError):
     """No ack arrived within the client's attempts."""
-
-
-class IdStore:
-    """Command id -> ack (or PENDING), keeping the newest `capacity` ids.
-
-    Persisted as an append-only file of length-prefixed msgpack records [id, state], fsynced
-    per write; compacted when it holds twice `capacity` records. A record torn by a crash
-    mid-write is dropped at the next open (it was never acknowledged to anyone).
-    """
-
-    def __init__(self, path: str | os.PathLike | None = None, capacity: int = 1024):
-        self.path = os.fspath(path) if path is not None else None
-        self.capacity = capacity
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._records = 0
-        self._file = None
-        if self.path is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._load()
-            self._file = open(self.path, "ab")
-
-    def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            return
-        pos = 0
-        while pos + _LEN.size <= len(blob):
-            (n,) = _LEN.unpack_from(blob, pos)
-            end = pos + _LEN.size + n
-            if end > len(blob):
-                break  # the last record was cut short by a crash
-            try:
-                key, state = unpack(blob[pos + _LEN.size:end])
-                self._put(key, state)
-            except (DecodeError, ValueError, TypeError):
-                # a damaged record (not a torn tail): skip it, keep every other one
-                log.warning("%s: skipped a damaged record at byte %d", self.path, pos)
-            self._records += 1
-            pos = end
-        if pos != len(blob):
-            log.warning("%s: dropped a torn record at byte %d (crash while writing)",
-                        self.path, pos)
-            with open(self.path, "r+b") as f:
-                f.truncate(pos)
-
-    def _put(self, key: str, state: Any) -> None:
-        self._items[key] = state
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def get(self, key: str) -> Any:
-        return self._items.get(key)
-
-    def set(self, key: str, state: Any) -> None:
-        self._put(key, state)
-        if self._file is None:
-            return
-        body = pack([key, state])
-        self._file.write(_LEN.pack(len(body)) + body)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._records += 1
-        if self._records > 2 * self.capacity:
-            self._compact()
-
-    def _compact(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            for key, state in self._items.items():
-                body = pack([key, state])
-                f.write(_LEN.pack(len(body)) + body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._file.close()
-        self._file = open(self.path, "ab")
-        self._records = len(self._items)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 @dataclass(slots=True)
@@ -181,10 +98,15 @@ class CommandServer:
         self.msgs = self.duplicates = self.bad = 0
         self._store = IdStore(store_path, capacity)
         self._sock = pynng.Rep0()
-        tls_cfg = tls_for(address, tls, server=True)
-        if tls_cfg is not None:
-            self._sock.tls_config = tls_cfg
-        self._sock.listen(address)
+        try:
+            tls_cfg = tls_for(address, tls, server=True)
+            if tls_cfg is not None:
+                self._sock.tls_config = tls_cfg
+            self._sock.listen(address)
+        except BaseException:
+            self._sock.close()
+            self._store.close()
+            raise
         if address.startswith("ipc://"):
             os.chmod(address[len("ipc://"):], 0o600)
         self._timeout_ms: int | None = None
@@ -237,20 +159,56 @@ class CommandServer:
             state = {"id": cid, "ok": False,
                      "error": "outcome unknown: the receiver restarted while handling "
                               "this command; it was not run again"}
-            self._store.set(cid, state)
+            self._persist(cid, state)
+        elif state is None and self._store.fenced and self._sent_before_open(req):
+            # its record may be among those a power loss took (see IdStore)
+            state = {"id": cid, "ok": False,
+                     "error": "outcome unknown: the receiver lost power around the time "
+                              "this command was first sent; it was not run"}
+            self._persist(cid, state)
         if state is not None:
             self.duplicates += 1
             self._send(state)
             return None
-        self._store.set(cid, PENDING)
+        try:
+            self._store.set(cid, PENDING)
+        except OSError as exc:
+            # not recorded, not run: the client gets the reason (and may retry it later)
+            log.error("%s: cannot persist command %s, refused: %s", self.name, cid, exc)
+            self._send({"id": cid, "ok": False, "error": f"the receiver cannot persist "
+                        f"the command id ({exc}); not run"})
+            return None
         self.msgs += 1
         src = req.get("src") if isinstance(req.get("src"), str) else ""
         t_ns = req.get("t_ns") if type(req.get("t_ns")) is int else 0
         return Command(cid, src, req.get("data"), t_ns, self)
 
+    def _sent_before_open(self, req: dict) -> bool:
+        """Whether a request's first attempt may have been sent before the id store was
+        opened. The client says how long before this attempt its first one went (`age_ns`)
+        and how long this attempt can take to arrive (`wait_ns`: its send and receive
+        timeouts; NNG re-sends a request whose connection broke within them): together, how
+        far back the first attempt can lie. Durations, so the two hosts' clocks need not
+        agree."""
+        back = 0
+        for key in ("age_ns", "wait_ns"):
+            value = req.get(key)
+            if type(value) is int and 0 <= value <= INT64_MAX:
+                back += value
+        return back >= time.monotonic_ns() - self._store.opened_ns
+
     def _answer(self, cid: str, ack: dict) -> None:
-        self._store.set(cid, ack)
+        self._persist(cid, ack)
         self._send(ack)
+
+    def _persist(self, cid: str, state: Any) -> None:
+        try:
+            self._store.set(cid, state)
+        except OSError as exc:
+            # the ack goes out anyway; on disk the id stays pending, so a retry after a
+            # restart gets "outcome unknown", never a second run
+            log.error("%s: cannot persist the answer to %s: %s", self.name, cid, exc)
+            self._store.remember(cid, state)
 
     def _send(self, ack: dict) -> None:
         try:
@@ -295,12 +253,20 @@ class CommandClient:
         Returns the ack map (check `ack["ok"]`); raises CommandTimeout if none arrived.
         """
         cid = id or uuid.uuid4().hex
-        body = pack({"id": cid, "src": self.src, "t_ns": time.monotonic_ns(), "data": data})
         ms = max(1, int(timeout_s * 1000))
+        t_first = time.monotonic_ns()
+        # an attempt waits up to `ms` to be sent and `ms` for its ack: it reaches the receiver
+        # (NNG re-sends it if its connection breaks meanwhile) at most 2 * ms after it is packed
+        req = {"id": cid, "src": self.src, "t_ns": t_first, "data": data,
+               "wait_ns": 2 * ms * 1_000_000}
+        body = pack(req)
         with self._lock:
             self._sock.send_timeout = ms
             self._sock.recv_timeout = ms
             for attempt in range(retries + 1):
+                if attempt:  # how long ago the first attempt went (see IdStore.fenced)
+                    req["age_ns"] = time.monotonic_ns() - t_first
+                    body = pack(req)
                 try:
                     self._sock.send(body)
                     reply = unpack(recv_bytes(self._sock))

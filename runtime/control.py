@@ -22,13 +22,14 @@ import pynng
 
 from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
+from iotrt.errors import SupervisionError
 from iotrt.graph import Graph, GraphError, NodeDef, default_runtime_root, load_graph
 from iotrt.states import Slot
 
 CONTROL_NAME = "ctl"
 
 
-class ControlError(RuntimeError):
+class ControlError(SupervisionError, RuntimeError):
     """No supervisor answers, or it refused the request."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from iotrt.bus import short_ipc_address
+from iotrt.errors import ConfigError
 from iotrt.journal import JOURNAL_FILE
 from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
@@ -249,7 +250,7 @@ class Graph:
         return ep
 
 
-class GraphError(Exception):
+class GraphError(ConfigError):
     """A graph file that cannot run; `.issues` lists every problem with its file:line."""
 
     def __init__(self, issues: list[Issue]):
@@ -301,7 +302,7 @@ def _node_file_issues(graph: Graph) -> list[Issue]:
     for n in graph.nodes.values():
         if n.kind in NODE_FILE_CHECKS:
             module = importlib.import_module(NODE_FILE_CHECKS[n.kind])
-            issues += module.check(n.params, graph.path.parent)
+            issues += module.check(n.params, graph.path.parent, node=n, graph=graph)
     return issues
 
 

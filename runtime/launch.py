@@ -24,6 +24,13 @@ import signal
 import sys
 import threading
 
+from iotrt.lazy import defer_rarely_used
+
+# e.g. pynng imports asyncio (which imports ssl and OpenSSL) for an async API no node uses:
+# ~6 MB of RSS in every node process. Deferred, each is imported only if some code uses it.
+defer_rarely_used()
+
+from iotrt.console import setup_logging
 from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
                             done_body, process_configs)
 
@@ -58,15 +65,39 @@ def run_target(config: NodeConfig, started: list | None = None) -> None:
 
     target = config.target
     if target.endswith(".py"):
-        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
-        config.bind_to_thread(started)   # the script's Node() reads this node's config
-        runpy.run_path(target, run_name="__main__")
+        run_file(config, started)
         return
     module_name, _, func_name = target.partition(":")
     module = importlib.import_module(module_name)
     entry = getattr(module, func_name or "main")
     config.bind_to_thread(started)
     node = Node(config, spec=load_spec(target))
+    try:
+        entry(node)
+    finally:
+        node.close()
+
+
+def run_file(config: NodeConfig, started: list | None = None) -> None:
+    """Run a node file: as a script (`__main__`), then, if the script built no Node of its own
+    but defines `main`, call `main(node)` with a Node made from this node's config and SPEC.
+    So a file may be a script (`node = Node(...)` at top level, or under
+    `if __name__ == "__main__":`) or a module with `SPEC` and `main(node)`, as docs/nodes.md
+    shows; the graph validator refuses a file that is neither (iotrt.spec.check_entry)."""
+    from iotrt.node import Node
+    from iotrt.spec import NodeSpec, load_spec
+
+    target = config.target
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+    nodes = [] if started is None else started
+    before = len(nodes)
+    config.bind_to_thread(nodes)   # the script's Node() reads this node's config
+    namespace = runpy.run_path(target, run_name="__main__")
+    entry = namespace.get("main")
+    if len(nodes) > before or not callable(entry):
+        return
+    spec = namespace.get("SPEC")
+    node = Node(config, spec=spec if isinstance(spec, NodeSpec) else load_spec(target))
     try:
         entry(node)
     finally:
@@ -149,10 +180,7 @@ def main() -> int:
         print(f"iotrt.launch: {exc}", file=sys.stderr)
         return 2
     config = configs[0]
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(getattr(logging, config.log_level.upper(), logging.INFO))
     log = logging.getLogger(f"iotrt.node.{config.id}")
     if not all(c.target for c in configs):
         log.error("no target in the node config")

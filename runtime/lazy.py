@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from typing import Any
+
+# Two threads (nodes of one process group) may touch a deferred module first at the same time:
+# one steps it aside and imports it, the other must then find the real module, not remove it.
+_swap = threading.RLock()
 
 
 class LazyModule(types.ModuleType):
@@ -15,9 +20,10 @@ class LazyModule(types.ModuleType):
     so later accesses are as fast as on the module itself."""
 
     def __getattr__(self, name: str) -> Any:
-        if sys.modules.get(self.__name__) is self:     # deferred with `defer`: step aside
-            del sys.modules[self.__name__]
-        module = importlib.import_module(self.__name__)
+        with _swap:
+            if sys.modules.get(self.__name__) is self:     # deferred with `defer`: step aside
+                del sys.modules[self.__name__]
+            module = importlib.import_module(self.__name__)
         self.__dict__.update(module.__dict__)
         return getattr(module, name)
 
@@ -26,6 +32,20 @@ def defer(name: str) -> None:
     """Make a later `import name` (by anyone) cheap until the module is first used."""
     if name not in sys.modules:
         sys.modules[name] = LazyModule(name)
+
+
+# Imported at start-up by the runtime's dependencies, used rarely or never in a running graph:
+# asyncio: pynng's async API, which nothing here uses (it also imports ssl: ~6 MB of RSS);
+# uuid: the id of a command, made by its sender (the lock never sends one);
+# tempfile: a private /tmp runtime folder, made only where none is given;
+# difflib: "did you mean" hints in graph errors. ~1.4 MB of RSS together besides asyncio.
+RARELY_USED = ("asyncio", "uuid", "tempfile", "difflib")
+
+
+def defer_rarely_used() -> None:
+    """Called first by the processes of a running graph (the supervisor, each node process)."""
+    for name in RARELY_USED:
+        defer(name)
 
 
 numpy = LazyModule("numpy")

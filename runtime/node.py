@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import ctypes
 import heapq
 import logging
 import os
@@ -50,6 +51,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Node", "Event", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
            "NodeError", "load_spec"]
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim(0)), once a node has
+    started: imports and a model's loading leave freed memory inside the heap, which glibc
+    keeps for later allocations that a steady loop does not make. Nothing where the C library
+    has no malloc_trim (musl)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class NodeError(RuntimeError):
@@ -381,6 +393,7 @@ class Node:
 
     def _events(self) -> Iterator[Event]:
         self._link.ready()
+        trim_heap()
         sel = selectors.DefaultSelector()
         for name, sub in self._subs.items():
             sel.register(sub.fileno(), selectors.EVENT_READ, ("input", name, sub))

@@ -1,11 +1,17 @@
 """One node process: how the supervisor starts it, hears it end, and forwards its output.
 
-A node is exec'd as `python -m iotrt.launch` in its own session (so a Ctrl-C in the terminal
-reaches only the supervisor, which then stops the nodes in order, and a signal to the node's
-process group also reaches anything the node spawned). The supervisor learns of its end through
-a pidfd (readable when the process exits), and reads its stdout/stderr through non-blocking
-pipes, all in the supervisor's one select() loop: no thread per node. Lines are forwarded
-through the supervisor's OutputPump, so a stalled log reader cannot block that loop.
+A node is exec'd as `python -m iotrt.launch` in a process group of its own (so a Ctrl-C in the
+terminal reaches only the supervisor, which then stops the nodes in order, and a signal to the
+node's process group also reaches anything the node spawned), in the supervisor's session: with
+CONFIG_SCHED_AUTOGROUP (most distribution kernels) the scheduler shares CPU equally between
+sessions and applies nice only within one, so a session per node made `nice:` between nodes
+moot, and on a busy machine gave a graph a CPU share that grew with its number of processes
+(its process groups looked slower than one process per node: bench/footprint.py).
+
+The supervisor learns of a node process's end through a pidfd (readable when the process
+exits), and reads its stdout/stderr through non-blocking pipes, all in the supervisor's one
+select() loop: no thread per node. Lines are forwarded through the supervisor's OutputPump, so
+a stalled log reader cannot block that loop.
 """
 
 from __future__ import annotations
@@ -68,7 +74,10 @@ class NodeProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,
+            # its own process group (a terminal's Ctrl-C reaches only the supervisor, and a
+            # signal to the group reaches whatever the node spawned), in the supervisor's
+            # session: see the module docstring
+            process_group=0,
         )
         self.pid = self.popen.pid
         try:

@@ -63,6 +63,7 @@ import time
 from dataclasses import asdict, dataclass, field
 import pynng
 
+from iotrt import errors
 from iotrt.codec import DecodeError, pack, unpack
 
 log = logging.getLogger("iotrt.protocol")
@@ -74,7 +75,7 @@ MESSAGE_TYPES = ("ready", "heartbeat", "record")
 MAX_DEADLINE_S = 86400.0
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError, ValueError):
     """IOTRT_NODE_CONFIG is missing a field or has a wrong one."""
 
 

@@ -2,7 +2,9 @@
 
 Each ipc output owns one ring: a file under /dev/shm holding `slots` equally sized slots. To
 publish an array of at least `threshold` bytes, the writer puts it in a free slot and the NNG
-message carries only a descriptor: (segment, slot, sequence, dtype, shape).
+message carries only a descriptor: slot and sequence (`DESC_HEAD`), then the msgpack tail
+[segment, dtype, shape]. A stream repeats its tail, so the writer packs it once and a reader
+validates it once (cached by its exact bytes); slot, sequence and lease are checked per frame.
 
 Read contract: LEASES, NO COPY. A reader gets a read-only numpy view straight onto the slot,
 and holds a lease on that slot for as long as the view (or any array derived from it) is
@@ -46,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import logging
+import math
 import mmap
 import os
 import re
@@ -67,6 +70,11 @@ DEFAULT_SLOTS = 6
 MAGIC = b"IOTRSHM2"
 HEADER = struct.Struct("<8sIIQ")  # magic, slots, reserved, slot_size
 HEADER_SIZE = 64
+SEQ = struct.Struct("<Q")  # a slot's sequence word
+# A descriptor: slot (u32) and sequence (u64), then msgpack [segment, dtype, shape]. The tail is
+# the same for every frame of a stream, so a reader validates it once and caches the result.
+DESC_HEAD = struct.Struct("<IQ")
+MAX_KINDS = 32  # descriptor tails (segment, dtype, shape) a reader or writer keeps validated
 SEQ_STRIDE = 64  # one cache line per slot's sequence word: no false sharing between slots
 ALIGN = 4096
 NAME_RE = re.compile(r"^iotrt-[0-9a-f]{12}-[0-9a-f]{16}-\d{1,10}$")
@@ -155,10 +163,11 @@ class RingWriter:
         self.inline_fallbacks = 0  # frames sent inline because every slot was leased
         self._fd = -1
         self._map: mmap.mmap | None = None
-        self._seqs: np.ndarray | None = None
+        self._kinds: dict[tuple, tuple[np.dtype, int]] = {}
+        self._tails: dict[tuple, bytes] = {}
         self._next = 0
         self._seq = 0
-        self._loan: tuple[np.ndarray, int] | None = None  # (array, slot) being filled
+        self._loan: tuple[np.ndarray, int, bytes] | None = None  # (array, slot, tail)
         reclaim(prefix)
 
     def _create(self, nbytes: int) -> None:
@@ -186,7 +195,7 @@ class RingWriter:
         self._data0 = data0
         self._map[:HEADER_SIZE] = HEADER.pack(MAGIC, self.slots, 0, self.slot_size).ljust(
             HEADER_SIZE, b"\0")
-        self._seqs = np.ndarray((self.slots,), "<u8", self._map, HEADER_SIZE, (SEQ_STRIDE,))
+        self._tails.clear()  # they name the old segment
 
     def _claim(self, nbytes: int) -> int | None:
         """The next slot no reader leases, invalidated for writing; None if all are leased.
@@ -203,7 +212,8 @@ class RingWriter:
             if self._loan is not None and slot == self._loan[1]:
                 continue  # the producer is still filling this one
             if _lock(self._fd, slot, fcntl.F_WRLCK):
-                self._seqs[slot] = 0  # no descriptor names seq 0
+                SEQ.pack_into(self._map, HEADER_SIZE + slot * SEQ_STRIDE, 0)  # no descriptor
+                #                                                   names seq 0
                 _lock(self._fd, slot, fcntl.F_UNLCK)
                 return slot
         self.inline_fallbacks += 1
@@ -213,35 +223,62 @@ class RingWriter:
                         self.name, self.slots, self.inline_fallbacks)
         return None
 
-    def _commit(self, slot: int, dtype: np.dtype, shape: tuple) -> msgpack.ExtType:
+    def _kind(self, shape: tuple, dtype: object) -> tuple[np.dtype, int]:
+        """(wire dtype, byte size) of an array; remembered, since a stream sends the same
+        shape and dtype again and again."""
+        key = (shape, dtype)
+        try:
+            kind = self._kinds.get(key)
+        except TypeError:  # an unhashable dtype spec (fields as a list): wire_dtype refuses it
+            kind = key = None
+        if kind is None:
+            wire = wire_dtype(np.dtype(dtype))
+            kind = (wire, math.prod(shape) * wire.itemsize)
+            if key is not None:
+                if len(self._kinds) >= MAX_KINDS:
+                    self._kinds.clear()
+                self._kinds[key] = kind
+        return kind
+
+    def _tail(self, shape: tuple, wire: np.dtype) -> bytes:
+        """The descriptor's tail, msgpack [segment, dtype, shape], for the current segment."""
+        tail = self._tails.get((shape, wire))
+        if tail is None:
+            tail = msgpack.packb([self.name, wire.str, list(shape)])
+            if len(self._tails) >= MAX_KINDS:
+                self._tails.clear()
+            self._tails[(shape, wire)] = tail
+        return tail
+
+    def _commit(self, slot: int, tail: bytes) -> msgpack.ExtType:
         # readers learn the descriptor only through NNG, after this store (and the system
         # calls of the send, which order it after the data on any CPU)
         self._seq += 1
-        self._seqs[slot] = self._seq
-        return msgpack.ExtType(EXT_SHM, msgpack.packb([self.name, slot, self._seq, dtype.str,
-                                                       list(shape)]))
+        SEQ.pack_into(self._map, HEADER_SIZE + slot * SEQ_STRIDE, self._seq)
+        return msgpack.ExtType(EXT_SHM, DESC_HEAD.pack(slot, self._seq) + tail)
 
     def _view(self, slot: int, shape: tuple, dtype: np.dtype) -> np.ndarray:
         return np.ndarray(shape, dtype, self._map, self._data0 + slot * self.slot_size)
 
-    def loan(self, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+    def loan(self, shape: tuple, dtype: object) -> np.ndarray | None:
         """A writable array inside a free slot, for a producer to fill in place (e.g.
         cv2.VideoCapture.read(image=...)). Publishing that very array sends it without a copy;
-        from then on it is read-only. A new loan abandons an unpublished one. None when every
-        slot is leased."""
-        dtype = wire_dtype(np.dtype(dtype))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        from then on it is read-only. A new loan abandons an unpublished one. None when the
+        frame is below the threshold or every slot is leased."""
         self._abandon()
+        wire, nbytes = self._kind(shape, dtype)
+        if nbytes < self.threshold:
+            return None
         slot = self._claim(nbytes)
         if slot is None:
             return None
-        view = self._view(slot, shape, dtype)
-        self._loan = (view, slot)
+        view = self._view(slot, shape, wire)
+        self._loan = (view, slot, self._tail(shape, wire))
         return view
 
     def _abandon(self) -> None:
         if self._loan is not None:
-            view, _ = self._loan
+            view = self._loan[0]
             self._loan = None
             view.flags.writeable = False  # its slot keeps seq 0: nobody can read the leftovers
 
@@ -251,21 +288,20 @@ class RingWriter:
         if loan is not None and arr is loan[0]:
             self._loan = None
             arr.flags.writeable = False  # the bus owns it now: later writes would tear it
-            return self._commit(loan[1], arr.dtype, arr.shape)
+            return self._commit(loan[1], loan[2])
         if arr.nbytes < self.threshold:
             return None
-        dtype = wire_dtype(arr.dtype)
-        slot = self._claim(arr.nbytes)
+        wire, nbytes = self._kind(arr.shape, arr.dtype)
+        slot = self._claim(nbytes)
         if slot is None:
             return None
-        np.copyto(self._view(slot, arr.shape, dtype), arr,
-                  casting="no" if dtype == arr.dtype else "equiv")
-        return self._commit(slot, dtype, arr.shape)
+        np.copyto(self._view(slot, arr.shape, wire), arr,
+                  casting="no" if wire == arr.dtype else "equiv")
+        return self._commit(slot, self._tail(arr.shape, wire))
 
     def close(self) -> None:
         self._loan = None
         if self._map is not None:
-            self._seqs = None
             try:
                 self._map.close()
             except BufferError:
@@ -302,26 +338,44 @@ class _Mapping:
         except BaseException:
             os.close(self.fd)
             raise
-        self.seqs = np.ndarray((self.slots,), "<u8", self.map, HEADER_SIZE, (SEQ_STRIDE,))
-        # id(weak reference to a frame's base array) -> (that reference, slot); the reference's
-        # callback ends the lease (keyed by id: a weakref to an ndarray is not hashable)
+        # id(weak reference to a frame) -> (that reference, slot); the reference's callback
+        # ends the lease (keyed by id: a weakref to an ndarray is not hashable)
         self.leases: dict[int, tuple[weakref.ref, int]] = {}
+        # live leases per slot: the lock is one per open file description, so it is taken
+        # by the first lease of a slot and let go with its last (a frame received twice)
+        self.held = [0] * self.slots
         self.closing = False
         # callbacks run in whichever thread drops a frame's last reference
         self._lock = threading.Lock()
 
-    def lease(self, base: np.ndarray, slot: int) -> None:
+    def lease(self, slot: int, seq: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+        """The frame `seq` in `slot` as a read-only array that holds a lease on the slot, or
+        FrameOverwritten. The caller checked slot < slots and that the frame fits a slot."""
         with self._lock:
-            ref = weakref.ref(base, self._release)
+            held = self.held[slot]
+            if not held and not _lock(self.fd, slot, fcntl.F_RDLCK):
+                raise FrameOverwritten(f"slot {slot} of {self.name} is being rewritten")
+            if SEQ.unpack_from(self.map, HEADER_SIZE + slot * SEQ_STRIDE)[0] != seq:
+                if not held:
+                    _lock(self.fd, slot, fcntl.F_UNLCK)
+                raise FrameOverwritten(f"slot {slot} of {self.name} was overwritten before it "
+                                       f"was read")
+            # the array owns the lease: numpy points every view and slice of it back at it,
+            # so it is collected (and the lease ended) only when the reader holds none of them
+            frame = np.ndarray(shape, dtype, self.map, self.data0 + slot * self.slot_size)
+            ref = weakref.ref(frame, self._release)
             self.leases[id(ref)] = (ref, slot)
+            self.held[slot] = held + 1
+        return frame
 
     def _release(self, ref: weakref.ref) -> None:
         """The reader dropped the last reference to a frame: end its lease."""
         with self._lock:
             slot = self.leases.pop(id(ref))[1]
+            self.held[slot] -= 1
             if self.closing and not self.leases:
                 os.close(self.fd)  # also drops any lock left on it
-            else:
+            elif not self.held[slot]:
                 _lock(self.fd, slot, fcntl.F_UNLCK)
 
     def close(self) -> None:
@@ -338,6 +392,8 @@ class RingReaders:
 
     def __init__(self) -> None:
         self._maps: dict[str, _Mapping] = {}  # prefix -> mapping of its current segment
+        # descriptor tail -> (mapping, dtype, shape), validated: a stream repeats its tail
+        self._kinds: dict[bytes, tuple[_Mapping, np.dtype, tuple]] = {}
 
     def _mapping(self, name: str) -> _Mapping:
         prefix = name.rsplit("-", 2)[0]
@@ -347,6 +403,7 @@ class RingReaders:
         if m is not None:  # the publisher restarted or grew its slots
             m.close()
             del self._maps[prefix]
+            self._kinds.clear()  # some name the closed mapping
         try:
             m = _Mapping(name)
         except FileNotFoundError as exc:
@@ -355,35 +412,39 @@ class RingReaders:
         self._maps[prefix] = m
         return m
 
-    def read(self, payload: bytes) -> np.ndarray:
-        """codec shm_reader: descriptor -> read-only leased view, or FrameOverwritten."""
+    def _kind(self, tail: bytes) -> tuple[_Mapping, np.dtype, tuple]:
+        """Check a descriptor tail, msgpack [segment, dtype, shape], and map its segment."""
         try:
-            desc = msgpack.unpackb(payload, raw=False)
+            desc = msgpack.unpackb(tail, raw=False)
         except (ValueError, TypeError) as exc:
             raise DecodeError(f"bad shared-memory descriptor: {exc}") from exc
-        if not (isinstance(desc, list) and len(desc) == 5):
+        if not (isinstance(desc, list) and len(desc) == 3):
             raise DecodeError("bad shared-memory descriptor")
-        name, slot, seq, dtype_str, shape = desc
+        name, dtype_str, shape = desc
         if not (isinstance(name, str) and NAME_RE.match(name)):
             raise DecodeError(f"bad shared-memory segment name {name!r}")
-        m = self._mapping(name)
-        if not (type(slot) is int and 0 <= slot < m.slots and type(seq) is int and seq > 0):
-            raise DecodeError(f"bad slot {slot!r} or sequence {seq!r} for segment {name}")
         dtype, shape, nbytes = parse_array_header([dtype_str, shape])
+        m = self._mapping(name)
         if nbytes > m.slot_size:
             raise DecodeError(f"frame of {nbytes} bytes does not fit a slot of {m.slot_size}")
-        if not _lock(m.fd, slot, fcntl.F_RDLCK):
-            raise FrameOverwritten(f"slot {slot} of {name} is being rewritten")
-        if int(m.seqs[slot]) != seq:
-            _lock(m.fd, slot, fcntl.F_UNLCK)
-            raise FrameOverwritten(f"slot {slot} of {name} was overwritten before it was read")
-        # `base` owns the lease: numpy points every view and slice of it back at `base`, so it
-        # is collected (and the lease released) only when the reader holds none of them
-        base = np.ndarray(shape, dtype, m.map, m.data0 + slot * m.slot_size)
-        m.lease(base, slot)
-        return base.view()
+        if len(self._kinds) >= MAX_KINDS:
+            self._kinds.clear()
+        kind = self._kinds[tail] = (m, dtype, shape)
+        return kind
+
+    def read(self, payload: bytes) -> np.ndarray:
+        """codec shm_reader: descriptor -> read-only leased view, or FrameOverwritten."""
+        if len(payload) <= DESC_HEAD.size:
+            raise DecodeError("bad shared-memory descriptor")
+        slot, seq = DESC_HEAD.unpack_from(payload)
+        tail = payload[DESC_HEAD.size:]
+        m, dtype, shape = self._kinds.get(tail) or self._kind(tail)
+        if not (slot < m.slots and seq > 0):
+            raise DecodeError(f"bad slot {slot} or sequence {seq} for segment {m.name}")
+        return m.lease(slot, seq, dtype, shape)
 
     def close(self) -> None:
         for m in self._maps.values():
             m.close()
         self._maps.clear()
+        self._kinds.clear()

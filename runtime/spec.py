@@ -15,12 +15,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from iotrt.errors import ConfigError
 
-class SpecError(ValueError):
+
+class SpecError(ConfigError, ValueError):
     """A node target whose SPEC cannot be found or is malformed."""
 
 
-class ParamError(ValueError):
+class ParamError(ConfigError, ValueError):
     """Parameters that do not match a node's SPEC. `errors` lists every problem found."""
 
     def __init__(self, errors: list[str]):
@@ -215,13 +217,51 @@ def _script_spec(path: str) -> NodeSpec:
             return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
         return False
 
-    tree.body = [s for s in tree.body if keep(s)]
+    body, tree.body = tree.body, [s for s in tree.body if keep(s)]
     namespace: dict[str, Any] = {"__name__": "__iotrt_spec__", "__file__": path}
     try:
         exec(compile(tree, path, "exec"), namespace)  # the user's own file, as import would
     except Exception as exc:
         raise SpecError(f"{path}: reading SPEC failed: {type(exc).__name__}: {exc}") from exc
-    return _spec_of(type("script", (), {"SPEC": namespace.get("SPEC")}), path)
+    spec = _spec_of(type("script", (), {"SPEC": namespace.get("SPEC")}), path)
+    check_entry(body, path)
+    return spec
+
+
+def check_entry(body: list[ast.stmt], path: str) -> None:
+    """Refuse a node file that would do nothing when run: it needs a `main(node)` function (the
+    launcher calls it), an `if __name__ == "__main__":` block, or top-level code that runs the
+    node (a `Node(...)`, a loop, a call)."""
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name == "main":
+            return
+        if isinstance(stmt, ast.If) and _is_main_guard(stmt.test):
+            return
+        if isinstance(stmt, (ast.For, ast.While, ast.With)):
+            return
+        if isinstance(stmt, ast.Expr) and not isinstance(stmt.value, ast.Constant):
+            return
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and any(
+                isinstance(n, ast.Call) and _called_name(n.func) == "Node" for n in ast.walk(stmt)):
+            return
+    spec_line = next((s.lineno for s in body if isinstance(s, ast.Assign)
+                      and any(isinstance(t, ast.Name) and t.id == "SPEC" for t in s.targets)), 1)
+    raise SpecError(
+        f"{path}:{spec_line}: nothing to run: the file has no main(node) function, no "
+        f"`if __name__ == \"__main__\":` block and no top-level Node(); add "
+        f"`def main(node):` with the node's event loop (docs/nodes.md)")
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def _called_name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else (
+        func.attr if isinstance(func, ast.Attribute) else "")
 
 
 def load_spec(target: str) -> NodeSpec:

@@ -250,6 +250,8 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
         n.pid = None
         n.returncode = event.returncode
         how = _describe_exit(event.returncode)
+        if s == State.STARTING:
+            how += " before it was ready"
         if s == State.STOPPING and not n.wanted:
             # STOPPING -> STOPPED
             _enter(n, State.STOPPED, now, how)

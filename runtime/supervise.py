@@ -69,11 +69,12 @@ def exec_supervisor(graph_path: str, specs: dict[str, NodeSpec], log_level: str)
 
 
 def main(argv: list[str]) -> int:
-    from iotrt.lazy import defer
+    from iotrt.lazy import defer_rarely_used
 
-    # pynng imports asyncio (which imports ssl) for its async API, which the supervisor never
-    # uses: ~9 MB of RSS. Deferred, it is imported only if something does use it.
-    defer("asyncio")
+    # e.g. pynng imports asyncio (which imports ssl) for its async API, which the supervisor
+    # never uses: ~9 MB of RSS. Deferred, each is imported only if something does use it.
+    defer_rarely_used()
+    from iotrt.console import setup_logging
     from iotrt.graph import GraphError, load_graph
     from iotrt.supervisor import run_graph
 
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
         print("iotrt.supervise is started by 'iotrt up GRAPH'", file=sys.stderr)
         return 2
     path, level = argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)     # with a timestamp, unless journald stamps the lines
     if os.environ.get("JOURNAL_STREAM"):     # our stderr is journald's (set by systemd)
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))

@@ -29,7 +29,9 @@ from iotrt import shm
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
+from iotrt.console import SHOWN, decision_line
 from iotrt.control import Rates, Usage, process_row, ps_row, topics_table
+from iotrt.errors import SupervisionError
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
@@ -42,6 +44,7 @@ from iotrt.states import (
 )
 
 log = logging.getLogger("iotrt.supervisor")
+decisions = logging.getLogger("iotrt.events")    # one line per decision: iotrt.console
 RESTART_ORDER = ("never", "on-failure", "always")
 
 EXIT_OK = 0
@@ -49,8 +52,10 @@ EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should esca
 EXIT_SETUP = 2            # could not even start (sockets, journal, already running)
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(SupervisionError, RuntimeError):
     """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
+
+    exit_code = 2     # EXIT_SETUP
 
 
 class Supervisor:
@@ -241,13 +246,26 @@ class Supervisor:
         if self.ready_sent:
             return
         if all(s.state in (State.RUNNING, State.EXITED, State.FAILED) for s in self.slots.values()):
+            # Every process is running or has ended for good. "Up" means it sent ready and did
+            # not fail: a node that ended before it was ready (a file with nothing to run) or
+            # gave up is named, never counted.
             self.ready_sent = True
             took = now - self.started_at
-            log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, len(self.graph.nodes),
-                     took)
+            down = [(nid, s) for s in self.slots.values()
+                    if not (s.state == State.RUNNING
+                            or (s.state == State.EXITED and s.running_since is not None))
+                    for nid in s.members]
+            up = len(self.graph.nodes) - len(down)
+            if down:
+                log.warning("graph %s: %d of %d nodes up in %.2fs; not up: %s",
+                            self.graph.name, up, len(self.graph.nodes), took,
+                            "; ".join(f"{nid} {s.state.value} ({s.reason})" for nid, s in down))
+            else:
+                log.info("graph %s: all %d nodes up in %.2fs", self.graph.name, up, took)
             self.notifier.notify("READY=1")
             self._status(self._summary())
-            self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took})
+            self._publish_event({"event": "graph_ready", "graph": self.graph.name, "startup_s": took,
+                                 "up": up, "not_up": [nid for nid, _ in down]})
 
     def _watchdog(self, now: float) -> None:
         if not self.notifier.watchdog_s or now < self._next_ping:
@@ -424,12 +442,16 @@ class Supervisor:
     def _write_record(self, body) -> tuple[int | None, str]:
         """Journal a node's record: (event id, "") or (None, why not)."""
         try:
-            return self.journal.write_record(body), ""
+            event_id = self.journal.write_record(body)
         except BadRecord as exc:      # the node sent nonsense: its problem, not the journal's
             return None, str(exc)
         except JournalError as exc:
             log.error("journal write failed: %s", exc)
             return None, f"the journal could not be written: {exc}"
+        line = decision_line(body["kind"], body["id"], body["fields"])   # checked by the journal
+        if line is not None:
+            decisions.log(SHOWN[body["kind"]], "%s", line)
+        return event_id, ""
 
     def _on_sync_records(self, fd: int) -> None:
         while (cmd := self.records.recv_nowait()) is not None:

@@ -45,9 +45,11 @@ class Issue:
     file: str
     line: int
     message: str
+    column: int | None = None     # 1-based, where known (syntax errors)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        col = f":{self.column}" if self.column else ""
+        return f"{self.file}:{self.line}{col}: {self.message}"
 
 
 class Invalid:
@@ -66,6 +68,27 @@ def suggest(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def syntax_hint(exc: yaml.MarkedYAMLError) -> str:
+    """A plain-words hint for PyYAML's parser messages: '; check the indentation of line 5'."""
+    problem, context = exc.problem or "", exc.context or ""
+    line = exc.problem_mark.line + 1 if exc.problem_mark else None
+    opened = exc.context_mark.line + 1 if exc.context_mark else None
+    if "'\\t'" in problem or "\t" in problem:
+        return f"; YAML indents with spaces only: replace the tab on line {line} with spaces"
+    if "quoted scalar" in context and opened:
+        return f"; the quote opened on line {opened} is never closed"
+    if "flow" in context and opened:
+        return f"; the '[' or '{{' opened on line {opened} is never closed"
+    if "mapping values are not allowed" in problem:
+        return (f"; check the indentation of line {line}, or put quotes around a value "
+                f"that contains ': '")
+    if line and ("block end" in problem or "expected key" in problem
+                 or "block collection" in context or "block mapping" in context):
+        return (f"; check the indentation of line {line}: it must line up with the line "
+                f"above it, or be indented under a key that ends with ':'")
+    return f"; check line {line} and the line above it" if line else ""
+
+
 def line_of(node: Node) -> int:
     return node.start_mark.line + 1
 
@@ -79,9 +102,9 @@ class Checker:
         # A loader instance is the one public way to run PyYAML's safe constructors on a node.
         self._constructor = yaml.SafeLoader("")
 
-    def error(self, where: Node | int, message: str) -> Invalid:
+    def error(self, where: Node | int, message: str, column: int | None = None) -> Invalid:
         line = where if isinstance(where, int) else line_of(where)
-        self.issues.append(Issue(self.file, line, message))
+        self.issues.append(Issue(self.file, line, message, column))
         return INVALID
 
     # -- loading ---------------------------------------------------------------------------
@@ -98,7 +121,9 @@ class Checker:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            self.error(mark.line + 1 if mark else 1, f"YAML syntax error: {exc.problem}")
+            self.error(mark.line + 1 if mark else 1,
+                       f"YAML syntax error: {exc.problem}{syntax_hint(exc)}",
+                       mark.column + 1 if mark else None)
             return None
         except yaml.YAMLError as exc:
             self.error(1, f"YAML error: {exc}")

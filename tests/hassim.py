@@ -141,11 +141,11 @@ class HomeAssistant:
         return all(self.retained.get(a["topic"]) == a.get("payload_available", "online").encode()
                    for a in config["availability"])
 
-    def wait_state(self, config: dict, want: str, timeout: float = 15.0) -> None:
+    def wait_state(self, config: dict, want: str, timeout: float = 30.0) -> None:
         wait_for(lambda: self.state(config) == want, timeout,
                  f"{config['name']} = {want!r} (now {self.state(config)!r})")
 
-    def wait_events(self, config: dict, count: int, timeout: float = 15.0) -> list[bytes]:
+    def wait_events(self, config: dict, count: int, timeout: float = 30.0) -> list[bytes]:
         """The payloads seen on an event entity's state topic, once there are `count`."""
         topic = config["state_topic"]
         return wait_for(lambda: len(self.history.get(topic, [])) >= count and

@@ -49,6 +49,7 @@ FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
 COVERED = {
     ("README.md", "sh", "iotrt up configs/door.yaml"): "tests/e2e/test_quickstart.py",
     ("docs/nodes.md", "python", ""): "tests/runtime/test_docs.py",
+    ("docs/nodes.md", "yaml", "my_nodes/facecount.py"): "tests/e2e/test_door_console.py",
     ("docs/compile.md", "python", ""): "tests/compiler/test_compile_docs.py",
     ("docs/actuators.md", "yaml", "kind: lock"): "tests/actuators/test_docs.py",
     ("docs/actuators.md", "python", "# buzzer.py"): "tests/actuators/test_docs.py",
@@ -57,7 +58,8 @@ OWN_TEST_TAGS = {"rules", "messages"}  # tests/rules/test_docs.py
 EXECUTED = {"yaml", "python", "sh"}
 OFFLINE_VERBS = {"validate", "graph", "unit", "compile", "rules check"}
 # Programs other than iotrt that the docs show (system tools; not run here).
-OTHER_PROGRAMS = {"python3", ".venv/bin/python", ".venv/bin/pip", "systemctl", "journalctl", "jq"}
+OTHER_PROGRAMS = {"python3", ".venv/bin/python", ".venv/bin/pip", "systemctl", "journalctl", "jq",
+                  "chown", "chmod"}
 EXTRAS = set(re.findall(r"^([\w-]+) = ", (ROOT / "pyproject.toml").read_text()
                         .split("[project.optional-dependencies]")[1].split("\n[")[0], re.M))
 # Environment variables a documented graph uses without a default.
@@ -187,7 +189,7 @@ def test_api_listing_imports_exist(block):
 # --- sh: command lines ----------------------------------------------------------------------
 
 def commands(block: Block) -> list[list[str]]:
-    """Each simple command of a sh block, as argv, without `sudo [-u USER]`."""
+    """Each simple command of a sh block, as argv, without `sudo [-u USER]` and `env NAME=...`."""
     text = block.body.replace("\\\n", " ")
     out = []
     for line in text.splitlines():
@@ -197,6 +199,10 @@ def commands(block: Block) -> list[list[str]]:
             if tok in ("&&", "|", ";", "||"):
                 while cmd and cmd[0] == "sudo":
                     cmd = cmd[3:] if cmd[1:2] == ["-u"] else cmd[1:]
+                if cmd and cmd[0] == "env":      # `env NAME=value ... program`
+                    cmd = cmd[1:]
+                    while cmd and re.match(r"[A-Za-z_]\w*=", cmd[0]):
+                        cmd = cmd[1:]
                 if cmd:
                     out.append(cmd)
                 cmd = []

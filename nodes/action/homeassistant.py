@@ -399,11 +399,10 @@ def main(node: Node) -> None:
 
     p = node.params
     if not p["host"]:
-        # Off, but still running: in a process group (`process:`) a node that returns takes
-        # its companions down. Its inputs are read and dropped.
+        # Off: return, which closes its inputs (a camera's frames would otherwise be received
+        # and dropped 30 times a second). Alone, its process exits 0 and is not restarted; in
+        # a process group it is reported done and its companions run on (iotrt.launch).
         node.log.info("no MQTT broker configured (param host): the Home Assistant bridge is off")
-        for _ in node:
-            pass
         return
     try:
         layout = layout_from(node)

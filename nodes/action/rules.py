@@ -20,6 +20,7 @@ SIGHUP reloads the rules; a bad file is reported and the running rules stay.
 
 from __future__ import annotations
 
+import ast
 import logging
 import queue
 import threading
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from iotrt.codec import EncodeError
 from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
@@ -35,6 +38,9 @@ from iotrt.rules import (
     TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
     RulesError, Skipped, StateSet, load_rules,
 )
+from iotrt.rules.expressions import Expression
+from iotrt.rules.schema import CommandStep, Interpolated, PublishStep
+from iotrt.yamlcheck import suggest
 
 SPEC = NodeSpec(
     doc="rule engine: triggers, conditions and actions from a rules file (YAML or Python)",
@@ -64,7 +70,8 @@ SPEC = NodeSpec(
     ],
 )
 
-DECISIONS = "decisions"  # the optional per-message output (see RuleNode.__init__)
+DECISIONS = "decisions"
+_DICT_METHODS = frozenset({"get", "keys", "values", "items"})  # (as the sandbox allows them)  # the optional per-message output (see RuleNode.__init__)
 # A rule that keeps failing is logged and journaled at most this often.
 ERROR_REPORT_EVERY_S = 60.0
 _STOP = object()
@@ -279,21 +286,195 @@ class RuleNode:
         self.node.record("rules_reloaded", file=str(self.rules_path), rules=ids)
 
 
-def check(params: dict, base_dir: str | Path) -> list[Problem]:
+def check(params: dict, base_dir: str | Path, node: Any = None, graph: Any = None
+          ) -> list[Problem]:
     """Every problem of the rules a graph gives this node (str(): "file:line: message").
 
     For graph validation (`iotrt validate`, `iotrt up`; see iotrt.graph.NODE_FILE_CHECKS):
     `params` are the node's validated params and `base_dir` the graph file's folder (the
-    node's working directory when it runs).
+    node's working directory when it runs). With the node's definition and its `graph`, the
+    rules are also checked against the node's wiring (see `check_wiring`), and a rules file
+    that does not exist is reported at the graph's line that names it.
     """
     if "rules" not in params:
         return []  # the missing or invalid param is already reported by the graph
     base = Path(base_dir)
+    rules_path = base / params["rules"]
+    if graph is not None and node is not None and not rules_path.is_file():
+        return [_missing_file(rules_path, params["rules"], node, graph)]
     try:
-        load_rules(base / params["rules"], python=[base / p for p in params.get("python", [])])
+        ruleset = load_rules(rules_path, python=[base / p for p in params.get("python", [])])
     except RulesError as exc:
         return exc.problems
-    return []
+    if graph is None or node is None:
+        return []
+    return check_wiring(ruleset.rules, node, graph)[0]
+
+
+def _missing_file(path: Path, named: str, node: Any, graph: Any) -> Problem:
+    """A rules file that does not exist, at the graph line of `rules:`, with did-you-mean
+    among the rules-like files of its folder (as the graph would name them)."""
+    folder = Path(named).parent
+    nearby = sorted(str(folder / p.name) for p in path.parent.glob("*")
+                    if p.suffix in (".yaml", ".yml", ".py") and p.is_file()) \
+        if path.parent.is_dir() else []
+    return Problem(str(graph.path), _param_line(graph.path, node.id, "rules", node.line),
+                   f"node '{node.id}': rules file '{named}' does not exist ({path})"
+                   f"{suggest(named, nearby)}")
+
+
+def _param_line(graph_path: Path, node_id: str, key: str, default: int) -> int:
+    """The line of `params: {key: ...}` of node `node_id` in the graph file."""
+    try:
+        root = yaml.compose(graph_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return default
+    nodes = _child(root, "nodes")
+    for item in nodes.value if isinstance(nodes, yaml.SequenceNode) else []:
+        ident = _child(item, "id")
+        if isinstance(ident, yaml.ScalarNode) and ident.value == node_id:
+            params = _child(item, "params")
+            value = _child(params, key)
+            if value is not None:
+                return value.start_mark.line + 1
+    return default
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def check_wiring(rules: list, node: Any, graph: Any) -> tuple[list[Problem], list[Problem]]:
+    """Rules that name ports the graph did not wire to this node, at the rules' file:line:
+    a trigger on a topic that is neither an input's name nor its topic, a command or notify
+    to an output no actuator's command input is wired to, a publish on an output the node
+    does not declare; and `msg.FIELD` in a rule whose every trigger is an input whose
+    messages' fields are known (the SPEC of the node feeding it documents its output as
+    `{a, b: ..., c}`) where FIELD is not one of them. (A Python rule's body is not read: its
+    triggers are checked.)
+
+    Returns (problems, notes): a name close to a wired one is a typo and a problem (`face`
+    for the input `faces`: the rule could never fire); one unlike any wired name is a note,
+    since one rules file may serve graphs with and without an optional part (a door graph
+    without Home Assistant or a snapshot camera), and the node warns about it when it starts.
+    """
+    inputs = {name: wire.topic for name, wire in node.inputs.items()}
+    topics = sorted(set(inputs) | set(inputs.values()))
+    commands = sorted({wire.output for other in graph.nodes.values()
+                       for wires in other.commands.values() for wire in wires
+                       if wire.node == node.id})
+    outputs = list(node.outputs)
+    problems: list[Problem] = []
+    notes: list[Problem] = []
+
+    def found(rule: Any, line: int, name: str, wired: list[str], what: str) -> None:
+        hint = suggest(name, wired)
+        (problems if hint else notes).append(Problem(rule.file, line, what + hint))
+
+    for rule in rules:
+        tlines = rule.trigger_lines or (rule.line,) * len(rule.triggers)
+        for trig, line in zip(rule.triggers, tlines):
+            if trig.topic is not None and trig.topic not in topics:
+                found(rule, line, trig.topic, topics,
+                      f"rule '{rule.id}' triggers on '{trig.topic}', which is not an input of "
+                      f"node '{node.id}' (inputs: {_listing(inputs)})")
+        fields = _rule_fields(rule, node, graph)
+        if fields is not None:
+            for field, line in _message_fields_used(rule):
+                if field not in fields:
+                    found(rule, line, field, sorted(fields),
+                          f"rule '{rule.id}' reads msg.{field}, but the messages it triggers on "
+                          f"have the fields {', '.join(sorted(fields))}")
+        for step, line in zip(rule.steps, rule.step_lines or (rule.line,) * len(rule.steps)):
+            if isinstance(step, CommandStep) and step.output not in commands:
+                found(rule, line, step.output, commands,
+                      f"rule '{rule.id}' sends {step.label} '{step.output}', but no actuator's "
+                      f"command input is wired to {node.id}/{step.output} "
+                      f"(wired: {', '.join(commands) or 'none'})")
+            elif (isinstance(step, PublishStep) and step.output not in outputs
+                  and step.output != DECISIONS):
+                found(rule, line, step.output, outputs,
+                      f"rule '{rule.id}' publishes on '{step.output}', which is not an output "
+                      f"of node '{node.id}' (outputs: {', '.join(outputs) or 'none'})")
+    return problems, notes
+
+
+def message_fields(doc: Any) -> frozenset[str] | None:
+    """The top-level fields of messages a SPEC documents as `{a, b: [..], c: {..}}`, or None
+    when the description is not of that shape (then nothing is known about the fields)."""
+    if not isinstance(doc, str) or not doc.startswith("{") or not doc.endswith("}"):
+        return None
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(doc[1:-1], 1):
+        depth += (ch in "[{(") - (ch in "]})")
+        if ch == "," and depth == 0:
+            parts.append(doc[start:i])
+            start = i + 1
+    parts.append(doc[start:-1])
+    keys = [part.split(":", 1)[0].strip() for part in parts]
+    return frozenset(keys) if all(k.isidentifier() for k in keys) else None
+
+
+def _rule_fields(rule: Any, node: Any, graph: Any) -> frozenset[str] | None:
+    """The fields of every message that can trigger `rule`, if all its triggers are inputs of
+    `node` fed by an output whose SPEC documents them; else None."""
+    by_topic = {**{name: wire for name, wire in node.inputs.items()},
+                **{wire.topic: wire for wire in node.inputs.values()}}
+    fields: set[str] = set()
+    for trig in rule.triggers:
+        wire = by_topic.get(trig.topic) if trig.topic is not None else None
+        source = graph.nodes.get(wire.node) if wire is not None else None
+        spec = getattr(source, "spec", None)
+        known = message_fields(spec.outputs.get(wire.output)) if spec is not None else None
+        if known is None:
+            return None
+        fields |= known
+    return frozenset(fields) if rule.triggers else None
+
+
+def _message_fields_used(rule: Any) -> list[tuple[str, int]]:
+    """(field, line) of every `msg.field` in the rule's expressions (conditions, trigger
+    values, action templates); `msg.get(...)` and the other dict methods are not fields."""
+    found: list[tuple[str, int]] = []
+
+    def walk(value: Any, line: int) -> None:
+        if isinstance(value, Expression):
+            bound = {n.id for c in ast.walk(value.tree) if isinstance(c, ast.comprehension)
+                     for n in ast.walk(c.target) if isinstance(n, ast.Name)}
+            if "msg" in bound:
+                return  # a comprehension's own `msg`: not the message
+            for n in ast.walk(value.tree):
+                if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                        and n.value.id == "msg" and n.attr not in _DICT_METHODS):
+                    found.append((n.attr, line))
+        elif isinstance(value, Interpolated):
+            for part in value.parts:
+                walk(part, line)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v, line)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, line)
+
+    tlines = rule.trigger_lines or (rule.line,) * len(rule.triggers)
+    for trig, line in zip(rule.triggers, tlines):
+        walk(getattr(trig, "value", None), line)
+    clines = rule.condition_lines or (rule.line,) * len(rule.conditions)
+    for cond, line in zip(rule.conditions, clines):
+        walk(cond, line)
+    for step, line in zip(rule.steps, rule.step_lines or (rule.line,) * len(rule.steps)):
+        walk([getattr(step, name, None) for name in ("args", "data", "message", "expr")]
+             + [v for _, v in getattr(step, "values", ())], line)
+    return found
+
+
+def _listing(inputs: dict[str, str]) -> str:
+    return ", ".join(f"{name} ({topic})" for name, topic in inputs.items()) or "none"
 
 
 def main(node: Node) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -135,26 +135,23 @@ class JournalTail:
                 self._reader.close()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def usage(pid: int | None) -> tuple[float | None, int | None, int | None]:
-    """(CPU seconds, RSS, PSS) of a process from /proc; Nones if it is gone or not ours."""
+    """(CPU seconds, RSS, PSS) of a process from /proc (no psutil: ~1.6 MB less in the web
+    node's process); Nones if it is gone."""
     if not pid:
         return None, None, None
     try:
-        p = psutil.Process(pid)
-        t = p.cpu_times()
-        rss = p.memory_info().rss
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()   # the name may hold spaces and ")"
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
         return None, None, None
-    pss = None
-    try:   # smaps_rollup: one cheap read (psutil's memory_full_info walks every mapping)
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    return t.user + t.system, rss, pss
+    return (int(fields[11]) + int(fields[12])) / TICKS, rss, control.pss_bytes(pid)
 
 
 class Status:

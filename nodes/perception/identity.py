@@ -8,13 +8,22 @@ wait for it); a message whose frame is gone (dropped upstream) is published with
 about. Give the `image` input a queue of at least 2 so frames are rarely lost.
 
 Output `faces`, one per detections message (also when nobody is there, so rules see both edges):
-    {"faces": [{"name": "owner", "score": 0.93, "known": true, "box": [x1, y1, x2, y2]}, ...],
-     "known": ["owner"],      # enrolled people in view, sorted, no repeats
-     "unknown": 1,            # faces that matched nobody
+    {"faces": [{"name": "owner", "score": 0.93, "known": true, "box": [x1, y1, x2, y2],
+                "track": 1, "held": false, "person": "owner"}, ...],
+     "known": ["owner"],      # enrolled people matched in this frame, sorted, no repeats
+     "unknown": 1,            # faces of this frame that matched nobody
+     "people": ["owner"],     # whom the faces in view were recognised as (tracked)
+     "visitors": 1,           # faces in view recognised as nobody (tracked)
      "method": "lbp", "unpaired": 0}
 
-Journal: a `faces_seen` event each time the view changes (someone enrolled arrives or leaves, an
-unknown face appears or goes) and holds for 3 results, so `iotrt events` tells who came when.
+Faces are followed across frames (tracker.py): `track` numbers a face for as long as it is in
+view, a face the detector missed stays for `track_hold_s` as a `held` face (never `known`: it
+was not seen), and `person` is whom its track was recognised as. One visit is one episode for
+the rules (`all(f.known is not True and f.get("person") is None ...)`: a visitor) and the
+journal.
+
+Journal: a `faces_seen` event each time the view changes (someone enrolled arrives or leaves, a
+visitor appears or goes) and holds for 3 results, so `iotrt events` tells who came when.
 
 On reload (SIGHUP, `iotrt reload`) the gallery is read again, so newly enrolled people are
 recognised without a restart. Methods and their honest limits: facefeatures.py and
@@ -35,11 +44,14 @@ from iotrt.nodes.perception.matcher import (
     lbp_extractor,
 )
 from iotrt.nodes.perception.modelcache import ModelError, cache_dir, load_model
+from iotrt.nodes.perception.tracker import Tracker
 
 SPEC = NodeSpec(
     doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
     inputs={"image": "RGB uint8 frame", "detections": "detector faces with keypoints"},
-    outputs={"faces": "{faces: [{name, score, known, box}], known: [names], unknown: n}"},
+    outputs={"faces": "{faces: [{name, score, known, box, track, held, person}], "
+                      "known: [names], unknown: n, people: [names], visitors: n, method, "
+                      "unpaired}"},
     params=[
         Param("gallery", str, "gallery.npz", "gallery file written by 'iotrt enroll'"),
         Param("method", str, "lbp", "matching method", choices=tuple(METHODS)),
@@ -52,6 +64,12 @@ SPEC = NodeSpec(
         Param("min_eye_px", float, 8.0, "faces with eyes closer than this (pixels) are unknown"),
         Param("frame_buffer", int, 8, "recent frames (and early detections) kept for pairing",
               min=1),
+        Param("track_hold_s", float, 1.0, "a tracked face the detector misses stays in view "
+                                          "this long (capture time)", min=0.0, max=60.0),
+        Param("track_iou", float, 0.3, "box overlap (IoU) that links a face to the previous "
+                                       "frames' face", min=0.01, max=1.0),
+        Param("track_confirm", int, 2, "frames of a track that must match the same enrolled "
+                                       "person before the track is theirs", min=1),
     ],
 )
 
@@ -80,9 +98,10 @@ def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None
 
 class Presence:
     """Who is in view, debounced: `update(out)` returns a journal entry when the people in view
-    (enrolled names, and whether anyone unknown is there) changed and the new view has held for
-    `hold` consecutive results, else None. One missed detection does not make the owner leave
-    and come back in the journal."""
+    (the tracked `people`, and whether a visitor is there; `known`/`unknown` of one frame when
+    the output is not tracked) changed and the new view has held for `hold` consecutive
+    results, else None. One missed detection does not make the owner leave and come back in
+    the journal."""
 
     def __init__(self, hold: int = 3):
         self.hold = hold
@@ -91,7 +110,9 @@ class Presence:
         self._count = 0
 
     def update(self, out: dict) -> dict | None:
-        view = (tuple(out["known"]), out["unknown"] > 0)
+        known, unknown = ((out["people"], out["visitors"]) if "people" in out
+                          else (out["known"], out["unknown"]))
+        view = (tuple(known), unknown > 0)
         if view == self.current:
             self._candidate, self._count = None, 0
             return None
@@ -100,7 +121,7 @@ class Presence:
         if self._count < self.hold:
             return None
         self.current, self._candidate, self._count = view, None, 0
-        return {"known": out["known"], "unknown": out["unknown"], "faces": len(out["faces"]),
+        return {"known": list(known), "unknown": unknown, "faces": len(out["faces"]),
                 "scores": {f["name"]: f["score"] for f in out["faces"] if f["known"]}}
 
 
@@ -108,6 +129,8 @@ def main(node: Node) -> None:
     ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     pairer = Pairer(node.params["frame_buffer"])
     presence = Presence()
+    p = node.params
+    tracker = Tracker(p["track_hold_s"], p["track_iou"], p["track_confirm"])
     node.ready()
     bad = 0
     for event in node:
@@ -136,6 +159,7 @@ def main(node: Node) -> None:
                 if bad == 1 or bad % 100 == 0:
                     node.log.warning("identity: skipped %d malformed detections: %r", bad, exc)
                 continue
+            tracker.update(out, stamp)
             node.publish("faces", out, stamp_ns=stamp)
             seen = presence.update(out)
             if seen is not None:

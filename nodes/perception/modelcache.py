@@ -84,7 +84,7 @@ def compiled_artifact(
     log.info("model %s: compiling once (sha256 %s...) into %s", src.name, digest[:12], out)
 
     def progress(line: str) -> None:
-        log.info("model %s: %s", src.name, line)
+        log.debug("model %s: %s", src.name, line)
 
     try:
         compile_model(str(src), str(tmp), input_shapes=input_shapes, progress=progress)

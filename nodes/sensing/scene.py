@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 DATA = Path(__file__).with_name("data")
+NOISE_SHIFTS = 8     # the sim noise repeats every 8 frames (each shifted by 4 rows)
 # Shipped faces: name -> file. The names are what the scene reports as ground truth.
 FACES: dict[str, str] = {"owner": "owner.jpg", "visitor": "visitor.jpg"}
 
@@ -57,17 +58,16 @@ class DoorScene:
         # Sensor noise from a small bank of precomputed frames, added and subtracted with
         # saturating uint8 ops: drawing fresh Gaussian noise for 640x480x3 took longer than a
         # frame period on a small board.
-        # Drawn one float32 frame at a time: a float64 bank of 4 frames at once made the
-        # camera process keep ~70 MB of freed heap for its whole life.
+        # One frame of noise plus NOISE_SHIFTS * 4 rows: frame k takes the rows from a shifted
+        # offset, so successive frames get different noise from 2 MB at 640x480 (a bank of
+        # 4 whole frames held 7.4 MB in the camera process, a third of its heap).
         rng = np.random.default_rng(seed)
-        self._noise_up = np.empty((4, height, width, 3), np.uint8)
-        self._noise_down = np.empty_like(self._noise_up)
-        for k in range(4):
-            noise = rng.standard_normal((height, width, 3), dtype=np.float32)
-            noise *= 2.0
-            self._noise_up[k] = np.clip(noise, 0, 255)      # the positive part, truncated
-            np.negative(noise, out=noise)
-            self._noise_down[k] = np.clip(noise, 0, 255)    # the negative part
+        noise = rng.standard_normal((height + 4 * NOISE_SHIFTS, width, 3), dtype=np.float32)
+        noise *= 2.0
+        self._noise_up = np.clip(noise, 0, 255).astype(np.uint8)    # the positive part
+        np.negative(noise, out=noise)
+        self._noise_down = np.clip(noise, 0, 255).astype(np.uint8)  # the negative part
+        del noise
         self._count = 0
 
     def _hallway(self) -> np.ndarray:
@@ -102,10 +102,10 @@ class DoorScene:
         who = self.appearance(t)
         if who is not None:
             self._paste(frame, who)
-        k = self._count % len(self._noise_up)
+        k = 4 * (self._count % NOISE_SHIFTS)
         self._count += 1
-        cv2.add(frame, self._noise_up[k], dst=frame)
-        cv2.subtract(frame, self._noise_down[k], dst=frame)
+        cv2.add(frame, self._noise_up[k:k + self.height], dst=frame)
+        cv2.subtract(frame, self._noise_down[k:k + self.height], dst=frame)
         return frame
 
     @staticmethod

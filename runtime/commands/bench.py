@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt.errors import UsageError
+
 ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime", "litert")
 
 
@@ -96,17 +98,13 @@ def run(args: argparse.Namespace) -> int:
     from iotrt.engine.autotune import Budget
 
     if not args.model.exists():
-        print(f"iotrt bench: {args.model}: no such file", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.model}: no such file")
     if args.threads < 1:
-        print("iotrt bench: --threads must be at least 1", file=sys.stderr)
-        return 2
+        raise UsageError("--threads must be at least 1")
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(ENGINE_BACKENDS))
     if unknown:
-        print(f"iotrt bench: unknown backend(s) {unknown}; choose from {', '.join(ENGINE_BACKENDS)}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UsageError(f"unknown backend(s) {unknown}; choose from {', '.join(ENGINE_BACKENDS)}")
     names = ["numpy"] + [b for b in wanted if b != "numpy"]  # numpy is the reference: always run
     with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as tmp:
         path = _artifact_for(args, Path(tmp))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from iotrt.compiler import CompileError, compile_model
 from iotrt.compiler.ir import UnsupportedOpError
+from iotrt.errors import IotrtError
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -100,8 +101,6 @@ def _check(args: argparse.Namespace, path: Path) -> int:
         worst = max(worst, err)
         print(f"  {name}: max abs error {err:.3g} (max |value| {result.max_abs_value[name]:.3g})")
     if worst > args.tolerance:
-        print(f"iotrt compile --check: error {worst:.3g} exceeds --tolerance {args.tolerance:g}",
-              file=sys.stderr)
-        return 1
+        raise IotrtError(f"--check: error {worst:.3g} exceeds --tolerance {args.tolerance:g}")
     print("  ok")
     return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import psutil
 
 from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.control import ControlError, call, control_address
+from iotrt.control import call, control_address
+from iotrt.errors import SupervisionError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +26,8 @@ def _running(pid: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        address = control_address(selected_graph(args))
-        reply = call(address, "stop")
-    except ControlError as exc:
-        print(f"iotrt down: {exc}", file=sys.stderr)
-        return 1
+    address = control_address(selected_graph(args))
+    reply = call(address, "stop")
     pid = reply["pid"]
     print(f"stopping (supervisor pid {pid}) ...", flush=True)
     start = time.monotonic()
@@ -40,6 +36,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped in {time.monotonic() - start:.1f}s")
             return 0
         time.sleep(0.05)
-    print(f"iotrt down: the supervisor (pid {pid}) is still running after {args.timeout:g}s",
-          file=sys.stderr)
-    return 1
+    raise SupervisionError(f"the supervisor (pid {pid}) is still running after {args.timeout:g}s")

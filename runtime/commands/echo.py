@@ -13,6 +13,7 @@ import numpy as np
 from iotrt.bus import Subscriber
 from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.control import ControlError, control_address, call
+from iotrt.errors import IotrtError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,19 +91,14 @@ def resolve_topic(graph: str | None, topic: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.file:
         return echo_file(args)
-    try:
-        address = resolve_topic(selected_graph(args), args.topic)
-    except ControlError as exc:
-        print(f"iotrt echo: {exc}", file=sys.stderr)
-        return 1
+    address = resolve_topic(selected_graph(args), args.topic)
     seen = 0
     keep = Filter(args.changes, args.skip_empty)
     with Subscriber(address, queue=16, name=f"echo {args.topic}") as sub:
         while not args.count or seen < args.count:
             env = sub.recv(timeout_s=args.timeout or None)
             if env is None:
-                print(f"iotrt echo: no message on {args.topic} for {args.timeout:g}s", file=sys.stderr)
-                return 1
+                raise IotrtError(f"no message on {args.topic} for {args.timeout:g}s")
             text = keep.printable(env.data)
             if text is None:
                 continue
@@ -121,9 +117,8 @@ def echo_file(args: argparse.Namespace) -> int:
     try:
         info = rec.info()
         if args.topic not in info.topics:
-            print(f"iotrt echo: no topic '{args.topic}' in {args.file}; topics: "
-                  f"{', '.join(sorted(info.topics))}", file=sys.stderr)
-            return 1
+            raise IotrtError(f"no topic '{args.topic}' in {args.file}; topics: "
+                             f"{', '.join(sorted(info.topics))}")
         seen = 0
         keep = Filter(args.changes, args.skip_empty)
         for m in rec.messages({args.topic}):

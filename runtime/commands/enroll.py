@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iotrt.errors import IotrtError, UsageError
 from iotrt.nodes.perception.facefeatures import FeatureError
 from iotrt.nodes.perception.gallery import Gallery, GalleryError
 from iotrt.nodes.perception.inference import DetectorError, FaceDetector
@@ -21,7 +22,7 @@ from iotrt.nodes.perception.matcher import METHODS, embedding_extractor, lbp_ext
 from iotrt.nodes.perception.modelcache import ModelError, cache_dir, load_model
 
 
-class EnrollError(RuntimeError):
+class EnrollError(IotrtError, RuntimeError):
     """A photo or model that cannot be used; the message names it."""
 
 
@@ -83,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             return _list(args.gallery)
         if not args.name:
-            print("iotrt enroll: give a NAME and at least one PHOTO (or --list)", file=sys.stderr)
-            return 2
+            raise UsageError("give a NAME and at least one PHOTO (or --list)")
         return _enroll(args)
     except (EnrollError, GalleryError, ModelError, DetectorError) as exc:
         print(f"iotrt enroll: {exc}", file=sys.stderr)
@@ -110,8 +110,7 @@ def _enroll(args: argparse.Namespace) -> int:
         print(f"removed {args.name} ({removed} photo(s)) from {args.gallery}")
         return 0
     if not args.photos:
-        print("iotrt enroll: give at least one PHOTO of the person", file=sys.stderr)
-        return 2
+        raise UsageError("give at least one PHOTO of the person")
     detector_model, _ = load_model(args.detector, models, args.backend, Path.cwd())
     detect = FaceDetector(detector_model)
     features = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.commands._graph import journal_path as graph_journal
 from iotrt.control import ControlError
+from iotrt.errors import UsageError
 from iotrt.journal import JOURNAL_FILE, Event, JournalError, JournalReader
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -103,8 +104,7 @@ def format_event(event: Event, as_json: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     lines = args.lines if args.lines is not None else (10 if args.follow else None)
     if lines is not None and lines < 0:
-        print("iotrt events: -n must be 0 or more", file=sys.stderr)
-        return 2
+        raise UsageError("-n must be 0 or more")
     filters = {"since": args.since, "rule": args.rule, "kind": args.kind, "node": args.node}
     try:
         reader = JournalReader(journal_path(args))

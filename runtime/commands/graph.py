@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from iotrt.graph import Graph, GraphError, load_graph
+from iotrt.graph import Graph, load_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,10 +57,6 @@ FORMATS = {"mermaid": mermaid, "dot": dot}
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        graph = load_graph(args.graph)
-    except GraphError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    graph = load_graph(args.graph)
     print(FORMATS[args.format](graph))
     return 0

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import deque
 
 from iotrt.bus import Subscriber
 from iotrt.commands.echo import resolve_topic
 from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.control import ControlError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +30,7 @@ def rate_line(times: deque, drops: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        address = resolve_topic(selected_graph(args), args.topic)
-    except ControlError as exc:
-        print(f"iotrt hz: {exc}", file=sys.stderr)
-        return 1
+    address = resolve_topic(selected_graph(args), args.topic)
     times: deque = deque(maxlen=max(2, args.window))
     start = time.monotonic()
     next_print = start + 1.0

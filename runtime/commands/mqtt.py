@@ -15,12 +15,13 @@ import threading
 import uuid
 
 from iotrt.control import ControlError, call
-from iotrt.graph import GraphError, load_graph
+from iotrt.errors import ConfigError, IotrtError, SupervisionError
+from iotrt.graph import load_graph
 
 KIND = "homeassistant"
 
 
-class ForgetError(RuntimeError):
+class ForgetError(IotrtError, RuntimeError):
     pass
 
 
@@ -96,20 +97,14 @@ def forget(params: dict, graph: str, timeout_s: float) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        graph = load_graph(args.graph, check_node_files=False)
-    except GraphError as exc:
-        print(f"iotrt mqtt: {exc}", file=sys.stderr)
-        return 1
+    graph = load_graph(args.graph, check_node_files=False)
     bridges = [n for n in graph.nodes.values() if n.kind == KIND]
     if not bridges:
-        print(f"iotrt mqtt: {args.graph} has no '{KIND}' node", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.graph} has no '{KIND}' node")
     try:
         call(graph.control_address, "ps", timeout_s=1.0)
-        print(f"iotrt mqtt: graph '{graph.name}' is running and its bridge would publish the "
-              f"configs again: stop it first (iotrt down {args.graph})", file=sys.stderr)
-        return 1
+        raise SupervisionError(f"graph '{graph.name}' is running and its bridge would publish the "
+                               f"configs again: stop it first (iotrt down {args.graph})")
     except ControlError:
         pass    # not running: good
     status = 0

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.control import ControlError, call, control_address
+from iotrt.control import call, control_address
 
 NODE_COLUMNS = ("NODE", "PROCESS", "STATE", "PID", "RESTARTS", "UPTIME", "IN/s", "OUT/s", "DROPS")
 PROCESS_COLUMNS = ("PROCESS", "PID", "STATE", "NODES", "CPU%", "RSS", "PSS")
@@ -81,10 +80,6 @@ def format_table(reply: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        reply = call(control_address(selected_graph(args)), "ps")
-    except ControlError as exc:
-        print(f"iotrt ps: {exc}", file=sys.stderr)
-        return 1
+    reply = call(control_address(selected_graph(args)), "ps")
     print(json.dumps(reply, indent=2) if args.json else format_table(reply))
     return 0

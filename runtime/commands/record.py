@@ -21,7 +21,8 @@ import time
 
 from iotrt.bus import Subscriber
 from iotrt.codec import CodecError
-from iotrt.control import ControlError, call, control_address
+from iotrt.control import call, control_address
+from iotrt.errors import IotrtError
 from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter
 
 
@@ -66,19 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "info":
         return show_info(args)
-    try:
-        address = control_address(args.graph)
-        topics = call(address, "topics")["topics"]
-    except ControlError as exc:
-        print(f"iotrt record: {exc}", file=sys.stderr)
-        return 1
+    address = control_address(args.graph)
+    topics = call(address, "topics")["topics"]
     wanted = [t for t in args.topics.split(",") if t] or sorted(
         t for t in topics if not t.startswith("_sup/"))
     missing = [t for t in wanted if t not in topics]
     if missing:
-        print(f"iotrt record: no topic {', '.join(missing)}; topics: {', '.join(sorted(topics))}",
-              file=sys.stderr)
-        return 1
+        raise IotrtError(f"no topic {', '.join(missing)}; topics: {', '.join(sorted(topics))}")
     graph = os.path.basename(address[len("ipc://"):].rsplit("/", 1)[0]) or "graph"
     output = args.output or f"{graph}-{time.strftime('%Y%m%dT%H%M%S')}.mcap"
     try:

@@ -14,6 +14,7 @@ import time
 
 from iotrt.commands._graph import add_graph_argument, journal_path, selected_graph
 from iotrt.control import ControlError, call, control_address
+from iotrt.errors import SupervisionError
 from iotrt.journal import JournalError, JournalReader
 
 ANSWERS = ("rules_reloaded", "rules_reload_failed")
@@ -40,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     nodes = reply["nodes"]
     if not nodes:
-        print("no running node to reload", file=sys.stderr)
-        return 1
+        raise SupervisionError("no running node to reload")
     kinds = {row["node"]: row["kind"] for row in ps["nodes"]}
     waiting = [n for n in nodes if kinds.get(n) == "rules"]
     others = [n for n in nodes if n not in waiting]

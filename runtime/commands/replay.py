@@ -26,7 +26,7 @@ from iotrt.graph import GraphError, default_runtime_root, load_graph
 from iotrt.journal import Journal, JournalError
 from iotrt.recording import Info, Recording, RecordingError
 from iotrt.replay import DECISION_KINDS, ReplayError, compare, decisions, replay_graph
-from iotrt.supervisor import Supervisor, SupervisorError
+from iotrt.supervisor import Supervisor
 
 log = logging.getLogger("iotrt.replay")
 
@@ -123,10 +123,7 @@ def run(args: argparse.Namespace) -> int:
                                      args.settle))
     watcher.start()
     try:
-        code = sup.run()
-    except SupervisorError as exc:
-        print(f"iotrt replay: {exc}", file=sys.stderr)
-        return 2
+        code = sup.run()     # a SupervisorError (exit 2) is reported by iotrt.cli
     finally:
         _remove_empty(runtime_dir)
     if code != 0:

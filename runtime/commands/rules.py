@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("rules", type=Path, help="rules file: .yaml/.yml, or .py (Python rules)")
         p.add_argument("--python", type=Path, action="append", default=[], metavar="FILE",
                        help="also load Python rules from FILE (repeatable)")
+    check.add_argument("--graph", type=Path, metavar="GRAPH",
+                       help="also check the rules against the wiring of the rules node of GRAPH "
+                            "that runs them: trigger topics, command and publish outputs")
     test.add_argument("--input", "-i", type=Path, required=True, metavar="MESSAGES",
                       help="messages: YAML/JSON list of {t, topic, data}, .jsonl, or an "
                            ".mcap recording (iotrt record; times from the capture stamps)")
@@ -71,7 +74,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if args.action == "check":
-        print(f"OK: {len(ruleset.rules)} rule(s) in {args.rules}")
+        problems, notes = ([], []) if args.graph is None else _wiring(args.rules, ruleset,
+                                                                     args.graph)
+        if problems:
+            print(f"iotrt rules: {len(problems)} problem(s):", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
+        for note in notes:
+            print(f"note: {note}")
+        print(f"OK: {len(ruleset.rules)} rule(s) in {args.rules}"
+              + (f", wired as in {args.graph}" if args.graph is not None else ""))
         for rule in ruleset.rules:
             print(f"  {rule.id:24} {rule.where}  {rule.description}".rstrip())
         return 0
@@ -106,6 +119,25 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             print(f"-- note: no rule triggers on topic(s) {', '.join(missing)}")
     return 0
+
+
+def _wiring(rules: Path, ruleset: Any, graph_path: Path) -> tuple[list, list]:
+    """(problems, notes) of the rules against each rules node of the graph that runs them."""
+    from iotrt.graph import GraphError, load_graph
+    from iotrt.nodes.action.rules import check_wiring
+    from iotrt.yamlcheck import Issue
+
+    try:
+        graph = load_graph(graph_path, check_node_files=False)
+    except GraphError as exc:
+        return exc.issues, []
+    target = rules.resolve()
+    nodes = [n for n in graph.nodes.values() if n.kind == "rules" and "rules" in n.params
+             and (graph.path.parent / n.params["rules"]).resolve() == target]
+    if not nodes:
+        return [Issue(str(graph_path), 1, f"no rules node of this graph runs {rules}")], []
+    found = [check_wiring(ruleset.rules, n, graph) for n in nodes]
+    return [p for problems, _ in found for p in problems], [n for _, notes in found for n in notes]
 
 
 def _recorded(path: Path, triggers: set[str]) -> list[Entry]:

@@ -4,11 +4,10 @@ rates, and the command wires (a rules node's command output -> an actuator's com
 from __future__ import annotations
 
 import argparse
-import sys
 
 from iotrt.commands._graph import (add_graph_argument, is_graph_file, running_graph_file,
                                    selected_graph)
-from iotrt.control import ControlError, call, control_address
+from iotrt.control import call, control_address
 from iotrt.graph import Graph, GraphError, load_graph
 
 
@@ -54,14 +53,10 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        name = selected_graph(args)
-        address = control_address(name)
-        topics = call(address, "topics")["topics"]
-        ps = call(address, "ps")
-    except ControlError as exc:
-        print(f"iotrt topics: {exc}", file=sys.stderr)
-        return 1
+    name = selected_graph(args)
+    address = control_address(name)
+    topics = call(address, "topics")["topics"]
+    ps = call(address, "ps")
     rates = topic_rates(topics, ps)
     head = ("TOPIC", "RATE/s", "SUBSCRIBERS") + (("ADDRESS",) if args.addresses else ())
     rows = [head]

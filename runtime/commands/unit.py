@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from iotrt.graph import Graph, GraphError, load_graph
+from iotrt.graph import Graph, load_graph
 
 DEVICE_GROUPS = ("video", "gpio", "dialout", "i2c")
 
@@ -72,11 +72,7 @@ def render(graph: Graph, user: str = "iotrt", python: str = sys.executable,
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        graph = load_graph(args.graph)
-    except GraphError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    graph = load_graph(args.graph)
     text = render(graph, args.user, args.python, args.writable)
     if args.output:
         Path(args.output).write_text(text)

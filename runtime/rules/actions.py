@@ -37,7 +37,7 @@ TICK = Tick()
 
 # --- what comes out ---------------------------------------------------------------------------
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)  # frozen: the engine hands out one per trigger
 class Fired:
     rule: str
     trigger: str

@@ -36,8 +36,8 @@ from iotrt.rules.actions import (
     Skipped, StateSet, Tick,
 )
 from iotrt.rules.expressions import (
-    DEFAULT_TIMEOUT_S, Evaluator, Expression, ExpressionError, ExpressionLimit, ExpressionTimeout,
-    join_checked, safe_str,
+    DEFAULT_TIMEOUT_S, EVALUATION_ERRORS, Evaluator, Expression, ExpressionError, ExpressionLimit,
+    ExpressionTimeout, evaluation_error, join_checked, safe_str,
 )
 from iotrt.rules.parsing import parse_duration
 from iotrt.rules.schema import (
@@ -66,7 +66,17 @@ class _Run:
     gen: _GeneratorRun | None = None
 
 
-@dataclass(eq=False)
+# fire(names, now, out, trigger, fired=None): a hit past its conditions and hold (cooldown,
+# mode, run); `fired`, if given, is the Fired note to journal (made once per trigger).
+Fire = Callable[..., None]
+# What a message on a topic runs for one rule's trigger: (rule state, run, condition, edge,
+# description, its Fired note, None) for the commonest rule, run by _on_message itself (every
+# message a hit, one expression condition, no hold); else (rule state, None, None, False,
+# description, None, function(names, now, out)).
+_Listener = tuple[Any, Any, Any, bool, str, Any, Any]
+
+
+@dataclass(eq=False, slots=True)
 class _RuleState:
     rule: RuleDef
     armed: bool = True  # edge: re-armed when the condition is seen false
@@ -84,6 +94,7 @@ class _RuleState:
     steps: list[StepCode] = field(default_factory=list)  # the rule's actions, compiled
     sync: bool = False  # YAML actions without a delay: a run starts and ends in one call
     condition: Expression | None = None  # the rule's only condition, when it is an expression
+    fire: Fire | None = None  # Engine._fire specialised for this rule (Engine._fire_function)
 
     def __post_init__(self) -> None:
         conds = self.rule.conditions
@@ -150,12 +161,14 @@ class Engine:
         if self._started is not None:
             for rs in new:
                 self._init_timers(rs, self.now)
-        self._by_topic: dict[str, list[tuple[_RuleState, int, TriggerKind, str]]] = {}
+        # What a message on a topic runs, per (rule, trigger) listening to it, in the rules'
+        # order, decided here once rather than again per message: see _on_message.
+        self._by_topic: dict[str, list[_Listener]] = {}
         for rs in new:
+            rs.fire = self._fire_function(rs)
             for i, trig in enumerate(rs.rule.triggers):
                 if trig.topic is not None:
-                    self._by_topic.setdefault(trig.topic, []).append(
-                        (rs, i, trig, trig.describe()))
+                    self._by_topic.setdefault(trig.topic, []).append(self._listener(rs, i, trig))
         self._timed = [rs for rs in new if rs.timed]
 
     def topics(self) -> set[str]:
@@ -191,10 +204,12 @@ class Engine:
             self._started = now
             for rs in self._rules:
                 self._init_timers(rs, now)
-        self._resume_due(now, out)
+        if self._sleeping:
+            self._resume_due(now, out)
         if isinstance(event, Message):
             self._on_message(event, now, out)
-        self._on_time(now, out)
+        if self._timed:
+            self._on_time(now, out)
         self._prev_wall = self.wall
         return out
 
@@ -220,28 +235,68 @@ class Engine:
     # -- triggers ----------------------------------------------------------------------------
 
     def _on_message(self, msg: Message, now: float, out: list[Action]) -> None:
-        self.last[msg.topic] = msg.data
-        hits = self._by_topic.get(msg.topic, [])
+        topic = msg.topic
+        self.last[topic] = msg.data
+        hits = self._by_topic.get(topic, ())
         for alias in msg.aliases:
-            if alias != msg.topic and alias in self._by_topic:
-                hits = hits + self._by_topic[alias]
+            if alias != topic and alias in self._by_topic:
+                hits = [*hits, *self._by_topic[alias]]
         # One set of variables for every message trigger of this message (read-only to
         # expressions); other kinds may add to their `trigger` dict, so they get their own.
-        shared = self._names(msg.topic, msg.data, {"kind": "message", "topic": msg.topic})
-        for rs, i, trig, described in hits:
+        shared = self._names(topic, msg.data, {"kind": "message", "topic": topic})
+        c = self.evaluator.context
+        c.names = shared
+        for rs, run, cond, edge, described, fired, other in hits:
+            if run is None:
+                other(shared, now, out)
+                c.names = shared  # (other evaluated its own variables)
+                continue
+            # The commonest rule, inlined: every message is a hit, one expression condition
+            # (Evaluator.evaluate inlined, see its docstring), no hold. The same as _hit.
             if rs.disabled:
                 continue
-            if trig.every_message:
-                self._hit(rs, shared, described, now, out)
-                continue
-            names = self._names(msg.topic, msg.data, {"kind": trig.KEY, "topic": msg.topic})
             try:
-                hit = trig.on_message(rs.triggers[i], names, now, partial(self._eval, rs))
+                ok = run(c)
+            except ExpressionError as exc:
+                self._condition_error(rs, cond, exc, out)
+                ok = False
+            except EVALUATION_ERRORS as exc:
+                self._condition_error(rs, cond, evaluation_error(exc), out)
+                ok = False
+            else:
+                if c.late:
+                    self._late(rs, cond)
+            if not ok:
+                rs.armed = True  # (no hold to reset)
+            elif not (edge and not rs.armed):  # else: already fired during this episode
+                rs.fire(shared, now, out, described, fired)
+                c.names = shared
+
+    def _listener(self, rs: _RuleState, i: int, trig: TriggerKind) -> _Listener:
+        """What _on_message does for rule `rs`'s trigger `i` (on a topic)."""
+        rule, described = rs.rule, trig.describe()
+        cond = rs.condition
+        if trig.every_message and cond is not None and rule.hold is None:
+            return rs, cond.run, cond, rule.edge, described, Fired(rule.id, described), None
+        if trig.every_message:
+            def every(shared: dict, now: float, out: list) -> None:
+                if not rs.disabled:
+                    self._hit(rs, shared, described, now, out)
+            return rs, None, None, False, described, None, every
+        evaluate, key = partial(self._eval, rs), trig.KEY
+
+        def on_message(shared: dict, now: float, out: list) -> None:
+            if rs.disabled:
+                return
+            names = {**shared, "trigger": {"kind": key, "topic": shared["topic"]}}
+            try:
+                hit = trig.on_message(rs.triggers[i], names, now, evaluate)
             except TriggerError as exc:
-                out.append(RuleError(rs.rule.id, rs.rule.where, str(exc)))
-                continue
+                out.append(RuleError(rule.id, rule.where, str(exc)))
+                return
             if hit is not None:
                 self._hit(rs, names, hit, now, out)
+        return rs, None, None, False, described, None, on_message
 
     def _on_time(self, now: float, out: list[Action]) -> None:
         clock = Clock(now, self.wall, self._prev_wall)
@@ -336,7 +391,7 @@ class Engine:
             rs.hold_names, rs.hold_trigger = names, trigger
             if now - rs.hold_since + _EPS < hold.seconds:
                 return
-        self._fire(rs, names, trigger, now, out)
+        rs.fire(names, now, out, trigger)
 
     def _fire(self, rs: _RuleState, names: dict, trigger: str, now: float,
               out: list[Action]) -> None:
@@ -372,6 +427,50 @@ class Engine:
             self._run_sync(rs, names, out)
         else:
             self._start(rs, names, now, out)
+
+    def _fire_function(self, rs: _RuleState) -> Fire:
+        """_fire for rule `rs`, specialised once per load: most rules' actions cannot pause,
+        and those need only a part of what _fire decides (the same outcome)."""
+        if not rs.sync:
+            def generic_fire(names: dict, now: float, out: list, trigger: str,
+                             fired: Fired | None = None) -> None:
+                self._fire(rs, names, trigger, now, out)
+            return generic_fire
+        # Actions that cannot pause never leave a run behind (rs.runs and rs.queue stay empty),
+        # so the mode has nothing to decide.
+        rule = rs.rule
+        rule_id, cooldown, steps = rule.id, rule.cooldown, rs.steps
+        rearm = not (rule.edge and rule.conditions)
+        hold = rule.hold is not None
+        only = steps[0] if len(steps) == 1 else None
+
+        def sync_fire(names: dict, now: float, out: list, trigger: str,
+                      fired: Fired | None = None) -> None:
+            if rs.disabled:
+                return
+            rs.armed = rearm
+            if hold:
+                rs.hold_since, rs.hold_count, rs.hold_names = None, 0, None
+            last = rs.last_fired
+            if last is not None and now - last + _EPS < cooldown:
+                out.append(Skipped(rule_id, f"cooldown ({cooldown:g}s)"))
+                return
+            rs.last_fired = now
+            out.append(Fired(rule_id, trigger, False) if fired is None else fired)
+            if only is not None:  # the commonest: one action
+                try:
+                    only(self, rs, names, out)
+                except ExpressionError as exc:
+                    out.append(RuleError(rule_id, rs.rule.where, f"action 1: {exc}"))
+                return
+            for pc, step in enumerate(steps, 1):
+                try:
+                    if step(self, rs, names, out) is _STOP:
+                        return
+                except ExpressionError as exc:
+                    out.append(RuleError(rule_id, rs.rule.where, f"action {pc}: {exc}"))
+                    return
+        return sync_fire
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -505,6 +604,13 @@ Render = Callable[["Engine", _RuleState, dict], Any]
 _STOP = object()
 
 
+def _literal(template: Any) -> bool:
+    """A dict or list of literal scalars only (`data: {rule: 5}`)."""
+    return isinstance(template, (dict, list)) and all(
+        not isinstance(v, (dict, list, Expression, Interpolated))
+        for v in (template.values() if isinstance(template, dict) else template))
+
+
 def _compile_template(template: Any) -> Render:
     """Data whose strings may hold ${expr} -> a function building a fresh copy of it."""
     if isinstance(template, Expression):
@@ -514,10 +620,7 @@ def _compile_template(template: Any) -> Render:
                  else (lambda e: lambda engine, rs, names: safe_str(engine._eval(rs, e, names)))(p)
                  for p in template.parts]
         return lambda engine, rs, names: join_checked([p(engine, rs, names) for p in parts])
-    if isinstance(template, (dict, list)) and all(
-            not isinstance(v, (dict, list, Expression, Interpolated))
-            for v in (template.values() if isinstance(template, dict) else template)):
-        # only literal scalars (`data: {rule: 5}`): a shallow copy is a fresh copy
+    if _literal(template):  # a shallow copy is a fresh copy
         kind = type(template)
         return lambda engine, rs, names: kind(template)
     if isinstance(template, dict):
@@ -532,12 +635,24 @@ def _compile_template(template: Any) -> Render:
 def _compile_step(step: Step) -> StepCode:
     if isinstance(step, CommandStep):
         args, output, label = _compile_template(step.args), step.output, step.label
+        if _literal(step.args):  # the template's copy inlined
+            kind, template = type(step.args), step.args
+
+            def literal_command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+                out.append(Command(rs.rule.id, output, kind(template), label))
+            return literal_command
 
         def command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
             out.append(Command(rs.rule.id, output, args(engine, rs, names), label))
         return command
     if isinstance(step, PublishStep):
         data, output = _compile_template(step.data), step.output
+        if _literal(step.data):
+            kind, template = type(step.data), step.data
+
+            def literal_publish(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
+                out.append(Publish(rs.rule.id, output, kind(template)))
+            return literal_publish
 
         def publish(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
             out.append(Publish(rs.rule.id, output, data(engine, rs, names)))

@@ -332,6 +332,12 @@ class Expression:
     # Whether evaluating can take more than a few operations (a comprehension, a call that
     # loops, or STEP_CHECK nodes or more): only then are the budgets set and the clock read.
     timed: bool = True
+    # run(context): `code` with its budgets set first and its deadline checked after when
+    # `timed`, else `code` itself (see Evaluator.evaluate).
+    run: Callable[[Any], Any] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", _budgeted(self.code) if self.timed else self.code)
 
     def __str__(self) -> str:
         return self.source
@@ -451,14 +457,32 @@ _MISSING = object()
 class _Context:
     """The state of one evaluation: variables, comprehension variables, budgets."""
 
-    __slots__ = ("names", "local", "steps", "items", "deadline", "check_at")
+    __slots__ = ("names", "local", "steps", "items", "deadline", "check_at", "timeout", "late")
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.names: Mapping[str, Any] = {}
         self.local: dict[str, Any] = {}  # comprehension variables (scoped when compiling)
         self.steps = self.items = 0
         self.check_at = STEP_CHECK
         self.deadline = 0.0
+        self.timeout = timeout_s  # budget per evaluation (monotonic seconds)
+        self.late = False  # the last timed evaluation returned after its deadline
+
+
+def _budgeted(code: Callable[[_Context], Any]) -> Callable[[_Context], Any]:
+    """A timed expression's `run`: fresh budgets, then `code`, then a look at the deadline
+    (one operation in C can outlast the budget without a step to check it)."""
+    monotonic = time.monotonic
+
+    def run(c: _Context) -> Any:
+        c.steps = c.items = 0
+        c.check_at = STEP_CHECK
+        c.deadline = deadline = monotonic() + c.timeout
+        value = code(c)
+        if monotonic() > deadline:
+            c.late = True
+        return value
+    return run
 
 
 def _check_budget(c: _Context) -> None:
@@ -765,6 +789,10 @@ class _Compiler:
                         raise ExpressionError(f"'{key}' is not defined") from None
                     return op(v[attr] if type(v) is dict and attr in v else _attribute(v, attr), k)
                 return var_field_compare
+            if const and isinstance(node.left, ast.Call):
+                fused = self._call_compared(node.left, scope, (op, k))
+                if fused is not None:
+                    return fused
             left = self.compile(node.left, scope)
             if const:
                 return _COMPARE_CONST[type(node.ops[0])](left, k)
@@ -792,6 +820,33 @@ class _Compiler:
 
     # -- calls ---------------------------------------------------------------------------------
 
+    def _call_compared(self, node: ast.Call, scope: frozenset[str],
+                       compared: tuple[Callable[[Any, Any], Any], Any]) -> Closure | None:
+        """`len(msg.faces) > 1`, `max(f.score for f in msg.faces) > 0.8`: the call and its
+        comparison with a literal, `compared` = (operator, literal), as one closure; None for
+        other calls (compiled as usual)."""
+        if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+                and node.func.id not in scope | self.names and len(node.args) == 1
+                and not node.keywords):
+            return None
+        name, (arg,) = node.func.id, node.args
+        if name in _CONSUMERS and name not in ("any", "all") and isinstance(
+                arg, (ast.GeneratorExp, ast.ListComp)):
+            return self._comprehension(arg, scope, "list", _CONSUMERS[name], compared)
+        field = self.var_field(arg, scope)
+        if name in _SCALAR_FUNCTIONS and field:
+            fixed, (key, attr), (op, k) = FUNCTIONS[name], field, compared
+
+            def scalar_of_field_compared(c: _Context) -> Any:
+                try:
+                    v = c.names[key]
+                except KeyError:
+                    raise ExpressionError(f"'{key}' is not defined") from None
+                return op(fixed(v[attr] if type(v) is dict and attr in v
+                                else _attribute(v, attr)), k)
+            return scalar_of_field_compared
+        return None
+
     def _call(self, node: ast.Call, scope: frozenset[str]) -> Closure:
         args = [self.compile(a, scope) for a in node.args]
         kwargs = {k.arg: self.compile(k.value, scope) for k in node.keywords}
@@ -806,6 +861,9 @@ class _Compiler:
             # (and any/all stop at the first deciding item), so the builtin takes it directly.
             if name in ("any", "all"):
                 return self._comprehension(node.args[0], scope, name)
+            fused = self._comprehension(node.args[0], scope, "list", _CONSUMERS[name])
+            if fused is not None:
+                return fused
             builtin, (items,) = _CONSUMERS[name], args
             return lambda c: _checked(builtin(items(c)))
         fixed = FUNCTIONS[name]
@@ -997,10 +1055,17 @@ class _Compiler:
         return lambda c: _check_size({key(c): value(c) for _ in iterate(c)})
 
     def _comprehension(self, node: ast.ListComp | ast.GeneratorExp, scope: frozenset[str],
-                       mode: str) -> Closure:
-        """A list (mode "list"), or any()/all() of it, stopping at the first deciding item."""
+                       mode: str, consumer: Callable[[list], Any] | None = None,
+                       compared: tuple[Callable[[Any, Any], Any], Any] | None = None) -> Closure:
+        """A list (mode "list"), or any()/all() of it, stopping at the first deciding item.
+        With a `consumer` (max, sum, ...): the consumer's result of the list, size-checked,
+        and compared with a literal if `compared` = (operator, literal) is given; or None
+        when the comprehension is not a single `for NAME in ...` (the caller then applies the
+        consumer to the list itself)."""
         gen = node.generators[0]
         if len(node.generators) > 1 or not isinstance(gen.target, ast.Name):
+            if consumer is not None:
+                return None
             iterate, inner = self._loop(node, scope, [node.elt])
             elt = self.compile(node.elt, inner)
             if mode == "list":
@@ -1047,7 +1112,12 @@ class _Compiler:
             else:
                 if shadows:
                     local[name] = saved
-                return _check_size(out) if mode == "list" else mode == "all"
+                if mode != "list":
+                    return mode == "all"
+                if consumer is None:
+                    return _check_size(out)
+                result = _checked(consumer(_check_size(out)))
+                return result if compared is None else compared[0](result, compared[1])
             if shadows:
                 local[name] = saved
             return mode == "any"
@@ -1055,23 +1125,33 @@ class _Compiler:
         if shadows:
             return lambda c: checked_loop(c, iter_(c))
 
-        # A short list (a message's faces, boxes...) whose items and steps all fit before the
-        # next budget check is counted once, up front, and looped over plainly.
-        def small(c: _Context, seq: Any) -> bool:
-            if type(seq) not in _SEQUENCES:
-                return False
-            n = len(seq)
-            if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
-                return False
-            c.items += n
-            c.steps += n * steps
-            return True
+        # The fast loops below fetch a `msg.field` sequence themselves, and take a short
+        # sequence (a message's faces, boxes...) whose items and steps all fit before the next
+        # budget check by counting it once, up front, and looping over it plainly; anything
+        # else goes through checked_loop, which counts and checks item by item.
+        field = self.var_field(gen.iter, scope)
+        key, attr = field if field else (None, None)
+        # `f.score` and `f.name == "x" and f.score > 0.5` of the loop's item: computed from
+        # the item directly (no per-item closures); `test` is None for other elements.
+        test = None if cond is not None else _item_test(node.elt, name)
+        elt_attr = (node.elt.attr if cond is None and _item_field(node.elt, name) else None)
 
         if mode == "any":
             def any_loop(c: _Context) -> Any:
-                seq = iter_(c)
-                if not small(c, seq):
+                v = c.names.get(key, _MISSING)  # `msg.faces` read here, else iter_
+                seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
+                if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
+                n = len(seq)
+                if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                    return checked_loop(c, seq)
+                c.items += n
+                c.steps += n * steps
+                if test is not None:
+                    for item in seq:
+                        if test(item):
+                            return True
+                    return False
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1081,9 +1161,20 @@ class _Compiler:
             return any_loop
         if mode == "all":
             def all_loop(c: _Context) -> Any:
-                seq = iter_(c)
-                if not small(c, seq):
+                v = c.names.get(key, _MISSING)  # `msg.faces` read here, else iter_
+                seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
+                if type(seq) not in _SEQUENCES:
                     return checked_loop(c, seq)
+                n = len(seq)
+                if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                    return checked_loop(c, seq)
+                c.items += n
+                c.steps += n * steps
+                if test is not None:
+                    for item in seq:
+                        if not test(item):
+                            return False
+                    return True
                 local = c.local
                 for item in seq:
                     local[name] = item
@@ -1093,20 +1184,88 @@ class _Compiler:
             return all_loop
 
         def list_loop(c: _Context) -> Any:
-            seq = iter_(c)
-            if not small(c, seq):
+            v = c.names.get(key, _MISSING)
+            seq = v[attr] if type(v) is dict and attr in v else _fetch(c, v, key, attr, iter_)
+            if type(seq) not in _SEQUENCES:
                 return checked_loop(c, seq)
+            n = len(seq)
+            if c.steps + n * steps >= c.check_at or c.items + n > MAX_ITEMS:
+                return checked_loop(c, seq)
+            c.items += n
+            c.steps += n * steps
             local = c.local
-            out = []
-            for item in seq:
-                local[name] = item
-                if cond is None or cond(c):
+            if elt_attr is not None:
+                out = []
+                for item in seq:
+                    if type(item) is dict and elt_attr in item:
+                        out.append(item[elt_attr])
+                    else:
+                        out.append(_attribute(item, elt_attr))
+            elif cond is None:
+                out = []
+                for item in seq:
+                    local[name] = item
                     out.append(elt(c))
-            return _check_size(out)
+            else:
+                out = []
+                for item in seq:
+                    local[name] = item
+                    if cond(c):
+                        out.append(elt(c))
+            if not _SCALARS.issuperset(map(type, out)):  # (numbers alone: nothing nested)
+                _check_size(out)
+            if consumer is None:
+                return out
+            result = consumer(out)
+            if type(result) not in _SCALARS:
+                result = _checked(result)
+            return result if op is None else op(result, k)
+        op, k = compared if compared is not None else (None, None)
         return list_loop
 
 
+def _fetch(c: _Context, v: Any, key: str | None, attr: str | None, iter_: Closure) -> Any:
+    """A fast loop's sequence when it is not simply `dict[attr]` of variable `key` (`v`):
+    the compiled iterable when there is no `key`, else the variable's field the slow way."""
+    if key is None:
+        return iter_(c)
+    if v is _MISSING:
+        raise ExpressionError(f"'{key}' is not defined")
+    return _attribute(v, attr)
+
+
+def _item_field(node: ast.AST, name: str) -> bool:
+    """Whether `node` is `NAME.attr` (a field of the comprehension's item)."""
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == name)
+
+
+def _item_test(node: ast.AST, name: str) -> Callable[[Any], Any] | None:
+    """`NAME.a OP literal`, or such comparisons joined by `and`/`or`, as one function of the
+    item (the same value as the closures would give); None for anything else."""
+    values = node.values if isinstance(node, ast.BoolOp) else [node]
+    parts = []
+    for v in values:
+        if not (isinstance(v, ast.Compare) and len(v.ops) == 1 and _item_field(v.left, name)):
+            return None
+        const, k = _Compiler.constant(v.comparators[0])
+        if not const:
+            return None
+        parts.append((v.left.attr, _COMPARE[type(v.ops[0])], k))
+    is_or = isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or)
+
+    def test(item: Any) -> Any:
+        for attr, op, k in parts:  # Python's and/or: the deciding value is the result
+            result = op(item[attr] if type(item) is dict and attr in item
+                        else _attribute(item, attr), k)
+            if bool(result) is is_or:
+                return result
+        return result
+    return test
+
+
 _SEQUENCES = frozenset({list, tuple, range, str})
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def _check_loop(c: _Context) -> None:
@@ -1116,36 +1275,49 @@ def _check_loop(c: _Context) -> None:
 
 
 # Everything evaluation may raise for a bad expression or bad data; turned into ExpressionError.
-_EVAL_ERRORS = (
+EVALUATION_ERRORS = (
     ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError,
     MemoryError,
 )
 
 
+def evaluation_error(exc: BaseException) -> ExpressionError:
+    """An error of EVALUATION_ERRORS raised while evaluating, as the ExpressionError it means."""
+    return ExpressionError(f"{type(exc).__name__}: {exc}")
+
+
 class Evaluator:
-    """Evaluates compiled expressions with the sandbox's budgets. Not thread-safe: one per engine."""
+    """Evaluates compiled expressions with the sandbox's budgets. Not thread-safe: one per engine.
+
+    `evaluate(expr, names)` is: `context.names = names`, then `expr.run(context)`, where an
+    error of EVALUATION_ERRORS becomes `evaluation_error(exc)`. A caller on a hot path may do
+    exactly that itself (the rule engine does, once per rule and message), and must then read
+    `context.late` like `late` below.
+    """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.timeout_s = timeout_s
-        # Set when an evaluation returned a value after its deadline (a single operation in C
-        # can outlast the budget without a step to check it): the caller decides what it costs.
-        self.late = False
-        self._ctx = _Context()
+        self.context = _Context(timeout_s)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.context.timeout
+
+    @property
+    def late(self) -> bool:
+        """Set when an evaluation returned a value after its deadline: the caller decides
+        what it costs (and clears it)."""
+        return self.context.late
+
+    @late.setter
+    def late(self, value: bool) -> None:
+        self.context.late = value
 
     def evaluate(self, expr: Expression, names: Mapping[str, Any]) -> Any:
-        c = self._ctx
+        c = self.context
         c.names = names
         try:
-            if not expr.timed:  # a few size-checked operations: nothing to count or time
-                return expr.code(c)
-            c.steps = c.items = 0
-            c.check_at = STEP_CHECK
-            c.deadline = deadline = time.monotonic() + self.timeout_s
-            value = expr.code(c)
+            return expr.run(c)
         except ExpressionError:
             raise
-        except _EVAL_ERRORS as exc:
-            raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
-        if time.monotonic() > deadline:
-            self.late = True
-        return value
+        except EVALUATION_ERRORS as exc:
+            raise evaluation_error(exc) from None

@@ -113,6 +113,10 @@ class RuleDef:
     line: int = 0
     # Compared on reload: a rule whose definition did not change keeps its runtime state.
     fingerprint: str = field(default="", compare=False)
+    # Where each trigger and each action step is written (for checks against the graph).
+    trigger_lines: tuple[int, ...] = field(default=(), compare=False)
+    condition_lines: tuple[int, ...] = field(default=(), compare=False)
+    step_lines: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def where(self) -> str:
@@ -239,12 +243,14 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         raise Invalid(line, f"rule '{rule_id}' needs a 'trigger'")
     raw_triggers = as_list(d["trigger"])
     tline = line_of(d, "trigger", line)
-    triggers = tuple(parse_trigger(t, line_of(d["trigger"], i, tline))
-                     for i, t in enumerate(raw_triggers))
+    trigger_lines = tuple(line_of(d["trigger"], i, tline) for i in range(len(raw_triggers)))
+    triggers = tuple(parse_trigger(t, at) for t, at in zip(raw_triggers, trigger_lines))
     conditions: list[Expression | Callable] = []
     cline = line_of(d, "condition", line)
-    for i, c in enumerate(as_list(d.get("condition", []))):
-        conditions.append(c if callable(c) else expression(c, "condition", line_of(d["condition"], i, cline)))
+    condition_lines = tuple(line_of(d["condition"], i, cline)
+                            for i in range(len(as_list(d.get("condition", [])))))
+    for c, at in zip(as_list(d.get("condition", [])), condition_lines):
+        conditions.append(c if callable(c) else expression(c, "condition", at))
     hold = parse_hold(d["for"], line_of(d, "for", line)) if "for" in d else None
     cooldown = parse_duration(d.get("cooldown", 0), line_of(d, "cooldown", line))
     mode = d.get("mode", "single")
@@ -260,6 +266,7 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
     if not isinstance(quiet, bool):
         raise Invalid(line_of(d, "quiet", line), f"quiet must be true or false, got {quiet!r}")
     steps: tuple[Step, ...] = ()
+    step_lines: tuple[int, ...] = ()
     if body is None:
         if "actions" not in d:
             raise Invalid(line, f"rule '{rule_id}' needs 'actions'")
@@ -267,7 +274,8 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         aline = line_of(d, "actions", line)
         if not isinstance(raw_steps, list) or not raw_steps:
             raise Invalid(aline, "actions must be a non-empty list")
-        steps = tuple(parse_step(s, line_of(raw_steps, i, aline)) for i, s in enumerate(raw_steps))
+        step_lines = tuple(line_of(raw_steps, i, aline) for i in range(len(raw_steps)))
+        steps = tuple(parse_step(s, at) for s, at in zip(raw_steps, step_lines))
     description = d.get("description", "")
     return RuleDef(
         id=rule_id, triggers=triggers, conditions=tuple(conditions), steps=steps, func=body,
@@ -275,6 +283,7 @@ def parse_rule(d: Any, line: int, file: str, body: Callable | None = None) -> Ru
         description=str(description), file=file, line=line,
         # A Python rule's code cannot be compared: a reloaded one always starts afresh.
         fingerprint=repr(dict(d)) if body is None else f"python:{id(body)}",
+        trigger_lines=trigger_lines, condition_lines=condition_lines, step_lines=step_lines,
     )
 
 

@@ -154,3 +154,16 @@ def test_the_command_docs_deploy_md_shows_is_valid(tmp_path, apt):
                 for prev, a in zip([None, *argv], argv)]
         result = check("--plan", *args, apt_dir=apt)
         assert result.returncode == 0, (argv, result.stderr)
+
+
+def test_the_armhf_root_has_the_debian_packages_docs_deploy_md_tells_a_32_bit_user_to_install(tmp_path, apt):
+    """The 32-bit check installs iotrt over the Debian packages that stand in for the
+    dependencies without an armv7 wheel: the same ones docs/deploy.md's apt-get line names."""
+    arm64 = set(plan(tmp_path / "cache", apt)["recipe"].split("include=")[1].split(","))
+    armhf = set(plan(tmp_path / "cache", apt, "--arch", "armhf")["recipe"].split("include=")[1].split(","))
+    stand_ins = armhf - arm64 - {"python3-ply"}    # debootstrap's resolver needs it named
+    assert {"python3-numpy", "python3-yaml", "python3-msgpack"} <= stand_ins
+    docs = (SCRIPT.parents[1] / "docs" / "deploy.md").read_text()
+    section = docs[docs.index("### 32-bit"):]
+    words = section[section.index("sudo apt-get install"):].split("\n\n")[0].replace("\\\n", " ").split()
+    assert stand_ins <= set(words), stand_ins - set(words)

@@ -25,9 +25,14 @@ def test_install_upgrade_uninstall_in_a_throwaway_prefix(tmp_path):
         shutil.copy(ROOT / "configs" / name, src / name)
     (src / "private-notes.txt").write_text("not part of the graph\n")
     prefix, etc, units = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
+    home = tmp_path / "home"      # the service user's home is made by systemd, not install.sh
+    home.mkdir()
     env = {**os.environ, "IOTRT_PREFIX": str(prefix), "IOTRT_ETC": str(etc),
-           "IOTRT_UNIT_DIR": str(units), "IOTRT_USER": getpass.getuser(), "IOTRT_SYSTEMD": "0"}
-    for key in ("IOTRT_RUNTIME_DIR", "IOTRT_STATE_DIR"):
+           "IOTRT_UNIT_DIR": str(units), "IOTRT_USER": getpass.getuser(), "IOTRT_SYSTEMD": "0",
+           "HOME": str(home), "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR")
+           or str(Path.home() / ".cache" / "pip")}
+    for key in ("IOTRT_RUNTIME_DIR", "IOTRT_STATE_DIR", "XDG_STATE_HOME", "XDG_RUNTIME_DIR",
+                "STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
         env.pop(key, None)
 
     def sh(*args: str) -> subprocess.CompletedProcess:
@@ -54,6 +59,10 @@ def test_install_upgrade_uninstall_in_a_throwaway_prefix(tmp_path):
     unit = (units / "iotrt-door.service").read_text()
     assert f"ExecStart={python} -m iotrt up {etc / 'door' / 'door.yaml'}" in unit
     assert "skipped systemctl enable --now iotrt-door.service" in out.stdout
+    # validated in the folders the unit gives the service, creating none under the user's home
+    # (as the service user, whose home /var/lib/iotrt does not exist yet, that failed)
+    assert out.stdout.count("sockets in /run/iotrt/door, state in /var/lib/iotrt/door") == 2
+    assert not (home / ".local").exists()
     subprocess.run([str(prefix / "venv" / "bin" / "iotrt"), "validate", str(etc / "door" / "door.yaml")],
                    check=True, capture_output=True)
 

@@ -150,7 +150,7 @@ def test_home_assistant_follows_discovery_to_unlock_through_the_rule(door, homea
     assert applied[0].fields["command"]["who"] == "homeassistant"
     assert [e.fields["rule"] for e in door.journal(kind="rule_fired")] == \
         ["unlock_from_home_assistant"]
-    ha.wait_state(lock, "LOCKED", timeout=10)       # the lock re-locks by itself after 5 s
+    ha.wait_state(lock, "LOCKED", timeout=15)       # the lock re-locks by itself after 5 s
     events = ha.wait_events(ha.entity("event"), 1)
     assert json.loads(events[0]) == {"event_type": "unlocked", "who": "homeassistant"}
 

@@ -30,21 +30,37 @@ def blocks() -> dict[str, str]:
 @pytest.fixture
 def guide_modules(tmp_path, monkeypatch):
     code = blocks()
-    for name in ("brightness.py", "heater.py", "counter.py"):
+    for name in ("brightness.py", "facecount.py", "heater.py", "counter.py"):
         (tmp_path / name).write_text(code[name])
     monkeypatch.syspath_prepend(str(tmp_path))
-    for mod in ("brightness", "heater"):
+    for mod in ("brightness", "facecount", "heater"):
         sys.modules.pop(mod, None)
     return tmp_path, code
 
 
 def test_guide_has_the_examples_this_test_runs():
-    assert set(blocks()) == {"brightness.py", "block 1", "heater.py", "counter.py", "block 4"}
+    assert set(blocks()) == {"brightness.py", "facecount.py", "block 2", "heater.py", "counter.py",
+                            "block 5"}
 
 
 def test_brightness_module_and_its_unit_test(guide_modules):
     _, code = guide_modules
-    exec(compile(code["block 1"], "docs/nodes.md: testing example", "exec"), {})
+    exec(compile(code["block 2"], "docs/nodes.md: testing example", "exec"), {})
+
+
+def test_facecount_example(guide_modules):
+    import facecount
+
+    node = Node.for_test(facecount)
+    node.feed("faces", {"faces": [{"name": "owner", "known": True},
+                                  {"name": "unknown", "known": False}]})
+    node.feed("faces", {"faces": []})
+    node.run()
+    assert [p.data for p in node.published] == [{"faces": 2, "known": 1},
+                                                {"faces": 0, "known": 0}]
+    # the graph runs it as a file: SPEC and main(node), nothing else to write
+    path = guide_modules[0] / "facecount.py"
+    assert load_spec(str(path)).inputs.keys() == {"faces"}
 
 
 def test_heater_example(guide_modules):
@@ -81,7 +97,7 @@ def test_counter_script_runs_under_launch(guide_modules, rundir, spawn):
 
 def test_loan_example():
     """The camera snippet, with a stand-in for cv2.VideoCapture."""
-    code = blocks()["block 4"]
+    code = blocks()["block 5"]
 
     class Capture:
         def read(self, image):

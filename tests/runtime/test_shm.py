@@ -48,7 +48,7 @@ def slot_of(buf: bytes) -> int | None:
 
     frame = msgpack.unpackb(buf, raw=False, strict_map_key=False)[6]
     if isinstance(frame, msgpack.ExtType) and frame.code == EXT_SHM:
-        return msgpack.unpackb(frame.data)[1]
+        return shm.DESC_HEAD.unpack_from(frame.data)[0]
     return None
 
 
@@ -131,14 +131,32 @@ def test_descriptor_cannot_point_outside_the_ring(ring):
 
     writer, readers = ring
     send(writer, 1)
-    for desc in ([writer.name, 5, 2, "|u1", [10]],              # slot out of range
-                 [writer.name, 1, 2, "|u1", [10 ** 9]],         # larger than a slot
-                 ["../../etc/passwd", 0, 2, "|u1", [1]],        # not a ring name
-                 [writer.name, 1, 2, "|O", [1]]):               # not a wire dtype
-        buf = msgpack.packb([1, "t/o", 0, 0, "t", [], msgpack.ExtType(EXT_SHM,
-                                                                       msgpack.packb(desc))])
+    good = msgpack.packb([writer.name, "|u1", [10]])
+    for desc in (shm.DESC_HEAD.pack(5, 2) + good,                    # slot out of range
+                 shm.DESC_HEAD.pack(1, 0) + good,                    # sequence 0: no frame
+                 shm.DESC_HEAD.pack(1, 2) + msgpack.packb([writer.name, "|u1", [10 ** 9]]),
+                 shm.DESC_HEAD.pack(0, 2) + msgpack.packb(["../../etc/passwd", "|u1", [1]]),
+                 shm.DESC_HEAD.pack(1, 2) + msgpack.packb([writer.name, "|O", [1]]),
+                 shm.DESC_HEAD.pack(1, 2) + msgpack.packb([writer.name, "|u1", [-1]]),
+                 shm.DESC_HEAD.pack(1, 2) + b"\xc1",                 # not msgpack
+                 shm.DESC_HEAD.pack(1, 2)[:7]):                      # cut short
+        buf = msgpack.packb([1, "t/o", 0, 0, "t", [], msgpack.ExtType(EXT_SHM, desc)])
         with pytest.raises(DecodeError):
             decode(buf, readers.read)
+        with pytest.raises(DecodeError):  # the second time too (validated tails are cached)
+            decode(buf, readers.read)
+
+
+def test_a_frame_received_twice_keeps_its_lease_until_both_are_dropped(ring):
+    """The slot lock is one per reader: dropping one copy must not end the other's lease."""
+    writer, readers = ring  # 2 slots
+    buf = send(writer, 1)
+    first, second = decode(buf, readers.read).data, decode(buf, readers.read).data
+    del first
+    slots = {slot_of(send(writer, i)) for i in range(2, 6)}
+    assert slot_of(buf) not in slots and (second == 1).all()
+    del second
+    assert slot_of(buf) in {slot_of(send(writer, i)) for i in range(6, 8)}
 
 
 def test_concurrent_reader_process_never_sees_a_torn_frame(rundir, peer):

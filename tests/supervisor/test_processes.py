@@ -196,6 +196,34 @@ def test_second_ctrl_c_kills_at_once(graph_file, up, tmp_path, h):
     assert "second stop signal: killing every node now" in u.text
 
 
+def test_each_node_process_leads_its_own_group_in_the_supervisors_session(graph_file, up,
+                                                                         tmp_path, h):
+    """A terminal's Ctrl-C (sent to the foreground process group) reaches only the supervisor,
+    which stops the nodes in order; and the nodes stay in its session, so in its scheduling
+    autogroup (CONFIG_SCHED_AUTOGROUP shares CPU equally between sessions and applies nice only
+    within one: a session per node made `nice:` between nodes moot, and a graph's CPU share on
+    a busy machine grow with its number of processes)."""
+    ma, mb = tmp_path / "a.pids", tmp_path / "b.pids"
+    g = graph_file(f"""
+        name: sessions
+        nodes:
+          - id: a
+            run: {{node}}
+            params: {{marker: {ma}}}
+          - id: b
+            run: {{node}}
+            nice: 5
+            params: {{marker: {mb}}}
+    """)
+    u = up(g)
+    pids = h.wait_for(lambda: (p := h.marker_pids(ma) + h.marker_pids(mb)) and len(p) == 2
+                      and p, 30, "both nodes started")
+    for pid in pids:
+        assert os.getpgid(pid) == pid != u.proc.pid
+        assert os.getsid(pid) == os.getsid(u.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, pids[1]) == 5
+
+
 def test_graph_whose_nodes_all_finish_exits_by_itself(graph_file, up, h):
     g = graph_file("""
         name: oneshot

@@ -1,0 +1,53 @@
+"""One error family (iotrt.errors) and one place that reports it (iotrt.cli.report): every verb
+fails the same way, 'iotrt VERB: message' on stderr and the family member's exit code."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotrt import cli, errors
+from iotrt.commands.mqtt import ForgetError
+from iotrt.control import ControlError
+from iotrt.graph import GraphError
+from iotrt.protocol import ConfigError as NodeConfigError
+from iotrt.spec import ParamError, SpecError
+from iotrt.supervisor import SupervisorError
+
+
+def test_our_errors_belong_to_the_family_and_keep_their_old_bases():
+    for cls, area in [(GraphError, errors.ConfigError), (SpecError, errors.ConfigError),
+                      (ParamError, errors.ConfigError), (NodeConfigError, errors.ConfigError),
+                      (ControlError, errors.SupervisionError),
+                      (SupervisorError, errors.SupervisionError),
+                      (cli.CommandUnavailable, errors.UsageError), (ForgetError, errors.IotrtError)]:
+        assert issubclass(cls, area), cls
+    assert issubclass(SpecError, ValueError) and issubclass(ControlError, RuntimeError)
+    assert SupervisorError("x").exit_code == 2 and errors.UsageError("x").exit_code == 2
+    assert GraphError([]).exit_code == 1
+
+
+@pytest.fixture
+def private(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOTRT_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("IOTRT_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+def test_a_graph_that_is_not_running(private, capsys):
+    assert cli.main(["ps", "-g", "nosuchgraph"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("iotrt ps: ") and "nosuchgraph" in err and "Traceback" not in err
+
+
+def test_a_bad_argument_exits_2(private, capsys):
+    assert cli.main(["events", "-n", "-1"]) == 2
+    assert capsys.readouterr().err == "iotrt events: -n must be 0 or more\n"
+
+
+def test_an_invalid_graph_lists_its_problems(private, capsys):
+    bad = private / "g.yaml"
+    bad.write_text("name: g\nnodes:\n  - id: cam\n    kind: camra\n")
+    assert cli.main(["graph", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("iotrt graph: invalid graph (1 problem):\n")
+    assert f"{bad}:4: " in err and "did you mean 'camera'" in err
