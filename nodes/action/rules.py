@@ -163,6 +163,7 @@ class RuleNode:
         self.sender = CommandSender(node, p["command_timeout_s"], p["command_retries"],
                                     p["command_expiry_s"])
         self.sender.quiet = self._quiet_rules()
+        self.commanding = self._commanding_rules()
         self._last_report: dict[str, float] = {}
         # A graph may declare an output `decisions`: one message per evaluated input, carrying
         # that input's capture stamp and trace, so capture -> decision latency is measurable
@@ -177,6 +178,12 @@ class RuleNode:
 
     def _quiet_rules(self) -> frozenset[str]:
         return frozenset(r.id for r in self.engine.rules if r.quiet)
+
+    def _commanding_rules(self) -> frozenset[str]:
+        """Rules with a command step: the supervisor's console shows each command they send
+        (iotrt.console), so their firing line would say the same thing twice."""
+        return frozenset(r.id for r in self.engine.rules
+                         if any(isinstance(step, CommandStep) for step in r.steps))
 
     def _check_wiring(self) -> None:
         """Warn (at start and reload) about rules that name ports the graph did not wire."""
@@ -238,7 +245,8 @@ class RuleNode:
                 # A quiet rule (e.g. one feeding a motor's dead-man every 200 ms) would flood
                 # the log and the journal; its failures are still reported in full.
                 quiet = rule in self.sender.quiet
-                node.log.log(logging.DEBUG if quiet else logging.INFO, "rule %s fired (%s)%s", rule, trigger,
+                level = logging.DEBUG if quiet or rule in self.commanding else logging.INFO
+                node.log.log(level, "rule %s fired (%s)%s", rule, trigger,
                              " - queued" if queued else "")
                 if not quiet:
                     node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
@@ -280,6 +288,7 @@ class RuleNode:
             return
         self.engine.replace(ruleset)
         self.sender.quiet = self._quiet_rules()
+        self.commanding = self._commanding_rules()
         self._check_wiring()
         ids = [r.id for r in ruleset.rules]
         self.node.log.info("reloaded %d rule(s) from %s", len(ids), self.rules_path)

@@ -63,11 +63,11 @@ def test_readme_quickstart_in_a_fresh_virtualenv(tmp_path):
             lines.append(chunk)
             text = "".join(lines)
             # The owner may be let in before the last process (observe) reports ready: wait for both.
-            if "rule unlock_for_enrolled fired" in text and re.search(r"all \d+ nodes up", text):
+            if "rule unlock_for_enrolled -> lock: unlock" in text and re.search(r"all \d+ nodes up", text):
                 break
         text = "".join(lines)
         assert re.search(r"all \d+ nodes up", text), text[-3000:]
-        assert "rule unlock_for_enrolled fired" in text, text[-3000:]
+        assert "rule unlock_for_enrolled -> lock: unlock" in text, text[-3000:]
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:

@@ -179,8 +179,30 @@ rules:
     assert "no ack" in cruise["command_failed"] and "ZeroDivision" in cruise["rule_error"]
     assert kinds(node).count("rule_fired") == 1  # the loud rule's only
     fired = [r for r in caplog.records if " fired " in r.getMessage()]
+    # loud's firing is DEBUG too: it commands, and the console shows the command it sent
     assert [(r.levelname, r.getMessage().split()[1]) for r in fired] == [
-        ("DEBUG", "cruise"), ("INFO", "loud"), ("DEBUG", "cruise"), ("DEBUG", "cruise")]
+        ("DEBUG", "cruise"), ("DEBUG", "loud"), ("DEBUG", "cruise"), ("DEBUG", "cruise")]
+
+
+def test_one_console_line_per_firing(tmp_path, caplog):
+    """A rule that commands is shown on the console by the command it sends (iotrt.console,
+    from the journal): its firing line is DEBUG. A rule that only publishes has no other line,
+    so its firing is INFO."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text("""\
+rules:
+  - {id: opener, trigger: go, actions: [{command: lock, args: {action: unlock}}]}
+  - {id: announcer, trigger: go, actions: [{publish: out, data: {v: 1}}]}
+""")
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    node.responder = lambda output, data: {}
+    caplog.set_level(logging.DEBUG, logger="iotrt.node")
+    node.feed("go", {"n": 1})
+    node.run()
+    fired = {r.getMessage().split()[1]: r.levelname for r in caplog.records
+             if " fired " in r.getMessage()}
+    assert fired == {"opener": "DEBUG", "announcer": "INFO"}
+    assert kinds(node).count("rule_fired") == 2     # both journaled all the same
 
 
 def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
