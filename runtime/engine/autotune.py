@@ -321,6 +321,18 @@ def write_cache(artifact: Path, choice: Choice) -> Path | None:
     return path
 
 
+def summary(choice: Choice) -> str:
+    """One short sentence for the console; `describe` has every figure (logged at DEBUG)."""
+    ranked = sorted(choice.medians_ms.items(), key=lambda kv: kv[1])
+    text = f"auto chose {choice.backend}: {choice.medians_ms.get(choice.backend, 0.0):.2f} ms per run"
+    others = [(n, ms) for n, ms in ranked if n != choice.backend]
+    if others:
+        text += f" (next: {others[0][0]} {others[0][1]:.2f} ms)"
+    if choice.rejected:
+        text += f"; {len(choice.rejected)} backend(s) not usable here"
+    return text + ("" if choice.settled else "; re-checked after warm-up")
+
+
 def describe(choice: Choice) -> str:
     figures = ", ".join(f"{n} {ms:.2f} ms" for n, ms in sorted(choice.medians_ms.items(), key=lambda kv: kv[1]))
     text = f"auto chose {choice.backend}: {figures} (medians of {choice.rounds} interleaved rounds"
@@ -396,7 +408,8 @@ def first_choice(artifact: Path | None, key: dict[str, str], names: list[str],
     verdict, rounds, wrong = measure(runs, budget, clock)
     choice = Choice(verdict.winner, _ms(verdict.medians), rounds, {**rejected, **wrong}, key,
                     _ms(verdict.scores), verdict.clear)
-    log.info(describe(choice))
+    log.info(summary(choice))
+    log.debug(describe(choice))
     if artifact is not None:
         where = write_cache(artifact, choice)
         if where is not None:
@@ -441,7 +454,8 @@ def recheck(
     new = replace(choice, backend=verdict.winner, medians_ms=_ms(verdict.medians), rounds=rounds,
                   rejected={**rejected, **wrong}, scores_ms=_ms(verdict.scores), settled=True)
     verb = "switching from" if new.backend != choice.backend else "keeping"
-    log.info("auto re-check: %s %s; %s", verb, choice.backend, describe(new))
+    log.info("auto re-check: %s %s; %s", verb, choice.backend, summary(new))
+    log.debug(describe(new))
     if artifact is not None:
         write_cache(artifact, new)
     return new, built[new.backend]

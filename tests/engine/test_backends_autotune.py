@@ -128,12 +128,19 @@ def test_select_measures_once_then_uses_the_cache(artifact, caplog):
     clock, built = FakeClock(), []
     costs = {"numpy": 0.010, "opencv": 0.004, "onnxruntime": None}
     build = make_builder(clock, costs, built)
-    with caplog.at_level(logging.INFO, logger="iotrt.engine.auto"):
+    with caplog.at_level(logging.DEBUG, logger="iotrt.engine.auto"):
         backend, choice = autotune.select(artifact, list(costs), build, FEEDS, 2, FAST, clock)
     assert backend.name == "opencv" and choice.backend == "opencv"
     assert built == ["numpy", "opencv"]
     assert "onnxruntime" in choice.rejected and "cannot load" in choice.rejected["onnxruntime"]
-    assert "auto chose opencv: opencv 4.00 ms, numpy 10.00 ms" in caplog.text  # figures are logged
+    # one short sentence on the console; every figure and why a backend is out at DEBUG
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert ("auto chose opencv: 4.00 ms per run (next: numpy 10.00 ms); 1 backend(s) not "
+            "usable here") in info
+    assert max(len(line) for line in info) <= 120
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("auto chose opencv: opencv 4.00 ms, numpy 10.00 ms" in line
+               and "onnxruntime not used" in line for line in debug)
 
     cache = autotune.cache_path(artifact)
     assert cache.name == "face.iotm.auto.json"
