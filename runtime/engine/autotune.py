@@ -413,7 +413,7 @@ def first_choice(artifact: Path | None, key: dict[str, str], names: list[str],
     if artifact is not None:
         where = write_cache(artifact, choice)
         if where is not None:
-            log.info("auto: choice cached in %s", where)
+            log.debug("auto: choice cached in %s", where)
     return built[choice.backend], choice
 
 
