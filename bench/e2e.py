@@ -219,7 +219,7 @@ def main() -> int:
             print(f"measuring {args.seconds:g} s of steady state ...", flush=True)
             r = measure(run, args.seconds)
         except ControlError as exc:
-            raise SystemExit(f"iotrt ps failed: {exc}")
+            raise SystemExit(f"iotrt ps failed: {exc}") from exc
         finally:
             code = run.stop()
 

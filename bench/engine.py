@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import models  # noqa: E402  (bench/models.py, beside this script)
+import models  # bench/models.py, beside this script
 
 BACKENDS = ("numpy", "opencv", "onnxruntime", "litert", "auto")
 UNSET_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -241,7 +241,7 @@ def measure(kind: str, path: Path, shape, args, settle: bool = False,
         "--threads", str(args.threads), "--min-iters", str(args.min_iters),
         "--min-seconds", str(args.min_seconds), "--max-iters", str(args.max_iters),
         "--warmup", str(args.warmup),
-    ]  # fmt: skip
+    ]
     if shape:
         cmd += ["--shape", ",".join(map(str, shape))]
     if settle:
@@ -292,7 +292,7 @@ def runs_for(case: Case) -> list[tuple[str, str, Path]]:
     if case.artifact is not None:
         # litert runs the embedded source .tflite: only TFLite-sourced artifacts have one
         runs += [(f"iotrt {b}", f"iotrt:{b}", case.artifact) for b in BACKENDS
-                 if b != "litert" or case.source.suffix == ".tflite"]  # fmt: skip
+                 if b != "litert" or case.source.suffix == ".tflite"]
     if case.source.suffix == ".onnx":
         runs.append(("onnxruntime (source .onnx)", "onnxruntime", case.source))
     else:
@@ -328,7 +328,8 @@ def report(case: Case, results: dict[str, dict], paired: dict | None = None,
     raw = {k: v for k, v in ok.items() if not k.startswith("iotrt")}
     best_raw = min(raw.items(), key=lambda kv: kv[1]["p50_ms"]) if raw else None
     print(f"\n{case.name} {case.shape}")
-    print(f"  {'runner':30s} {'p50 ms':>9s} {'p50 range':>15s} {'p90 ms':>9s} {'CPU p50 ms':>11s} {'peak RSS MB':>12s} {'vs best raw':>12s}  note")
+    print(f"  {'runner':30s} {'p50 ms':>9s} {'p50 range':>15s} {'p90 ms':>9s} {'CPU p50 ms':>11s} "
+          f"{'peak RSS MB':>12s} {'vs best raw':>12s}  note")
     for label, r in results.items():
         if "error" in r:
             print(f"  {label:30s} {'error':>9s}  {r['error']}")
@@ -403,14 +404,14 @@ def _verdict(value: float, target: float | None, unit: str = "x") -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="blazeface," + ",".join(models.LIGHT),
-                   help="comma-separated: blazeface and/or light_* names")  # fmt: skip
+                   help="comma-separated: blazeface and/or light_* names")
     p.add_argument("--threads", type=int, default=1, help="threads for every runner (default 1)")
     p.add_argument("--min-iters", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=1.5)
     p.add_argument("--max-iters", type=int, default=300)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3,
-                   help="fresh-process passes per runner, in rotating order; the median is shown")  # fmt: skip
+                   help="fresh-process passes per runner, in rotating order; the median is shown")
     p.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
     p.add_argument("--json", type=Path, help="also write all figures to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against-path", help=argparse.SUPPRESS)
     p.add_argument("--busy", type=int, default=0,
                    help="keep this many cores busy with spinning processes for the whole run "
-                        "(auto must hold on a loaded device)")  # fmt: skip
+                        "(auto must hold on a loaded device)")
     args = p.parse_args(argv)
     if args.child:
         args.kind = args.child
@@ -430,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     unset = ", ".join(f"{k}={os.environ[k]!r}" for k in UNSET_ENV if k in os.environ) or "not set"
     print(
         f"engine benchmark: batch 1, {args.threads} thread(s) per runner, each measurement in a "
-        f"fresh subprocess, {args.repeats} passes per runner in rotating order (median shown).\nOPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
+        f"fresh subprocess, {args.repeats} passes per runner in rotating order (median shown).\n"
+        f"OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are UNSET in the benchmark's "
         f"subprocesses (here: {unset}); tests and CI keep them."
     )
     if args.busy:

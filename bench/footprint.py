@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import Run, measure, pct  # noqa: E402 - the e2e benchmark's run and measurement
+from e2e import Run, measure, pct  # the e2e benchmark's run and measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20

@@ -53,7 +53,7 @@ def random_weights(src: Path, dst: Path, seed: int = 0) -> Path:
         if node.op_type == "ConstantOfShape" and node.input[0] in inits:
             shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
             value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
-                         np.zeros(1, np.float32))  # fmt: skip
+                         np.zeros(1, np.float32))
             filled = np.full(tuple(shape), value.reshape(-1)[0], value.dtype)
             model.graph.initializer.append(numpy_helper.from_array(filled, node.output[0]))
             model.graph.node.remove(node)

@@ -106,7 +106,7 @@ class Run:
             except TimeoutError:
                 self.log.flush()
                 tail = Path(self.log.name).read_text()[-2000:]
-                raise SystemExit(f"no READY=1 within {timeout:g}s; supervisor log:\n{tail}")
+                raise SystemExit(f"no READY=1 within {timeout:g}s; supervisor log:\n{tail}") from None
             if "READY=1" in msg.splitlines():
                 return time.monotonic() - self.t0
 

@@ -21,16 +21,15 @@ import logging
 import os
 import threading
 import time
+from _blake2 import blake2s  # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from _blake2 import blake2s   # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
-from iotrt.lazy import numpy as np   # imported when the first array travels
 import pynng
 
 from iotrt import shm
-from iotrt.codec import INT64_MAX, Decoder, DecodeError, Encoder, Envelope, FrameOverwritten
+from iotrt.codec import INT64_MAX, DecodeError, Decoder, Encoder, Envelope, FrameOverwritten
+from iotrt.lazy import numpy as np  # imported when the first array travels
 from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
 
 log = logging.getLogger("iotrt.bus")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from iotrt.lazy import numpy as np   # imported when the first array is encoded or decoded
+from iotrt.lazy import numpy as np  # imported when the first array is encoded or decoded
 
 EXT_NDARRAY = 1
 EXT_SHM = 2

@@ -15,7 +15,14 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.graph import (
-    RESTART_POLICIES, Backoff, Graph, Intensity, NodeDef, Policy, Wire, default_runtime_root,
+    RESTART_POLICIES,
+    Backoff,
+    Graph,
+    Intensity,
+    NodeDef,
+    Policy,
+    Wire,
+    default_runtime_root,
     default_state_root,
 )
 from iotrt.spec import REQUIRED, WILDCARD, SpecError

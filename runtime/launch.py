@@ -30,9 +30,16 @@ from iotrt.lazy import defer_rarely_used
 # ~6 MB of RSS in every node process. Deferred, each is imported only if some code uses it.
 defer_rarely_used()
 
-from iotrt.console import setup_logging
-from iotrt.protocol import (ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS, ConfigError, NodeConfig,
-                            done_body, process_configs)
+from iotrt.console import setup_logging  # noqa: E402 - after the deferral above
+from iotrt.protocol import (  # noqa: E402 - after the deferral above
+    ENV_CONFIG,
+    ENV_SUPERVISOR_PID,
+    ENV_THREADS,
+    ConfigError,
+    NodeConfig,
+    done_body,
+    process_configs,
+)
 
 PR_SET_PDEATHSIG = 1
 
@@ -119,7 +126,7 @@ class Group:
     def _run(self, config: NodeConfig) -> None:
         try:
             run_target(config, self.nodes)
-        except BaseException:     # noqa: BLE001 - any end of a node's code ends the process
+        except BaseException:  # any end of a node's code ends the process
             self.log.exception("node %r failed; stopping process %r", config.id, self.name)
             self.failed.append(config.id)
         else:

@@ -40,8 +40,7 @@ from iotrt import local
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
-from iotrt.protocol import (NodeConfig, SupervisorLink, deadline_body, node_created,
-                            record_body)
+from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, node_created, record_body
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
 
 if TYPE_CHECKING:

@@ -61,6 +61,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+
 import pynng
 
 from iotrt import errors

@@ -55,12 +55,12 @@ import re
 import struct
 import threading
 import weakref
+from _blake2 import blake2s  # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
 
 import msgpack
-from _blake2 import blake2s   # hashlib's own blake2s; `import hashlib` loads OpenSSL (~3.5 MB)
-from iotrt.lazy import numpy as np   # imported when the first array travels
 
 from iotrt.codec import EXT_SHM, DecodeError, FrameOverwritten, parse_array_header, wire_dtype
+from iotrt.lazy import numpy as np  # imported when the first array travels
 
 log = logging.getLogger("iotrt.shm")
 

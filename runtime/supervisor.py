@@ -39,8 +39,24 @@ from iotrt.procs import NodeProcess, node_env, terminate_all
 from iotrt.protocol import deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
-    DONE, Deadline, Done, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start,
-    State, Stop, Tick, next_deadline, transition,
+    DONE,
+    Deadline,
+    Done,
+    Exited,
+    GiveUp,
+    Heartbeat,
+    Ready,
+    Signal,
+    Slot,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    State,
+    Stop,
+    Tick,
+    next_deadline,
+    transition,
 )
 
 log = logging.getLogger("iotrt.supervisor")

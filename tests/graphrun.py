@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import Up, alive, up_env, wait_for
 
 TEST_NODE = Path(__file__).parent / "supervisor" / "graphs" / "nodes" / "testnode.py"

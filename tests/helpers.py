@@ -73,7 +73,7 @@ class Up:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"supervisor still running after {timeout:g}s:\n{self.text}")
+            raise AssertionError(f"supervisor still running after {timeout:g}s:\n{self.text}") from None
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -262,7 +262,7 @@ class SafetyTimer:
                     self._poked = False
                     if self._closed:
                         return
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which re-raises
+        except BaseException as exc:  # handed to the event loop, which re-raises
             log.exception("safety timer %s failed", self._thread.name)
             self._error = exc
 

@@ -29,9 +29,18 @@ from typing import Any
 from iotrt import __version__
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
-from iotrt.nodes.action.hadiscovery import (LOCK_COMMANDS, OFFLINE, ONLINE, Layout, event_payload,
-                                            health_of, lock_payload, make_layout, slug,
-                                            who_payloads)
+from iotrt.nodes.action.hadiscovery import (
+    LOCK_COMMANDS,
+    OFFLINE,
+    ONLINE,
+    Layout,
+    event_payload,
+    health_of,
+    lock_payload,
+    make_layout,
+    slug,
+    who_payloads,
+)
 from iotrt.nodes.action.mqttlink import BrokerConfig
 
 SPEC = NodeSpec(

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, device_params,
-                                         number, serve, sim_file)
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, StateLog, device_params, number, serve, sim_file
 
 SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",

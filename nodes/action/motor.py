@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.action.actuator import (CommandRefused, DriverError, StateLog, device_params,
-                                         number, serve, sim_file)
+from iotrt.nodes.action.actuator import CommandRefused, DriverError, StateLog, device_params, number, serve, sim_file
 
 SPEC = NodeSpec(
     doc="motors with a dead-man timeout: each command is good for deadman_s, then they stop",

@@ -35,8 +35,20 @@ from iotrt.codec import EncodeError
 from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
-    TICK, Command, Engine, Fired, Log, Message, Problem, Publish, RuleDisabled, RuleError,
-    RulesError, Skipped, StateSet, load_rules,
+    TICK,
+    Command,
+    Engine,
+    Fired,
+    Log,
+    Message,
+    Problem,
+    Publish,
+    RuleDisabled,
+    RuleError,
+    RulesError,
+    Skipped,
+    StateSet,
+    load_rules,
 )
 from iotrt.rules.expressions import Expression
 from iotrt.rules.schema import CommandStep, Interpolated, PublishStep
@@ -70,8 +82,8 @@ SPEC = NodeSpec(
     ],
 )
 
-DECISIONS = "decisions"
-_DICT_METHODS = frozenset({"get", "keys", "values", "items"})  # (as the sandbox allows them)  # the optional per-message output (see RuleNode.__init__)
+DECISIONS = "decisions"  # the optional per-message output (see RuleNode.__init__)
+_DICT_METHODS = frozenset({"get", "keys", "values", "items"})  # as the sandbox allows them
 # A rule that keeps failing is logged and journaled at most this often.
 ERROR_REPORT_EVERY_S = 60.0
 _STOP = object()
@@ -492,7 +504,7 @@ def main(node: Node) -> None:
     except RulesError as exc:
         for problem in exc.problems:
             node.log.error("%s", problem)
-        raise SystemExit(f"node {node.id!r}: the rules file has {len(exc.problems)} problem(s)")
+        raise SystemExit(f"node {node.id!r}: the rules file has {len(exc.problems)} problem(s)") from exc
     node.log.info("%d rule(s) loaded from %s", len(rules.engine.rules), rules.rules_path)
     node.ready()
     p = node.params

@@ -36,13 +36,7 @@ from pathlib import Path
 
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.perception.gallery import Gallery, GalleryError
-from iotrt.nodes.perception.matcher import (
-    METHODS,
-    Identifier,
-    Pairer,
-    embedding_extractor,
-    lbp_extractor,
-)
+from iotrt.nodes.perception.matcher import METHODS, Identifier, Pairer, embedding_extractor, lbp_extractor
 from iotrt.nodes.perception.modelcache import ModelError, cache_dir, load_model
 from iotrt.nodes.perception.tracker import Tracker
 

@@ -39,7 +39,8 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
 class FaceDetector:
     """BlazeFace around any engine model with one (1, 128, 128, 3) input."""
 
-    def __init__(self, model, opts: DecodeOptions = DecodeOptions()):
+    def __init__(self, model, opts: DecodeOptions | None = None):
+        opts = opts or DecodeOptions()
         self.model = model
         spec = model.inputs[0]
         self.input_name = spec.name

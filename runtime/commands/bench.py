@@ -28,19 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends", default=",".join(ENGINE_BACKENDS),
         help="comma-separated backends to time (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads per backend (default 1)")
     parser.add_argument(
         "--seconds", type=float, default=10.0,
         help="time budget for the timed rounds, all backends together (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--min-rounds", type=int, default=10, help="at least this many rounds")
     parser.add_argument("--max-rounds", type=int, default=1000, help="at most this many rounds")
     parser.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME=DIMS",
         help="static input shape for a source model that leaves a dimension open, as for "
              "'iotrt compile', e.g. data=1x3x224x224 (repeatable)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
 
 
@@ -74,7 +74,8 @@ def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]] | None:
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
         except ValueError:
-            raise SystemExit(f"iotrt bench: --input-shape {spec!r}: expected NAME=DIMS, e.g. data=1x3x224x224") from None
+            raise SystemExit(f"iotrt bench: --input-shape {spec!r}: expected NAME=DIMS, "
+                             f"e.g. data=1x3x224x224") from None
     return shapes or None
 
 
@@ -88,7 +89,7 @@ def _artifact_for(args, tmp: Path) -> Path:
     compile_model(
         args.model, out, input_shapes=_input_shapes(args.input_shape),
         progress=lambda step, *rest: _progress(f"  compile: {step}"),
-    )  # fmt: skip
+    )
     _done_progress()
     return out
 
@@ -124,11 +125,11 @@ def run(args: argparse.Namespace) -> int:
         expected = ref.run(feeds)
         diffs = {n: autotune.disagreement(expected, m.run(feeds)) for n, m in models.items()}
         budget = Budget(min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                        seconds=args.seconds, warmup=2)  # fmt: skip
+                        seconds=args.seconds, warmup=2)
         samples = autotune.interleaved_samples(
             {n: (lambda m=m: m.run(feeds)) for n, m in models.items()}, budget,
             on_round=lambda r, s: _progress(f"timing: round {r}, {s:.1f} s of {args.seconds:g} s", update=True),
-        )  # fmt: skip
+        )
         _done_progress()
     figures = {
         n: {
@@ -148,16 +149,16 @@ def run(args: argparse.Namespace) -> int:
     for n, f in figures.items():
         ratio = f["p50_ms"] / figures[fastest]["p50_ms"]
         print(f"{n:12s} {f['load_ms']:9.1f} {f['p50_ms']:9.2f} {f['p90_ms']:9.2f} {ratio:10.2f}x"
-              f" {f['max_scaled_diff_vs_numpy']:14.2g}")  # fmt: skip
+              f" {f['max_scaled_diff_vs_numpy']:14.2g}")
     for n, why in skipped.items():
         print(f"{n:12s} not available: {why}")
     bad = [n for n, d in diffs.items() if d > autotune.AGREEMENT_TOL]
     for n in bad:
         print(f"warning: {n}'s outputs differ from numpy's by {diffs[n]:.3g} (> {autotune.AGREEMENT_TOL}); "
-              f"auto will not choose it")  # fmt: skip
+              f"auto will not choose it")
     print(f"fastest here: {fastest}")
     if args.json:
         args.json.write_text(json.dumps(
             {"model": str(args.model), "threads": args.threads, "rounds": rounds,
-             "backends": figures, "unavailable": skipped}, indent=2))  # fmt: skip
+             "backends": figures, "unavailable": skipped}, indent=2))
     return 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from iotrt.bus import Subscriber
 from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.control import ControlError, control_address, call
+from iotrt.control import ControlError, call, control_address
 from iotrt.errors import IotrtError
 
 

@@ -25,7 +25,7 @@ def _edges(graph: Graph):
         for name, w in n.inputs.items():
             label = w.output if name == w.output else f"{w.output} → {name}"
             yield w.node, n.id, label, False
-        for name, wires in n.commands.items():
+        for wires in n.commands.values():
             for w in wires:
                 yield w.node, n.id, w.output, True
 

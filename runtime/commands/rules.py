@@ -17,12 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from iotrt.rules.api import load_rules
-from iotrt.rules.actions import (
-    Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet,
-)
-from iotrt.rules.engine import Engine
 from iotrt.recording import Recording, RecordingError
+from iotrt.rules.actions import Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet
+from iotrt.rules.api import load_rules
+from iotrt.rules.engine import Engine
 from iotrt.rules.replay import Entry, load_messages, replay
 from iotrt.rules.source import RulesError
 

@@ -24,7 +24,8 @@ from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpErro
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
 from iotrt.compiler.payloads import payloads
-from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES, quantize_graph
+from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES
+from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
 from iotrt.compiler import quantize
+from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
 from iotrt.compiler.memory import MemoryPlan
 from iotrt.compiler.quantize import QTensor
 

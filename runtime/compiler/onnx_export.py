@@ -93,7 +93,7 @@ OPSET_SCHEMAS: dict[str, list[tuple[int, frozenset, int | None]]] = {
         "Transpose": [(17, ("perm",), 1)],
         "Unsqueeze": [(17, (), 2)],
     }.items()
-}  # fmt: skip
+}
 
 
 def _opset_for(node: Node, attrs: dict) -> int:

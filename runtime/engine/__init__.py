@@ -17,13 +17,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from iotrt.compiler.artifact import (
-    Artifact,
-    ArtifactCorruptError,
-    ArtifactError,
-    ArtifactVersionError,
-    read,
-)
+from iotrt.compiler.artifact import Artifact, ArtifactCorruptError, ArtifactError, ArtifactVersionError, read
 from iotrt.compiler.ir import TensorSpec
 from iotrt.engine.backend import BackendUnavailable, default_threads
 from iotrt.engine.numpy import EngineError, InputError

@@ -316,7 +316,7 @@ def write_cache(artifact: Path, choice: Choice) -> Path | None:
         log.warning(
             "cannot cache the autotune choice next to %s (%s): every load will measure again",
             artifact, exc,
-        )  # fmt: skip
+        )
         return None
     return path
 
@@ -429,7 +429,7 @@ def build_all(names: list[str], build: Callable[[str], object]) -> tuple[dict[st
         _check_cancelled()
         try:
             built[name] = build(name)
-        except Exception as exc:  # noqa: BLE001  any backend failure just removes a candidate
+        except Exception as exc:  # any backend failure just removes a candidate
             if name == REFERENCE:
                 raise
             rejected[name] = f"failed to load: {type(exc).__name__}: {exc}"
@@ -530,7 +530,7 @@ class AutoModel:
         except Cancelled:
             log.info("auto: measurement stopped, the program is exiting; %s stays", self.choice.backend)
             return
-        except Exception:  # noqa: BLE001  a failed re-check keeps the working choice
+        except Exception:  # a failed re-check keeps the working choice
             log.exception("auto re-check failed; keeping %s", self.choice.backend)
             return
         if choice.backend != self._model.backend:
@@ -544,7 +544,7 @@ class AutoModel:
         choice, self._pending = self._pending, None
         try:
             self._model = self._build(choice.backend)
-        except Exception:  # noqa: BLE001  e.g. its framework fails here: keep the working model
+        except Exception:  # e.g. its framework fails here: keep the working model
             log.exception("auto: cannot load the measured winner %s; keeping %s", choice.backend,
                           self._model.backend)
             return

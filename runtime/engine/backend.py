@@ -33,7 +33,7 @@ ONNX_DTYPES = {
     np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3, np.dtype("uint16"): 4,
     np.dtype("int16"): 5, np.dtype("int32"): 6, np.dtype("int64"): 7, np.dtype("bool"): 9,
     np.dtype("float16"): 10, np.dtype("float64"): 11, np.dtype("uint32"): 12, np.dtype("uint64"): 13,
-}  # fmt: skip
+}
 
 
 class BackendUnavailable(RuntimeError):
@@ -137,10 +137,10 @@ def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
         x = feeds[spec.name]
         if tuple(np.shape(x)) != tuple(spec.shape):
             raise InputError(f"input '{spec.name}': shape {tuple(np.shape(x))}, the model was "
-                             f"compiled for {tuple(spec.shape)} (recompile with --input-shape)")  # fmt: skip
+                             f"compiled for {tuple(spec.shape)} (recompile with --input-shape)")
         if np.asarray(x).dtype != np.dtype(spec.dtype):
             raise InputError(f"input '{spec.name}': dtype {np.asarray(x).dtype}, expected "
-                             f"{spec.dtype} (convert with x.astype(np.{spec.dtype}))")  # fmt: skip
+                             f"{spec.dtype} (convert with x.astype(np.{spec.dtype}))")
 
 
 # ---- protobuf wire format: just enough to write TensorProto initializers ---------------------

@@ -29,7 +29,8 @@ class LiteRTModel(FrameworkModel):
                 if artifact.source.get("format") == "tflite"
                 else "only models compiled from a .tflite carry one"
             )
-            raise BackendUnavailable(f"backend {NAME!r} runs the source .tflite, which this artifact does not embed: {why}")
+            raise BackendUnavailable(f"backend {NAME!r} runs the source .tflite, which this "
+                                     f"artifact does not embed: {why}")
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:

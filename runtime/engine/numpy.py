@@ -24,13 +24,7 @@ import numpy as np
 
 from iotrt.compiler.artifact import Artifact
 from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
-from iotrt.engine.kernels import (
-    KERNELS,
-    KernelError,
-    avg_pool_divisor,
-    out_sizes,
-    spatial_pads,
-)
+from iotrt.engine.kernels import KERNELS, KernelError, avg_pool_divisor, out_sizes, spatial_pads
 
 Step = Callable[[], None]
 NAME = "numpy"
@@ -116,7 +110,7 @@ def _row_length(size: int, limit: int) -> int:
 
 def _ranges(out_n: int, in_n: int, offset: int, stride: int) -> tuple[int, int]:
     """Output index range [lo, hi) whose input index o*stride + offset lies in [0, in_n)."""
-    lo = max(0, -(-(-offset) // stride))
+    lo = max(0, -(offset // stride))     # ceil(-offset / stride)
     hi = min(out_n, (in_n - 1 - offset) // stride + 1) if in_n - 1 - offset >= 0 else 0
     return lo, max(lo, hi)
 

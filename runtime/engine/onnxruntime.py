@@ -24,7 +24,7 @@ REFUSALS = [
     (lambda n, g: n.op.value == "Resize" and n.attrs.get("mode") in ("linear", "cubic")
      and n.attrs.get("coordinate_transformation_mode") == "align_corners" and _downsamples(n, g),
      "onnxruntime's align_corners downsampling differs from ONNX's"),
-]  # fmt: skip
+]
 
 
 class OnnxRuntimeModel(FrameworkModel):

@@ -38,7 +38,7 @@ REFUSALS = [
     (lambda n, g: any(g.dtypes.get(t, "float32") != "float32" for t in (*n.inputs, *n.outputs)
                       if t and t not in g.consts),
      "cv2.dnn computes in float32 only"),
-]  # fmt: skip
+]
 
 
 def _read_net(cv2, buffer: np.ndarray, outputs: list[str]):

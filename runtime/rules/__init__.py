@@ -7,11 +7,21 @@ See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-
 (iotrt.nodes.action.rules) wires it to the bus and the actuators.
 """
 
-from iotrt.rules.api import load_rules, loads_rules, rule
 from iotrt.rules.actions import (
-    TICK, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError, Skipped,
-    StateSet, Tick,
+    TICK,
+    Command,
+    Fired,
+    Log,
+    Message,
+    Publish,
+    RuleContext,
+    RuleDisabled,
+    RuleError,
+    Skipped,
+    StateSet,
+    Tick,
 )
+from iotrt.rules.api import load_rules, loads_rules, rule
 from iotrt.rules.engine import Engine
 from iotrt.rules.expressions import ExpressionError
 from iotrt.rules.schema import RuleDef, RuleSet
@@ -19,6 +29,7 @@ from iotrt.rules.source import Problem, RulesError
 
 __all__ = [
     "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
-    "Publish", "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError", "Skipped", "StateSet", "Tick",
+    "Publish", "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError",
+    "Skipped", "StateSet", "Tick",
     "load_rules", "loads_rules", "rule",
 ]

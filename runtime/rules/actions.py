@@ -1,7 +1,8 @@
 """What goes into the rule engine (messages, ticks) and what comes out (actions, notes).
 
 The engine returns `Command`, `Publish` and `Log` actions for the caller to carry out, and
-`Fired`, `Skipped`, `StateSet`, `RuleError` and `RuleDisabled` notes to journal or log. A Python rule sees a `RuleContext`.
+`Fired`, `Skipped`, `StateSet`, `RuleError` and `RuleDisabled` notes to journal or log. A Python
+rule sees a `RuleContext`.
 """
 
 from __future__ import annotations

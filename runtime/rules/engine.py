@@ -26,23 +26,49 @@ import datetime as dt
 import inspect
 import time
 from collections import deque
-from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from iotrt.rules.actions import (
-    Action, Command, Fired, Log, Message, Publish, RuleContext, RuleDisabled, RuleError,
-    Skipped, StateSet, Tick,
+    Action,
+    Command,
+    Fired,
+    Log,
+    Message,
+    Publish,
+    RuleContext,
+    RuleDisabled,
+    RuleError,
+    Skipped,
+    StateSet,
+    Tick,
 )
 from iotrt.rules.expressions import (
-    DEFAULT_TIMEOUT_S, EVALUATION_ERRORS, Evaluator, Expression, ExpressionError, ExpressionLimit,
-    ExpressionTimeout, evaluation_error, join_checked, safe_str,
+    DEFAULT_TIMEOUT_S,
+    EVALUATION_ERRORS,
+    Evaluator,
+    Expression,
+    ExpressionError,
+    ExpressionLimit,
+    ExpressionTimeout,
+    evaluation_error,
+    join_checked,
+    safe_str,
 )
 from iotrt.rules.parsing import parse_duration
 from iotrt.rules.schema import (
-    CommandStep, ConditionStep, DelayStep, Interpolated, LogStep, PublishStep, RuleDef, RuleSet,
-    SetStep, Step,
+    CommandStep,
+    ConditionStep,
+    DelayStep,
+    Interpolated,
+    LogStep,
+    PublishStep,
+    RuleDef,
+    RuleSet,
+    SetStep,
+    Step,
 )
 from iotrt.rules.triggers import EPS as _EPS
 from iotrt.rules.triggers import Clock, TriggerError, TriggerKind

@@ -26,8 +26,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
-import reprlib
 import re
+import reprlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field

@@ -10,8 +10,9 @@ A messages file is YAML or JSON (a list), or JSON lines (.jsonl, e.g. recorded),
 A recorded entry may give `stamp_ns` (monotonic ns) instead; times are then relative to the
 first stamp. The output of `iotrt echo TOPIC` (a `--- topic seq=...` line, then the data as
 JSON) is read too, one message every `gap` seconds. A topic `node/output` also matches triggers
-on `output`, the name a rule node usually gives that input. Between entries the simulated clock stops at every moment the engine has
-something due, so holds, delays, absences and intervals fire at their exact times.
+on `output`, the name a rule node usually gives that input. Between entries the simulated clock
+stops at every moment the engine has something due, so holds, delays, absences and intervals
+fire at their exact times.
 """
 
 from __future__ import annotations

@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from iotrt.rules.expressions import Expression
-from iotrt.rules.parsing import (
-    Invalid, check_keys, expression, line_of, mapping, name, parse_duration,
-)
+from iotrt.rules.parsing import Invalid, check_keys, expression, line_of, mapping, name, parse_duration
 from iotrt.rules.source import LocatedDict, Problem
 from iotrt.rules.triggers import TriggerKind, parse_trigger
 

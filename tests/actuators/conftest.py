@@ -26,7 +26,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import Up, up_env, wait_for
 
 from iotrt.journal import JournalReader

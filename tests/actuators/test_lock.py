@@ -146,7 +146,7 @@ def test_sim_close_leaves_it_locked(sim):
 class FakeGpiod:
     """The parts of gpiod 2.x the lock uses, modelling the *physical* level of each line."""
 
-    class line:  # noqa: N801 - mirrors the gpiod.line module
+    class line:  # mirrors the gpiod.line module
         class Direction(enum.Enum):
             AS_IS = 1
             INPUT = 2

@@ -42,7 +42,7 @@ class Broker:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read()}")
+                    raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read()}") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:

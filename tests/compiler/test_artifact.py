@@ -9,13 +9,7 @@ import pytest
 
 from iotrt import models
 from iotrt.compiler import artifact, compile_model
-from iotrt.engine import (
-    ArtifactCorruptError,
-    ArtifactError,
-    ArtifactVersionError,
-    InputError,
-    load,
-)
+from iotrt.engine import ArtifactCorruptError, ArtifactError, ArtifactVersionError, InputError, load
 
 
 @pytest.fixture(scope="module")

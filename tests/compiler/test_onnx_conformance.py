@@ -36,7 +36,7 @@ WEIGHT_INPUTS = {
     "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "ConstantOfShape": (0,), "Conv": (1, 2),
     "Dropout": (1, 2), "Gemm": (1, 2), "Pad": (1, 2, 3), "PRelu": (1,), "Reshape": (1,),
     "Resize": (1, 2, 3), "Squeeze": (1,), "Unsqueeze": (1,),
-}  # fmt: skip
+}
 
 
 def weight_inputs(model) -> set[str]:
@@ -165,7 +165,7 @@ def _regenerate() -> dict:
         except UnsupportedOpError as exc:
             excluded[name] = f"needs op {exc.op}, which the compiler does not support"
             continue
-        except Exception as exc:  # noqa: BLE001  any other failure needs a reviewed reason
+        except Exception as exc:  # any other failure needs a reviewed reason
             if rule is None:
                 raise SystemExit(f"{name} fails with no exclusion rule: {exc!r}") from exc
         excluded[name] = rule

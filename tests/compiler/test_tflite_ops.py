@@ -20,7 +20,7 @@ from iotrt.engine import load  # noqa: E402
 
 RNG = np.random.default_rng(11)
 B = S.BuiltinOperator
-O = S.BuiltinOptions
+Opts = S.BuiltinOptions
 SAME, VALID = S.Padding.SAME, S.Padding.VALID
 RELU, RELU6 = S.ActivationFunctionType.RELU, S.ActivationFunctionType.RELU6
 
@@ -58,7 +58,7 @@ class Model:
         self.op(B.DEQUANTIZE, [half], [out])
         return out
 
-    def op(self, code, ins, outs, opt_type=O.NONE, opts=None):
+    def op(self, code, ins, outs, opt_type=Opts.NONE, opts=None):
         codes = [c.builtinCode for c in self.m.operatorCodes]
         if code not in codes:
             oc = S.OperatorCodeT()
@@ -115,7 +115,7 @@ def test_conv_as_graph_output(tmp_path, padding, stride, act, fp16):
     ho = -(-9 // stride) if padding == SAME else (9 - 3) // stride + 1
     wo = -(-10 // stride) if padding == SAME else (10 - 3) // stride + 1
     y = m.tensor("y", [1, ho, wo, 5])
-    m.op(B.CONV_2D, [x, w, b], [y], O.Conv2DOptions,
+    m.op(B.CONV_2D, [x, w, b], [y], Opts.Conv2DOptions,
          options(S.Conv2DOptionsT, padding=padding, strideW=stride, strideH=stride,
                  fusedActivationFunction=act, dilationWFactor=1, dilationHFactor=1))
     compare(tmp_path, m, [x], [y])
@@ -127,22 +127,22 @@ def test_depthwise_multiplier_prelu_and_pooling(tmp_path):
     w = m.weight("dw", RNG.standard_normal((1, 3, 3, 6)))
     d = m.tensor("d", [1, 6, 6, 6])
     db = m.weight("db", RNG.standard_normal(6))
-    m.op(B.DEPTHWISE_CONV_2D, [x, w, db], [d], O.DepthwiseConv2DOptions,
+    m.op(B.DEPTHWISE_CONV_2D, [x, w, db], [d], Opts.DepthwiseConv2DOptions,
          options(S.DepthwiseConv2DOptionsT, padding=VALID, strideW=1, strideH=1,
                  depthMultiplier=2, dilationWFactor=1, dilationHFactor=1))
     alpha = m.weight("alpha", RNG.uniform(0, 0.5, (1, 1, 6)))
     p = m.tensor("p", [1, 6, 6, 6])
     m.op(B.PRELU, [d, alpha], [p])
     a = m.tensor("a", [1, 3, 3, 6])
-    m.op(B.AVERAGE_POOL_2D, [p], [a], O.Pool2DOptions,
+    m.op(B.AVERAGE_POOL_2D, [p], [a], Opts.Pool2DOptions,
          options(S.Pool2DOptionsT, padding=SAME, strideW=2, strideH=2, filterWidth=3,
                  filterHeight=3))
     mx = m.tensor("mx", [1, 3, 3, 6])
-    m.op(B.MAX_POOL_2D, [p], [mx], O.Pool2DOptions,
+    m.op(B.MAX_POOL_2D, [p], [mx], Opts.Pool2DOptions,
          options(S.Pool2DOptionsT, padding=VALID, strideW=2, strideH=2, filterWidth=2,
                  filterHeight=2))
     c = m.tensor("c", [1, 3, 3, 12])
-    m.op(B.CONCATENATION, [a, mx], [c], O.ConcatenationOptions,
+    m.op(B.CONCATENATION, [a, mx], [c], Opts.ConcatenationOptions,
          options(S.ConcatenationOptionsT, axis=3))
     compare(tmp_path, m, [x], [c])
 
@@ -153,7 +153,7 @@ def test_resize_bilinear_coordinate_modes(tmp_path, align, half):
     x = m.tensor("x", [1, 5, 4, 2])
     size = m.tensor("size", [2], np.array([9, 7], np.int32), S.TensorType.INT32)
     y = m.tensor("y", [1, 9, 7, 2])
-    m.op(B.RESIZE_BILINEAR, [x, size], [y], O.ResizeBilinearOptions,
+    m.op(B.RESIZE_BILINEAR, [x, size], [y], Opts.ResizeBilinearOptions,
          options(S.ResizeBilinearOptionsT, alignCorners=align, halfPixelCenters=half))
     compare(tmp_path, m, [x], [y])
 
@@ -164,19 +164,19 @@ def test_broadcast_constants_dense_head_and_softmax(tmp_path):
     scale = m.weight("scale", RNG.standard_normal(3))
     shift = m.weight("shift", RNG.standard_normal(3))
     s = m.tensor("s", [1, 4, 4, 3])
-    m.op(B.MUL, [x, scale], [s], O.MulOptions, options(S.MulOptionsT, fusedActivationFunction=0))
+    m.op(B.MUL, [x, scale], [s], Opts.MulOptions, options(S.MulOptionsT, fusedActivationFunction=0))
     t = m.tensor("t", [1, 4, 4, 3])
-    m.op(B.SUB, [s, shift], [t], O.SubOptions, options(S.SubOptionsT, fusedActivationFunction=RELU))
+    m.op(B.SUB, [s, shift], [t], Opts.SubOptions, options(S.SubOptionsT, fusedActivationFunction=RELU))
     g = m.tensor("g", [1, 4, 4, 3])
     m.op(B.LOGISTIC, [t], [g])
     r = m.tensor("r", [1, 48])
     shape = m.tensor("shape", [2], np.array([1, 48], np.int32), S.TensorType.INT32)
-    m.op(B.RESHAPE, [g, shape], [r], O.ReshapeOptions, options(S.ReshapeOptionsT, newShape=[1, 48]))
+    m.op(B.RESHAPE, [g, shape], [r], Opts.ReshapeOptions, options(S.ReshapeOptionsT, newShape=[1, 48]))
     fw = m.weight("fc_w", RNG.standard_normal((10, 48)))
     fb = m.weight("fc_b", RNG.standard_normal(10))
     f = m.tensor("f", [1, 10])
-    m.op(B.FULLY_CONNECTED, [r, fw, fb], [f], O.FullyConnectedOptions,
+    m.op(B.FULLY_CONNECTED, [r, fw, fb], [f], Opts.FullyConnectedOptions,
          options(S.FullyConnectedOptionsT, fusedActivationFunction=0))
     p = m.tensor("p", [1, 10])
-    m.op(B.SOFTMAX, [f], [p], O.SoftmaxOptions, options(S.SoftmaxOptionsT, beta=1.0))
+    m.op(B.SOFTMAX, [f], [p], Opts.SoftmaxOptions, options(S.SoftmaxOptionsT, beta=1.0))
     compare(tmp_path, m, [x], [p, f], tol=1e-5)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from iotrt.graph import load_graph
 from iotrt.nodes.perception.gallery import Gallery
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import Up, up_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from helpers import alive, wait_for
+
 from iotrt.control import ControlError, call
 from iotrt.graph import load_graph
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import alive
+
 from iotrt.control import ControlError, call
 from iotrt.graph import load_graph
 

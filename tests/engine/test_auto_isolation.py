@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from helpers import Up, up_env, wait_for
 
 pytest.importorskip("onnxruntime")

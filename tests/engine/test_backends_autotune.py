@@ -69,7 +69,7 @@ def test_rounds_are_interleaved_and_rotated():
         "numpy", "opencv", "onnxruntime",
         "opencv", "onnxruntime", "numpy",
         "onnxruntime", "numpy", "opencv",
-    ]  # fmt: skip
+    ]
 
 
 def test_time_budget_adds_rounds_up_to_the_cap():

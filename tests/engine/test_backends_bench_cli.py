@@ -25,7 +25,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "iotrt", "bench", *args],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
 
 
 def test_bench_artifact_reports_every_backend(artifact, tmp_path):
@@ -46,7 +46,7 @@ def test_bench_artifact_reports_every_backend(artifact, tmp_path):
 
 def test_bench_compiles_a_source_model_first():
     proc = bench(str(models.path(models.BLAZEFACE)), "--backends", "onnxruntime",
-                 "--seconds", "0", "--min-rounds", "2")  # fmt: skip
+                 "--seconds", "0", "--min-rounds", "2")
     assert proc.returncode == 0, proc.stderr
     assert "compiling" in proc.stderr
     assert "\nonnxruntime " in proc.stdout and "\nnumpy " in proc.stdout  # numpy: the reference
@@ -67,7 +67,7 @@ def test_bench_input_shape_uses_compiles_syntax(tmp_path):
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-    )  # fmt: skip
+    )
     path = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     proc = bench(str(path), "--input-shape", "x=2x4", "--backends", "numpy", "--seconds", "0", "--min-rounds", "2")

@@ -20,15 +20,15 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("iotrt.compiler.frontends.onnx")
 
-from onnx import TensorProto, numpy_helper  # noqa: E402
-from onnx.backend.test.loader import load_model_tests  # noqa: E402
+from onnx import TensorProto, numpy_helper
+from onnx.backend.test.loader import load_model_tests
 
-from iotrt.compiler import bake_constants, build_artifact  # noqa: E402
-from iotrt.compiler.frontends import onnx as onnx_frontend  # noqa: E402
-from iotrt.engine import BackendUnavailable, autotune  # noqa: E402
-from iotrt.engine import onnxruntime as ort_backend  # noqa: E402
-from iotrt.engine import opencv as cv_backend  # noqa: E402
-from iotrt.engine.numpy import NumpyModel  # noqa: E402
+from iotrt.compiler import bake_constants, build_artifact
+from iotrt.compiler.frontends import onnx as onnx_frontend
+from iotrt.engine import BackendUnavailable, autotune
+from iotrt.engine import onnxruntime as ort_backend
+from iotrt.engine import opencv as cv_backend
+from iotrt.engine.numpy import NumpyModel
 
 _path = Path(__file__).resolve().parents[1] / "compiler" / "test_onnx_conformance.py"
 _spec = importlib.util.spec_from_file_location("compiler_conformance", _path)

@@ -51,7 +51,7 @@ def conv_graph(activation: dict) -> tuple[Graph, dict, np.ndarray]:
     ]
     g = Graph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
               {"x": (1, 3, 6, 6), "y": (1, 4, 6, 6), "z": (1, 144)},
-              {"x": "float32", "y": "float32", "z": "float32"})  # fmt: skip
+              {"x": "float32", "y": "float32", "z": "float32"})
     return g, {"x": x}, conv_ref(x, w, b, 1).reshape(1, 144)
 
 
@@ -96,7 +96,7 @@ def test_same_padding_with_stride_two_pads_the_end(engine):
     b = np.zeros(4, np.float32)
     node = Node(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
     g = Graph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
-              {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})  # fmt: skip
+              {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})
     xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
     expect = np.einsum("ncijkl,ockl->noij", win, w)

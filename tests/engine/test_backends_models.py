@@ -112,7 +112,7 @@ def test_artifact_without_payload_runs_numpy_and_says_why_not_others(blazeface, 
 ANCHORS = np.concatenate([
     np.repeat(np.stack(np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n), -1).reshape(-1, 2), k, 0)
     for n, k in ((16, 2), (8, 6))
-])  # fmt: skip
+])
 
 
 def best_box(outputs) -> tuple[float, np.ndarray]:
@@ -203,7 +203,7 @@ def test_int8_squeezenet_is_3_5x_smaller_with_small_logit_error(light, tmp_path)
         agree += int(np.argmax(a) == np.argmax(b))
     print(f"\nSqueezeNet int8: artifact {ratio:.2f}x smaller ({art.stat().st_size:,} -> "
           f"{q.stat().st_size:,} bytes); logits max abs error {max(errs):.4f} "
-          f"({max(rel):.2%} of the largest logit); top-1 agrees on {agree}/4 inputs")  # fmt: skip
+          f"({max(rel):.2%} of the largest logit); top-1 agrees on {agree}/4 inputs")
     assert ratio >= 3.5
     assert max(rel) < 0.05
 

@@ -15,7 +15,7 @@ from iotrt.engine.backend import default_threads
     "env,expected",
     [({}, 1), ({"OMP_NUM_THREADS": "3"}, 3), ({"IOTRT_THREADS": "2", "OMP_NUM_THREADS": "4"}, 2),
      ({"IOTRT_THREADS": "zero", "OMP_NUM_THREADS": "0"}, 1)],
-)  # fmt: skip
+)
 def test_default_threads_come_from_the_environment(monkeypatch, env, expected):
     for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hassim import Broker, HomeAssistant, needs_mosquitto
 from helpers import Up, up_env, wait_for
 

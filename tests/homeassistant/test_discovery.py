@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.nodes.action.hadiscovery import (BridgedTopic, Layout, event_payload, lock_payload,
-                                            rules_event_types, who_payloads)
+from iotrt.nodes.action.hadiscovery import (
+    BridgedTopic,
+    Layout,
+    event_payload,
+    lock_payload,
+    rules_event_types,
+    who_payloads,
+)
 from iotrt.nodes.action.homeassistant import MAX_BAD_CODES, BadCommand, CommandGate
 from iotrt.rules import load_rules
 

@@ -33,6 +33,6 @@ def test_the_rule_excerpt_is_in_the_door_rules():
 
 def test_every_parameter_is_in_the_table():
     table = DOC.split("## Parameters", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`(\w+)`", " ".join(l.split("|")[1] for l in
-                                                     table.splitlines() if l.startswith("| `"))))
+    documented = set(re.findall(r"`(\w+)`", " ".join(row.split("|")[1] for row in
+                                                     table.splitlines() if row.startswith("| `"))))
     assert documented == {p.name for p in SPEC.params}

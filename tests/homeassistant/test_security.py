@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from hassim import Broker, needs_mosquitto
 from helpers import wait_for
 

@@ -139,7 +139,7 @@ def assert_same_faces(faces, ref, where: str):
     """`faces` (boxes, scores) match the reference's within IoU 0.9 and 0.02 in score."""
     boxes, scores = np.asarray(faces.boxes).reshape(-1, 4), np.asarray(faces.scores)
     assert len(scores) == len(ref), f"{where}: {len(scores)} faces vs reference {len(ref)}"
-    for score, box in ref:
+    for _score, box in ref:
         best = max(ref_iou(box, list(b)) for b in boxes)
         assert best >= 0.9, f"{where}: IoU {best:.3f} with reference box {np.round(box)}"
     np.testing.assert_allclose(sorted(scores), sorted(s for s, _ in ref), atol=0.02)

@@ -35,7 +35,7 @@ def test_faces_on_photographs_match_reference(name, photo, litert, ref):
     assert len(ours) == 1, f"{name}: expected one face, got {len(ours)}"
     ref.assert_same_faces(ours, ref.detect(img, litert), name)
     # Keypoints lie inside the face box, right eye left of the left eye in the image.
-    (x1, y1, x2, y2), kp = ours.boxes[0], ours.keypoints[0]
+    (x1, y1, x2, _), kp = ours.boxes[0], ours.keypoints[0]
     assert (x1 <= kp[:4, 0]).all() and (kp[:4, 0] <= x2).all() and (y1 <= kp[:4, 1]).all()
     assert kp[0, 0] < kp[1, 0]
 

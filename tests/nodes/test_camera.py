@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from iotrt.nodes.sensing.camera import Camera, CameraConfig, EndOfStream, SourceError, SOURCES
+from iotrt.nodes.sensing.camera import SOURCES, Camera, CameraConfig, EndOfStream, SourceError
 
 N_FRAMES = 12
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import iotrt
-from iotrt.nodes.perception import inference
 from iotrt.hashing import file_sha256
+from iotrt.nodes.perception import inference
 from iotrt.nodes.sensing.scene import DoorScene
 
 NO_PEOPLE = ["coffee", "rocket", "clock", "coins", "moon", "page", "text", "hubble_deep_field",

@@ -112,7 +112,7 @@ def fuse(readings, yaw_rate, gyro_bias=0.0, noise=0.0, imu_rate=100, weight=0.9,
     odo = od.DiffDrive(WHEELS)
     t_end = readings[-1][0]
     imu_times = range(0, t_end + 1, NS // imu_rate)
-    events = [(t, 0, None) for t in imu_times] + [(t, 1, (l, r)) for t, l, r in readings]
+    events = [(t, 0, None) for t in imu_times] + [(t, 1, (left, right)) for t, left, right in readings]
     out = None
     for t, kind, ticks in sorted(events, key=lambda e: (e[0], e[1])):
         if kind == 0:

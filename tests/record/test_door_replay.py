@@ -25,9 +25,9 @@ from pathlib import Path
 
 import cv2
 import pytest
+from helpers import wait_for
 from mcap.reader import make_reader
 
-from helpers import wait_for
 from iotrt.journal import Journal, JournalError
 from iotrt.recording import Recording
 

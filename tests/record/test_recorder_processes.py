@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import Up, up_env, wait_for
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, make_reader
 
-from helpers import Up, up_env, wait_for
 from iotrt.journal import Journal, JournalError
 from iotrt.recording import Recording, TruncatedRecording
 

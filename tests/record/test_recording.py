@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -20,11 +19,9 @@ from mcap.writer import Writer
 from iotrt import Node
 from iotrt.codec import Envelope
 from iotrt.graph import load_graph
-from iotrt.recording import (
-    NewerRecording, NotARecording, Recording, RecordingError, RecordWriter, TruncatedRecording,
-)
-from iotrt.replay import REPLAY_QUEUE, ReplayError, replay_graph
 from iotrt.nodes.observe import clip as clip_node
+from iotrt.recording import NewerRecording, NotARecording, Recording, RecordingError, RecordWriter, TruncatedRecording
+from iotrt.replay import REPLAY_QUEUE, ReplayError, replay_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = ROOT / "configs" / "door.yaml"
@@ -98,7 +95,7 @@ def test_the_mcap_library_reads_every_topic_and_count(tmp_path):
         counts = {summary.channels[c].topic: n
                   for c, n in summary.statistics.channel_message_counts.items()}
         seen: dict[str, int] = {}
-        for schema, channel, message in reader.iter_messages():
+        for schema, channel, _message in reader.iter_messages():
             seen[channel.topic] = seen.get(channel.topic, 0) + 1
             assert channel.message_encoding == "msgpack"
             assert schema.encoding == "jsonschema" and json.loads(schema.data)["title"]

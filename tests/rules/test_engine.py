@@ -7,9 +7,7 @@ import textwrap
 
 import pytest
 
-from iotrt.rules import (
-    TICK, Command, Engine, Log, Message, Publish, RuleError, RulesError, Skipped, loads_rules,
-)
+from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, RulesError, Skipped, loads_rules
 
 OK = {"ok": True}
 NOT = {"ok": False}

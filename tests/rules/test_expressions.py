@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 from iotrt.rules.expressions import (
-    MAX_ITEMS, Evaluator, ExpressionError, ExpressionLimit, ExpressionRejected,
+    MAX_ITEMS,
+    Evaluator,
+    ExpressionError,
+    ExpressionLimit,
+    ExpressionRejected,
     compile_expression,
 )
+from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 NAMES = ("msg", "state", "last", "topic", "trigger", "hour", "minute", "weekday")
 

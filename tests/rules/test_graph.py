@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import wait_for
+
 from iotrt.journal import JOURNAL_FILE, JournalReader
 
 ROOT = Path(__file__).resolve().parents[2]

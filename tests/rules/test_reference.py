@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import simpleeval  # the [test] extra installs it
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotrt.rules.expressions import Evaluator, ExpressionError, compile_expression
-
-import simpleeval  # noqa: E402 - the [test] extra installs it
 
 MSG = {"n": 7, "d": 0.25, "label": "Front Door", "tags": ["a", "b"],
        "faces": [{"name": "owner", "score": 0.93}, {"name": "unknown", "score": 0.4}]}

@@ -102,8 +102,10 @@ def test_check_lists_rules(capsys):
 def test_reads_what_iotrt_echo_printed(tmp_path, capsys):
     recorded = tmp_path / "faces.log"
     recorded.write_text(
-        '--- identity/faces seq=7 src=identity age=1.2ms\n{"faces": [{"name": "owner", "score": 0.9, "known": true}]}\n'
-        '--- identity/faces seq=8 src=identity age=1.1ms\n{"faces": [{"name": "owner", "score": 0.91, "known": true}]}\n')
+        '--- identity/faces seq=7 src=identity age=1.2ms\n'
+        '{"faces": [{"name": "owner", "score": 0.9, "known": true}]}\n'
+        '--- identity/faces seq=8 src=identity age=1.1ms\n'
+        '{"faces": [{"name": "owner", "score": 0.91, "known": true}]}\n')
     assert main(["rules", "test", DOOR, "--input", str(recorded)]) == 0
     out = capsys.readouterr().out
     assert "    0.100s  unlock_for_enrolled    fired (message faces)" in out

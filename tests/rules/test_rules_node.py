@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pynng
 import pytest
-from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 from iotrt.bus import Publisher, short_ipc_address
 from iotrt.command import CommandClient, CommandServer
@@ -24,6 +23,7 @@ from iotrt.node import Event, Node
 from iotrt.nodes.action.rules import CommandSender, RuleNode
 from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
 from iotrt.rules import Command
+from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = str(ROOT / "configs" / "door.rules.yaml")

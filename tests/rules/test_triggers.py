@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from iotrt.rules import Engine, Fired, Log, Message, RuleError, RulesError, loads_rules
-from iotrt.rules import triggers
+from iotrt.rules import Engine, Fired, Log, Message, RuleError, RulesError, loads_rules, triggers
 from iotrt.rules.parsing import check_keys, line_of, topic
 from iotrt.rules.triggers import REGISTRY, TriggerKind
 

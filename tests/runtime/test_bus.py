@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from iotrt.bus import (
-    AddressError, Publisher, RuntimeDirError, Subscriber, check_address, ensure_runtime_dir,
+    AddressError,
+    Publisher,
+    RuntimeDirError,
+    Subscriber,
+    check_address,
+    ensure_runtime_dir,
     short_ipc_address,
 )
 

@@ -9,9 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from iotrt.codec import (
-    ARRAY_DTYPES, EXT_NDARRAY, DecodeError, EncodeError, Envelope, decode, encode,
-)
+from iotrt.codec import ARRAY_DTYPES, EXT_NDARRAY, DecodeError, EncodeError, Envelope, decode, encode
 
 
 def roundtrip(data):

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-
 from helpers import wait_for
 
 from iotrt.bus import short_ipc_address

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -259,7 +258,7 @@ def _read_without_write_access(path: Path) -> str:
     # A private mount namespace where the state directory is read-only: even root cannot create
     # or write the -wal/-shm files there, exactly the position of a user without write access.
     folder = str(path.parent)
-    script = f'mount --bind -o ro "$1" "$1" && exec "$2" -c "$3" "$4"'
+    script = 'mount --bind -o ro "$1" "$1" && exec "$2" -c "$3" "$4"'
     out = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", folder, sys.executable,
                           _READER, str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -373,7 +372,7 @@ def test_events_cli_follow(tmp_path):
             code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
-            raise AssertionError(f"still following 30 s after Ctrl-C:\n{proc.communicate()[1]}")
+            raise AssertionError(f"still following 30 s after Ctrl-C:\n{proc.communicate()[1]}") from None
         assert code == 0, proc.stderr.read()
     finally:
         proc.kill()

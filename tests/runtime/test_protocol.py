@@ -7,9 +7,7 @@ import json
 import pytest
 
 from iotrt.codec import DecodeError, pack
-from iotrt.protocol import (
-    ConfigError, Endpoint, NodeConfig, heartbeat_msg, parse_message, ready_msg, record_body,
-)
+from iotrt.protocol import ConfigError, Endpoint, NodeConfig, heartbeat_msg, parse_message, ready_msg, record_body
 
 
 def test_config_roundtrips_through_json():

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import wait_for
 
 from iotrt import shm

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import wait_for
+
 from iotrt.bus import Subscriber, short_ipc_address
 from iotrt.codec import EncodeError
 from iotrt.local import LocalQueue

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import Up, alive, up_env, wait_for
+
 from iotrt.control import ControlError, call
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader

@@ -7,7 +7,6 @@ from __future__ import annotations
 import msgpack
 import pynng
 import pytest
-
 from helpers import wait_for
 
 from iotrt.bus import Subscriber, short_ipc_address

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import Up, alive, up_env, wait_for
+
 from iotrt.command import CommandClient
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader

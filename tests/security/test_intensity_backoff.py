@@ -5,12 +5,10 @@ once the delays grow (a node that runs 10 s and crashes fails at 10, 20.5, 31.5,
 
 from __future__ import annotations
 
-import textwrap
+from graphrun import env, graph_file, up  # noqa: F401 (pytest fixtures)
 
 from iotrt.graph import Backoff, Intensity
 from iotrt.states import Exited, GiveUp, Ready, Slot, Spawned, Start, State, Tick, transition
-
-from graphrun import env, graph_file, up  # noqa: F401 (pytest fixtures)
 
 
 def test_crash_loop_with_growing_backoff_reaches_the_intensity_limit():

@@ -55,7 +55,7 @@ def test_safety_events_outlive_chatter(tmp_path):
     with Journal(db, max_bytes=BUDGET) as j:
         safety = [j.write("command_applied", "lock", {"id": f"c{i}", "action": "unlock"})
                   for i in range(20)]
-        for i in range(150):
+        for _ in range(150):
             j.write("rule_fired", "rules", {"rule": "r", "pad": "y" * 8000})
         j.prune()
     with JournalReader(db) as r:

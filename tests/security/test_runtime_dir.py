@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.rundir import (RUNTIME_POINTER, RuntimeDirError, default_runtime_root,
-                          ensure_runtime_dir)
+from iotrt.rundir import RUNTIME_POINTER, RuntimeDirError, default_runtime_root, ensure_runtime_dir
 
 TEST_NODE = Path(__file__).parents[1] / "supervisor" / "graphs" / "nodes" / "testnode.py"
 

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 
-from iotrt.control import call, control_address
-
 from graphrun import env, graph_file, h, marker_pids  # noqa: F401 (pytest fixtures)
+
+from iotrt.control import call, control_address
 
 
 def test_stalled_log_reader_never_blocks_supervision(graph_file, env, tmp_path, h):

@@ -13,8 +13,8 @@ import pynng
 import pytest
 
 from iotrt.cli import main as cli
-from iotrt.command import CommandClient
 from iotrt.codec import decode, pack, unpack
+from iotrt.command import CommandClient
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader
 

@@ -8,9 +8,9 @@ node modules), then execs a lean supervisor with the same pid. Read from the run
 from __future__ import annotations
 
 import os
+import ssl  # noqa: F401 - loaded in this process: the check below must find it here
 import subprocess
 import sys
-import ssl  # noqa: F401 - loaded in this process: the check below must find it here
 from pathlib import Path
 
 import psutil

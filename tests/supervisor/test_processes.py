@@ -16,7 +16,6 @@ from iotrt.graph import load_graph
 from iotrt.journal import JournalError, JournalReader
 
 
-
 def test_crashing_node_restarts_with_growing_delays(graph_file, up, tmp_path, h):
     marker = tmp_path / "crash.pids"
     g = graph_file(f"""

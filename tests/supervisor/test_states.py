@@ -6,8 +6,22 @@ import pytest
 
 from iotrt.graph import Backoff, Intensity
 from iotrt.states import (
-    Deadline, Exited, GiveUp, Heartbeat, Ready, Signal, Slot, Spawn, Spawned, SpawnFailed, Start, State,
-    Stop, Tick, next_deadline, transition,
+    Deadline,
+    Exited,
+    GiveUp,
+    Heartbeat,
+    Ready,
+    Signal,
+    Slot,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    State,
+    Stop,
+    Tick,
+    next_deadline,
+    transition,
 )
 
 

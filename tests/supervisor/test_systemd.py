@@ -15,7 +15,6 @@ import psutil
 import pytest
 
 import iotrt.deploy
-
 from iotrt.commands.unit import render
 from iotrt.graph import load_graph
 

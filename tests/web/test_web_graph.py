@@ -21,13 +21,12 @@ import cv2
 import numpy as np
 import pytest
 from helpers import Up, up_env, wait_for
+from web.cdp import Browser, CdpError, chromium
 
 from iotrt import control
 from iotrt.bus import Subscriber
 from iotrt.graph import load_graph
 from iotrt.journal import Journal, JournalError, JournalReader
-
-from web.cdp import Browser, CdpError, chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 DOOR = ROOT / "configs" / "door.yaml"

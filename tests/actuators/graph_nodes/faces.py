@@ -8,5 +8,5 @@ SPEC = NodeSpec(outputs={"faces": "{faces: [{name, score, box}]}"},
 
 node = Node(spec=SPEC)
 node.timer("frame", node.params["period_s"])
-for event in node:
+for _event in node:
     node.publish("faces", {"faces": [{"name": "owner", "score": 0.95, "box": [10, 10, 80, 80]}]})

@@ -13,7 +13,7 @@ SPEC = NodeSpec(outputs={"faces": "{faces: [{name, score, box}]}"},
 node = Node(spec=SPEC)
 node.timer("frame", node.params["period_s"])
 path = Path(node.params["file"])
-for event in node:
+for _event in node:
     try:
         names = json.loads(path.read_text())
     except (OSError, ValueError):

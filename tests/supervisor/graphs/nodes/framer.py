@@ -18,7 +18,7 @@ def main(node: Node) -> None:
     node.ready()
     node.timer("tick", 0.02)
     sent = 0
-    for event in node:
+    for _event in node:
         node.publish("image", np.full((480, 640, 3), sent % 255, np.uint8))
         sent += 1
         if sent == 5:
