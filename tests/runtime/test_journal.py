@@ -358,8 +358,13 @@ def test_events_cli_follow(tmp_path):
     path = tmp_path / "journal.db"
     j = Journal(path)
     j.write("old", "n", {"i": 0})
-    # -X faulthandler: should it not stop, SIGABRT makes it print where it is stuck
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "iotrt", "events",
+    # `iotrt events` with Ctrl-C as a terminal delivers it. A test run started in the
+    # background by a script inherits SIGINT ignored (POSIX shells do that to background jobs)
+    # and would pass it on, so the child puts Python's own handler back first.
+    # -X faulthandler: should it not stop, SIGABRT makes it print where it is stuck.
+    as_in_a_terminal = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                        " from iotrt.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", as_in_a_terminal, "events",
                              "--journal", str(path), "--follow", "--kind", "new"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
