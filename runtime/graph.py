@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,41 +34,14 @@ from iotrt.errors import ConfigError
 from iotrt.journal import JOURNAL_FILE
 from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
+from iotrt.states import Policy
 from iotrt.yamlcheck import Checker, Issue
 
 EVENTS_TOPIC = "_sup/events"
-RESTART_POLICIES = ("never", "on-failure", "always")
 # Node kinds whose own files are checked with the graph, so their mistakes are reported before
 # anything starts: kind -> a module with check(params, base_dir) -> [Issue(file, line, message)].
 NODE_FILE_CHECKS = {"rules": "iotrt.nodes.action.rules"}
 
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 0.5     # delay before the first restart
-    max_s: float = 30.0        # the cap; systemd's WatchdogSec must stay above it
-    factor: float = 2.0        # each consecutive failure multiplies the delay
-    reset_s: float = 30.0      # running healthy this long forgets earlier failures
-
-
-@dataclass(frozen=True)
-class Intensity:
-    restarts: int = 5          # more than this many restarts ...
-    window_s: float = 60.0     # ... within this window: give up on the node
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Graph-wide supervision settings (the graph's `supervisor:` section)."""
-
-    heartbeat_s: float = 1.0        # nodes heartbeat this often
-    liveness_s: float = 5.0         # no heartbeat for this long: the node is hung, restart it
-    start_timeout_s: float = 60.0   # spawn to `ready`: a first model compile on a slow board counts
-    stop_grace_s: float = 5.0       # SIGTERM to SIGKILL
-    critical_down_s: float = 60.0   # a critical node down this long stops the systemd watchdog
-    backoff: Backoff = field(default_factory=Backoff)
-    intensity: Intensity = field(default_factory=Intensity)
 
 
 @dataclass(frozen=True)

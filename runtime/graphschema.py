@@ -14,18 +14,9 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
-from iotrt.graph import (
-    RESTART_POLICIES,
-    Backoff,
-    Graph,
-    Intensity,
-    NodeDef,
-    Policy,
-    Wire,
-    default_runtime_root,
-    default_state_root,
-)
+from iotrt.graph import Graph, NodeDef, Wire, default_runtime_root, default_state_root
 from iotrt.spec import REQUIRED, WILDCARD, SpecError
+from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
 from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, line_of, suggest
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

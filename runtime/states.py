@@ -27,7 +27,36 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from iotrt.graph import Backoff, Intensity
+# Supervision policy (the graph's `supervisor:` section and each node's `restart:`): the
+# state machine's own types, which the graph model reads into.
+RESTART_POLICIES = ("never", "on-failure", "always")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 0.5     # delay before the first restart
+    max_s: float = 30.0        # the cap; systemd's WatchdogSec must stay above it
+    factor: float = 2.0        # each consecutive failure multiplies the delay
+    reset_s: float = 30.0      # running healthy this long forgets earlier failures
+
+
+@dataclass(frozen=True)
+class Intensity:
+    restarts: int = 5          # more than this many restarts ...
+    window_s: float = 60.0     # ... within this window: give up on the node
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Graph-wide supervision settings (the graph's `supervisor:` section)."""
+
+    heartbeat_s: float = 1.0        # nodes heartbeat this often
+    liveness_s: float = 5.0         # no heartbeat for this long: the node is hung, restart it
+    start_timeout_s: float = 60.0   # spawn to `ready`: a first model compile on a slow board counts
+    stop_grace_s: float = 5.0       # SIGTERM to SIGKILL
+    critical_down_s: float = 60.0   # a critical node down this long stops the systemd watchdog
+    backoff: Backoff = field(default_factory=Backoff)
+    intensity: Intensity = field(default_factory=Intensity)
 
 
 class State(str, Enum):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from graphrun import env, graph_file, up  # noqa: F401 (pytest fixtures)
 
-from iotrt.graph import Backoff, Intensity
-from iotrt.states import Exited, GiveUp, Ready, Slot, Spawned, Start, State, Tick, transition
+from iotrt.states import Backoff, Exited, GiveUp, Intensity, Ready, Slot, Spawned, Start, State, Tick, transition
 
 
 def test_crash_loop_with_growing_backoff_reaches_the_intensity_limit():

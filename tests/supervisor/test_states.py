@@ -4,12 +4,13 @@ import signal
 
 import pytest
 
-from iotrt.graph import Backoff, Intensity
 from iotrt.states import (
+    Backoff,
     Deadline,
     Exited,
     GiveUp,
     Heartbeat,
+    Intensity,
     Ready,
     Signal,
     Slot,
