@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from iotrt.compiler import CompileError, compile_model
-from iotrt.compiler.ir import UnsupportedOpError
+from iotrt.compiler import CompileError, UnsupportedOpError, compile_model
 from iotrt.errors import IotrtError
 
 
@@ -85,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, path: Path) -> int:
-    from iotrt.compiler.artifact import read
     from iotrt.compiler.check import ReferenceUnavailable, check
     from iotrt.engine import load
+    from iotrt.modelformat.artifact import read
 
     art = read(path)
     try:

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 from iotrt import __version__
-from iotrt.compiler import artifact as artifact_io
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
 from iotrt.compiler.frontends import FRONTENDS, frontend_for
-from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
 from iotrt.compiler.payloads import payloads
 from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES
 from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
+from iotrt.modelformat import artifact as artifact_io
+from iotrt.modelformat.ir import Graph, TensorSpec
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iotrt.compiler.artifact import Artifact
+from iotrt.modelformat.artifact import Artifact
 
 
 class ReferenceUnavailable(RuntimeError):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotrt.compiler.ir import CompileError, Graph, Node, Op
-from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
+from iotrt.compiler.errors import CompileError
+from iotrt.modelformat.errors import KernelError
+from iotrt.modelformat.ir import Graph, Node, Op
+from iotrt.modelformat.kernels import KERNELS, out_sizes, spatial_pads
 
 
 def _arg(g: Graph, name: str):

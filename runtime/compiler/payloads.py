@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from iotrt.compiler import onnx_export
-from iotrt.compiler.ir import Graph
+from iotrt.modelformat.ir import Graph
 
 
 def payloads(

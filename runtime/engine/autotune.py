@@ -49,7 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt.engine.backend import BACKENDS, load_backend
 from iotrt.hashing import file_sha256
+from iotrt.modelformat.artifact import read
 
 log = logging.getLogger("iotrt.engine.auto")
 
@@ -618,13 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     parent = os.getppid()
     _background.cancel = lambda: os.getppid() != parent  # the node is gone: stop measuring
-    from iotrt.engine import BACKENDS, _load, read
-
     art = read(args.artifact)
     names = list(BACKENDS)
 
     def build(name: str):
-        return _load(art, name, args.threads)
+        return load_backend(art, name, args.threads)
 
     feeds = random_feeds(art.inputs)
     key = device_key(args.artifact, args.threads)

@@ -22,9 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from iotrt.compiler.artifact import Artifact
-from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
-from iotrt.engine.kernels import KERNELS, KernelError, avg_pool_divisor, out_sizes, spatial_pads
+from iotrt.engine.backend import limit_blas_threads
+from iotrt.modelformat.artifact import Artifact
+from iotrt.modelformat.errors import EngineError, InputError, KernelError
+from iotrt.modelformat.ir import VIEW_OPS, Node, Op, TensorSpec
+from iotrt.modelformat.kernels import KERNELS, avg_pool_divisor, out_sizes, spatial_pads
 
 Step = Callable[[], None]
 NAME = "numpy"
@@ -33,14 +35,6 @@ NAME = "numpy"
 def unavailable() -> str | None:
     """The numpy backend runs wherever iotrt does."""
     return None
-
-
-class EngineError(RuntimeError):
-    """A node failed while running; the message names it."""
-
-
-class InputError(ValueError):
-    """The caller's inputs do not match the model's input specs."""
 
 
 class _Scratch:
@@ -759,7 +753,5 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
 
 
 def load(art: Artifact, threads: int = 1) -> NumpyModel:
-    from iotrt.engine.backend import limit_blas_threads
-
     limit_blas_threads(threads)
     return NumpyModel(art)

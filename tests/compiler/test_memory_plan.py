@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotrt.compiler import build_artifact
-from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
-from iotrt.engine.kernels import KERNELS
 from iotrt.engine.numpy import NumpyModel
+from iotrt.modelformat.ir import Graph, Node, Op, TensorSpec
+from iotrt.modelformat.kernels import KERNELS
 
 H = W = 4
 

@@ -11,9 +11,8 @@ import pytest
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-ir = pytest.importorskip("iotrt.compiler.ir")
 from iotrt.compiler import onnx_export  # noqa: E402
-from iotrt.engine import backend  # noqa: E402
+from iotrt.modelformat import ir, onnxpayload  # noqa: E402
 
 Op, Node, Graph, TensorSpec = ir.Op, ir.Node, ir.Graph, ir.TensorSpec
 RNG = np.random.default_rng(7)
@@ -27,7 +26,7 @@ def conv_ref(x, w, b, pad):
 
 
 def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict:
-    model = backend.onnx_model_bytes(onnx_export.export(graph), graph.consts)
+    model = onnxpayload.onnx_model_bytes(onnx_export.export(graph), graph.consts)
     names = list(graph.outputs)
     if engine == "onnxruntime":
         sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -76,7 +75,7 @@ def test_conv_with_fused_activation(engine, activation, apply):
 def test_payload_lists_only_the_constants_the_graph_reads():
     g, _, _ = conv_graph({})
     g.consts["stale"] = np.zeros(5, np.float32)
-    header, model = backend.unpack(onnx_export.export(g))
+    header, model = onnxpayload.unpack(onnx_export.export(g))
     assert header["initializers"] == ["w", "b", "shape"]
     assert len(model) < 1000  # structure only: weights are added on the device
 
@@ -132,7 +131,7 @@ def test_hand_written_protobuf_is_what_onnx_helper_writes():
     assert ours == helper.make_node("Foo", ["x", "", "w"], ["y"], name="n1", **attrs)
 
     g, feeds, _ = conv_graph({"activation": "LeakyRelu", "act_alpha": 0.2})
-    model = onnx.load_from_string(backend.onnx_model_bytes(onnx_export.export(g), g.consts))
+    model = onnx.load_from_string(onnxpayload.onnx_model_bytes(onnx_export.export(g), g.consts))
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == 8 and model.opset_import[0].version == 17
     assert [n.op_type for n in model.graph.node] == ["Conv", "LeakyRelu", "Reshape"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from iotrt.compiler.ir import CompileError, Graph, Node, Op, TensorSpec
+from iotrt.compiler.errors import CompileError
+from iotrt.modelformat.ir import Graph, Node, Op, TensorSpec
 
 # suffix -> (module, format name)
 FRONTENDS: dict[str, tuple[str, str]] = {

@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
 from iotrt.compiler.frontends import GraphBuilder
-from iotrt.compiler.ir import CompileError, Graph, Op, TensorSpec, UnsupportedOpError
+from iotrt.modelformat.ir import Graph, Op, TensorSpec
+from iotrt.modelformat.kernels import ONNX_DTYPES
 
 MIN_OPSET = 7
 
@@ -207,8 +209,6 @@ def _upsample(t: _Translator, node, name, attrs) -> None:
 
 
 def _cast(t: _Translator, node, name, attrs) -> None:
-    from iotrt.engine.kernels import ONNX_DTYPES
-
     to = attrs.get("to")
     if to not in ONNX_DTYPES:
         kind = onnx.TensorProto.DataType.Name(to) if to is not None else "none"

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
 from iotrt.compiler.frontends import GraphBuilder
 from iotrt.compiler.frontends.flatbuf import FlatBufferError, Table
-from iotrt.compiler.ir import CompileError, Graph, Op, TensorSpec, UnsupportedOpError
+from iotrt.modelformat.ir import Graph, Op, TensorSpec
 
 # TensorType enum -> numpy dtype (types a float model can contain)
 DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool",

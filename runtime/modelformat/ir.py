@@ -1,4 +1,4 @@
-"""The compiler's intermediate representation: a closed op set over NCHW tensors.
+"""The intermediate representation of a compiled model: a closed op set over NCHW tensors.
 
 A `Graph` is a topologically ordered list of immutable `Node`s plus the constants they read.
 Front ends translate a source model into this IR (converting layouts where the source differs,
@@ -6,7 +6,8 @@ e.g. TFLite's NHWC), passes rewrite it, and the artifact stores it. Every tensor
 string; a name is either a graph input, a constant, or the output of exactly one node.
 
 The op semantics are ONNX's (the attribute names too), restricted to what the engines implement;
-the reference implementation of each op is `iotrt.engine.kernels`.
+the reference implementation of each op is `iotrt.modelformat.kernels`. This layer sits below both the
+compiler (which builds and rewrites the IR) and the engine (which runs it).
 """
 
 from __future__ import annotations
@@ -126,18 +127,3 @@ class Graph:
 
     def param_count(self) -> int:
         return int(sum(c.size for c in self.consts.values()))
-
-
-class CompileError(Exception):
-    """The source model cannot be compiled; the message says which node and why."""
-
-
-class UnsupportedOpError(CompileError):
-    """The source model uses an op this compiler does not implement."""
-
-    def __init__(self, op: str, node: str, supported: list[str], source: str = ""):
-        self.op, self.node = op, node
-        where = f" in {source}" if source else ""
-        super().__init__(
-            f"unsupported op '{op}' (node '{node}'){where}; supported ops: {', '.join(supported)}"
-        )
