@@ -27,7 +27,7 @@ from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES
 from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
 from iotrt.modelformat import artifact as artifact_io
-from iotrt.modelformat.ir import Graph, TensorSpec
+from iotrt.modelformat.ir import OpGraph, TensorSpec
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -50,7 +50,7 @@ class CompileReport:
     pass_log: list[str] = field(default_factory=list)
 
 
-def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
+def _default_meta(graph: OpGraph, fmt: str, sha: str) -> dict:
     from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
 
     meta: dict = {}
@@ -61,7 +61,7 @@ def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
     return meta
 
 
-def compile_graph(graph: Graph, progress: Callable[[str], None] | None = None) -> tuple[Graph, list[str]]:
+def compile_graph(graph: OpGraph, progress: Callable[[str], None] | None = None) -> tuple[OpGraph, list[str]]:
     """Run the pass pipeline; returns the optimised graph and one log line per pass."""
     log = []
     for name, fn in PIPELINE:
@@ -129,7 +129,7 @@ def compile_model(
 
 
 def build_artifact(
-    graph: Graph,
+    graph: OpGraph,
     source: dict,
     meta: dict | None = None,
     target: str = "auto",
@@ -160,7 +160,7 @@ def build_artifact(
     return art, log
 
 
-def bake_constants(graph: Graph, constants: dict) -> Graph:
+def bake_constants(graph: OpGraph, constants: dict) -> OpGraph:
     import numpy as np
 
     names = {s.name for s in graph.inputs}
@@ -170,4 +170,4 @@ def bake_constants(graph: Graph, constants: dict) -> Graph:
     consts = dict(graph.consts)
     consts.update({k: np.asarray(v, order="C") for k, v in constants.items()})
     inputs = [s for s in graph.inputs if s.name not in constants]
-    return Graph(graph.nodes, inputs, graph.outputs, consts)
+    return OpGraph(graph.nodes, inputs, graph.outputs, consts)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from iotrt.modelformat.artifact import MemoryPlan
-from iotrt.modelformat.ir import VIEW_OPS, Graph, Op
+from iotrt.modelformat.ir import VIEW_OPS, Op, OpGraph
 
 ALIGN = 64
 # Elementwise ops whose numpy kernels may write their output over an input of the same shape.
@@ -25,11 +25,11 @@ IN_PLACE_OPS = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.SUM, Op.RELU, Op.SI
                           Op.CLIP, Op.LEAKY_RELU})
 
 
-def _nbytes(g: Graph, name: str) -> int:
+def _nbytes(g: OpGraph, name: str) -> int:
     return math.prod(g.shapes[name]) * np.dtype(g.dtypes[name]).itemsize
 
 
-def plan_memory(g: Graph) -> MemoryPlan:
+def plan_memory(g: OpGraph) -> MemoryPlan:
     producers = g.producers()
     # parent[t] = (storage tensor, byte offset inside it): aliases resolved to their root
     parent: dict[str, tuple[str, int]] = {}

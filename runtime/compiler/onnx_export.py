@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from iotrt.compiler.errors import CompileError
-from iotrt.modelformat.ir import Graph, Node, Op
+from iotrt.modelformat.ir import Op, OpGraph, OpNode
 from iotrt.modelformat.kernels import spatial_pads
 from iotrt.modelformat.onnxpayload import ONNX_DTYPES, bytes_field, float_field, int_field, pack, tensor_proto
 
@@ -86,7 +86,7 @@ OPSET_SCHEMAS: dict[str, list[tuple[int, frozenset, int | None]]] = {
 }
 
 
-def _opset_for(node: Node, attrs: dict) -> int:
+def _opset_for(node: OpNode, attrs: dict) -> int:
     """The lowest opset in OPSETS whose schema of `node.op` has all its attributes and inputs."""
     rows = OPSET_SCHEMAS.get(node.op.value, [])
     for since, known, max_inputs in rows:
@@ -149,7 +149,7 @@ def _value_info(name: str, shape, dtype: str) -> bytes:
     return bytes_field(1, name.encode()) + bytes_field(2, bytes_field(1, tensor_type))
 
 
-def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
+def _explicit_pads(node: OpNode, attrs: dict, graph: OpGraph) -> dict:
     """auto_pad SAME_*/VALID as explicit pads: cv2.dnn pads SAME convolutions of stride 2 on the
     wrong side (BlazeFace's first conv comes out wrong), explicit pads mean the same everywhere."""
     in_shape = graph.shapes.get(node.inputs[0])
@@ -167,7 +167,7 @@ def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
     return out
 
 
-def _nodes_for(node: Node, graph: Graph) -> tuple[list, int]:
+def _nodes_for(node: OpNode, graph: OpGraph) -> tuple[list, int]:
     """The ONNX node(s) for one IR node (the op, then its fused activation if any), and the
     opset they need."""
     if node.op == Op.DEQUANTIZE:
@@ -200,7 +200,7 @@ def _nodes_for(node: Node, graph: Graph) -> tuple[list, int]:
     return onnx_nodes, opset
 
 
-def export(graph: Graph) -> bytes:
+def export(graph: OpGraph) -> bytes:
     """The ONNX payload for `graph` (shapes inferred), ready for `pack`'s caller to embed."""
     nodes, opset = [], OPSETS[0]
     for node in graph.nodes:
@@ -227,7 +227,7 @@ def export(graph: Graph) -> bytes:
     return pack(model, opset, initializers, renamed)
 
 
-def payloads(graph: Graph, say=lambda line: None) -> dict[str, bytes]:
+def payloads(graph: OpGraph, say=lambda line: None) -> dict[str, bytes]:
     """The per-backend payloads to embed for `graph`; none (with a note) if it cannot be written."""
     try:
         data = export(graph)

@@ -31,7 +31,7 @@ import numpy as np
 
 from iotrt.modelformat import quantized
 from iotrt.modelformat.errors import ArtifactCorruptError, ArtifactError, ArtifactVersionError
-from iotrt.modelformat.ir import Graph, Node, Op, TensorSpec
+from iotrt.modelformat.ir import Op, OpGraph, OpNode, TensorSpec
 from iotrt.modelformat.quantized import QTensor
 
 MAGIC = b"IOTM\r\n\x1a\n"
@@ -57,7 +57,7 @@ class MemoryPlan:
 
 @dataclass
 class Artifact:
-    graph: Graph                       # optimised graph, shapes and dtypes filled in
+    graph: OpGraph                     # optimised graph, shapes and dtypes filled in
     memory: MemoryPlan
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -197,9 +197,9 @@ def read(path: str | Path) -> Artifact:
             for name, w in h["weights"].items()
         }
         gh = h["graph"]
-        nodes = [Node(Op(n["op"]), n["name"], tuple(n["inputs"]), tuple(n["outputs"]),
+        nodes = [OpNode(Op(n["op"]), n["name"], tuple(n["inputs"]), tuple(n["outputs"]),
                       _from_json(n["attrs"])) for n in gh["nodes"]]
-        graph = Graph(nodes, [TensorSpec.from_dict(s) for s in gh["inputs"]], gh["outputs"],
+        graph = OpGraph(nodes, [TensorSpec.from_dict(s) for s in gh["inputs"]], gh["outputs"],
                       consts, {k: tuple(v) for k, v in gh["shapes"].items()}, gh["dtypes"])
         payloads = {name: bytes(blob[p["offset"]:p["offset"] + p["nbytes"]])
                     for name, p in h["payloads"].items()}

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from iotrt.compiler import onnx_export  # noqa: E402
 from iotrt.modelformat import ir, onnxpayload  # noqa: E402
 
-Op, Node, Graph, TensorSpec = ir.Op, ir.Node, ir.Graph, ir.TensorSpec
+Op, OpNode, OpGraph, TensorSpec = ir.Op, ir.OpNode, ir.OpGraph, ir.TensorSpec
 RNG = np.random.default_rng(7)
 
 
@@ -25,7 +25,7 @@ def conv_ref(x, w, b, pad):
     return np.einsum("ncijkl,ockl->noij", win, w) + b[None, :, None, None]
 
 
-def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict:
+def run_exported(graph: OpGraph, feeds: dict, engine: str = "onnxruntime") -> dict:
     model = onnxpayload.onnx_model_bytes(onnx_export.export(graph), graph.consts)
     names = list(graph.outputs)
     if engine == "onnxruntime":
@@ -39,16 +39,16 @@ def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict
     return dict(zip(names, net.forward(names)))
 
 
-def conv_graph(activation: dict) -> tuple[Graph, dict, np.ndarray]:
+def conv_graph(activation: dict) -> tuple[OpGraph, dict, np.ndarray]:
     x = RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)
     w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = RNG.normal(size=4).astype(np.float32)
     shape = np.array([1, -1], np.int64)
     nodes = [
-        Node(Op.CONV, "conv", ("x", "w", "b"), ("y",), {"pads": [1, 1, 1, 1], "group": 1, **activation}),
-        Node(Op.RESHAPE, "flat", ("y", "shape"), ("z",), {}),
+        OpNode(Op.CONV, "conv", ("x", "w", "b"), ("y",), {"pads": [1, 1, 1, 1], "group": 1, **activation}),
+        OpNode(Op.RESHAPE, "flat", ("y", "shape"), ("z",), {}),
     ]
-    g = Graph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
+    g = OpGraph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
               {"x": (1, 3, 6, 6), "y": (1, 4, 6, 6), "z": (1, 144)},
               {"x": "float32", "y": "float32", "z": "float32"})
     return g, {"x": x}, conv_ref(x, w, b, 1).reshape(1, 144)
@@ -93,8 +93,8 @@ def test_same_padding_with_stride_two_pads_the_end(engine):
     x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
     w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = np.zeros(4, np.float32)
-    node = Node(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
-    g = Graph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
+    node = OpNode(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
+    g = OpGraph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
               {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})
     xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
