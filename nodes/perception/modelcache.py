@@ -15,7 +15,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from iotrt import __version__
+from iotrt import __version__, errors
 from iotrt.hashing import file_sha256
 
 SOURCE_SUFFIXES = (".tflite", ".onnx")
@@ -24,7 +24,7 @@ ARTIFACT_SUFFIX = ".iotm"
 DEFAULT_FACE_MODEL = "face_detection_short_range.tflite"
 
 
-class ModelError(RuntimeError):
+class ModelError(errors.ModelError, RuntimeError):
     """A model that cannot be found, compiled or loaded; the message says which and why."""
 
 

@@ -1,9 +1,12 @@
-"""Errors of the model compiler."""
+"""Errors of the model compiler: `ModelError`s of iotrt's one error family (`iotrt.errors`),
+so the command line reports them with their message and exit code 1."""
 
 from __future__ import annotations
 
+from iotrt import errors
 
-class CompileError(Exception):
+
+class CompileError(errors.ModelError):
     """The source model cannot be compiled; the message says which node and why."""
 
 

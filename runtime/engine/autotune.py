@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt import errors
 from iotrt.engine.backend import BACKENDS, load_backend
 from iotrt.hashing import file_sha256
 from iotrt.modelformat.artifact import read
@@ -97,10 +98,11 @@ Runner = Callable[[], object]
 
 
 class Cancelled(Exception):
-    """A background measurement stopped because the program is exiting."""
+    """A background measurement stopped because the program is exiting (control flow within
+    this module, never reported to a user: not part of the `iotrt.errors` family)."""
 
 
-class MeasureError(RuntimeError):
+class MeasureError(errors.ModelError, RuntimeError):
     """The measuring process failed, hung or printed no choice; the message says which."""
 
 

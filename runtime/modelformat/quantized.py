@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iotrt import errors
+
 STORED_SCHEME = "int8-per-channel"
 
 
-class QuantizeError(ValueError):
+class QuantizeError(errors.ModelError, ValueError):
     """Quantization was asked for something it cannot do (unknown scheme, bad axis)."""
 
 
