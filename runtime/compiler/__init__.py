@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from iotrt import __version__
 from iotrt.compiler.errors import CompileError, UnsupportedOpError
 from iotrt.compiler.frontends import FRONTENDS, frontend_for
@@ -28,6 +30,7 @@ from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
 from iotrt.modelformat import artifact as artifact_io
 from iotrt.modelformat.ir import OpGraph, TensorSpec
+from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -51,8 +54,6 @@ class CompileReport:
 
 
 def _default_meta(graph: OpGraph, fmt: str, sha: str) -> dict:
-    from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
-
     meta: dict = {}
     first = graph.inputs[0] if graph.inputs else None
     if first is not None and len(first.shape) == 4:
@@ -161,8 +162,6 @@ def build_artifact(
 
 
 def bake_constants(graph: OpGraph, constants: dict) -> OpGraph:
-    import numpy as np
-
     names = {s.name for s in graph.inputs}
     unknown = set(constants) - names
     if unknown:

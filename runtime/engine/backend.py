@@ -66,7 +66,7 @@ def limit_blas_threads(threads: int) -> None:
     threads than with 1 on this 2-core machine. The environment (OPENBLAS_NUM_THREADS, set by
     the supervisor before the process starts) does the same; this covers every other caller.
     """
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # only the numpy backend's load needs it (~17 ms)
 
     threadpool_limits(limits=threads, user_api="blas")
 
