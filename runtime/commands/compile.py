@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from iotrt.compiler import compile_model
+from iotrt.compiler.check import check
+from iotrt.engine import load
 from iotrt.errors import IotrtError
+from iotrt.modelformat.artifact import read
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -77,10 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, path: Path) -> int:
-    from iotrt.compiler.check import check  # only for --check: compiling needs no engine
-    from iotrt.engine import load
-    from iotrt.modelformat.artifact import read
-
     art = read(path)
     result = check(art, args.model, load(art, backend="numpy"))  # ReferenceUnavailable: iotrt.cli
     worst = 0.0
