@@ -15,17 +15,15 @@ import struct
 
 import numpy as np
 
+from iotrt.modelformat import kernels
 from iotrt.modelformat.errors import BackendUnavailable
 
 PAYLOAD = "onnx"
 MAGIC = b"IOTRT-ONNX-PAYLOAD 1\n"
 
-# numpy dtype -> onnx.TensorProto.DataType (the numeric ones an IR tensor can have)
-ONNX_DTYPES = {
-    np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3, np.dtype("uint16"): 4,
-    np.dtype("int16"): 5, np.dtype("int32"): 6, np.dtype("int64"): 7, np.dtype("bool"): 9,
-    np.dtype("float16"): 10, np.dtype("float64"): 11, np.dtype("uint32"): 12, np.dtype("uint64"): 13,
-}
+# numpy dtype -> onnx.TensorProto.DataType (the numeric ones an IR tensor can have): the
+# inverse of the table Cast's kernel reads
+ONNX_DTYPES = {np.dtype(t): code for code, t in kernels.ONNX_DTYPES.items()}
 
 
 def pack(model: bytes, opset: int, initializers: list[str], renamed: dict[str, str]) -> bytes:
