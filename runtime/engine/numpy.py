@@ -24,6 +24,7 @@ import numpy as np
 
 from iotrt.compiler.artifact import Artifact
 from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
+from iotrt.engine import winograd
 from iotrt.engine.kernels import KERNELS, KernelError, avg_pool_divisor, out_sizes, spatial_pads
 
 Step = Callable[[], None]
@@ -94,6 +95,7 @@ ZERO_ROW = 64 * 1024  # bytes: 16384 float32 zeros
 # BlazeFace's first conv 340 -> 190 us; convs with more channels or 3x3 kernels gain nothing.
 WIDE_DENSE_CHANNELS = 4
 WIDE_DENSE_TAPS = 25
+WIDE_BLOCK_BYTES = 3 << 19  # 1.5 MiB
 
 
 def _row_length(size: int, limit: int) -> int:
@@ -347,6 +349,12 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
             finish()
         return step_1x1
 
+    tile = None
+    if group == 1 and kh == kw == 3 and sh == sw == 1 and dh == dw == 1:
+        tile = winograd.tile_for(c, mo, ho, wo, dtype.itemsize)
+    if tile:
+        return _build_winograd(m, x, w, y, bias, act, (pt, pl), tile)
+
     shuffle = m._shuffled.get(node.inputs[0])
     if group > 1 or (c <= WIDE_DENSE_CHANNELS and kh * kw >= WIDE_DENSE_TAPS):
         if shuffle is not None:
@@ -378,6 +386,84 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
             np.matmul(wg, colsg, out=yg[k])
         finish()
     return step_im2col
+
+
+def _build_winograd(m: NumpyModel, x, w, y, bias, act, begin, t: int) -> Step:
+    """A 3x3 stride-1 conv as Winograd F(t x t, 3x3) (see winograd.py), four GEMMs per image:
+
+    the input is copied into a zero-bordered plane covering whole tiles; one strided copy
+    gathers the a*a positions of every a x a input tile (a = t + 2; tiles overlap by 2), one
+    GEMM transforms them all, a*a batched GEMMs over the channels multiply them by the
+    transformed filters, one GEMM transforms the products back, and t*t strided adds (one per
+    output position within a tile) write the output tiles into y with the bias.
+    """
+    n, c, h, wd = x.shape
+    mo = w.shape[0]
+    ho, wo = y.shape[2:]
+    pt, pl = begin
+    a = t + 2
+    th, tw = -(-ho // t), -(-wo // t)
+    tiles = th * tw
+    hp, wp = th * t + 2, tw * t + 2
+    dtype = x.dtype
+    item = dtype.itemsize
+    u = winograd.filter_transform(w, t)
+    bb, aa = winograd.input_matrix(t, dtype), winograd.output_matrix(t, dtype)
+    r0, r1 = _ranges(hp, h, -pt, 1)
+    q0, q1 = _ranges(wp, wd, -pl, 1)
+    inner = (slice(r0, r1), slice(q0, q1))
+    src = (slice(r0 - pt, r1 - pt), slice(q0 - pl, q1 - pl))
+    strips = [(slice(0, r0), slice(None)), (slice(r1, None), slice(None)),
+              (slice(r0, r1), slice(0, q0)), (slice(r0, r1), slice(q1, None))]
+    strips = [s for s in strips if _nonempty(s, hp, wp)]
+    # the gathered tiles and the products share one region, their transforms another
+    parts = [((c, hp, wp), dtype), ((a * a * max(c, mo) * tiles,), dtype),
+             ((max(a * a * c, t * t * mo) * tiles,), dtype)]
+    m._scratch.need_parts(parts)
+    scratch = m._scratch
+    bias3 = None if bias is None else bias.reshape(mo, 1, 1)
+    bound: list = []
+
+    def bind() -> None:
+        plane, first, second = scratch.parts(parts)
+        tiles_view = np.lib.stride_tricks.as_strided(
+            plane, (a, a, c, th, tw), (wp * item, item, hp * wp * item, t * wp * item, t * item),
+            writeable=False)
+        d = first[:a * a * c * tiles].reshape(a, a, c, th, tw)
+        v = second[:a * a * c * tiles].reshape(a * a, c, tiles)
+        prod = first[:a * a * mo * tiles].reshape(a * a, mo, tiles)
+        out = second[:t * t * mo * tiles].reshape(t, t, mo, th, tw)
+        per_image = []
+        for k in range(n):
+            yk = y[k]
+            # output (t*ty + i, t*tx + j) of every tile that lies inside y
+            scatter = [(out[i, j, :, :len(range(i, ho, t)), :len(range(j, wo, t))], yk[:, i::t, j::t])
+                       for i in range(t) for j in range(t)]
+            per_image.append((x[k][(slice(None),) + src], scatter))
+        bound.extend([plane[(slice(None),) + inner], [plane[:, sy, sx] for sy, sx in strips],
+                      tiles_view, d, d.reshape(a * a, c * tiles), v, v.reshape(a * a, c * tiles),
+                      prod, prod.reshape(a * a, mo * tiles), out.reshape(t * t, mo * tiles), per_image])
+
+    def step() -> None:
+        if not bound:
+            bind()
+        interior, zero_strips, tiles_view, d, d2, v, v2, prod, prod2, out2, per_image = bound
+        for xk, scatter in per_image:
+            np.copyto(interior, xk)
+            for strip in zero_strips:
+                strip.fill(0)
+            np.copyto(d, tiles_view)
+            np.matmul(bb, d2, out=v2)
+            np.matmul(u, v, out=prod)
+            np.matmul(aa, prod2, out=out2)
+            for res, dst in scatter:
+                if bias3 is None:
+                    np.copyto(dst, res)
+                else:
+                    np.add(res, bias3, out=dst)
+        if act:
+            act()
+    return step
 
 
 def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, shuffle=None) -> Step:
@@ -433,8 +519,14 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
     per_group = (cg * taps + mg) * span * item
     budget = c * taps * ho * wo * item - planes_bytes
     gb = max(1, min(group, budget // per_group))
-    blocks = [(g0, min(group, g0 + gb)) for g0 in range(0, group, gb)]
-    parts = [((len(planes), c, rows, width), dtype), ((gb * cg, taps, span), dtype), ((gb, mg, span), dtype)]
+    # A dense conv (one group) goes through in blocks of output rows whose im2col matrix stays
+    # near a core's L2 cache: ResNet-50's 7x7 RGB conv needs 11 -> 2.5 MB of scratch (and runs
+    # a little faster); BlazeFace's 5x5 one stays a single block.
+    rb = ho if group > 1 else max(1, min(ho, WIDE_BLOCK_BYTES // (cg * taps * width * item)))
+    blocks = [(g0, min(group, g0 + gb), r0, min(ho, r0 + rb))
+              for g0 in range(0, group, gb) for r0 in range(0, ho, rb)]
+    parts = [((len(planes), c, rows, width), dtype), ((gb * cg * taps * rb * width,), dtype),
+             ((gb * mg * rb * width,), dtype)]
     m._scratch.need_parts(parts)
     scratch = m._scratch
     bound: list = []
@@ -452,22 +544,25 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
                     pk = pk.reshape(per, g, rows, width)
                 fill_views.append((k, pk[..., dst[0], dst[1]], xk[..., src[0], src[1]],
                                    [pk[..., sy, sx] for sy, sx in strips]))
-        for g0, g1 in blocks:
+        for g0, g1, r0, r1 in blocks:
             c0, c1, nb = g0 * cg, g1 * cg, g1 - g0
+            sb = (r1 - r0) * width  # this block's output rows, each `width` wide
+            colsb = cols[:(c1 - c0) * taps * sb].reshape(c1 - c0, taps, sb)
+            accb = acc[:nb * mg * sb].reshape(nb, mg, sb)
             copies = []
             for p, i0, ii, jj in groups:
-                base = plane[p, c0:c1].reshape(-1)[qh[ii[0]] * width + qw[jj[0]]:]
+                base = plane[p, c0:c1].reshape(-1)[(qh[ii[0]] + r0) * width + qw[jj[0]]:]
                 si = (qh[ii[1]] - qh[ii[0]]) * width * item if len(ii) > 1 else 0
                 sj = (qw[jj[1]] - qw[jj[0]]) * item if len(jj) > 1 else 0
                 src = np.lib.stride_tricks.as_strided(
-                    base, (c1 - c0, len(ii), len(jj), span), (cs, si, sj, item), writeable=False)
-                dst = cols[:c1 - c0, i0:i0 + len(ii) * len(jj)].reshape(c1 - c0, len(ii), len(jj), span)
+                    base, (c1 - c0, len(ii), len(jj), sb), (cs, si, sj, item), writeable=False)
+                dst = colsb[:, i0:i0 + len(ii) * len(jj)].reshape(c1 - c0, len(ii), len(jj), sb)
                 copies.append((dst, src))
             o0, o1 = g0 * mg, g1 * mg
-            wide = acc[:nb].reshape(nb * mg, ho, width)[:, :, :wo]
+            wide = accb.reshape(nb * mg, r1 - r0, width)[:, :, :wo]
             b = None if bias3 is None else bias3[o0:o1]
-            bound.append((copies, wt[g0:g1], cols[:c1 - c0].reshape(nb, cg * taps, span), acc[:nb],
-                          wide, b, slice(o0, o1)))
+            bound.append((copies, wt[g0:g1], colsb.reshape(nb, cg * taps, sb), accb,
+                          wide, b, (slice(o0, o1), slice(r0, r1))))
         bound.append(fill_views)
 
     def step() -> None:

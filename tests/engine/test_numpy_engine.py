@@ -94,6 +94,38 @@ def test_conv_geometries_match_onnxruntime(tmp_path, case):
     assert got.std() > 0
 
 
+
+WINOGRAD = {
+    # name: (input shape, weight shape, attrs, tile): 3x3 stride-1 convs big enough for Winograd
+    "pad 1, sizes not multiples of the tile": ((1, 64, 23, 26), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 4),
+    "asymmetric pads, batch 2, more outputs": ((2, 64, 24, 21), (72, 64, 3, 3), {"pads": [0, 2, 1, 0]}, 4),
+    "no pads": ((1, 80, 26, 28), (64, 80, 3, 3), {}, 4),
+    "F(2x2): many channels, odd sizes": ((1, 128, 25, 27), (96, 128, 3, 3), {"pads": [1, 2, 1, 0]}, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINOGRAD))
+def test_winograd_convs_match_onnxruntime(tmp_path, case):
+    from iotrt.engine import winograd
+
+    x_shape, w_shape, attrs, tile = WINOGRAD[case]
+    inits = {"w": (RNG.standard_normal(w_shape) * np.sqrt(2 / (9 * w_shape[1]))).astype(np.float32),
+             "b": RNG.standard_normal(w_shape[0]).astype(np.float32)}
+    model = _model([helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
+                    helper.make_node("Relu", ["c"], ["y"])], x_shape, inits)
+    compiled, got, ref = _run_both(tmp_path, model, x_shape)
+    assert winograd.tile_for(w_shape[1], w_shape[0], *ref.shape[2:]) == tile
+    # Winograd rounds differently from a direct sum: within 1e-5 of the output's magnitude
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    x = RNG.standard_normal(x_shape).astype(np.float32)  # a second input: nothing stale is reused
+    again = compiled.run({"x": x})["y"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(again, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
+
+
 POOLS = {
     "max 3x3 s2 ceil": ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     "max 2x2 pads": ("MaxPool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}),
