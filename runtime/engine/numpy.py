@@ -96,7 +96,7 @@ ZERO_ROW = 64 * 1024  # bytes: 16384 float32 zeros
 WIDE_DENSE_CHANNELS = 4
 WIDE_DENSE_TAPS = 25
 WIDE_BLOCK_BYTES = 3 << 19  # 1.5 MiB
-FOLD_BIAS_ROWS = 1024
+WINOGRAD_BLOCK_BYTES = 2 << 20
 
 
 def _row_length(size: int, limit: int) -> int:
@@ -366,43 +366,34 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
         raise EngineError(f"conv '{node.name}' was expected to read its channel shuffle itself")
 
     # im2col: cols[c, tap] = the input shifted by the tap (only the border strips that fall into
-    # the padding are zeroed), then one GEMM. A last row of ones carries the bias through the
-    # GEMM, so no pass over the output adds it, where that extra row costs the GEMM less than
-    # the pass (SqueezeNet -4%; with thousands of rows the GEMM slows by 1-3%: not folded).
+    # the padding are zeroed), then one GEMM. (Carrying the bias through the GEMM as a row of
+    # ones saves SqueezeNet 4% but needs a copy of the weights: peak RSS must not grow.)
     taps = kh * kw
-    k = c * taps
-    fold = bias is not None and k <= FOLD_BIAS_ROWS
-    wb = np.ascontiguousarray(np.concatenate([w.reshape(mo, k), bias], axis=1) if fold
-                              else w.reshape(mo, k), dtype=dtype)
-    rows = k + fold
+    rows = c * taps
+    wb = w.reshape(mo, rows)
     m._scratch.need((rows, ho * wo), dtype)
     scratch = m._scratch
     bound: list = []
 
     def bind() -> None:
         cols = scratch.view((rows, ho * wo), dtype)
-        by_tap = cols[:k].reshape(c, taps, ho, wo)
+        by_tap = cols.reshape(c, taps, ho, wo)
         zeros = [by_tap[:, tap, sy, sx] for tap, _, _, strips in shifts for sy, sx in strips]
         images = [([(by_tap[:, tap, oy, ox], x[i][:, iy, ix]) for tap, (oy, ox), (iy, ix), _ in shifts],
                    y[i].reshape(mo, ho * wo)) for i in range(n)]
-        bound.extend([cols, cols[k:], zeros, images])
+        bound.extend([cols, zeros, images])
 
     def step_im2col() -> None:
         if not bound:
             bind()
-        cols, ones, zeros, images = bound
-        ones.fill(1)
+        cols, zeros, images = bound
         for strip in zeros:
             strip.fill(0)
         for copies, yk in images:
             for dst, src in copies:
                 np.copyto(dst, src)
             np.matmul(wb, cols, out=yk)
-        if fold:
-            if act:
-                act()
-        else:
-            finish()
+        finish()
     return step_im2col
 
 
@@ -421,7 +412,6 @@ def _build_winograd(m: NumpyModel, x, w, y, bias, act, begin, t: int) -> Step:
     pt, pl = begin
     a = t + 2
     th, tw = -(-ho // t), -(-wo // t)
-    tiles = th * tw
     hp, wp = th * t + 2, tw * t + 2
     dtype = x.dtype
     item = dtype.itemsize
@@ -434,9 +424,13 @@ def _build_winograd(m: NumpyModel, x, w, y, bias, act, begin, t: int) -> Step:
     strips = [(slice(0, r0), slice(None)), (slice(r1, None), slice(None)),
               (slice(r0, r1), slice(0, q0)), (slice(r0, r1), slice(q1, None))]
     strips = [s for s in strips if _nonempty(s, hp, wp)]
-    # the gathered tiles and the products share one region, their transforms another
-    parts = [((c, hp, wp), dtype), ((a * a * max(c, mo) * tiles,), dtype),
-             ((max(a * a * c, t * t * mo) * tiles,), dtype)]
+    # Tiles go through in blocks of tile rows whose intermediates stay within WINOGRAD_BLOCK_BYTES
+    # (near the L2 cache, and no more scratch than im2col needed). The gathered tiles and the
+    # products share one region, their transforms another.
+    per_row = (a * a * max(c, mo) + max(a * a * c, t * t * mo)) * tw * item
+    tb = max(1, min(th, WINOGRAD_BLOCK_BYTES // per_row))
+    parts = [((c, hp, wp), dtype), ((a * a * max(c, mo) * tb * tw,), dtype),
+             ((max(a * a * c, t * t * mo) * tb * tw,), dtype)]
     m._scratch.need_parts(parts)
     scratch = m._scratch
     bias3 = None if bias is None else bias.reshape(mo, 1, 1)
@@ -447,38 +441,47 @@ def _build_winograd(m: NumpyModel, x, w, y, bias, act, begin, t: int) -> Step:
         tiles_view = np.lib.stride_tricks.as_strided(
             plane, (a, a, c, th, tw), (wp * item, item, hp * wp * item, t * wp * item, t * item),
             writeable=False)
-        d = first[:a * a * c * tiles].reshape(a, a, c, th, tw)
-        v = second[:a * a * c * tiles].reshape(a * a, c, tiles)
-        prod = first[:a * a * mo * tiles].reshape(a * a, mo, tiles)
-        out = second[:t * t * mo * tiles].reshape(t, t, mo, th, tw)
-        per_image = []
-        for k in range(n):
-            yk = y[k]
-            # output (t*ty + i, t*tx + j) of every tile that lies inside y
-            scatter = [(out[i, j, :, :len(range(i, ho, t)), :len(range(j, wo, t))], yk[:, i::t, j::t])
-                       for i in range(t) for j in range(t)]
-            per_image.append((x[k][(slice(None),) + src], scatter))
+        blocks = []
+        for ty0 in range(0, th, tb):
+            nb = min(th, ty0 + tb) - ty0
+            tiles_b = nb * tw
+            d = first[:a * a * c * tiles_b].reshape(a, a, c, nb, tw)
+            v = second[:a * a * c * tiles_b].reshape(a * a, c, tiles_b)
+            prod = first[:a * a * mo * tiles_b].reshape(a * a, mo, tiles_b)
+            out = second[:t * t * mo * tiles_b].reshape(t, t, mo, nb, tw)
+            # output (t*ty + i, t*tx + j) of every tile of the block that lies inside y
+            scatter = []
+            for k in range(n):
+                for i in range(t):
+                    for j in range(t):
+                        dst = y[k][:, i::t, j::t][:, ty0:ty0 + nb]
+                        scatter.append((out[i, j, :, :dst.shape[1], :dst.shape[2]], dst, k))
+            blocks.append((tiles_view[:, :, :, ty0:ty0 + nb], d, d.reshape(a * a, c * tiles_b), v,
+                           v.reshape(a * a, c * tiles_b), prod, prod.reshape(a * a, mo * tiles_b),
+                           out.reshape(t * t, mo * tiles_b), scatter))
         bound.extend([plane[(slice(None),) + inner], [plane[:, sy, sx] for sy, sx in strips],
-                      tiles_view, d, d.reshape(a * a, c * tiles), v, v.reshape(a * a, c * tiles),
-                      prod, prod.reshape(a * a, mo * tiles), out.reshape(t * t, mo * tiles), per_image])
+                      [x[k][(slice(None),) + src] for k in range(n)], blocks])
 
     def step() -> None:
         if not bound:
             bind()
-        interior, zero_strips, tiles_view, d, d2, v, v2, prod, prod2, out2, per_image = bound
-        for xk, scatter in per_image:
+        interior, zero_strips, images, blocks = bound
+        for k, xk in enumerate(images):
             np.copyto(interior, xk)
             for strip in zero_strips:
                 strip.fill(0)
-            np.copyto(d, tiles_view)
-            np.matmul(bb, d2, out=v2)
-            np.matmul(u, v, out=prod)
-            np.matmul(aa, prod2, out=out2)
-            for res, dst in scatter:
-                if bias3 is None:
-                    np.copyto(dst, res)
-                else:
-                    np.add(res, bias3, out=dst)
+            for tiles_view, d, d2, v, v2, prod, prod2, out2, scatter in blocks:
+                np.copyto(d, tiles_view)
+                np.matmul(bb, d2, out=v2)
+                np.matmul(u, v, out=prod)
+                np.matmul(aa, prod2, out=out2)
+                for res, dst, image in scatter:
+                    if image != k:
+                        continue
+                    if bias3 is None:
+                        np.copyto(dst, res)
+                    else:
+                        np.add(res, bias3, out=dst)
         if act:
             act()
     return step
@@ -532,10 +535,12 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
     wt = np.ascontiguousarray(w.reshape(group, mg, cg, kh * kw)[..., order].reshape(group, mg, cg * taps))
     bias3 = None if bias is None else bias.reshape(mo, 1, 1)
     # Groups go through in blocks sized so that this conv's scratch stays within what the plain
-    # im2col matrix needed (peak memory must not grow): usually one or two blocks.
+    # im2col matrix needed (peak memory must not grow) or within WIDE_BLOCK_BYTES: one block
+    # for small layers (each block costs ~20 us of calls: BlazeFace's 8x8 ones took 2), one to
+    # four for large ones.
     planes_bytes = len(planes) * c * rows * width * item
     per_group = (cg * taps + mg) * span * item
-    budget = c * taps * ho * wo * item - planes_bytes
+    budget = max(c * taps * ho * wo * item - planes_bytes, WIDE_BLOCK_BYTES)
     gb = max(1, min(group, budget // per_group))
     # A dense conv (one group) goes through in blocks of output rows whose im2col matrix stays
     # near a core's L2 cache: ResNet-50's 7x7 RGB conv needs 11 -> 2.5 MB of scratch (and runs
