@@ -143,6 +143,8 @@ class NumpyModel:
         self._zero_row = np.zeros(ZERO_ROW, np.uint8)
         self._zero_row.flags.writeable = False
         self._shuffled, self._skipped = _channel_shuffles(g)
+        self._pointwise = _pointwise_after_depthwise(g)
+        self._skipped |= {pw.name for pw in self._pointwise.values()}
         self._steps: list[tuple[Node, Step]] = []
         for node in g.nodes:
             if node.name in self._skipped:
@@ -257,6 +259,34 @@ def _is_plane_conv(g, node: Node) -> bool:
     return w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and w.shape[1] == 1 and w.shape[2] * w.shape[3] > 1
 
 
+def _pointwise_after_depthwise(g) -> dict[str, Node]:
+    """Depthwise convs whose only reader is a 1x1 conv (MobileNet/BlazeFace blocks): the 1x1
+    conv runs inside the depthwise step, on its un-cropped "wide rows" output (see
+    `_build_wide`), so the depthwise result is never cropped into its own tensor.
+
+    Returns depthwise node name -> the 1x1 conv node (which then needs no step of its own).
+    """
+    users = g.consumers()
+    fused: dict[str, Node] = {}
+    for dw in g.nodes:
+        if not _is_plane_conv(g, dw) or dw.attrs.get("activation") or dw.outputs[0] in g.outputs:
+            continue
+        after = users.get(dw.outputs[0], [])
+        if len(after) != 1:
+            continue
+        pw = after[0]
+        a = pw.attrs
+        if (pw.op is not Op.CONV or pw.inputs[0] != dw.outputs[0] or pw.inputs[1] not in g.consts
+                or (len(pw.inputs) > 2 and pw.inputs[2] and pw.inputs[2] not in g.consts)
+                or g.consts[pw.inputs[1]].shape[2:] != (1, 1) or int(a.get("group", 1)) != 1
+                or any(s != 1 for s in a.get("strides") or [1, 1]) or any(a.get("pads") or [0])
+                or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+                or g.shapes[pw.outputs[0]][2:] != g.shapes[dw.outputs[0]][2:]):
+            continue
+        fused[dw.name] = pw
+    return fused
+
+
 def _build_generic(m: NumpyModel, node: Node) -> Step:
     kernel = KERNELS[node.op.value]
     args = [m.t(i) for i in node.inputs]
@@ -361,7 +391,20 @@ def _build_conv(m: NumpyModel, node: Node) -> Step:
         if shuffle is not None:
             src, g, per = shuffle
             shuffle = (m.t(src), g, per)
-        return _build_wide(m, x, w, y, bias, act, group, (sh, sw), (dh, dw), (pt, pl), shuffle)
+        pointwise = None
+        pw = m._pointwise.get(node.name)
+        if pw is not None:
+            # the depthwise bias goes through the 1x1 conv: W (d + b_dw) + b = W d + (W b_dw + b)
+            wp = m.t(pw.inputs[1]).reshape(-1, mo).astype(np.float64)
+            bp = np.zeros(len(wp)) if len(pw.inputs) < 3 or not pw.inputs[2] else m.t(pw.inputs[2])
+            if bias is not None:
+                bp = bp + wp @ bias.reshape(mo).astype(np.float64)
+            yp = m.t(pw.outputs[0])
+            bias, act = None, None
+            pointwise = (m.t(pw.inputs[1]).reshape(-1, mo), bp.reshape(-1, 1, 1).astype(dtype), yp,
+                         _activation(m, yp, pw.attrs))
+        return _build_wide(m, x, w, y, bias, act, group, (sh, sw), (dh, dw), (pt, pl), shuffle,
+                           pointwise)
     if shuffle is not None:
         raise EngineError(f"conv '{node.name}' was expected to read its channel shuffle itself")
 
@@ -487,7 +530,8 @@ def _build_winograd(m: NumpyModel, x, w, y, bias, act, begin, t: int) -> Step:
     return step
 
 
-def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, shuffle=None) -> Step:
+def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, shuffle=None,
+                pointwise=None) -> Step:
     """Convolution on "wide rows" of zero-bordered phase planes.
 
     The input is copied once into phase planes (one plane for stride 1; for stride s, plane
@@ -500,6 +544,9 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
     the bias add.
 
     `shuffle` = (source, g, c/g): x is source's channel shuffle, read from source directly.
+    `pointwise` = (weights (M, mo), bias (M, 1, 1), output, activation): a 1x1 conv that reads
+    this conv's output (see `_pointwise_after_depthwise`) runs as one GEMM on the whole wide
+    output, and only its result is cropped (with its bias); y is never written.
     """
     n, c, h, wd = x.shape
     mo, cg, kh, kw = w.shape
@@ -540,7 +587,9 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
     # four for large ones.
     planes_bytes = len(planes) * c * rows * width * item
     per_group = (cg * taps + mg) * span * item
-    budget = max(c * taps * ho * wo * item - planes_bytes, WIDE_BLOCK_BYTES)
+    # with a fused 1x1 conv, the whole wide output and the 1x1 conv's take scratch too
+    fused_bytes = 0 if pointwise is None else (mo + len(pointwise[0])) * span * item
+    budget = max(c * taps * ho * wo * item - planes_bytes - fused_bytes, WIDE_BLOCK_BYTES)
     gb = max(1, min(group, budget // per_group))
     # A dense conv (one group) goes through in blocks of output rows whose im2col matrix stays
     # near a core's L2 cache: ResNet-50's 7x7 RGB conv needs 11 -> 2.5 MB of scratch (and runs
@@ -549,13 +598,21 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
     blocks = [(g0, min(group, g0 + gb), r0, min(ho, r0 + rb))
               for g0 in range(0, group, gb) for r0 in range(0, ho, rb)]
     parts = [((len(planes), c, rows, width), dtype), ((gb * cg * taps * rb * width,), dtype),
-             ((gb * mg * rb * width,), dtype)]
+             ((gb * mg * rb * width if pointwise is None else mo * span,), dtype)]
+    if pointwise is not None:
+        parts.append(((len(pointwise[0]), span), dtype))
     m._scratch.need_parts(parts)
     scratch = m._scratch
     bound: list = []
+    fused: list = []
 
     def bind() -> None:
-        plane, cols, acc = scratch.parts(parts)
+        plane, cols, acc = scratch.parts(parts)[:3]
+        if pointwise is not None:
+            wp, bp, yp, _ = pointwise
+            pw_out = scratch.parts(parts)[3]
+            fused.extend([wp, acc.reshape(mo, span), pw_out,
+                          pw_out.reshape(-1, ho, width)[:, :, :wo], bp, yp])
         cs = plane.strides[1]
         fill_views = []
         for k in range(n):
@@ -571,7 +628,8 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
             c0, c1, nb = g0 * cg, g1 * cg, g1 - g0
             sb = (r1 - r0) * width  # this block's output rows, each `width` wide
             colsb = cols[:(c1 - c0) * taps * sb].reshape(c1 - c0, taps, sb)
-            accb = acc[:nb * mg * sb].reshape(nb, mg, sb)
+            o0, o1 = g0 * mg, g1 * mg
+            accb = (acc[:nb * mg * sb] if pointwise is None else acc[o0 * sb:o1 * sb]).reshape(nb, mg, sb)
             copies = []
             for p, i0, ii, jj in groups:
                 base = plane[p, c0:c1].reshape(-1)[(qh[ii[0]] + r0) * width + qw[jj[0]]:]
@@ -581,8 +639,7 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
                     base, (c1 - c0, len(ii), len(jj), sb), (cs, si, sj, item), writeable=False)
                 dst = colsb[:, i0:i0 + len(ii) * len(jj)].reshape(c1 - c0, len(ii), len(jj), sb)
                 copies.append((dst, src))
-            o0, o1 = g0 * mg, g1 * mg
-            wide = accb.reshape(nb * mg, r1 - r0, width)[:, :, :wo]
+            wide = None if pointwise is not None else accb.reshape(nb * mg, r1 - r0, width)[:, :, :wo]
             b = None if bias3 is None else bias3[o0:o1]
             bound.append((copies, wt[g0:g1], colsb.reshape(nb, cg * taps, sb), accb,
                           wide, b, (slice(o0, o1), slice(r0, r1))))
@@ -603,12 +660,20 @@ def _build_wide(m: NumpyModel, x, w, y, bias, act, group, strides, dil, begin, s
                 for dst, src in copies:
                     np.copyto(dst, src)
                 np.matmul(wb, cols, out=acc)
+                if wide is None:
+                    continue
                 if b is None:
                     np.copyto(yk[out], wide)
                 else:
                     np.add(wide, b, out=yk[out])
+            if fused:
+                wp, acc2, pw_out, pw_wide, bp, yp = fused
+                np.matmul(wp, acc2, out=pw_out)
+                np.add(pw_wide, bp, out=yp[k])
         if act:
             act()
+        if pointwise is not None and pointwise[3]:
+            pointwise[3]()
     return step
 
 

@@ -215,6 +215,34 @@ def test_channel_shuffle_is_read_by_the_depthwise_conv_without_a_transpose(tmp_p
     assert ("Transpose" in ops) is also_read
 
 
+
+@pytest.mark.parametrize("case", ["stride 1, biases, relu", "stride 2, batch 2, no biases",
+                                  "depthwise output read twice"])
+def test_depthwise_then_1x1_runs_as_one_step(tmp_path, case):
+    """A depthwise conv read only by a 1x1 conv: the 1x1 conv runs inside the depthwise step, on
+    its uncropped output, with the depthwise bias moved into its own; not when anyone else also
+    reads the depthwise output."""
+    batch, stride = (2, 2) if "batch 2" in case else (1, 1)
+    x_shape = (batch, 6, 9, 10)
+    inits = {"wd": RNG.standard_normal((6, 1, 3, 3)).astype(np.float32),
+             "wp": RNG.standard_normal((11, 6, 1, 1)).astype(np.float32),
+             "bd": RNG.standard_normal(6).astype(np.float32),
+             "bp": RNG.standard_normal(11).astype(np.float32)}
+    biases = "no biases" not in case
+    nodes = [helper.make_node("Conv", ["x", "wd"] + (["bd"] if biases else []), ["d"], group=6,
+                              strides=[stride, stride], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "wp"] + (["bp"] if biases else []), ["p"]),
+             helper.make_node("Relu", ["p"], ["y"] if "twice" not in case else ["r"])]
+    if "twice" in case:
+        nodes.append(helper.make_node("Conv", ["d", "wp"], ["s"]))
+        nodes.append(helper.make_node("Add", ["r", "s"], ["y"]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    pointwise = next(n.name for n in compiled.artifact.graph.nodes if n.inputs[0] == "d")
+    stepped = [node.name for node, _ in compiled._steps]
+    assert (pointwise in stepped) is ("twice" in case)
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn_matches_onnxruntime(tmp_path, size):
     model = _model([helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.6, bias=1.5)],
