@@ -230,6 +230,7 @@ def ps_row(n: NodeDef, slot: Slot, rates: Rates, now: float) -> dict[str, Any]:
         "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
         "in_per_s": rates.in_rate, "out_per_s": rates.out_rate, "drops": rates.drops,
         "inputs": rates.inputs(), "reason": slot.reason,
+        "reloadable": n.spec is not None and n.spec.reloadable,   # answers `iotrt reload`
     }
 
 

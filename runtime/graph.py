@@ -23,7 +23,6 @@ docs/graph.md; a short example:
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,6 @@ from iotrt.states import Policy
 from iotrt.yamlcheck import Checker, Issue
 
 EVENTS_TOPIC = "_sup/events"
-# Node kinds whose own files are checked with the graph, so their mistakes are reported before
-# anything starts: kind -> a module with check(params, base_dir) -> [Issue(file, line, message)].
-NODE_FILE_CHECKS = {"rules": "iotrt.nodes.action.rules"}
-
 
 
 @dataclass(frozen=True)
@@ -138,6 +133,11 @@ class Graph:
         out = {f"{n.id}/{o}": self.output_address(n.id, o) for n in self.nodes.values() for o in n.outputs}
         out[EVENTS_TOPIC] = self.events_address
         return out
+
+    def reloadable_nodes(self) -> list[str]:
+        """The nodes that re-read their files on SIGHUP (SPEC `reloadable`): what the
+        supervisor reloads on its own SIGHUP and on `iotrt reload` without a node named."""
+        return [n.id for n in self.nodes.values() if n.spec is not None and n.spec.reloadable]
 
     # -- start order --------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ def load_graph(
     """Read and validate a graph file; raise GraphError with every problem found.
 
     `spec_loader(target) -> NodeSpec` defaults to `iotrt.spec.load_spec`. `check_node_files`
-    also checks the files nodes read (NODE_FILE_CHECKS): `iotrt validate` and `iotrt up` do;
+    also checks the files nodes read (each SPEC's `check_files`): `iotrt validate` and `iotrt up` do;
     `iotrt reload`, `down` and `events` must work while a rules file is broken, so they do not.
     """
     path = Path(path)
@@ -269,13 +269,13 @@ def load_graph(
 
 
 def _node_file_issues(graph: Graph) -> list[Issue]:
-    """Problems in the files nodes read (a rules node's rules file), at their own file:line.
-    Relative paths in params are relative to the graph file, the nodes' working directory."""
+    """Problems in the files nodes read (a rules node's rules file), at their own file:line,
+    from each SPEC's `check_files`. Relative paths in params are relative to the graph file,
+    the nodes' working directory."""
     issues: list[Issue] = []
     for n in graph.nodes.values():
-        if n.kind in NODE_FILE_CHECKS:
-            module = importlib.import_module(NODE_FILE_CHECKS[n.kind])
-            issues += module.check(n.params, graph.path.parent, node=n, graph=graph)
+        if n.spec is not None and n.spec.check_files is not None:
+            issues += n.spec.check_files(n.params, graph.path.parent, node=n, graph=graph)
     return issues
 
 

@@ -131,12 +131,38 @@ class NodeSpec:
     # whether it drives real hardware (a lock's GPIO line, a motor controller).
     simulated: Callable[[dict], bool] | None = None
     hardware: Callable[[dict], bool] | None = None
+    # Kind-specific needs are declared here, so that the graph, the supervisor and the CLI
+    # never name a kind (a user's `run:` node can declare them too).
+    check_files: Callable[..., list] | None = None
+    """`check_files(params, base_dir, node=None, graph=None) -> [problem]`: the problems in
+    the files the node will read (a rules file), found when the graph is validated (`iotrt
+    validate`, `iotrt up`) so they are reported before anything starts. `params` are the
+    node's validated params, `base_dir` the graph file's folder (the node's working
+    directory); with the node's `NodeDef` and the `Graph`, the files can be checked against
+    the node's wiring too. Each problem's str() is "file:line: message" and it has `.file`,
+    `.line`, `.message` (an `iotrt.yamlcheck.Issue` or `iotrt.rules.Problem`). A param that
+    is missing or invalid is already reported by the graph: return [] for it."""
+    reloadable: bool = False
+    """The node re-reads its files in place on SIGHUP (the event `kind == "reload"`), so the
+    supervisor sends it one on its own SIGHUP and on `iotrt reload`; it answers each reload
+    in the journal with a `*_reloaded` or `*_reload_failed` event (fields `file` and, on
+    failure, `problems`), which `iotrt reload` waits for."""
+    rules_param: str | None = None
+    """The param that names the rules file the node runs (iotrt.rules); `iotrt rules check
+    FILE --graph GRAPH` finds the nodes running FILE by it, and runs `check_wiring`."""
+    check_wiring: Callable[..., tuple[list, list]] | None = None
+    """`check_wiring(rules, node, graph) -> (problems, notes)`: a rule set checked against
+    the node's wiring in the graph (with `rules_param`)."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise SpecError(f"parameters declared twice: {sorted(dup)}")
+        if self.rules_param is not None and self.param(self.rules_param) is None:
+            raise SpecError(f"rules_param {self.rules_param!r} is not a declared parameter")
+        if (self.rules_param is None) != (self.check_wiring is None):
+            raise SpecError("rules_param and check_wiring go together: give both or neither")
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
