@@ -15,6 +15,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.graph import Graph, NodeDef, Wire, default_runtime_root, default_state_root
+from iotrt.nodes import NODES   # the registry: the runtime's one entry into iotrt.nodes
 from iotrt.spec import REQUIRED, WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
 from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, line_of, suggest
@@ -240,8 +241,6 @@ class GraphReader:
     def _target(self, m, item, what: str) -> tuple[str | None, str | None, Any]:
         """(kind, target, spec) from `kind:` or `run:`; spec is None when it cannot be read
         (target None too when the kind or path itself is wrong)."""
-        from iotrt.nodes import NODES
-
         c = self.check
         if ("kind" in m) == ("run" in m):
             c.error(item, f"{what}: give exactly one of 'kind' (a built-in node) or 'run' "
