@@ -15,10 +15,11 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.graph import Graph, NodeDef, Wire, default_runtime_root, default_state_root
-from iotrt.nodes import NODES   # the registry: the runtime's one entry into iotrt.nodes
-from iotrt.spec import REQUIRED, WILDCARD, SpecError
+from iotrt.hints import suggest
+from iotrt.nodes import NODES  # the registry: the runtime's one entry into iotrt.nodes
+from iotrt.spec import WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
-from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, line_of, suggest
+from iotrt.yamlcheck import INVALID, Checker, line_of
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -307,38 +308,22 @@ class GraphReader:
         return names
 
     def _params(self, node, spec, what: str, item) -> dict[str, Any]:
+        """The node's params, checked by the Node API's validator (NodeSpec.check_params),
+        each problem at its line: an unknown name at the name, a wrong value at the value."""
         c = self.check
         given = {} if node is None else c.mapping(node[1], f"{what}: params")
         if given is INVALID or spec is None:   # spec None: the target is already reported
             return {}
-        declared = {p.name: p for p in spec.params}
-        params: dict[str, Any] = {}
-        for key, (knode, vnode) in given.items():
-            if key not in declared:
-                c.error(knode, f"{what}: unknown param '{key}'{suggest(key, declared)}; "
-                               f"params: {', '.join(declared) or 'none'}")
-                continue
-            p = declared[key]
-            if p.default is None and vnode.tag == NULL_TAG:
-                params[key] = None     # the SPEC allows "empty" for this param
-                continue
-            value = c.value(vnode, p.type, f"{what}: params.{key}")
-            if value is INVALID:
-                continue
-            problem = p.problem(value)   # choices, min, max
-            if problem:
-                c.error(vnode, f"{what}: params.{key} {problem}"
-                               f"{suggest(value, p.choices) if p.choices else ''}")
-                continue
-            params[key] = value
-        for name, p in declared.items():
-            if name in given:
-                continue
-            if p.default is REQUIRED:
-                c.error(item, f"{what}: missing required param '{name}'" + (f" ({p.doc})" if p.doc else ""))
-            else:   # a copy, so a node cannot change its SPEC's default through params
-                d = p.default
-                params[name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+        values: dict[str, Any] = {}
+        for key, (_, vnode) in given.items():
+            p = spec.param(key)
+            values[key] = c.plain(vnode, f"{what}: params.{key}", text=p is not None and p.type is str)
+        reported = [key for key, value in values.items() if value is INVALID]
+        params, problems = spec.check_params(
+            {k: v for k, v in values.items() if v is not INVALID}, reported)
+        for problem in problems:
+            knode, vnode = given.get(problem.param, (item, item))
+            c.error({"unknown": knode, "invalid": vnode}.get(problem.kind, item), f"{what}: {problem}")
         return params
 
     def _wire(self, node, what: str) -> Wire | None:

@@ -33,7 +33,7 @@ class Method:
 
 
 def enroll_methods() -> tuple[str, ...]:
-    from iotrt.nodes.perception.matcher import METHODS   # numpy and OpenCV: see the docstring
+    from iotrt.nodes.perception.matcher import METHODS  # numpy and OpenCV: see the docstring
 
     return tuple(METHODS)
 
