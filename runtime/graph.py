@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from iotrt.bus import short_ipc_address
+from iotrt.config import CONTROL_NAME
 from iotrt.errors import ConfigError
 from iotrt.journal import JOURNAL_FILE
-from iotrt.rundir import default_runtime_root, default_state_root  # noqa: F401 - re-exported
 from iotrt.spec import WILDCARD
 from iotrt.states import Policy
 from iotrt.yamlcheck import Checker, Issue
@@ -114,7 +114,7 @@ class Graph:
 
     @property
     def control_address(self) -> str:
-        return self._ipc("ctl")
+        return self._ipc(CONTROL_NAME)
 
     @property
     def journal_address(self) -> str:

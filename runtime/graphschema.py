@@ -14,9 +14,11 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
-from iotrt.graph import Graph, NodeDef, Wire, default_runtime_root, default_state_root
+from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
+from iotrt.graph import Graph, NodeDef, Wire
 from iotrt.hints import suggest
 from iotrt.nodes import NODES  # the registry: the runtime's one entry into iotrt.nodes
+from iotrt.rundir import default_runtime_root
 from iotrt.spec import WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
 from iotrt.yamlcheck import INVALID, Checker, line_of
@@ -76,7 +78,7 @@ class GraphReader:
         policy = self._policy(top["supervisor"][1]) if "supervisor" in top else Policy()
         runtime_dir = self._dir(top, "runtime_dir", None) or self._default_runtime_root(root)
         runtime_dir /= name
-        state_dir = self._dir(top, "state_dir", default_state_root(self.environ)) / name
+        state_dir = self._dir(top, "state_dir", state_root(self.environ)) / name
         self._check_ipc_length(runtime_dir, top.get("runtime_dir", (root, root))[1])
         if "nodes" not in top:
             c.error(root, "the graph has no 'nodes' list")
@@ -96,7 +98,7 @@ class GraphReader:
             return default_runtime_root(self.environ)
         except OSError as exc:   # RuntimeDirError too: a state root others can tamper with
             self.check.error(root, f"cannot set up the default runtime folder: {exc} (set "
-                                   f"runtime_dir, or IOTRT_RUNTIME_DIR)")
+                                   f"runtime_dir, or {ENV_RUNTIME_DIR})")
             return Path("/nonexistent")
 
     def _dir(self, top, key: str, default: Path | None) -> Path | None:
@@ -112,7 +114,7 @@ class GraphReader:
         try:   # every socket name has the same length, so one check covers them all
             check_address(short_ipc_address(runtime_dir, "", "", ""))
         except AddressError as exc:
-            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or IOTRT_RUNTIME_DIR)")
+            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or {ENV_RUNTIME_DIR})")
 
     def _policy(self, node) -> Policy:
         c = self.check
@@ -176,8 +178,7 @@ class GraphReader:
             nodes[n.id] = n
             first_line[n.id] = n.line
         self._check_processes(nodes)
-        processes = {n.process for n in nodes.values()}
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(processes)))
+        threads = shared_threads(len({n.process for n in nodes.values()}))
         for n in nodes.values():
             if n.threads == 0:   # not set: share the cores out so processes do not fight
                 n.threads = threads

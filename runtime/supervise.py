@@ -17,9 +17,9 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from iotrt.config import ENV_SPECS
 from iotrt.spec import PARAM_TYPES, REQUIRED, NodeSpec, Param
 
-ENV_SPECS = "IOTRT_SPECS"
 _TYPES = {t.__name__: t for t in PARAM_TYPES}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # syslog priorities: journald reads a "<N>" line prefix as the line's priority (SyslogLevelPrefix)

@@ -25,6 +25,8 @@ import struct
 
 import numpy as np
 
+from iotrt.config import ENV_THREADS
+
 PAYLOAD = "onnx"
 MAGIC = b"IOTRT-ONNX-PAYLOAD 1\n"
 
@@ -42,7 +44,7 @@ class BackendUnavailable(RuntimeError):
 
 def default_threads() -> int:
     """Thread budget when the caller gives none: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1."""
-    for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
+    for var in (ENV_THREADS, "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
