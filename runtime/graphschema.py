@@ -15,7 +15,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
-from iotrt.graph import Graph, NodeDef, Wire
+from iotrt.graphmodel import Graph, NodeDef, Wire
 from iotrt.hints import suggest
 from iotrt.nodes import NODES  # the registry: the runtime's one entry into iotrt.nodes
 from iotrt.rundir import default_runtime_root
