@@ -172,9 +172,11 @@ class NodeSpec:
     is missing or invalid is already reported by the graph: return [] for it."""
     reloadable: bool = False
     """The node re-reads its files in place on SIGHUP (the event `kind == "reload"`), so the
-    supervisor sends it one on its own SIGHUP and on `iotrt reload`; it answers each reload
-    in the journal with a `*_reloaded` or `*_reload_failed` event (fields `file` and, on
-    failure, `problems`), which `iotrt reload` waits for."""
+    supervisor sends it one on its own SIGHUP and on `iotrt reload` (`Graph.reloadable_nodes`
+    lists them). It answers each reload in the journal, which `iotrt reload` waits for:
+    `WHAT_reloaded` (fields `file`, and `WHAT`: a list of what was loaded, e.g.
+    `rules_reloaded` with the rule ids in `rules`) or `WHAT_reload_failed` (fields `file` and
+    `problems`, each "file:line: message")."""
     rules_param: str | None = None
     """The param that names the rules file the node runs (iotrt.rules); `iotrt rules check
     FILE --graph GRAPH` finds the nodes running FILE by it, and runs `check_wiring`."""
