@@ -23,6 +23,7 @@ from iotrt.rules.api import load_rules
 from iotrt.rules.engine import Engine
 from iotrt.rules.replay import Entry, load_messages, replay
 from iotrt.rules.source import RulesError
+from iotrt.yamlcheck import Issue
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
 def _wiring(rules: Path, ruleset: Any, graph_path: Path) -> tuple[list, list]:
     """(problems, notes) of the rules against each node of the graph that runs them: a node
     whose SPEC names a `rules_param`, set to this file (the SPEC's `check_wiring` checks)."""
-    from iotrt.graph import GraphError, load_graph
-    from iotrt.yamlcheck import Issue
+    from iotrt.graph import GraphError, load_graph  # only with --graph: it loads pynng
 
     try:
         graph = load_graph(graph_path, check_node_files=False)
