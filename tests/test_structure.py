@@ -11,10 +11,16 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:     # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"iotrt": ROOT / "runtime", "iotrt.nodes": ROOT / "nodes"}
@@ -136,3 +142,32 @@ def test_relative_imports_resolve():
         "iotrt.nodes.perception.gallery"}
     assert _imported(ast.parse("import numpy, iotrt.bus").body[0], "iotrt.x", False, known) == {
         "iotrt.bus"}
+
+
+def contract_layers() -> list[set[str]]:
+    """The layers of the import contract in pyproject.toml, highest first."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["id"] == "layers")["layers"]
+    return [{name.strip().strip("()") for name in re.split(r"[:|]", layer)} for layer in layers]
+
+
+def diagram_modules(known: set[str]) -> list[str]:
+    """The module names in the layer diagram that opens docs/architecture.md, in order (the
+    box on the right, about built-in nodes, left out)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    diagram = text.split("```text\n", 1)[1].split("```", 1)[0]
+    names = []
+    for line in diagram.splitlines():
+        drawn = re.split(r"[┌│└]| <", line, maxsplit=1)[0]
+        names += [w for w in re.findall(r"[a-z_]+", drawn) if w in known]
+    return names
+
+
+def test_architecture_diagram_matches_the_import_contract():
+    layers = contract_layers()
+    assert layers[0] == {"nodes"}       # drawn as the box beside the runtime's upper layers
+    rank = {name: i for i, layer in enumerate(layers[1:]) for name in layer}
+    drawn = diagram_modules(set(rank))
+    assert set(drawn) == set(rank), f"in the contract, not drawn: {set(rank) - set(drawn)}"
+    out_of_order = [(a, b) for a, b in zip(drawn, drawn[1:]) if rank[a] > rank[b]]
+    assert not out_of_order, f"drawn above a layer that is higher in the contract: {out_of_order}"
