@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from iotrt import errors
 from iotrt.rundir import make_dirs_private
 
 SCHEMA_VERSION = 1
@@ -69,7 +70,7 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
 """
 
 
-class JournalError(RuntimeError):
+class JournalError(errors.StorageError, RuntimeError):
     """The journal file cannot be opened, created, read or written."""
 
 

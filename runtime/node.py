@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from iotrt import local
+from iotrt import errors, local
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
@@ -63,7 +63,7 @@ def trim_heap() -> None:
         pass
 
 
-class NodeError(RuntimeError):
+class NodeError(errors.ConfigError, RuntimeError):
     """Misuse of the Node API (unknown output, missing wiring, ...)."""
 
 

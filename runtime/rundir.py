@@ -26,10 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from iotrt import errors
+
 RUNTIME_POINTER = "runtime-dir"   # in the state root: the path of this user's runtime root
 
 
-class RuntimeDirError(PermissionError):
+class RuntimeDirError(errors.SupervisionError, PermissionError):
     """A runtime or state folder that another local user could tamper with."""
 
 
