@@ -137,7 +137,7 @@ class NumpyModel:
         self._zero_row = np.zeros(ZERO_ROW, np.uint8)
         self._zero_row.flags.writeable = False
         self._shuffled, self._skipped = _channel_shuffles(g)
-        self._pointwise = _pointwise_after_depthwise(g)
+        self._pointwise = _pointwise_after_depthwise(g, self._bytes)
         self._skipped |= {pw.name for pw in self._pointwise.values()}
         self._steps: list[tuple[OpNode, Step]] = []
         for node in g.nodes:
@@ -167,6 +167,14 @@ class NumpyModel:
 
     def is_const(self, name: str) -> bool:
         return name in self._graph.consts
+
+    def _bytes(self, name: str) -> range:
+        """The arena bytes tensor `name` occupies (empty for constants and graph inputs that
+        live outside the arena)."""
+        if name not in self._offsets:
+            return range(0)
+        off = self._offsets[name]
+        return range(off, off + self._views[name].nbytes)
 
     def same_bytes(self, a: str, b: str) -> bool:
         return a in self._offsets and b in self._offsets and self._offsets[a] == self._offsets[b]
@@ -253,14 +261,18 @@ def _is_plane_conv(g, node: OpNode) -> bool:
     return w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and w.shape[1] == 1 and w.shape[2] * w.shape[3] > 1
 
 
-def _pointwise_after_depthwise(g) -> dict[str, OpNode]:
+def _pointwise_after_depthwise(g, arena_bytes: Callable[[str], range]) -> dict[str, OpNode]:
     """Depthwise convs whose only reader is a 1x1 conv (MobileNet/BlazeFace blocks): the 1x1
     conv runs inside the depthwise step, on its un-cropped "wide rows" output (see
     `_build_wide`), so the depthwise result is never cropped into its own tensor.
 
+    The 1x1 conv's output is then written earlier than the memory plan assumed: only where no
+    node in between reads or writes bytes it occupies.
+
     Returns depthwise node name -> the 1x1 conv node (which then needs no step of its own).
     """
     users = g.consumers()
+    order = {node.name: i for i, node in enumerate(g.nodes)}
     fused: dict[str, OpNode] = {}
     for dw in g.nodes:
         if not _is_plane_conv(g, dw) or dw.attrs.get("activation") or dw.outputs[0] in g.outputs:
@@ -277,8 +289,16 @@ def _pointwise_after_depthwise(g) -> dict[str, OpNode]:
                 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
                 or g.shapes[pw.outputs[0]][2:] != g.shapes[dw.outputs[0]][2:]):
             continue
+        out = arena_bytes(pw.outputs[0])
+        between = g.nodes[order[dw.name] + 1:order[pw.name]]
+        if any(_overlap(out, arena_bytes(t)) for node in between for t in node.inputs + node.outputs if t):
+            continue
         fused[dw.name] = pw
     return fused
+
+
+def _overlap(a: range, b: range) -> bool:
+    return max(a.start, b.start) < min(a.stop, b.stop)
 
 
 def _build_generic(m: NumpyModel, node: OpNode) -> Step:

@@ -243,6 +243,23 @@ def test_depthwise_then_1x1_runs_as_one_step(tmp_path, case):
     assert (pointwise in stepped) is ("twice" in case)
 
 
+
+def test_depthwise_then_1x1_keeps_apart_when_the_plan_reuses_bytes_in_between(tmp_path):
+    """dw -> (a pool that reads the depthwise input last) -> 1x1: the memory plan may give the 1x1
+    output the bytes of that input, so running the 1x1 early (with the depthwise) would overwrite
+    what the pool has yet to read."""
+    x_shape = (1, 8, 12, 12)
+    inits = {"wd": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32),
+             "wp": RNG.standard_normal((8, 8, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Conv", ["a", "wd"], ["d"], group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["r"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "wp"], ["p"]),
+             helper.make_node("Add", ["p", "r"], ["y"])]
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn_matches_onnxruntime(tmp_path, size):
     model = _model([helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.6, bias=1.5)],
