@@ -139,6 +139,8 @@ class NumpyModel:
         self._shuffled, self._skipped = _channel_shuffles(g)
         self._pointwise = _pointwise_after_depthwise(g, self._bytes)
         self._skipped |= {pw.name for pw in self._pointwise.values()}
+        self._padded = _channel_pads_into_adds(g, self._bytes, self._pointwise)
+        self._skipped |= {pad for pad, _, _ in self._padded.values()}
         self._steps: list[tuple[OpNode, Step]] = []
         for node in g.nodes:
             if node.name in self._skipped:
@@ -295,6 +297,57 @@ def _pointwise_after_depthwise(g, arena_bytes: Callable[[str], range]) -> dict[s
             continue
         fused[dw.name] = pw
     return fused
+
+
+def _channel_pads_into_adds(g, arena_bytes, pointwise) -> dict[str, tuple[str, str, int]]:
+    """BlazeFace's residual Add(zero-pad of x to more channels, y): the Add reads x for the
+    first channels and copies the rest of y, so the Pad (a copy of x and a fill) disappears.
+
+    x is then read later than the memory plan assumed: only where no step in between writes
+    bytes x occupies, and where the Add's output does not partly overlap x.
+    Returns padded tensor -> (Pad node name, x, x's channel count).
+    """
+    users, producers = g.consumers(), g.producers()
+    order = {node.name: i for i, node in enumerate(g.nodes)}
+    moved = {pw.name for pw in pointwise.values()}
+    padded: dict[str, tuple[str, str, int]] = {}
+    for pad in g.nodes:
+        if pad.op is not Op.PAD or pad.attrs.get("mode", "constant") != "constant":
+            continue
+        ins = list(pad.inputs) + ["", "", ""]
+        x, out = ins[0], pad.outputs[0]
+        if ins[3] or ins[1] not in g.consts or (ins[2] and (ins[2] not in g.consts or g.consts[ins[2]].any())):
+            continue
+        shape = g.shapes.get(x, ())
+        pads = [int(p) for p in g.consts[ins[1]]]
+        if len(shape) < 2 or len(pads) != 2 * len(shape) or any(pads[:len(shape)]) \
+                or any(p for i, p in enumerate(pads[len(shape):]) if i != 1) or out in g.outputs:
+            continue
+        after = users.get(out, [])
+        if len(after) != 1 or after[0].op is not Op.ADD or after[0].inputs[0] == after[0].inputs[1]:
+            continue
+        add = after[0]
+        other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+        y = add.outputs[0]
+        if not (g.shapes.get(other) == g.shapes.get(y) == g.shapes[out]) or g.dtypes.get(y) != g.dtypes.get(x):
+            continue
+        xb, yb = arena_bytes(x), arena_bytes(y)
+        if _overlap(xb, yb) and not (xb.start == yb.start and shape[0] == 1):
+            continue
+        ob = arena_bytes(other)
+        if _overlap(ob, yb) and ob.start != yb.start:
+            continue
+        writes = []
+        for node in g.nodes[order[pad.name] + 1:order[add.name]]:
+            if node.name in moved:
+                continue  # ran with its depthwise conv
+            writes += node.outputs
+            if node.name in pointwise:
+                writes += pointwise[node.name].outputs
+        if any(_overlap(xb, arena_bytes(t)) for t in writes) or producers.get(x) is None and not xb:
+            continue
+        padded[out] = (pad.name, x, shape[1])
+    return padded
 
 
 def _overlap(a: range, b: range) -> bool:
@@ -773,6 +826,29 @@ def _build_global_pool(m: NumpyModel, node: OpNode) -> Step:
     return lambda: np.max(x, axis=axes, keepdims=True, out=y)
 
 
+def _build_add(m: NumpyModel, node: OpNode) -> Step:
+    padded = [i for i, name in enumerate(node.inputs[:2]) if name in m._padded]
+    if not padded:
+        return _build_binary(np.add)(m, node)
+    # y = zero-pad(x) + other (see `_channel_pads_into_adds`)
+    i = padded[0]
+    _, src, c = m._padded[node.inputs[i]]
+    other_name = node.inputs[1 - i]
+    x, other, y = m.t(src), m.t(other_name), m.t(node.outputs[0])
+    head, tail = (slice(None), slice(0, c)), (slice(None), slice(c, None))
+    yh, oh, yt, ot = y[head], other[head], y[tail], other[tail]
+    copy_tail = not m.same_bytes(other_name, node.outputs[0])
+    act = _activation(m, y, node.attrs)
+
+    def step() -> None:
+        np.add(oh, x, out=yh)
+        if copy_tail:
+            np.copyto(yt, ot)
+        if act:
+            act()
+    return step
+
+
 def _build_binary(fn):
     def build(m: NumpyModel, node: OpNode) -> Step:
         a, b = m.t(node.inputs[0]), m.t(node.inputs[1])
@@ -933,7 +1009,7 @@ def _build_matmul(m: NumpyModel, node: OpNode) -> Step:
 
 
 BUILDERS: dict[Op, Callable[[NumpyModel, OpNode], Step | None]] = {
-    Op.ADD: _build_binary(np.add),
+    Op.ADD: _build_add,
     Op.AVERAGE_POOL: _build_pool,
     Op.CLIP: _build_clip,
     Op.CONCAT: _build_concat,

@@ -260,6 +260,31 @@ def test_depthwise_then_1x1_keeps_apart_when_the_plan_reuses_bytes_in_between(tm
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+
+@pytest.mark.parametrize("case", ["zero pad", "batch 2", "pad value 1", "padded tensor read twice"])
+def test_channel_pad_into_a_residual_add(tmp_path, case):
+    """Add(zero-pad of x to more channels, y) reads x for the first channels: no Pad step (not
+    where the pad value is not zero or someone else reads the padded tensor)."""
+    x_shape = (2 if "batch" in case else 1, 5, 6, 7)
+    inits = {"pads": np.array([0, 0, 0, 0, 0, 3, 0, 0], np.int64),
+             "w": RNG.standard_normal((8, 5, 3, 3)).astype(np.float32)}
+    pad_inputs = ["a", "pads"]
+    if "value" in case:
+        inits["v"] = np.array(1.0, np.float32)
+        pad_inputs.append("v")
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Conv", ["a", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", pad_inputs, ["p"]),
+             helper.make_node("Add", ["p", "c"], ["s"] if "twice" in case else ["y"])]
+    if "twice" in case:
+        nodes.append(helper.make_node("Mul", ["s", "p"], ["y"]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    pad = next(n.name for n in compiled.artifact.graph.nodes if n.op.value == "Pad")
+    stepped = [node.name for node, _ in compiled._steps]
+    assert (pad in stepped) is (case in ("pad value 1", "padded tensor read twice"))
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_lrn_matches_onnxruntime(tmp_path, size):
     model = _model([helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.6, bias=1.5)],
