@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from iotrt.config import ENV_THREADS
 from iotrt.modelformat.errors import BackendUnavailable, EngineError, InputError
 from iotrt.modelformat.onnxpayload import PAYLOAD, onnx_model_bytes
 
@@ -51,7 +52,7 @@ def load_backend(art, name: str, threads: int):
 
 def default_threads() -> int:
     """Thread budget when the caller gives none: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1."""
-    for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
+    for var in (ENV_THREADS, "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
