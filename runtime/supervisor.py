@@ -600,8 +600,9 @@ class Supervisor:
         return {"ok": True, "nodes": self._reload(node)}
 
     def _reload(self, node: str | None) -> list[str]:
-        """SIGHUP the named node, or every rules node: they re-read their files in place."""
-        targets = [node] if node else [n.id for n in self.graph.nodes.values() if n.kind == "rules"]
+        """SIGHUP the named node, or every node whose SPEC is `reloadable`: they re-read their
+        files in place."""
+        targets = [node] if node else self.graph.reloadable_nodes()
         done, signalled = [], set()
         for nid in targets:   # a process group passes SIGHUP on to each of its nodes
             pname = self.process_of[nid]
