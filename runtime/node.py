@@ -49,7 +49,7 @@ from iotrt.testing import FakeTransport, Published, SentCommand, resolve_target
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Node", "Event", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
+__all__ = ["Node", "NodeEvent", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
            "NodeError", "load_spec"]
 
 PORT_NAMES = {"inputs": "input", "outputs": "output", "commands_in": "command input",
@@ -72,7 +72,7 @@ class NodeError(errors.ConfigError, RuntimeError):
 
 
 @dataclass(slots=True)
-class Event:
+class NodeEvent:
     """One thing for the node to handle.
 
     kind: "input" (a message on input `name`), "timer" (timer `name` fired, or the alarm
@@ -285,7 +285,7 @@ class Node:
         self._open_command: Command | None = None
         self._timers: list[tuple[int, int, str]] = []  # heap of (due_ns, period_ns, name);
         #                                                  period 0: a one-shot alarm
-        self._posted: collections.deque[Event] = collections.deque()
+        self._posted: collections.deque[NodeEvent] = collections.deque()
         self._stop = threading.Event()
         self._reloads = 0
         self._closed = False
@@ -342,7 +342,7 @@ class Node:
 
         How a worker thread (a safety timer, a driver's reader) wakes the loop when it has
         something for it, instead of the loop polling on a short timer."""
-        self._posted.append(Event("post", name, data))
+        self._posted.append(NodeEvent("post", name, data))
         self.transport.wake()
 
     def ready(self) -> None:
@@ -426,7 +426,7 @@ class Node:
         return {"in": self.transport.input_stats(),
                 "out": {n: {"msgs": c} for n, c in self._out_msgs.items()}}
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[NodeEvent]:
         return self._events()
 
     def close(self) -> None:
@@ -458,16 +458,16 @@ class Node:
             self.log.warning("command %s was not acknowledged; answering with an error", cmd.id)
             cmd.reply({"ok": False, "error": f"node {self.id!r} did not acknowledge"})
 
-    def _deliver(self, event: Event) -> Event:
+    def _deliver(self, event: NodeEvent) -> NodeEvent:
         self._current = event.envelope
         self._open_command = event.command
         return event
 
-    def _due_timers(self, now: int) -> list[Event]:
+    def _due_timers(self, now: int) -> list[NodeEvent]:
         events = []
         while self._timers and self._timers[0][0] <= now:
             due, period, name = heapq.heappop(self._timers)
-            events.append(Event("timer", name))
+            events.append(NodeEvent("timer", name))
             if period == 0:
                 continue        # a one-shot alarm
             nxt = due + period
@@ -476,7 +476,7 @@ class Node:
             heapq.heappush(self._timers, (nxt, period, name))
         return events
 
-    def _events(self) -> Iterator[Event]:
+    def _events(self) -> Iterator[NodeEvent]:
         tp = self.transport
         tp.ready()
         trim_heap()
@@ -497,7 +497,7 @@ class Node:
                         return
                 if self._reloads != reloads_seen:
                     reloads_seen = self._reloads
-                    yield self._deliver(Event("reload"))
+                    yield self._deliver(NodeEvent("reload"))
                     continue
                 deadline = min([next_hb] + [t[0] for t in self._timers[:1]])
                 arrivals = tp.wait(max(0.0, (deadline - tp.clock_ns()) / 1e9))
@@ -510,11 +510,11 @@ class Node:
                             yield self._deliver(self._posted.popleft())
                         continue
                     if kind == "input":
-                        event = Event(kind, name, item.data, item)
+                        event = NodeEvent(kind, name, item.data, item)
                     elif kind == "command":
-                        event = Event(kind, name, item.data, command=item)
+                        event = NodeEvent(kind, name, item.data, command=item)
                     else:
-                        event = Event(kind, name)
+                        event = NodeEvent(kind, name)
                     self._before_next()
                     yield self._deliver(event)
                     if self._stop.is_set():
