@@ -235,14 +235,11 @@ class Subscriber:
         self.msgs = self.drops = self.bad = 0
         self._last_seq: int | None = None
         self._timeout_ms: int | None = None
-        # Retry fast while the publisher is starting and back off if it stays away: NNG waits
-        # a random time up to a bound that doubles per failed dial, up to the max. Processes
-        # start at once (the supervisor does not wait for publishers), so a subscriber often
-        # dials before its publisher listens: on this host (ipc) a failed dial is one connect()
-        # and the bound stays at 100 ms (a 1 s bound added up to half a second to a graph's
-        # start); across hosts (tcp) it grows to 1 s.
+        # retry fast while the publisher is starting, back off to 1 s if it stays away (NNG
+        # waits a random time below the bound; a 100 ms bound cost ~15x the CPU of 1 s for a
+        # publisher that never comes, e.g. a bridge left unconfigured)
         self._sock = pynng.Sub0(recv_buffer_size=queue, reconnect_time_min=20,
-                                reconnect_time_max=100 if address.startswith("ipc://") else 1000)
+                                reconnect_time_max=1000)
         tls_cfg = tls_for(address, tls, server=False)
         if tls_cfg is not None:
             self._sock.tls_config = tls_cfg
