@@ -10,8 +10,9 @@
 
 The node under test is a plain `Node` on a `FakeTransport` (this module): the same event loop,
 timers, parameter checks and command bookkeeping as in a graph, with the transport replaced.
-The fake delivers what the test queued, in order, and then ends the loop; its clock stands
-still, so the node's own timers and alarms fire only when the test ticks them.
+The fake delivers what the test queued, in order, and then ends the loop. Its clock stands
+at 0: a node's timers fire when the test ticks them (and a timer whose first tick is due at
+once, `first_s=0`, once at the start); alarms, set in real monotonic time, never come due.
 
 Everything a node sends goes through the real codec (published data is encoded and decoded),
 so a test catches data the wire would refuse. Commands the node sends are answered by
@@ -118,7 +119,7 @@ class FakeTransport:
     # -- the Transport interface -------------------------------------------------------------
 
     def clock_ns(self) -> int:
-        return 0              # stands still: see the module docstring
+        return 0              # stands at 0: see the module docstring
 
     def wait(self, timeout_s: float) -> list[tuple[str, str, Any]] | None:
         """The next queued arrival, or None once the queue is empty (the loop ends)."""
