@@ -475,8 +475,12 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True   # the client went away: nothing to answer
+        except OSError as exc:             # ssl.SSLError is one; ssl is loaded only for TLS
+            if self.web.ssl is None or not isinstance(exc, ssl.SSLError):
+                raise
+            self.close_connection = True
 
 
 ROUTES = {"page", "logout", "api", "video", "media"}
