@@ -27,7 +27,7 @@ from typing import Any
 
 import pynng
 
-from iotrt import shm
+from iotrt import errors, shm
 from iotrt.codec import INT64_MAX, DecodeError, Decoder, Encoder, Envelope, FrameOverwritten
 from iotrt.lazy import numpy as np  # imported when the first array travels
 from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
@@ -39,7 +39,7 @@ SCHEMES = ("ipc://", "tcp://", "tls+tcp://")
 DEFAULT_QUEUE = 2
 
 
-class AddressError(ValueError):
+class AddressError(errors.TransportError, ValueError):
     """An endpoint address that cannot work (unknown scheme, ipc path too long, ...)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from iotrt import errors
 from iotrt.lazy import numpy as np  # imported when the first array is encoded or decoded
 
 EXT_NDARRAY = 1
@@ -73,7 +74,7 @@ class _WireDtypes(dict):
 ARRAY_DTYPES: dict[str, np.dtype] = _WireDtypes()
 
 
-class CodecError(ValueError):
+class CodecError(errors.TransportError, ValueError):
     """Base class of the codec's errors."""
 
 

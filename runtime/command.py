@@ -38,6 +38,7 @@ from typing import Any
 
 import pynng
 
+from iotrt import errors
 from iotrt.bus import TlsConfig, check_address, recv_bytes, tls_for
 from iotrt.codec import INT64_MAX, DecodeError, pack, unpack
 from iotrt.idstore import PENDING, IdStore
@@ -51,7 +52,7 @@ DEFAULT_RETRIES = 4
 MAX_ID_LEN = 128
 
 
-class CommandError(RuntimeError):
+class CommandError(errors.TransportError, RuntimeError):
     """A command could not be delivered or acknowledged."""
 
 

@@ -22,11 +22,11 @@ import pynng
 
 from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
+from iotrt.config import CONTROL_NAME, ENV_RUNTIME_DIR, SYSTEM_RUNTIME_ROOT, named_runtime_roots
 from iotrt.errors import SupervisionError
-from iotrt.graph import Graph, GraphError, NodeDef, default_runtime_root, load_graph
+from iotrt.graph import Graph, GraphError, NodeDef, load_graph
+from iotrt.rundir import default_runtime_root
 from iotrt.states import Slot
-
-CONTROL_NAME = "ctl"
 
 
 class ControlError(SupervisionError, RuntimeError):
@@ -34,16 +34,14 @@ class ControlError(SupervisionError, RuntimeError):
 
 
 def runtime_roots(environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where running graphs may be: ours first, then the system service's.
+    """Where running graphs may be: ours first, then the system service's, then the other
+    roots the environment names (iotrt.config).
 
     IOTRT_RUNTIME_DIR names the one root to look in: a user (or a test) who set it means that
     graph, and must never be answered by a graph of the same name under another root."""
-    if environ.get("IOTRT_RUNTIME_DIR"):
-        return [Path(environ["IOTRT_RUNTIME_DIR"])]
-    candidates = [default_runtime_root(environ), Path("/run/iotrt")]
-    if environ.get("XDG_RUNTIME_DIR"):
-        candidates.append(Path(environ["XDG_RUNTIME_DIR"]) / "iotrt")
-    candidates.append(Path(f"/tmp/iotrt-{os.getuid()}"))
+    if environ.get(ENV_RUNTIME_DIR):
+        return named_runtime_roots(environ)
+    candidates = [default_runtime_root(environ), SYSTEM_RUNTIME_ROOT, *named_runtime_roots(environ)]
     out: list[Path] = []
     for c in candidates:
         if c not in out:
@@ -230,6 +228,7 @@ def ps_row(n: NodeDef, slot: Slot, rates: Rates, now: float) -> dict[str, Any]:
         "uptime_s": (now - slot.running_since) if slot.running_since is not None else None,
         "in_per_s": rates.in_rate, "out_per_s": rates.out_rate, "drops": rates.drops,
         "inputs": rates.inputs(), "reason": slot.reason,
+        "reloadable": n.spec is not None and n.spec.reloadable,   # answers `iotrt reload`
     }
 
 

@@ -14,10 +14,14 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
-from iotrt.graph import Graph, NodeDef, Wire, default_runtime_root, default_state_root
-from iotrt.spec import REQUIRED, WILDCARD, SpecError
+from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
+from iotrt.graphmodel import Graph, NodeDef, Wire
+from iotrt.hints import suggest
+from iotrt.nodes import NODES  # the registry: the runtime's one entry into iotrt.nodes
+from iotrt.rundir import default_runtime_root
+from iotrt.spec import WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
-from iotrt.yamlcheck import INVALID, NULL_TAG, Checker, line_of, suggest
+from iotrt.yamlcheck import INVALID, Checker, line_of
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -74,7 +78,7 @@ class GraphReader:
         policy = self._policy(top["supervisor"][1]) if "supervisor" in top else Policy()
         runtime_dir = self._dir(top, "runtime_dir", None) or self._default_runtime_root(root)
         runtime_dir /= name
-        state_dir = self._dir(top, "state_dir", default_state_root(self.environ)) / name
+        state_dir = self._dir(top, "state_dir", state_root(self.environ)) / name
         self._check_ipc_length(runtime_dir, top.get("runtime_dir", (root, root))[1])
         if "nodes" not in top:
             c.error(root, "the graph has no 'nodes' list")
@@ -94,7 +98,7 @@ class GraphReader:
             return default_runtime_root(self.environ)
         except OSError as exc:   # RuntimeDirError too: a state root others can tamper with
             self.check.error(root, f"cannot set up the default runtime folder: {exc} (set "
-                                   f"runtime_dir, or IOTRT_RUNTIME_DIR)")
+                                   f"runtime_dir, or {ENV_RUNTIME_DIR})")
             return Path("/nonexistent")
 
     def _dir(self, top, key: str, default: Path | None) -> Path | None:
@@ -110,7 +114,7 @@ class GraphReader:
         try:   # every socket name has the same length, so one check covers them all
             check_address(short_ipc_address(runtime_dir, "", "", ""))
         except AddressError as exc:
-            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or IOTRT_RUNTIME_DIR)")
+            self.check.error(where, f"runtime folder '{runtime_dir}': {exc} (or {ENV_RUNTIME_DIR})")
 
     def _policy(self, node) -> Policy:
         c = self.check
@@ -174,8 +178,7 @@ class GraphReader:
             nodes[n.id] = n
             first_line[n.id] = n.line
         self._check_processes(nodes)
-        processes = {n.process for n in nodes.values()}
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(processes)))
+        threads = shared_threads(len({n.process for n in nodes.values()}))
         for n in nodes.values():
             if n.threads == 0:   # not set: share the cores out so processes do not fight
                 n.threads = threads
@@ -240,8 +243,6 @@ class GraphReader:
     def _target(self, m, item, what: str) -> tuple[str | None, str | None, Any]:
         """(kind, target, spec) from `kind:` or `run:`; spec is None when it cannot be read
         (target None too when the kind or path itself is wrong)."""
-        from iotrt.nodes import NODES
-
         c = self.check
         if ("kind" in m) == ("run" in m):
             c.error(item, f"{what}: give exactly one of 'kind' (a built-in node) or 'run' "
@@ -308,38 +309,22 @@ class GraphReader:
         return names
 
     def _params(self, node, spec, what: str, item) -> dict[str, Any]:
+        """The node's params, checked by the Node API's validator (NodeSpec.check_params),
+        each problem at its line: an unknown name at the name, a wrong value at the value."""
         c = self.check
         given = {} if node is None else c.mapping(node[1], f"{what}: params")
         if given is INVALID or spec is None:   # spec None: the target is already reported
             return {}
-        declared = {p.name: p for p in spec.params}
-        params: dict[str, Any] = {}
-        for key, (knode, vnode) in given.items():
-            if key not in declared:
-                c.error(knode, f"{what}: unknown param '{key}'{suggest(key, declared)}; "
-                               f"params: {', '.join(declared) or 'none'}")
-                continue
-            p = declared[key]
-            if p.default is None and vnode.tag == NULL_TAG:
-                params[key] = None     # the SPEC allows "empty" for this param
-                continue
-            value = c.value(vnode, p.type, f"{what}: params.{key}")
-            if value is INVALID:
-                continue
-            problem = p.problem(value)   # choices, min, max
-            if problem:
-                c.error(vnode, f"{what}: params.{key} {problem}"
-                               f"{suggest(value, p.choices) if p.choices else ''}")
-                continue
-            params[key] = value
-        for name, p in declared.items():
-            if name in given:
-                continue
-            if p.default is REQUIRED:
-                c.error(item, f"{what}: missing required param '{name}'" + (f" ({p.doc})" if p.doc else ""))
-            else:   # a copy, so a node cannot change its SPEC's default through params
-                d = p.default
-                params[name] = list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+        values: dict[str, Any] = {}
+        for key, (_, vnode) in given.items():
+            p = spec.param(key)
+            values[key] = c.plain(vnode, f"{what}: params.{key}", text=p is not None and p.type is str)
+        reported = [key for key, value in values.items() if value is INVALID]
+        params, problems = spec.check_params(
+            {k: v for k, v in values.items() if v is not INVALID}, reported)
+        for problem in problems:
+            knode, vnode = given.get(problem.param, (item, item))
+            c.error({"unknown": knode, "invalid": vnode}.get(problem.kind, item), f"{what}: {problem}")
         return params
 
     def _wire(self, node, what: str) -> Wire | None:

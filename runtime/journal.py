@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from iotrt import errors
 from iotrt.rundir import make_dirs_private
 
 SCHEMA_VERSION = 1
@@ -69,7 +70,7 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
 """
 
 
-class JournalError(RuntimeError):
+class JournalError(errors.StorageError, RuntimeError):
     """The journal file cannot be opened, created, read or written."""
 
 
@@ -79,7 +80,9 @@ class BadRecord(JournalError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class JournalEntry:
+    """One event as journaled (a row of the table): what `query` and `follow` return."""
+
     id: int
     t_ns: int
     kind: str
@@ -357,7 +360,7 @@ class JournalReader:
 
     def query(self, since: int | None = None, rule: str | None = None, kind: str | None = None,
               after_id: int | None = None, limit: int | None = None,
-              node: str | None = None) -> list[Event]:
+              node: str | None = None) -> list[JournalEntry]:
         """Events in id order. ``since`` is wall-clock ns; ``after_id`` pages or follows;
         ``limit`` keeps the newest ``limit`` matches (like ``tail -n``)."""
         where, args = [], []
@@ -378,9 +381,10 @@ class JournalReader:
             rows = self._db.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: cannot read the journal: {exc}") from exc
-        return [Event(i, t, k, n, json.loads(f)) for i, t, k, n, f in rows]
+        return [JournalEntry(i, t, k, n, json.loads(f)) for i, t, k, n, f in rows]
 
-    def follow(self, poll_s: float = 0.5, stop=lambda: False, **filters: Any) -> Iterator[Event]:
+    def follow(self, poll_s: float = 0.5, stop=lambda: False,
+               **filters: Any) -> Iterator[JournalEntry]:
         """Yield matching events after ``after_id`` (all if None), then new ones as they are
         written, until ``stop()`` returns true."""
         after = filters.pop("after_id", None)

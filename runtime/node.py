@@ -36,10 +36,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from iotrt import local
+from iotrt import errors, local
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer
+from iotrt.config import ENV_THREADS
 from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, node_created, record_body
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
 
@@ -63,7 +64,7 @@ def trim_heap() -> None:
         pass
 
 
-class NodeError(RuntimeError):
+class NodeError(errors.ConfigError, RuntimeError):
     """Misuse of the Node API (unknown output, missing wiring, ...)."""
 
 
@@ -162,7 +163,7 @@ class Node:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._install_signals()
-        threads = os.environ.get("IOTRT_THREADS")
+        threads = os.environ.get(ENV_THREADS)
         # getattr: in a process group another node's thread may be half-way through `import cv2`
         set_threads = getattr(sys.modules.get("cv2"), "setNumThreads", None)
         if threads and set_threads is not None:

@@ -24,14 +24,14 @@ import subprocess
 import sys
 from typing import TextIO
 
+from iotrt.config import THREAD_ENV
 from iotrt.graph import Graph
 from iotrt.outpump import OutputPump
-from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS
+from iotrt.protocol import ENV_CONFIG, ENV_SUPERVISOR_PID
 from iotrt.sdnotify import SYSTEMD_ONLY_ENV
 
 log = logging.getLogger("iotrt.supervisor")
 
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", ENV_THREADS)
 LINE_MAX = 65536       # a longer line without a newline is forwarded in pieces
 
 

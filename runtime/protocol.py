@@ -66,12 +66,10 @@ import pynng
 
 from iotrt import errors
 from iotrt.codec import DecodeError, pack, unpack
+from iotrt.config import ENV_CONFIG, ENV_SUPERVISOR_PID, ENV_THREADS  # noqa: F401 - the protocol's names
 
 log = logging.getLogger("iotrt.protocol")
 
-ENV_CONFIG = "IOTRT_NODE_CONFIG"
-ENV_SUPERVISOR_PID = "IOTRT_SUPERVISOR_PID"
-ENV_THREADS = "IOTRT_THREADS"
 MESSAGE_TYPES = ("ready", "heartbeat", "record")
 MAX_DEADLINE_S = 86400.0
 

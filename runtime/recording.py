@@ -37,7 +37,7 @@ from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata
 from mcap.stream_reader import CRCValidationError, StreamReader
 from mcap.writer import CompressionType, Writer
 
-from iotrt import __version__
+from iotrt import __version__, errors
 from iotrt.codec import CodecError, Encoder, Envelope, unpack
 
 FORMAT = 1
@@ -62,7 +62,7 @@ _JPEG_SCHEMA = dict(_ENVELOPE_SCHEMA, title="iotrt JPEG frame",
                     description="msgpack map; data: JPEG bytes of an RGB uint8 (H, W, 3) frame")
 
 
-class RecordingError(Exception):
+class RecordingError(errors.StorageError):
     """A recording that cannot be written or read; str() is one line a user can act on."""
 
 

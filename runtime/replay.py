@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iotrt import errors
 from iotrt.graph import EVENTS_TOPIC, Graph, NodeDef
 from iotrt.recording import Info
 from iotrt.spec import load_spec
@@ -31,7 +32,7 @@ REPLAY_QUEUE = 1024
 CAPTURE_CLOCK = "capture"
 
 
-class ReplayError(Exception):
+class ReplayError(errors.StorageError):
     """A recording that does not fit the graph; str() is one line."""
 
 

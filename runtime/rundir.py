@@ -10,7 +10,7 @@ only if this user or root made it. A path that fails is refused with a `RuntimeD
 names the directory and its owner, never repaired.
 
 Default roots, first that is set: $IOTRT_RUNTIME_DIR, systemd's $RUNTIME_DIRECTORY,
-$XDG_RUNTIME_DIR/iotrt. Without any of them (a login without a session manager, a container)
+$XDG_RUNTIME_DIR/iotrt (iotrt.config). Without any of them (a login without a session manager, a container)
 the root is a fresh directory with an unpredictable name under /tmp (as `mkdtemp` makes), and
 its path is recorded in the user's state root (`<state root>/runtime-dir`), so that `iotrt ps`,
 `down` and every other process of the user find the same one; a recorded folder that is gone
@@ -26,10 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from iotrt import config, errors
+
 RUNTIME_POINTER = "runtime-dir"   # in the state root: the path of this user's runtime root
 
 
-class RuntimeDirError(PermissionError):
+class RuntimeDirError(errors.SupervisionError, PermissionError):
     """A runtime or state folder that another local user could tamper with."""
 
 
@@ -57,13 +59,13 @@ def check_trusted_path(path: str | os.PathLike) -> None:
             raise RuntimeDirError(
                 f"{q} belongs to uid {st.st_uid}, another user, who could swap the graph's "
                 f"sockets for their own; remove it or choose another runtime_dir "
-                f"(or IOTRT_RUNTIME_DIR)")
+                f"(or {config.ENV_RUNTIME_DIR})")
         sticky_root = st.st_uid == 0 and st.st_mode & stat.S_ISVTX
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_root:
             raise RuntimeDirError(
                 f"{q} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}), who "
                 f"could swap the graph's sockets for their own; make it 0755 or 0700, or "
-                f"choose another runtime_dir (or IOTRT_RUNTIME_DIR)")
+                f"choose another runtime_dir (or {config.ENV_RUNTIME_DIR})")
 
 
 def ensure_private_dir(path: str | os.PathLike) -> Path:
@@ -102,25 +104,10 @@ def make_dirs_private(path: str | os.PathLike) -> Path:
 ensure_runtime_dir = ensure_private_dir
 
 
-def default_state_root(environ: Mapping[str, str] = os.environ) -> Path:
-    if environ.get("IOTRT_STATE_DIR"):
-        return Path(environ["IOTRT_STATE_DIR"])
-    if environ.get("STATE_DIRECTORY"):            # set by systemd's StateDirectory=
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME") or Path.home())
-                                                / ".local" / "state")
-    return Path(base) / "iotrt"
-
-
 def default_runtime_root(environ: Mapping[str, str] = os.environ) -> Path:
     """Where graphs keep their sockets when the graph file does not say (module docstring)."""
-    if environ.get("IOTRT_RUNTIME_DIR"):
-        return Path(environ["IOTRT_RUNTIME_DIR"])
-    if environ.get("RUNTIME_DIRECTORY"):          # set by systemd's RuntimeDirectory=
-        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_RUNTIME_DIR"):
-        return Path(environ["XDG_RUNTIME_DIR"]) / "iotrt"
-    return _recorded_runtime_root(default_state_root(environ))
+    named = config.named_runtime_roots(environ)
+    return named[0] if named else _recorded_runtime_root(config.state_root(environ))
 
 
 def _usable(root: Path) -> bool:

@@ -9,13 +9,13 @@ inputs and command outputs come from its rules file).
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 from iotrt.errors import ConfigError
+from iotrt.hints import suggest
 
 
 class SpecError(ConfigError, ValueError):
@@ -38,6 +38,9 @@ class _Required:
 REQUIRED: Any = _Required()
 PARAM_TYPES = (bool, int, float, str, list, dict)
 WILDCARD = "*"
+# What a value of each param type is called in messages (a YAML user writes no Python types).
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+               list: "a list", dict: "a mapping"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +84,47 @@ class Param:
         if not ok:
             quoted = t is str and isinstance(value, (bool, int, float))
             hint = " (quote it in YAML)" if quoted else ""
-            return f"must be {t.__name__}, got {type(value).__name__} {value!r}{hint}"
+            return f"must be {_TYPE_WORDS[t]}, got {_describe(value)}{hint}"
         if self.items is not None and isinstance(value, list):
             for v in value:
                 if not isinstance(v, self.items) or (isinstance(v, bool)
                                                      and self.items is not bool):
-                    return (f"must be a list of {self.items.__name__}, got "
-                            f"{type(v).__name__} {v!r} in it")
+                    return (f"must be a list of {_TYPE_WORDS.get(self.items, self.items.__name__)}, got "
+                            f"{_describe(v)} in it")
         if not self.nonfinite and _nonfinite(value):
             return f"must be a finite number, got {value!r} (NaN and infinity are refused)"
         if self.choices is not None and value not in self.choices:
-            return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+            return (f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+                    f"{suggest(value, self.choices)}")
         if self.min is not None and value < self.min:
             return f"must be >= {self.min}, got {value!r}"
         if self.max is not None and value > self.max:
             return f"must be <= {self.max}, got {value!r}"
         return None
+
+
+def _describe(value: Any) -> str:
+    """A value as a message names it: "text 'fast'", "a boolean True", "a list"."""
+    for t in (bool, int, float, str):   # bool first: True is an int too
+        if isinstance(value, t):
+            word = {bool: "a boolean", int: "an integer", float: "a number", str: "text"}[t]
+            return f"{word} {value!r:.60}"
+    if value is None:
+        return "an empty value (null)"
+    return _TYPE_WORDS.get(type(value), f"{type(value).__name__} {value!r:.60}")
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """One problem with a node's params. `kind` says what it is about, for a reader that
+    reports lines: "unknown" (the name `param`), "invalid" (its value), "missing" (the node)."""
+
+    param: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _nonfinite(value: Any) -> bool:
@@ -131,12 +159,40 @@ class NodeSpec:
     # whether it drives real hardware (a lock's GPIO line, a motor controller).
     simulated: Callable[[dict], bool] | None = None
     hardware: Callable[[dict], bool] | None = None
+    # Kind-specific needs are declared here, so that the graph, the supervisor and the CLI
+    # never name a kind (a user's `run:` node can declare them too).
+    check_files: Callable[..., list] | None = None
+    """`check_files(params, base_dir, node=None, graph=None) -> [problem]`: the problems in
+    the files the node will read (a rules file), found when the graph is validated (`iotrt
+    validate`, `iotrt up`) so they are reported before anything starts. `params` are the
+    node's validated params, `base_dir` the graph file's folder (the node's working
+    directory); with the node's `NodeDef` and the `Graph`, the files can be checked against
+    the node's wiring too. Each problem's str() is "file:line: message" and it has `.file`,
+    `.line`, `.message` (an `iotrt.yamlcheck.Issue` or `iotrt.rules.Problem`). A param that
+    is missing or invalid is already reported by the graph: return [] for it."""
+    reloadable: bool = False
+    """The node re-reads its files in place on SIGHUP (the event `kind == "reload"`), so the
+    supervisor sends it one on its own SIGHUP and on `iotrt reload` (`Graph.reloadable_nodes`
+    lists them). It answers each reload in the journal, which `iotrt reload` waits for:
+    `WHAT_reloaded` (fields `file`, and `WHAT`: a list of what was loaded, e.g.
+    `rules_reloaded` with the rule ids in `rules`) or `WHAT_reload_failed` (fields `file` and
+    `problems`, each "file:line: message")."""
+    rules_param: str | None = None
+    """The param that names the rules file the node runs (iotrt.rules); `iotrt rules check
+    FILE --graph GRAPH` finds the nodes running FILE by it, and runs `check_wiring`."""
+    check_wiring: Callable[..., tuple[list, list]] | None = None
+    """`check_wiring(rules, node, graph) -> (problems, notes)`: a rule set checked against
+    the node's wiring in the graph (with `rules_param`)."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise SpecError(f"parameters declared twice: {sorted(dup)}")
+        if self.rules_param is not None and self.param(self.rules_param) is None:
+            raise SpecError(f"rules_param {self.rules_param!r} is not a declared parameter")
+        if (self.rules_param is None) != (self.check_wiring is None):
+            raise SpecError("rules_param and check_wiring go together: give both or neither")
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -146,42 +202,52 @@ class NodeSpec:
         ports = getattr(self, group)
         return name in ports or WILDCARD in ports
 
-    def validate_params(self, params: dict | None, where: str = "") -> dict:
-        """Check `params` against the declared ones; returns them with defaults filled in.
+    def check_params(self, params: Mapping[str, Any], reported: Collection[str] = ()
+                     ) -> tuple[dict[str, Any], list[ParamProblem]]:
+        """The one parameter validator: the Node API (`validate_params`) and the graph file
+        (iotrt.graphschema, which places each problem at its line) both use it.
 
-        Raises ParamError listing every unknown, missing and mistyped parameter, each message
-        prefixed with `where` (e.g. "node 'cam'").
+        Returns (the valid params with defaults filled in and ints widened to float where a
+        float is declared, every problem found: unknown names, values of the wrong type or
+        out of range, required params not given). `reported` names params whose values the
+        caller has already found wrong: they count as given, with nothing more to say.
         """
-        params = dict(params or {})
-        prefix = f"{where}: " if where else ""
-        errors: list[str] = []
         known = [p.name for p in self.params]
-        for name in params:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else (
-                    f" (known: {', '.join(known)})" if known else " (this node takes none)")
-                errors.append(f"{prefix}unknown parameter {name!r}{hint}")
-        out = {}
+        problems = [ParamProblem(name, "unknown", f"unknown param '{name}'{suggest(name, known)}"
+                                                  f"; params: {', '.join(known) or 'none'}")
+                    for name in params if name not in known]
+        out: dict[str, Any] = {}
         for p in self.params:
+            if p.name in reported:
+                continue
             if p.name in params:
                 value = params[p.name]
                 if p.type is float and isinstance(value, int) and not isinstance(value, bool):
                     value = float(value)
                 problem = p.problem(value)
                 if problem:
-                    errors.append(f"{prefix}parameter {p.name!r} {problem}")
-                out[p.name] = value
+                    problems.append(ParamProblem(p.name, "invalid", f"params.{p.name}: {problem}"))
+                else:
+                    out[p.name] = value
             elif p.default is REQUIRED:
-                errors.append(f"{prefix}parameter {p.name!r} is required ({p.doc})"
-                              if p.doc else f"{prefix}parameter {p.name!r} is required")
+                doc = f" ({p.doc})" if p.doc else ""
+                problems.append(ParamProblem(p.name, "missing",
+                                             f"missing required param '{p.name}'{doc}"))
             else:
                 # copy mutable defaults so a node cannot change its SPEC through params
                 d = p.default
                 out[p.name] = (list(d) if isinstance(d, list)
                                else dict(d) if isinstance(d, dict) else d)
-        if errors:
-            raise ParamError(errors)
+        return out, problems
+
+    def validate_params(self, params: Mapping[str, Any] | None, where: str = "") -> dict:
+        """Check `params` against the declared ones (`check_params`); returns them with
+        defaults filled in, or raises ParamError listing every problem, each message prefixed
+        with `where` (e.g. "node 'cam'")."""
+        out, problems = self.check_params(params or {})
+        if problems:
+            prefix = f"{where}: " if where else ""
+            raise ParamError([f"{prefix}{p}" for p in problems])
         return out
 
 

@@ -129,11 +129,13 @@ class Deadline:
 
 
 @dataclass(frozen=True)
-class Tick:
+class TimePassed:
     """Time passed; deadlines (start timeout, liveness, grace, backoff) are checked."""
 
 
-Event = Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Done | Exited | Deadline | Tick
+# What can happen to a slot (the node's own Event, the journal's entries are other things)
+SlotEvent = (Start | Stop | Spawned | SpawnFailed | Ready | Heartbeat | Done | Exited | Deadline
+             | TimePassed)
 
 
 # -- actions (what the supervisor must do) ----------------------------------------------------
@@ -214,7 +216,7 @@ class Slot:
         return now - self.down_since <= critical_down_s
 
 
-def transition(n: Slot, event: Event, now: float) -> list[Action]:
+def transition(n: Slot, event: SlotEvent, now: float) -> list[Action]:
     """Apply `event` to `n` at time `now`; return the actions to carry out."""
     s = n.state
     if isinstance(event, Start):
@@ -301,7 +303,7 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
         # STARTING/RUNNING -> BACKOFF or FAILED
         return _after_failure(n, now, how)
 
-    if isinstance(event, Tick):
+    if isinstance(event, TimePassed):
         if (s in ALIVE and not n.killed and n.safety_deadline is not None
                 and now >= n.safety_deadline + BACKSTOP_GRACE_S):
             # STARTING/RUNNING/STOPPING -> STOPPING (safety deadline missed: SIGKILL at once)
@@ -336,7 +338,8 @@ def transition(n: Slot, event: Event, now: float) -> list[Action]:
 
 
 def next_deadline(n: Slot) -> float | None:
-    """The earliest time a Tick can change `n`: the select() timeout of the supervisor loop."""
+    """The earliest time at which TimePassed can change `n`: the supervisor loop's select()
+    timeout."""
     due = n.last_heartbeat + n.liveness_s if n.state == State.RUNNING else n.deadline
     if n.safety_deadline is not None and not n.killed:
         backstop = n.safety_deadline + BACKSTOP_GRACE_S

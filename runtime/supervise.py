@@ -17,9 +17,9 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from iotrt.config import ENV_SPECS
 from iotrt.spec import PARAM_TYPES, REQUIRED, NodeSpec, Param
 
-ENV_SPECS = "IOTRT_SPECS"
 _TYPES = {t.__name__: t for t in PARAM_TYPES}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # syslog priorities: journald reads a "<N>" line prefix as the line's priority (SyslogLevelPrefix)
@@ -39,7 +39,7 @@ def spec_summary(spec: NodeSpec) -> dict[str, Any]:
     return {
         "doc": spec.doc, "inputs": spec.inputs, "outputs": spec.outputs,
         "commands_in": spec.commands_in, "commands_out": spec.commands_out,
-        "safety": spec.safety,
+        "safety": spec.safety, "reloadable": spec.reloadable,
         "params": [{"name": p.name, "type": p.type.__name__, "doc": p.doc,
                     "required": p.default is REQUIRED,
                     "default": None if p.default is REQUIRED else p.default,
@@ -53,7 +53,7 @@ def spec_from_summary(d: dict[str, Any]) -> NodeSpec:
                     p["doc"], None if p["choices"] is None else tuple(p["choices"]),
                     p["min"], p["max"]) for p in d["params"]]
     return NodeSpec(d["doc"], d["inputs"], d["outputs"], d["commands_in"], d["commands_out"],
-                    params, safety=d["safety"])
+                    params, safety=d["safety"], reloadable=d["reloadable"])
 
 
 def exec_supervisor(graph_path: str, specs: dict[str, NodeSpec], log_level: str) -> NoReturn:

@@ -54,7 +54,7 @@ from iotrt.states import (
     Start,
     State,
     Stop,
-    Tick,
+    TimePassed,
     next_deadline,
     transition,
 )
@@ -213,7 +213,7 @@ class Supervisor:
         while True:
             now = self.clock()
             for slot in self.slots.values():
-                self._apply(slot, Tick(), now)
+                self._apply(slot, TimePassed(), now)
             if self.stopping and not stop_sent:
                 stop_sent = True
                 self.notifier.notify("STOPPING=1", "STATUS=stopping")

@@ -9,7 +9,6 @@ the first one. It knows nothing about graphs; `iotrt.graph` builds the graph sch
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -19,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from iotrt.hints import suggest
 
 BOOL_TAG = "tag:yaml.org,2002:bool"
 NULL_TAG = "tag:yaml.org,2002:null"
@@ -60,12 +61,6 @@ class Invalid:
 
 
 INVALID = Invalid()
-
-
-def suggest(word: str, choices) -> str:
-    """' (did you mean 'x'?)' when a choice is close to `word`, else ''."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def syntax_hint(exc: yaml.MarkedYAMLError) -> str:
@@ -290,6 +285,17 @@ class Checker:
         if not isinstance(value, typ):
             return self.error(node, f"{what}: expected {typ.__name__}, got {self._describe(node)}")
         return value
+
+    def plain(self, node: Node, what: str, text: bool = False) -> Any:
+        """What the YAML value constructs to, for a validator that checks Python values (a
+        node's params: iotrt.spec). With `text`, a scalar is taken as written (see `text`;
+        an empty value stays None); INVALID after reporting why not."""
+        if text and isinstance(node, ScalarNode) and node.tag != NULL_TAG:
+            return self.text(node, what)
+        try:
+            return self._construct(node)
+        except (yaml.YAMLError, TypeError) as exc:   # e.g. a list as a mapping key
+            return self.error(node, f"{what}: unreadable value: {exc}")
 
     def text(self, node: Node, what: str) -> str | Invalid:
         """A string. Plain numbers and dates are taken as written ('1.10' stays '1.10'); a YAML

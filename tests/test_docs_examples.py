@@ -58,8 +58,8 @@ OWN_TEST_TAGS = {"rules", "messages"}  # tests/rules/test_docs.py
 EXECUTED = {"yaml", "python", "sh"}
 OFFLINE_VERBS = {"validate", "graph", "unit", "compile", "rules check"}
 # Programs other than iotrt that the docs show (system tools; not run here).
-OTHER_PROGRAMS = {"python3", ".venv/bin/python", ".venv/bin/pip", ".venv/bin/ruff", "systemctl", "journalctl", "jq",
-                  "chown", "chmod"}
+OTHER_PROGRAMS = {"python3", ".venv/bin/python", ".venv/bin/pip", ".venv/bin/ruff", ".ci/lint-imports",
+                  "systemctl", "journalctl", "jq", "chown", "chmod"}
 EXTRAS = set(re.findall(r"^([\w-]+) = ", (ROOT / "pyproject.toml").read_text()
                         .split("[project.optional-dependencies]")[1].split("\n[")[0], re.M))
 # Environment variables a documented graph uses without a default.

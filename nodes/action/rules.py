@@ -80,6 +80,11 @@ SPEC = NodeSpec(
               "decisions then replay exactly; time advances only with messages)",
               choices=("monotonic", "capture")),
     ],
+    # the functions are defined below; a lambda looks them up when the graph calls it
+    check_files=lambda params, base_dir, **where: check(params, base_dir, **where),
+    reloadable=True,
+    rules_param="rules",
+    check_wiring=lambda rules, node, graph: check_wiring(rules, node, graph),
 )
 
 DECISIONS = "decisions"  # the optional per-message output (see RuleNode.__init__)
@@ -311,7 +316,7 @@ def check(params: dict, base_dir: str | Path, node: Any = None, graph: Any = Non
           ) -> list[Problem]:
     """Every problem of the rules a graph gives this node (str(): "file:line: message").
 
-    For graph validation (`iotrt validate`, `iotrt up`; see iotrt.graph.NODE_FILE_CHECKS):
+    For graph validation (`iotrt validate`, `iotrt up`; the SPEC's `check_files`):
     `params` are the node's validated params and `base_dir` the graph file's folder (the
     node's working directory when it runs). With the node's definition and its `graph`, the
     rules are also checked against the node's wiring (see `check_wiring`), and a rules file

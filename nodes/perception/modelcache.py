@@ -15,7 +15,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from iotrt import __version__
+from iotrt import __version__, errors
+from iotrt.engine import load
 from iotrt.hashing import file_sha256
 
 SOURCE_SUFFIXES = (".tflite", ".onnx")
@@ -24,7 +25,7 @@ ARTIFACT_SUFFIX = ".iotm"
 DEFAULT_FACE_MODEL = "face_detection_short_range.tflite"
 
 
-class ModelError(RuntimeError):
+class ModelError(errors.ModelError, RuntimeError):
     """A model that cannot be found, compiled or loaded; the message says which and why."""
 
 
@@ -74,6 +75,7 @@ def compiled_artifact(
         log.info("model %s: using cached artifact %s", src.name, out)
         return out
     try:
+        # only to compile: a process that finds its artifact cached never imports the compiler
         from iotrt.compiler import compile_model
     except ImportError as exc:
         raise ModelError(f"compiling {src.name} needs the model compiler's front ends "
@@ -103,8 +105,6 @@ def load_model(model: str, cache_dir: Path, backend: str = "auto", base_dir: Pat
     numpy backend at once and the backends are measured in the background (see
     iotrt.engine.autotune): the first detection does not wait for every framework to load.
     """
-    from iotrt.engine import load
-
     src = resolve(model, base_dir)
     artifact = compiled_artifact(src, cache_dir, log)
     return load(str(artifact), backend=backend, measure_in_background=True), file_sha256(src)

@@ -11,8 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
+from iotrt.config import state_root
 from iotrt.control import ControlError, running_graphs
-from iotrt.graph import Graph, GraphError, default_state_root, load_graph
+from iotrt.graph import Graph, GraphError, load_graph
 from iotrt.journal import JOURNAL_FILE
 
 HELP = "graph file or name (default: the only running graph)"
@@ -47,7 +48,7 @@ def journal_path(graph: str | None) -> Path:
         except GraphError as exc:
             raise ControlError(f"{exc}\n(--journal PATH reads a journal without the "
                                f"graph file)") from exc
-    root = default_state_root()
+    root = state_root()
     if graph:
         return root / graph / JOURNAL_FILE
     found = sorted(p.parent.name for p in root.glob(f"*/{JOURNAL_FILE}"))

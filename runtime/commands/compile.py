@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from iotrt.compiler import CompileError, compile_model
-from iotrt.compiler.ir import UnsupportedOpError
+from iotrt.compiler import compile_model
+from iotrt.compiler.check import check
+from iotrt.engine import load
 from iotrt.errors import IotrtError
+from iotrt.modelformat.artifact import read
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -59,15 +60,9 @@ def run(args: argparse.Namespace) -> int:
     meta = {k: v for k, v in (("mean", args.mean), ("std", args.std), ("color", args.color))
             if v is not None}
     say = (lambda line: None) if args.quiet else (lambda line: print(f"  {line}", flush=True))
-    try:
-        report = compile_model(args.model, out, input_shapes=dict(args.input_shape),
-                               target=args.target, quantize=args.quantize, progress=say, meta=meta)
-    except UnsupportedOpError as exc:
-        print(f"iotrt compile: {exc}", file=sys.stderr)
-        return 1
-    except CompileError as exc:
-        print(f"iotrt compile: {exc}", file=sys.stderr)
-        return 1
+    # A CompileError (an IotrtError) is reported by iotrt.cli: "iotrt compile: <message>", exit 1.
+    report = compile_model(args.model, out, input_shapes=dict(args.input_shape),
+                           target=args.target, quantize=args.quantize, progress=say, meta=meta)
     if not args.quiet:
         print(f"compiled {args.model} -> {report.path} in {report.seconds:.2f} s")
         for spec in report.inputs:
@@ -85,16 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, path: Path) -> int:
-    from iotrt.compiler.artifact import read
-    from iotrt.compiler.check import ReferenceUnavailable, check
-    from iotrt.engine import load
-
     art = read(path)
-    try:
-        result = check(art, args.model, load(art, backend="numpy"))
-    except ReferenceUnavailable as exc:
-        print(f"iotrt compile --check: {exc}", file=sys.stderr)
-        return 1
+    result = check(art, args.model, load(art, backend="numpy"))  # ReferenceUnavailable: iotrt.cli
     worst = 0.0
     print(f"check against {result.reference} (random inputs, numpy backend):")
     for name, err in result.max_abs_error.items():

@@ -18,7 +18,7 @@ from iotrt.commands._graph import add_graph_argument, selected_graph
 from iotrt.commands._graph import journal_path as graph_journal
 from iotrt.control import ControlError
 from iotrt.errors import UsageError
-from iotrt.journal import JOURNAL_FILE, Event, JournalError, JournalReader
+from iotrt.journal import JOURNAL_FILE, JournalEntry, JournalError, JournalReader
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -91,7 +91,7 @@ def _value(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def format_event(event: Event, as_json: bool) -> str:
+def format_event(event: JournalEntry, as_json: bool) -> str:
     when = dt.datetime.fromtimestamp(event.t_ns / 1e9).astimezone()
     if as_json:
         return json.dumps({**event.to_dict(), "time": when.isoformat(timespec="milliseconds")},

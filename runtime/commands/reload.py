@@ -1,7 +1,8 @@
-"""`iotrt reload [NODE]`: ask rule nodes (or one named node) to re-read their files (SIGHUP), and
-wait for each rules node's answer.
+"""`iotrt reload [NODE]`: ask the nodes that reload their files (or one named node) to re-read
+them (SIGHUP), and wait for each such node's answer.
 
-A rules node answers in the graph's journal: `rules_reloaded` (with the rule ids) or
+A node whose SPEC is `reloadable` (a rules node) answers in the graph's journal with an event
+named after what it reloads: `rules_reloaded` (the field `rules` lists what was loaded) or
 `rules_reload_failed` (with the problems at file:line; the running rules stay). Other nodes
 journal nothing on reload: for them the signal being sent is all there is to report.
 """
@@ -17,14 +18,15 @@ from iotrt.control import ControlError, call, control_address
 from iotrt.errors import SupervisionError
 from iotrt.journal import JournalError, JournalReader
 
-ANSWERS = ("rules_reloaded", "rules_reload_failed")
+RELOADED, FAILED = "_reloaded", "_reload_failed"   # the kinds of answers: `rules_reloaded`, ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("node", nargs="?", help="node id (default: every node of kind 'rules')")
+    parser.add_argument("node", nargs="?", help="node id (default: every node that reloads its files, e.g. "
+                             "rules nodes)")
     add_graph_argument(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                        help="how long to wait for the rules nodes' answers (default 10)")
+                        help="how long to wait for the nodes' answers (default 10)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     nodes = reply["nodes"]
     if not nodes:
         raise SupervisionError("no running node to reload")
-    kinds = {row["node"]: row["kind"] for row in ps["nodes"]}
-    waiting = [n for n in nodes if kinds.get(n) == "rules"]
+    answering = {row["node"] for row in ps["nodes"] if row.get("reloadable")}
+    waiting = [n for n in nodes if n in answering]
     others = [n for n in nodes if n not in waiting]
     if others:
         print(f"reload sent to {', '.join(others)}")
@@ -59,15 +61,18 @@ def run(args: argparse.Namespace) -> int:
             ok = False
             print(f"iotrt reload: {node} did not answer within {args.timeout:g}s "
                   f"(see 'iotrt events --node {node}')", file=sys.stderr)
-        elif event.kind == "rules_reloaded":
-            n = len(event.fields.get("rules") or [])
-            print(f"{node}: reloaded {n} rule{'s' if n != 1 else ''} from "
-                  f"{event.fields.get('file')}")
+        elif event.kind.endswith(RELOADED):
+            what = event.kind.removesuffix(RELOADED)          # "rules"
+            loaded = event.fields.get(what)
+            n = len(loaded) if isinstance(loaded, list) else None
+            count = "" if n is None else f"{n} {what if n != 1 else what.removesuffix('s')} "
+            print(f"{node}: reloaded {count}from {event.fields.get('file')}")
         else:
             ok = False
+            what = event.kind.removesuffix(FAILED)
             problems = event.fields.get("problems") or []
             print(f"iotrt reload: {node}: reload of {event.fields.get('file')} failed; the running "
-                  f"rules stay:", *(f"  {p}" for p in problems), sep="\n", file=sys.stderr)
+                  f"{what} stay:", *(f"  {p}" for p in problems), sep="\n", file=sys.stderr)
     return 0 if ok else 1
 
 
@@ -80,6 +85,6 @@ def wait_answers(path, after: int, nodes: set[str], timeout_s: float) -> dict:
         for event in reader.follow(poll_s=0.1, after_id=after,
                                    stop=lambda: answers.keys() >= nodes
                                    or time.monotonic() > deadline):
-            if event.kind in ANSWERS and event.node in nodes:
+            if event.kind.endswith((RELOADED, FAILED)) and event.node in nodes:
                 answers.setdefault(event.node, event)
     return answers

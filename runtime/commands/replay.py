@@ -22,10 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from iotrt.graph import GraphError, default_runtime_root, load_graph
+from iotrt.graph import GraphError, load_graph
 from iotrt.journal import Journal, JournalError
 from iotrt.recording import Info, Recording, RecordingError
 from iotrt.replay import DECISION_KINDS, ReplayError, compare, decisions, replay_graph
+from iotrt.rundir import default_runtime_root
 from iotrt.supervisor import Supervisor
 
 log = logging.getLogger("iotrt.replay")

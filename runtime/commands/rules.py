@@ -23,6 +23,7 @@ from iotrt.rules.api import load_rules
 from iotrt.rules.engine import Engine
 from iotrt.rules.replay import Entry, load_messages, replay
 from iotrt.rules.source import RulesError
+from iotrt.yamlcheck import Issue
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,21 +121,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _wiring(rules: Path, ruleset: Any, graph_path: Path) -> tuple[list, list]:
-    """(problems, notes) of the rules against each rules node of the graph that runs them."""
-    from iotrt.graph import GraphError, load_graph
-    from iotrt.nodes.action.rules import check_wiring
-    from iotrt.yamlcheck import Issue
+    """(problems, notes) of the rules against each node of the graph that runs them: a node
+    whose SPEC names a `rules_param`, set to this file (the SPEC's `check_wiring` checks)."""
+    from iotrt.graph import GraphError, load_graph  # only with --graph: it loads pynng
 
     try:
         graph = load_graph(graph_path, check_node_files=False)
     except GraphError as exc:
         return exc.issues, []
     target = rules.resolve()
-    nodes = [n for n in graph.nodes.values() if n.kind == "rules" and "rules" in n.params
-             and (graph.path.parent / n.params["rules"]).resolve() == target]
+    nodes = [n for n in graph.nodes.values()
+             if n.spec is not None and n.spec.rules_param is not None
+             and n.spec.rules_param in n.params
+             and (graph.path.parent / n.params[n.spec.rules_param]).resolve() == target]
     if not nodes:
         return [Issue(str(graph_path), 1, f"no rules node of this graph runs {rules}")], []
-    found = [check_wiring(ruleset.rules, n, graph) for n in nodes]
+    found = [n.spec.check_wiring(ruleset.rules, n, graph) for n in nodes]
     return [p for problems, _ in found for p in problems], [n for _, notes in found for n in notes]
 
 

@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from iotrt import __version__
-from iotrt.compiler import artifact as artifact_io
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
 from iotrt.compiler.frontends import FRONTENDS, frontend_for
-from iotrt.compiler.ir import CompileError, Graph, TensorSpec, UnsupportedOpError
 from iotrt.compiler.memory import plan_memory
 from iotrt.compiler.passes import PIPELINE
 from iotrt.compiler.payloads import payloads
 from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES
 from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
+from iotrt.modelformat import artifact as artifact_io
+from iotrt.modelformat.ir import OpGraph, TensorSpec
+from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -49,9 +53,7 @@ class CompileReport:
     pass_log: list[str] = field(default_factory=list)
 
 
-def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
-    from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
-
+def _default_meta(graph: OpGraph, fmt: str, sha: str) -> dict:
     meta: dict = {}
     first = graph.inputs[0] if graph.inputs else None
     if first is not None and len(first.shape) == 4:
@@ -60,7 +62,7 @@ def _default_meta(graph: Graph, fmt: str, sha: str) -> dict:
     return meta
 
 
-def compile_graph(graph: Graph, progress: Callable[[str], None] | None = None) -> tuple[Graph, list[str]]:
+def compile_graph(graph: OpGraph, progress: Callable[[str], None] | None = None) -> tuple[OpGraph, list[str]]:
     """Run the pass pipeline; returns the optimised graph and one log line per pass."""
     log = []
     for name, fn in PIPELINE:
@@ -128,7 +130,7 @@ def compile_model(
 
 
 def build_artifact(
-    graph: Graph,
+    graph: OpGraph,
     source: dict,
     meta: dict | None = None,
     target: str = "auto",
@@ -159,9 +161,7 @@ def build_artifact(
     return art, log
 
 
-def bake_constants(graph: Graph, constants: dict) -> Graph:
-    import numpy as np
-
+def bake_constants(graph: OpGraph, constants: dict) -> OpGraph:
     names = {s.name for s in graph.inputs}
     unknown = set(constants) - names
     if unknown:
@@ -169,4 +169,4 @@ def bake_constants(graph: Graph, constants: dict) -> Graph:
     consts = dict(graph.consts)
     consts.update({k: np.asarray(v, order="C") for k, v in constants.items()})
     inputs = [s for s in graph.inputs if s.name not in constants]
-    return Graph(graph.nodes, inputs, graph.outputs, consts)
+    return OpGraph(graph.nodes, inputs, graph.outputs, consts)

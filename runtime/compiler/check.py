@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from iotrt.compiler.artifact import Artifact
+from iotrt.errors import ModelError
+from iotrt.modelformat.artifact import Artifact
 
 
-class ReferenceUnavailable(RuntimeError):
+class ReferenceUnavailable(ModelError, RuntimeError):
     """No reference framework for this model format is installed."""
 
 

@@ -13,11 +13,11 @@ The engine recognises both by comparing offsets, so the plan is the single sourc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from iotrt.compiler.ir import VIEW_OPS, Graph, Op
+from iotrt.modelformat.artifact import MemoryPlan
+from iotrt.modelformat.ir import VIEW_OPS, Op, OpGraph
 
 ALIGN = 64
 # Elementwise ops whose numpy kernels may write their output over an input of the same shape.
@@ -25,24 +25,11 @@ IN_PLACE_OPS = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.SUM, Op.RELU, Op.SI
                           Op.CLIP, Op.LEAKY_RELU})
 
 
-@dataclass(frozen=True)
-class MemoryPlan:
-    offsets: dict[str, int]     # activation name -> byte offset in the arena
-    arena_bytes: int            # peak activation bytes
-
-    def to_dict(self) -> dict:
-        return {"arena_bytes": self.arena_bytes, "offsets": self.offsets}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MemoryPlan:
-        return cls({k: int(v) for k, v in d["offsets"].items()}, int(d["arena_bytes"]))
-
-
-def _nbytes(g: Graph, name: str) -> int:
+def _nbytes(g: OpGraph, name: str) -> int:
     return math.prod(g.shapes[name]) * np.dtype(g.dtypes[name]).itemsize
 
 
-def plan_memory(g: Graph) -> MemoryPlan:
+def plan_memory(g: OpGraph) -> MemoryPlan:
     producers = g.producers()
     # parent[t] = (storage tensor, byte offset inside it): aliases resolved to their root
     parent: dict[str, tuple[str, int]] = {}

@@ -2,7 +2,7 @@
 
 The artifact must not store every weight twice, so the compiler writes here only the graph
 *structure* — nodes, attributes, inputs and outputs — and the names of the constants it reads. On the device
-`iotrt.engine.backend.onnx_model_bytes` appends those constants, taken from the artifact's own
+`iotrt.modelformat.onnxpayload.onnx_model_bytes` appends those constants, taken from the artifact's own
 (possibly int8) weight store, as protobuf-encoded initializers: a serialized protobuf message
 followed by another one parses as their merge, so no protobuf library is needed there.
 
@@ -17,12 +17,12 @@ part of onnx's schema table the IR's ops need (a test checks it against `onnx.de
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from iotrt.compiler.ir import CompileError, Graph, Node, Op
-from iotrt.engine.backend import MAGIC, ONNX_DTYPES, bytes_field, float_field, int_field, tensor_proto
+from iotrt.compiler.errors import CompileError
+from iotrt.modelformat.ir import Op, OpGraph, OpNode
+from iotrt.modelformat.kernels import spatial_pads
+from iotrt.modelformat.onnxpayload import ONNX_DTYPES, bytes_field, float_field, int_field, pack, tensor_proto
 
 # The lowest opset that expresses the graph is used (older readers, cv2.dnn above all, know
 # older opsets best); IR nodes are in the newest form, so a node using an input or attribute
@@ -34,16 +34,6 @@ FUSED_ACTIVATION_ATTRS = ("activation", "act_min", "act_max", "act_alpha")
 
 class ExportError(CompileError):
     """The IR graph uses something this exporter cannot express in ONNX."""
-
-
-def pack(model: bytes, opset: int, initializers: list[str], renamed: dict[str, str]) -> bytes:
-    """The payload as stored in the artifact: a one-line JSON header, then the ONNX bytes.
-
-    `initializers`: artifact constants the graph reads; `renamed`: constant -> the initializer
-    name it has in the ONNX graph, where that differs (a graph output that is a constant).
-    """
-    header = json.dumps({"opset": opset, "initializers": initializers, "renamed": renamed})
-    return MAGIC + header.encode() + b"\n" + model
 
 
 # op -> [(first opset of this schema version, its attributes, its inputs or None if variadic)],
@@ -96,7 +86,7 @@ OPSET_SCHEMAS: dict[str, list[tuple[int, frozenset, int | None]]] = {
 }
 
 
-def _opset_for(node: Node, attrs: dict) -> int:
+def _opset_for(node: OpNode, attrs: dict) -> int:
     """The lowest opset in OPSETS whose schema of `node.op` has all its attributes and inputs."""
     rows = OPSET_SCHEMAS.get(node.op.value, [])
     for since, known, max_inputs in rows:
@@ -159,11 +149,9 @@ def _value_info(name: str, shape, dtype: str) -> bytes:
     return bytes_field(1, name.encode()) + bytes_field(2, bytes_field(1, tensor_type))
 
 
-def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
+def _explicit_pads(node: OpNode, attrs: dict, graph: OpGraph) -> dict:
     """auto_pad SAME_*/VALID as explicit pads: cv2.dnn pads SAME convolutions of stride 2 on the
     wrong side (BlazeFace's first conv comes out wrong), explicit pads mean the same everywhere."""
-    from iotrt.engine.kernels import spatial_pads
-
     in_shape = graph.shapes.get(node.inputs[0])
     if in_shape is None:
         raise ExportError(f"node '{node.name}': auto_pad needs the input's shape (infer shapes first)")
@@ -179,7 +167,7 @@ def _explicit_pads(node: Node, attrs: dict, graph: Graph) -> dict:
     return out
 
 
-def _nodes_for(node: Node, graph: Graph) -> tuple[list, int]:
+def _nodes_for(node: OpNode, graph: OpGraph) -> tuple[list, int]:
     """The ONNX node(s) for one IR node (the op, then its fused activation if any), and the
     opset they need."""
     if node.op == Op.DEQUANTIZE:
@@ -212,7 +200,7 @@ def _nodes_for(node: Node, graph: Graph) -> tuple[list, int]:
     return onnx_nodes, opset
 
 
-def export(graph: Graph) -> bytes:
+def export(graph: OpGraph) -> bytes:
     """The ONNX payload for `graph` (shapes inferred), ready for `pack`'s caller to embed."""
     nodes, opset = [], OPSETS[0]
     for node in graph.nodes:
@@ -239,7 +227,7 @@ def export(graph: Graph) -> bytes:
     return pack(model, opset, initializers, renamed)
 
 
-def payloads(graph: Graph, say=lambda line: None) -> dict[str, bytes]:
+def payloads(graph: OpGraph, say=lambda line: None) -> dict[str, bytes]:
     """The per-backend payloads to embed for `graph`; none (with a note) if it cannot be written."""
     try:
         data = export(graph)

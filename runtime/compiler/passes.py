@@ -1,4 +1,4 @@
-"""Graph rewrites, each a named function `Graph -> Graph`; `PIPELINE` lists them in order.
+"""Rewrites of the IR, each a named function `OpGraph -> OpGraph`; `PIPELINE` lists them in order.
 
 The IR is NCHW throughout (the layout the numpy engine's im2col + GEMM wants: a conv's output
 channels are contiguous rows, so convs write straight into concat slices). Front ends whose
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotrt.compiler.ir import CompileError, Graph, Node, Op
-from iotrt.engine.kernels import KERNELS, KernelError, out_sizes, spatial_pads
+from iotrt.compiler.errors import CompileError
+from iotrt.modelformat.errors import KernelError
+from iotrt.modelformat.ir import Op, OpGraph, OpNode
+from iotrt.modelformat.kernels import KERNELS, out_sizes, spatial_pads
 
 
-def _arg(g: Graph, name: str):
+def _arg(g: OpGraph, name: str):
     if not name:
         return None
     if name in g.consts:
@@ -24,7 +26,7 @@ def _arg(g: Graph, name: str):
     return np.zeros(g.shapes[name], dtype=g.dtypes[name])
 
 
-def _conv_shape(g: Graph, node: Node) -> tuple[int, ...]:
+def _conv_shape(g: OpGraph, node: OpNode) -> tuple[int, ...]:
     x, w = g.shapes[node.inputs[0]], g.shapes[node.inputs[1]]
     group = int(node.attrs.get("group", 1))
     if len(x) != len(w) or len(x) < 3 or x[1] != w[1] * group or w[0] % group:
@@ -35,7 +37,7 @@ def _conv_shape(g: Graph, node: Node) -> tuple[int, ...]:
     return (x[0], w[0], *out_sizes(x[2:], kernel, node.attrs, begin, end))
 
 
-def _evaluate(g: Graph, node: Node, args: list) -> list[np.ndarray]:
+def _evaluate(g: OpGraph, node: OpNode, args: list) -> list[np.ndarray]:
     try:
         outs = KERNELS[node.op.value](args, node.attrs)
     except (KernelError, ValueError, IndexError, TypeError) as exc:
@@ -44,13 +46,13 @@ def _evaluate(g: Graph, node: Node, args: list) -> list[np.ndarray]:
     return [np.asarray(o) for o in outs]
 
 
-def _check_inputs(g: Graph, node: Node) -> None:
+def _check_inputs(g: OpGraph, node: OpNode) -> None:
     for i in node.inputs:
         if i and i not in g.shapes and i not in g.consts:
             raise CompileError(f"{node.op.value} node '{node.name}' reads undefined tensor '{i}'")
 
 
-def fold_constants(g: Graph) -> Graph:
+def fold_constants(g: OpGraph) -> OpGraph:
     """Evaluate every node whose inputs are all constants (weights' DEQUANTIZE and layout
     Transposes, ConstantOfShape, Shape of a static tensor, ...), inferring shapes as it goes."""
     consts = dict(g.consts)
@@ -58,7 +60,7 @@ def fold_constants(g: Graph) -> Graph:
     dtypes = {s.name: s.dtype for s in g.inputs}
     for name, value in consts.items():
         shapes[name], dtypes[name] = tuple(value.shape), value.dtype.name
-    work = Graph([], g.inputs, g.outputs, consts, shapes, dtypes)
+    work = OpGraph([], g.inputs, g.outputs, consts, shapes, dtypes)
 
     def bind(name: str, value: np.ndarray) -> None:
         consts[name] = np.asarray(value, order="C")
@@ -83,7 +85,7 @@ STATIC_OPERANDS = {Op.RESHAPE: (1,), Op.SQUEEZE: (1,), Op.UNSQUEEZE: (1,), Op.PA
                    Op.RESIZE: (1, 2, 3), Op.CONSTANT_OF_SHAPE: (0,)}
 
 
-def _infer_node(g: Graph, node: Node) -> None:
+def _infer_node(g: OpGraph, node: OpNode) -> None:
     for pos in STATIC_OPERANDS.get(node.op, ()):
         name = node.inputs[pos] if pos < len(node.inputs) else ""
         if name and name not in g.consts:
@@ -102,27 +104,27 @@ def _infer_node(g: Graph, node: Node) -> None:
         g.shapes[name], g.dtypes[name] = tuple(value.shape), value.dtype.name
 
 
-def infer_shapes(g: Graph) -> Graph:
+def infer_shapes(g: OpGraph) -> OpGraph:
     """Recompute the shape and dtype of every tensor (after rewrites)."""
     shapes = {s.name: s.shape for s in g.inputs}
     dtypes = {s.name: s.dtype for s in g.inputs}
     for name, value in g.consts.items():
         shapes[name], dtypes[name] = tuple(value.shape), value.dtype.name
-    out = Graph(list(g.nodes), g.inputs, g.outputs, g.consts, shapes, dtypes)
+    out = OpGraph(list(g.nodes), g.inputs, g.outputs, g.consts, shapes, dtypes)
     for node in out.nodes:
         _check_inputs(out, node)
         _infer_node(out, node)
     return out
 
 
-def _rename_uses(g: Graph, nodes: list[Node], old: str, new: str) -> list[Node]:
+def _rename_uses(g: OpGraph, nodes: list[OpNode], old: str, new: str) -> list[OpNode]:
     return [
         n.with_(inputs=tuple(new if i == old else i for i in n.inputs)) if old in n.inputs else n
         for n in nodes
     ]
 
 
-def remove_identities(g: Graph) -> Graph:
+def remove_identities(g: OpGraph) -> OpGraph:
     """Drop Identity nodes (Dropout arrives as Identity) unless they produce a graph output."""
     alias: dict[str, str] = {}
     nodes = []
@@ -132,21 +134,21 @@ def remove_identities(g: Graph) -> Graph:
             alias[node.outputs[0]] = node.inputs[0]
         else:
             nodes.append(node)
-    return Graph(nodes, g.inputs, g.outputs, g.consts, g.shapes, g.dtypes)
+    return OpGraph(nodes, g.inputs, g.outputs, g.consts, g.shapes, g.dtypes)
 
 
-def _single_use(g: Graph, name: str, users: dict) -> bool:
+def _single_use(g: OpGraph, name: str, users: dict) -> bool:
     return len(users.get(name, [])) == 1 and name not in g.outputs
 
 
-def fold_batch_norm(g: Graph) -> Graph:
+def fold_batch_norm(g: OpGraph) -> OpGraph:
     """Conv -> BatchNormalization becomes one Conv with rescaled weights and a new bias; a
     BatchNormalization elsewhere becomes a Mul and an Add by constant per-channel vectors."""
     users = g.consumers()
     producers = g.producers()
     consts = dict(g.consts)
-    nodes: list[Node] = []
-    replaced: dict[str, Node] = {}  # conv output -> rewritten conv
+    nodes: list[OpNode] = []
+    replaced: dict[str, OpNode] = {}  # conv output -> rewritten conv
     for node in g.nodes:
         if node.op is not Op.BATCH_NORM:
             nodes.append(node)
@@ -173,12 +175,12 @@ def fold_batch_norm(g: Graph) -> Graph:
         consts[f"{node.name}/scale"] = inv.reshape(shape).astype(dtype)
         consts[f"{node.name}/shift"] = (bias - mean * inv).reshape(shape).astype(dtype)
         mid = f"{node.name}/scaled"
-        nodes.append(Node(Op.MUL, node.name + "/mul", (x, f"{node.name}/scale"), (mid,)))
-        nodes.append(Node(Op.ADD, node.name + "/add", (mid, f"{node.name}/shift"), node.outputs[:1]))
-    return infer_shapes(Graph(nodes, g.inputs, g.outputs, consts))
+        nodes.append(OpNode(Op.MUL, node.name + "/mul", (x, f"{node.name}/scale"), (mid,)))
+        nodes.append(OpNode(Op.ADD, node.name + "/add", (mid, f"{node.name}/shift"), node.outputs[:1]))
+    return infer_shapes(OpGraph(nodes, g.inputs, g.outputs, consts))
 
 
-def fuse_pads(g: Graph) -> Graph:
+def fuse_pads(g: OpGraph) -> OpGraph:
     """A zero Pad of only the spatial axes that feeds a Conv becomes the Conv's own padding."""
     users = g.consumers()
     producers = g.producers()
@@ -208,13 +210,13 @@ def fuse_pads(g: Graph) -> Graph:
         nodes[idx] = node.with_(inputs=(pad.inputs[0],) + node.inputs[1:], attrs=attrs)
         drop.add(id(pad))
     nodes = [n for n in nodes if id(n) not in drop]
-    return infer_shapes(Graph(nodes, g.inputs, g.outputs, g.consts))
+    return infer_shapes(OpGraph(nodes, g.inputs, g.outputs, g.consts))
 
 
 FUSABLE_PRODUCERS = {Op.CONV, Op.GEMM, Op.ADD, Op.SUM, Op.CONCAT}
 
 
-def fuse_activations(g: Graph) -> Graph:
+def fuse_activations(g: OpGraph) -> OpGraph:
     """Relu / LeakyRelu / constant Clip after a Conv, Gemm, Add, Sum or Concat is applied in place by
     that op instead of reading and writing the whole tensor again."""
     users = g.consumers()
@@ -243,10 +245,10 @@ def fuse_activations(g: Graph) -> Graph:
         nodes[nodes.index(src)] = fused
         nodes.remove(act)
         producers[act.outputs[0]] = fused
-    return infer_shapes(Graph(nodes, g.inputs, g.outputs, g.consts))
+    return infer_shapes(OpGraph(nodes, g.inputs, g.outputs, g.consts))
 
 
-def cancel_transposes(g: Graph) -> Graph:
+def cancel_transposes(g: OpGraph) -> OpGraph:
     """Transpose(Transpose(x)) becomes one Transpose, or nothing when the perms cancel."""
     nodes = list(g.nodes)
     changed = True
@@ -273,17 +275,17 @@ def cancel_transposes(g: Graph) -> Graph:
                 nodes[nodes.index(node)] = node.with_(inputs=first.inputs, attrs={"perm": perm})
             changed = True
             break
-    return infer_shapes(Graph(nodes, g.inputs, g.outputs, g.consts))
+    return infer_shapes(OpGraph(nodes, g.inputs, g.outputs, g.consts))
 
 
-def eliminate_dead(g: Graph) -> Graph:
+def eliminate_dead(g: OpGraph) -> OpGraph:
     """Drop nodes no graph output depends on, and constants no node reads."""
     known = {o for n in g.nodes for o in n.outputs} | set(g.consts) | {s.name for s in g.inputs}
     for name in g.outputs:
         if name not in known:
             raise CompileError(f"graph output '{name}' is not produced by any node")
     live = set(g.outputs)
-    kept: list[Node] = []
+    kept: list[OpNode] = []
     for node in reversed(g.nodes):
         if any(o in live for o in node.outputs):
             kept.append(node)
@@ -294,7 +296,7 @@ def eliminate_dead(g: Graph) -> Graph:
     live.update(s.name for s in g.inputs)  # an unused input is still part of the interface
     shapes = {k: v for k, v in g.shapes.items() if k in live}
     dtypes = {k: v for k, v in g.dtypes.items() if k in live}
-    return Graph(kept, g.inputs, g.outputs, consts, shapes, dtypes)
+    return OpGraph(kept, g.inputs, g.outputs, consts, shapes, dtypes)
 
 
 # The lowering, in order. Each entry: (name shown in progress output, pass).

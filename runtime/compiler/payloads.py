@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from iotrt.compiler import onnx_export
-from iotrt.compiler.ir import Graph
+from iotrt.modelformat.ir import OpGraph
 
 
 def payloads(
-    graph: Graph, src: Path | None, fmt: str, quantize: str | None, say: Callable[[str], None]
+    graph: OpGraph, src: Path | None, fmt: str, quantize: str | None, say: Callable[[str], None]
 ) -> dict[str, bytes]:
     out = onnx_export.payloads(graph, say)
     if fmt == "tflite" and quantize is None and src is not None:

@@ -10,36 +10,20 @@ on flash), and the engine dequantizes to float32 once at load, so inference runs
 kernels at full speed and the only change to the outputs is the rounding of the weights.
 Activations are not quantized (that would need calibration data and int8 kernels numpy lacks).
 
-numpy only: `dequantize` runs on the device.
+The stored form and `dequantize` (which runs on the device) are `iotrt.modelformat.quantized`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from iotrt.modelformat.ir import Op
+from iotrt.modelformat.quantized import QTensor, QuantizeError, along
 
 QMAX = 127
 SCHEMES = ("int8",)
 # Smaller constants are left float: per-channel scales would outweigh what int8 saves.
 MIN_ELEMENTS = 64
-
-
-class QuantizeError(ValueError):
-    """Quantization was asked for something it cannot do (unknown scheme, bad axis)."""
-
-
-@dataclass(frozen=True)
-class QTensor:
-    """An int8 tensor with one scale per slice along `axis`: value = q * scale (broadcast)."""
-
-    q: np.ndarray  # int8, the weight's shape
-    scale: np.ndarray  # float32, shape (q.shape[axis],)
-    axis: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes
 
 
 def quantize(w: np.ndarray, axis: int = 0) -> QTensor:
@@ -52,18 +36,8 @@ def quantize(w: np.ndarray, axis: int = 0) -> QTensor:
     amax = np.abs(w).max(axis=others) if others else np.abs(w)
     # An all-zero channel quantizes to zeros with any scale; 1 keeps the division finite.
     scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / _along(scale, axis, w.ndim)), -QMAX, QMAX).astype(np.int8)
+    q = np.clip(np.rint(w / along(scale, axis, w.ndim)), -QMAX, QMAX).astype(np.int8)
     return QTensor(q, scale, axis)
-
-
-def dequantize(t: QTensor) -> np.ndarray:
-    return (t.q.astype(np.float32) * _along(t.scale, t.axis, t.q.ndim)).astype(np.float32)
-
-
-def _along(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = scale.size
-    return scale.reshape(shape)
 
 
 def weight_axes(graph) -> dict[str, int]:
@@ -71,8 +45,6 @@ def weight_axes(graph) -> dict[str, int]:
 
     A constant that is read anywhere other than as a weight (e.g. also as a bias) stays float.
     """
-    from iotrt.compiler.ir import Op
-
     axes: dict[str, int] = {}
     other_uses: set[str] = set()
     for node in graph.nodes:
@@ -104,35 +76,3 @@ def quantize_graph(graph, scheme: str = "int8") -> dict[str, QTensor]:
     if scheme not in SCHEMES:
         raise QuantizeError(f"unknown quantization {scheme!r}; supported: {', '.join(SCHEMES)}")
     return {name: quantize(graph.consts[name], axis) for name, axis in weight_axes(graph).items()}
-
-
-# ---- how the artifact stores a QTensor ---------------------------------------------------------
-
-STORED_SCHEME = "int8-per-channel"
-
-
-def entry(t: QTensor, put) -> dict:
-    """The artifact's weight-index entry for `t`; `put(bytes) -> offset` appends to the blob."""
-    return {
-        "offset": put(t.q.tobytes()),
-        "shape": list(t.q.shape),
-        "dtype": "int8",
-        "quant": {
-            "scheme": STORED_SCHEME,
-            "axis": t.axis,
-            "scales": put(t.scale.astype("<f4").tobytes()),
-        },
-    }
-
-
-def restore(blob, w: dict) -> np.ndarray:
-    """The float32 weight for a weight-index entry written by `entry` (dequantized at load)."""
-    quant = w["quant"]
-    if quant.get("scheme") != STORED_SCHEME:
-        raise QuantizeError(f"unknown weight encoding {quant.get('scheme')!r}")
-    shape = tuple(w["shape"])
-    count = int(np.prod(shape, dtype=np.int64))
-    q = np.frombuffer(blob, np.int8, count=count, offset=w["offset"]).reshape(shape)
-    axis = int(quant["axis"])
-    scale = np.frombuffer(blob, "<f4", count=shape[axis], offset=quant["scales"])
-    return dequantize(QTensor(q, scale.astype(np.float32), axis))

@@ -8,32 +8,30 @@ model.meta                                 # preprocessing metadata recorded at 
 outputs = model.run({"input": x})          # dict name -> np.ndarray (fresh arrays)
 ```
 
-Each backend is one module with `load(artifact) -> model`; the registry below is explicit.
-Only numpy is needed to load and run an artifact.
+Each backend is one module with `load(artifact, threads) -> model`, listed in `BACKENDS`
+(`iotrt.engine.backend`). Only numpy is needed to load and run an artifact.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from iotrt.compiler.artifact import Artifact, ArtifactCorruptError, ArtifactError, ArtifactVersionError, read
-from iotrt.compiler.ir import TensorSpec
-from iotrt.engine.backend import BackendUnavailable, default_threads
-from iotrt.engine.numpy import EngineError, InputError
+from iotrt.engine.backend import BACKENDS, default_threads, load_backend
+from iotrt.modelformat.artifact import Artifact, read
+from iotrt.modelformat.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactVersionError,
+    BackendUnavailable,
+    EngineError,
+    InputError,
+)
+from iotrt.modelformat.ir import TensorSpec
 
 __all__ = [
     "BACKENDS", "load", "TensorSpec", "ArtifactError", "ArtifactCorruptError",
     "ArtifactVersionError", "BackendUnavailable", "EngineError", "InputError",
 ]
-
-# backend name -> module with `load(artifact) -> model`
-BACKENDS: dict[str, str] = {
-    "numpy": "iotrt.engine.numpy",
-    "opencv": "iotrt.engine.opencv",
-    "onnxruntime": "iotrt.engine.onnxruntime",
-    "litert": "iotrt.engine.litert",
-}
 
 
 def load(path: str | Path | Artifact, backend: str | None = None, threads: int | None = None,
@@ -53,21 +51,10 @@ def load(path: str | Path | Artifact, backend: str | None = None, threads: int |
     threads = default_threads() if threads is None else threads
     backend = backend or art.meta.get("target") or "auto"
     if backend == "auto":
-        from iotrt.engine import autotune
+        from iotrt.engine import autotune  # only for "auto": it brings subprocess, threading, ...
 
         where = None if isinstance(path, Artifact) else Path(path)
-        return autotune.load_auto(art, where, list(BACKENDS), lambda n: _load(art, n, threads), threads,
+        return autotune.load_auto(art, where, list(BACKENDS), lambda n: load_backend(art, n, threads), threads,
                                   background=measure_in_background, isolate=measure_in_background)
-    return _load(art, backend, threads)
+    return load_backend(art, backend, threads)
 
-
-def _load(art: Artifact, name: str, threads: int):
-    if name not in BACKENDS:
-        raise BackendUnavailable(
-            f"unknown backend '{name}' (available: auto, {', '.join(BACKENDS)})")
-    try:
-        module = importlib.import_module(BACKENDS[name])
-    except ModuleNotFoundError as exc:
-        raise BackendUnavailable(
-            f"backend '{name}' needs the Python package '{exc.name}', which is not installed") from exc
-    return module.load(art, threads=threads)

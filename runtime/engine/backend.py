@@ -1,6 +1,7 @@
-"""What every engine backend provides, and the ONNX payload the framework backends run.
+"""What every engine backend provides, the registry of backends, and the shell of the backends
+that hand the graph to another framework.
 
-A backend is one module `iotrt.engine.<name>`, registered in `iotrt.engine.BACKENDS`, with
+A backend is one module `iotrt.engine.<name>`, registered in `BACKENDS` below, with
 
     load(artifact, threads: int) -> model       # raises BackendUnavailable, saying why
     model.backend: str; model.inputs, model.outputs: list[TensorSpec]; model.meta: dict
@@ -10,39 +11,48 @@ A backend is one module `iotrt.engine.<name>`, registered in `iotrt.engine.BACKE
 uses "all cores". `FrameworkModel` below is the shared shell of the backends that hand the
 graph to another framework (input checking, output shapes).
 
-The opencv and onnxruntime backends run the artifact's payload "onnx" (see
-`iotrt.compiler.onnx_export`): the graph without its weights, plus the names of the constants it
-reads. `onnx_model_bytes` completes it on the device from the artifact's weights, encoding them
-as ONNX TensorProto initializers with a few lines of protobuf wire format (no `onnx` needed).
+The opencv and onnxruntime backends run the artifact's payload "onnx" (its format:
+`iotrt.modelformat.onnxpayload`): the graph without its weights, completed on the device from
+the artifact's weights (`artifact_onnx`).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import math
 import os
-import struct
 
 import numpy as np
 
-PAYLOAD = "onnx"
-MAGIC = b"IOTRT-ONNX-PAYLOAD 1\n"
+from iotrt.config import ENV_THREADS
+from iotrt.modelformat.errors import BackendUnavailable, EngineError, InputError
+from iotrt.modelformat.onnxpayload import PAYLOAD, onnx_model_bytes
 
-# numpy dtype -> onnx.TensorProto.DataType (the numeric ones an IR tensor can have)
-ONNX_DTYPES = {
-    np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3, np.dtype("uint16"): 4,
-    np.dtype("int16"): 5, np.dtype("int32"): 6, np.dtype("int64"): 7, np.dtype("bool"): 9,
-    np.dtype("float16"): 10, np.dtype("float64"): 11, np.dtype("uint32"): 12, np.dtype("uint64"): 13,
+# backend name -> module with `load(artifact, threads) -> model`
+BACKENDS: dict[str, str] = {
+    "numpy": "iotrt.engine.numpy",
+    "opencv": "iotrt.engine.opencv",
+    "onnxruntime": "iotrt.engine.onnxruntime",
+    "litert": "iotrt.engine.litert",
 }
 
 
-class BackendUnavailable(RuntimeError):
-    """A backend is unknown or cannot run here (package missing, payload absent, graph unsupported)."""
+def load_backend(art, name: str, threads: int):
+    """`art` loaded on backend `name` (imported only now), or BackendUnavailable saying why."""
+    if name not in BACKENDS:
+        raise BackendUnavailable(
+            f"unknown backend '{name}' (available: auto, {', '.join(BACKENDS)})")
+    try:
+        module = importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as exc:
+        raise BackendUnavailable(
+            f"backend '{name}' needs the Python package '{exc.name}', which is not installed") from exc
+    return module.load(art, threads=threads)
 
 
 def default_threads() -> int:
     """Thread budget when the caller gives none: $IOTRT_THREADS, else $OMP_NUM_THREADS, else 1."""
-    for var in ("IOTRT_THREADS", "OMP_NUM_THREADS"):
+    for var in (ENV_THREADS, "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
@@ -57,7 +67,7 @@ def limit_blas_threads(threads: int) -> None:
     threads than with 1 on this 2-core machine. The environment (OPENBLAS_NUM_THREADS, set by
     the supervisor before the process starts) does the same; this covers every other caller.
     """
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # only the numpy backend's load needs it (~17 ms)
 
     threadpool_limits(limits=threads, user_api="blas")
 
@@ -88,8 +98,6 @@ class FrameworkModel:
             value = np.asarray(value)
             if value.shape != shape or value.dtype != dtype:
                 if value.size != size:
-                    from iotrt.engine.numpy import EngineError
-
                     raise EngineError(
                         f"backend {self.backend!r} returned shape {value.shape} for output "
                         f"'{name}', the model's is {shape}; use backend 'numpy'"
@@ -125,8 +133,6 @@ def refuse_known_bad(artifact, backend: str, refusals: list[Refusal]) -> None:
 
 def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
     """Raise InputError unless `feeds` has exactly the inputs `specs` describe."""
-    from iotrt.engine.numpy import InputError
-
     names = [s.name for s in specs]
     unknown = sorted(set(feeds) - set(names))
     if unknown:
@@ -141,72 +147,6 @@ def check_feeds(specs, feeds: dict[str, np.ndarray]) -> None:
         if np.asarray(x).dtype != np.dtype(spec.dtype):
             raise InputError(f"input '{spec.name}': dtype {np.asarray(x).dtype}, expected "
                              f"{spec.dtype} (convert with x.astype(np.{spec.dtype}))")
-
-
-# ---- protobuf wire format: just enough to write TensorProto initializers ---------------------
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # a negative int64 is written as its two's complement (ten bytes)
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def float_field(number: int, value: float) -> bytes:
-    return _varint(number << 3 | 5) + struct.pack("<f", value)
-
-
-def bytes_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def tensor_proto(name: str | None, value: np.ndarray) -> bytes:
-    """A serialized TensorProto: dims, data_type, name (when given), raw_data (little-endian)."""
-    value = np.asarray(value)  # tobytes() below writes C order whatever the strides
-    dtype = ONNX_DTYPES.get(value.dtype)
-    if dtype is None:
-        raise BackendUnavailable(f"constant '{name}' has dtype {value.dtype}, which has no ONNX type")
-    little = value.astype(value.dtype.newbyteorder("<"), copy=False)
-    tensor = b"".join(int_field(1, d) for d in value.shape)  # TensorProto.dims = 1
-    tensor += int_field(2, dtype)  # data_type = 2
-    if name is not None:
-        tensor += bytes_field(8, name.encode())  # name = 8
-    return tensor + bytes_field(9, little.tobytes())  # raw_data = 9
-
-
-def initializer_bytes(name: str, value: np.ndarray) -> bytes:
-    """A serialized ModelProto whose graph holds one initializer: appended to a serialized
-    model, protobuf's merge rule adds it to that model's graph."""
-    return bytes_field(7, bytes_field(5, tensor_proto(name, value)))  # ModelProto.graph, .initializer
-
-
-def unpack(payload: bytes) -> tuple[dict, bytes]:
-    """(header, ONNX model bytes without weights) of an "onnx" payload."""
-    if not payload.startswith(MAGIC):
-        raise BackendUnavailable("the artifact's onnx payload is not in a format this iotrt reads")
-    end = payload.index(b"\n", len(MAGIC))
-    return json.loads(payload[len(MAGIC) : end]), payload[end + 1 :]
-
-
-def onnx_model_bytes(payload: bytes, consts: dict[str, np.ndarray]) -> bytes:
-    """The complete ONNX model: the payload's graph plus its initializers from `consts`."""
-    header, model = unpack(payload)
-    missing = [n for n in header["initializers"] if n not in consts]
-    if missing:
-        raise BackendUnavailable(f"the onnx payload reads constants the artifact lacks: {missing[:5]}")
-    renamed = header.get("renamed", {})
-    parts = [model] + [initializer_bytes(renamed.get(n, n), consts[n]) for n in header["initializers"]]
-    return b"".join(parts)
 
 
 def artifact_onnx(artifact, backend: str) -> bytes:

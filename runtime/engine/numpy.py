@@ -22,9 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from iotrt.compiler.artifact import Artifact
-from iotrt.compiler.ir import VIEW_OPS, Node, Op, TensorSpec
-from iotrt.engine.kernels import KERNELS, KernelError, avg_pool_divisor, out_sizes, spatial_pads
+from iotrt.engine.backend import limit_blas_threads
+from iotrt.modelformat.artifact import Artifact
+from iotrt.modelformat.errors import EngineError, InputError, KernelError
+from iotrt.modelformat.ir import VIEW_OPS, Op, OpNode, TensorSpec
+from iotrt.modelformat.kernels import KERNELS, avg_pool_divisor, out_sizes, spatial_pads
 
 Step = Callable[[], None]
 NAME = "numpy"
@@ -33,14 +35,6 @@ NAME = "numpy"
 def unavailable() -> str | None:
     """The numpy backend runs wherever iotrt does."""
     return None
-
-
-class EngineError(RuntimeError):
-    """A node failed while running; the message names it."""
-
-
-class InputError(ValueError):
-    """The caller's inputs do not match the model's input specs."""
 
 
 class _Scratch:
@@ -140,7 +134,7 @@ class NumpyModel:
         self._zero_row = np.zeros(ZERO_ROW, np.uint8)
         self._zero_row.flags.writeable = False
         self._shuffled, self._skipped = _channel_shuffles(g)
-        self._steps: list[tuple[Node, Step]] = []
+        self._steps: list[tuple[OpNode, Step]] = []
         for node in g.nodes:
             if node.name in self._skipped:
                 continue
@@ -244,7 +238,7 @@ def _channel_shuffles(g) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
     return shuffled, skipped
 
 
-def _is_plane_conv(g, node: Node) -> bool:
+def _is_plane_conv(g, node: OpNode) -> bool:
     """A conv `_build_conv` runs with `_build_wide` (depthwise, kernel larger than 1x1)."""
     if node.op is not Op.CONV or node.inputs[1] not in g.consts:
         return False
@@ -254,7 +248,7 @@ def _is_plane_conv(g, node: Node) -> bool:
     return w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and w.shape[1] == 1 and w.shape[2] * w.shape[3] > 1
 
 
-def _build_generic(m: NumpyModel, node: Node) -> Step:
+def _build_generic(m: NumpyModel, node: OpNode) -> Step:
     kernel = KERNELS[node.op.value]
     args = [m.t(i) for i in node.inputs]
     outs = [m.t(o) for o in node.outputs]
@@ -266,13 +260,13 @@ def _build_generic(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_view(m: NumpyModel, node: Node) -> Step | None:
+def _build_view(m: NumpyModel, node: OpNode) -> Step | None:
     if m.same_bytes(node.inputs[0], node.outputs[0]):
         return None  # the memory plan made the output a view of the input
     return _build_generic(m, node)
 
 
-def _build_concat(m: NumpyModel, node: Node) -> Step:
+def _build_concat(m: NumpyModel, node: OpNode) -> Step:
     y = m.t(node.outputs[0])
     axis = node.attrs["axis"] % y.ndim
     copies = []
@@ -298,7 +292,7 @@ def _build_concat(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_conv(m: NumpyModel, node: Node) -> Step:
+def _build_conv(m: NumpyModel, node: OpNode) -> Step:
     x, w = m.t(node.inputs[0]), m.t(node.inputs[1])
     b = m.t(node.inputs[2]) if len(node.inputs) > 2 else None
     y = m.t(node.outputs[0])
@@ -499,7 +493,7 @@ def _nonempty(strip, ho, wo) -> bool:
     return len(range(ho)[sy]) > 0 and len(range(wo)[sx]) > 0
 
 
-def _build_pool(m: NumpyModel, node: Node) -> Step:
+def _build_pool(m: NumpyModel, node: OpNode) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     a = node.attrs
     if x.ndim != 4 or a.get("storage_order", 0) or len(node.outputs) > 1:
@@ -562,7 +556,7 @@ def _build_pool(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_global_pool(m: NumpyModel, node: Node) -> Step:
+def _build_global_pool(m: NumpyModel, node: OpNode) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     axes = tuple(range(2, x.ndim))
     if node.op is Op.GLOBAL_AVERAGE_POOL:
@@ -577,7 +571,7 @@ def _build_global_pool(m: NumpyModel, node: Node) -> Step:
 
 
 def _build_binary(fn):
-    def build(m: NumpyModel, node: Node) -> Step:
+    def build(m: NumpyModel, node: OpNode) -> Step:
         a, b = m.t(node.inputs[0]), m.t(node.inputs[1])
         y = m.t(node.outputs[0])
         if y.dtype.kind != "f" or np.broadcast_shapes(a.shape, b.shape) != y.shape:
@@ -592,7 +586,7 @@ def _build_binary(fn):
     return build
 
 
-def _build_sum(m: NumpyModel, node: Node) -> Step:
+def _build_sum(m: NumpyModel, node: OpNode) -> Step:
     xs = [m.t(i) for i in node.inputs]
     y = m.t(node.outputs[0])
     if len(xs) < 2 or any(x.shape != y.shape for x in xs):
@@ -608,7 +602,7 @@ def _build_sum(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_relu(m: NumpyModel, node: Node) -> Step:
+def _build_relu(m: NumpyModel, node: OpNode) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     if x.shape != y.shape or y.dtype.kind != "f":
         return _build_generic(m, node)
@@ -617,7 +611,7 @@ def _build_relu(m: NumpyModel, node: Node) -> Step:
     return lambda: np.maximum(xrows, zeros, out=rows)
 
 
-def _build_clip(m: NumpyModel, node: Node) -> Step:
+def _build_clip(m: NumpyModel, node: OpNode) -> Step:
     ins = list(node.inputs) + ["", ""]
     if any(ins[i] and not m.is_const(ins[i]) for i in (1, 2)):
         return _build_generic(m, node)
@@ -629,7 +623,7 @@ def _build_clip(m: NumpyModel, node: Node) -> Step:
     return lambda: np.clip(x, lo, hi, out=y)
 
 
-def _build_pad(m: NumpyModel, node: Node) -> Step:
+def _build_pad(m: NumpyModel, node: OpNode) -> Step:
     """Constant padding: copy the input into the interior and fill only the border slabs
     (the output's bytes are shared with other tensors, so the border is refilled each run)."""
     ins = list(node.inputs) + ["", "", ""]
@@ -661,7 +655,7 @@ def _build_pad(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_lrn(m: NumpyModel, node: Node) -> Step:
+def _build_lrn(m: NumpyModel, node: OpNode) -> Step:
     """LRN without temporaries: the squares go into a channel-padded scratch buffer, their
     window sums straight into the output, which is then turned into x / (bias + k*sum)**beta
     in place (the reference kernel allocates four activation-sized arrays per call)."""
@@ -698,14 +692,14 @@ def _build_lrn(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_transpose(m: NumpyModel, node: Node) -> Step:
+def _build_transpose(m: NumpyModel, node: OpNode) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     perm = node.attrs.get("perm") or list(range(x.ndim))[::-1]
     xt = x.transpose(perm)
     return lambda: np.copyto(y, xt)
 
 
-def _build_gemm(m: NumpyModel, node: Node) -> Step:
+def _build_gemm(m: NumpyModel, node: OpNode) -> Step:
     a = node.attrs
     A, B = m.t(node.inputs[0]), m.t(node.inputs[1])
     C = m.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
@@ -730,12 +724,12 @@ def _build_gemm(m: NumpyModel, node: Node) -> Step:
     return step
 
 
-def _build_matmul(m: NumpyModel, node: Node) -> Step:
+def _build_matmul(m: NumpyModel, node: OpNode) -> Step:
     a, b, y = m.t(node.inputs[0]), m.t(node.inputs[1]), m.t(node.outputs[0])
     return lambda: np.matmul(a, b, out=y)
 
 
-BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
+BUILDERS: dict[Op, Callable[[NumpyModel, OpNode], Step | None]] = {
     Op.ADD: _build_binary(np.add),
     Op.AVERAGE_POOL: _build_pool,
     Op.CLIP: _build_clip,
@@ -759,7 +753,5 @@ BUILDERS: dict[Op, Callable[[NumpyModel, Node], Step | None]] = {
 
 
 def load(art: Artifact, threads: int = 1) -> NumpyModel:
-    from iotrt.engine.backend import limit_blas_threads
-
     limit_blas_threads(threads)
     return NumpyModel(art)

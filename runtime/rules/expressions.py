@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from iotrt import errors
+
 # Limits. They are far above what a condition over a sensor message needs and far below what
 # would hurt a Raspberry-Pi-class board.
 MAX_SOURCE_CHARS = 2000  # characters of expression source
@@ -46,7 +48,7 @@ STEP_CHECK = 64  # steps between two looks at the clock
 DEFAULT_TIMEOUT_S = 0.05  # wall budget per evaluation (monotonic)
 
 
-class ExpressionError(Exception):
+class ExpressionError(errors.ConfigError):
     """An expression is invalid (at load) or failed while evaluating (at run time)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 # One mistake in a file (file, line, message; str() is "file:line: message"), as the graph uses.
+from iotrt import errors
 from iotrt.yamlcheck import Issue as Problem
 
 
@@ -43,7 +44,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-class RulesError(Exception):
+class RulesError(errors.ConfigError):
     """A rules file (YAML or Python) is invalid. `problems` lists every mistake found."""
 
     def __init__(self, problems: list[Problem]) -> None:

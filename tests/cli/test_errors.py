@@ -26,6 +26,35 @@ def test_our_errors_belong_to_the_family_and_keep_their_old_bases():
     assert GraphError([]).exit_code == 1
 
 
+def test_the_runtimes_own_errors_belong_to_their_area():
+    from iotrt.bus import AddressError
+    from iotrt.codec import DecodeError, EncodeError
+    from iotrt.command import CommandError, CommandTimeout
+    from iotrt.journal import BadRecord, JournalError
+    from iotrt.node import NodeError
+    from iotrt.recording import NotARecording, RecordingError
+    from iotrt.replay import ReplayError
+    from iotrt.rules.expressions import ExpressionError, ExpressionTimeout
+    from iotrt.rules.source import RulesError
+    from iotrt.rules.triggers.base import TriggerError
+    from iotrt.rundir import RuntimeDirError
+
+    for cls, area, builtin in [
+        (EncodeError, errors.TransportError, ValueError), (DecodeError, errors.TransportError, ValueError),
+        (AddressError, errors.TransportError, ValueError), (CommandTimeout, errors.TransportError, RuntimeError),
+        (CommandError, errors.TransportError, RuntimeError), (NodeError, errors.ConfigError, RuntimeError),
+        (BadRecord, errors.StorageError, ValueError), (JournalError, errors.StorageError, RuntimeError),
+        (NotARecording, errors.StorageError, Exception), (RecordingError, errors.StorageError, Exception),
+        (ReplayError, errors.StorageError, Exception), (RulesError, errors.ConfigError, Exception),
+        (ExpressionTimeout, errors.ConfigError, Exception), (ExpressionError, errors.ConfigError, Exception),
+        (TriggerError, errors.ConfigError, Exception), (RuntimeDirError, errors.SupervisionError, PermissionError),
+    ]:
+        assert issubclass(cls, area) and issubclass(cls, builtin), cls
+    # a runtime folder error is still an OSError with its errno, and reports like the others
+    exc = RuntimeDirError(13, "folder is writable by others")
+    assert exc.errno == 13 and exc.exit_code == 1
+
+
 @pytest.fixture
 def private(tmp_path, monkeypatch):
     monkeypatch.setenv("IOTRT_RUNTIME_DIR", str(tmp_path / "run"))

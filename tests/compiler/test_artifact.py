@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from iotrt import models
-from iotrt.compiler import artifact, compile_model
+from iotrt.compiler import compile_model
 from iotrt.engine import ArtifactCorruptError, ArtifactError, ArtifactVersionError, InputError, load
+from iotrt.modelformat import artifact
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +40,13 @@ def test_round_trip_keeps_everything(face, tmp_path):
 
 
 def test_artifact_loads_with_numpy_alone(face):
-    """A device without onnx / flatbuffers / LiteRT can load and run an artifact."""
-    import subprocess
-    import sys
-
+    """A device without onnx / flatbuffers / LiteRT can load and run an artifact, and loading
+    one never imports the compiler (its passes, front ends and quantizer are not in a node's
+    memory)."""
     code = (
         "import sys\n"
-        "for blocked in ('onnx', 'flatbuffers', 'ai_edge_litert', 'onnxruntime', 'cv2'):\n"
+        "for blocked in ('onnx', 'flatbuffers', 'ai_edge_litert', 'onnxruntime', 'cv2',\n"
+        "                'iotrt.compiler'):\n"
         "    sys.modules[blocked] = None\n"
         "import numpy as np\n"
         "from iotrt.engine import load\n"
@@ -54,6 +57,21 @@ def test_artifact_loads_with_numpy_alone(face):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "classificators" in res.stdout
+
+
+def test_compiling_never_imports_the_engine(tmp_path):
+    """The compiler and the engine share only the model-format layer below them."""
+    out = tmp_path / "face.iotm"
+    code = (
+        "import sys\n"
+        "sys.modules['iotrt.engine'] = None\n"
+        "from iotrt import models\n"
+        "from iotrt.compiler import compile_model\n"
+        f"compile_model(models.path(models.BLAZEFACE), {str(out)!r})\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert artifact.read(out).graph.nodes
 
 
 def test_truncated_artifact(face, tmp_path):

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotrt.compiler import build_artifact
-from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
-from iotrt.engine.kernels import KERNELS
 from iotrt.engine.numpy import NumpyModel
+from iotrt.modelformat.ir import Op, OpGraph, OpNode, TensorSpec
+from iotrt.modelformat.kernels import KERNELS
 
 H = W = 4
 
@@ -26,7 +26,7 @@ def graphs(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     channels = {"x": 2}
     consts: dict[str, np.ndarray] = {}
-    nodes: list[Node] = []
+    nodes: list[OpNode] = []
     for i in range(draw(st.integers(1, 14))):
         names = sorted(channels)
         a = draw(st.sampled_from(names))
@@ -34,18 +34,18 @@ def graphs(draw):
         out = f"t{i}"
         if kind in ("relu", "sigmoid"):
             op = Op.RELU if kind == "relu" else Op.SIGMOID
-            nodes.append(Node(op, out, (a,), (out,)))
+            nodes.append(OpNode(op, out, (a,), (out,)))
             channels[out] = channels[a]
         elif kind == "add":
             same = [n for n in names if channels[n] == channels[a]]
             b = draw(st.sampled_from(same))
-            nodes.append(Node(Op.ADD, out, (a, b), (out,)))
+            nodes.append(OpNode(Op.ADD, out, (a, b), (out,)))
             channels[out] = channels[a]
         elif kind == "concat":
             b = draw(st.sampled_from(names))
             if channels[a] + channels[b] > 8:
                 continue
-            nodes.append(Node(Op.CONCAT, out, (a, b), (out,), {"axis": 1}))
+            nodes.append(OpNode(Op.CONCAT, out, (a, b), (out,), {"axis": 1}))
             channels[out] = channels[a] + channels[b]
         else:
             cout = draw(st.integers(1, 4))
@@ -54,19 +54,19 @@ def graphs(draw):
             consts[w] = rng.standard_normal((cout, channels[a], k, k)).astype(np.float32)
             attrs = {"pads": [k // 2] * 4}
             conv_out = out if kind == "conv" else f"c{i}"
-            nodes.append(Node(Op.CONV, out, (a, w), (conv_out,), attrs))
+            nodes.append(OpNode(Op.CONV, out, (a, w), (conv_out,), attrs))
             if kind == "conv_relu":  # fusable into the conv
-                nodes.append(Node(Op.RELU, out + "/relu", (conv_out,), (out,)))
+                nodes.append(OpNode(Op.RELU, out + "/relu", (conv_out,), (out,)))
             channels[out] = cout
     produced = [o for n in nodes for o in n.outputs if o in channels]
     if not produced:
-        nodes.append(Node(Op.RELU, "only", ("x",), ("t_only",)))
+        nodes.append(OpNode(Op.RELU, "only", ("x",), ("t_only",)))
         produced = ["t_only"]
     outputs = sorted(set(draw(st.lists(st.sampled_from(produced), max_size=3))) | {produced[-1]})
-    return Graph(nodes, [TensorSpec("x", (1, 2, H, W))], outputs, consts)
+    return OpGraph(nodes, [TensorSpec("x", (1, 2, H, W))], outputs, consts)
 
 
-def reference(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+def reference(graph: OpGraph, x: np.ndarray) -> dict[str, np.ndarray]:
     values = {"x": x, **graph.consts}
     for node in graph.nodes:
         for name, value in zip(node.outputs, KERNELS[node.op.value]([values[i] for i in node.inputs], node.attrs)):
@@ -99,11 +99,11 @@ def test_a_concat_input_read_after_the_concat_keeps_its_bytes():
     rng = np.random.default_rng(0)
     w = {k: rng.standard_normal(s).astype(np.float32) for k, s in
          {"wa": (2, 2, 1, 1), "wb": (2, 2, 1, 1), "wd": (2, 4, 1, 1), "wf": (2, 2, 1, 1)}.items()}
-    nodes = [Node(Op.CONV, "a", ("x", "wa"), ("a",)), Node(Op.CONV, "b", ("x", "wb"), ("b",)),
-             Node(Op.CONCAT, "c", ("a", "b"), ("c",), {"axis": 1}),
-             Node(Op.CONV, "d", ("c", "wd"), ("d",)), Node(Op.CONV, "f", ("d", "wf"), ("f",)),
-             Node(Op.ADD, "g", ("a", "f"), ("g",))]
-    graph = Graph(nodes, [TensorSpec("x", (1, 2, H, W))], ["g"], w)
+    nodes = [OpNode(Op.CONV, "a", ("x", "wa"), ("a",)), OpNode(Op.CONV, "b", ("x", "wb"), ("b",)),
+             OpNode(Op.CONCAT, "c", ("a", "b"), ("c",), {"axis": 1}),
+             OpNode(Op.CONV, "d", ("c", "wd"), ("d",)), OpNode(Op.CONV, "f", ("d", "wf"), ("f",)),
+             OpNode(Op.ADD, "g", ("a", "f"), ("g",))]
+    graph = OpGraph(nodes, [TensorSpec("x", (1, 2, H, W))], ["g"], w)
     art, _ = build_artifact(graph, {"name": "t", "format": "onnx", "sha256": ""})
     assert art.memory.offsets["a"] == art.memory.offsets["c"]  # a really lives inside c
     x = rng.standard_normal((1, 2, H, W)).astype(np.float32)

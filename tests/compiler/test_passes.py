@@ -15,8 +15,8 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from iotrt.compiler import CompileError, UnsupportedOpError, compile_model  # noqa: E402
-from iotrt.compiler.artifact import read  # noqa: E402
 from iotrt.engine import load  # noqa: E402
+from iotrt.modelformat.artifact import read  # noqa: E402
 
 RNG = np.random.default_rng(7)
 F = TensorProto.FLOAT

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -373,3 +376,27 @@ def test_a_program_that_exits_while_measuring_in_the_background_exits_cleanly(tm
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - t0 < 30  # and did not hang
     assert not autotune.cache_path(tmp_path / "m.iotm").exists()  # nothing half-measured cached
+
+
+@pytest.mark.parametrize("dist", ["iotrt", "numpy", "opencv-python-headless", "onnxruntime",
+                                  "ai-edge-litert", "no-such-distribution"])
+def test_cache_key_versions_match_importlib_metadata(dist):
+    """The cache key reads versions without importlib.metadata (it costs a node ~2 MB); it must
+    read the same ones, or an upgraded framework would not trigger a new measurement."""
+    try:
+        expected = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        expected = "absent"
+    assert autotune._version(dist) == expected
+
+
+def test_auto_load_imports_no_metadata_parser():
+    code = (
+        "import sys\n"
+        "from iotrt.engine import autotune\n"
+        f"autotune.device_key(__import__('pathlib').Path({__file__!r}), 1)\n"
+        "print('email' in sys.modules, 'importlib.metadata' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False"]

@@ -11,11 +11,10 @@ import pytest
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-ir = pytest.importorskip("iotrt.compiler.ir")
 from iotrt.compiler import onnx_export  # noqa: E402
-from iotrt.engine import backend  # noqa: E402
+from iotrt.modelformat import ir, onnxpayload  # noqa: E402
 
-Op, Node, Graph, TensorSpec = ir.Op, ir.Node, ir.Graph, ir.TensorSpec
+Op, OpNode, OpGraph, TensorSpec = ir.Op, ir.OpNode, ir.OpGraph, ir.TensorSpec
 RNG = np.random.default_rng(7)
 
 
@@ -26,8 +25,8 @@ def conv_ref(x, w, b, pad):
     return np.einsum("ncijkl,ockl->noij", win, w) + b[None, :, None, None]
 
 
-def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict:
-    model = backend.onnx_model_bytes(onnx_export.export(graph), graph.consts)
+def run_exported(graph: OpGraph, feeds: dict, engine: str = "onnxruntime") -> dict:
+    model = onnxpayload.onnx_model_bytes(onnx_export.export(graph), graph.consts)
     names = list(graph.outputs)
     if engine == "onnxruntime":
         sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -40,16 +39,16 @@ def run_exported(graph: Graph, feeds: dict, engine: str = "onnxruntime") -> dict
     return dict(zip(names, net.forward(names)))
 
 
-def conv_graph(activation: dict) -> tuple[Graph, dict, np.ndarray]:
+def conv_graph(activation: dict) -> tuple[OpGraph, dict, np.ndarray]:
     x = RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)
     w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = RNG.normal(size=4).astype(np.float32)
     shape = np.array([1, -1], np.int64)
     nodes = [
-        Node(Op.CONV, "conv", ("x", "w", "b"), ("y",), {"pads": [1, 1, 1, 1], "group": 1, **activation}),
-        Node(Op.RESHAPE, "flat", ("y", "shape"), ("z",), {}),
+        OpNode(Op.CONV, "conv", ("x", "w", "b"), ("y",), {"pads": [1, 1, 1, 1], "group": 1, **activation}),
+        OpNode(Op.RESHAPE, "flat", ("y", "shape"), ("z",), {}),
     ]
-    g = Graph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
+    g = OpGraph(nodes, [TensorSpec("x", (1, 3, 6, 6))], ["z"], {"w": w, "b": b, "shape": shape},
               {"x": (1, 3, 6, 6), "y": (1, 4, 6, 6), "z": (1, 144)},
               {"x": "float32", "y": "float32", "z": "float32"})
     return g, {"x": x}, conv_ref(x, w, b, 1).reshape(1, 144)
@@ -76,7 +75,7 @@ def test_conv_with_fused_activation(engine, activation, apply):
 def test_payload_lists_only_the_constants_the_graph_reads():
     g, _, _ = conv_graph({})
     g.consts["stale"] = np.zeros(5, np.float32)
-    header, model = backend.unpack(onnx_export.export(g))
+    header, model = onnxpayload.unpack(onnx_export.export(g))
     assert header["initializers"] == ["w", "b", "shape"]
     assert len(model) < 1000  # structure only: weights are added on the device
 
@@ -94,8 +93,8 @@ def test_same_padding_with_stride_two_pads_the_end(engine):
     x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
     w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = np.zeros(4, np.float32)
-    node = Node(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
-    g = Graph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
+    node = OpNode(Op.CONV, "c", ("x", "w", "b"), ("y",), {"auto_pad": "SAME_UPPER", "strides": [2, 2]})
+    g = OpGraph([node], [TensorSpec("x", (1, 3, 8, 8))], ["y"], {"w": w, "b": b},
               {"x": (1, 3, 8, 8), "y": (1, 4, 4, 4)}, {"x": "float32", "y": "float32"})
     xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
@@ -132,7 +131,7 @@ def test_hand_written_protobuf_is_what_onnx_helper_writes():
     assert ours == helper.make_node("Foo", ["x", "", "w"], ["y"], name="n1", **attrs)
 
     g, feeds, _ = conv_graph({"activation": "LeakyRelu", "act_alpha": 0.2})
-    model = onnx.load_from_string(backend.onnx_model_bytes(onnx_export.export(g), g.consts))
+    model = onnx.load_from_string(onnxpayload.onnx_model_bytes(onnx_export.export(g), g.consts))
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == 8 and model.opset_import[0].version == 17
     assert [n.op_type for n in model.graph.node] == ["Conv", "LeakyRelu", "Reshape"]

@@ -94,8 +94,8 @@ def test_auto_measures_on_first_load_then_uses_the_cache(blazeface, tmp_path, ca
 
 
 def test_artifact_without_payload_runs_numpy_and_says_why_not_others(blazeface, tmp_path):
-    from iotrt.compiler import artifact
     from iotrt.engine import BackendUnavailable
+    from iotrt.modelformat import artifact
 
     art = artifact.read(blazeface)
     art.payloads.clear()  # as compiled by an older iotrt without the onnx package

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iotrt.engine import backend
+from iotrt.modelformat import onnxpayload
+from iotrt.modelformat.errors import BackendUnavailable
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -26,7 +27,7 @@ def conv_model_without_weights() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return backend.MAGIC + b'{"initializers": ["w", "b", "shape"]}\n' + model.SerializeToString()
+    return onnxpayload.MAGIC + b'{"initializers": ["w", "b", "shape"]}\n' + model.SerializeToString()
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def conv_model_without_weights() -> bytes:
 )
 def test_initializer_round_trips_through_onnx(value):
     model = onnx.ModelProto()
-    model.ParseFromString(backend.initializer_bytes("t", value))
+    model.ParseFromString(onnxpayload.initializer_bytes("t", value))
     (init,) = model.graph.initializer
     assert init.name == "t"
     got = numpy_helper.to_array(init)
@@ -61,7 +62,7 @@ def test_completed_model_runs_in_onnxruntime():
         "shape": np.array([1, 100], np.int64),
         "unused": np.ones(1000, np.float32),  # not named by the payload: not embedded
     }
-    model = backend.onnx_model_bytes(conv_model_without_weights(), consts)
+    model = onnxpayload.onnx_model_bytes(conv_model_without_weights(), consts)
     parsed = onnx.load_from_string(model)
     assert [i.name for i in parsed.graph.initializer] == ["w", "b", "shape"]
     x = rng.normal(size=(1, 3, 5, 5)).astype(np.float32)
@@ -73,9 +74,9 @@ def test_completed_model_runs_in_onnxruntime():
 
 
 def test_missing_constant_and_foreign_payload_are_clear_errors():
-    with pytest.raises(backend.BackendUnavailable, match=r"lacks: \['w'"):
-        backend.onnx_model_bytes(conv_model_without_weights(), {"b": np.zeros(4, np.float32)})
-    with pytest.raises(backend.BackendUnavailable, match="format"):
-        backend.unpack(b"\x08\x07 some other bytes")
-    with pytest.raises(backend.BackendUnavailable, match="no ONNX type"):
-        backend.initializer_bytes("c", np.zeros(2, np.complex64))
+    with pytest.raises(BackendUnavailable, match=r"lacks: \['w'"):
+        onnxpayload.onnx_model_bytes(conv_model_without_weights(), {"b": np.zeros(4, np.float32)})
+    with pytest.raises(BackendUnavailable, match="format"):
+        onnxpayload.unpack(b"\x08\x07 some other bytes")
+    with pytest.raises(BackendUnavailable, match="no ONNX type"):
+        onnxpayload.initializer_bytes("c", np.zeros(2, np.complex64))

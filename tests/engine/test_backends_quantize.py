@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iotrt.compiler.quantize import QuantizeError, dequantize, quantize
+from iotrt.compiler.quantize import quantize
+from iotrt.modelformat.quantized import QuantizeError, dequantize
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -44,7 +45,7 @@ def test_bad_axis_is_rejected(shape, axis):
 
 
 def test_stored_entry_restores_the_dequantized_weight():
-    from iotrt.compiler import quantize as qz
+    from iotrt.modelformat import quantized as qz
 
     rng = np.random.default_rng(3)
     w = rng.normal(size=(5, 2, 3, 3)).astype(np.float32)

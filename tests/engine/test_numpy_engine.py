@@ -187,7 +187,7 @@ def test_lrn_matches_onnxruntime(tmp_path, size):
 
 def test_lrn_even_size_matches_the_reference_kernel(tmp_path):
     # onnxruntime refuses even sizes; ONNX pads the window (size-1)//2 before, the rest after
-    from iotrt.engine.kernels import lrn
+    from iotrt.modelformat.kernels import lrn
 
     attrs = {"size": 4, "alpha": 0.01, "beta": 0.6, "bias": 1.5}
     src = tmp_path / "m.onnx"

@@ -100,18 +100,20 @@ def test_parameter_errors_are_all_listed_with_hints():
         Node.for_test(SPEC, params={"treshold": 1, "mode": "median", "count": 11,
                                     "threshold": "high"})
     errors = info.value.errors
-    assert "node 'test': unknown parameter 'treshold' (did you mean 'threshold'?)" in errors
-    assert any("'mode' must be one of 'mean', 'max'" in e for e in errors)
-    assert any("'count' must be <= 10" in e for e in errors)
-    assert any("'threshold' must be float, got str" in e for e in errors)
-    assert any("'device' is required (which camera)" in e for e in errors)
+    assert ("node 'test': unknown param 'treshold' (did you mean 'threshold'?); params: "
+            "threshold, mode, count, device") in errors
+    assert ("node 'test': params.mode: must be one of 'mean', 'max', got 'median' (did you mean "
+            "'mean'?)") in errors
+    assert "node 'test': params.count: must be <= 10, got 11" in errors
+    assert "node 'test': params.threshold: must be a number, got text 'high'" in errors
+    assert "node 'test': missing required param 'device' (which camera)" in errors
     assert len(errors) == 5
 
 
 def test_params_get_defaults_and_int_widens_to_float():
     p = SPEC.validate_params({"device": "d", "threshold": 1})
     assert p == {"threshold": 1.0, "mode": "mean", "count": 3, "device": "d"}
-    with pytest.raises(ParamError, match="must be int, got bool"):
+    with pytest.raises(ParamError, match="must be an integer, got a boolean True"):
         SPEC.validate_params({"device": "d", "count": True})
     with pytest.raises(ParamError, match=r"quote it in YAML"):
         SPEC.validate_params({"device": 0})

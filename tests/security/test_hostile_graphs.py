@@ -81,7 +81,7 @@ def test_rules_python_param_of_the_wrong_type_is_one_error(tmp_path):
         """))
     with pytest.raises(GraphError) as err:
         load_graph(g, check_node_files=True)
-    assert f"{g}:7:" in str(err.value) and "list of str" in str(err.value)
+    assert f"{g}:7:" in str(err.value) and "must be a list of text, got an integer 1" in str(err.value)
 
 
 def chain(n: int) -> str:

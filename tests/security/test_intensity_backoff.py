@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from graphrun import env, graph_file, up  # noqa: F401 (pytest fixtures)
 
-from iotrt.states import Backoff, Exited, GiveUp, Intensity, Ready, Slot, Spawned, Start, State, Tick, transition
+from iotrt.states import Backoff, Exited, GiveUp, Intensity, Ready, Slot, Spawned, Start, State, TimePassed, transition
 
 
 def test_crash_loop_with_growing_backoff_reaches_the_intensity_limit():
@@ -25,7 +25,7 @@ def test_crash_loop_with_growing_backoff_reaches_the_intensity_limit():
             assert isinstance(actions[0], GiveUp)
             break
         now = n.deadline
-        transition(n, Tick(), now)           # BACKOFF -> STARTING
+        transition(n, TimePassed(), now)           # BACKOFF -> STARTING
         pid += 1
     assert n.state == State.FAILED, "never gave up on a crash loop"
     assert pid == 6                          # the 6th failure: 5 restarts in 50 s of trying

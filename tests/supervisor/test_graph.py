@@ -141,7 +141,7 @@ BAD = {
           - id: a
             run: {node}
             params: {after_s: fast}   # <-
-    """, "params.after_s: expected a number, got text 'fast'"),
+    """, "params.after_s: must be a number, got text 'fast'"),
     "yaml 1.1 boolean for text": ("""
         name: x
         nodes:

@@ -20,7 +20,7 @@ from iotrt.states import (
     Start,
     State,
     Stop,
-    Tick,
+    TimePassed,
     next_deadline,
     transition,
 )
@@ -37,8 +37,8 @@ def crash_and_wait(n: Slot, now: float, pid: int) -> float:
     transition(n, Exited(pid, 1), now)
     assert n.state == State.BACKOFF
     delay = n.deadline - now
-    assert transition(n, Tick(), now + delay - 0.001) == []          # not yet
-    assert transition(n, Tick(), now + delay) == [Spawn()]             # BACKOFF -> STARTING
+    assert transition(n, TimePassed(), now + delay - 0.001) == []          # not yet
+    assert transition(n, TimePassed(), now + delay) == [Spawn()]             # BACKOFF -> STARTING
     return delay
 
 
@@ -117,12 +117,12 @@ def test_hung_node_is_terminated_then_killed_then_restarted():
     transition(n, Ready(7), 0.0)
     transition(n, Heartbeat(7), 1.0)
     assert next_deadline(n) == 4.0
-    assert transition(n, Tick(), 4.0) == []
-    assert transition(n, Tick(), 4.01) == [Signal(signal.SIGTERM)]      # RUNNING -> STOPPING
+    assert transition(n, TimePassed(), 4.0) == []
+    assert transition(n, TimePassed(), 4.01) == [Signal(signal.SIGTERM)]      # RUNNING -> STOPPING
     assert n.state == State.STOPPING and "no heartbeat" in n.reason
-    assert transition(n, Tick(), 5.0) == []
-    assert transition(n, Tick(), 6.01) == [Signal(signal.SIGKILL)]
-    assert transition(n, Tick(), 7.0) == []                            # SIGKILL sent once
+    assert transition(n, TimePassed(), 5.0) == []
+    assert transition(n, TimePassed(), 6.01) == [Signal(signal.SIGKILL)]
+    assert transition(n, TimePassed(), 7.0) == []                            # SIGKILL sent once
     transition(n, Exited(7, -signal.SIGKILL), 7.1)
     assert n.state == State.BACKOFF and "no heartbeat" in n.reason
 
@@ -131,8 +131,8 @@ def test_start_timeout_is_separate_from_liveness():
     n = make(start_timeout_s=20.0, liveness_s=1.0)
     transition(n, Start(), 0.0)
     transition(n, Spawned(3), 0.0)
-    assert transition(n, Tick(), 19.0) == []       # slow model load: no heartbeat needed yet
-    assert transition(n, Tick(), 20.0) == [Signal(signal.SIGTERM)]
+    assert transition(n, TimePassed(), 19.0) == []       # slow model load: no heartbeat needed yet
+    assert transition(n, TimePassed(), 20.0) == [Signal(signal.SIGTERM)]
     assert "not ready within 20s" in n.reason
 
 
@@ -152,7 +152,7 @@ def test_stop_from_every_state():
     assert b.state == State.BACKOFF
     assert transition(b, Stop(), 0.6) == []
     assert b.state == State.STOPPED
-    assert transition(b, Tick(), 100.0) == []      # no restart after a stop
+    assert transition(b, TimePassed(), 100.0) == []      # no restart after a stop
 
 
 def test_restart_policies_on_clean_and_failed_exits():
@@ -177,7 +177,7 @@ def test_messages_from_an_earlier_process_are_ignored():
     transition(n, Start(), 0.0)
     transition(n, Spawned(1), 0.0)
     transition(n, Exited(1, 1), 0.1)
-    transition(n, Tick(), 5.0)
+    transition(n, TimePassed(), 5.0)
     transition(n, Spawned(2), 5.0)
     transition(n, Ready(1), 5.1)                   # late, from pid 1
     assert n.state == State.STARTING
@@ -202,7 +202,7 @@ def test_health_for_the_watchdog():
     assert crit.healthy(12.0, critical_down_s=5.0)
     assert not crit.healthy(15.1, critical_down_s=5.0)     # down past its limit
     assert other.healthy(1000.0, critical_down_s=5.0)      # non-critical never blocks
-    transition(crit, Tick(), 20.0)
+    transition(crit, TimePassed(), 20.0)
     transition(crit, Spawned(2), 20.0)
     transition(crit, Ready(2), 20.0)
     assert crit.healthy(21.0, critical_down_s=5.0)
@@ -222,8 +222,8 @@ def test_missed_safety_deadline_kills_at_once_and_restarts():
     transition(n, Deadline(5, 10.0), 5.0)              # "re-locked by t=10"
     transition(n, Heartbeat(5), 9.0)
     assert next_deadline(n) == 10.5
-    assert transition(n, Tick(), 10.4) == []
-    assert transition(n, Tick(), 10.5) == [Signal(signal.SIGKILL)]   # no SIGTERM, no grace
+    assert transition(n, TimePassed(), 10.4) == []
+    assert transition(n, TimePassed(), 10.5) == [Signal(signal.SIGKILL)]   # no SIGTERM, no grace
     assert n.state == State.STOPPING and "safety deadline" in n.reason
     transition(n, Exited(5, -signal.SIGKILL), 10.6)
     assert n.state == State.BACKOFF
@@ -238,7 +238,7 @@ def test_a_cleared_or_foreign_safety_deadline_does_nothing():
     transition(n, Deadline(5, None), 2.0)              # re-locked in time
     transition(n, Deadline(4, 3.0), 2.0)               # an earlier incarnation's: ignored
     transition(n, Heartbeat(5), 4.0)
-    assert transition(n, Tick(), 4.0) == [] and n.state == State.RUNNING
+    assert transition(n, TimePassed(), 4.0) == [] and n.state == State.RUNNING
     plain = make()                                     # no SPEC safety flag: never enforced
     transition(plain, Start(), 0.0)
     transition(plain, Spawned(6), 0.0)

@@ -16,6 +16,7 @@ import pytest
 
 import iotrt.deploy
 from iotrt.commands.unit import render
+from iotrt.config import THREAD_ENV
 from iotrt.graph import load_graph
 
 
@@ -135,8 +136,10 @@ def test_node_process_environment_affinity_and_nice(graph_file, up, systemd, tmp
     assert proc.cpu_affinity() == [0] and proc.nice() == 5
     # one node: it gets every core the supervisor may use
     threads = str(len(os.sched_getaffinity(0))).encode()
-    for name in (b"OMP_NUM_THREADS", b"OPENBLAS_NUM_THREADS", b"MKL_NUM_THREADS", b"IOTRT_THREADS"):
-        assert name + b"=" + threads in environ
+    assert set(THREAD_ENV) >= {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                               "OPENCV_FOR_THREADS_NUM", "IOTRT_THREADS"}
+    for name in THREAD_ENV:
+        assert name.encode() + b"=" + threads in environ
 
 
 def test_unit_passes_systemd_analyze_verify(graph_file, tmp_path):

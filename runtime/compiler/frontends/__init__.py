@@ -1,4 +1,4 @@
-"""Front ends: one module per source format, each with `load(path, input_shapes) -> Graph`.
+"""Front ends: one module per source format, each with `load(path, input_shapes) -> OpGraph`.
 
 The registry maps a file suffix to the module; modules are imported only when used, so a device
 without the `onnx` package can still load TFLite models (and run artifacts, which need neither).
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from iotrt.compiler.ir import CompileError, Graph, Node, Op, TensorSpec
+from iotrt.compiler.errors import CompileError
+from iotrt.modelformat.ir import Op, OpGraph, OpNode, TensorSpec
 
 # suffix -> (module, format name)
 FRONTENDS: dict[str, tuple[str, str]] = {
@@ -36,11 +37,11 @@ def frontend_for(path: str | Path):
         ) from exc
 
 
-class GraphBuilder:
+class OpGraphBuilder:
     """Accumulates nodes and constants while a front end walks a source model."""
 
     def __init__(self) -> None:
-        self.nodes: list[Node] = []
+        self.nodes: list[OpNode] = []
         self.consts: dict[str, np.ndarray] = {}
         self.inputs: list[TensorSpec] = []
         self.outputs: list[str] = []
@@ -65,8 +66,8 @@ class GraphBuilder:
     def add(self, op: Op, name: str, inputs, outputs=None, **attrs) -> str:
         """Append a node; returns its (first) output name. `outputs` default: one fresh name."""
         outs = tuple(outputs) if outputs else (self.fresh(name),)
-        self.nodes.append(Node(op, name, tuple(inputs), outs, attrs))
+        self.nodes.append(OpNode(op, name, tuple(inputs), outs, attrs))
         return outs[0]
 
-    def graph(self) -> Graph:
-        return Graph(self.nodes, self.inputs, self.outputs, self.consts)
+    def graph(self) -> OpGraph:
+        return OpGraph(self.nodes, self.inputs, self.outputs, self.consts)

@@ -13,8 +13,10 @@ import struct
 
 import numpy as np
 
+from iotrt import errors
 
-class FlatBufferError(ValueError):
+
+class FlatBufferError(errors.ModelError, ValueError):
     """The bytes are not a well-formed FlatBuffer (truncated or corrupt file)."""
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from iotrt.compiler.frontends import GraphBuilder
-from iotrt.compiler.ir import CompileError, Graph, Op, TensorSpec, UnsupportedOpError
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
+from iotrt.compiler.frontends import OpGraphBuilder
+from iotrt.modelformat.ir import Op, OpGraph, TensorSpec
+from iotrt.modelformat.kernels import ONNX_DTYPES
 
 MIN_OPSET = 7
 
@@ -27,10 +29,10 @@ class _Translator:
         self.path = path
         self.model = model
         self.input_shapes = input_shapes
-        self.b = GraphBuilder()
+        self.b = OpGraphBuilder()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
-    def run(self) -> Graph:
+    def run(self) -> OpGraph:
         g = self.model.graph
         if self.opset < MIN_OPSET:
             raise CompileError(f"{self.path}: ONNX opset {self.opset} is older than {MIN_OPSET}; "
@@ -207,8 +209,6 @@ def _upsample(t: _Translator, node, name, attrs) -> None:
 
 
 def _cast(t: _Translator, node, name, attrs) -> None:
-    from iotrt.engine.kernels import ONNX_DTYPES
-
     to = attrs.get("to")
     if to not in ONNX_DTYPES:
         kind = onnx.TensorProto.DataType.Name(to) if to is not None else "none"
@@ -264,7 +264,7 @@ DIRECT = {op.value for op in Op} - {"Dequantize"} - set(HANDLERS)
 SUPPORTED = sorted(DIRECT | set(HANDLERS))
 
 
-def load(path: str | Path, input_shapes: dict | None = None) -> Graph:
+def load(path: str | Path, input_shapes: dict | None = None) -> OpGraph:
     path = Path(path)
     try:
         model = onnx.load(str(path))
@@ -273,6 +273,6 @@ def load(path: str | Path, input_shapes: dict | None = None) -> Graph:
     return _Translator(path, model, input_shapes or {}).run()
 
 
-def load_model(model: onnx.ModelProto, input_shapes: dict | None = None, name: str = "<model>") -> Graph:
+def load_model(model: onnx.ModelProto, input_shapes: dict | None = None, name: str = "<model>") -> OpGraph:
     """Translate an in-memory ModelProto (used by the conformance tests)."""
     return _Translator(Path(name), model, input_shapes or {}).run()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from iotrt.compiler.frontends import GraphBuilder
+from iotrt.compiler.errors import CompileError, UnsupportedOpError
+from iotrt.compiler.frontends import OpGraphBuilder
 from iotrt.compiler.frontends.flatbuf import FlatBufferError, Table
-from iotrt.compiler.ir import CompileError, Graph, Op, TensorSpec, UnsupportedOpError
+from iotrt.modelformat.ir import Op, OpGraph, TensorSpec
 
 # TensorType enum -> numpy dtype (types a float model can contain)
 DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool",
@@ -58,13 +59,13 @@ class _Translator:
     def __init__(self, path: Path, input_shapes: dict | None):
         self.path = path
         self.input_shapes = input_shapes or {}
-        self.b = GraphBuilder()
+        self.b = OpGraphBuilder()
         # tensor index -> IR name; 4-D activations are held as NCHW under that name
         self.names: dict[int, str] = {}
 
     # -- model structure -------------------------------------------------------------------
 
-    def run(self, buf: bytes) -> Graph:
+    def run(self, buf: bytes) -> OpGraph:
         model = Table.root(buf)
         if buf[4:8] != b"TFL3":
             raise CompileError(f"{self.path}: not a TFLite model (missing the TFL3 identifier)")
@@ -368,7 +369,7 @@ HANDLERS = {
 }
 
 
-def load(path: str | Path, input_shapes: dict | None = None) -> Graph:
+def load(path: str | Path, input_shapes: dict | None = None) -> OpGraph:
     path = Path(path)
     buf = path.read_bytes()
     try:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from iotrt import errors
 from iotrt.rules.expressions import Expression
 
 # Times are float seconds: 8.1 - 4.1 is 3.9999999999999996. Comparisons of elapsed time
@@ -24,7 +25,7 @@ EPS = 1e-9
 Evaluate = Callable[[Expression, dict], Any]
 
 
-class TriggerError(Exception):
+class TriggerError(errors.ConfigError):
     """A trigger could not decide on this message (its value expression failed): reported as
     the rule's error, the other rules carry on."""
 

@@ -16,16 +16,14 @@ from typing import Callable
 
 import numpy as np
 
+from iotrt.modelformat.errors import KernelError
+
 Kernel = Callable[[list, dict], list]
 
 # onnx.TensorProto.DataType -> numpy dtype (Cast's `to`)
 ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
                7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
                13: np.uint64}
-
-
-class KernelError(ValueError):
-    """An op got inputs or attributes it cannot handle (the engine adds the node name)."""
 
 
 # ---- convolution and pooling geometry -------------------------------------------------------

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from iotrt.compiler import quantize
-from iotrt.compiler.ir import Graph, Node, Op, TensorSpec
-from iotrt.compiler.memory import MemoryPlan
-from iotrt.compiler.quantize import QTensor
+from iotrt.modelformat import quantized
+from iotrt.modelformat.errors import ArtifactCorruptError, ArtifactError, ArtifactVersionError
+from iotrt.modelformat.ir import Op, OpGraph, OpNode, TensorSpec
+from iotrt.modelformat.quantized import QTensor
 
 MAGIC = b"IOTM\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -40,21 +40,24 @@ _PREFIX = struct.Struct("<8sIIIIQ32x")
 ALIGN = 64
 
 
-class ArtifactError(Exception):
-    """The artifact cannot be used (base class)."""
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where each activation lives in the one arena (see `iotrt.compiler.memory`)."""
 
+    offsets: dict[str, int]     # activation name -> byte offset in the arena
+    arena_bytes: int            # peak activation bytes
 
-class ArtifactCorruptError(ArtifactError):
-    """The file is not an artifact, or it is truncated or damaged."""
+    def to_dict(self) -> dict:
+        return {"arena_bytes": self.arena_bytes, "offsets": self.offsets}
 
-
-class ArtifactVersionError(ArtifactError):
-    """The artifact was written in a format this iotrt does not read."""
+    @classmethod
+    def from_dict(cls, d: dict) -> MemoryPlan:
+        return cls({k: int(v) for k, v in d["offsets"].items()}, int(d["arena_bytes"]))
 
 
 @dataclass
 class Artifact:
-    graph: Graph                       # optimised graph, shapes and dtypes filled in
+    graph: OpGraph                     # optimised graph, shapes and dtypes filled in
     memory: MemoryPlan
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -117,7 +120,7 @@ def write(art: Artifact, path: str | Path) -> int:
     weights = {}
     for name, value in g.consts.items():
         if name in art.quantized:
-            weights[name] = quantize.entry(art.quantized[name], put)
+            weights[name] = quantized.entry(art.quantized[name], put)
             continue
         arr = np.asarray(value, order="C")  # keeps 0-d scalars 0-d
         weights[name] = {"offset": put(arr.astype(arr.dtype.newbyteorder("<")).tobytes()),
@@ -187,16 +190,16 @@ def read(path: str | Path) -> Artifact:
     try:
         h = json.loads(head)
         consts = {
-            name: quantize.restore(blob, w) if "quant" in w else  # int8: dequantized at load
+            name: quantized.restore(blob, w) if "quant" in w else  # int8: dequantized at load
             np.frombuffer(blob, dtype=np.dtype(w["dtype"]).newbyteorder("<"),
                           count=int(np.prod(w["shape"], dtype=np.int64)),
                           offset=w["offset"]).reshape(w["shape"])
             for name, w in h["weights"].items()
         }
         gh = h["graph"]
-        nodes = [Node(Op(n["op"]), n["name"], tuple(n["inputs"]), tuple(n["outputs"]),
+        nodes = [OpNode(Op(n["op"]), n["name"], tuple(n["inputs"]), tuple(n["outputs"]),
                       _from_json(n["attrs"])) for n in gh["nodes"]]
-        graph = Graph(nodes, [TensorSpec.from_dict(s) for s in gh["inputs"]], gh["outputs"],
+        graph = OpGraph(nodes, [TensorSpec.from_dict(s) for s in gh["inputs"]], gh["outputs"],
                       consts, {k: tuple(v) for k, v in gh["shapes"].items()}, gh["dtypes"])
         payloads = {name: bytes(blob[p["offset"]:p["offset"] + p["nbytes"]])
                     for name, p in h["payloads"].items()}

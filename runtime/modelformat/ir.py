@@ -1,12 +1,14 @@
-"""The compiler's intermediate representation: a closed op set over NCHW tensors.
+"""The intermediate representation of a compiled model: a closed op set over NCHW tensors.
 
-A `Graph` is a topologically ordered list of immutable `Node`s plus the constants they read.
-Front ends translate a source model into this IR (converting layouts where the source differs,
-e.g. TFLite's NHWC), passes rewrite it, and the artifact stores it. Every tensor is named by a
-string; a name is either a graph input, a constant, or the output of exactly one node.
+An `OpGraph` is a topologically ordered list of immutable `OpNode`s plus the constants they
+read (named so, not Graph and Node, to keep apart from the YAML graph of `iotrt.graph` and the
+Node API of `iotrt.node`). Front ends translate a source model into this IR (converting layouts
+where the source differs, e.g. TFLite's NHWC), passes rewrite it, the artifact stores it and the
+engine runs it. Every tensor is named by a string; a name is either a graph input, a constant,
+or the output of exactly one node.
 
 The op semantics are ONNX's (the attribute names too), restricted to what the engines implement;
-the reference implementation of each op is `iotrt.engine.kernels`.
+the reference implementation of each op is `iotrt.modelformat.kernels`.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class Node:
+class OpNode:
     """One operation. `attrs` holds plain values (ints, floats, strings, lists of them).
 
     `name` is the source model's node name (or a generated one), kept for error messages.
@@ -92,29 +94,29 @@ class Node:
     outputs: tuple[str, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
 
-    def with_(self, **changes: Any) -> Node:
+    def with_(self, **changes: Any) -> OpNode:
         return replace(self, **changes)
 
 
 @dataclass
-class Graph:
+class OpGraph:
     """Nodes in topological order, the constants they read, and the graph's interface.
 
     `shapes`/`dtypes` are filled by `passes.infer_shapes` for every tensor name.
     """
 
-    nodes: list[Node]
+    nodes: list[OpNode]
     inputs: list[TensorSpec]
     outputs: list[str]
     consts: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
 
-    def producers(self) -> dict[str, Node]:
+    def producers(self) -> dict[str, OpNode]:
         return {out: n for n in self.nodes for out in n.outputs}
 
-    def consumers(self) -> dict[str, list[Node]]:
-        users: dict[str, list[Node]] = {}
+    def consumers(self) -> dict[str, list[OpNode]]:
+        users: dict[str, list[OpNode]] = {}
         for n in self.nodes:
             for i in n.inputs:
                 if i:
@@ -126,18 +128,3 @@ class Graph:
 
     def param_count(self) -> int:
         return int(sum(c.size for c in self.consts.values()))
-
-
-class CompileError(Exception):
-    """The source model cannot be compiled; the message says which node and why."""
-
-
-class UnsupportedOpError(CompileError):
-    """The source model uses an op this compiler does not implement."""
-
-    def __init__(self, op: str, node: str, supported: list[str], source: str = ""):
-        self.op, self.node = op, node
-        where = f" in {source}" if source else ""
-        super().__init__(
-            f"unsupported op '{op}' (node '{node}'){where}; supported ops: {', '.join(supported)}"
-        )
