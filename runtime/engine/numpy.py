@@ -8,7 +8,9 @@ fall back to the reference kernels, which allocate).
 Convolution: a 1x1 stride-1 conv is one GEMM on the input as it lies. Depthwise and grouped
 convs (and dense ones on a few channels with a large kernel) copy the input once into zero-bordered phase
 planes and build their im2col matrix from "wide rows" of them (see `_build_wide`): one strided
-copy per plane with long inner loops, then one batched `np.matmul(..., out=)` over the groups.
+copy per plane with long inner loops, then one batched `np.matmul(..., out=)` over the groups;
+a 1x1 conv that alone reads a depthwise conv runs in the same step (`_pointwise_after_depthwise`).
+Large 3x3 stride-1 dense convs run as Winograd F(4x4, 3x3) or F(2x2, 3x3) (`_build_winograd`).
 Other convs build the im2col matrix from the kernel's shifted slices (only the border strips
 that fall into padding are zeroed), then one GEMM. The scratch buffers are shared by all convs;
 outputs go straight into their arena slot (often a concat slice), and the bias and fused
