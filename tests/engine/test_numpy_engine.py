@@ -94,6 +94,44 @@ def test_conv_geometries_match_onnxruntime(tmp_path, case):
     assert got.std() > 0
 
 
+
+WINOGRAD = {
+    # name: (input shape, weight shape, attrs, tile): 3x3 stride-1 convs big enough for Winograd
+    "pad 1, sizes not multiples of the tile": ((1, 64, 23, 26), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}, 4),
+    "asymmetric pads, batch 2, more outputs": ((2, 64, 24, 21), (72, 64, 3, 3), {"pads": [0, 2, 1, 0]}, 4),
+    "no pads": ((1, 80, 26, 28), (64, 80, 3, 3), {}, 4),
+    "F(2x2): many channels, odd sizes": ((1, 128, 25, 27), (96, 128, 3, 3), {"pads": [1, 2, 1, 0]}, 2),
+}
+
+
+@pytest.mark.parametrize("block_bytes", [None, 520 * 1024])
+@pytest.mark.parametrize("case", sorted(WINOGRAD))
+def test_winograd_convs_match_onnxruntime(tmp_path, monkeypatch, case, block_bytes):
+    """Also with the tiles in several blocks of tile rows, the last one partial (as large layers
+    run)."""
+    from iotrt.engine import numpy as numpy_backend
+    from iotrt.engine import winograd
+
+    if block_bytes:
+        monkeypatch.setattr(numpy_backend, "WINOGRAD_BLOCK_BYTES", block_bytes)
+    x_shape, w_shape, attrs, tile = WINOGRAD[case]
+    inits = {"w": (RNG.standard_normal(w_shape) * np.sqrt(2 / (9 * w_shape[1]))).astype(np.float32),
+             "b": RNG.standard_normal(w_shape[0]).astype(np.float32)}
+    model = _model([helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
+                    helper.make_node("Relu", ["c"], ["y"])], x_shape, inits)
+    compiled, got, ref = _run_both(tmp_path, model, x_shape)
+    assert winograd.tile_for(w_shape[1], w_shape[0], *ref.shape[2:]) == tile
+    # Winograd rounds differently from a direct sum: within 1e-5 of the output's magnitude
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    x = RNG.standard_normal(x_shape).astype(np.float32)  # a second input: nothing stale is reused
+    again = compiled.run({"x": x})["y"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(again, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
+
+
 POOLS = {
     "max 3x3 s2 ceil": ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     "max 2x2 pads": ("MaxPool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}),
@@ -175,6 +213,76 @@ def test_channel_shuffle_is_read_by_the_depthwise_conv_without_a_transpose(tmp_p
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     ops = [node.op.value for node, _ in compiled._steps]
     assert ("Transpose" in ops) is also_read
+
+
+
+@pytest.mark.parametrize("case", ["stride 1, biases, relu", "stride 2, batch 2, no biases",
+                                  "depthwise output read twice"])
+def test_depthwise_then_1x1_runs_as_one_step(tmp_path, case):
+    """A depthwise conv read only by a 1x1 conv: the 1x1 conv runs inside the depthwise step, on
+    its uncropped output, with the depthwise bias moved into its own; not when anyone else also
+    reads the depthwise output."""
+    batch, stride = (2, 2) if "batch 2" in case else (1, 1)
+    x_shape = (batch, 6, 9, 10)
+    inits = {"wd": RNG.standard_normal((6, 1, 3, 3)).astype(np.float32),
+             "wp": RNG.standard_normal((11, 6, 1, 1)).astype(np.float32),
+             "bd": RNG.standard_normal(6).astype(np.float32),
+             "bp": RNG.standard_normal(11).astype(np.float32)}
+    biases = "no biases" not in case
+    nodes = [helper.make_node("Conv", ["x", "wd"] + (["bd"] if biases else []), ["d"], group=6,
+                              strides=[stride, stride], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "wp"] + (["bp"] if biases else []), ["p"]),
+             helper.make_node("Relu", ["p"], ["y"] if "twice" not in case else ["r"])]
+    if "twice" in case:
+        nodes.append(helper.make_node("Conv", ["d", "wp"], ["s"]))
+        nodes.append(helper.make_node("Add", ["r", "s"], ["y"]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    pointwise = next(n.name for n in compiled.artifact.graph.nodes if n.inputs[0] == "d")
+    stepped = [node.name for node, _ in compiled._steps]
+    assert (pointwise in stepped) is ("twice" in case)
+
+
+
+def test_depthwise_then_1x1_keeps_apart_when_the_plan_reuses_bytes_in_between(tmp_path):
+    """dw -> (a pool that reads the depthwise input last) -> 1x1: the memory plan may give the 1x1
+    output the bytes of that input, so running the 1x1 early (with the depthwise) would overwrite
+    what the pool has yet to read."""
+    x_shape = (1, 8, 12, 12)
+    inits = {"wd": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32),
+             "wp": RNG.standard_normal((8, 8, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Conv", ["a", "wd"], ["d"], group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["r"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "wp"], ["p"]),
+             helper.make_node("Add", ["p", "r"], ["y"])]
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+
+@pytest.mark.parametrize("case", ["zero pad", "batch 2", "pad value 1", "padded tensor read twice"])
+def test_channel_pad_into_a_residual_add(tmp_path, case):
+    """Add(zero-pad of x to more channels, y) reads x for the first channels: no Pad step (not
+    where the pad value is not zero or someone else reads the padded tensor)."""
+    x_shape = (2 if "batch" in case else 1, 5, 6, 7)
+    inits = {"pads": np.array([0, 0, 0, 0, 0, 3, 0, 0], np.int64),
+             "w": RNG.standard_normal((8, 5, 3, 3)).astype(np.float32)}
+    pad_inputs = ["a", "pads"]
+    if "value" in case:
+        inits["v"] = np.array(1.0, np.float32)
+        pad_inputs.append("v")
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Conv", ["a", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", pad_inputs, ["p"]),
+             helper.make_node("Add", ["p", "c"], ["s"] if "twice" in case else ["y"])]
+    if "twice" in case:
+        nodes.append(helper.make_node("Mul", ["s", "p"], ["y"]))
+    compiled, got, ref = _run_both(tmp_path, _model(nodes, x_shape, inits), x_shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    pad = next(n.name for n in compiled.artifact.graph.nodes if n.op.value == "Pad")
+    stepped = [node.name for node, _ in compiled._steps]
+    assert (pad in stepped) is (case in ("pad value 1", "padded tensor read twice"))
 
 
 @pytest.mark.parametrize("size", [3, 5])
