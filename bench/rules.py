@@ -161,7 +161,7 @@ def throughput_engine(rules_file: Path, msgs: list[dict]) -> float:
 
 def latency_in_process(rules_file: Path, msgs: list[dict]):
     """From a message handed to the rule node to `node.command` called in its worker thread."""
-    from iotrt.node import Event, Node
+    from iotrt.node import Node, NodeEvent
     from iotrt.nodes.action.rules import RuleNode
 
     sent: dict[int, int] = {}
@@ -176,7 +176,7 @@ def latency_in_process(rules_file: Path, msgs: list[dict]):
     started: dict[int, int] = {}
     for m in msgs:
         started[m["n"]] = time.perf_counter_ns()
-        glue.handle(Event("input", "faces", m))
+        glue.handle(NodeEvent("input", "faces", m))
         if m["n"] % 3 == 0:  # an owner frame: let the worker send before the next message
             deadline = time.perf_counter() + 0.05
             while m["n"] not in sent and time.perf_counter() < deadline:

@@ -39,7 +39,11 @@ def defer(name: str) -> None:
 # uuid: the id of a command, made by its sender (the lock never sends one);
 # tempfile: a private /tmp runtime folder, made only where none is given;
 # difflib: "did you mean" hints in graph errors. ~1.4 MB of RSS together besides asyncio.
-RARELY_USED = ("asyncio", "uuid", "tempfile", "difflib")
+# ssl, hashlib, hmac, secrets load OpenSSL (libssl, libcrypto: ~1.5 MB of PSS per process):
+# http.server imports ssl for HTTPS clients it never makes; the web node makes its token with
+# secrets on its first start only and checks one with hmac only when a client comes. Each is
+# loaded by its first use.
+RARELY_USED = ("asyncio", "uuid", "tempfile", "difflib", "ssl", "hashlib", "hmac", "secrets")
 
 
 def defer_rarely_used() -> None:

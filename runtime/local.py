@@ -36,7 +36,7 @@ import time
 from collections import deque
 from typing import Any
 
-from iotrt.codec import EncodeError, Envelope
+from iotrt.codec import EncodeError, Envelope, wire_dtype
 
 MAX_DEPTH = 512              # the nesting msgpack can carry; deeper is refused like the wire's
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
@@ -181,8 +181,6 @@ def share(data: Any, depth: int = 0) -> Any:
 
 
 def _hand_over(np: Any, arr: Any) -> Any:
-    from iotrt.codec import wire_dtype
-
     wire_dtype(arr.dtype)               # the same dtypes as the wire, or EncodeError
     if arr.flags.owndata:
         arr.flags.writeable = False     # shared from now on: read-only for its producer too

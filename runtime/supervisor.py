@@ -66,12 +66,34 @@ RESTART_ORDER = ("never", "on-failure", "always")
 EXIT_OK = 0
 EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should escalate
 EXIT_SETUP = 2            # could not even start (sockets, journal, already running)
+START_SLOT_S = 2.0        # see Supervisor._start_ready_nodes
 
 
 class SupervisorError(SupervisionError, RuntimeError):
     """The supervisor cannot start (another instance runs, the runtime folder is not ours...)."""
 
     exit_code = 2     # EXIT_SETUP
+
+
+def start_dependencies(graph: Graph) -> dict[str, set[str]]:
+    """process -> the processes that must be running before it starts.
+
+    Only what a node truly needs up front: the actuators its command outputs dial. A command
+    sent before its receiver listens would wait out its ack timeouts, and an actuator (a
+    safety-critical lock) is then running, in its safe state, before anything can command it.
+    A subscriber needs nothing: it dials in the background and receives from the moment its
+    publisher listens, so a pipeline's processes start in one wave, not one readiness round
+    per stage. Taken from the graph's full start order, which is acyclic (the members of a
+    cycle do not wait for each other), so this never deadlocks either."""
+    order = graph.process_dependencies()
+    commanders: dict[str, set[str]] = {p: set() for p in order}
+    for n in graph.nodes.values():
+        for wires in n.commands.values():
+            for wire in wires:
+                sender = graph.nodes.get(wire.node)    # None: a node `iotrt replay` replaced
+                if sender is not None:
+                    commanders[sender.process].add(n.process)
+    return {p: order[p] & commanders[p] for p in order}
 
 
 class Supervisor:
@@ -95,7 +117,8 @@ class Supervisor:
                 liveness_s=p.liveness_s, stop_grace_s=p.stop_grace_s, backoff=p.backoff,
                 intensity=p.intensity)
         self.process_of = {nid: n.process for nid, n in graph.nodes.items()}
-        self.deps = graph.process_dependencies()
+        self.deps = start_dependencies(graph)
+        self.start_slots = len(os.sched_getaffinity(0))    # the CPUs this process may use
         self.procs: dict[str, NodeProcess] = {}
         self.rates: dict[str, Rates] = {nid: Rates() for nid in graph.nodes}
         self.usage = Usage()
@@ -240,6 +263,8 @@ class Supervisor:
 
     def _timeout(self, now: float) -> float:
         deadlines = [d for s in self.slots.values() if (d := next_deadline(s)) is not None]
+        if (frees := self._start_slot_frees(now)) is not None:
+            deadlines.append(frees)
         if self.notifier.watchdog_s:
             deadlines.append(self._next_ping)
         if not deadlines:
@@ -250,13 +275,31 @@ class Supervisor:
         return all(s.wanted or s.state != State.STOPPED for s in self.slots.values())
 
     def _start_ready_nodes(self, now: float) -> None:
-        """Start every not-yet-started node whose dependencies are up (or ended for good)."""
+        """Start not-yet-started processes whose start dependencies are up (or ended for good),
+        in the graph's order, while fewer than `start_slots` processes are starting: start-up
+        is CPU-bound (imports, model loading), so starting more at once than there are CPUs
+        only time-slices them and delays the first ones (on a loaded 2-CPU machine, the door
+        graph's first detection came later with all four processes starting at once). A
+        process starting for longer than START_SLOT_S (a device to open, a model to compile)
+        stops holding the others back."""
+        busy = sum(1 for s in self.slots.values()
+                   if s.state == State.STARTING and now - s.since < START_SLOT_S)
         for nid, slot in self.slots.items():
+            if busy >= self.start_slots:
+                return
             if slot.wanted or slot.state != State.STOPPED:
                 continue
             if all(self.slots[d].state in (State.RUNNING, State.EXITED, State.FAILED)
                    for d in self.deps[nid]):
                 self._apply(slot, Start(), now)
+                busy += 1
+
+    def _start_slot_frees(self, now: float) -> float | None:
+        """When a start slot frees by time alone, while a process waits to start."""
+        if self.stopping or self._all_settled():   # every process was started
+            return None
+        return min((s.since + START_SLOT_S for s in self.slots.values()
+                    if s.state == State.STARTING and s.since + START_SLOT_S > now), default=None)
 
     def _check_graph(self, now: float) -> None:
         if self.ready_sent:
@@ -557,8 +600,9 @@ class Supervisor:
         return {"ok": True, "nodes": self._reload(node)}
 
     def _reload(self, node: str | None) -> list[str]:
-        """SIGHUP the named node, or every rules node: they re-read their files in place."""
-        targets = [node] if node else [n.id for n in self.graph.nodes.values() if n.kind == "rules"]
+        """SIGHUP the named node, or every node whose SPEC is `reloadable`: they re-read their
+        files in place."""
+        targets = [node] if node else self.graph.reloadable_nodes()
         done, signalled = [], set()
         for nid in targets:   # a process group passes SIGHUP on to each of its nodes
             pname = self.process_of[nid]

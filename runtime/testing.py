@@ -8,6 +8,12 @@
     node.run()                              # detector.main(node) until the queue is empty
     out, = node.published                   # what it published, as subscribers would see it
 
+The node under test is a plain `Node` on a `FakeTransport` (this module): the same event loop,
+timers, parameter checks and command bookkeeping as in a graph, with the transport replaced.
+The fake delivers what the test queued, in order, and then ends the loop. Its clock stands
+at 0: a node's timers fire when the test ticks them (and a timer whose first tick is due at
+once, `first_s=0`, once at the start); alarms, set in real monotonic time, never come due.
+
 Everything a node sends goes through the real codec (published data is encoded and decoded),
 so a test catches data the wire would refuse. Commands the node sends are answered by
 `node.responder(output, data) -> ack fields` (default: ok); return None to simulate a lost ack
@@ -22,12 +28,10 @@ import types
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from iotrt.codec import Envelope, decode, encode, pack, unpack
 from iotrt.command import Command, CommandTimeout
-from iotrt.node import Event, Node, NodeError
-from iotrt.protocol import NodeConfig
 from iotrt.spec import NodeSpec, load_spec
 
 
@@ -46,14 +50,15 @@ class SentCommand:
 
 
 class _AckSink:
-    def __init__(self, acks: list[dict]):
-        self.acks = acks
+    def __init__(self, transport: FakeTransport):
+        self.transport = transport
 
     def _answer(self, cid: str, ack: dict) -> None:
-        self.acks.append(unpack(pack(ack)))
+        self.transport.acks.append(unpack(pack(ack)))
 
 
-def _resolve(target: Any) -> tuple[NodeSpec, Callable | None]:
+def resolve_target(target: Any) -> tuple[NodeSpec, Callable | None]:
+    """A NodeSpec, a node module (object or import path) or a script path -> (SPEC, main)."""
     if isinstance(target, NodeSpec):
         return target, None
     if isinstance(target, types.ModuleType):
@@ -67,94 +72,72 @@ def _resolve(target: Any) -> tuple[NodeSpec, Callable | None]:
     raise TypeError(f"for_test takes a NodeSpec, a module or a target string, not {target!r}")
 
 
-class TestNode(Node):
-    """A Node whose inputs are fed by the test and whose outputs are captured."""
+class FakeTransport:
+    """A Node's transport (iotrt.node.Transport) for tests: arrivals are queued by the test
+    (`feed`, `tick`, `feed_command`, `feed_reload`), and what the node sends is captured
+    (`published`, `commands`, `acks`, `records`, `deadlines`)."""
 
-    __test__ = False  # not a pytest test class
+    wakeup_fd = None          # no signals: a test's node must not take over the test process
 
-    def __init__(self, target: Any, params: dict | None = None, id: str = "test"):
-        spec, self._main = _resolve(target)
+    def __init__(self, node_id: str):
+        self.id = node_id
+        self.outputs: dict = {}   # no sockets to publish on: `published` collects instead
         self.published: list[Published] = []
         self.commands: list[SentCommand] = []
         self.acks: list[dict] = []
         self.records: list[tuple[str, dict]] = []
         self.deadlines: list[float | None] = []   # node.safety_deadline() calls, in order
         self.responder: Callable[[str, Any], dict | None] = lambda output, data: {}
-        self._queue: deque[Event] = deque()
-        self._seq: dict[str, int] = {}
-        super().__init__(NodeConfig(id=id, params=params or {}), spec=spec)
+        self._queue: deque[tuple[str, str, Any]] = deque()
+        self._in_seq: dict[str, int] = {}
+        self._out_seq: dict[str, int] = {}
 
-    def _setup(self) -> None:
-        self._subs, self._pubs = {}, {}
-
-    def _check(self, group: str, name: str) -> None:
-        if not self.spec.has_port(group, name):
-            declared = ", ".join(getattr(self.spec, group)) or "none"
-            raise NodeError(f"node {self.id!r} has no {group[:-1].replace('_', ' ')} "
-                            f"{name!r} (declared: {declared})")
-
-    # -- feeding -----------------------------------------------------------------------------
+    # -- what the test queues ----------------------------------------------------------------
 
     def feed(self, input: str, data: Any, *, stamp_ns: int | None = None,
-             trace: list | None = None, src: str = "upstream") -> TestNode:
+             trace: list | None = None, src: str = "upstream") -> None:
         """Queue a message on `input` (encoded and decoded like a real one)."""
-        self._check("inputs", input)
-        seq = self._seq.get(input, 0)
-        self._seq[input] = seq + 1
+        seq = self._in_seq.get(input, 0)
+        self._in_seq[input] = seq + 1
         env = decode(encode(Envelope(
             f"{src}/{input}", seq, time.monotonic_ns() if stamp_ns is None else stamp_ns,
             src, [[src, time.monotonic_ns()]] if trace is None else trace, data)))
-        self._queue.append(Event("input", input, env.data, env))
-        return self
+        self._queue.append(("input", input, env))
 
-    def tick(self, timer: str) -> TestNode:
-        """Queue a tick of timer `timer`."""
-        self._queue.append(Event("timer", timer))
-        return self
+    def tick(self, timer: str) -> None:
+        self._queue.append(("timer", timer, None))
 
-    def feed_command(self, name: str, data: Any, *, id: str | None = None) -> TestNode:
-        """Queue a command on command input `name`; the node's ack lands in `self.acks`."""
-        self._check("commands_in", name)
-        cmd = Command(id or uuid.uuid4().hex, "test", unpack(pack(data)), time.monotonic_ns(),
-                      _AckSink(self.acks))
-        self._queue.append(Event("command", name, cmd.data, command=cmd))
-        return self
+    def feed_command(self, name: str, data: Any, *, id: str | None = None) -> None:
+        """Queue a command on command input `name`; the node's ack lands in `acks`."""
+        self._queue.append(("command", name, Command(
+            id or uuid.uuid4().hex, "test", unpack(pack(data)), time.monotonic_ns(),
+            _AckSink(self))))
 
-    def post(self, name: str, data: Any = None) -> None:
-        """As Node.post: the event is queued (handled if `run` is still going)."""
-        self._queue.append(Event("post", name, data))
+    def feed_reload(self) -> None:
+        self._queue.append(("reload", "", None))
 
-    def _wake(self) -> None:
-        pass   # no loop to wake: events are queued
+    # -- the Transport interface -------------------------------------------------------------
 
-    def feed_reload(self) -> TestNode:
-        self._queue.append(Event("reload"))
-        return self
+    def clock_ns(self) -> int:
+        return 0              # stands at 0: see the module docstring
 
-    def run(self) -> TestNode:
-        """Run the node's main(node) until every queued event is handled."""
-        if self._main is None:
-            raise NodeError("this target has no main(node) to run; iterate the node instead")
-        self._main(self)
-        return self
+    def wait(self, timeout_s: float) -> list[tuple[str, str, Any]] | None:
+        """The next queued arrival, or None once the queue is empty (the loop ends)."""
+        return [self._queue.popleft()] if self._queue else None
 
-    # -- captured transport ------------------------------------------------------------------
+    def wake(self) -> None:
+        self._queue.append(("wake", "", None))   # node.post: handled in order with the rest
 
-    def _events(self) -> Iterator[Event]:
-        try:
-            while self._queue and not self._stop.is_set():
-                self._before_next()
-                yield self._deliver(self._queue.popleft())
-        finally:
-            self._before_next()
-
-    def _emit(self, output: str, data: Any, stamp_ns: int, trace: list) -> None:
-        seq = self._out_msgs.get(output, 0)
+    def publish(self, output: str, data: Any, stamp_ns: int, trace: list) -> None:
+        seq = self._out_seq.get(output, 0)
+        self._out_seq[output] = seq + 1
         env = decode(encode(Envelope(f"{self.id}/{output}", seq, stamp_ns, self.id, trace, data)))
         self.published.append(Published(output, env.data, env))
 
-    def _call(self, output: str, data: Any, timeout_s: float, retries: int) -> dict:
-        self._check("commands_out", output)
+    def loan(self, output: str, shape: tuple, dtype: Any) -> None:
+        return None           # the node allocates a plain array instead
+
+    def call(self, output: str, data: Any, timeout_s: float, retries: int) -> dict:
         fields = self.responder(output, unpack(pack(data)))
         ack = None if fields is None else {"id": uuid.uuid4().hex, "ok": True, **fields}
         self.commands.append(SentCommand(output, data, ack))
@@ -162,19 +145,22 @@ class TestNode(Node):
             raise CommandTimeout(f"no ack for command on {output!r} (test responder)")
         return ack
 
-    def _deadline(self, in_s: float | None) -> bool:
-        self.deadlines.append(in_s)
-        return True
-
-    def _record(self, body: dict, sync: bool) -> None:
+    def record(self, body: dict, sync: bool) -> None:
         body = unpack(pack(body))
         self.records.append((body["kind"], body["fields"]))
 
-    def stop(self) -> None:
-        self._stop.set()
+    def deadline(self, in_s: float | None) -> bool:
+        self.deadlines.append(in_s)
+        return True
 
     def ready(self) -> None:
         pass
+
+    def heartbeat(self, stats: dict) -> None:
+        pass
+
+    def input_stats(self) -> dict:
+        return {}
 
     def close(self) -> None:
         pass

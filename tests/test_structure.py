@@ -73,6 +73,15 @@ DEFERRED = {
     ("nodes/perception/modelcache.py", "iotrt.compiler"):
         "compiles only a source model that is not cached yet; the front ends are the optional "
         "`compiler` extra (an ImportError becomes a ModelError saying so)",
+    ("runtime/commands/rules.py", "iotrt.graph"):
+        "only `iotrt rules check --graph` reads a graph (which loads pynng)",
+    ("runtime/engine/__init__.py", "iotrt.engine.autotune"):
+        "only backend \"auto\" measures backends (subprocesses, threads, a cache file)",
+    **{("nodes/perception/__init__.py", f"iotrt.nodes.perception.{name}"):
+       "the package runs before each perception node module; its enrolment entry point (`iotrt "
+       "enroll`) loads OpenCV and the engine only when called, so a node that needs neither "
+       "(pose) does not"
+       for name in ("facefeatures", "gallery", "inference", "matcher", "modelcache")},
 }
 FOLDERS = ("runtime", "nodes")
 

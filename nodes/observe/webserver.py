@@ -9,7 +9,7 @@ form sets, except /login, /static/* and, when asked for, /metrics):
     GET  /api/live              server-sent events: `status` every period, `event` per journal event
     GET  /video/<topic>?fps=N   MJPEG (multipart/x-mixed-replace) of an image topic, annotated
     GET  /media/<folder>/<file> a snapshot or clip from one of the media folders
-    GET  /metrics               Prometheus text format (prometheus_client)
+    GET  /metrics               Prometheus text format (prometheus_client, imported then)
 
 A wrong or missing token gets 401 and is counted (iotrt_web_unauthorized_requests_total).
 Nothing from a message or the journal is ever put into HTML by the server: the page receives
@@ -38,17 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
-
 from iotrt.nodes.observe.web import WebError
+from iotrt.nodes.observe.webmetrics import Count, Gauge, Histogram, Metrics
 from iotrt.nodes.observe.webstatus import Graph, GraphCollector, JournalTail, Status
 from iotrt.nodes.observe.webtaps import Latency, Pacer, Taps, matching
 
@@ -84,38 +75,37 @@ class Web:
         self.params, self.token, self.media, self.log = params, token.encode(), media, log
         self.on_death = on_death
         self.died: list[str] = []          # threads of ours that ended with an exception
-        disable_created_metrics()   # the *_created series only double a scrape's size
-        self.registry = CollectorRegistry()
+        self.registry = reg = Metrics()    # prometheus_client is imported by the first scrape
         self.graph = Graph(runtime_dir)
-        self.unauthorized = Counter("iotrt_web_unauthorized_requests", "Requests refused for a "
-                                    "missing or wrong token", registry=self.registry)
-        self.requests = Counter("iotrt_web_requests", "Requests served, by route",
-                                ["route"], registry=self.registry)
-        self.frames = Counter("iotrt_web_video_frames_encoded", "Annotated JPEG frames encoded",
-                              registry=self.registry)
-        self.refused = Counter("iotrt_web_connections_refused", "Connections refused because "
-                               "max_clients were being served", registry=self.registry)
-        histogram = Histogram("iotrt_capture_to_decision_seconds", "Sensor capture to decision "
-                              "published, from the decisions' traces", ["topic"],
-                              buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.latency = Latency(lambda topic, s: histogram.labels(topic).observe(s))
+        self.unauthorized = reg.add(Count("iotrt_web_unauthorized_requests", "Requests refused "
+                                          "for a missing or wrong token"))
+        self.requests = reg.add(Count("iotrt_web_requests", "Requests served, by route",
+                                      "route"))
+        self.frames = reg.add(Count("iotrt_web_video_frames_encoded",
+                                    "Annotated JPEG frames encoded"))
+        self.refused = reg.add(Count("iotrt_web_connections_refused", "Connections refused "
+                                     "because max_clients were being served"))
+        histogram = reg.add(Histogram("iotrt_capture_to_decision_seconds", "Sensor capture to "
+                                      "decision published, from the decisions' traces", "topic",
+                                      LATENCY_BUCKETS))
+        self.latency = Latency(histogram.observe)
         self.taps = Taps(self.graph.topics, max_fps=params["max_fps"],
                          quality=params["jpeg_quality"],
                          overlay_patterns=params["overlay_topics"],
                          latency_patterns=params["latency_topics"], idle_s=params["idle_s"],
                          latency=self.latency, on_frame=self.frames.inc, guard=self.guard)
-        Gauge("iotrt_web_video_viewers", "Live video clients connected",
-              registry=self.registry).set_function(lambda: self.taps.viewers)
+        reg.add(Gauge("iotrt_web_video_viewers", "Live video clients connected",
+                      lambda: self.taps.viewers))
         self.status = Status(self.graph, JournalTail(state_dir), params["status_period_s"],
                              self._extra, self.link_media, self.guard)
-        Gauge("iotrt_web_status_pages", "Status pages open (live)",
-              registry=self.registry).set_function(lambda: self.status.watchers)
+        reg.add(Gauge("iotrt_web_status_pages", "Status pages open (live)",
+                      lambda: self.status.watchers))
         self.collector = GraphCollector(self.graph, JournalTail(state_dir))
-        self.registry.register(self.collector)
+        reg.collectors.append(self.collector)
         self.collector.journal.start_at_end()
         self.slots = threading.BoundedSemaphore(params["max_clients"])
-        Gauge("iotrt_web_connections", "Connections being served",
-              registry=self.registry).set_function(lambda: self.server.active if self.server else 0)
+        reg.add(Gauge("iotrt_web_connections", "Connections being served",
+                      lambda: self.server.active if self.server else 0))
         self.server: _Server | None = None
         self._serving: threading.Thread | None = None
 
@@ -215,9 +205,9 @@ class Web:
         walk(event.get("fields"), 0)
         return {**event, "media": found} if found else event
 
-    def metrics(self) -> bytes:
+    def metrics(self) -> tuple[bytes, str]:
         self.taps.touch()
-        return generate_latest(self.registry)
+        return self.registry.exposition()
 
 
 class _Server(ThreadingHTTPServer):
@@ -359,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return self._metrics()
         route = path.split("/")[1] or "page"
-        self.web.requests.labels(route if route in ROUTES else "other").inc()
+        self.web.requests.inc(route if route in ROUTES else "other")
         if path == "/":
             return self._static("index.html")
         if path == "/logout":
@@ -400,8 +390,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, (STATIC / name).read_bytes(), STATIC_FILES[name])
 
     def _metrics(self) -> None:
-        self.web.requests.labels("metrics").inc()
-        self._send(200, self.web.metrics(), CONTENT_TYPE_LATEST)
+        self.web.requests.inc("metrics")
+        self._send(200, *self.web.metrics())
 
     def _media(self, rest: str) -> None:
         """One file of a media folder: a plain name only, opened without following links."""
@@ -475,8 +465,12 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True   # the client went away: nothing to answer
+        except OSError as exc:             # ssl.SSLError is one; ssl is loaded only for TLS
+            if self.web.ssl is None or not isinstance(exc, ssl.SSLError):
+                raise
+            self.close_connection = True
 
 
 ROUTES = {"page", "logout", "api", "video", "media"}

@@ -5,7 +5,7 @@ and the Prometheus metrics built from them.
 - `Status` is the live status page's source: while at least one page is open (`Status.watch`),
   one thread polls `ps` every `period_s` and the journal for new events, and hands both to every
   open page; with no page open it waits on a condition and costs nothing.
-- `Collector` is a prometheus_client collector: each scrape asks `ps` once, reads each node
+- `GraphCollector` is a prometheus_client collector: each scrape asks `ps` once, reads each node
   process's CPU time and memory from /proc, and counts the journal events since the last scrape
   into rule-firing and command counters.
 """
@@ -21,9 +21,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from iotrt import control
 from iotrt.journal import JOURNAL_FILE, JournalError, JournalReader
@@ -262,6 +259,8 @@ class JournalCounters:
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def families(self) -> list:
+        from prometheus_client.core import CounterMetricFamily  # at a scrape: webmetrics
+
         fams = {
             "rule_firings": CounterMetricFamily(
                 "iotrt_rule_firings", "Rule firings journaled since the web node started",
@@ -278,7 +277,7 @@ class JournalCounters:
         return list(fams.values())
 
 
-class GraphCollector(Collector):
+class GraphCollector:
     """The graph's metrics, read at each scrape (see the module docstring)."""
 
     def __init__(self, graph: Graph, journal: JournalTail) -> None:
@@ -287,6 +286,8 @@ class GraphCollector(Collector):
         self._lock = threading.Lock()
 
     def collect(self):
+        from prometheus_client.core import GaugeMetricFamily  # at a scrape: webmetrics
+
         up = GaugeMetricFamily("iotrt_supervisor_up", "1 if the supervisor answered this scrape")
         try:
             ps = self.graph.ps()
@@ -309,6 +310,8 @@ class GraphCollector(Collector):
             yield from self.counters.families()
 
     def _nodes(self, rows: list[dict]):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at a scrape: webmetrics
+
         state = GaugeMetricFamily("iotrt_node_state", "1 for the state each node is in",
                                   labels=["node", "kind", "state"])
         restarts = CounterMetricFamily("iotrt_node_restarts", "Restarts of the node",
@@ -353,6 +356,8 @@ class GraphCollector(Collector):
         """Per-topic counters from each node's per-port counters (`ports` in a `ps` row, the
         heartbeat's {"in": {input: {msgs, drops}}, "out": {output: {msgs}}}) when the
         supervisor reports them; nothing otherwise."""
+        from prometheus_client.core import CounterMetricFamily
+
         ports = {r.get("node"): r["ports"] for r in rows if isinstance(r.get("ports"), dict)}
         if not ports:
             return

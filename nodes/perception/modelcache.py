@@ -6,6 +6,11 @@ the next start (or another node naming the same file) finds the artifact and ski
 The cache key is the file's content, not its name or mtime, so replacing the model file always
 recompiles and copying it elsewhere never does. Compilation writes a temporary file and renames
 it, so a node killed mid-compile leaves no half-written artifact behind.
+
+The model's preprocessing is what its sidecar `MODEL.json` states (none without one; see
+`iotrt.modelformat.preprocessing`), passed to the compiler and recorded in the artifact. It is
+not part of the cache key: a cached artifact that records other preprocessing than the sidecar
+now states (the sidecar was edited) is compiled again, one that records the same is used.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from iotrt import __version__, errors
 from iotrt.engine import load
 from iotrt.hashing import file_sha256
+from iotrt.modelformat import preprocessing
+from iotrt.modelformat.artifact import read_meta
 
 SOURCE_SUFFIXES = (".tflite", ".onnx")
 ARTIFACT_SUFFIX = ".iotm"
@@ -71,9 +78,16 @@ def compiled_artifact(
     # Keyed by the compiler's version too: after an upgrade the model is compiled again rather
     # than an old artifact failing to load (or missing the new compiler's improvements).
     out = cache_dir / f"{digest[:24]}-{__version__}{ARTIFACT_SUFFIX}"
+    try:
+        stated = preprocessing.of_model(src)
+    except preprocessing.PreprocessingError as exc:  # as this module's error, which callers catch
+        raise ModelError(str(exc)) from exc
     if out.is_file():
-        log.info("model %s: using cached artifact %s", src.name, out)
-        return out
+        if preprocessing.recorded(read_meta(out)) == stated:
+            log.info("model %s: using cached artifact %s", src.name, out)
+            return out
+        log.info("model %s: %s states other preprocessing than %s records: compiling again",
+                 src.name, preprocessing.sidecar(src), out)
     try:
         # only to compile: a process that finds its artifact cached never imports the compiler
         from iotrt.compiler import compile_model
@@ -89,7 +103,8 @@ def compiled_artifact(
         log.debug("model %s: %s", src.name, line)
 
     try:
-        compile_model(str(src), str(tmp), input_shapes=input_shapes, progress=progress)
+        compile_model(str(src), str(tmp), input_shapes=input_shapes, progress=progress,
+                      preprocessing=stated)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

@@ -61,9 +61,11 @@ class DoorScene:
         # One frame of noise plus NOISE_SHIFTS * 4 rows: frame k takes the rows from a shifted
         # offset, so successive frames get different noise from 2 MB at 640x480 (a bank of
         # 4 whole frames held 7.4 MB in the camera process, a third of its heap).
-        rng = np.random.default_rng(seed)
-        noise = rng.standard_normal((height + 4 * NOISE_SHIFTS, width, 3), dtype=np.float32)
-        noise *= 2.0
+        # cv2's generator, not numpy.random: the camera process then imports neither
+        # numpy.random nor, through it, `secrets` and OpenSSL (~1.5 MB of its memory).
+        noise = np.empty((height + 4 * NOISE_SHIFTS, width, 3), np.float32)
+        cv2.setRNGSeed(seed)
+        cv2.randn(noise, (0.0, 0.0, 0.0), (2.0, 2.0, 2.0))
         self._noise_up = np.clip(noise, 0, 255).astype(np.uint8)    # the positive part
         np.negative(noise, out=noise)
         self._noise_down = np.clip(noise, 0, 255).astype(np.uint8)  # the negative part

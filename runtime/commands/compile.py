@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from iotrt.compiler import compile_model
 from iotrt.compiler.check import check
 from iotrt.engine import load
 from iotrt.errors import IotrtError
+from iotrt.modelformat import preprocessing
 from iotrt.modelformat.artifact import read
 
 
@@ -26,9 +28,12 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+        values = []
+    if not values or not all(map(math.isfinite, values)):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of finite numbers")
+    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,10 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"],
                    help="store Conv/Gemm/MatMul weights as per-channel int8 (about 4x smaller "
                         "artifact; dequantized to float at load, so speed is unchanged)")
+    p.add_argument("--preprocessing", type=Path, metavar="FILE",
+                   help="JSON file stating the input preprocessing recorded in the artifact "
+                        "(color, mean, std, input_range); default: MODEL.json beside the model, "
+                        "if there is one")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted from pixels, "
-                   "recorded as preprocessing metadata, e.g. 127.5,127.5,127.5")
+                   "e.g. 127.5,127.5,127.5 (overrides the file's)")
     p.add_argument("--std", type=_floats, help="per-channel divisor applied after the mean")
     p.add_argument("--color", choices=["RGB", "BGR"], help="channel order the model expects")
+    p.add_argument("--input-range", type=_floats, metavar="LO,HI",
+                   help="range of the model's input after scaling, e.g. -1,1 (--check draws "
+                        "its random inputs from it)")
     p.add_argument("--check", action="store_true",
                    help="run the artifact and the source model (onnxruntime or LiteRT) on the same "
                         "random inputs and print the max error per output")
@@ -57,12 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = args.output or args.model.with_suffix(".iotm")
-    meta = {k: v for k, v in (("mean", args.mean), ("std", args.std), ("color", args.color))
-            if v is not None}
     say = (lambda line: None) if args.quiet else (lambda line: print(f"  {line}", flush=True))
+    stated = _preprocessing(args, say)
     # A CompileError (an IotrtError) is reported by iotrt.cli: "iotrt compile: <message>", exit 1.
     report = compile_model(args.model, out, input_shapes=dict(args.input_shape),
-                           target=args.target, quantize=args.quantize, progress=say, meta=meta)
+                           target=args.target, quantize=args.quantize, progress=say,
+                           preprocessing=stated)
     if not args.quiet:
         print(f"compiled {args.model} -> {report.path} in {report.seconds:.2f} s")
         for spec in report.inputs:
@@ -77,6 +89,22 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(args, report.path)
     return 0
+
+
+def _preprocessing(args: argparse.Namespace, say) -> dict:
+    """The file's preprocessing (--preprocessing, else the model's sidecar), then the options'."""
+    path = args.preprocessing or preprocessing.sidecar(args.model)
+    stated = {}
+    if args.preprocessing or path.is_file():
+        stated = preprocessing.read(path)
+        say(f"preprocessing from {path}")
+    options = {k: v for k, v in (("color", args.color), ("mean", args.mean), ("std", args.std),
+                                 ("input_range", args.input_range)) if v is not None}
+    if not options:
+        return stated
+    where = f"{path} with --color/--mean/--std/--input-range" if stated else \
+        "--color/--mean/--std/--input-range"
+    return preprocessing.check({**stated, **options}, where)
 
 
 def _check(args: argparse.Namespace, path: Path) -> int:

@@ -29,8 +29,8 @@ from iotrt.compiler.quantize import SCHEMES as QUANT_SCHEMES
 from iotrt.compiler.quantize import quantize_graph
 from iotrt.hashing import file_sha256
 from iotrt.modelformat import artifact as artifact_io
+from iotrt.modelformat import preprocessing as preprocessing_io
 from iotrt.modelformat.ir import OpGraph, TensorSpec
-from iotrt.models import PREPROCESSING  # known shipped models: how their input is scaled
 
 __all__ = ["compile_model", "compile_graph", "CompileError", "UnsupportedOpError", "CompileReport"]
 
@@ -53,13 +53,11 @@ class CompileReport:
     pass_log: list[str] = field(default_factory=list)
 
 
-def _default_meta(graph: OpGraph, fmt: str, sha: str) -> dict:
-    meta: dict = {}
+def _layout(graph: OpGraph, fmt: str) -> dict:
     first = graph.inputs[0] if graph.inputs else None
     if first is not None and len(first.shape) == 4:
-        meta["layout"] = "NHWC" if fmt == "tflite" else "NCHW"
-    meta.update(PREPROCESSING.get(sha, {}))
-    return meta
+        return {"layout": "NHWC" if fmt == "tflite" else "NCHW"}
+    return {}
 
 
 def compile_graph(graph: OpGraph, progress: Callable[[str], None] | None = None) -> tuple[OpGraph, list[str]]:
@@ -83,7 +81,7 @@ def compile_model(
     target: str = "auto",
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
-    meta: dict | None = None,
+    preprocessing: dict | None = None,
     constants: dict | None = None,
 ) -> CompileReport:
     """Compile an ONNX or TFLite model into one artifact file.
@@ -92,7 +90,9 @@ def compile_model(
     target: the backend the artifact prefers ("auto" decides on the device).
     quantize: None, or "int8": per-channel int8 weights (see iotrt.compiler.quantize).
     progress: called with one human-readable line per stage.
-    meta: preprocessing metadata to record (merged over what is known about the model).
+    preprocessing: how the input is made from pixels, recorded in the artifact's meta: any of
+        color, mean, std, input_range (see iotrt.modelformat.preprocessing; the compiler never
+        guesses it; `preprocessing.of_model(src)` reads the model's `.json` sidecar).
     constants: name -> array, graph inputs to bake in as constants (e.g. a shape tensor).
     """
     t0 = time.perf_counter()
@@ -103,6 +103,8 @@ def compile_model(
         raise CompileError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     if quantize is not None and quantize not in QUANT_SCHEMES:
         raise CompileError(f"unknown quantization '{quantize}' (choose from {', '.join(QUANT_SCHEMES)})")
+    stated = preprocessing_io.check({} if preprocessing is None else preprocessing,
+                                   "compile_model(preprocessing=...)")
     frontend = frontend_for(src)
     fmt = FRONTENDS[src.suffix.lower()][1]
     say = progress or (lambda line: None)
@@ -111,11 +113,10 @@ def compile_model(
     if constants:
         graph = bake_constants(graph, constants)
     say(f"front end: {len(graph.nodes)} ops, {len(graph.consts)} constant tensors")
-    sha = file_sha256(src)
     try:
         art, log = build_artifact(
-            graph, {"name": src.name, "format": fmt, "sha256": sha},
-            meta={**_default_meta(graph, fmt, sha), **(meta or {})}, target=target,
+            graph, {"name": src.name, "format": fmt, "sha256": file_sha256(src)},
+            meta={**_layout(graph, fmt), **stated}, target=target,
             quantize=quantize, progress=say, src=src)
     except CompileError as exc:
         if type(exc) is not CompileError:

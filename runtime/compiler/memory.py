@@ -150,8 +150,7 @@ def plan_memory(g: OpGraph) -> MemoryPlan:
             if r not in handed_over:
                 release(offsets[r], _nbytes(g, r))
 
-    names = set(first) | set(parent)
-    for name in names:
+    for name in dict.fromkeys([*first, *parent]):  # a fixed order: the same artifact bytes every run
         r, off = root(name)
         offsets[name] = offsets[r] + off
     return MemoryPlan(offsets, top)

@@ -6,6 +6,7 @@ reads and runs it), so neither imports the other.
   and the engine's fallback kernels);
 - `artifact`: the `.iotm` file (magic, version, layout, read and write) and its memory plan;
 - `quantized`: how int8 weights are stored and restored;
+- `preprocessing`: the input preprocessing a caller states and an artifact records;
 - `onnxpayload`: the "onnx" payload embedded for the framework backends;
 - `errors`: the errors of the format and of running a model.
 

@@ -163,12 +163,8 @@ def write(art: Artifact, path: str | Path) -> int:
     return path.stat().st_size
 
 
-def read(path: str | Path) -> Artifact:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such artifact") from None
+def _prefix(path: Path, data: bytes) -> tuple[int, int, int, int, int]:
+    """(version, header length, header CRC, blob CRC, blob length), checked."""
     if len(data) < _PREFIX.size or data[:8] != MAGIC:
         raise ArtifactCorruptError(f"{path}: not an iotrt artifact (bad magic); compile a model "
                                    "with 'iotrt compile MODEL -o OUT.iotm'")
@@ -177,13 +173,43 @@ def read(path: str | Path) -> Artifact:
         raise ArtifactVersionError(
             f"{path}: artifact format version {version}, this iotrt reads version "
             f"{FORMAT_VERSION}; recompile the model with this iotrt")
+    return version, hlen, hcrc, bcrc, blen
+
+
+def _header(path: Path, head: bytes, hcrc: int) -> bytes:
+    if zlib.crc32(head) != hcrc:
+        raise ArtifactCorruptError(f"{path}: header checksum mismatch (file damaged)")
+    return head
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the artifact's `meta`: reads its header, not its weights."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            _, hlen, hcrc, _, _ = _prefix(path, prefix)
+            head = _header(path, f.read(hlen), hcrc)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such artifact") from None
+    try:
+        return _from_json(json.loads(head)["meta"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactCorruptError(f"{path}: malformed artifact header: {exc}") from exc
+
+
+def read(path: str | Path) -> Artifact:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such artifact") from None
+    version, hlen, hcrc, bcrc, blen = _prefix(path, data)
     blob_at = _pad(_PREFIX.size + hlen)
     if len(data) < blob_at + blen:
         raise ArtifactCorruptError(f"{path}: truncated ({len(data)} bytes, expected "
                                    f"{blob_at + blen})")
-    head = data[_PREFIX.size:_PREFIX.size + hlen]
-    if zlib.crc32(head) != hcrc:
-        raise ArtifactCorruptError(f"{path}: header checksum mismatch (file damaged)")
+    head = _header(path, data[_PREFIX.size:_PREFIX.size + hlen], hcrc)
     blob = memoryview(data)[blob_at:blob_at + blen]
     if zlib.crc32(blob) != bcrc:
         raise ArtifactCorruptError(f"{path}: weights checksum mismatch (file damaged)")

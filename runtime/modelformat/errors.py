@@ -37,3 +37,7 @@ class InputError(errors.ModelError, ValueError):
 
 class BackendUnavailable(errors.ModelError, RuntimeError):
     """A backend is unknown or cannot run here (package missing, payload absent, graph unsupported)."""
+
+
+class PreprocessingError(errors.ModelError, ValueError):
+    """Stated preprocessing metadata is malformed; the message names the file or option."""

@@ -17,11 +17,11 @@ sandbox (a rule stuck in a loop stops the node's heartbeat, and the supervisor r
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import sys
 import traceback
+from _blake2 import blake2s  # hashlib's own blake2s; `import hashlib` loads OpenSSL
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +83,7 @@ def rules_from_module(module: Any, file: str) -> tuple[list[RuleDef], list[Probl
 def _import_file(path: Path) -> tuple[Any, list[Problem]]:
     file = str(path)
     # A unique module name per file content, so a reload imports the edited file afresh.
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+    digest = blake2s(path.read_bytes(), digest_size=6).hexdigest()
     name = f"iotrt_user_rules_{path.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -22,12 +22,12 @@ class OrderedAcks(list):
 
 def _watch(node) -> list:
     order: list = []
-    record = node._record
+    record = node.fake.record
 
     def noting(body, sync):
         order.append(("record", body["fields"].get("id"), sync))
         record(body, sync)
-    node._record = noting
+    node.fake.record = noting
     node.acks = OrderedAcks(order)
     return order
 

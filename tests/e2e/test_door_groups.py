@@ -35,6 +35,12 @@ def _ps(graph) -> dict | None:
         return None
 
 
+def _openssl(pid: int) -> set[str]:
+    """The OpenSSL libraries the process maps (libssl, libcrypto)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {lib for line in f for lib in ("libssl", "libcrypto") if f"/{lib}.so" in line}
+
+
 def test_killing_perception_during_an_unlock_never_holds_the_door_open(tmp_path):
     run_dir = Path("/tmp") / f"iotrt-grp-{os.getpid()}"       # short: ipc paths max 107 bytes
     env = dict(os.environ, IOTRT_STATE_DIR=str(tmp_path / "state"),
@@ -48,7 +54,14 @@ def test_killing_perception_during_an_unlock_never_holds_the_door_open(tmp_path)
     try:
         opened = wait_for(lambda: next((r for r in _rows(record) if r["locked"] is False), None),
                           150, "the owner's first unlock")
-        perception = {p["process"]: p for p in _ps(graph)["processes"]}["perception"]
+        processes = {p["process"]: p for p in _ps(graph)["processes"]}
+        # Lean imports: OpenSSL only where TLS is spoken or a token made or checked (the web
+        # node makes one at its first start): none in the camera's and the lock's processes,
+        # and no libssl in the action process (no TLS configured, nobody scraped /metrics).
+        assert _openssl(processes["sensing"]["pid"]) == set()
+        assert _openssl(processes["lock"]["pid"]) == set()
+        assert "libssl" not in _openssl(processes["action"]["pid"])
+        perception = processes["perception"]
         pids.add(perception["pid"])
         os.kill(perception["pid"], signal.SIGKILL)            # mid-unlock
         killed_at = time.monotonic_ns()

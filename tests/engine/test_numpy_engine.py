@@ -109,11 +109,10 @@ WINOGRAD = {
 def test_winograd_convs_match_onnxruntime(tmp_path, monkeypatch, case, block_bytes):
     """Also with the tiles in several blocks of tile rows, the last one partial (as large layers
     run)."""
-    from iotrt.engine import numpy as numpy_backend
-    from iotrt.engine import winograd
+    from iotrt.engine import numpyconv, winograd
 
     if block_bytes:
-        monkeypatch.setattr(numpy_backend, "WINOGRAD_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(numpyconv, "WINOGRAD_BLOCK_BYTES", block_bytes)
     x_shape, w_shape, attrs, tile = WINOGRAD[case]
     inits = {"w": (RNG.standard_normal(w_shape) * np.sqrt(2 / (9 * w_shape[1]))).astype(np.float32),
              "b": RNG.standard_normal(w_shape[0]).astype(np.float32)}

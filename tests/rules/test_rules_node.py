@@ -19,7 +19,7 @@ import pytest
 
 from iotrt.bus import Publisher, short_ipc_address
 from iotrt.command import CommandClient, CommandServer
-from iotrt.node import Event, Node
+from iotrt.node import Node, NodeEvent
 from iotrt.nodes.action.rules import CommandSender, RuleNode
 from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
 from iotrt.rules import Command
@@ -210,15 +210,15 @@ def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
     rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 1}}]}\n")
     node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
     glue = RuleNode(node)  # what main(node) runs, driven event by event
-    glue.handle(Event("input", "m", {}))
+    glue.handle(NodeEvent("input", "m", {}))
     rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: ${oops}]}\n")
-    glue.handle(Event("reload"))
-    glue.handle(Event("input", "m", {}))
+    glue.handle(NodeEvent("reload"))
+    glue.handle(NodeEvent("input", "m", {}))
     failed = [f for k, f in node.records if k == "rules_reload_failed"]
     assert len(failed) == 1 and any(":2: " in p for p in failed[0]["problems"])
     rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 2}}]}\n")
-    glue.handle(Event("reload"))
-    glue.handle(Event("input", "m", {}))
+    glue.handle(NodeEvent("reload"))
+    glue.handle(NodeEvent("input", "m", {}))
     assert [p.data for p in node.published] == [{"v": 1}, {"v": 1}, {"v": 2}]
     assert "rules_reloaded" in kinds(node)
 

@@ -95,6 +95,34 @@ def test_publishing_unsendable_data_fails_in_the_harness_like_on_the_wire():
         node.feed("imgae", 1)
 
 
+def test_the_harness_is_a_node_on_a_fake_transport():
+    # the test double replaces the transport, not the Node's own workings
+    from iotrt.node import TestNode
+    from iotrt.testing import FakeTransport
+
+    overridden = {name for name in vars(TestNode) if name in vars(Node)}
+    assert overridden == {"__init__", "__module__", "__doc__"}
+    node = Node.for_test(SPEC, params={"device": "x"})
+    assert isinstance(node.transport, FakeTransport)
+    with pytest.raises(NodeError, match="has no command output 'siren' \\(declared: lamp\\)"):
+        node.command("siren", {"on": True})
+
+
+def test_harness_timers_fire_when_ticked_and_posts_keep_their_place():
+    node = Node.for_test(SPEC, params={"device": "x"})
+    node.timer("often", 1e-6)        # due at once on a real clock; the fake's stands still
+    node.feed("image", np.zeros(1)).tick("often").feed_command("commands", {"x": 1}, id="c")
+    seen = []
+    for event in node:
+        seen.append((event.kind, event.name))
+        if event.kind == "input":
+            node.post("later")       # after what was queued before it
+        elif event.kind == "command":
+            event.ack()
+    assert seen == [("input", "image"), ("timer", "often"), ("command", "commands"),
+                    ("post", "later")]
+
+
 def test_parameter_errors_are_all_listed_with_hints():
     with pytest.raises(ParamError) as info:
         Node.for_test(SPEC, params={"treshold": 1, "mode": "median", "count": 11,

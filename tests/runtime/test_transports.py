@@ -22,7 +22,7 @@ def _pair(rundir, transport: str, queue: int = 2) -> tuple[Node, Node]:
     pub = Node(NodeConfig(id="p", outputs={"out": Endpoint(address, "p/out")}))
     sub = Node(NodeConfig(id="s", inputs={"in": Endpoint(address, "p/out", queue,
                                                          local=transport == "local")}))
-    wait_for(lambda: sub._subs["in"].connected, 10, "the subscriber to connect")
+    wait_for(lambda: sub.transport.inputs["in"].connected, 10, "the subscriber to connect")
     return pub, sub
 
 
@@ -101,9 +101,9 @@ def test_the_in_process_contract_hands_arrays_over_without_a_copy(rundir):
 
 def test_a_cross_process_subscriber_of_the_same_output_keeps_working(rundir):
     pub, sub = _pair(rundir, "local", queue=8)
-    remote = Subscriber(pub._pubs["out"].address, queue=8)
+    remote = Subscriber(pub.transport.outputs["out"].address, queue=8)
     try:
-        wait_for(lambda: pub._pubs["out"].subscribers >= 1, 10, "the NNG subscriber")
+        wait_for(lambda: pub.transport.outputs["out"].subscribers >= 1, 10, "the NNG subscriber")
         for i in range(3):
             pub.publish("out", {"i": i})
         assert [e.seq for e in _drain(sub, 2)] == [0, 1, 2]

@@ -23,7 +23,7 @@ from helpers import Up, alive, up_env, wait_for
 from iotrt.command import CommandClient
 from iotrt.graph import load_graph
 from iotrt.journal import JournalReader
-from iotrt.testing import TestNode
+from iotrt.node import TestNode
 
 GRAPH = """
     name: frozen
@@ -89,7 +89,7 @@ def test_an_unlock_is_refused_when_the_backstop_cannot_be_armed():
     from iotrt.nodes.action import lock
 
     t = TestNode(lock, params={"sim_file": "/dev/null"})
-    t._deadline = lambda in_s: False                    # the supervisor did not acknowledge
+    t.fake.deadline = lambda in_s: False               # the supervisor did not acknowledge
     t.feed_command("commands", {"action": "unlock", "duration_s": 3}).run()
     assert t.acks[-1]["ok"] is False and "backstop" in t.acks[-1]["error"]
 

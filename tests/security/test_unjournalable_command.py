@@ -64,7 +64,7 @@ def test_a_full_disk_refuses_the_unlock_instead_of_applying_it(tmp_path):
 
     def full_disk(body, sync):
         raise CommandError(f"journal refused record {body['kind']!r}: database or disk is full")
-    node._record = full_disk
+    node.fake.record = full_disk
     for i in range(3):     # every owner visit
         node.feed_command("commands", {"action": "unlock", "duration_s": 5}, id=f"c{i}")
     node.run()

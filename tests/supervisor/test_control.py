@@ -97,7 +97,7 @@ def test_verbs_against_a_running_graph(up, iotrt, h):
     reload = iotrt("reload", "faces")
     assert reload.returncode == 0 and "reload sent to faces" in reload.stdout
     assert iotrt("reload", "nobody").returncode == 1
-    os.kill(u.proc.pid, signal.SIGHUP)       # systemctl reload: every node of kind "rules"
+    os.kill(u.proc.pid, signal.SIGHUP)       # systemctl reload: every reloadable node (SPEC)
     u.wait_log("reload: sent SIGHUP to no node")
 
     down = iotrt("down")
@@ -160,3 +160,38 @@ def test_echo_summarises_arrays_and_bytes():
     assert summarise(msg) == {"image": "ndarray uint8 (480, 640, 3)",
                               "boxes": ["ndarray float32 (2, 4)"], "raw": "bytes[10]",
                               "n": 3, "name": "owner"}
+
+
+RELOADABLE = '''
+from iotrt import Node
+from iotrt.spec import NodeSpec, Param
+
+SPEC = NodeSpec(doc="re-reads its file on SIGHUP", params=[Param("marker", str)], reloadable=True)
+
+
+def main(node: Node) -> None:
+    for event in node:
+        if event.kind == "reload":
+            with open(node.params["marker"], "a") as f:
+                f.write("reloaded\\n")
+'''
+
+
+def test_sighup_reloads_the_nodes_whose_spec_is_reloadable(graph_file, up, tmp_path, h):
+    (tmp_path / "prog.py").write_text(RELOADABLE)
+    marker = tmp_path / "reloads"
+    g = graph_file(f"""
+        name: reloading
+        nodes:
+          - id: plain
+            run: {{node}}
+          - id: prog
+            run: prog.py
+            params: {{marker: {marker}}}
+    """)
+    u = up(g)
+    u.wait_log("all 2 nodes up")
+    os.kill(u.proc.pid, signal.SIGHUP)           # systemctl reload
+    u.wait_log("reload: sent SIGHUP to prog\n")   # not to the plain test node
+    h.wait_for(lambda: marker.exists() and marker.read_text() == "reloaded\n", 20,
+               "the reloadable node's reload")
