@@ -104,11 +104,11 @@ def test_a_users_reloadable_node_is_reloaded_and_answers(env, tmp_path):
     try:
         u.wait_log("all 1 nodes up", 60)
         run = _cli(env)
-        ok = run("reload", "-g", str(graph), "--timeout", "60")
+        ok = run("reload", "-g", str(graph), "--timeout", "45")
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "prog: reloaded 2 steps from steps.txt" in ok.stdout, ok.stdout
         steps.write_text("walk\nbad\n")
-        bad = run("reload", "-g", str(graph), "--timeout", "60")
+        bad = run("reload", "-g", str(graph), "--timeout", "45")
         assert bad.returncode == 1, bad.stdout + bad.stderr
         assert "prog: reload of steps.txt failed; the running steps stay" in bad.stderr
         assert "steps.txt:2: 'bad' is not a step" in bad.stderr
