@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from iotrt.graph import GraphError, load_graph
 from iotrt.recording import Recording, RecordingError
 from iotrt.rules.actions import Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet
 from iotrt.rules.api import load_rules
@@ -124,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 def _wiring(rules: Path, ruleset: Any, graph_path: Path) -> tuple[list, list]:
     """(problems, notes) of the rules against each node of the graph that runs them: a node
     whose SPEC names a `rules_param`, set to this file (the SPEC's `check_wiring` checks)."""
+    from iotrt.graph import GraphError, load_graph  # only with --graph: it loads pynng
+
     try:
         graph = load_graph(graph_path, check_node_files=False)
     except GraphError as exc:
