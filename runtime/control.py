@@ -6,8 +6,10 @@ service user). A request is a msgpack map `{"cmd": "ps" | "topics" | "stop" | "r
 the reply is a map with `"ok"` and, when not ok, `"error"`. The supervisor dispatches them in
 `Supervisor._control_handlers`.
 
-Which graph: a graph file (its runtime folder is computed exactly as `iotrt up` does), a graph
-name (looked up in the usual runtime roots), or nothing when exactly one graph is running.
+Running graphs are found by their control sockets in the usual runtime roots
+(`running_graphs`); the command line's choice of graph (a file, a name, or the only running
+one) is iotrt.commands._graph. This module does not import the graph loader, so built-in nodes
+that ask the supervisor (the web page, the Home Assistant bridge) can use it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pynng
 
@@ -24,9 +26,11 @@ from iotrt.bus import recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.config import CONTROL_NAME, ENV_RUNTIME_DIR, SYSTEM_RUNTIME_ROOT, named_runtime_roots
 from iotrt.errors import SupervisionError
-from iotrt.graph import Graph, GraphError, NodeDef, load_graph
 from iotrt.rundir import default_runtime_root
 from iotrt.states import Slot
+
+if TYPE_CHECKING:   # the graph model is only read here, never built: no import at run time
+    from iotrt.graphmodel import Graph, NodeDef
 
 
 class ControlError(SupervisionError, RuntimeError):
@@ -62,27 +66,6 @@ def running_graphs(environ: Mapping[str, str] = os.environ) -> dict[str, Path]:
             if d.name not in found and ctl.exists():
                 found[d.name] = ctl
     return found
-
-
-def control_address(graph: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The control address for a graph file, a graph name, or the only running graph."""
-    if graph and (graph.endswith((".yaml", ".yml")) or Path(graph).is_file()):
-        try:
-            return load_graph(graph, environ=environ).control_address
-        except GraphError as exc:
-            raise ControlError(str(exc)) from exc
-    found = running_graphs(environ)
-    where = ", ".join(str(r) for r in runtime_roots(environ))
-    if graph:
-        if graph not in found:
-            known = f" (running: {', '.join(found)})" if found else ""
-            raise ControlError(f"no running graph named '{graph}' in {where}{known}")
-        return f"ipc://{found[graph]}"
-    if not found:
-        raise ControlError(f"no running graph found in {where}; start one with 'iotrt up GRAPH'")
-    if len(found) > 1:
-        raise ControlError(f"several graphs are running ({', '.join(found)}); name one")
-    return f"ipc://{next(iter(found.values()))}"
 
 
 def call(address: str, cmd: str, timeout_s: float = 3.0, **fields: Any) -> dict:

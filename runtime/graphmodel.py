@@ -74,6 +74,7 @@ class Graph:
     policy: Policy
     nodes: dict[str, NodeDef]
     description: str = ""
+    optimize: int = 0                # PYTHONOPTIMIZE of the node processes (0, 1 or 2)
 
     # -- addresses (short hashed names keep ipc paths under 107 bytes) -----------------------
 

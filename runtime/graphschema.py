@@ -39,6 +39,8 @@ TOP_KEYS = {
     "state_dir": "where state lives (default: $STATE_DIRECTORY or ~/.local/state/iotrt)",
     "supervisor": "health and restart settings",
     "nodes": "the list of nodes",
+    "optimize": "Python optimisation of the node processes: 0 (default), 1 (no asserts) or 2 (no "
+                "asserts, no docstrings: about 2 MB less per process)",
     SIM_OVERRIDE: "true lets simulated sensors run in a graph that drives real hardware (unsafe)",
 }
 NODE_KEYS = (
@@ -89,8 +91,18 @@ class GraphReader:
                     else False)
         if override is not True:
             self._check_sim_vs_hardware(nodes)
+        optimize = self._optimize(top["optimize"][1]) if "optimize" in top else 0
         return Graph(name, self.path.resolve(), runtime_dir, state_dir, policy, nodes,
-                     description if description is not INVALID else "")
+                     description if description is not INVALID else "", optimize)
+
+    def _optimize(self, node) -> int:
+        value = self.check.number(node, "optimize", int, minimum=0)
+        if value is INVALID:
+            return 0
+        if value > 2:
+            self.check.error(node, f"optimize: must be 0, 1 or 2 (Python's -O levels), got {value}")
+            return 0
+        return value
 
     def _default_runtime_root(self, root) -> Path:
         """The default socket root; without systemd or XDG one is made (iotrt.rundir)."""

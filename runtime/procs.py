@@ -57,6 +57,8 @@ def node_env(graph: Graph, process: str, log_level: str, base: dict[str, str]) -
     env[ENV_CONFIG] = json.dumps(config, default=str)
     env[ENV_SUPERVISOR_PID] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the supervisor as they are written
+    if graph.optimize:             # the graph's `optimize:` (the supervisor itself is not affected)
+        env["PYTHONOPTIMIZE"] = str(graph.optimize)
     return env
 
 

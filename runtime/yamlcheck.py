@@ -37,6 +37,7 @@ _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_CHARS = 1024 * 1024
 MAX_DEPTH = 64
 MAX_EXPANDED = 200_000
+MAX_INT_CHARS = 40       # an integer literal: 2**64 has 20 digits, 0x and _ separators fit too
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,11 @@ class Checker:
         if isinstance(node, ScalarNode):
             if "$" in node.value:
                 self._substitute(node, environ)
+            if node.tag == INT_TAG and len(node.value) > MAX_INT_CHARS:
+                # far beyond any setting; Python refuses to even read one of 4,300 digits
+                self.error(node, f"an integer of {len(node.value)} characters: too large (at most "
+                                 f"{MAX_INT_CHARS})")
+                node.value = "0"   # the file is invalid already; nothing reads a huge number
         elif isinstance(node, SequenceNode):
             for item in node.value:
                 self._walk(item, environ, seen)

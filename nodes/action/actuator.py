@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from iotrt import errors
 from iotrt.codec import CodecError
 from iotrt.command import CommandError, CommandTimeout
 from iotrt.node import Param
@@ -34,11 +35,11 @@ from iotrt.node import Param
 log = logging.getLogger(__name__)
 
 
-class CommandRefused(ValueError):
+class CommandRefused(errors.TransportError, ValueError):
     """The command is malformed or unsafe; it was not applied. The message says what to send."""
 
 
-class DriverError(RuntimeError):
+class DriverError(errors.DeviceError, RuntimeError):
     """The device or service did not do what the command asked."""
 
 

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from iotrt import errors
+
 ONLINE, OFFLINE = "online", "offline"
 # Supervisor node states (iotrt.states.State values) -> the health Home Assistant shows.
 HEALTH = {"running": "running", "starting": "restarting", "backoff": "restarting",
@@ -46,7 +48,7 @@ _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
 _TOPIC_ROOT = re.compile(r"^[^+#\x00]+$")
 
 
-class LayoutError(ValueError):
+class LayoutError(errors.ConfigError, ValueError):
     """The bridge's params do not describe something it can publish."""
 
 

@@ -26,7 +26,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from iotrt import __version__
+from iotrt import __version__, errors
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
 from iotrt.nodes.action.hadiscovery import (
@@ -97,7 +97,7 @@ JOURNAL_PER_MIN = 30        # Home Assistant requests journaled per minute, at m
 MAX_IN_FLIGHT = 100         # requests handed to the node's loop and not yet handled
 
 
-class BadCommand(ValueError):
+class BadCommand(errors.TransportError, ValueError):
     """A command from MQTT that is not accepted (too long, not JSON, unknown, bad field)."""
 
 

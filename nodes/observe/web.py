@@ -28,6 +28,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from iotrt import errors
 from iotrt.node import Node, NodeSpec, Param
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ RETRY_S = 10.0            # between two tries to serve after a failure (port in 
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
 
-class WebError(RuntimeError):
+class WebError(errors.ConfigError, RuntimeError):
     """The web node cannot start as configured (port taken, bad TLS files, bad token file)."""
 
 

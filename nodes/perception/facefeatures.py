@@ -20,6 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from iotrt import errors
+
 # ArcFace's 112x112 template for right eye, left eye, nose tip and mouth centre (the mean of its
 # two mouth corners), in BlazeFace's keypoint order (subject's right eye is on the image left).
 TEMPLATE_112 = np.array(
@@ -27,7 +29,7 @@ TEMPLATE_112 = np.array(
 )
 
 
-class FeatureError(ValueError):
+class FeatureError(errors.ModelError, ValueError):
     """A face cannot be turned into a feature (e.g. keypoints missing or degenerate)."""
 
 

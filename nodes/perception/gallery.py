@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt import errors
+
 FORMAT = 1
 
 
-class GalleryError(ValueError):
+class GalleryError(errors.StorageError, ValueError):
     """A gallery file that is missing, corrupt, or built with another method or model."""
 
 

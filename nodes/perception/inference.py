@@ -12,11 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iotrt import errors
 from iotrt.nodes.perception.blazeface import BlazeFace, DecodeOptions
 from iotrt.nodes.perception.modelcache import ModelError, load_model
 
 
-class DetectorError(RuntimeError):
+class DetectorError(errors.ModelError, RuntimeError):
     """A model whose inputs or outputs do not fit the chosen mode."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iotrt import errors
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.sensing.scene import DoorScene
 
@@ -46,7 +47,7 @@ SPEC = NodeSpec(
 )
 
 
-class SourceError(RuntimeError):
+class SourceError(errors.DeviceError, RuntimeError):
     """A capture source cannot be opened; the message says which and why."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from iotrt import errors
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.sensing.serial_lines import SerialLines, parse_floats
 
@@ -190,7 +191,7 @@ def open_driver(p: dict, log=None):
                   p["sim_noise"], p["sim_start_s"])
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(errors.DeviceError, RuntimeError):
     """The IMU delivered too few samples to calibrate; the message names the driver."""
 
 

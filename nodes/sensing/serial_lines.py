@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from iotrt import errors
 
-class BadLine(ValueError):
+
+class BadLine(errors.DeviceError, ValueError):
     """A line that does not match the driver's documented format."""
 
 

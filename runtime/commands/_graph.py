@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Mapping
 
 from iotrt.config import state_root
-from iotrt.control import ControlError, running_graphs
+from iotrt.control import ControlError, running_graphs, runtime_roots
 from iotrt.graph import Graph, GraphError, load_graph
 from iotrt.journal import JOURNAL_FILE
 
@@ -33,6 +34,27 @@ def selected_graph(args: argparse.Namespace) -> str | None:
     if option and positional and option != positional:
         raise ControlError(f"two graphs given ('{positional}' and --graph '{option}'): give one")
     return option or positional
+
+
+def control_address(graph: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The control address for a graph file, a graph name, or the only running graph."""
+    if graph and (graph.endswith((".yaml", ".yml")) or Path(graph).is_file()):
+        try:
+            return load_graph(graph, environ=environ).control_address
+        except GraphError as exc:
+            raise ControlError(str(exc)) from exc
+    found = running_graphs(environ)
+    where = ", ".join(str(r) for r in runtime_roots(environ))
+    if graph:
+        if graph not in found:
+            known = f" (running: {', '.join(found)})" if found else ""
+            raise ControlError(f"no running graph named '{graph}' in {where}{known}")
+        return f"ipc://{found[graph]}"
+    if not found:
+        raise ControlError(f"no running graph found in {where}; start one with 'iotrt up GRAPH'")
+    if len(found) > 1:
+        raise ControlError(f"several graphs are running ({', '.join(found)}); name one")
+    return f"ipc://{next(iter(found.values()))}"
 
 
 def is_graph_file(graph: str) -> bool:

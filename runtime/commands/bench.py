@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iotrt.engine import BackendUnavailable, autotune, load
+from iotrt.engine.autotune import Budget
 from iotrt.errors import UsageError
 
 ENGINE_BACKENDS = ("numpy", "opencv", "onnxruntime", "litert")
@@ -95,9 +97,6 @@ def _artifact_for(args, tmp: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iotrt.engine import BackendUnavailable, autotune, load
-    from iotrt.engine.autotune import Budget
-
     if not args.model.exists():
         raise UsageError(f"{args.model}: no such file")
     if args.threads < 1:

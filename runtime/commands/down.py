@@ -7,8 +7,8 @@ import time
 
 import psutil
 
-from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.control import call, control_address
+from iotrt.commands._graph import add_graph_argument, control_address, selected_graph
+from iotrt.control import call
 from iotrt.errors import SupervisionError
 
 

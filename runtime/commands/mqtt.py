@@ -17,6 +17,10 @@ import uuid
 from iotrt.control import ControlError, call
 from iotrt.errors import ConfigError, IotrtError, SupervisionError
 from iotrt.graph import load_graph
+from iotrt.nodes.action.actuator import DriverError
+from iotrt.nodes.action.hadiscovery import Layout
+from iotrt.nodes.action.homeassistant import broker_config, device_id
+from iotrt.nodes.action.mqttlink import connect_properties, make_client
 
 KIND = "homeassistant"
 
@@ -36,11 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def forget(params: dict, graph: str, timeout_s: float) -> tuple[str, int]:
     """Clear one bridge node's retained topics; returns (device id, topics cleared)."""
-    from iotrt.nodes.action.actuator import DriverError
-    from iotrt.nodes.action.hadiscovery import Layout
-    from iotrt.nodes.action.homeassistant import broker_config, device_id
-    from iotrt.nodes.action.mqttlink import connect_properties, make_client
-
     if not params["host"]:
         raise ForgetError("its param host is empty: it never published anything")
     dev = device_id(params, graph)

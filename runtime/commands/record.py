@@ -21,7 +21,8 @@ import time
 
 from iotrt.bus import Subscriber
 from iotrt.codec import CodecError
-from iotrt.control import call, control_address
+from iotrt.commands._graph import control_address
+from iotrt.control import call
 from iotrt.errors import IotrtError
 from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter
 

@@ -671,9 +671,11 @@ def load_auto(art, path: Path | None, names: list[str], build: Callable[[str], o
     (and an artifact file) every measurement, first or re-check, runs in a separate process
     (`measure_in_child`), so this one loads only the winner.
     """
-    feeds = random_feeds(art.inputs)
     key = device_key(path, threads) if path is not None else {"threads": str(threads)}
     isolate = isolate and path is not None
+    # Timing inputs only where this process measures: numpy.random brings `secrets` and
+    # OpenSSL (~1.5 MB), which a node that measures in a child process never needs.
+    feeds = None if isolate and background else random_feeds(art.inputs)
 
     def again(choice: Choice) -> Job:
         if isolate:

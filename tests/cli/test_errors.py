@@ -80,3 +80,43 @@ def test_an_invalid_graph_lists_its_problems(private, capsys):
     err = capsys.readouterr().err
     assert err.startswith("iotrt graph: invalid graph (1 problem):\n")
     assert f"{bad}:4: " in err and "did you mean 'camera'" in err
+
+
+# Exceptions that are control flow inside one module, never shown to a user, with the reason.
+NOT_FOR_USERS = {
+    "iotrt.codec.FrameOverwritten": "a frame rewritten before it was read: counted as a drop",
+    "iotrt.engine.autotune.Cancelled": "stops a measurement whose node is gone",
+    "iotrt.rules.parsing.Invalid": "one problem, collected into a RulesError by the parser",
+    "iotrt.nodes.sensing.camera.EndOfStream": "a video file ended: the camera loops or stops",
+}
+
+
+def test_every_exception_iotrt_defines_is_in_the_family_or_listed():
+    """Every module of iotrt and iotrt.nodes is imported (in a fresh interpreter, as the
+    structure test does) and every exception class it defines is checked."""
+    import json
+    import subprocess
+    import sys
+
+    probe = """
+import importlib, inspect, json, pkgutil
+import iotrt, iotrt.nodes
+found = {}
+for pkg in (iotrt, iotrt.nodes):
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in vars(module).items():
+            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name:
+                found[f"{info.name}.{name}"] = issubclass(cls, iotrt.errors.IotrtError)
+print(json.dumps(found))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout)
+    assert len(found) > 60 and set(NOT_FOR_USERS) <= set(found), sorted(found)
+    outside = sorted(name for name, ok in found.items() if not ok and name not in NOT_FOR_USERS)
+    assert outside == [], "not in iotrt.errors' family (give it an area, or list it with a reason)"
+    listed_but_in = sorted(name for name in NOT_FOR_USERS if found[name])
+    assert listed_but_in == []

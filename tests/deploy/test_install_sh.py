@@ -53,6 +53,11 @@ def test_install_upgrade_uninstall_in_a_throwaway_prefix(tmp_path):
     where = subprocess.run([str(python), "-c", "import iotrt, iotrt.nodes; print(iotrt.__file__)"],
                            capture_output=True, text=True, check=True).stdout
     assert str(prefix / "venv") in where                 # a real install, not this checkout
+    # the -OO bytecode the shipped graphs' nodes run (`optimize: 2`), which the service user
+    # could not write later
+    package = Path(where.strip()).parent
+    assert list((package / "__pycache__").glob("node.*.opt-2.pyc"))
+    assert list((package / "nodes" / "action" / "__pycache__").glob("lock.*.opt-2.pyc"))
     # only the graph and the files it names
     installed = sorted(p.name for p in (etc / "door").iterdir())
     assert installed == ["door.gallery.npz", "door.rules.yaml", "door.yaml"]

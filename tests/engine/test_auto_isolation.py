@@ -79,6 +79,9 @@ def test_the_detector_node_imports_only_the_framework_auto_chose(tmp_path, run_d
         node = wait_for(lambda: node_process(up.proc.pid, "faces"), 30, "the detector's process")
         wait_for(lambda: not node.children(), 60, "the measuring process to exit")
         assert frameworks_mapped(node.pid) == {winner} & set(FRAMEWORK_LIBS), up.text[-3000:]
+        # nor the timing inputs' generator (numpy.random, which brings secrets and OpenSSL):
+        # only the measuring process times anything
+        assert "numpy/random/" not in Path(f"/proc/{node.pid}/maps").read_text()
     finally:
         stop(up)
 

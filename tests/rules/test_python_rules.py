@@ -111,3 +111,33 @@ def test_bad_yield_is_reported(tmp_path):
     out = engine.handle(Message("go", 1), 0.0)
     assert [a.rule for a in out if isinstance(a, RuleError)] == ["odd"]
     assert engine.running() == 0
+
+
+def test_python_rules_keep_docstrings_and_asserts_in_an_optimized_process(tmp_path):
+    """A graph's `optimize: 2` runs nodes under -OO; the user's rules file is still compiled as
+    written: its docstring is the rule's description and its assert runs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "my_rules.py").write_text(textwrap.dedent('''
+        from iotrt.rules import rule
+
+        @rule(trigger="faces")
+        def welcome(ctx):
+            """Unlock for the owner."""
+            assert ctx.msg["faces"], "no faces"
+    '''))
+    probe = textwrap.dedent(f'''
+        import sys
+        from iotrt.rules import Engine, Message, load_rules
+        if sys.flags.optimize != 2 or load_rules.__doc__ is not None:   # (an assert would vanish)
+            sys.exit('not running under -OO')
+        engine = Engine(load_rules({str(tmp_path / "my_rules.py")!r}))
+        print(engine.rules[0].description)
+        print([type(a).__name__ for a in engine.handle(Message("faces", {{"faces": []}}), 0.0)])
+    ''')
+    out = subprocess.run([sys.executable, "-OO", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    description, actions = out.stdout.splitlines()
+    assert description == "Unlock for the owner."
+    assert "RuleError" in actions   # the assert fired and was reported as the rule's error

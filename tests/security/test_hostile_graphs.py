@@ -114,3 +114,21 @@ def test_an_oversized_file_is_one_error(tmp_path):
     g = write(tmp_path, "name: big\n# " + "x" * (2 * 1024 * 1024) + "\nnodes: []\n")
     with pytest.raises(GraphError, match=r"g\.yaml:1: the file has \d+ characters"):
         load_graph(g)
+
+
+@pytest.mark.parametrize("where", ["optimize: {n}\n", "nodes:\n  - id: a\n    kind: lock\n    threads: {n}\n",
+                                   "nodes:\n  - id: a\n    kind: lock\n    params:\n      max_unlock_s: ${{BIG}}\n"])
+def test_a_huge_integer_is_one_error_not_a_traceback(tmp_path, where):
+    """An integer of 400 or 5,000 digits raised OverflowError (a finite-number check) or
+    ValueError (Python's 4,300-digit limit) out of `iotrt validate`."""
+    for digits in (400, 5000):
+        text = "name: big\n" + where.format(n="9" * digits)
+        if "nodes:" not in text:
+            text += "nodes:\n  - id: a\n    kind: lock\n"
+        path = write(tmp_path, text)
+        out = subprocess.run([sys.executable, "-m", "iotrt", "validate", str(path)], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path,
+                             env={"IOTRT_RUNTIME_DIR": str(tmp_path / "rt"), "HOME": str(tmp_path),
+                                  "PATH": "/usr/bin:/bin", "BIG": "9" * digits})
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"an integer of {digits} characters: too large" in out.stdout + out.stderr

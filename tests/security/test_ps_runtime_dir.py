@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from iotrt.control import CONTROL_NAME, ControlError, control_address, running_graphs
+from iotrt.commands._graph import control_address
+from iotrt.control import CONTROL_NAME, ControlError, running_graphs
 
 
 def _fake_graph(root, name):

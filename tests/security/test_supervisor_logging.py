@@ -12,7 +12,8 @@ import sys
 
 from graphrun import env, graph_file, h, marker_pids  # noqa: F401 (pytest fixtures)
 
-from iotrt.control import call, control_address
+from iotrt.commands._graph import control_address
+from iotrt.control import call
 
 
 def test_stalled_log_reader_never_blocks_supervision(graph_file, env, tmp_path, h):

@@ -351,3 +351,22 @@ def test_validate_prints_ok_or_every_problem(tmp_path, capsys):
     for verb in (["ps"], ["down"], ["graph"], ["unit"], ["reload", "--graph"]):
         assert cli([*verb, str(path)]) == 1
         assert f"{path}:{line}: node 'a': unknown kind 'camra'" in capsys.readouterr().err
+
+
+def test_optimize_sets_the_node_processes_python_level_and_is_checked(tmp_path):
+    from iotrt.procs import node_env
+
+    path = tmp_path / "g.yaml"
+    body = f"nodes:\n  - id: a\n    run: {GRAPHS}/nodes/testnode.py\n"
+    path.write_text("name: opt\noptimize: 2\n" + body)
+    graph = load_graph(path)
+    assert graph.optimize == 2
+    assert node_env(graph, "a", "info", {"PATH": "/bin"})["PYTHONOPTIMIZE"] == "2"
+    path.write_text("name: opt\n" + body)
+    graph = load_graph(path)
+    assert graph.optimize == 0 and "PYTHONOPTIMIZE" not in node_env(graph, "a", "info", {})
+    for bad, says in [("3", "must be 0, 1 or 2"), ("true", "expected an integer"), ("-1", "at least 0")]:
+        path.write_text(f"name: opt\noptimize: {bad}\n" + body)
+        with pytest.raises(GraphError) as err:
+            load_graph(path)
+        assert f"{path}:2:" in str(err.value) and says in str(err.value)
