@@ -42,7 +42,7 @@ from iotrt.nodes.action.hadiscovery import (
     slug,
     who_payloads,
 )
-from iotrt.nodes.action.mqttlink import BrokerConfig, connect_properties, make_client
+from iotrt.nodes.action.mqttlink import BrokerConfig, MqttLink, connect_properties, make_client
 
 SPEC = NodeSpec(
     doc="Home Assistant over MQTT: discovery, states, availability; its commands go to the rules",
@@ -474,8 +474,6 @@ def poll_health(node: Node, bridge: Bridge) -> None:
 
 
 def main(node: Node) -> None:
-    from iotrt.nodes.action.mqttlink import MqttLink
-
     p = node.params
     if not p["host"]:
         # Off: return, which closes its inputs (a camera's frames would otherwise be received
