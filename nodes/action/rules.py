@@ -37,12 +37,16 @@ from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
     TICK,
     Command,
+    CommandStep,
     Engine,
+    Expression,
     Fired,
+    Interpolated,
     Log,
     Message,
     Problem,
     Publish,
+    PublishStep,
     RuleDisabled,
     RuleError,
     RulesError,
@@ -50,8 +54,6 @@ from iotrt.rules import (
     StateSet,
     load_rules,
 )
-from iotrt.rules.expressions import Expression
-from iotrt.rules.schema import CommandStep, Interpolated, PublishStep
 from iotrt.yamlcheck import suggest
 
 SPEC = NodeSpec(

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from iotrt.nodes.observe.web import WebError
+from iotrt.nodes.observe.webconfig import WebError
 from iotrt.nodes.observe.webmetrics import Count, Gauge, Histogram, Metrics
 from iotrt.nodes.observe.webstatus import Graph, GraphCollector, JournalTail, Status
 from iotrt.nodes.observe.webtaps import Latency, Pacer, Taps, matching

@@ -23,13 +23,15 @@ from iotrt.rules.actions import (
 )
 from iotrt.rules.api import load_rules, loads_rules, rule
 from iotrt.rules.engine import Engine
-from iotrt.rules.expressions import ExpressionError
-from iotrt.rules.schema import RuleDef, RuleSet
+from iotrt.rules.expressions import Expression, ExpressionError
+from iotrt.rules.schema import CommandStep, Interpolated, PublishStep, RuleDef, RuleSet
 from iotrt.rules.source import Problem, RulesError
 
 __all__ = [
     "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
     "Publish", "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError",
     "Skipped", "StateSet", "Tick",
+    # a rule set's parts, for nodes that inspect what the rules do (wiring checks, discovery)
+    "CommandStep", "Expression", "Interpolated", "PublishStep",
     "load_rules", "loads_rules", "rule",
 ]

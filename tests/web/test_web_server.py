@@ -21,7 +21,7 @@ import pytest
 from helpers import wait_for
 
 from iotrt.node import load_spec
-from iotrt.nodes.observe.web import WebError, load_token, media_dirs
+from iotrt.nodes.observe.webconfig import WebError, load_token, media_dirs
 from iotrt.nodes.observe.webserver import Web
 from iotrt.nodes.observe.webtaps import MAX_BOXES, Pacer, annotate, parse_overlay
 
