@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from iotrt import __version__, errors
+from iotrt.control import CONTROL_NAME, ControlError, call
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
 from iotrt.nodes.action.hadiscovery import (
@@ -459,8 +460,6 @@ class Bridge:
 
 
 def poll_health(node: Node, bridge: Bridge) -> None:
-    from iotrt.control import CONTROL_NAME, ControlError, call
-
     if not node.config.runtime_dir:
         return
     try:
