@@ -98,7 +98,6 @@ TO_REMOVE = {
     ("runtime/launch.py", "iotrt.spec"): "no reason given: at the top after defer_rarely_used()",
     ("runtime/launch.py", "iotrt.command"): "no reason given: at the top after defer_rarely_used()",
 }
-FOLDERS = ("runtime", "nodes")
 
 
 def _known_modules() -> set[str]:
