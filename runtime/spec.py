@@ -183,6 +183,12 @@ class NodeSpec:
     check_wiring: Callable[..., tuple[list, list]] | None = None
     """`check_wiring(rules, node, graph) -> (problems, notes)`: a rule set checked against
     the node's wiring in the graph (with `rules_param`)."""
+    forget: Callable[[dict, str, float], str] | None = None
+    """`forget(params, graph_name, timeout_s) -> summary`: clear what the node left outside
+    the device (a Home Assistant bridge: its retained MQTT topics), for `iotrt mqtt forget
+    GRAPH` once the graph is stopped. `params` are the node's validated params; it gives up
+    after `timeout_s` seconds. Returns a one-line summary ("cleared 9 retained topic(s) of
+    device D"); a failure is an `iotrt.errors.IotrtError` whose message says why."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

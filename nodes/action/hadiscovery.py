@@ -266,7 +266,7 @@ def health_of(state: str) -> str:
 
 def rules_event_types(ruleset: Any, outputs: set[str]) -> list[str]:
     """The ``event`` values the rules publish on ``outputs`` (constant strings only)."""
-    from iotrt.rules.schema import PublishStep
+    from iotrt.rules import PublishStep  # already loaded: `ruleset` comes from it
 
     found: list[str] = []
     for r in ruleset.rules:
@@ -324,6 +324,7 @@ def make_layout(params: dict, graph: str, device_id: str, version: str,
     if not all(isinstance(t, str) and t for t in event_types):
         raise LayoutError("event_types must be a list of names")
     if not event_types and params["rules"] and events:
+        # only a bridge that reads its event types loads the rule engine and yaml (~4.5 MB)
         from iotrt.rules import RulesError, load_rules
         try:
             ruleset = load_rules(params["rules"])

@@ -22,11 +22,13 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from iotrt import __version__, errors
+from iotrt.control import CONTROL_NAME, ControlError, call
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
 from iotrt.nodes.action.hadiscovery import (
@@ -41,7 +43,7 @@ from iotrt.nodes.action.hadiscovery import (
     slug,
     who_payloads,
 )
-from iotrt.nodes.action.mqttlink import BrokerConfig
+from iotrt.nodes.action.mqttlink import BrokerConfig, MqttLink, connect_properties, make_client
 
 SPEC = NodeSpec(
     doc="Home Assistant over MQTT: discovery, states, availability; its commands go to the rules",
@@ -89,6 +91,8 @@ SPEC = NodeSpec(
         Param("max_state_bytes", int, 65536, "longest bridged state (bytes)", min=64,
               max=1 << 20),
     ],
+    # `iotrt mqtt forget GRAPH` (defined below)
+    forget=lambda params, graph, timeout_s: forget(params, graph, timeout_s),
 )
 
 MAX_BAD_CODES = 5           # wrong unlock codes within BAD_CODE_WINDOW_S ...
@@ -151,6 +155,73 @@ def is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class ForgetError(errors.IotrtError, RuntimeError):
+    """The device's retained topics could not be cleared (no broker, refused, no answer)."""
+
+
+def forget(params: dict, graph: str, timeout_s: float) -> str:
+    """Remove the device from Home Assistant (the SPEC's `forget`, `iotrt mqtt forget`).
+
+    Home Assistant keeps a discovered device as long as its retained discovery configs stay on
+    the broker. This connects with the node's own params (host, TLS, credentials), finds every
+    retained config and state topic of the device, and clears each one (an empty retained
+    message), which makes Home Assistant delete the entities. Returns a one-line summary.
+    """
+    if not params["host"]:
+        raise ForgetError("its param host is empty: it never published anything")
+    dev = device_id(params, graph)
+    layout = Layout(graph=graph, device_id=dev, device_name=dev,
+                    prefix=params["discovery_prefix"].strip("/"),
+                    base=params["base_topic"].strip("/"))
+    try:
+        cfg = broker_config(params, dev)
+        # its own client id: the bridge's would take over (and end) a running bridge's session
+        cfg = dataclasses.replace(cfg, client_id=f"{cfg.client_id[:56]}-forget")
+        client = make_client(cfg)
+    except DriverError as exc:
+        raise ForgetError(str(exc)) from exc
+    marker = f"{layout.base}/forget-{uuid.uuid4().hex}"
+    retained: set[str] = set()
+    done, failed = threading.Event(), []
+
+    def connected(c, userdata, flags, rc, props) -> None:
+        if rc.is_failure:
+            failed.append(f"the broker refused the connection: {rc}")
+            done.set()
+            return
+        c.subscribe([(layout.config_wildcard, 1), (f"{layout.base}/#", 1)])
+
+    def subscribed(c, userdata, mid, rcs, props) -> None:
+        # Retained messages come right after the subscription; a message published now
+        # comes back after them, so its arrival means they are all in.
+        c.publish(marker, b"", qos=1)
+
+    def message(c, userdata, msg) -> None:
+        if msg.topic == marker:
+            done.set()
+        elif msg.retain and msg.payload:
+            retained.add(msg.topic)
+
+    client.on_connect, client.on_subscribe, client.on_message = connected, subscribed, message
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                       properties=connect_properties(cfg))
+    except OSError as exc:
+        raise ForgetError(f"cannot reach the broker {cfg.where}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s) or failed:
+            raise ForgetError(failed[0] if failed else
+                              f"no answer from the broker {cfg.where} within {timeout_s:g} s")
+        # configs first: Home Assistant removes the entities before their states vanish
+        for topic in sorted(retained, key=lambda t: not t.endswith("/config")):
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return f"cleared {len(retained)} retained topic(s) of device {dev}"
 
 
 class CommandGate:
@@ -389,8 +460,6 @@ class Bridge:
 
 
 def poll_health(node: Node, bridge: Bridge) -> None:
-    from iotrt.control import CONTROL_NAME, ControlError, call
-
     if not node.config.runtime_dir:
         return
     try:
@@ -404,8 +473,6 @@ def poll_health(node: Node, bridge: Bridge) -> None:
 
 
 def main(node: Node) -> None:
-    from iotrt.nodes.action.mqttlink import MqttLink
-
     p = node.params
     if not p["host"]:
         # Off: return, which closes its inputs (a camera's frames would otherwise be received

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from iotrt import cli, errors
-from iotrt.commands.mqtt import ForgetError
 from iotrt.control import ControlError
 from iotrt.graph import GraphError
+from iotrt.nodes.action.homeassistant import ForgetError
 from iotrt.protocol import ConfigError as NodeConfigError
 from iotrt.spec import ParamError, SpecError
 from iotrt.supervisor import SupervisorError
