@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
+from iotrt.lazy import numpy as np
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import CommandRefused, DriverError, handle_command
 
@@ -41,6 +39,9 @@ class Snapshots:
     """The controller: holds the newest frame and writes it out on `apply`."""
 
     def __init__(self, folder: Path, keep: int, quality: int, max_age_s: float) -> None:
+        import cv2  # at the node's start, not at the first snapshot; reading SPEC needs none of it
+
+        self.cv2 = cv2
         self.folder, self.keep, self.quality, self.max_age_s = folder, keep, quality, max_age_s
         self.frame: np.ndarray | None = None
         self.frame_t = 0.0
@@ -57,6 +58,7 @@ class Snapshots:
         reason = _REASON_RE.sub("_", str(command.get("reason", "snapshot")))[:40] or "snapshot"
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         path = self.folder / f"{stamp}-{reason}.jpg"
+        cv2 = self.cv2
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(self.frame, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:

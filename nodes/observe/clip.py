@@ -26,11 +26,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotrt.codec import CodecError, Encoder
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.recording import RecordingError, RecordWriter, encode
+
+if TYPE_CHECKING:
+    from iotrt.recording import RecordWriter
 
 SPEC = NodeSpec(
     doc="keep the last seconds of the inputs in memory; write an MCAP clip around each event",
@@ -121,9 +123,13 @@ class Clips:
         self.folder = Path(p["dir"] or Path(node.config.state_dir or ".") / "clips")
         self.open: list[OpenClip] = []
         self.encoder = Encoder()
+        # numpy and mcap load here, at the node's start: reading SPEC (`iotrt up`) needs neither
+        from iotrt.recording import RecordWriter, encode
+
+        self._writer, self._encode = RecordWriter, encode
 
     def keep(self, env) -> None:
-        kind, payload = encode(env, "jpeg", self.p["quality"], self.encoder)
+        kind, payload = self._encode(env, "jpeg", self.p["quality"], self.encoder)
         e = Entry(env.topic, kind, payload, env.seq, env.stamp_ns, time.monotonic_ns())
         self.ring.add(e)
         now = time.monotonic()
@@ -146,7 +152,7 @@ class Clips:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         path = self.folder / f"{stamp}-{reason}.mcap"
-        writer = RecordWriter(path, quality=p["quality"],
+        writer = self._writer(path, quality=p["quality"],
                               meta={"graph": self.node.config.graph, "clip": reason,
                                     "event_stamp_ns": str(env.stamp_ns)})
         clip = OpenClip(writer, env.stamp_ns, env.stamp_ns - int(before * 1e9),
@@ -198,6 +204,8 @@ class Clips:
 
 
 def main(node: Node) -> None:
+    from iotrt.recording import RecordingError
+
     clips = Clips(node)
     trigger = node.params["trigger"]
     node.timer("expire", 1.0)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iotrt.engine import BACKENDS
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.perception.inference import DetectorError, build, handle_frame
-from iotrt.nodes.perception.modelcache import cache_dir
 
+# iotrt.engine.BACKENDS, named here: the engine (numpy, OpenCV) loads when the node starts, not
+# when `iotrt up` or `iotrt validate` reads this SPEC (tests/nodes/test_spec_imports.py keeps them equal).
+BACKENDS = ("numpy", "opencv", "onnxruntime", "litert")
 SPEC = NodeSpec(
     doc="runs a compiled CNN on frames: BlazeFace faces (boxes, scores, keypoints) or top-k classes",
     inputs={"image": "RGB uint8 frame"},
@@ -50,6 +50,10 @@ SPEC = NodeSpec(
 
 
 def main(node: Node) -> None:
+    # the engine, numpy and OpenCV: loaded by the running node, not by reading SPEC
+    from iotrt.nodes.perception.inference import DetectorError, build, handle_frame
+    from iotrt.nodes.perception.modelcache import cache_dir
+
     state = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     node.ready()
     bad = 0

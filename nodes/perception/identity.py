@@ -33,12 +33,18 @@ docs/perception.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes.perception.gallery import Gallery, GalleryError
-from iotrt.nodes.perception.matcher import METHODS, Identifier, Pairer, embedding_extractor, lbp_extractor
-from iotrt.nodes.perception.modelcache import ModelError, cache_dir, load_model
 from iotrt.nodes.perception.tracker import Tracker
+
+if TYPE_CHECKING:
+    from iotrt.nodes.perception.matcher import Identifier
+
+# The gallery, matcher and model cache (numpy, OpenCV, the engine) load when the node starts,
+# not when `iotrt up` or `iotrt validate` reads this SPEC. matcher.METHODS' names, kept equal to
+# them by tests/nodes/test_spec_imports.py:
+METHODS = ("lbp", "embedding")
 
 SPEC = NodeSpec(
     doc="names detected faces against an enrolled gallery (LBP or a face-embedding CNN)",
@@ -48,7 +54,7 @@ SPEC = NodeSpec(
                       "unpaired}"},
     params=[
         Param("gallery", str, "gallery.npz", "gallery file written by 'iotrt enroll'"),
-        Param("method", str, "lbp", "matching method", choices=tuple(METHODS)),
+        Param("method", str, "lbp", "matching method", choices=METHODS),
         Param("threshold", float, 0.0, "minimum score to name a face (0: the method's default)",
               min=0.0, max=1.0),
         Param("model", str, "", "embedding: face-embedding model (.onnx/.tflite/.iotm)"),
@@ -69,6 +75,10 @@ SPEC = NodeSpec(
 
 
 def build(params: dict, models_dir: Path, base_dir: Path | None = None, log=None) -> Identifier:
+    from iotrt.nodes.perception.gallery import Gallery
+    from iotrt.nodes.perception.matcher import METHODS, Identifier, embedding_extractor, lbp_extractor
+    from iotrt.nodes.perception.modelcache import load_model
+
     method = params["method"]
     path = Path(params["gallery"]).expanduser()
     if not path.is_absolute() and base_dir is not None:
@@ -120,6 +130,10 @@ class Presence:
 
 
 def main(node: Node) -> None:
+    from iotrt.nodes.perception.gallery import GalleryError
+    from iotrt.nodes.perception.matcher import Pairer
+    from iotrt.nodes.perception.modelcache import ModelError, cache_dir
+
     ident = build(node.params, cache_dir(node.config.state_dir), Path.cwd(), node.log)
     pairer = Pairer(node.params["frame_buffer"])
     presence = Presence()

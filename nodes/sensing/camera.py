@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from iotrt import errors
+from iotrt.lazy import LazyModule
+from iotrt.lazy import numpy as np
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.sensing.scene import DoorScene
+
+# OpenCV and numpy load when a source opens (the node's start), not when a graph's SPECs are read.
+cv2 = LazyModule("cv2")
 
 SPEC = NodeSpec(
     doc="camera frames (RGB uint8) from a device, video file, URL, GStreamer pipeline or sim",

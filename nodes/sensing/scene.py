@@ -14,8 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
+from iotrt.lazy import LazyModule
+from iotrt.lazy import numpy as np
+
+# OpenCV and numpy load when a scene is made (the camera's start), not on import.
+cv2 = LazyModule("cv2")
 
 DATA = Path(__file__).with_name("data")
 NOISE_SHIFTS = 8     # the sim noise repeats every 8 frames (each shifted by 4 rows)
