@@ -74,6 +74,18 @@ DEFERRED = {
     ("nodes/perception/modelcache.py", "iotrt.compiler"):
         "compiles only a source model that is not cached yet; the front ends are the optional "
         "`compiler` extra (an ImportError becomes a ModelError saying so)",
+    ("nodes/observe/clip.py", "iotrt.recording"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
+    ("nodes/perception/detector.py", "iotrt.nodes.perception.inference"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
+    ("nodes/perception/detector.py", "iotrt.nodes.perception.modelcache"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
+    ("nodes/perception/identity.py", "iotrt.nodes.perception.gallery"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
+    ("nodes/perception/identity.py", "iotrt.nodes.perception.matcher"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
+    ("nodes/perception/identity.py", "iotrt.nodes.perception.modelcache"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
     ("nodes/action/hadiscovery.py", "iotrt.rules"):
         "the rule engine and yaml (~4.5 MB) only for a bridge that reads its event types from "
         "the rules file",
