@@ -18,40 +18,40 @@ from iotrt.console import setup_logging
 from iotrt.errors import IotrtError, UsageError
 
 # verb -> (module, one-line help). Adding a verb means adding one module and one line here.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("iotrt.commands.up", "validate a graph and run it under the supervisor"),
-    "down": ("iotrt.commands.down", "stop a running graph"),
-    "validate": ("iotrt.commands.validate", "check a graph file without starting anything"),
-    "graph": ("iotrt.commands.graph", "draw a graph as Mermaid or DOT"),
-    "unit": ("iotrt.commands.unit", "write a systemd unit for a graph"),
-    "ps": ("iotrt.commands.ps", "list the nodes of a running graph"),
-    "topics": ("iotrt.commands.topics", "list the topics of a running graph"),
-    "echo": ("iotrt.commands.echo", "print the messages on a topic"),
-    "hz": ("iotrt.commands.hz", "measure the rate of a topic"),
-    "reload": ("iotrt.commands.reload", "reload the rules of a running graph"),
-    "compile": ("iotrt.commands.compile", "compile an ONNX or TFLite model into an artifact"),
-    "bench": ("iotrt.commands.bench", "measure a model's latency on each engine backend"),
-    "enroll": ("iotrt.commands.enroll", "enroll a person into a face gallery from photos"),
-    "rules": ("iotrt.commands.rules", "test rules offline against recorded messages"),
-    "events": ("iotrt.commands.events", "read the event journal"),
-    "record": ("iotrt.commands.record", "record topics of a running graph to an MCAP file"),
-    "replay": ("iotrt.commands.replay", "run a graph with recorded topics in place of their nodes"),
-    "mqtt": ("iotrt.commands.mqtt", "Home Assistant over MQTT: forget a graph's device"),
+VERBS: dict[str, tuple[str, str]] = {
+    "up": ("iotrt.verbs.up", "validate a graph and run it under the supervisor"),
+    "down": ("iotrt.verbs.down", "stop a running graph"),
+    "validate": ("iotrt.verbs.validate", "check a graph file without starting anything"),
+    "graph": ("iotrt.verbs.graph", "draw a graph as Mermaid or DOT"),
+    "unit": ("iotrt.verbs.unit", "write a systemd unit for a graph"),
+    "ps": ("iotrt.verbs.ps", "list the nodes of a running graph"),
+    "topics": ("iotrt.verbs.topics", "list the topics of a running graph"),
+    "echo": ("iotrt.verbs.echo", "print the messages on a topic"),
+    "hz": ("iotrt.verbs.hz", "measure the rate of a topic"),
+    "reload": ("iotrt.verbs.reload", "reload the rules of a running graph"),
+    "compile": ("iotrt.verbs.compile", "compile an ONNX or TFLite model into an artifact"),
+    "bench": ("iotrt.verbs.bench", "measure a model's latency on each engine backend"),
+    "enroll": ("iotrt.verbs.enroll", "enroll a person into a face gallery from photos"),
+    "rules": ("iotrt.verbs.rules", "test rules offline against recorded messages"),
+    "events": ("iotrt.verbs.events", "read the event journal"),
+    "record": ("iotrt.verbs.record", "record topics of a running graph to an MCAP file"),
+    "replay": ("iotrt.verbs.replay", "run a graph with recorded topics in place of their nodes"),
+    "mqtt": ("iotrt.verbs.mqtt", "Home Assistant over MQTT: forget a graph's device"),
 }
 
 
-class CommandUnavailable(UsageError):
+class VerbUnavailable(UsageError):
     """A verb whose module (or one of its optional dependencies) cannot be imported."""
 
 
 def _load(verb: str):
-    module_name = COMMANDS[verb][0]
+    module_name = VERBS[verb][0]
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise CommandUnavailable(f"'iotrt {verb}' is not available in this build") from exc
-        raise CommandUnavailable(
+            raise VerbUnavailable(f"'iotrt {verb}' is not available in this build") from exc
+        raise VerbUnavailable(
             f"'iotrt {verb}' needs the Python package '{exc.name}', which is not installed "
             f"(pip install 'iotrt[...]' with the extra that provides it; see the README)"
         ) from exc
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"iotrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, (_, help_text) in COMMANDS.items():
+    for verb, (_, help_text) in VERBS.items():
         sub.add_parser(verb, help=help_text, description=help_text, add_help=False)
     return parser
 
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if ns.verbose else logging.INFO)
     try:
         module = _load(ns.verb)
-    except CommandUnavailable as exc:
+    except VerbUnavailable as exc:
         return report(exc, "iotrt")
     verb_parser = argparse.ArgumentParser(
-        prog=f"iotrt {ns.verb}", description=COMMANDS[ns.verb][1]
+        prog=f"iotrt {ns.verb}", description=VERBS[ns.verb][1]
     )
     module.add_arguments(verb_parser)
     args = verb_parser.parse_args(rest)

@@ -8,7 +8,7 @@ the reply is a map with `"ok"` and, when not ok, `"error"`. The supervisor dispa
 
 Running graphs are found by their control sockets in the usual runtime roots
 (`running_graphs`); the command line's choice of graph (a file, a name, or the only running
-one) is iotrt.commands._graph. This module does not import the graph loader, so built-in nodes
+one) is iotrt.verbs._graph. This module does not import the graph loader, so built-in nodes
 that ask the supervisor (the web page, the Home Assistant bridge) can use it.
 """
 

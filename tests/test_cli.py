@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import iotrt
-from iotrt.cli import COMMANDS, main
+from iotrt.cli import VERBS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ def test_version_and_help_list_every_verb():
     out = subprocess.run(
         [sys.executable, "-m", "iotrt", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for verb in COMMANDS:
+    for verb in VERBS:
         assert verb in out
     version = subprocess.run(
         [sys.executable, "-m", "iotrt", "--version"], capture_output=True, text=True, check=True
@@ -44,7 +44,7 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_command_table_lists_every_verb():
     readme = (ROOT / "README.md").read_text()
     table = {m for m in re.findall(r"^\| `iotrt (\w+)", readme, re.M)}
-    assert table == set(COMMANDS)
+    assert table == set(VERBS)
 
 
 def test_a_reader_closing_the_pipe_ends_the_verb_quietly(tmp_path):
@@ -54,14 +54,14 @@ def test_a_reader_closing_the_pipe_ends_the_verb_quietly(tmp_path):
     script.write_text(
         "import sys, types\n"
         "from iotrt import cli\n"
-        "m = types.ModuleType('iotrt.commands.flood')\n"
+        "m = types.ModuleType('iotrt.verbs.flood')\n"
         "m.add_arguments = lambda p: None\n"
         "def run(args):\n"
         "    while True:\n"
         "        print('x' * 1000, flush=True)\n"
         "m.run = run\n"
         "sys.modules[m.__name__] = m\n"
-        "cli.COMMANDS['flood'] = (m.__name__, 'writes forever')\n"
+        "cli.VERBS['flood'] = (m.__name__, 'writes forever')\n"
         "sys.exit(cli.main(['flood']))\n")
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)

@@ -222,7 +222,7 @@ def verb_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def check_iotrt(block: Block, argv: list[str]) -> None:
     where = f"{block}: `iotrt {' '.join(argv)}`"
-    assert argv and argv[0] in cli.COMMANDS, f"{where}: no such verb"
+    assert argv and argv[0] in cli.VERBS, f"{where}: no such verb"
     parser = argparse.ArgumentParser(prog=f"iotrt {argv[0]}")
     cli._load(argv[0]).add_arguments(parser)
     err = io.StringIO()
@@ -304,7 +304,7 @@ def test_sh_blocks_are_found():
 def test_readme_command_table_lists_every_verb():
     readme = (ROOT / "README.md").read_text()
     listed = re.findall(r"^\| `iotrt (\w+)[^`]*` \|", readme, re.M)
-    assert sorted(set(listed)) == sorted(cli.COMMANDS), "README's command table vs iotrt.cli"
+    assert sorted(set(listed)) == sorted(cli.VERBS), "README's command table vs iotrt.cli"
 
 
 def test_readme_lists_every_extra():

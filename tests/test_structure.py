@@ -67,9 +67,9 @@ DEFERRED = {
     ("runtime/supervise.py", "iotrt.console"): "after defer_rarely_used() (see iotrt.lazy)",
     ("runtime/supervise.py", "iotrt.graph"): "after defer_rarely_used() (see iotrt.lazy)",
     ("runtime/supervise.py", "iotrt.supervisor"): "after defer_rarely_used() (see iotrt.lazy)",
-    ("runtime/commands/echo.py", "iotrt.recording"):
+    ("runtime/verbs/echo.py", "iotrt.recording"):
         "only `iotrt echo FILE.mcap` reads a recording (mcap, numpy); a live topic does not",
-    ("runtime/commands/bench.py", "iotrt.compiler"):
+    ("runtime/verbs/bench.py", "iotrt.compiler"):
         "compiles only when given a source model (front ends: the optional `compiler` extra)",
     ("nodes/perception/modelcache.py", "iotrt.compiler"):
         "compiles only a source model that is not cached yet; the front ends are the optional "
@@ -89,7 +89,7 @@ DEFERRED = {
     ("nodes/action/hadiscovery.py", "iotrt.rules"):
         "the rule engine and yaml (~4.5 MB) only for a bridge that reads its event types from "
         "the rules file",
-    ("runtime/commands/rules.py", "iotrt.graph"):
+    ("runtime/verbs/rules.py", "iotrt.graph"):
         "only `iotrt rules check --graph` reads a graph (which loads pynng)",
     ("runtime/engine/__init__.py", "iotrt.engine.autotune"):
         "only backend \"auto\" measures backends (subprocesses, threads, a cache file)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iotrt.commands.echo import Filter, is_empty
+from iotrt.verbs.echo import Filter, is_empty
 
 
 def test_empty_means_nothing_in_it_at_any_depth():

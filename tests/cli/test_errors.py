@@ -19,7 +19,7 @@ def test_our_errors_belong_to_the_family_and_keep_their_old_bases():
                       (ParamError, errors.ConfigError), (NodeConfigError, errors.ConfigError),
                       (ControlError, errors.SupervisionError),
                       (SupervisorError, errors.SupervisionError),
-                      (cli.CommandUnavailable, errors.UsageError), (ForgetError, errors.IotrtError)]:
+                      (cli.VerbUnavailable, errors.UsageError), (ForgetError, errors.IotrtError)]:
         assert issubclass(cls, area), cls
     assert issubclass(SpecError, ValueError) and issubclass(ControlError, RuntimeError)
     assert SupervisorError("x").exit_code == 2 and errors.UsageError("x").exit_code == 2

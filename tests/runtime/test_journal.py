@@ -299,7 +299,7 @@ def test_parse_since():
     import argparse
     import datetime as dt
 
-    from iotrt.commands.events import parse_since
+    from iotrt.verbs.events import parse_since
     now = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
     assert parse_since("10m", now) == int((now - dt.timedelta(minutes=10)).timestamp() * 1e9)
     assert parse_since("1.5h", now) == int((now - dt.timedelta(minutes=90)).timestamp() * 1e9)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.commands.unit import dependency_levels, render
+from iotrt.verbs.unit import dependency_levels, render
 from iotrt.graph import GraphError, load_graph
 from iotrt.graphschema import MAX_NODES
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotrt.commands._graph import control_address
+from iotrt.verbs._graph import control_address
 from iotrt.control import CONTROL_NAME, ControlError, running_graphs
 
 

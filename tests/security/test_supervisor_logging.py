@@ -12,7 +12,7 @@ import sys
 
 from graphrun import env, graph_file, h, marker_pids  # noqa: F401 (pytest fixtures)
 
-from iotrt.commands._graph import control_address
+from iotrt.verbs._graph import control_address
 from iotrt.control import call
 
 

@@ -153,7 +153,7 @@ def test_journal_gets_lifecycle_events_and_sync_records(up, env, iotrt, h):
 def test_echo_summarises_arrays_and_bytes():
     import numpy as np
 
-    from iotrt.commands.echo import summarise
+    from iotrt.verbs.echo import summarise
 
     msg = {"image": np.zeros((480, 640, 3), np.uint8), "boxes": [np.ones((2, 4), np.float32)],
            "raw": b"\x00" * 10, "n": 3, "name": "owner"}

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from iotrt.cli import main as cli
-from iotrt.commands.graph import dot, mermaid
+from iotrt.verbs.graph import dot, mermaid
 from iotrt.graph import GraphError, load_graph
 
 GRAPHS = Path(__file__).parent / "graphs"

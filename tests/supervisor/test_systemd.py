@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 import iotrt.deploy
-from iotrt.commands.unit import render
+from iotrt.verbs.unit import render
 from iotrt.config import THREAD_ENV
 from iotrt.graph import load_graph
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from iotrt.commands._graph import add_graph_argument, control_address, selected_graph
+from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 from iotrt.control import call
 
 NODE_COLUMNS = ("NODE", "PROCESS", "STATE", "PID", "RESTARTS", "UPTIME", "IN/s", "OUT/s", "DROPS")

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from iotrt.commands._graph import add_graph_argument, control_address, journal_path, selected_graph
+from iotrt.verbs._graph import add_graph_argument, control_address, journal_path, selected_graph
 from iotrt.control import ControlError, call
 from iotrt.errors import SupervisionError
 from iotrt.journal import JournalError, JournalReader

@@ -21,7 +21,7 @@ import time
 
 from iotrt.bus import Subscriber
 from iotrt.codec import CodecError
-from iotrt.commands._graph import control_address
+from iotrt.verbs._graph import control_address
 from iotrt.control import call
 from iotrt.errors import IotrtError
 from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from iotrt.commands._graph import add_graph_argument, control_address, selected_graph
+from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 from iotrt.control import call
 from iotrt.errors import SupervisionError
 

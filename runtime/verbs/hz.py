@@ -8,8 +8,8 @@ import time
 from collections import deque
 
 from iotrt.bus import Subscriber
-from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.commands.echo import resolve_topic
+from iotrt.verbs._graph import add_graph_argument, selected_graph
+from iotrt.verbs.echo import resolve_topic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

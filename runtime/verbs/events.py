@@ -14,8 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from iotrt.commands._graph import add_graph_argument, selected_graph
-from iotrt.commands._graph import journal_path as graph_journal
+from iotrt.verbs._graph import add_graph_argument, selected_graph
+from iotrt.verbs._graph import journal_path as graph_journal
 from iotrt.control import ControlError
 from iotrt.errors import UsageError
 from iotrt.journal import JOURNAL_FILE, JournalEntry, JournalError, JournalReader
