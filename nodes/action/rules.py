@@ -36,7 +36,6 @@ from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
     TICK,
-    Command,
     CommandStep,
     Engine,
     Expression,
@@ -50,6 +49,7 @@ from iotrt.rules import (
     RuleDisabled,
     RuleError,
     RulesError,
+    SendCommand,
     Skipped,
     StateSet,
     load_rules,
@@ -98,7 +98,7 @@ _STOP = object()
 
 @dataclass
 class _Queued:
-    action: Command
+    action: SendCommand
     queued_at: float
 
 
@@ -111,7 +111,7 @@ class CommandSender:
         self._queues: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
 
-    def submit(self, action: Command) -> None:
+    def submit(self, action: SendCommand) -> None:
         q = self._queues.get(action.output)
         if q is None:
             q = self._queues[action.output] = queue.Queue()
@@ -269,7 +269,7 @@ class RuleNode:
                              " - queued" if queued else "")
                 if not quiet:
                     node.record("rule_fired", rule=rule, trigger=trigger, queued=queued)
-            case Command():
+            case SendCommand():
                 self.sender.submit(action)
             case Publish(rule, output, data):
                 try:

@@ -9,7 +9,6 @@ See docs/rules.md for the guide. The engine is pure logic (engine.py); the rule-
 
 from iotrt.rules.actions import (
     TICK,
-    Command,
     Fired,
     Log,
     Message,
@@ -17,6 +16,7 @@ from iotrt.rules.actions import (
     RuleContext,
     RuleDisabled,
     RuleError,
+    SendCommand,
     Skipped,
     StateSet,
     Tick,
@@ -28,8 +28,8 @@ from iotrt.rules.schema import CommandStep, Interpolated, PublishStep, RuleDef, 
 from iotrt.rules.source import Problem, RulesError
 
 __all__ = [
-    "TICK", "Command", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem",
-    "Publish", "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError",
+    "TICK", "Engine", "ExpressionError", "Fired", "Log", "Message", "Problem", "Publish",
+    "RuleContext", "RuleDef", "RuleDisabled", "RuleError", "RuleSet", "RulesError", "SendCommand",
     "Skipped", "StateSet", "Tick",
     # a rule set's parts, for nodes that inspect what the rules do (wiring checks, discovery)
     "CommandStep", "Expression", "Interpolated", "PublishStep",

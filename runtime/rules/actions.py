@@ -1,6 +1,6 @@
 """What goes into the rule engine (messages, ticks) and what comes out (actions, notes).
 
-The engine returns `Command`, `Publish` and `Log` actions for the caller to carry out, and
+The engine returns `SendCommand`, `Publish` and `Log` actions for the caller to carry out, and
 `Fired`, `Skipped`, `StateSet`, `RuleError` and `RuleDisabled` notes to journal or log. A Python
 rule sees a `RuleContext`.
 """
@@ -52,7 +52,10 @@ class Skipped:
 
 
 @dataclass(slots=True)
-class Command:
+class SendCommand:
+    """A `command:` or `notify:` step (or `ctx.command`/`ctx.notify`): send `data` as an
+    actuator command on the command output `output` (the rules node does, acknowledged)."""
+
     rule: str
     output: str
     data: Any
@@ -96,7 +99,7 @@ class RuleDisabled:
     reason: str
 
 
-Action = Fired | Skipped | Command | Publish | Log | StateSet | RuleError | RuleDisabled
+Action = Fired | Skipped | SendCommand | Publish | Log | StateSet | RuleError | RuleDisabled
 
 
 # --- the context a Python rule sees -----------------------------------------------------------
@@ -122,10 +125,10 @@ class RuleContext:
 
     def command(self, output: str, data: Any = None) -> None:
         """Send `data` to the actuator wired to command output `output` (acknowledged)."""
-        self.actions.append(Command(self.rule, output, {} if data is None else data))
+        self.actions.append(SendCommand(self.rule, output, {} if data is None else data))
 
     def notify(self, output: str, message: str, **data: Any) -> None:
-        self.actions.append(Command(self.rule, output, {**data, "message": message}, "notify"))
+        self.actions.append(SendCommand(self.rule, output, {**data, "message": message}, "notify"))
 
     def publish(self, output: str, data: Any = None) -> None:
         self.actions.append(Publish(self.rule, output, {} if data is None else data))

@@ -8,7 +8,7 @@
 monotonic times, so a wall-clock jump changes nothing); `wall` is the local wall-clock time,
 used only for time-of-day triggers and the hour/minute/weekday variables (read from the
 system only when the caller does not pass it: tests and replays do). The caller executes
-the returned actions (`Command`, `Publish`, `Log`) and may journal the notes (`Fired`,
+the returned actions (`SendCommand`, `Publish`, `Log`) and may journal the notes (`Fired`,
 `Skipped`, `RuleError`, `RuleDisabled`). A rule whose expression or Python body fails yields
 a RuleError and the other rules carry on. A rule whose expressions overrun their budget (a size,
 step or time bound; time confirmed by this thread's CPU time, so a busy machine does not count)
@@ -33,7 +33,6 @@ from typing import Any
 
 from iotrt.rules.actions import (
     Action,
-    Command,
     Fired,
     Log,
     Message,
@@ -41,6 +40,7 @@ from iotrt.rules.actions import (
     RuleContext,
     RuleDisabled,
     RuleError,
+    SendCommand,
     Skipped,
     StateSet,
     Tick,
@@ -665,11 +665,11 @@ def _compile_step(step: Step) -> StepCode:
             kind, template = type(step.args), step.args
 
             def literal_command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
-                out.append(Command(rs.rule.id, output, kind(template), label))
+                out.append(SendCommand(rs.rule.id, output, kind(template), label))
             return literal_command
 
         def command(engine: Engine, rs: _RuleState, names: dict, out: list) -> None:
-            out.append(Command(rs.rule.id, output, args(engine, rs, names), label))
+            out.append(SendCommand(rs.rule.id, output, args(engine, rs, names), label))
         return command
     if isinstance(step, PublishStep):
         data, output = _compile_template(step.data), step.output

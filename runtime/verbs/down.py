@@ -7,9 +7,9 @@ import time
 
 import psutil
 
-from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 from iotrt.control import call
 from iotrt.errors import SupervisionError
+from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

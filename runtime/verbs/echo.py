@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from iotrt.bus import Subscriber
-from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 from iotrt.control import ControlError, call
 from iotrt.errors import IotrtError
+from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,11 +14,11 @@ import re
 import sys
 from pathlib import Path
 
-from iotrt.verbs._graph import add_graph_argument, selected_graph
-from iotrt.verbs._graph import journal_path as graph_journal
 from iotrt.control import ControlError
 from iotrt.errors import UsageError
 from iotrt.journal import JOURNAL_FILE, JournalEntry, JournalError, JournalReader
+from iotrt.verbs._graph import add_graph_argument, selected_graph
+from iotrt.verbs._graph import journal_path as graph_journal
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

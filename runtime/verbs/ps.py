@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 from iotrt.control import call
+from iotrt.verbs._graph import add_graph_argument, control_address, selected_graph
 
 NODE_COLUMNS = ("NODE", "PROCESS", "STATE", "PID", "RESTARTS", "UPTIME", "IN/s", "OUT/s", "DROPS")
 PROCESS_COLUMNS = ("PROCESS", "PID", "STATE", "NODES", "CPU%", "RSS", "PSS")

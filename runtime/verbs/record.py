@@ -21,10 +21,10 @@ import time
 
 from iotrt.bus import Subscriber
 from iotrt.codec import CodecError
-from iotrt.verbs._graph import control_address
 from iotrt.control import call
 from iotrt.errors import IotrtError
 from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter
+from iotrt.verbs._graph import control_address
 
 
 def _bounded(kind, lo, hi):

@@ -13,10 +13,10 @@ import argparse
 import sys
 import time
 
-from iotrt.verbs._graph import add_graph_argument, control_address, journal_path, selected_graph
 from iotrt.control import ControlError, call
 from iotrt.errors import SupervisionError
 from iotrt.journal import JournalError, JournalReader
+from iotrt.verbs._graph import add_graph_argument, control_address, journal_path, selected_graph
 
 RELOADED, FAILED = "_reloaded", "_reload_failed"   # the kinds of answers: `rules_reloaded`, ...
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from iotrt.recording import Recording, RecordingError
-from iotrt.rules.actions import Command, Fired, Log, Publish, RuleDisabled, RuleError, Skipped, StateSet
+from iotrt.rules.actions import Fired, Log, Publish, RuleDisabled, RuleError, SendCommand, Skipped, StateSet
 from iotrt.rules.api import load_rules
 from iotrt.rules.engine import Engine
 from iotrt.rules.replay import Entry, load_messages, replay
@@ -163,7 +163,7 @@ def _as_text(t: float, action: Any) -> str:
     match action:
         case Fired(_, trigger, queued):
             return f"{head} fired ({trigger})" + (" - queued" if queued else "")
-        case Command(_, output, data, label):
+        case SendCommand(_, output, data, label):
             return f"{head}   {label} {output} {_compact(data)}"
         case Publish(_, output, data):
             return f"{head}   publish {output} {_compact(data)}"
@@ -181,7 +181,7 @@ def _as_text(t: float, action: Any) -> str:
 
 
 def _as_json(t: float, action: Any) -> dict[str, Any]:
-    kind = {Fired: "fired", Command: "command", Publish: "publish", Log: "log", StateSet: "set",
+    kind = {Fired: "fired", SendCommand: "command", Publish: "publish", Log: "log", StateSet: "set",
             Skipped: "skipped", RuleError: "error", RuleDisabled: "disabled"}[type(action)]
     fields = dict(vars(action)) if hasattr(action, "__dict__") else {
         f: getattr(action, f) for f in action.__dataclass_fields__}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from iotrt.verbs._graph import add_graph_argument, control_address, is_graph_file, running_graph_file, selected_graph
 from iotrt.control import call
 from iotrt.graph import Graph, GraphError, load_graph
+from iotrt.verbs._graph import add_graph_argument, control_address, is_graph_file, running_graph_file, selected_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

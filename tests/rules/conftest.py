@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from iotrt.rules import TICK, Command, Engine, Fired, Message, loads_rules
+from iotrt.rules import TICK, Engine, Fired, Message, SendCommand, loads_rules
 
 
 class Driver:
@@ -40,7 +40,7 @@ class Driver:
         return [t for t, a in self.log if isinstance(a, Fired) and (rule is None or a.rule == rule)]
 
     def commands(self) -> list[tuple[float, object]]:
-        return [(t, a.data) for t, a in self.log if isinstance(a, Command)]
+        return [(t, a.data) for t, a in self.log if isinstance(a, SendCommand)]
 
 
 @pytest.fixture(scope="session")

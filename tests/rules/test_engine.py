@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, RulesError, Skipped, loads_rules
+from iotrt.rules import TICK, Engine, Log, Message, Publish, RuleError, RulesError, SendCommand, Skipped, loads_rules
 
 OK = {"ok": True}
 NOT = {"ok": False}
@@ -318,7 +318,7 @@ rules:
     out = engine.handle(Message("m", {}), 1.0)  # still cooling down: state kept
     assert any(isinstance(a, Skipped) for a in out)
     out = engine.handle(TICK, 10.0)  # the changed rule's pending run was cancelled
-    assert not any(isinstance(a, Command) for a in out)
+    assert not any(isinstance(a, SendCommand) for a in out)
 
 
 # --- budget strikes: a rule that keeps overrunning is disabled, the others keep firing ---------

@@ -8,7 +8,7 @@ import itertools
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from iotrt.rules import Command, Fired
+from iotrt.rules import Fired, SendCommand
 
 # A message stream: (gap since the previous message in seconds, condition value).
 STREAM = st.lists(st.tuples(st.floats(0.01, 5.0), st.booleans()), max_size=40)
@@ -196,7 +196,7 @@ def test_restart_mode_completes_only_runs_not_interrupted(driver, delay, gaps):
         nxt = times[n + 1] if n + 1 < len(times) else float("inf")
         # a run resumes before a message that arrives at the same moment is handled
         assert (n in ends) == (t + delay <= nxt + 1e-9)
-    assert all(isinstance(a, Command) for _, a in d.log if not isinstance(a, Fired))
+    assert all(isinstance(a, SendCommand) for _, a in d.log if not isinstance(a, Fired))
 
 
 @SETTINGS

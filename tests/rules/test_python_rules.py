@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from iotrt.rules import TICK, Command, Engine, Log, Message, Publish, RuleError, Skipped, load_rules
+from iotrt.rules import TICK, Engine, Log, Message, Publish, RuleError, SendCommand, Skipped, load_rules
 
 
 def _engine(tmp_path, source: str) -> Engine:
@@ -31,7 +31,7 @@ def test_python_rule_with_callable_condition_and_generator_delay(tmp_path):
     rule = engine.rules[0]
     assert rule.id == "welcome" and rule.description.startswith("Unlock")
     out = engine.handle(Message("faces", {"faces": [{"name": "owner"}]}), 0.0)
-    assert [a.data for a in out if isinstance(a, Command)] == [{"action": "unlock", "duration_s": 5}]
+    assert [a.data for a in out if isinstance(a, SendCommand)] == [{"action": "unlock", "duration_s": 5}]
     assert engine.handle(TICK, 4.9) == []
     out = engine.handle(TICK, 5.0)
     assert [a.data for a in out if isinstance(a, Publish)] == [{"event": "relocked", "visits": 1}]
@@ -55,8 +55,8 @@ def test_python_rule_shares_yaml_semantics_expression_condition_and_hold(tmp_pat
     kinds = []
     for t, d in enumerate([1.0, 0.2, 0.1, 3.0, 0.25]):
         kinds += [type(a).__name__ for a in engine.handle(Message("range", {"distance": d}), t)
-                  if isinstance(a, (Command, Log))]
-    assert kinds == ["Command", "Log", "Command"]
+                  if isinstance(a, (SendCommand, Log))]
+    assert kinds == ["SendCommand", "Log", "SendCommand"]
 
 
 def test_exception_in_python_rule_is_a_rule_error_and_others_go_on(tmp_path):
@@ -97,7 +97,7 @@ def test_python_rule_modes_apply_to_generator_runs(tmp_path):
     out = engine.handle(Message("go", 1), 0.0) + engine.handle(Message("go", 2), 1.0)
     assert any(isinstance(a, Skipped) for a in out)
     out += engine.handle(TICK, 2.0)
-    assert [a.data for a in out if isinstance(a, Command)] == [{"n": 1}, {"n": 1, "done": True}]
+    assert [a.data for a in out if isinstance(a, SendCommand)] == [{"n": 1}, {"n": 1, "done": True}]
 
 
 def test_bad_yield_is_reported(tmp_path):

@@ -22,7 +22,7 @@ from iotrt.command import CommandClient, CommandServer
 from iotrt.node import Node, NodeEvent
 from iotrt.nodes.action.rules import CommandSender, RuleNode
 from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
-from iotrt.rules import Command
+from iotrt.rules import SendCommand
 from tests.rules.hostile import HOSTILE, HOSTILE_MSG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_retries_stop_at_the_expiry_so_an_actuator_back_late_gets_no_late_unlock
     # Retries alone would go on for 3 s; the command expires after 0.4 s.
     sender = CommandSender(node, timeout_s=0.1, retries=30, expiry_s=0.4)
     start = time.monotonic()
-    sender.submit(Command("open", "lock", {"action": "unlock", "duration_s": 5}))
+    sender.submit(SendCommand("open", "lock", {"action": "unlock", "duration_s": 5}))
     while time.monotonic() < start + 0.6:  # the lock comes back after the expiry...
         time.sleep(0.01)
     lock = CommandServer(address)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.verbs.unit import dependency_levels, render
 from iotrt.graph import GraphError, load_graph
 from iotrt.graphschema import MAX_NODES
+from iotrt.verbs.unit import dependency_levels, render
 
 TEST_NODE = Path(__file__).parents[1] / "supervisor" / "graphs" / "nodes" / "testnode.py"
 

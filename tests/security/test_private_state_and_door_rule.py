@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from iotrt.journal import Journal
-from iotrt.rules import Command, Engine, Message, load_rules
+from iotrt.rules import Engine, Message, SendCommand, load_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "configs" / "door.rules.yaml")
 
@@ -40,7 +40,7 @@ def unlocks(*frames) -> list:
     out = []
     for i, frame in enumerate(frames):
         out += engine.handle(Message("faces", frame), i * 0.1)
-    return [a for a in out if isinstance(a, Command) and a.output == "lock"]
+    return [a for a in out if isinstance(a, SendCommand) and a.output == "lock"]
 
 
 @pytest.mark.parametrize("face", [

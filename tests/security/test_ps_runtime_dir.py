@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from iotrt.verbs._graph import control_address
 from iotrt.control import CONTROL_NAME, ControlError, running_graphs
+from iotrt.verbs._graph import control_address
 
 
 def _fake_graph(root, name):

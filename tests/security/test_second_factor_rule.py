@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iotrt.rules import TICK, Command, Engine, Message, load_rules
+from iotrt.rules import TICK, Engine, Message, SendCommand, load_rules
 
 DOC = Path(__file__).parents[2] / "docs" / "security.md"
 FACE = {"faces": [{"name": "owner", "score": 0.9, "known": True, "box": [0, 0, 9, 9]}]}
@@ -29,7 +29,7 @@ def run(tmp_path):
             while (due := engine.next_due()) is not None and due < t:
                 out += [(due, a) for a in engine.handle(TICK, due)]
             out += [(t, a) for a in engine.handle(Message(topic, data), t)]
-        return [t for t, a in out if isinstance(a, Command) and a.output == "lock"]
+        return [t for t, a in out if isinstance(a, SendCommand) and a.output == "lock"]
     return feed
 
 

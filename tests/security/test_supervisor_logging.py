@@ -12,8 +12,8 @@ import sys
 
 from graphrun import env, graph_file, h, marker_pids  # noqa: F401 (pytest fixtures)
 
-from iotrt.verbs._graph import control_address
 from iotrt.control import call
+from iotrt.verbs._graph import control_address
 
 
 def test_stalled_log_reader_never_blocks_supervision(graph_file, env, tmp_path, h):

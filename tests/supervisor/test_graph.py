@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from iotrt.cli import main as cli
-from iotrt.verbs.graph import dot, mermaid
 from iotrt.graph import GraphError, load_graph
+from iotrt.verbs.graph import dot, mermaid
 
 GRAPHS = Path(__file__).parent / "graphs"
 DOOR = GRAPHS / "door.yaml"

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 import iotrt.deploy
-from iotrt.verbs.unit import render
 from iotrt.config import THREAD_ENV
 from iotrt.graph import load_graph
+from iotrt.verbs.unit import render
 
 
 class FakeSystemd:
