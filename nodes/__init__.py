@@ -19,7 +19,7 @@ NODES: dict[str, str] = {
     "lock": "iotrt.nodes.action.lock",
     "motor": "iotrt.nodes.action.motor",
     "webhook": "iotrt.nodes.action.webhook",
-    "command": "iotrt.nodes.action.command",
+    "program": "iotrt.nodes.action.program",
     "mqtt": "iotrt.nodes.action.mqtt",
     "homeassistant": "iotrt.nodes.action.homeassistant",
     "log": "iotrt.nodes.action.log",
@@ -28,4 +28,10 @@ NODES: dict[str, str] = {
     "recorder": "iotrt.nodes.observe.recorder",
     "clip": "iotrt.nodes.observe.clip",
     "web": "iotrt.nodes.observe.web",
+}
+
+# Former names of kinds -> their names now. A graph that uses a former name validates and runs
+# exactly as the new kind; `iotrt validate` and `iotrt up` print a note asking for the new name.
+RENAMED: dict[str, str] = {
+    "command": "program",   # the actuator that runs a program per command (was `kind: command`)
 }

@@ -74,6 +74,7 @@ def load_graph(
         issues += _node_file_issues(graph)
     if issues or graph is None:
         raise GraphError(issues)
+    graph.notes = sorted(check.notes, key=lambda i: i.line)
     return graph
 
 

@@ -5,7 +5,7 @@ config each node process gets. Built by iotrt.graphschema from a graph file; use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class Graph:
     nodes: dict[str, NodeDef]
     description: str = ""
     optimize: int = 0                # PYTHONOPTIMIZE of the node processes (0, 1 or 2)
+    # What works but should change, "file:line: note: ..." (a kind used by its former name);
+    # `iotrt validate` and `iotrt up` print them.
+    notes: list = field(default_factory=list)
 
     # -- addresses (short hashed names keep ipc paths under 107 bytes) -----------------------
 

@@ -17,7 +17,7 @@ from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
 from iotrt.graphmodel import Graph, NodeDef, Wire
 from iotrt.hints import suggest
-from iotrt.nodes import NODES  # the registry: the runtime's one entry into iotrt.nodes
+from iotrt.kinds import KINDS, RENAMED, resolve
 from iotrt.rundir import default_runtime_root
 from iotrt.spec import WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
@@ -265,11 +265,15 @@ class GraphReader:
             kind = c.text(node, f"{what}: kind")
             if kind is INVALID:
                 return None, None, None
-            if kind not in NODES:
-                c.error(node, f"{what}: unknown kind '{kind}'{suggest(kind, NODES)}; "
-                              f"built-in kinds: {', '.join(sorted(NODES))}")
+            found = resolve(kind)
+            if found is None:
+                c.error(node, f"{what}: unknown kind '{kind}'{suggest(kind, KINDS)}; "
+                              f"built-in kinds: {', '.join(sorted(KINDS))}")
                 return kind, None, None
-            target = NODES[kind]
+            if kind in RENAMED:
+                c.note(node, f"{what}: kind '{kind}' is now called '{found[0]}' (it works as "
+                             f"before; write 'kind: {found[0]}' to silence this note)")
+            kind, target = found
         else:
             node = m["run"][1]
             kind = None

@@ -95,6 +95,7 @@ class Checker:
     def __init__(self, file: str | Path):
         self.file = str(file)
         self.issues: list[Issue] = []
+        self.notes: list[Issue] = []    # not problems: what works but should change (a renamed kind)
         # A loader instance is the one public way to run PyYAML's safe constructors on a node.
         self._constructor = yaml.SafeLoader("")
 
@@ -102,6 +103,10 @@ class Checker:
         line = where if isinstance(where, int) else line_of(where)
         self.issues.append(Issue(self.file, line, message, column))
         return INVALID
+
+    def note(self, where: Node | int, message: str) -> None:
+        line = where if isinstance(where, int) else line_of(where)
+        self.notes.append(Issue(self.file, line, f"note: {message}"))
 
     # -- loading ---------------------------------------------------------------------------
 

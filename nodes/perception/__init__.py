@@ -1,7 +1,8 @@
 """Perception nodes: detectors running compiled CNNs, face identity, pose.
 
-The functions below are the one entry point the command line uses (`iotrt enroll`: a face
-gallery from photos); it imports nothing else of this package. Each imports its modules when
+The functions below are the enrolment entry point (`iotrt enroll`: a face gallery from photos)
+that the identity kind's SPEC names as its `enroll` hook; the command line reaches them through
+that SPEC (iotrt.kinds), and nothing else of this package. Each imports its modules when
 called, so that a perception node that needs none of them (pose) does not load OpenCV and the
 engines by importing this package.
 """

@@ -2,8 +2,9 @@
 
 Each photo must show the person's face (the largest face is taken when there are several). The
 gallery is written only when every photo worked, so a typo in one file name never leaves a
-half-enrolled person behind. The work is done by the perception package's entry point
-(`iotrt.nodes.perception.enroll`).
+half-enrolled person behind. The work is done by the identity kind's enrolment module, which
+its SPEC names (`enroll`, found through the kind registry iotrt.kinds): the identity node reads
+the gallery this writes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from iotrt import kinds
 from iotrt.errors import UsageError
-from iotrt.nodes.perception import Method, enroll, enroll_methods, gallery_listing, unenroll
+
+KIND = "identity"   # the kind whose gallery `iotrt enroll` writes
+
+
+def _enrolment():
+    """The enrolment module the identity kind's SPEC names (see NodeSpec.enroll)."""
+    return kinds.spec(KIND).enroll
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", nargs="*", type=Path, help="photos showing the person's face")
     p.add_argument("--gallery", type=Path, default=Path("gallery.npz"),
                    help="gallery file to create or extend (default: ./gallery.npz)")
-    p.add_argument("--method", choices=enroll_methods(), default="lbp",
+    p.add_argument("--method", choices=_enrolment().enroll_methods(), default="lbp",
                    help="lbp: no model, convenience-grade (default); embedding: a face-embedding "
                         "model given with --model")
     p.add_argument("--model", default="", help="embedding: face-embedding model "
@@ -36,20 +44,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    tools = _enrolment()
     if args.list:
-        print(*gallery_listing(args.gallery), sep="\n")
+        print(*tools.gallery_listing(args.gallery), sep="\n")
         return 0
     if not args.name:
         raise UsageError("give a NAME and at least one PHOTO (or --list)")
-    method = Method(args.method, args.model, args.embed_mean, args.embed_std, args.backend)
+    method = tools.Method(args.method, args.model, args.embed_mean, args.embed_std, args.backend)
     if args.remove:
-        removed = unenroll(args.gallery, args.name, method)
+        removed = tools.unenroll(args.gallery, args.name, method)
         print(f"removed {args.name} ({removed} photo(s)) from {args.gallery}")
         return 0
     if not args.photos:
         raise UsageError("give at least one PHOTO of the person")
-    gallery = enroll(args.gallery, args.name, args.photos, method, args.detector, args.replace,
-                     progress=lambda line: print(line, flush=True))
+    gallery = tools.enroll(args.gallery, args.name, args.photos, method, args.detector,
+                           args.replace, progress=lambda line: print(line, flush=True))
     print(f"enrolled {args.name} from {len(args.photos)} photo(s) into {args.gallery} "
           f"({len(gallery.people)} people, {len(gallery)} photos, method {args.method})")
     return 0

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         print(f"iotrt up: {args.graph} is invalid; nothing was started", file=sys.stderr)
         return 1
+    for note in graph.notes:
+        print(note, file=sys.stderr)
     level = args.log_level or ("DEBUG" if args.verbose else "INFO")
     specs = {n.target: n.spec for n in graph.nodes.values()}
     exec_supervisor(str(graph.path), specs, level)

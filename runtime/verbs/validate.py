@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             status = 1
             continue
+        for note in graph.notes:
+            print(note, file=sys.stderr)
         print(f"{path}: OK (graph '{graph.name}', {len(graph.nodes)} nodes, "
               f"sockets in {graph.runtime_dir}, state in {graph.state_dir})")
     return status

@@ -11,7 +11,7 @@ from iotrt.nodes import NODES
 from iotrt.spec import load_spec
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "actuators.md").read_text()
-KINDS = ("lock", "motor", "webhook", "command", "mqtt", "log")
+KINDS = ("lock", "motor", "webhook", "program", "mqtt", "log")
 
 
 def section(kind: str) -> str:

@@ -100,3 +100,18 @@ def test_rules_param_needs_its_wiring_check_and_a_declared_param():
         NodeSpec(params=[Param("program", str)], rules_param="program")
     with pytest.raises(SpecError, match="not a declared parameter"):
         NodeSpec(rules_param="program", check_wiring=lambda rules, node, graph: ([], []))
+
+
+def test_the_kind_registry_is_the_runtimes_way_into_the_nodes():
+    """`iotrt enroll` finds the identity kind's enrolment module through its SPEC (the
+    registry iotrt.kinds), not by importing iotrt.nodes; a former kind name resolves to the
+    kind it is now."""
+    from iotrt import kinds
+    from iotrt.nodes import perception
+
+    assert kinds.spec("identity").enroll is perception
+    assert kinds.resolve("command") == kinds.resolve("program") == (
+        "program", "iotrt.nodes.action.program")
+    assert kinds.resolve("no-such-kind") is None
+    with pytest.raises(SpecError, match="unknown node kind 'identiy' \\(did you mean 'identity'"):
+        kinds.spec("identiy")

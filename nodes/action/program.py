@@ -1,4 +1,4 @@
-"""Command actuator: run a program for each command. An argv list, never a shell.
+"""The `program` actuator: run a program for each command. An argv list, never a shell.
 
 ``argv: [/usr/local/bin/chime, --person, "{person}"]``: each ``{name}`` is replaced by the
 command's field ``name`` *inside its own argument*, so a value with spaces or shell characters
@@ -35,7 +35,7 @@ def _tail(data: bytes) -> str:
     return data[-OUTPUT_LIMIT:].decode("utf-8", "replace")
 
 
-class RunCommand:
+class RunProgram:
     def __init__(self, argv: list, timeout_s: float = 10.0, cwd: str | None = None) -> None:
         if not argv or not all(isinstance(a, (str, int, float)) for a in argv):
             raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
@@ -81,4 +81,4 @@ class RunCommand:
 
 def main(node: Node) -> None:
     p = node.params
-    serve(node, lambda: RunCommand(p["argv"], p["timeout_s"], p["cwd"]))
+    serve(node, lambda: RunProgram(p["argv"], p["timeout_s"], p["cwd"]))
