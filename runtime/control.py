@@ -2,8 +2,9 @@
 the pieces the supervisor builds its replies from (message rates, CPU and memory, topics).
 
 The supervisor answers on a Rep0 socket `ctl` in the graph's runtime folder (private to the
-service user). A request is a msgpack map `{"cmd": "ps" | "topics" | "stop" | "reload", ...}`;
-the reply is a map with `"ok"` and, when not ok, `"error"`. The supervisor dispatches them in
+service user). A control request is a msgpack map `{"cmd": "ps" | "topics" | "stop" | "reload",
+...}` (the key is `REQUEST_KEY`; "cmd" on the wire, as every release has sent it); the reply is a
+map with `"ok"` and, when not ok, `"error"`. The supervisor dispatches them in
 `Supervisor._control_handlers`.
 
 Running graphs are found by their control sockets in the usual runtime roots
@@ -31,6 +32,11 @@ from iotrt.states import Slot
 
 if TYPE_CHECKING:   # the graph model is only read here, never built: no import at run time
     from iotrt.graphmodel import Graph, NodeDef
+
+# The key of a control request's name. "cmd" on the wire (every release has sent it; a newer
+# `iotrt down` must still stop a supervisor started before an upgrade): a control request is
+# not an actuator command (iotrt.command).
+REQUEST_KEY = "cmd"
 
 
 class ControlError(SupervisionError, RuntimeError):
@@ -68,16 +74,17 @@ def running_graphs(environ: Mapping[str, str] = os.environ) -> dict[str, Path]:
     return found
 
 
-def call(address: str, cmd: str, timeout_s: float = 3.0, **fields: Any) -> dict:
-    """Send one request to the supervisor at `address`; return its reply, or raise
-    ControlError when nobody answers or the reply is not ok."""
+def call(address: str, request: str, timeout_s: float = 3.0, **fields: Any) -> dict:
+    """Send the control request `request` ("ps", "topics", "stop", "reload") with `fields`
+    to the supervisor at `address`; return its reply, or raise ControlError when nobody
+    answers or the reply is not ok."""
     with pynng.Req0(recv_timeout=int(timeout_s * 1000), send_timeout=int(timeout_s * 1000)) as sock:
         try:
             sock.dial(address, block=True)
         except pynng.NNGException as exc:
             raise ControlError(f"no supervisor answers at {address} ({exc}); is the graph running?") from exc
         try:
-            sock.send(pack({"cmd": cmd, **fields}))
+            sock.send(pack({REQUEST_KEY: request, **fields}))
             reply = unpack(recv_bytes(sock))
         except pynng.Timeout as exc:
             raise ControlError(f"the supervisor at {address} did not answer within {timeout_s:g}s") from exc

@@ -30,7 +30,7 @@ from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
 from iotrt.console import SHOWN, decision_line
-from iotrt.control import Rates, Usage, process_row, ps_row, topics_table
+from iotrt.control import REQUEST_KEY, Rates, Usage, process_row, ps_row, topics_table
 from iotrt.errors import SupervisionError
 from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
@@ -560,8 +560,8 @@ class Supervisor:
                 req = unpack(buf)
                 # Anything local can write to this socket: a malformed request gets an error
                 # reply, never an exception out of the loop that supervises the whole graph.
-                cmd = req.get("cmd") if isinstance(req, dict) else None
-                handler = self._control_handlers().get(cmd) if isinstance(cmd, str) else None
+                name = req.get(REQUEST_KEY) if isinstance(req, dict) else None
+                handler = self._control_handlers().get(name) if isinstance(name, str) else None
                 reply = handler(req) if handler else {
                     "ok": False, "error": f"unknown request; known: {', '.join(self._control_handlers())}"}
             except DecodeError as exc:
