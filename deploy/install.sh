@@ -51,7 +51,7 @@ as_user() {   # run a command as the service user
     if [ "$USER_NAME" = "$(id -un)" ]; then "$@"; else runuser -u "$USER_NAME" -- "$@"; fi
 }
 
-# Every iotrt command below sees the folders systemd gives the service (the unit's
+# Every iotrt verb below sees the folders systemd gives the service (the unit's
 # StateDirectory= and RuntimeDirectory=), not the caller's defaults: validating then checks the
 # socket paths the service will use and creates no folder. (The service user's default state
 # folder is under its home, /var/lib/iotrt, which only systemd creates, at the first start.)

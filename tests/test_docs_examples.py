@@ -301,10 +301,10 @@ def test_sh_blocks_are_found():
     assert len(SH_BLOCKS) >= 5
 
 
-def test_readme_command_table_lists_every_verb():
+def test_readme_verb_table_lists_every_verb():
     readme = (ROOT / "README.md").read_text()
     listed = re.findall(r"^\| `iotrt (\w+)[^`]*` \|", readme, re.M)
-    assert sorted(set(listed)) == sorted(cli.VERBS), "README's command table vs iotrt.cli"
+    assert sorted(set(listed)) == sorted(cli.VERBS), "README's verb table vs iotrt.cli.VERBS"
 
 
 def test_readme_lists_every_extra():
