@@ -30,7 +30,9 @@ from iotrt.lazy import defer_rarely_used
 # ~6 MB of RSS in every node process. Deferred, each is imported only if some code uses it.
 defer_rarely_used()
 
+from iotrt.command import CommandClient, CommandError  # noqa: E402 - after the deferral above
 from iotrt.console import setup_logging  # noqa: E402 - after the deferral above
+from iotrt.node import Node  # noqa: E402 - after the deferral above
 from iotrt.protocol import (  # noqa: E402 - after the deferral above
     ENV_CONFIG,
     ENV_SUPERVISOR_PID,
@@ -40,6 +42,7 @@ from iotrt.protocol import (  # noqa: E402 - after the deferral above
     done_body,
     process_configs,
 )
+from iotrt.spec import NodeSpec, load_spec  # noqa: E402 - after the deferral above
 
 PR_SET_PDEATHSIG = 1
 
@@ -67,9 +70,6 @@ def size_thread_pools() -> None:
 
 def run_target(config: NodeConfig, started: list | None = None) -> None:
     """Run one node's target in this thread; `started` collects its Node (process groups)."""
-    from iotrt.node import Node
-    from iotrt.spec import load_spec
-
     target = config.target
     if target.endswith(".py"):
         run_file(config, started)
@@ -91,9 +91,6 @@ def run_file(config: NodeConfig, started: list | None = None) -> None:
     So a file may be a script (`node = Node(...)` at top level, or under
     `if __name__ == "__main__":`) or a module with `SPEC` and `main(node)`, as docs/nodes.md
     shows; the graph validator refuses a file that is neither (iotrt.spec.check_entry)."""
-    from iotrt.node import Node
-    from iotrt.spec import NodeSpec, load_spec
-
     target = config.target
     sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
     nodes = [] if started is None else started
@@ -137,8 +134,6 @@ class Group:
 
     def _report_done(self, config: NodeConfig) -> None:
         """The node returned by itself: the supervisor stops expecting its heartbeats."""
-        from iotrt.command import CommandClient, CommandError
-
         if not config.journal:
             return
         with CommandClient(config.journal, src=config.id) as client:

@@ -14,7 +14,6 @@ import ast
 import re
 import subprocess
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +73,9 @@ DEFERRED = {
     ("nodes/perception/modelcache.py", "iotrt.compiler"):
         "compiles only a source model that is not cached yet; the front ends are the optional "
         "`compiler` extra (an ImportError becomes a ModelError saying so)",
+    ("nodes/observe/web.py", "iotrt.nodes.observe.webserver"):
+        "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they "
+        "load at node start (at the top: +32 MB peak RSS and +170 ms to read the web SPEC)",
     ("nodes/observe/clip.py", "iotrt.recording"):
         "reading the SPEC (iotrt up, validate) must not load numpy, OpenCV or the engine: they load at node start",
     ("nodes/perception/detector.py", "iotrt.nodes.perception.inference"):
@@ -98,17 +100,6 @@ DEFERRED = {
        "enroll`) loads OpenCV and the engine only when called, so a node that needs neither "
        "(pose) does not"
        for name in ("facefeatures", "gallery", "inference", "matcher", "modelcache")},
-}
-# Function-level imports without a reason yet, left when this round ended (issue 18): each is
-# to be moved to the top of its module, or given its reason in DEFERRED, by the owner of its
-# file. Allowed meanwhile so that the check holds for everything else; one that is gone only
-# warns (delete its line).
-TO_REMOVE = {
-    ("nodes/observe/web.py", "iotrt.nodes.observe.webserver"):
-        "the cycle it broke is gone (webconfig.py): at the top, or a reason",
-    ("runtime/launch.py", "iotrt.node"): "no reason given: at the top after defer_rarely_used()",
-    ("runtime/launch.py", "iotrt.spec"): "no reason given: at the top after defer_rarely_used()",
-    ("runtime/launch.py", "iotrt.command"): "no reason given: at the top after defer_rarely_used()",
 }
 
 
@@ -156,7 +147,7 @@ def test_function_level_imports_are_deliberate():
     found = function_level_imports()
     assert ("runtime/__init__.py", "iotrt.node") in {(f, m) for f, _, _, m in found}
     unexplained = [f"{f}:{line} in {func}(): {m}" for f, line, func, m in found
-                   if (f, m) not in DEFERRED and (f, m) not in TO_REMOVE]
+                   if (f, m) not in DEFERRED]
     assert not unexplained, (
         "imports of iotrt modules inside functions: move each to the top of its module (remove "
         "the import cycle it breaks), or add it to DEFERRED with the reason\n"
@@ -167,11 +158,6 @@ def test_every_deferred_import_still_exists():
     found = {(f, m) for f, _, _, m in function_level_imports()}
     stale = sorted(set(DEFERRED) - found)
     assert not stale, f"DEFERRED lists imports that are gone: {stale}"
-    assert not set(DEFERRED) & set(TO_REMOVE)
-    done = sorted(set(TO_REMOVE) - found)
-    if done:
-        warnings.warn(f"TO_REMOVE lists imports that are gone (delete their lines): {done}",
-                      stacklevel=1)
 
 
 def test_relative_imports_resolve():
