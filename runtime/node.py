@@ -19,6 +19,13 @@ supervisor, and waiting for what arrives (inputs, commands, wake-ups). In a grap
 subscribers (`iotrt.local.deliver`); per input an NNG `Subscriber`, or a `iotrt.local.LocalQueue`
 when its publisher is a node of the same process group; command servers and clients; the
 supervisor link. `Node.for_test` puts the same Node on an `iotrt.testing.FakeTransport`.
+
+Errors: what a Node method raises is a `NodeError`: misuse as such (an undeclared output, an
+unwired command output), and, for what went wrong on the way out, `NotEncodable` (data the
+message contract refuses: nothing was sent), `CommandFailed` (the receiver refused or garbled
+the message) and its `NoAck` (no acknowledgement within the attempts). A node catches these,
+never the codec's or the command channel's own errors, which they also are (EncodeError,
+CommandError, CommandTimeout), so older code that catches those keeps working.
 """
 
 from __future__ import annotations
@@ -39,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from iotrt import errors, local
 from iotrt.bus import Publisher, Subscriber
-from iotrt.codec import Envelope
-from iotrt.command import Command, CommandClient, CommandError, CommandServer
+from iotrt.codec import EncodeError, Envelope
+from iotrt.command import Command, CommandClient, CommandError, CommandServer, CommandTimeout
 from iotrt.config import ENV_THREADS
 from iotrt.protocol import NodeConfig, SupervisorLink, deadline_body, node_created, record_body
 from iotrt.spec import REQUIRED, NodeSpec, Param, ParamError, SpecError, load_spec
@@ -50,7 +57,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["Node", "NodeEvent", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
-           "NodeError", "load_spec"]
+           "NodeError", "NotEncodable", "CommandFailed", "NoAck", "load_spec"]
 
 PORT_NAMES = {"inputs": "input", "outputs": "output", "commands_in": "command input",
               "commands_out": "command output"}
@@ -68,7 +75,32 @@ def trim_heap() -> None:
 
 
 class NodeError(errors.ConfigError, RuntimeError):
-    """Misuse of the Node API (unknown output, missing wiring, ...)."""
+    """Misuse of the Node API (unknown output, missing wiring, ...), and the base of every
+    error a Node method raises (see the module docstring)."""
+
+
+class NotEncodable(NodeError, EncodeError):
+    """publish, command, record or ack with data the message contract refuses (iotrt.codec;
+    the message says what); nothing was sent."""
+
+
+class CommandFailed(NodeError, CommandError):
+    """node.command, or node.record(sync=True) (the journal is a command channel too): the
+    receiver refused the message itself or answered with a malformed ack."""
+
+
+class NoAck(CommandFailed, CommandTimeout):
+    """No acknowledgement arrived within the attempts: the receiver is down, busy or gone."""
+
+
+def _api_errors(exc: Exception, what: str) -> NodeError:
+    """The Node API's error for a codec or command channel error `exc` raised while doing
+    `what` (raise it `from exc`)."""
+    if isinstance(exc, NodeError):
+        return exc
+    cls = (NoAck if isinstance(exc, CommandTimeout) else CommandFailed
+           if isinstance(exc, CommandError) else NotEncodable)
+    return cls(f"{what}: {exc}")
 
 
 @dataclass(slots=True)
@@ -108,7 +140,12 @@ class NodeEvent:
         """Acknowledge a command: `result` is merged into {"id", "ok": True}; returns the ack."""
         if self.command is None:
             raise NodeError(f"only command events can be acknowledged, this is a {self.kind}")
-        return self.command.reply(result)
+        if self.command.answered:
+            raise NodeError(f"command {self.command.id} was already answered")
+        try:
+            return self.command.reply(result)
+        except EncodeError as exc:
+            raise _api_errors(exc, f"ack of command {self.command.id}") from exc
 
     def nack(self, error: str) -> dict:
         """Refuse a command with a reason."""
@@ -203,7 +240,10 @@ class NngTransport:
             return     # declared by the SPEC, wired to nothing in this graph
         queues = local.subscribers(pub.address)
         if queues:   # validate and hand over first: what NNG could not carry fails here too
-            shared = local.share(data)
+            try:
+                shared = local.share(data)
+            except EncodeError as exc:      # worded as the codec words it for NNG
+                raise EncodeError(f"cannot publish on {pub.topic!r}: {exc}") from exc
             seq = pub.publish(shared, stamp_ns, trace)
             local.deliver(Envelope(pub.topic, seq, stamp_ns, self.id, trace, shared), queues)
         else:
@@ -387,7 +427,10 @@ class Node:
         if stamp_ns is None:
             stamp_ns = cur.stamp_ns if cur is not None else now
         trace = (list(cur.trace) if cur is not None else []) + [[self.id, now]]
-        self.transport.publish(output, data, stamp_ns, trace)
+        try:
+            self.transport.publish(output, data, stamp_ns, trace)
+        except EncodeError as exc:    # its message names the topic
+            raise _api_errors(exc, f"node {self.id!r}") from exc
         self._out_msgs[output] += 1
 
     def loan(self, output: str, shape: tuple, dtype: Any = "uint8") -> np.ndarray:
@@ -404,10 +447,15 @@ class Node:
                 retries: int = 4) -> dict:
         """Send a command on a command output and wait for its ack (thread-safe).
 
-        Returns the ack map (check `ack["ok"]`); raises CommandTimeout when no ack arrives.
+        Returns the ack map (check `ack["ok"]`); raises NoAck when no ack arrives,
+        CommandFailed when the receiver refused the message, NotEncodable for data the
+        message contract refuses.
         """
         self._check_port("commands_out", output)
-        return self.transport.call(output, data, timeout_s, retries)
+        try:
+            return self.transport.call(output, data, timeout_s, retries)
+        except (CommandError, EncodeError) as exc:
+            raise _api_errors(exc, f"node {self.id!r}: command on {output!r}") from exc
 
     def safety_deadline(self, in_s: float | None) -> bool:
         """Arm the supervisor's backstop: unless this is called again within `in_s` seconds
@@ -419,8 +467,12 @@ class Node:
         return self.transport.deadline(in_s)
 
     def record(self, kind: str, sync: bool = False, **fields: Any) -> None:
-        """Send an event to the journal. sync=True waits until the supervisor wrote it."""
-        self.transport.record(record_body(self.id, kind, fields), sync)
+        """Send an event to the journal. sync=True waits until the supervisor wrote it (NoAck
+        when it does not answer, CommandFailed when it could not write the record)."""
+        try:
+            self.transport.record(record_body(self.id, kind, fields), sync)
+        except (CommandError, EncodeError) as exc:
+            raise _api_errors(exc, f"node {self.id!r}: record {kind!r}") from exc
 
     def stats(self) -> dict:
         return {"in": self.transport.input_stats(),

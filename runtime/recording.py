@@ -66,6 +66,11 @@ class RecordingError(errors.StorageError):
     """A recording that cannot be written or read; str() is one line a user can act on."""
 
 
+class NotRecordable(RecordingError, ValueError):
+    """One message whose data the recording's encoding (iotrt.codec) refuses: skip it, the
+    recording goes on."""
+
+
 class NotARecording(RecordingError):
     """Not an MCAP file, or an MCAP file iotrt did not write."""
 
@@ -158,7 +163,7 @@ class RecordWriter:
         return encode(env, self.frames, self.quality, self._encoder)
 
     def write(self, env: Envelope, log_time_ns: int | None = None) -> None:
-        """Append one envelope (a CodecError for data the codec refuses)."""
+        """Append one envelope (NotRecordable for data the codec refuses)."""
         kind, payload = self.encode(env)
         self.write_encoded(env.topic, kind, payload, env.seq, env.stamp_ns, log_time_ns)
 
@@ -204,15 +209,18 @@ class RecordWriter:
 def encode(env: Envelope, frames: str = "jpeg", quality: int = 80,
            encoder: Encoder | None = None) -> tuple[str, bytes]:
     """(kind, payload) of one envelope as a recording stores it: kind "jpeg" for a frame
-    stored as JPEG, else "msgpack". A CodecError for data the codec refuses. Pass a reused
+    stored as JPEG, else "msgpack". NotRecordable for data the codec refuses. Pass a reused
     `encoder` when encoding many: a fresh msgpack Packer per large frame (iotrt.codec.pack)
     took a recorder of raw frames to 240 MB of RSS here, a reused one stays at ~40 MB."""
     data, kind = env.data, "msgpack"
     if frames == "jpeg" and is_frame(data):
         data, kind = _jpeg(data, quality), "jpeg"
-    return kind, (encoder or Encoder()).pack({
-        "seq": env.seq, "stamp_ns": env.stamp_ns, "src": env.src, "trace": env.trace,
-        "data": data})
+    try:
+        return kind, (encoder or Encoder()).pack({
+            "seq": env.seq, "stamp_ns": env.stamp_ns, "src": env.src, "trace": env.trace,
+            "data": data})
+    except CodecError as exc:
+        raise NotRecordable(f"message {env.seq} on {env.topic}: {exc}") from exc
 
 
 def _jpeg(frame: np.ndarray, quality: int) -> bytes:

@@ -189,13 +189,13 @@ class NodeSpec:
     GRAPH` once the graph is stopped. `params` are the node's validated params; it gives up
     after `timeout_s` seconds. Returns a one-line summary ("cleared 9 retained topic(s) of
     device D"); a failure is an `iotrt.errors.IotrtError` whose message says why."""
-    enroll: Any = None
-    """For `iotrt enroll` (a node that names people from a gallery of their photos): the
-    module that enrolls them, with `enroll_methods() -> names`, `Method(name, model, mean, std,
-    backend)`, `enroll(path, name, photos, method, detector, replace, progress) -> gallery`,
-    `unenroll(path, name, method) -> photos removed` and `gallery_listing(path) -> lines`;
-    their failures are `iotrt.errors.IotrtError`s. The identity kind's is the package
-    `iotrt.nodes.perception`."""
+    enroll: str | None = None
+    """For `iotrt enroll` (a node that names people from a gallery of their photos): the name
+    of the module that enrolls them (imported only by `iotrt enroll`), with `enroll_methods()
+    -> names`, `Method(name, model, mean, std, backend)`, `enroll(path, name, photos, method,
+    detector, replace, progress) -> gallery`, `unenroll(path, name, method) -> photos removed`
+    and `gallery_listing(path) -> lines`; their failures are `iotrt.errors.IotrtError`s. The
+    identity kind's is the package `iotrt.nodes.perception`."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

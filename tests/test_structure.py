@@ -197,3 +197,23 @@ def test_architecture_diagram_matches_the_import_contract():
     assert set(drawn) == set(rank), f"in the contract, not drawn: {set(rank) - set(drawn)}"
     out_of_order = [(a, b) for a, b in zip(drawn, drawn[1:]) if rank[a] > rank[b]]
     assert not out_of_order, f"drawn above a layer that is higher in the contract: {out_of_order}"
+
+
+# The errors of the layers under the Node API. A built-in node catches what the Node API
+# raises (iotrt.node: NodeError, NotEncodable, CommandFailed, NoAck) or what a library it uses
+# raises (e.g. iotrt.recording.NotRecordable), never these.
+TRANSPORT_ERRORS = {"iotrt.codec": {"CodecError", "EncodeError", "DecodeError"},
+                    "iotrt.command": {"CommandError", "CommandTimeout"}}
+
+
+def test_built_in_nodes_catch_the_node_apis_errors_not_the_transports():
+    found = []
+    for path in sorted(PACKAGES["iotrt.nodes"].rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module in TRANSPORT_ERRORS:
+                names = {a.name for a in node.names} & TRANSPORT_ERRORS[node.module]
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in sorted(names)]
+            elif isinstance(node, ast.Attribute) and node.attr in set().union(
+                    *TRANSPORT_ERRORS.values()):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+    assert not found, "\n".join(found)

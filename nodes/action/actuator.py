@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from iotrt import errors
-from iotrt.codec import CodecError
-from iotrt.command import CommandError, CommandTimeout
-from iotrt.node import Param
+from iotrt.node import NoAck, NodeError, Param
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +80,9 @@ def _journal(node, kind: str, **fields: Any) -> tuple[str, bool] | None:
     """Record durably; None when written, else (why not, whether the journal is reachable)."""
     try:
         node.record(kind, sync=True, **fields)
-    except CommandTimeout as exc:     # the supervisor does not answer
+    except NoAck as exc:     # the supervisor does not answer
         return str(exc), False
-    except (CommandError, CodecError) as exc:   # the content, or the journal's disk
+    except NodeError as exc:   # the content, or the journal's disk
         return str(exc), True
     return None
 

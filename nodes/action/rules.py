@@ -31,8 +31,6 @@ from typing import Any
 
 import yaml
 
-from iotrt.codec import EncodeError
-from iotrt.command import CommandError
 from iotrt.node import Node, NodeError, NodeSpec, Param
 from iotrt.rules import (
     TICK,
@@ -148,7 +146,7 @@ class CommandSender:
         timeout_s, retries = self._budget(self.expiry_s - waited)
         try:
             ack = node.command(a.output, a.data, timeout_s=timeout_s, retries=retries)
-        except (CommandError, NodeError, EncodeError) as exc:
+        except NodeError as exc:
             node.log.warning("rule %s: %s %s failed: %s", a.rule, a.label, a.output, exc)
             node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))
             return
@@ -274,7 +272,7 @@ class RuleNode:
             case Publish(rule, output, data):
                 try:
                     node.publish(output, data)
-                except (NodeError, EncodeError) as exc:
+                except NodeError as exc:
                     self.report(rule, f"publish on {output!r} failed: {exc}")
             case Log(rule, text):
                 node.log.info("rule %s: %s", rule, text)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotrt.codec import CodecError, Encoder
+from iotrt.codec import Encoder
 from iotrt.node import Node, NodeSpec, Param
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class Clips:
 
 
 def main(node: Node) -> None:
-    from iotrt.recording import RecordingError
+    from iotrt.recording import NotRecordable, RecordingError
 
     clips = Clips(node)
     trigger = node.params["trigger"]
@@ -225,12 +225,12 @@ def main(node: Node) -> None:
             else:
                 try:
                     clips.keep(event.envelope)
-                except (RecordingError, OSError) as exc:
-                    node.log.error("cannot write a clip in %s: %s", clips.folder, exc)
-                    clips.abandon()
-                except CodecError as exc:
+                except NotRecordable as exc:
                     bad += 1
                     if bad == 1 or bad % 100 == 0:
                         node.log.warning("skipped %d message(s) it cannot keep: %s", bad, exc)
+                except (RecordingError, OSError) as exc:
+                    node.log.error("cannot write a clip in %s: %s", clips.folder, exc)
+                    clips.abandon()
     finally:
         clips.close()

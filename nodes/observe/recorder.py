@@ -22,9 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from iotrt.codec import CodecError
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.recording import FRAME_ENCODINGS, RecordingError, RecordWriter
+from iotrt.recording import FRAME_ENCODINGS, NotRecordable, RecordingError, RecordWriter
 
 SPEC = NodeSpec(
     doc="record the inputs to MCAP files, rotated by size or duration",
@@ -144,7 +143,7 @@ def main(node: Node) -> None:
                 try:
                     collect()
                     saved(rot.write(event.envelope, pending))
-                except CodecError as exc:
+                except NotRecordable as exc:
                     bad += 1
                     if bad == 1 or bad % 100 == 0:
                         node.log.warning("skipped %d message(s) it cannot store: %s", bad, exc)

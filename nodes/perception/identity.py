@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iotrt.node import Node, NodeSpec, Param
-from iotrt.nodes import perception
 from iotrt.nodes.perception.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ SPEC = NodeSpec(
         Param("track_confirm", int, 2, "frames of a track that must match the same enrolled "
                                        "person before the track is theirs", min=1),
     ],
-    enroll=perception,   # `iotrt enroll`: the package's entry point (its docstring)
+    enroll="iotrt.nodes.perception",   # `iotrt enroll`: the package's entry point (its docstring)
 )
 
 

@@ -10,6 +10,7 @@ the gallery this writes.
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 from iotrt import kinds
@@ -20,7 +21,7 @@ KIND = "identity"   # the kind whose gallery `iotrt enroll` writes
 
 def _enrolment():
     """The enrolment module the identity kind's SPEC names (see NodeSpec.enroll)."""
-    return kinds.spec(KIND).enroll
+    return importlib.import_module(kinds.spec(KIND).enroll)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,10 +20,9 @@ import sys
 import time
 
 from iotrt.bus import Subscriber
-from iotrt.codec import CodecError
 from iotrt.control import call
 from iotrt.errors import IotrtError
-from iotrt.recording import FRAME_ENCODINGS, Recording, RecordingError, RecordWriter
+from iotrt.recording import FRAME_ENCODINGS, NotRecordable, Recording, RecordingError, RecordWriter
 from iotrt.verbs._graph import control_address
 
 
@@ -127,7 +126,7 @@ def record_loop(writer: RecordWriter, subs: dict[str, Subscriber], duration_s: f
                 while (env := key.data.recv_nowait()) is not None:
                     try:
                         writer.write(env)
-                    except CodecError as exc:   # data the codec refuses: count and skip
+                    except NotRecordable as exc:   # data the codec refuses: count and skip
                         bad += 1
                         if bad == 1:
                             print(f"iotrt record: skipped a message on {env.topic}: {exc}",

@@ -31,8 +31,8 @@ def test_the_runtimes_own_errors_belong_to_their_area():
     from iotrt.codec import DecodeError, EncodeError
     from iotrt.command import CommandError, CommandTimeout
     from iotrt.journal import BadRecord, JournalError
-    from iotrt.node import NodeError
-    from iotrt.recording import NotARecording, RecordingError
+    from iotrt.node import CommandFailed, NoAck, NodeError, NotEncodable
+    from iotrt.recording import NotARecording, NotRecordable, RecordingError
     from iotrt.replay import ReplayError
     from iotrt.rules.expressions import ExpressionError, ExpressionTimeout
     from iotrt.rules.source import RulesError
@@ -48,6 +48,10 @@ def test_the_runtimes_own_errors_belong_to_their_area():
         (ReplayError, errors.StorageError, Exception), (RulesError, errors.ConfigError, Exception),
         (ExpressionTimeout, errors.ConfigError, Exception), (ExpressionError, errors.ConfigError, Exception),
         (TriggerError, errors.ConfigError, Exception), (RuntimeDirError, errors.SupervisionError, PermissionError),
+        # what Node methods raise: NodeError, and the transport's error it replaces (older
+        # nodes catch that)
+        (NotEncodable, NodeError, EncodeError), (CommandFailed, NodeError, CommandError),
+        (NoAck, CommandFailed, CommandTimeout), (NotRecordable, RecordingError, ValueError),
     ]:
         assert issubclass(cls, area) and issubclass(cls, builtin), cls
     # a runtime folder error is still an OSError with its errno, and reports like the others

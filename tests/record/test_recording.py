@@ -20,7 +20,15 @@ from iotrt import Node
 from iotrt.codec import Envelope
 from iotrt.graph import load_graph
 from iotrt.nodes.observe import clip as clip_node
-from iotrt.recording import NewerRecording, NotARecording, Recording, RecordingError, RecordWriter, TruncatedRecording
+from iotrt.recording import (
+    NewerRecording,
+    NotARecording,
+    NotRecordable,
+    Recording,
+    RecordingError,
+    RecordWriter,
+    TruncatedRecording,
+)
 from iotrt.replay import REPLAY_QUEUE, ReplayError, replay_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +79,15 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert info.complete and info.drops == 2 and info.topics["cam/image"].drops == 2
     assert {t: i.count for t, i in info.topics.items()} == \
         {"cam/image": 7, "who/faces": 11, "rules/events": 1}
+
+
+def test_a_message_the_codec_refuses_is_skipped_and_the_recording_goes_on(tmp_path):
+    with RecordWriter(tmp_path / "a.mcap") as w:
+        w.write(Envelope("a/x", 0, 1, "a", [], {"n": 0}))
+        with pytest.raises(NotRecordable, match="message 1 on a/x: cannot send a set"):
+            w.write(Envelope("a/x", 1, 2, "a", [], {"bad": {1, 2}}))
+        w.write(Envelope("a/x", 2, 3, "a", [], {"n": 2}))
+    assert [m.data for m in Recording(tmp_path / "a.mcap").messages()] == [{"n": 0}, {"n": 2}]
 
 
 def test_jpeg_frames_come_back_close(tmp_path):

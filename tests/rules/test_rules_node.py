@@ -18,8 +18,8 @@ import pynng
 import pytest
 
 from iotrt.bus import Publisher, short_ipc_address
-from iotrt.command import CommandClient, CommandServer
-from iotrt.node import Node, NodeEvent
+from iotrt.command import CommandClient, CommandServer, CommandTimeout
+from iotrt.node import NoAck, Node, NodeEvent
 from iotrt.nodes.action.rules import CommandSender, RuleNode
 from iotrt.protocol import ENV_CONFIG, Endpoint, NodeConfig, parse_message
 from iotrt.rules import SendCommand
@@ -123,7 +123,10 @@ class _ClientNode:
         self.client, self.records, self.log = client, [], logging.getLogger("test.rules")
 
     def command(self, output, data, *, timeout_s, retries):
-        return self.client.call(data, timeout_s=timeout_s, retries=retries)
+        try:
+            return self.client.call(data, timeout_s=timeout_s, retries=retries)
+        except CommandTimeout as exc:     # what Node.command raises for it
+            raise NoAck(f"command on {output!r}: {exc}") from exc
 
     def record(self, kind, **fields):
         self.records.append((kind, fields))

@@ -10,8 +10,20 @@ import numpy as np
 import pytest
 
 from iotrt.bus import short_ipc_address
-from iotrt.command import CommandTimeout
-from iotrt.node import Node, NodeError, NodeSpec, Param, ParamError, SpecError, load_spec
+from iotrt.codec import EncodeError
+from iotrt.command import CommandError, CommandTimeout
+from iotrt.node import (
+    CommandFailed,
+    NoAck,
+    Node,
+    NodeError,
+    NodeSpec,
+    NotEncodable,
+    Param,
+    ParamError,
+    SpecError,
+    load_spec,
+)
 from iotrt.protocol import Endpoint, NodeConfig
 
 SPEC = NodeSpec(
@@ -71,8 +83,11 @@ def test_harness_commands_and_lost_acks():
     lost = harness(threshold=0.1)
     lost.responder = lambda output, data: None
     lost.feed("image", np.ones(2))
-    with pytest.raises(CommandTimeout):
+    with pytest.raises(NoAck, match="node 'test': command on 'lamp': no ack") as exc:
         lost.run()
+    # the Node API's error, which is also the command channel's (older nodes catch that)
+    assert isinstance(exc.value, NodeError) and isinstance(exc.value, CommandTimeout)
+    assert isinstance(exc.value.__cause__, CommandTimeout)
 
 
 def test_unacknowledged_command_gets_an_error_ack():
@@ -85,10 +100,16 @@ def test_unacknowledged_command_gets_an_error_ack():
 
 def test_publishing_unsendable_data_fails_in_the_harness_like_on_the_wire():
     node = Node.for_test(SPEC, params={"device": "x"})
-    from iotrt.codec import EncodeError
-
-    with pytest.raises(EncodeError):
+    with pytest.raises(NotEncodable, match="node 'test': cannot publish on 'test/bright': cannot send a set"):
         node.publish("bright", {"s": {1, 2}})
+    with pytest.raises(NodeError):
+        node.publish("bright", {"s": {1, 2}})
+    with pytest.raises(EncodeError):        # what older nodes caught still catches it
+        node.publish("bright", {"s": {1, 2}})
+    with pytest.raises(NotEncodable, match="command on 'lamp'"):
+        node.command("lamp", {"on": object()})
+    with pytest.raises(NotEncodable, match="record 'odd'"):
+        node.record("odd", sync=True, value={1, 2})
     with pytest.raises(NodeError, match="has no output 'dark'"):
         node.publish("dark", 1)
     with pytest.raises(NodeError, match="has no input 'imgae' \\(declared: image\\)"):
@@ -230,3 +251,21 @@ def test_node_loop_survives_garbage_and_counts_it(rundir):
     finally:
         node.close()
         raw.close()
+
+
+def test_a_refused_journal_record_and_a_second_ack_are_node_errors():
+    """What the journal answers through the transport comes out as the Node API's errors."""
+    node = Node.for_test(SPEC, params={"device": "x"})
+
+    def refused(body, sync):
+        raise CommandError(f"journal refused record {body['kind']!r}: database or disk is full")
+    node.fake.record = refused
+    with pytest.raises(CommandFailed, match="node 'test': record 'seen': journal refused") as exc:
+        node.record("seen", sync=True)
+    assert not isinstance(exc.value, NoAck)
+    node.feed_command("commands", {"x": 1}, id="c1")
+    for event in node:
+        event.ack()
+        with pytest.raises(NodeError, match="command c1 was already answered"):
+            event.ack()
+    assert node.acks == [{"id": "c1", "ok": True}]
