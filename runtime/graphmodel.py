@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotrt.bus import short_ipc_address
 from iotrt.config import CONTROL_NAME
 from iotrt.journal import JOURNAL_FILE
 from iotrt.spec import WILDCARD
 from iotrt.states import Policy
+
+if TYPE_CHECKING:   # notes are built by the schema's checker; the model only holds them
+    from iotrt.yamlcheck import Issue
 
 EVENTS_TOPIC = "_sup/events"
 
@@ -77,7 +80,7 @@ class Graph:
     optimize: int = 0                # PYTHONOPTIMIZE of the node processes (0, 1 or 2)
     # What works but should change, "file:line: note: ..." (a kind used by its former name);
     # `iotrt validate` and `iotrt up` print them.
-    notes: list = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
 
     # -- addresses (short hashed names keep ipc paths under 107 bytes) -----------------------
 
