@@ -101,6 +101,7 @@ WINOGRAD = {
     "asymmetric pads, batch 2, more outputs": ((2, 64, 24, 21), (72, 64, 3, 3), {"pads": [0, 2, 1, 0]}, 4),
     "no pads": ((1, 80, 26, 28), (64, 80, 3, 3), {}, 4),
     "F(2x2): many channels, odd sizes": ((1, 128, 25, 27), (96, 128, 3, 3), {"pads": [1, 2, 1, 0]}, 2),
+    "F(2x2) where F(4x4) has too few tiles": ((1, 96, 13, 14), (112, 96, 3, 3), {"pads": [1, 1, 1, 1]}, 2),
 }
 
 
@@ -131,6 +132,16 @@ def test_winograd_convs_match_onnxruntime(tmp_path, monkeypatch, case, block_byt
     np.testing.assert_allclose(again, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
 
 
+def test_winograd_tile_choice_follows_the_measured_layer_sizes():
+    from iotrt.engine import winograd
+
+    assert winograd.tile_for(64, 64, 56, 56) == 4            # ResNet-50's first stage
+    assert winograd.tile_for(256, 256, 14, 14) == 2          # 16 tiles of 4x4: F(2x2)'s 49
+    assert winograd.tile_for(64, 256, 13, 13) is None        # SqueezeNet's late expand: loses
+    assert winograd.tile_for(512, 512, 7, 7) is None         # 16 tiles even for F(2x2)
+    assert winograd.tile_for(32, 128, 27, 27) is None        # few input channels
+
+
 POOLS = {
     "max 3x3 s2 ceil": ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     "max 2x2 pads": ("MaxPool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}),
@@ -146,12 +157,25 @@ POOLS = {
 }
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1100])
 @pytest.mark.parametrize("case", sorted(POOLS))
-def test_pool_geometries_match_onnxruntime(tmp_path, case):
+def test_pool_geometries_match_onnxruntime(tmp_path, monkeypatch, case, block_bytes):
+    """Also in blocks of two or three channels, the last one partial (the flat row and column passes
+    must never mix one channel's or one row's values into another's outputs)."""
+    from iotrt.engine import numpy as numpy_backend
+
+    if block_bytes:
+        monkeypatch.setattr(numpy_backend, "POOL_BLOCK_BYTES", block_bytes)
     op, attrs = POOLS[case]
-    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], (2, 3, 9, 10), {})
-    _, got, ref = _run_both(tmp_path, model, (2, 3, 9, 10))
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], (2, 5, 9, 10), {})
+    compiled, got, ref = _run_both(tmp_path, model, (2, 5, 9, 10))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    x = RNG.standard_normal((2, 5, 9, 10)).astype(np.float32)  # a second run: nothing stale
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expect, rtol=1e-5, atol=1e-6)
 
 
 def test_convs_write_straight_into_their_concat(tmp_path):
