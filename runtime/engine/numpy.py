@@ -21,6 +21,7 @@ from iotrt.engine.backend import limit_blas_threads
 from iotrt.engine.numpyconv import (
     Step,
     activation_step,
+    bias_after_max_pool,
     build_conv,
     build_generic,
     channel_pads_into_adds,
@@ -118,6 +119,8 @@ class NumpyModel:
         self._skipped |= {pw.name for pw in self._pointwise.values()}
         self._padded = channel_pads_into_adds(g, self._bytes, self._pointwise)
         self._skipped |= {pad for pad, _, _ in self._padded.values()}
+        self._pool_bias = bias_after_max_pool(g, self._pointwise)
+        self._deferred = {conv.name for convs in self._pool_bias.values() for conv in convs}
         self._steps: list[tuple[OpNode, Step]] = []
         for node in g.nodes:
             if node.name in self._skipped:
@@ -232,7 +235,8 @@ def _build_pool(m: NumpyModel, node: OpNode) -> Step:
     x, y = m.t(node.inputs[0]), m.t(node.outputs[0])
     a = node.attrs
     if x.ndim != 4 or a.get("storage_order", 0) or len(node.outputs) > 1:
-        return build_generic(m, node)
+        generic, finish = build_generic(m, node), _pool_bias_step(m, node, y)
+        return generic if finish is None else lambda: (generic(), finish())
     kernel = tuple(a["kernel_shape"])
     strides = a.get("strides") or [1, 1]
     dil = a.get("dilations") or [1, 1]
@@ -289,6 +293,8 @@ def _build_pool(m: NumpyModel, node: OpNode) -> Step:
                                v1.reshape(c1 - c0, ho, need[1]), horizontal, flat[:length2],
                                cols[cols_kept], y[k, c0:c1]))
 
+    finish = _pool_bias_step(m, node, y)
+
     def step() -> None:
         if not bound:
             bind()
@@ -308,6 +314,31 @@ def _build_pool(m: NumpyModel, node: OpNode) -> Step:
                 np.copyto(yb, cols)
             else:
                 np.multiply(cols, inv, out=yb)
+        if finish:
+            finish()
+    return step
+
+
+def _pool_bias_step(m: NumpyModel, node: OpNode, y: np.ndarray) -> Step | None:
+    """The bias and activation of the convs this MaxPool reads (see `bias_after_max_pool`),
+    applied to the pool's output."""
+    convs = m._pool_bias.get(node.name)
+    if not convs:
+        return None
+    parts = []
+    for conv in convs:
+        mo = m._graph.shapes[conv.outputs[0]][1]
+        b = m.t(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+        parts.append(np.zeros(mo, y.dtype) if b is None else b.astype(y.dtype))
+    bias = np.concatenate(parts).reshape(-1, 1, 1)
+    has_bias = any(len(c.inputs) > 2 and c.inputs[2] for c in convs)
+    act = activation_step(m, y, convs[0].attrs)
+
+    def step() -> None:
+        if has_bias:
+            np.add(y, bias, out=y)
+        if act:
+            act()
     return step
 
 

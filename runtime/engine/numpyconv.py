@@ -188,6 +188,50 @@ def channel_pads_into_adds(g, arena_bytes, pointwise) -> dict[str, tuple[str, st
     return padded
 
 
+# activations that commute with a max: max(act(x)) == act(max(x)) for a non-decreasing act
+_MONOTONIC = (None, "Relu", "Clip")
+
+
+def bias_after_max_pool(g, pointwise) -> dict[str, list[OpNode]]:
+    """Convs whose output (alone, or through a channel Concat of several convs) is read only by
+    a MaxPool: a per-channel bias and a non-decreasing activation commute with the max, so the
+    pool applies them to its output (4x fewer values after a 3x3 stride-2 pool) and the convs
+    skip them (SqueezeNet's first conv and fire 3 and 5, ResNet's first conv).
+
+    Returns MaxPool node name -> its convs in channel order.
+    """
+    users, producers = g.consumers(), g.producers()
+    fused = set(pointwise) | {pw.name for pw in pointwise.values()}
+    out: dict[str, list[OpNode]] = {}
+    for pool in g.nodes:
+        x = pool.inputs[0] if pool.inputs else ""
+        if (pool.op is not Op.MAX_POOL or len(pool.outputs) > 1 or pool.attrs.get("storage_order", 0)
+                or len(g.shapes.get(x, ())) != 4 or g.dtypes.get(x) not in ("float32", "float64")
+                or not _only_reader(g, users, x, pool)):
+            continue
+        src = producers.get(x)
+        if src is not None and src.op is Op.CONCAT and src.attrs.get("axis") in (1, -3) \
+                and not src.attrs.get("activation") \
+                and all(_only_reader(g, users, i, src) for i in src.inputs):
+            convs = [producers.get(i) for i in src.inputs]
+        else:
+            convs = [src]
+        if not all(c is not None and c.op is Op.CONV and c.name not in fused
+                   and c.inputs[1] in g.consts
+                   and (len(c.inputs) < 3 or not c.inputs[2] or c.inputs[2] in g.consts)
+                   for c in convs):
+            continue
+        acts = {(c.attrs.get("activation"), c.attrs.get("act_min"), c.attrs.get("act_max")) for c in convs}
+        if len(acts) != 1 or next(iter(acts))[0] not in _MONOTONIC:
+            continue
+        out[pool.name] = convs
+    return out
+
+
+def _only_reader(g, users, tensor: str, node: OpNode) -> bool:
+    return tensor not in g.outputs and [u.name for u in users.get(tensor, [])] == [node.name]
+
+
 def _overlap(a: range, b: range) -> bool:
     return max(a.start, b.start) < min(a.stop, b.stop)
 
@@ -230,9 +274,10 @@ def build_conv(m: NumpyModel, node: OpNode) -> Step:
                       (slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, None))]
             strips = [s for s in strips if _nonempty(s, ho, wo)]
             shifts.append((i * kw + j, (slice(y0, y1), slice(x0, x1)), (iy, ix), strips))
-    bias = None if b is None else b.reshape(mo, 1).astype(dtype)
+    deferred = node.name in m._deferred  # the MaxPool reading y adds the bias and activation
+    bias = None if b is None or deferred else b.reshape(mo, 1).astype(dtype)
     yflat = y.reshape(n, mo, ho * wo)
-    act = activation_step(m, y, a)
+    act = None if deferred else activation_step(m, y, a)
 
     def finish() -> None:
         if bias is not None:

@@ -327,3 +327,72 @@ def test_lrn_even_size_matches_the_reference_kernel(tmp_path):
     x = RNG.standard_normal((1, 6, 3, 4)).astype(np.float32)
     got = load(tmp_path / "m.iotm", backend="numpy").run({"x": x})["y"]
     np.testing.assert_allclose(got, lrn([x], attrs)[0], rtol=1e-6)
+
+
+def _conv_relu(name, cin, cout, act="Relu", bias=True):
+    w = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    inits = {f"{name}_w": w}
+    ins = ["x", f"{name}_w"]
+    if bias:
+        inits[f"{name}_b"] = RNG.standard_normal(cout).astype(np.float32)
+        ins.append(f"{name}_b")
+    nodes = [helper.make_node("Conv", ins, [f"{name}_c"], pads=[1, 1, 1, 1])]
+    if act == "Relu":
+        nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
+    elif act == "Clip":
+        inits[f"{name}_lo"], inits[f"{name}_hi"] = np.float32(0), np.float32(0.5)
+        nodes.append(helper.make_node("Clip", [f"{name}_c", f"{name}_lo", f"{name}_hi"], [f"{name}_r"]))
+    else:
+        nodes.append(helper.make_node("Identity", [f"{name}_c"], [f"{name}_r"]))
+    return nodes, inits
+
+
+POOL_BIAS = {
+    # name: (conv branches (name, outputs, activation, bias), pool attrs, deferred?)
+    "conv, relu, max pool 3x3 s2 pads": ([("a", 8, "Relu", True)],
+                                         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+    "two convs into a concat, ceil mode": ([("a", 5, "Relu", True), ("b", 7, "Relu", True)],
+                                           {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, True),
+    "relu6, one conv without a bias": ([("a", 6, "Clip", True), ("b", 4, "Clip", False)],
+                                          {"kernel_shape": [2, 2], "strides": [2, 2]}, True),
+    "mixed activations stay apart": ([("a", 6, "Relu", True), ("b", 4, "none", True)],
+                                     {"kernel_shape": [2, 2], "strides": [2, 2]}, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOL_BIAS))
+def test_conv_bias_and_activation_move_past_a_max_pool(tmp_path, case):
+    branches, attrs, deferred = POOL_BIAS[case]
+    nodes, inits = [], {}
+    for name, cout, act, bias in branches:
+        n, i = _conv_relu(name, 3, cout, act, bias)
+        nodes += n
+        inits.update(i)
+    outs = [f"{b[0]}_r" for b in branches]
+    if len(outs) > 1:
+        nodes.append(helper.make_node("Concat", outs, ["cat"], axis=1))
+        pooled = "cat"
+    else:
+        pooled = outs[0]
+    nodes.append(helper.make_node("MaxPool", [pooled], ["y"], **attrs))
+    model = _model(nodes, (1, 3, 11, 13), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 11, 13))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert bool(compiled._deferred) is deferred
+    x = RNG.standard_normal((1, 3, 11, 13)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_read_by_a_max_pool_and_more_keeps_its_bias(tmp_path):
+    nodes, inits = _conv_relu("a", 3, 6)
+    nodes += [helper.make_node("MaxPool", ["a_r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("GlobalAveragePool", ["a_r"], ["g"]),
+              helper.make_node("Add", ["p", "g"], ["y"])]
+    model = _model(nodes, (1, 3, 8, 8), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 8, 8))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert not compiled._deferred
