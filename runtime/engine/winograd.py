@@ -46,12 +46,12 @@ TRANSFORMS = {2: (B_T2, G2, A_T2), 4: (B_T4, G4, A_T4)}
 
 # Where it pays on a 1-core AVX-512 machine (measured per layer against im2col + GEMM):
 # F(4x4) on 64 channels at 56x56 1.9 -> 1.1 ms, on 128 at 28x28 1.7 -> 1.0 ms (F(2x2) 1.4 ms);
-# 16-32 input channels lose. Where F(4x4) has too few tiles (256 channels at 14x14: 16 tiles,
-# about even), F(2x2) still has enough (49) on wide layers: 256 channels at 14x14 1.5 -> 1.0 ms,
-# 96-160 channels 15-20% faster; 48-64 channels at 13x13 and 512 at 7x7 (16 tiles) lose.
+# 256 channels at 14x14 (16 tiles) about even; 16-32 input channels lose.
 MIN_CHANNELS = 64
 MIN_TILES = 36
-MIN_CHANNELS_F2 = 96
+# Not F(2x2) where F(4x4) has too few tiles, though it would pay there (256 channels at 14x14,
+# 49 tiles: 1.5 -> 1.0 ms): its filters take 16/9 of the weights' memory beside them, +21 MB
+# of peak RSS on ResNet-50's five such layers.
 # F(4x4) where its transformed filters take at most this much more memory than the weights
 MAX_EXTRA_BYTES = 1 << 20
 
@@ -59,16 +59,10 @@ MAX_EXTRA_BYTES = 1 << 20
 def tile_for(channels: int, outputs: int, out_h: int, out_w: int, itemsize: int = 4) -> int | None:
     """The output tile side m for a 3x3 stride-1 dense conv of this size, or None where plain
     im2col + GEMM is faster."""
-    narrow = min(channels, outputs)
-    if narrow >= MIN_CHANNELS and _tiles(out_h, out_w, 4) >= MIN_TILES:
-        return 4 if 27 * channels * outputs * itemsize <= MAX_EXTRA_BYTES else 2
-    if narrow >= MIN_CHANNELS_F2 and _tiles(out_h, out_w, 2) >= MIN_TILES:
-        return 2
-    return None
-
-
-def _tiles(out_h: int, out_w: int, m: int) -> int:
-    return -(-out_h // m) * -(-out_w // m)
+    tiles = -(-out_h // 4) * -(-out_w // 4)
+    if min(channels, outputs) < MIN_CHANNELS or tiles < MIN_TILES:
+        return None
+    return 4 if 27 * channels * outputs * itemsize <= MAX_EXTRA_BYTES else 2
 
 
 def filter_transform(w: np.ndarray, m: int) -> np.ndarray:

@@ -101,7 +101,6 @@ WINOGRAD = {
     "asymmetric pads, batch 2, more outputs": ((2, 64, 24, 21), (72, 64, 3, 3), {"pads": [0, 2, 1, 0]}, 4),
     "no pads": ((1, 80, 26, 28), (64, 80, 3, 3), {}, 4),
     "F(2x2): many channels, odd sizes": ((1, 128, 25, 27), (96, 128, 3, 3), {"pads": [1, 2, 1, 0]}, 2),
-    "F(2x2) where F(4x4) has too few tiles": ((1, 96, 13, 14), (112, 96, 3, 3), {"pads": [1, 1, 1, 1]}, 2),
 }
 
 
@@ -130,16 +129,6 @@ def test_winograd_convs_match_onnxruntime(tmp_path, monkeypatch, case, block_byt
     expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
                                   providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
     np.testing.assert_allclose(again, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
-
-
-def test_winograd_tile_choice_follows_the_measured_layer_sizes():
-    from iotrt.engine import winograd
-
-    assert winograd.tile_for(64, 64, 56, 56) == 4            # ResNet-50's first stage
-    assert winograd.tile_for(256, 256, 14, 14) == 2          # 16 tiles of 4x4: F(2x2)'s 49
-    assert winograd.tile_for(64, 256, 13, 13) is None        # SqueezeNet's late expand: loses
-    assert winograd.tile_for(512, 512, 7, 7) is None         # 16 tiles even for F(2x2)
-    assert winograd.tile_for(32, 128, 27, 27) is None        # few input channels
 
 
 POOLS = {
