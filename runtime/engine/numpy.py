@@ -13,6 +13,7 @@ slice), and the bias and fused activation are applied in place.
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import numpy as np
@@ -194,6 +195,19 @@ class NumpyModel:
                 src = feeds[spec.name]
             out[spec.name] = np.array(src, copy=True)
         return out
+
+
+    def profile(self, feeds: dict[str, np.ndarray], runs: int) -> list[tuple[OpNode, float]]:
+        """Each step's median CPU time in ms over `runs` runs (after one run that binds
+        everything), in step order: where a run's time goes (bench/engine.py --profile)."""
+        self.run(feeds)
+        times: list[list[int]] = [[] for _ in self._steps]
+        for _ in range(runs):
+            for spent, (_, step) in zip(times, self._steps):
+                start = time.process_time_ns()
+                step()
+                spent.append(time.process_time_ns() - start)
+        return [(node, float(np.median(spent)) / 1e6) for (node, _), spent in zip(self._steps, times)]
 
 
 # ---- builders: node -> closure over fixed views ---------------------------------------------

@@ -385,3 +385,16 @@ def test_conv_read_by_a_max_pool_and_more_keeps_its_bias(tmp_path):
     compiled, got, ref = _run_both(tmp_path, model, (1, 3, 8, 8))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     assert not compiled._deferred
+
+
+def test_profile_times_every_step_in_order_and_leaves_runs_correct(tmp_path):
+    nodes, inits = _conv_relu("a", 3, 6)
+    nodes.append(helper.make_node("MaxPool", ["a_r"], ["y"], kernel_shape=[2, 2], strides=[2, 2]))
+    model = _model(nodes, (1, 3, 8, 8), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 8, 8))
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    steps = compiled.profile({"x": x}, runs=3)
+    assert [node.op.value for node, _ in steps] == ["Conv", "MaxPool"]
+    assert all(ms >= 0 for _, ms in steps)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], compiled.run({"x": x})["y"])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
