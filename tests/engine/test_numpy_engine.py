@@ -47,6 +47,10 @@ def _run_both(tmp_path, model, x_shape):
 CONVS = {
     # name: (input shape, weight shape, attrs)
     "3x3 pad 1": ((1, 5, 9, 9), (7, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    # 49 output columns: the GEMM runs as 48 + 1 columns (see numpyconv.column_parts)
+    "1x1 on a 7x7 map, batch 2": ((2, 8, 7, 7), (6, 8, 1, 1), {}),
+    "3x3 on a 7x7 map, batch 2": ((2, 5, 7, 7), (4, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "3x3 stride 2 onto a 9x9 map": ((1, 4, 17, 18), (3, 4, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 0]}),
     "stride 2 asymmetric pads": ((1, 3, 10, 11), (4, 3, 3, 3), {"strides": [2, 2], "pads": [0, 1, 2, 1]}),
     "dilation 2": ((1, 4, 12, 12), (6, 4, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
     "5x3 kernel, stride 2x1": ((1, 2, 11, 9), (3, 2, 5, 3), {"strides": [2, 1], "pads": [2, 1, 2, 1]}),
@@ -93,6 +97,15 @@ def test_conv_geometries_match_onnxruntime(tmp_path, case):
     # run twice: border strips of the shared im2col buffer must be re-zeroed on every call
     assert got.std() > 0
 
+
+
+def test_gemm_columns_split_only_before_one_left_over_column():
+    from iotrt.engine.numpyconv import column_parts
+
+    assert column_parts(49) == [slice(0, 48), slice(48, 49)]
+    assert column_parts(81) == [slice(0, 80), slice(80, 81)]
+    for whole in (16, 48, 50, 169, 196, 3025, 1):
+        assert column_parts(whole) == [slice(None)]
 
 
 WINOGRAD = {
