@@ -1,6 +1,7 @@
 """Engine benchmark: every iotrt backend against the frameworks it competes with.
 
     python bench/engine.py [--threads 1] [--models blazeface,light_squeezenet,...] [--json out.json]
+    python bench/engine.py --profile [--models ...]   # where the numpy backend's time goes
 
 For BlazeFace (.tflite) and the four light_* ONNX models (weights re-drawn at random, batch 1) it
 measures, each in its own fresh subprocess (peak RSS only ever rises within a process):
@@ -155,9 +156,85 @@ def paired_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_child(args: argparse.Namespace) -> int:
+    """Where the numpy backend's CPU time goes: per op type and the slowest steps (median per
+    step), beside onnxruntime's own per-node profile of the source model when it is ONNX."""
+    import collections
+
+    import numpy as np
+
+    from iotrt.engine import load
+
+    model = load(args.path, backend="numpy")
+    g = model.artifact.graph
+    rng = np.random.default_rng(0)
+    feeds = {s.name: rng.uniform(-1, 1, s.shape).astype(s.dtype) for s in model.inputs}
+    steps = model.profile(feeds, args.min_iters)
+    total = sum(ms for _, ms in steps)
+    by_op = collections.Counter()
+    for node, ms in steps:
+        by_op[node.op.value] += ms
+    print(f"numpy backend: {len(steps)} steps, {total:.2f} ms CPU (sum of per-step medians, "
+          f"{args.min_iters} runs)")
+    for op, ms in by_op.most_common():
+        print(f"  {op:22s} {ms:8.2f} ms {100 * ms / total:5.1f}%")
+    print("  slowest steps:")
+    for node, ms in sorted(steps, key=lambda s: -s[1])[:args.top]:
+        print(f"  {ms:8.3f} ms  {node.op.value:12s} {node.name[:28]:28s} {_describe(g, node, ms)}")
+    if args.against_path and args.against_path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "iotrt-bench-ort")
+        sess = ort.InferenceSession(args.against_path, opts, providers=["CPUExecutionProvider"])
+        ort_feeds = {i.name: rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in i.shape])
+                     .astype(np.float32) for i in sess.get_inputs()}
+        for _ in range(args.min_iters):
+            sess.run(None, ort_feeds)
+        trace = Path(sess.end_profiling())
+        node_us, op_of = collections.defaultdict(list), {}
+        for e in json.loads(trace.read_text()):
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                name = e["name"][:-len("_kernel_time")]
+                node_us[name].append(e["dur"])
+                op_of[name] = e["args"].get("op_name", "?")
+        trace.unlink()
+        per_node = {name: statistics.median(us) / 1e3 for name, us in node_us.items()}
+        ort_total = sum(per_node.values())
+        ort_ops = collections.Counter()
+        for name, ms in per_node.items():
+            ort_ops[op_of[name]] += ms
+        print(f"onnxruntime: {ort_total:.2f} ms in kernels (sum of per-node medians)")
+        for op, ms in ort_ops.most_common():
+            print(f"  {op:22s} {ms:8.2f} ms {100 * ms / ort_total:5.1f}%")
+        print("  slowest nodes:")
+        for name, ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {ms:8.3f} ms  {op_of[name]:12s} {name}")
+    return 0
+
+
+def _describe(g, node, ms: float) -> str:
+    """A conv step's geometry and arithmetic rate; empty for other ops."""
+    import numpy as np
+
+    if node.op.value != "Conv" or node.inputs[1] not in g.consts:
+        return ""
+    w = g.consts[node.inputs[1]]
+    x, y = g.shapes[node.inputs[0]], g.shapes[node.outputs[0]]
+    gflop = 2 * np.prod(y) * np.prod(w.shape[1:]) / 1e9
+    s = node.attrs.get("strides") or [1, 1]
+    return (f"x{tuple(x[1:])} w{tuple(w.shape)} stride {s[0]} group {node.attrs.get('group', 1)}: "
+            f"{gflop * 1e3:.1f} MFLOP, {gflop / ms * 1e3:.0f} GFLOP/s")
+
+
 def child(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if args.kind == "profile":
+        return profile_child(args)
     if args.against:
         return paired_child(args)
     t0 = time.perf_counter()
@@ -423,10 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy", type=int, default=0,
                    help="keep this many cores busy with spinning processes for the whole run "
                         "(auto must hold on a loaded device)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing runners: the numpy backend's CPU time per op type and "
+                        "its slowest steps, beside onnxruntime's own per-node profile (ONNX models)")
+    p.add_argument("--top", type=int, default=15, help="slowest steps listed by --profile")
     args = p.parse_args(argv)
     if args.child:
         args.kind = args.child
         return child(args)
+    if args.profile:
+        return profile_all(args)
 
     unset = ", ".join(f"{k}={os.environ[k]!r}" for k in UNSET_ENV if k in os.environ) or "not set"
     print(
@@ -451,6 +534,25 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line)
     if args.json:
         args.json.write_text(json.dumps(everything, indent=2))
+    return 0
+
+
+def profile_all(args) -> int:
+    """--profile: one fresh subprocess per model (the same environment as the measurements)."""
+    with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as tmp:
+        for case in prepare(args.models.split(","), Path(tmp), args):
+            if case.artifact is None:
+                continue
+            print(f"\n{case.name} {case.shape}", flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "profile",
+                   "--path", str(case.artifact), "--against-path", str(case.source),
+                   "--threads", str(args.threads), "--min-iters", str(args.min_iters),
+                   "--top", str(args.top)]
+            proc = subprocess.run(cmd, env=child_env(args.threads), capture_output=True, text=True,
+                                  timeout=args.timeout)
+            print(proc.stdout, end="")
+            if proc.returncode != 0:
+                print(f"  profile failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
     return 0
 
 

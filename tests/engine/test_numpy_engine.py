@@ -47,6 +47,10 @@ def _run_both(tmp_path, model, x_shape):
 CONVS = {
     # name: (input shape, weight shape, attrs)
     "3x3 pad 1": ((1, 5, 9, 9), (7, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    # 49 output columns: the GEMM runs as 48 + 1 columns (see numpyconv.column_parts)
+    "1x1 on a 7x7 map, batch 2": ((2, 8, 7, 7), (6, 8, 1, 1), {}),
+    "3x3 on a 7x7 map, batch 2": ((2, 5, 7, 7), (4, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "3x3 stride 2 onto a 9x9 map": ((1, 4, 17, 18), (3, 4, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 0]}),
     "stride 2 asymmetric pads": ((1, 3, 10, 11), (4, 3, 3, 3), {"strides": [2, 2], "pads": [0, 1, 2, 1]}),
     "dilation 2": ((1, 4, 12, 12), (6, 4, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
     "5x3 kernel, stride 2x1": ((1, 2, 11, 9), (3, 2, 5, 3), {"strides": [2, 1], "pads": [2, 1, 2, 1]}),
@@ -93,6 +97,15 @@ def test_conv_geometries_match_onnxruntime(tmp_path, case):
     # run twice: border strips of the shared im2col buffer must be re-zeroed on every call
     assert got.std() > 0
 
+
+
+def test_gemm_columns_split_only_before_one_left_over_column():
+    from iotrt.engine.numpyconv import column_parts
+
+    assert column_parts(49) == [slice(0, 48), slice(48, 49)]
+    assert column_parts(81) == [slice(0, 80), slice(80, 81)]
+    for whole in (16, 48, 50, 169, 196, 3025, 1):
+        assert column_parts(whole) == [slice(None)]
 
 
 WINOGRAD = {
@@ -146,12 +159,25 @@ POOLS = {
 }
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1100])
 @pytest.mark.parametrize("case", sorted(POOLS))
-def test_pool_geometries_match_onnxruntime(tmp_path, case):
+def test_pool_geometries_match_onnxruntime(tmp_path, monkeypatch, case, block_bytes):
+    """Also in blocks of two or three channels, the last one partial (the flat row and column passes
+    must never mix one channel's or one row's values into another's outputs)."""
+    from iotrt.engine import numpy as numpy_backend
+
+    if block_bytes:
+        monkeypatch.setattr(numpy_backend, "POOL_BLOCK_BYTES", block_bytes)
     op, attrs = POOLS[case]
-    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], (2, 3, 9, 10), {})
-    _, got, ref = _run_both(tmp_path, model, (2, 3, 9, 10))
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], (2, 5, 9, 10), {})
+    compiled, got, ref = _run_both(tmp_path, model, (2, 5, 9, 10))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    x = RNG.standard_normal((2, 5, 9, 10)).astype(np.float32)  # a second run: nothing stale
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expect, rtol=1e-5, atol=1e-6)
 
 
 def test_convs_write_straight_into_their_concat(tmp_path):
@@ -303,3 +329,85 @@ def test_lrn_even_size_matches_the_reference_kernel(tmp_path):
     x = RNG.standard_normal((1, 6, 3, 4)).astype(np.float32)
     got = load(tmp_path / "m.iotm", backend="numpy").run({"x": x})["y"]
     np.testing.assert_allclose(got, lrn([x], attrs)[0], rtol=1e-6)
+
+
+def _conv_relu(name, cin, cout, act="Relu", bias=True):
+    w = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    inits = {f"{name}_w": w}
+    ins = ["x", f"{name}_w"]
+    if bias:
+        inits[f"{name}_b"] = RNG.standard_normal(cout).astype(np.float32)
+        ins.append(f"{name}_b")
+    nodes = [helper.make_node("Conv", ins, [f"{name}_c"], pads=[1, 1, 1, 1])]
+    if act == "Relu":
+        nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
+    elif act == "Clip":
+        inits[f"{name}_lo"], inits[f"{name}_hi"] = np.float32(0), np.float32(0.5)
+        nodes.append(helper.make_node("Clip", [f"{name}_c", f"{name}_lo", f"{name}_hi"], [f"{name}_r"]))
+    else:
+        nodes.append(helper.make_node("Identity", [f"{name}_c"], [f"{name}_r"]))
+    return nodes, inits
+
+
+POOL_BIAS = {
+    # name: (conv branches (name, outputs, activation, bias), pool attrs, deferred?)
+    "conv, relu, max pool 3x3 s2 pads": ([("a", 8, "Relu", True)],
+                                         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+    "two convs into a concat, ceil mode": ([("a", 5, "Relu", True), ("b", 7, "Relu", True)],
+                                           {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, True),
+    "relu6, one conv without a bias": ([("a", 6, "Clip", True), ("b", 4, "Clip", False)],
+                                          {"kernel_shape": [2, 2], "strides": [2, 2]}, True),
+    "mixed activations stay apart": ([("a", 6, "Relu", True), ("b", 4, "none", True)],
+                                     {"kernel_shape": [2, 2], "strides": [2, 2]}, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOL_BIAS))
+def test_conv_bias_and_activation_move_past_a_max_pool(tmp_path, case):
+    branches, attrs, deferred = POOL_BIAS[case]
+    nodes, inits = [], {}
+    for name, cout, act, bias in branches:
+        n, i = _conv_relu(name, 3, cout, act, bias)
+        nodes += n
+        inits.update(i)
+    outs = [f"{b[0]}_r" for b in branches]
+    if len(outs) > 1:
+        nodes.append(helper.make_node("Concat", outs, ["cat"], axis=1))
+        pooled = "cat"
+    else:
+        pooled = outs[0]
+    nodes.append(helper.make_node("MaxPool", [pooled], ["y"], **attrs))
+    model = _model(nodes, (1, 3, 11, 13), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 11, 13))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert bool(compiled._deferred) is deferred
+    x = RNG.standard_normal((1, 3, 11, 13)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    expect = ort.InferenceSession(str(tmp_path / "m.onnx"), opts,
+                                  providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_read_by_a_max_pool_and_more_keeps_its_bias(tmp_path):
+    nodes, inits = _conv_relu("a", 3, 6)
+    nodes += [helper.make_node("MaxPool", ["a_r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("GlobalAveragePool", ["a_r"], ["g"]),
+              helper.make_node("Add", ["p", "g"], ["y"])]
+    model = _model(nodes, (1, 3, 8, 8), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 8, 8))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert not compiled._deferred
+
+
+def test_profile_times_every_step_in_order_and_leaves_runs_correct(tmp_path):
+    nodes, inits = _conv_relu("a", 3, 6)
+    nodes.append(helper.make_node("MaxPool", ["a_r"], ["y"], kernel_shape=[2, 2], strides=[2, 2]))
+    model = _model(nodes, (1, 3, 8, 8), inits)
+    compiled, got, ref = _run_both(tmp_path, model, (1, 3, 8, 8))
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    steps = compiled.profile({"x": x}, runs=3)
+    assert [node.op.value for node, _ in steps] == ["Conv", "MaxPool"]
+    assert all(ms >= 0 for _, ms in steps)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], compiled.run({"x": x})["y"])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
