@@ -120,7 +120,7 @@ def replay_graph(graph: Graph, info: Info, *, topics: list[str] | None = None,
 
     spec = load_spec(REPLAY_TARGET)
     derived = ReplayGraph(graph.name, graph.path, runtime_dir, state_dir, graph.policy, nodes,
-                          graph.description)
+                          graph.description, optimize=graph.optimize)
     derived.source, derived.played = source, tuple(wanted)
     params = spec.validate_params({
         "file": str(Path(info.path).resolve()), "rate": rate, "start_s": start_s,

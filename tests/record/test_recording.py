@@ -212,6 +212,7 @@ def test_replay_graph_replaces_publishers_and_prunes_what_feeds_them(tmp_path, m
     assert plan.replaced == ["cam", "who"] and plan.idle == ["faces"]
     assert "cam" not in g.nodes and "faces" not in g.nodes and "replay" in g.nodes
     assert g.nodes["rules"].params["clock"] == "capture"
+    assert g.optimize == graph.optimize == 2     # the nodes run as the graph file says (-OO)
     assert g.nodes["rules"].inputs["faces"].queue == REPLAY_QUEUE      # no drops at max
     assert g.nodes["snapshot"].inputs["image"].queue == 1              # frames stay latest-wins
     # the replay node publishes on the addresses the kept nodes dial, and starts first
