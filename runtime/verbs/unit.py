@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from iotrt.graph import Graph, load_graph
+from iotrt.supervisor import START_SLOT_S
 
 DEVICE_GROUPS = ("video", "gpio", "dialout", "i2c")
 
@@ -63,7 +64,11 @@ def render(graph: Graph, user: str = "iotrt", python: str = sys.executable,
         workdir=graph.path.parent,
         backoff_max_s=p.backoff.max_s,
         watchdog_s=math.ceil(max(10.0, p.backoff.max_s + 10.0, 4 * p.heartbeat_s)),
-        start_s=math.ceil(dependency_levels(graph) * longest_start + 10),
+        # each dependency level waits for its slowest start; a process may also wait for a
+        # start slot (one per CPU, freed after START_SLOT_S at the latest), on one CPU behind
+        # every other process
+        start_s=math.ceil(dependency_levels(graph) * longest_start
+                          + len(graph.processes()) * START_SLOT_S + 10),
         grace_s=p.stop_grace_s,
         stop_s=math.ceil(p.stop_grace_s + 10),
         groups=" ".join(DEVICE_GROUPS),

@@ -182,7 +182,8 @@ def test_unit_command_writes_the_unit_for_a_graph(graph_file, tmp_path, capsys):
     text = out.read_text()
     assert f"ExecStart=/opt/iotrt/venv/bin/python -m iotrt up {g}" in text
     assert "WatchdogSec=30" in text          # backoff cap 20 s + 10 s
-    assert "TimeoutStartSec=190" in text     # 2 dependency levels x 90 s + 10 s
+    # 2 dependency levels x 90 s, 2 processes x a start slot (2 s) on one CPU, + 10 s
+    assert "TimeoutStartSec=194" in text
     assert "TimeoutStopSec=13" in text and "User=iotrt" in text
     assert f"ReadWritePaths={tmp_path}" in text
     assert "systemctl enable --now iotrt-porch.service" in capsys.readouterr().err
