@@ -522,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.busy} core(s) kept busy by spinning processes for the whole run")
     summary: list[str] = []
     everything: dict[str, dict] = {}
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    # Each spinner ends by itself once this process is gone (killed: no `finally` runs).
+    spin = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+            "    for _ in range(100_000):\n        pass\n")
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(args.busy)]
     try:
         measure_all(args, summary, everything)
     finally:
