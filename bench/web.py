@@ -80,17 +80,23 @@ class Viewer:
 
     def _read(self) -> None:
         fp = self.resp.fp
-        while not self.stop.is_set():
-            line = fp.readline()
-            if not line:
-                return
-            if line.startswith(b"--"):
-                length = 0
-                while h := fp.readline().strip():
-                    k, _, v = h.decode().partition(":")
-                    length = int(v) if k.lower() == "content-length" else length
-                fp.read(length)
-                self.frames += 1
+        try:
+            while not self.stop.is_set():
+                line = fp.readline()
+                if not line:
+                    return
+                if line.startswith(b"--"):
+                    length = 0
+                    while h := fp.readline().strip():
+                        k, _, v = h.decode().partition(":")
+                        length = int(v) if k.lower() == "content-length" else length
+                    fp.read(length)
+                    self.frames += 1
+        except (OSError, ValueError):
+            # close() closes the response under a read in progress (ValueError: I/O operation
+            # on closed file): the viewer left. Before that, the error is the stream's.
+            if not self.stop.is_set():
+                raise
 
     def close(self) -> None:
         self.stop.set()
