@@ -174,11 +174,14 @@ ENGINE_RUNNERS = {
 
 def test_engine(tmp_path):
     """A .tflite and an ONNX model (the light_* path: random weights, onnxruntime as the
-    reference), every runner, the paired passes of numpy and auto."""
+    reference), every runner, the paired passes of numpy and auto, a --busy spinner (which
+    must end with the run: run_bench fails a bench that leaves a process)."""
     out = run_bench(tmp_path, "engine.py", "--models", "blazeface,light_squeezenet",
                     "--repeats", "1", "--min-seconds", "0", "--min-iters", "2",
-                    "--max-iters", "2", "--warmup", "0", "--json", str(tmp_path / "out.json"))
-    expect(out, r"^blazeface \(1, 128, 128, 3\)$", r"^light_squeezenet \(1, 3, 224, 224\)$",
+                    "--max-iters", "2", "--warmup", "0", "--busy", "1",
+                    "--json", str(tmp_path / "out.json"))
+    expect(out, r"^1 core\(s\) kept busy by spinning processes for the whole run$",
+           r"^blazeface \(1, 128, 128, 3\)$", r"^light_squeezenet \(1, 3, 224, 224\)$",
            r"^  runner\s+p50 ms\s+p50 range\s+p90 ms\s+CPU p50 ms\s+peak RSS MB\s+vs best raw"
            r"\s+note$",
            r"^ratios$",
@@ -213,15 +216,18 @@ def test_engine_profile(tmp_path):
 def test_footprint(tmp_path):
     """Its unmeasured warm-up waits (60 s at most per start, up to 3 starts) for the engine's
     backend choice to settle: 13 s on a quiet machine, 74-83 s seen under another's load."""
-    out = run_bench(tmp_path, "footprint.py", "--seconds", "1", "--breakdown", timeout=280)
+    out = run_bench(tmp_path, "footprint.py", "--seconds", "1", "--repeat", "2", "--breakdown",
+                    timeout=280)
     table = r"^  process\s+CPU %\s+RSS MB\s+PSS MB\s+runq ms/s$"
-    expect(out, r"^\(2 runs took \d+ s\)$",
+    expect(out, r"^\(4 runs took \d+ s\)$",
            r"^grouped \(as shipped: process groups\)$",
            r"^one process per node \(process: lines removed\)$",
            rf"^  total\s+{NUM}\s+{NUM}\s+{NUM}\s+\(\d+ processes\)$",
            rf"^  capture -> decision: p50 {NUM} ms, p99 {NUM} ms over \d+ decisions; "
            rf"input drops \d+ \(whole run\), lost on in-process inputs \d+ ",
            r"^  capture -> each hop of a decision: ",
+           rf"^  2 runs \(memory above: the first\): total PSS {NUM}, {NUM} MB; "
+           rf"capture -> decision p99 {NUM}, {NUM} ms$",         # --repeat 2
            rf"^    supervisor: \S+ {NUM}",     # --breakdown: PSS by mapping
            r"^targets$",
            rf"^  grouped PSS total {NUM} MB <= 150 MB: {V} \(one process per node: {NUM} MB, "
