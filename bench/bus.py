@@ -191,15 +191,19 @@ def main() -> int:
         impl, address, count, mode = args.reader
         reader(impl, address, int(count), mode)
         return 0
-    seconds = 0.5 if args.quick else 1.5
-    rundir = tempfile.mkdtemp(prefix="iotrt-bench-")
-    os.chmod(rundir, 0o700)
+    with tempfile.TemporaryDirectory(prefix="iotrt-bench-") as rundir:
+        os.chmod(rundir, 0o700)
+        return measure(args.quick, rundir)
+
+
+def measure(quick: bool, rundir: str) -> int:
+    seconds = 0.5 if quick else 1.5
     print(f"bus benchmark: one hop between two processes over ipc, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} (other work on the machine skews both sides)\n")
     print(f"{'payload':>12} {'rate':>7} {'iotrt path':>17} | {'raw p50':>8} {'p99':>8} | "
           f"{'iotrt p50':>9} {'p99':>8} | {'ratio':>6} {'to':>12} {'target':>6}  lost raw/iotrt")
     ok = True
-    rounds = 2 if args.quick else 3
+    rounds = 2 if quick else 3
     loans: list[str] = []
     small200 = None
     for name, size, rate in SIZES:
@@ -235,7 +239,7 @@ def main() -> int:
           f"{', '.join(loans)})")
     # alternate the two, best of 5 each: the machine may be shared, and a burst that was
     # preempted says nothing about the bus
-    burst = 2000 if args.quick else 5000
+    burst = 2000 if quick else 5000
     raw_tp = io_tp = 0.0
     for _ in range(5):
         raw_tp = max(raw_tp, throughput("raw", rundir, burst))
