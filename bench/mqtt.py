@@ -246,7 +246,7 @@ def main() -> int:
               f"{r['p50_ms'] / ref['p50_ms']:10.2f} {r['p99_ms'] / ref['p99_ms']:10.2f}")
     met = bridge["cpu_pct"] <= CPU_TARGET_PCT
     print(f"bridge CPU: {bridge['cpu_pct']:.2f} % of one core (target <= {CPU_TARGET_PCT:g} %: "
-          f"{'met' if met else 'missed'}); the feeder, for scale: {ref['cpu_pct']:.2f} %")
+          f"{'met' if met else 'MISSED'}); the feeder, for scale: {ref['cpu_pct']:.2f} %")
     print(f"bridge off (host empty, inputs still wired): {off['cpu_pct']:.2f} % of one core")
     if args.json:
         args.json.write_text(json.dumps({"reference": ref, "bridge": bridge, "off": off,
