@@ -199,7 +199,7 @@ class CommandServer:
                 back += value
         return back >= time.monotonic_ns() - self._store.opened_ns
 
-    def _answer(self, cid: str, ack: dict, payload: bytes | None = None) -> None:
+    def _answer(self, cid: str, ack: dict, payload: bytes) -> None:
         self._persist(cid, ack)
         self._send(ack, payload)
 

@@ -53,8 +53,8 @@ class _AckSink:
     def __init__(self, transport: FakeTransport):
         self.transport = transport
 
-    def _answer(self, cid: str, ack: dict) -> None:
-        self.transport.acks.append(unpack(pack(ack)))
+    def _answer(self, cid: str, ack: dict, payload: bytes) -> None:
+        self.transport.acks.append(unpack(payload))  # what a real server sends: Command.reply packed it
 
 
 def resolve_target(target: Any) -> tuple[NodeSpec, Callable | None]:
