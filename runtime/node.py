@@ -485,8 +485,11 @@ class Node:
             return
         self._closed = True
         if self._old_signals and threading.current_thread() is threading.main_thread():
-            if signal.set_wakeup_fd(-1) != self.transport.wakeup_fd:  # another Node's: leave it
-                signal.set_wakeup_fd(self.transport.wakeup_fd)
+            # the transport closes this Node's pipe below: signals must not go on writing to
+            # that fd number (reused by the next open file); another Node's pipe stays
+            installed = signal.set_wakeup_fd(-1)
+            if installed != self.transport.wakeup_fd:
+                signal.set_wakeup_fd(installed)
             for sig, old in self._old_signals.items():
                 signal.signal(sig, old)
             atexit.unregister(self.close)

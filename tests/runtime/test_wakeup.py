@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
-import threading
+import subprocess
+import sys
+import textwrap
 
 from iotrt import wakeup
 
@@ -54,18 +55,21 @@ def test_drain_returns_once_the_write_end_is_closed():
 
 
 def test_a_signal_wakes_a_loop_through_the_pipe():
-    r, w = wakeup.pipe()
-    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)   # refuses a blocking fd
-    old = signal.signal(signal.SIGUSR1, lambda *_: None)
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(r, selectors.EVENT_READ)
-            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGUSR1)).start()
-            assert sel.select(10), "the signal did not make the pipe readable"
-            wakeup.drain(r)
-            assert sel.select(0) == []
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-        signal.set_wakeup_fd(old_fd)
-        os.close(r)
-        os.close(w)
+    """In a fresh interpreter: the signal wakeup fd and handlers are process-wide."""
+    code = textwrap.dedent("""
+        import os, selectors, signal, threading
+        from iotrt import wakeup
+        r, w = wakeup.pipe()
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)    # refuses a blocking fd
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        sel = selectors.DefaultSelector()
+        sel.register(r, selectors.EVENT_READ)
+        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGUSR1)).start()
+        print(len(sel.select(10)))                            # woken by the signal
+        wakeup.drain(r)
+        print(len(sel.select(0)))                             # drained: asleep again
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "0"]
