@@ -79,8 +79,9 @@ class Command:
         if self._server is None:
             raise CommandError(f"command {self.id} was already answered")
         full = {"id": self.id, "ok": True, **(ack or {})}
+        payload = pack(full)  # an ack no message can carry raises here, and leaves it open
         server, self._server = self._server, None
-        server._answer(self.id, full)
+        server._answer(self.id, full, payload)
         return full
 
 
@@ -198,9 +199,9 @@ class CommandServer:
                 back += value
         return back >= time.monotonic_ns() - self._store.opened_ns
 
-    def _answer(self, cid: str, ack: dict) -> None:
+    def _answer(self, cid: str, ack: dict, payload: bytes | None = None) -> None:
         self._persist(cid, ack)
-        self._send(ack)
+        self._send(ack, payload)
 
     def _persist(self, cid: str, state: Any) -> None:
         try:
@@ -211,9 +212,9 @@ class CommandServer:
             log.error("%s: cannot persist the answer to %s: %s", self.name, cid, exc)
             self._store.remember(cid, state)
 
-    def _send(self, ack: dict) -> None:
+    def _send(self, ack: dict, payload: bytes | None = None) -> None:
         try:
-            self._sock.send(pack(ack))
+            self._sock.send(pack(ack) if payload is None else payload)
         except pynng.NNGException as exc:
             # the client gave up or went away; its retry will be answered from the store
             log.info("%s: could not send ack for %s: %s", self.name, ack.get("id"), exc)

@@ -121,7 +121,14 @@ class CommandSender:
 
     def _work(self, output: str, q: queue.Queue) -> None:
         while (item := q.get()) is not _STOP:
-            self._send(item)
+            try:
+                self._send(item)
+            except NodeError as exc:
+                # the command could not be journaled as it is (data no message can carry, e.g.
+                # a set a Python rule built): it is not sent, and the worker goes on
+                a = item.action
+                self.node.log.warning("rule %s: %s %s not sent: %s", a.rule, a.label, a.output, exc)
+                self.node.record("command_failed", rule=a.rule, output=a.output, error=str(exc))
 
     def _budget(self, remaining_s: float) -> tuple[float, int]:
         """(timeout per attempt, retries) so that every attempt, and the wait for its ack,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -411,3 +412,25 @@ def test_without_a_decisions_output_nothing_extra_is_published():
     node = Node.for_test("iotrt.nodes.action.rules", params={"rules": DOOR})
     node.feed("faces", OWNER).run()
     assert not [p for p in node.published if p.output == "decisions"]
+
+
+def test_a_command_whose_data_no_message_can_carry_is_refused_and_the_next_one_is_sent(tmp_path):
+    """A Python rule can build command data a message cannot carry (a set): that command is
+    journaled as failed, and the worker thread of that output lives on for the next one."""
+    rules = tmp_path / "my_rules.py"
+    rules.write_text(textwrap.dedent("""
+        from iotrt.rules import rule
+
+        @rule(trigger="go", edge=False)
+        def open_door(ctx):
+            data = {"action": "unlock", "n": ctx.msg["n"]}
+            if ctx.msg["n"] == 1:
+                data["seen"] = {"a", "b"}
+            ctx.command("lock", data)
+    """))
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    node.responder = lambda output, data: {}
+    node.feed("go", {"n": 1}).feed("go", {"n": 2}).run()
+    assert [c.data for c in node.commands] == [{"action": "unlock", "n": 2}]
+    failed = [f for k, f in node.records if k == "command_failed"]
+    assert len(failed) == 1 and "set" in failed[0]["error"] and failed[0]["rule"] == "open_door"

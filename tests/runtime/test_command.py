@@ -262,3 +262,22 @@ def test_a_command_whose_id_cannot_be_written_is_refused_and_not_run(tmp_path, r
         server = serve_one(srv)
         assert cli.call("x", id="full") == {"id": "full", "ok": True, "result": "x"}
         server.join(10)
+
+
+def test_an_ack_that_cannot_be_encoded_leaves_the_command_open_for_a_refusal(tmp_path, rundir):
+    """A handler's ack with a value no message can carry raises, sends nothing and records
+    nothing: the command can still be refused with the reason, and the client gets that."""
+    from iotrt.codec import EncodeError
+
+    address = short_ipc_address(rundir, "g", "n", "enc")
+    with CommandServer(address, store_path=tmp_path / "ids") as srv, CommandClient(address) as cli:
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(cli.call("x", id="e1", timeout_s=5)))
+        t.start()
+        cmd = wait_for(lambda: srv.recv_nowait(), what="the command")
+        with pytest.raises(EncodeError):
+            cmd.reply({"result": object()})
+        assert not cmd.answered
+        cmd.reply({"ok": False, "error": "result not encodable"})
+        t.join(10)
+        assert result == {"id": "e1", "ok": False, "error": "result not encodable"}
