@@ -276,7 +276,7 @@ def main() -> int:
                               ("capture -> decision", r["dec_ms"], period_ms)):
         p99 = pct(ms, 99)
         verdict = "" if target is None else (f"p99 <= {target:.0f} ms: "
-                                             + ("met" if p99 <= target else "NOT met"))
+                                             + ("met" if p99 <= target else "MISSED"))
         print(f"{label:30s} {pct(ms, 50):8.1f} {p99:8.1f} {max(ms, default=float('nan')):8.1f}"
               f"   {verdict}")
     first, last = backlog(r["dec_at"], r["dec_ms"], r["wall"])
@@ -287,7 +287,7 @@ def main() -> int:
         med = float(np.median(times))
         print(f"first detection {label}: median {med:.2f} s over {len(times)} passes "
               f"(min {min(times):.2f}, max {max(times):.2f}; met in {sum(t <= target for t in times)}"
-              f" of {len(times)}), target <= {target:g} s: {'met' if med <= target else 'NOT met'}")
+              f" of {len(times)}), target <= {target:g} s: {'met' if med <= target else 'MISSED'}")
     print(f"CPU used by every process from `iotrt up` to the first detection (what a start costs "
           f"whatever else runs): cold median {np.median(cold_cpu):.2f} s, warm median "
           f"{np.median(warm_cpu):.2f} s, on {os.cpu_count()} CPUs")

@@ -135,7 +135,7 @@ def report(label: str, r: dict) -> None:
 
 
 def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT met"
+    return "met" if ok else "MISSED"
 
 
 def main() -> int:

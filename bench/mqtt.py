@@ -41,6 +41,7 @@ from iotrt.control import call
 from iotrt.graph import load_graph
 
 CPU_TARGET_PCT = 2.0
+EVENT_PERIOD_S = 0.5   # the feeder's "event" timer below
 
 FEEDER = textwrap.dedent("""
     import json, sys, time
@@ -200,8 +201,14 @@ def stage(tmp: Path, port: int, seconds: float, direct: bool, off: bool = False)
         sub.close()
     if off:
         return {"stage": label, "cpu_pct": cpu, "process": node}
-    if len(sub.ms) < 5:
-        raise SystemExit(f"bench/mqtt.py: only {len(sub.ms)} events arrived; see {folder}/up.log")
+    # At least 5 events, or half of what the window holds if it is shorter (a smoke run's 1 s
+    # holds 2): fewer means the path is broken, not slow.
+    need = max(1, min(5, int(seconds / EVENT_PERIOD_S) // 2))
+    if len(sub.ms) < need:
+        # the log's folder is deleted on the way out: its tail goes into the message
+        tail = (folder / "up.log").read_text()[-3000:]
+        raise SystemExit(f"bench/mqtt.py: only {len(sub.ms)} events arrived; iotrt up's log "
+                         f"ends:\n{tail}")
     return {"stage": label, "events": len(sub.ms), "p50_ms": pct(sub.ms, 50),
             "p99_ms": pct(sub.ms, 99), "cpu_pct": cpu, "process": node}
 
@@ -230,7 +237,8 @@ def main() -> int:
             broker.kill()
             broker.wait()
     print(f"event -> MQTT latency and bridge CPU, door rates (frames 640x480 and faces at 30 Hz, "
-          f"lock state 1 Hz, an event every 0.5 s), {args.seconds:g} s per stage, one host")
+          f"lock state 1 Hz, an event every {EVENT_PERIOD_S:g} s), {args.seconds:g} s per stage, "
+          f"one host")
     print(f"{'stage':34} {'events':>6} {'p50 ms':>8} {'p99 ms':>8} {'p50 x ref':>10} "
           f"{'p99 x ref':>10}")
     for r in (ref, bridge):
@@ -238,7 +246,7 @@ def main() -> int:
               f"{r['p50_ms'] / ref['p50_ms']:10.2f} {r['p99_ms'] / ref['p99_ms']:10.2f}")
     met = bridge["cpu_pct"] <= CPU_TARGET_PCT
     print(f"bridge CPU: {bridge['cpu_pct']:.2f} % of one core (target <= {CPU_TARGET_PCT:g} %: "
-          f"{'met' if met else 'missed'}); the feeder, for scale: {ref['cpu_pct']:.2f} %")
+          f"{'met' if met else 'MISSED'}); the feeder, for scale: {ref['cpu_pct']:.2f} %")
     print(f"bridge off (host empty, inputs still wired): {off['cpu_pct']:.2f} % of one core")
     if args.json:
         args.json.write_text(json.dumps({"reference": ref, "bridge": bridge, "off": off,

@@ -36,3 +36,8 @@ NODES: dict[str, str] = {
 RENAMED: dict[str, str] = {
     "command": "program",   # the actuator that runs a program per command (was `kind: command`)
 }
+# Former module paths of built-in nodes (a graph's `run:` may name one) -> their paths now;
+# noted the same way.
+RENAMED_MODULES: dict[str, str] = {
+    "iotrt.nodes.action.command": "iotrt.nodes.action.program",
+}

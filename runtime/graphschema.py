@@ -17,7 +17,7 @@ from iotrt.bus import AddressError, check_address, short_ipc_address
 from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
 from iotrt.graphmodel import Graph, NodeDef, Wire
 from iotrt.hints import suggest
-from iotrt.kinds import KINDS, RENAMED, resolve
+from iotrt.kinds import KINDS, RENAMED, RENAMED_MODULES, resolve
 from iotrt.rundir import default_runtime_root
 from iotrt.spec import WILDCARD, SpecError
 from iotrt.states import RESTART_POLICIES, Backoff, Intensity, Policy
@@ -288,6 +288,11 @@ class GraphReader:
                 target = str(p)
             elif re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", run):
                 target = run
+                module, colon, function = run.partition(":")
+                if module in RENAMED_MODULES:
+                    target = RENAMED_MODULES[module] + colon + function
+                    c.note(node, f"{what}: module '{module}' is now '{RENAMED_MODULES[module]}' "
+                                 f"(it works as before; write 'run: {target}' to silence this note)")
             else:
                 c.error(node, f"{what}: run: '{run}' is neither 'package.module:function' nor a .py file")
                 return None, None, None

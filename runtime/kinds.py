@@ -9,10 +9,10 @@ from a test of the kind's name.
 from __future__ import annotations
 
 from iotrt.hints import suggest
-from iotrt.nodes import NODES, RENAMED
+from iotrt.nodes import NODES, RENAMED, RENAMED_MODULES
 from iotrt.spec import NodeSpec, SpecError, load_spec
 
-__all__ = ["KINDS", "RENAMED", "resolve", "spec"]
+__all__ = ["KINDS", "RENAMED", "RENAMED_MODULES", "resolve", "spec"]
 
 KINDS: dict[str, str] = NODES   # kind -> the module that implements it
 

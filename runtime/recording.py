@@ -214,7 +214,7 @@ def encode(env: Envelope, frames: str = "jpeg", quality: int = 80,
     took a recorder of raw frames to 240 MB of RSS here, a reused one stays at ~40 MB."""
     data, kind = env.data, "msgpack"
     if frames == "jpeg" and is_frame(data):
-        data, kind = _jpeg(data, quality), "jpeg"
+        data, kind = _jpeg(data, quality, f"message {env.seq} on {env.topic}"), "jpeg"
     try:
         return kind, (encoder or Encoder()).pack({
             "seq": env.seq, "stamp_ns": env.stamp_ns, "src": env.src, "trace": env.trace,
@@ -223,13 +223,18 @@ def encode(env: Envelope, frames: str = "jpeg", quality: int = 80,
         raise NotRecordable(f"message {env.seq} on {env.topic}: {exc}") from exc
 
 
-def _jpeg(frame: np.ndarray, quality: int) -> bytes:
+def _jpeg(frame: np.ndarray, quality: int, what: str) -> bytes:
+    """The frame as JPEG; NotRecordable for one the encoder refuses (a side over 65,500)."""
     import cv2  # only where frames are compressed: a recorder of small messages needs no cv2
 
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    try:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except cv2.error as exc:
+        raise NotRecordable(f"{what}: cannot JPEG-encode a frame of shape {frame.shape}: "
+                            f"{(str(exc).strip().splitlines() or ['OpenCV error'])[-1]}") from exc
     if not ok:
-        raise RecordingError(f"cannot JPEG-encode a frame of shape {frame.shape}")
+        raise NotRecordable(f"{what}: cannot JPEG-encode a frame of shape {frame.shape}")
     return buf.tobytes()
 
 

@@ -180,3 +180,27 @@ def test_iotrt_reload_notes_the_former_kind_name_on_stderr(supervised):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr.splitlines() == [_former_kind_note(sup.path)]
     assert done.stdout == "reload sent to old\n"     # not reloadable: no answer to wait for
+
+
+def test_the_former_module_path_runs_the_program_actuator_with_a_note(tmp_path):
+    """A graph may name a built-in node by module (`run:`); the former module path of the
+    program actuator keeps working, with the same kind of note."""
+    import textwrap
+
+    from iotrt.graph import load_graph
+
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent("""
+        name: progtest
+        nodes:
+          - id: old
+            run: iotrt.nodes.action.command
+            params: {argv: [%s, echo.py]}
+    """ % sys.executable))
+    env = {"IOTRT_RUNTIME_DIR": "/tmp/iotrt-prog", "IOTRT_STATE_DIR": str(tmp_path / "state")}
+    graph = load_graph(path, environ=env)
+    assert graph.nodes["old"].target == "iotrt.nodes.action.program"
+    assert [str(n) for n in graph.notes] == [
+        f"{path}:5: note: node 'old': module 'iotrt.nodes.action.command' is now "
+        f"'iotrt.nodes.action.program' (it works as before; write "
+        f"'run: iotrt.nodes.action.program' to silence this note)"]

@@ -355,3 +355,15 @@ def test_replay_stops_with_an_error_when_a_frame_is_unreadable(tmp_path):
 def test_recordings_are_private(tmp_path):
     write_sample(tmp_path / "a.mcap")
     assert (tmp_path / "a.mcap").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_frame_the_jpeg_encoder_refuses_is_skipped_and_the_recording_goes_on(tmp_path):
+    """A frame wider than JPEG allows (65,500 pixels) is one message refused, not a recording
+    that cannot be written: the recorder, a clip and `iotrt record` go on."""
+    wide = np.zeros((1, 70_000, 3), np.uint8)
+    with RecordWriter(tmp_path / "a.mcap") as w:
+        w.write(Envelope("cam/image", 0, 1, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+        with pytest.raises(NotRecordable, match="message 1 on cam/image: cannot JPEG-encode"):
+            w.write(Envelope("cam/image", 1, 2, "cam", [], wide))
+        w.write(Envelope("cam/image", 2, 3, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+    assert [m.seq for m in Recording(tmp_path / "a.mcap").messages()] == [0, 2]
