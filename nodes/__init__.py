@@ -31,7 +31,8 @@ NODES: dict[str, str] = {
 }
 
 # Former names of kinds -> their names now. A graph that uses a former name validates and runs
-# exactly as the new kind; `iotrt validate` and `iotrt up` print a note asking for the new name.
+# exactly as the new kind; the verbs that read a graph file (`iotrt validate`, `up`, `graph`,
+# `unit`, `reload`) print a note on stderr asking for the new name.
 RENAMED: dict[str, str] = {
     "command": "program",   # the actuator that runs a program per command (was `kind: command`)
 }

@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
-from iotrt import errors, local
+from iotrt import errors, local, wakeup
 from iotrt.bus import Publisher, Subscriber
 from iotrt.codec import EncodeError, Envelope
 from iotrt.command import Command, CommandClient, CommandError, CommandServer, CommandTimeout
@@ -203,9 +203,7 @@ class NngTransport:
         self.commands_out = {n: CommandClient(ep.address, src=nid)
                              for n, ep in config.commands_out.items()}
         self._journal = CommandClient(config.journal, src=nid) if config.journal else None
-        self._wake_r, self.wakeup_fd = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self.wakeup_fd, False)
+        self._wake_r, self.wakeup_fd = wakeup.pipe()
         self._sel = selectors.DefaultSelector()
         for name, sub in self.inputs.items():
             self._sel.register(sub.fileno(), selectors.EVENT_READ, ("input", name, sub))
@@ -219,7 +217,7 @@ class NngTransport:
         for key, _ in self._sel.select(timeout_s):
             kind, name, source = key.data
             if kind == "wake":
-                _drain(self._wake_r)
+                wakeup.drain(self._wake_r)
                 yield kind, name, None
                 continue
             item = source.recv_nowait()
@@ -487,8 +485,11 @@ class Node:
             return
         self._closed = True
         if self._old_signals and threading.current_thread() is threading.main_thread():
-            if signal.set_wakeup_fd(-1) != self.transport.wakeup_fd:  # another Node's: leave it
-                signal.set_wakeup_fd(self.transport.wakeup_fd)
+            # the transport closes this Node's pipe below: signals must not go on writing to
+            # that fd number (reused by the next open file); another Node's pipe stays
+            installed = signal.set_wakeup_fd(-1)
+            if installed != self.transport.wakeup_fd:
+                signal.set_wakeup_fd(installed)
             for sig, old in self._old_signals.items():
                 signal.signal(sig, old)
             atexit.unregister(self.close)
@@ -657,11 +658,3 @@ class TestNode(Node):
     @responder.setter
     def responder(self, responder: Any) -> None:
         self.fake.responder = responder
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pynng
 
+from iotrt import wakeup
 from iotrt.bus import Subscriber
 from iotrt.codec import Envelope
 
@@ -221,9 +222,7 @@ class Taps:
         self._latency_open = False
         self._taps: dict[str, _Tap] = {}          # key: role + ":" + topic
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = wakeup.pipe()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop = False
         self._thread = threading.Thread(target=guard(self._run), name="web-taps", daemon=True)
@@ -349,7 +348,7 @@ class Taps:
             for key, _ in self._sel.select(timeout):
                 tap = key.data
                 if tap is None:
-                    _drain(self._wake_r)
+                    wakeup.drain(self._wake_r)
                     continue
                 if (self._taps.get(f"{tap.role}:{tap.topic}") is tap
                         and (env := tap.sub.recv_nowait()) is not None):
@@ -397,11 +396,3 @@ class Taps:
         if ok:
             feed.put(jpeg.tobytes())
             self._on_frame()
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass

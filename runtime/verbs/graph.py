@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from iotrt.graph import Graph, load_graph
 
@@ -58,5 +59,7 @@ FORMATS = {"mermaid": mermaid, "dot": dot}
 
 def run(args: argparse.Namespace) -> int:
     graph = load_graph(args.graph)
+    for note in graph.notes:        # stderr: stdout is the drawing, for a pipe or a file
+        print(note, file=sys.stderr)
     print(FORMATS[args.format](graph))
     return 0

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 
+from iotrt import wakeup
 from iotrt.bus import Subscriber
 from iotrt.control import call
 from iotrt.errors import IotrtError
@@ -101,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def record_loop(writer: RecordWriter, subs: dict[str, Subscriber], duration_s: float) -> None:
     """Write what arrives until SIGINT/SIGTERM or `duration_s` (0: no limit)."""
     stop = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
+    wake_r, wake_w = wakeup.pipe()
     old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     old = {s: signal.signal(s, lambda *_: stop.append(True)) for s in (signal.SIGINT,
                                                                         signal.SIGTERM)}
@@ -121,7 +120,7 @@ def record_loop(writer: RecordWriter, subs: dict[str, Subscriber], duration_s: f
             # wake at least every second: the writer's flush deadline needs a visit
             for key, _ in sel.select(1.0 if timeout is None else min(timeout, 1.0)):
                 if key.data is None:
-                    _drain(wake_r)
+                    wakeup.drain(wake_r)
                     continue
                 while (env := key.data.recv_nowait()) is not None:
                     try:
@@ -139,14 +138,6 @@ def record_loop(writer: RecordWriter, subs: dict[str, Subscriber], duration_s: f
         signal.set_wakeup_fd(old_fd)
         os.close(wake_r)
         os.close(wake_w)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def show_info(args: argparse.Namespace) -> int:

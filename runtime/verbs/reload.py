@@ -15,8 +15,9 @@ import time
 
 from iotrt.control import ControlError, call
 from iotrt.errors import SupervisionError
+from iotrt.graph import Graph, GraphError, load_graph
 from iotrt.journal import JournalError, JournalReader
-from iotrt.verbs._graph import add_graph_argument, control_address, journal_path, selected_graph
+from iotrt.verbs._graph import add_graph_argument, control_address, is_graph_file, journal_path, selected_graph
 
 RELOADED, FAILED = "_reloaded", "_reload_failed"   # the kinds of answers: `rules_reloaded`, ...
 
@@ -31,10 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        graph = selected_graph(args)
-        address = control_address(graph)
+        name = selected_graph(args)
+        graph = graph_file(name)
+        address = graph.control_address if graph else control_address(name)
         ps = call(address, "ps")
-        path = journal_path(graph if graph else ps["graph"])
+        path = graph.journal_path if graph else journal_path(name or ps["graph"])
         with JournalReader(path) as reader:
             after = reader.last_id()
         reply = call(address, "reload", node=args.node)
@@ -74,6 +76,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"iotrt reload: {node}: reload of {event.fields.get('file')} failed; the running "
                   f"{what} stay:", *(f"  {p}" for p in problems), sep="\n", file=sys.stderr)
     return 0 if ok else 1
+
+
+def graph_file(name: str | None) -> Graph | None:
+    """The graph file `name` names, loaded once, its notes (e.g. a former kind name) printed to
+    stderr as `iotrt validate` prints them; None for a graph's name or the only running graph."""
+    if not name or not is_graph_file(name):
+        return None
+    try:
+        graph = load_graph(name)
+    except GraphError as exc:
+        raise ControlError(str(exc)) from exc
+    for note in graph.notes:
+        print(note, file=sys.stderr)
+    return graph
 
 
 def wait_answers(path, after: int, nodes: set[str], timeout_s: float) -> dict:

@@ -78,6 +78,8 @@ def render(graph: Graph, user: str = "iotrt", python: str = sys.executable,
 
 def run(args: argparse.Namespace) -> int:
     graph = load_graph(args.graph)
+    for note in graph.notes:        # stderr: stdout may be the unit itself
+        print(note, file=sys.stderr)
     text = render(graph, args.user, args.python, args.writable)
     if args.output:
         Path(args.output).write_text(text)

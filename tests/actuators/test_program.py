@@ -71,7 +71,8 @@ def test_a_field_json_cannot_carry_is_refused_not_a_crash(value):
 
 
 # `kind: command` is the program actuator's former name: it must keep working exactly as
-# `kind: program` (same module, params, behaviour), with a one-line note at validate and up.
+# `kind: program` (same module, params, behaviour), with a one-line note from each verb that
+# reads the graph file.
 FORMER_KIND_GRAPH = """
     name: progtest
     nodes:
@@ -120,6 +121,65 @@ def test_the_former_kind_name_runs_as_program_under_up(supervised, h):
         assert ack["ok"] and json.loads(ack["stdout"])["argv"] == ["ana"], ack
     sup.wait_log("note: node 'old': kind 'command' is now called 'program'")
     assert sup.text.count("note:") == 1, sup.text
+
+
+# Every verb that reads a graph file says so once, on stderr; what scripts read on stdout (a
+# drawing, a unit, a verb's answers) is the same as for `kind: program`.
+def _former_kind_file(tmp_path):
+    import textwrap
+
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(FORMER_KIND_GRAPH))
+    return path
+
+
+def _former_kind_note(path) -> str:
+    return (f"{path}:5: note: node 'old': kind 'command' is now called 'program' (it works as "
+            f"before; write 'kind: program' to silence this note)")
+
+
+@pytest.mark.parametrize("fmt", ["mermaid", "dot"])
+def test_iotrt_graph_notes_the_former_kind_name_on_stderr_not_in_the_drawing(tmp_path, capsys,
+                                                                             fmt):
+    from iotrt.cli import main
+    from iotrt.graph import load_graph
+    from iotrt.verbs.graph import FORMATS
+
+    path = _former_kind_file(tmp_path)
+    capsys.readouterr()
+    assert main(["graph", str(path), "--format", fmt]) == 0
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [_former_kind_note(path)]
+    assert out.out == FORMATS[fmt](load_graph(path)) + "\n"
+    assert out.out.startswith("flowchart LR\n" if fmt == "mermaid" else 'digraph "progtest" {\n')
+    assert "(program)" in out.out and "note:" not in out.out
+
+
+def test_iotrt_unit_notes_the_former_kind_name_on_stderr_not_in_the_unit(tmp_path, capsys):
+    from iotrt.cli import main
+    from iotrt.graph import load_graph
+    from iotrt.verbs.unit import render
+
+    path = _former_kind_file(tmp_path)
+    python = "/opt/iotrt/venv/bin/python"
+    capsys.readouterr()
+    assert main(["unit", str(path), "--python", python]) == 0
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [_former_kind_note(path)]
+    assert out.out == render(load_graph(path), python=python)
+    assert f"ExecStart={python} -m iotrt up {path}" in out.out and "note:" not in out.out
+
+
+def test_iotrt_reload_notes_the_former_kind_name_on_stderr(supervised):
+    import subprocess
+
+    sup = supervised(FORMER_KIND_GRAPH, files={"echo.py": ECHO})
+    sup.wait_log("all 2 nodes up", 60)
+    done = subprocess.run([sys.executable, "-m", "iotrt", "reload", "old", "-g", str(sup.path)],
+                          env=sup.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [_former_kind_note(sup.path)]
+    assert done.stdout == "reload sent to old\n"     # not reloadable: no answer to wait for
 
 
 def test_the_former_module_path_runs_the_program_actuator_with_a_note(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -269,3 +270,29 @@ def test_a_refused_journal_record_and_a_second_ack_are_node_errors():
         with pytest.raises(NodeError, match="command c1 was already answered"):
             event.ack()
     assert node.acks == [{"id": "c1", "ok": True}]
+
+
+def test_closing_a_node_leaves_no_signal_wakeup_on_its_closed_pipe():
+    """Two Nodes in one main thread (scripts, tests): the signal wakeup fd is the last one's
+    pipe. Closing the other must leave it; closing that one must unset it, not leave signals
+    writing to a closed fd number that the next open file gets. A fresh interpreter: the wakeup
+    fd is process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, signal
+        from iotrt.node import Node
+        a, b = Node(id="a"), Node(id="b")
+        b_fd = b.transport.wakeup_fd
+        a.close()
+        print(signal.set_wakeup_fd(b_fd) == b_fd)       # b's pipe still takes the signals
+        b.close()
+        print(signal.set_wakeup_fd(-1))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "IOTRT_NODE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "-1"]
