@@ -227,10 +227,7 @@ class NngTransport:
     def wake(self) -> None:
         if self.wakeup_fd < 0:
             return  # closed already: nothing left to wake
-        try:
-            os.write(self.wakeup_fd, b"w")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is already being woken
+        wakeup.wake(self.wakeup_fd)
 
     def publish(self, output: str, data: Any, stamp_ns: int, trace: list) -> None:
         pub = self.outputs.get(output)

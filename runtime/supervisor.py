@@ -25,7 +25,7 @@ from typing import Callable
 
 import pynng
 
-from iotrt import shm
+from iotrt import shm, wakeup
 from iotrt.bus import Publisher, ensure_runtime_dir, recv_bytes
 from iotrt.codec import DecodeError, pack, unpack
 from iotrt.command import CommandServer
@@ -127,7 +127,7 @@ class Supervisor:
         self.ready_sent = False
         self.started_at = 0.0
         self.notifier = Notifier(self.environ)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = wakeup.pipe()
         self._reload_requested = False
         self._kill_now = False
         self._next_ping = 0.0
@@ -443,11 +443,7 @@ class Supervisor:
             self.sel.unregister(fd)
 
     def _on_wake(self, fd: int) -> None:
-        try:
-            while os.read(fd, 512):
-                pass
-        except BlockingIOError:
-            pass
+        wakeup.drain(fd)
         if self._reload_requested:
             self._reload_requested = False
             self._reload(None)
@@ -457,10 +453,7 @@ class Supervisor:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass    # the pipe is full, so a wake-up is already pending
+        wakeup.wake(self._wake_w)
 
     def _on_node_messages(self, fd: int) -> None:
         now = self.clock()

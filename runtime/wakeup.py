@@ -16,6 +16,15 @@ def pipe() -> tuple[int, int]:
     return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
 
+def wake(fd: int) -> None:
+    """Write a wakeup to the non-blocking write end `fd` (thread-safe): a full pipe means a
+    wakeup is pending already, and is not an error."""
+    try:
+        os.write(fd, b"w")
+    except BlockingIOError:
+        pass
+
+
 def drain(fd: int) -> None:
     """Read the non-blocking read end `fd` until it is empty (or its write end is closed):
     any number of wakeups count as one."""

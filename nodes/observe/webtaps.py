@@ -288,10 +288,7 @@ class Taps:
 
     def _ask(self, what: str) -> None:
         self._requests.put(what)
-        try:
-            os.write(self._wake_w, b"w")
-        except BlockingIOError:
-            pass  # the pipe is full: the thread is being woken anyway
+        wakeup.wake(self._wake_w)
 
     # -- the taps thread -----------------------------------------------------------------------
 

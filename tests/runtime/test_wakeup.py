@@ -26,7 +26,7 @@ def test_drain_takes_every_pending_wakeup_and_returns_on_an_empty_pipe():
         os.close(w)
 
 
-def test_a_waker_never_blocks_on_a_full_pipe():
+def test_a_waker_never_blocks_on_a_full_pipe_and_wake_returns_there():
     r, w = wakeup.pipe()
     try:
         written = 0
@@ -36,8 +36,13 @@ def test_a_waker_never_blocks_on_a_full_pipe():
             except BlockingIOError:
                 break
         assert written > 0
+        wakeup.wake(w)                        # full: a wakeup is pending, wake() returns
+        with selectors.DefaultSelector() as sel:
+            sel.register(r, selectors.EVENT_READ)
+            assert sel.select(0)
         wakeup.drain(r)
-        assert os.write(w, b"w") == 1         # drained: room for the next wakeup
+        wakeup.wake(w)                        # drained: room for the next wakeup
+        assert os.read(r, 16) == b"w"
     finally:
         os.close(r)
         os.close(w)
