@@ -217,3 +217,15 @@ def test_built_in_nodes_catch_the_node_apis_errors_not_the_transports():
                     *TRANSPORT_ERRORS.values()):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
     assert not found, "\n".join(found)
+
+
+def test_the_layout_in_architecture_md_names_every_module():
+    """docs/architecture.md's Layout is where the next engineer finds their room: each module
+    of runtime/ and of nodes/'s folders is named there (sub-packages of runtime/ by folder)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"[\w]+\.py\b", layout))
+    modules = [p for p in (ROOT / "runtime").glob("*.py")] + list((ROOT / "nodes").glob("*/*.py"))
+    missing = sorted(str(p.relative_to(ROOT)) for p in modules
+                     if p.name not in named and p.name != "__init__.py")
+    assert not missing, f"modules the Layout in docs/architecture.md does not name: {missing}"
