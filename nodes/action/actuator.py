@@ -257,13 +257,24 @@ class SafetyTimer:
                     if self._closed:
                         return
                     if not self._poked:
-                        self._cond.wait(timeout=None if wait is None else max(wait, 0.0))
+                        self._cond.wait(timeout=None if wait is None else _bounded(wait))
                     self._poked = False
                     if self._closed:
                         return
         except BaseException as exc:  # handed to the event loop, which re-raises
             log.exception("safety timer %s failed", self._thread.name)
             self._error = exc
+
+
+# The longest the safety timer sleeps at once. A controller's deadline is bounded by its params,
+# but a wait past what the platform's clock holds raises OverflowError and would kill the timer
+# (and so the node); a longer deadline just means another check after a day.
+MAX_WAIT_S = 86400.0
+
+
+def _bounded(wait: float) -> float:
+    """``wait`` within 0..MAX_WAIT_S (NaN, which compares false both ways, becomes 0: check now)."""
+    return min(wait, MAX_WAIT_S) if wait > 0 else 0.0
 
 
 def number(command: dict[str, Any], key: str, lo: float, hi: float,

@@ -25,6 +25,10 @@ from typing import Any, Callable
 from iotrt.node import Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import CommandRefused, DriverError, StateLog, device_params, number, serve, sim_file
 
+# A door held open longer than an hour is not an "unlock" but a configuration mistake; the bound
+# also keeps every deadline a number the timer thread and the supervisor can wait on.
+MAX_UNLOCK_S = 3600.0
+
 SPEC = NodeSpec(
     doc="door lock: starts locked, unlocks only for a bounded time, re-locks by itself",
     outputs={"state": "{locked: bool, relock_in_s: float | None, cause: str}"},
@@ -36,7 +40,7 @@ SPEC = NodeSpec(
         Param("line", str, "", "gpio: offset or name of the line that drives the lock relay"),
         Param("active_low", bool, False, "gpio: the line is driven low to unlock"),
         Param("max_unlock_s", float, 30.0, "longest unlock allowed; longer requests are capped",
-              min=0.1),
+              min=0.1, max=MAX_UNLOCK_S),
         *device_params("lock"),
     ],
     hardware=lambda p: p["driver"] != "sim",
@@ -121,8 +125,9 @@ class Lock:
 
     def __init__(self, driver: Any, max_unlock_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not 0 < max_unlock_s < float("inf"):   # also refuses NaN: no cap is no lock
-            raise ValueError(f"max_unlock_s must be a finite number > 0, not {max_unlock_s}")
+        if not 0 < max_unlock_s <= MAX_UNLOCK_S:   # also refuses NaN: no cap is no lock
+            raise ValueError(f"max_unlock_s must be a finite number > 0, at most {MAX_UNLOCK_S:g} s, "
+                             f"not {max_unlock_s}")
         self._driver = driver
         self.max_unlock_s = max_unlock_s
         self._clock = clock

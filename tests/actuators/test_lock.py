@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from iotrt.nodes.action.actuator import DriverError, SafetyTimer, execute
-from iotrt.nodes.action.lock import GpioLock, Lock, SimLock
+from iotrt.nodes.action.lock import SPEC, GpioLock, Lock, SimLock
 
 
 class Clock:
@@ -122,6 +122,35 @@ def test_safety_timer_relocks_in_real_time(sim):
     assert sim.locked is True
     assert 0.3 <= took < 1.3, took  # never early; late only by scheduling on a busy machine
     assert history(sim) == [True, False, True]
+
+
+@pytest.mark.parametrize("value", [3600.5, 1e9, 18446744073709551616, float("inf")])
+def test_max_unlock_s_has_a_maximum_in_the_spec_and_the_controller(sim, value):
+    problems = SPEC.check_params({"max_unlock_s": value})[1]
+    assert problems and "max_unlock_s" in str(problems[0])
+    with pytest.raises(ValueError, match="at most 3600"):
+        Lock(sim, max_unlock_s=value)
+
+
+def test_a_huge_wait_does_not_kill_the_safety_timer():
+    # A deadline past what the platform's clock holds once raised OverflowError in
+    # Condition.wait and stopped the timer (and with it the lock node).
+    calls = []
+
+    def check():
+        calls.append(1)
+        return 1e12 if len(calls) == 1 else float("nan") if len(calls) == 2 else None
+    timer = SafetyTimer(check)
+    try:
+        timer.poke()
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            timer.poke()
+            time.sleep(0.005)
+        timer.raise_if_failed()
+    finally:
+        timer.close()
+    assert len(calls) >= 3
 
 
 def test_safety_timer_failure_is_raised_on_the_loop():
