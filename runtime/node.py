@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["Node", "NodeEvent", "NodeSpec", "Param", "REQUIRED", "ParamError", "SpecError",
            "NodeError", "NotEncodable", "CommandFailed", "NoAck", "load_spec"]
 
+MAX_TIMER_S = 86400.0   # a node's timer period: a day; longer waits are a mistake, not a schedule
 PORT_NAMES = {"inputs": "input", "outputs": "output", "commands_in": "command input",
               "commands_out": "command output"}
 
@@ -390,8 +391,13 @@ class Node:
         Fixed rate: ticks are due at start + k * period; ticks missed while the node was busy
         are skipped rather than delivered in a burst.
         """
-        if period_s <= 0:
-            raise ValueError(f"timer {name!r}: period must be > 0 s, not {period_s}")
+        # NaN fails these comparisons too; an infinite or huge value would overflow int(s * 1e9)
+        if not 0 < period_s <= MAX_TIMER_S:
+            raise ValueError(f"timer {name!r}: period must be more than 0 and at most "
+                             f"{MAX_TIMER_S:g} s (a day), not {period_s}")
+        if first_s is not None and not 0 <= first_s <= MAX_TIMER_S:
+            raise ValueError(f"timer {name!r}: first tick must be 0 to {MAX_TIMER_S:g} s, "
+                             f"not {first_s}")
         period = int(period_s * 1e9)
         first = period if first_s is None else int(first_s * 1e9)
         heapq.heappush(self._timers, (self.transport.clock_ns() + first, period, name))

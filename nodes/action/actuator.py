@@ -139,7 +139,7 @@ def device_params(what: str) -> list[Param]:
         Param("sim_file", str, "", f"sim: JSON-lines record of {what} changes "
                                    f"(default: <state dir>/<node id>.{what}.jsonl)"),
         Param("state_period_s", float, 1.0, "republish the state this often (for late readers)",
-              min=0.05),
+              min=0.05, max=3600.0),
     ]
 
 

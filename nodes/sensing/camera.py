@@ -27,6 +27,12 @@ from iotrt.nodes.sensing.scene import DoorScene
 # OpenCV and numpy load when a source opens (the node's start), not when a graph's SPECs are read.
 cv2 = LazyModule("cv2")
 
+# Bounds a frame buffer and the frame timer can live with: 8K UHD, and from a frame every ten
+# seconds to 240 a second (a rate outside this, from the graph or from a file's header, is a
+# mistake; 1e-300 fps once overflowed the timer, 99999999 pixels wide asked for 536 GiB).
+MAX_WIDTH, MAX_HEIGHT = 7680, 4320
+MIN_FPS, MAX_FPS = 0.1, 240.0
+
 SPEC = NodeSpec(
     doc="camera frames (RGB uint8) from a device, video file, URL, GStreamer pipeline or sim",
     inputs={},
@@ -37,9 +43,11 @@ SPEC = NodeSpec(
                                      "that drives real hardware)",
               choices=("auto", "sim", "device", "file", "url", "gstreamer")),
         Param("uri", str, "", "device index or /dev/videoN, file path, stream URL, or pipeline"),
-        Param("width", int, 640, "frame width (requested from devices, resized to otherwise)"),
-        Param("height", int, 480, "frame height"),
-        Param("fps", float, 30.0, "frame rate (0 for a file: the file's own rate)", min=0.0),
+        Param("width", int, 640, "frame width (requested from devices, resized to otherwise)",
+              min=1, max=MAX_WIDTH),
+        Param("height", int, 480, "frame height", min=1, max=MAX_HEIGHT),
+        Param("fps", float, 30.0, f"frame rate, {MIN_FPS:g} to {MAX_FPS:g} (0 for a file: the "
+                                  f"file's own rate)", min=0.0, max=MAX_FPS),
         Param("loop", bool, True, "restart a video file at its end"),
         Param("reconnect_max_s", float, 10.0, "longest wait between reopen attempts", min=0.5),
         Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle",
@@ -71,10 +79,12 @@ class CameraConfig:
     @classmethod
     def from_params(cls, params: dict) -> CameraConfig:
         cfg = cls(**{k: params[k] for k in cls.__dataclass_fields__ if k in params})
-        if cfg.width <= 0 or cfg.height <= 0:
-            raise ValueError(f"camera: width and height must be positive, got {cfg.width}x{cfg.height}")
-        if cfg.fps < 0:
-            raise ValueError(f"camera: fps must be >= 0, got {cfg.fps}")
+        if not (0 < cfg.width <= MAX_WIDTH and 0 < cfg.height <= MAX_HEIGHT):
+            raise ValueError(f"camera: width and height must be 1..{MAX_WIDTH} and "
+                             f"1..{MAX_HEIGHT}, got {cfg.width}x{cfg.height}")
+        if not (cfg.fps == 0 or MIN_FPS <= cfg.fps <= MAX_FPS):   # NaN fails both
+            raise ValueError(f"camera: fps must be {MIN_FPS:g} to {MAX_FPS:g} (or 0 for a "
+                             f"file's own rate), got {cfg.fps}")
         if cfg.source in ("file", "url", "gstreamer") and not cfg.uri:
             raise ValueError(f"camera: source '{cfg.source}' needs the 'uri' parameter")
         return cfg
@@ -237,7 +247,8 @@ class Camera:
         fps = self.cfg.fps
         if not fps and self.source is not None:
             fps = self.source.native_fps()
-        fps = fps or 30.0
+        if not MIN_FPS <= fps <= MAX_FPS:   # unknown (0) or a nonsense header rate
+            fps = 30.0
         # Live sources pace themselves (read blocks); tick faster so we never fall behind.
         return 1.0 / (2 * fps) if self.cfg.live else 1.0 / fps
 

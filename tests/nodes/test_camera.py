@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from iotrt.nodes.sensing.camera import SOURCES, Camera, CameraConfig, EndOfStream, SourceError
+from iotrt.nodes.sensing.camera import SOURCES, SPEC, Camera, CameraConfig, EndOfStream, SourceError
 
 N_FRAMES = 12
 
@@ -103,6 +103,32 @@ def test_config_errors_name_the_parameter():
         CameraConfig.from_params({"source": "file", "uri": ""})
     with pytest.raises(ValueError, match="width and height"):
         CameraConfig.from_params({"source": "sim", "width": 0})
+
+
+@pytest.mark.parametrize("params, why", [
+    ({"fps": 1.0e-300}, "fps must be 0.1 to 240"),
+    ({"fps": 6e23}, "fps must be 0.1 to 240"),
+    ({"fps": float("nan")}, "fps must be 0.1 to 240"),
+    ({"width": 99999999}, "width and height must be 1..7680"),
+    ({"height": 4321}, "width and height must be 1..7680"),
+])
+def test_absurd_sizes_and_rates_are_refused_before_any_frame(params, why):
+    with pytest.raises(ValueError, match=why):
+        CameraConfig.from_params({"source": "sim", **params})
+
+
+@pytest.mark.parametrize("params", [{"fps": 6e23}, {"width": 99999999}, {"height": 4321}])
+def test_the_graph_check_refuses_sizes_and_rates_above_the_maximum(params):
+    problems = SPEC.check_params({"source": "sim", **params})[1]
+    assert [p.param for p in problems] == list(params)
+
+
+def test_a_nonsense_file_rate_falls_back_to_30_fps(video):
+    cam = Camera(CameraConfig(source="file", uri=str(video), fps=0.0))
+    cam.open()
+    cam.source.native_fps = lambda: 1e-300
+    assert cam.frame_period() == pytest.approx(1 / 30)
+    cam.close()
 
 
 def test_sim_source_renders_the_configured_size():

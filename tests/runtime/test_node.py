@@ -145,6 +145,17 @@ def test_harness_timers_fire_when_ticked_and_posts_keep_their_place():
                     ("post", "later")]
 
 
+@pytest.mark.parametrize("period_s, first_s", [
+    (0, None), (-1, None), (float("nan"), None), (float("inf"), None), (1e300, None),
+    (86400.5, None), (1.0, float("inf")), (1.0, -1.0),
+])
+def test_a_timer_period_that_cannot_be_scheduled_is_a_clear_error(period_s, first_s):
+    # 1 / 1e-300 fps was an infinite period: int(inf * 1e9) raised OverflowError in the node
+    node = Node.for_test(SPEC, params={"device": "x"})
+    with pytest.raises(ValueError, match="timer 'often': "):
+        node.timer("often", period_s, first_s)
+
+
 def test_parameter_errors_are_all_listed_with_hints():
     with pytest.raises(ParamError) as info:
         Node.for_test(SPEC, params={"treshold": 1, "mode": "median", "count": 11,
