@@ -274,26 +274,28 @@ class Checker:
             return self.text(node, what)
         if typ is bool:
             if node.tag == BOOL_TAG:
-                return self._construct(node)
+                return self._construct(node, what)
             return self.error(node, f"{what}: expected true or false, got {self._describe(node)}")
         if typ is int:
             if node.tag == INT_TAG:
-                return self._construct(node)
+                return self._construct(node, what)
             return self.error(node, f"{what}: expected an integer, got {self._describe(node)}")
         if typ is float:
             if node.tag in (INT_TAG, FLOAT_TAG):
-                return float(self._construct(node))
+                value = self._construct(node, what)
+                return value if value is INVALID else float(value)
             return self.error(node, f"{what}: expected a number, got {self._describe(node)}")
         if typ in (list, tuple):
             if isinstance(node, SequenceNode):
-                return typ(self._construct(node))
+                value = self._construct(node, what)
+                return value if value is INVALID else typ(value)
             return self.error(node, f"{what}: expected a list, got {self._describe(node)}")
         if typ is dict:
             if isinstance(node, MappingNode):
-                return self._construct(node)
+                return self._construct(node, what)
             return self.error(node, f"{what}: expected a mapping, got {self._describe(node)}")
-        value = self._construct(node)
-        if not isinstance(value, typ):
+        value = self._construct(node, what)
+        if value is not INVALID and not isinstance(value, typ):
             return self.error(node, f"{what}: expected {typ.__name__}, got {self._describe(node)}")
         return value
 
@@ -303,10 +305,7 @@ class Checker:
         an empty value stays None); INVALID after reporting why not."""
         if text and isinstance(node, ScalarNode) and node.tag != NULL_TAG:
             return self.text(node, what)
-        try:
-            return self._construct(node)
-        except (yaml.YAMLError, TypeError) as exc:   # e.g. a list as a mapping key
-            return self.error(node, f"{what}: unreadable value: {exc}")
+        return self._construct(node, what)
 
     def text(self, node: Node, what: str) -> str | Invalid:
         """A string. Plain numbers and dates are taken as written ('1.10' stays '1.10'); a YAML
@@ -315,9 +314,12 @@ class Checker:
         if not isinstance(node, ScalarNode):
             return self.error(node, f"{what}: expected text, got {self._describe(node)}")
         if node.tag == BOOL_TAG:
+            value = self._construct(node, what)
+            if value is INVALID:
+                return value
             return self.error(
                 node,
-                f"{what}: '{node.value}' is read as the boolean {self._construct(node)} by YAML; "
+                f"{what}: '{node.value}' is read as the boolean {value} by YAML; "
                 f"if you mean the text, quote it: \"{node.value}\"",
             )
         if node.tag == NULL_TAG:
@@ -344,8 +346,28 @@ class Checker:
             )
         return value
 
-    def _construct(self, node: Node) -> Any:
-        return self._constructor.construct_object(node, deep=True)
+    def _construct(self, node: Node, what: str) -> Any:
+        """What the YAML value constructs to, or INVALID after reporting why it cannot.
+
+        An explicit tag makes PyYAML's constructors parse text they would never resolve to that
+        type by themselves (`!!float abc`, `!!int 0x`, `!!timestamp 2020-99-99`, `!!bool
+        maybe`, `!!int [1]`); they then fail with whatever the parsing raised. Those are the
+        errors caught here, so a file gets its `file:line` and not a traceback."""
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, TypeError, ValueError, OverflowError, KeyError,
+                AttributeError) as exc:   # TypeError: e.g. a list as a mapping key
+            # the constructor keeps the failed node marked "in construction": start afresh
+            self._constructor = yaml.SafeLoader("")
+            why = (exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem
+                   else str(exc) if isinstance(exc, (ValueError, OverflowError, TypeError))
+                   else "")   # a KeyError or AttributeError from inside PyYAML says nothing
+            why = f" ({why.splitlines()[0]})" if why else ""
+            if not isinstance(node, ScalarNode):   # the culprit is somewhere inside
+                return self.error(node, f"{what}: unreadable value{why}")
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            return self.error(node, f"{what}: unreadable value: '{node.value}' is not a valid "
+                                    f"{tag}{why}")
 
     def _describe(self, node: Node) -> str:
         if isinstance(node, MappingNode):

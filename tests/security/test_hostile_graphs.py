@@ -132,3 +132,24 @@ def test_a_huge_integer_is_one_error_not_a_traceback(tmp_path, where):
                                   "PATH": "/usr/bin:/bin", "BIG": "9" * digits})
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert f"an integer of {digits} characters: too large" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("where, tagged", [
+    ("optimize: {v}\n", "!!int 0x"),
+    ("nodes:\n  - id: a\n    kind: lock\n    params:\n      max_unlock_s: {v}\n", "!!float abc"),
+    ("nodes:\n  - id: a\n    kind: lock\n    params:\n      max_unlock_s: {v}\n", "!!bool maybe"),
+    ("nodes:\n  - id: a\n    kind: lock\n    params:\n      max_unlock_s: [1, {v}]\n", "!!int abc"),
+    ("nodes:\n  - id: a\n    kind: lock\n  - id: b\n    run: x.py\n    inputs:\n"
+     "      in: {{from: a/state, queue: {v}}}\n", "!!int abc"),
+    ("nodes:\n  - id: a\n    kind: clip\n    params:\n      ring_mb: {v}\n", "!!timestamp 2020-99-99"),
+])
+def test_an_explicitly_tagged_value_that_cannot_be_read_is_one_error(tmp_path, where, tagged):
+    """`!!float abc` and the like made PyYAML's constructors raise ValueError (or KeyError,
+    AttributeError) out of `iotrt validate`, with a traceback."""
+    text = "name: tagged\n" + where.format(v=tagged)
+    if "nodes:" not in text:
+        text += "nodes:\n  - id: a\n    kind: lock\n"
+    with pytest.raises(GraphError) as err:
+        load_graph(write(tmp_path, text))
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if tagged in s)
+    assert f"g.yaml:{line}:" in str(err.value) and "unreadable value" in str(err.value)
