@@ -111,15 +111,27 @@ class Checker:
     # -- loading ---------------------------------------------------------------------------
 
     def compose(self, text: str, environ: Mapping[str, str] | None = None) -> Node | None:
-        """Parse `text`, report duplicate keys everywhere, substitute ${ENV} in every scalar.
-        A file beyond the bounds above is one issue, and None."""
+        """Parse `text` (`compose_bounded`), report duplicate keys everywhere, substitute ${ENV}
+        in every scalar. A file that cannot be read, or is empty, is one issue, and None."""
+        root = self.compose_bounded(text)
+        if root is None:
+            if not self.issues:
+                self.error(1, "the file is empty")
+            return None
+        self._walk(root, os.environ if environ is None else environ, set())
+        return root
+
+    def compose_bounded(self, text: str, loader: type = yaml.SafeLoader) -> Node | None:
+        """The node tree of `text` as `loader` resolves it, or None: a syntax error or a file
+        beyond the bounds above is one issue; an empty file is no issue. Every YAML file that
+        may come from anyone (a graph, a rules file) is read through here."""
         if len(text) > MAX_CHARS:
             self.error(1, f"the file has {len(text)} characters; the limit is {MAX_CHARS}")
             return None
         try:
             if not self._shallow(text):
                 return None
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=loader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             self.error(mark.line + 1 if mark else 1,
@@ -129,12 +141,8 @@ class Checker:
         except yaml.YAMLError as exc:
             self.error(1, f"YAML error: {exc}")
             return None
-        if root is None:
-            self.error(1, "the file is empty")
+        if root is None or not self._bounded(root):
             return None
-        if not self._bounded(root):
-            return None
-        self._walk(root, os.environ if environ is None else environ, set())
         return root
 
     def _shallow(self, text: str) -> bool:

@@ -310,6 +310,15 @@ class RuleNode:
             self.node.record("rules_reload_failed", file=str(self.rules_path),
                              problems=[str(p) for p in exc.problems])
             return
+        except Exception as exc:   # logged and journaled, not swallowed: see below
+            # Whatever else loading raises (a bug, MemoryError), a reload must not kill the
+            # node: the supervisor would restart it on the same file, over and over, with no
+            # rules running at all. The rules that run now are still valid.
+            self.node.log.exception("reload of %s failed; the running rules stay",
+                                    self.rules_path)
+            self.node.record("rules_reload_failed", file=str(self.rules_path),
+                             problems=[f"{self.rules_path}: {type(exc).__name__}: {exc}"])
+            return
         self.engine.replace(ruleset)
         self.sender.quiet = self._quiet_rules()
         self.commanding = self._commanding_rules()

@@ -12,6 +12,7 @@ publishes) and `07:30` is the string "07:30", not the base-60 integer 450.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 
 # One mistake in a file (file, line, message; str() is "file:line: message"), as the graph uses.
 from iotrt import errors
+from iotrt.yamlcheck import Checker
 from iotrt.yamlcheck import Issue as Problem
 
 
@@ -107,23 +109,24 @@ class _Builder:
             return seq
         try:
             return self.constructor.construct_object(node, deep=True)
-        except (ValueError, yaml.constructor.ConstructorError) as exc:
+        except (ValueError, OverflowError, yaml.constructor.ConstructorError) as exc:
             self.problems.append(Problem(self.file, line, f"bad value {node.value!r}: {exc}"))
-            return None
+        except (KeyError, AttributeError):   # PyYAML's own parse of `!!bool maybe`, `!!timestamp x`
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.problems.append(Problem(self.file, line, f"bad value {node.value!r}: not a {tag}"))
+        return None
 
 
 def load_located(text: str, file: str) -> tuple[Any, list[Problem]]:
-    """Compose YAML `text` into located values; syntax errors become problems with a line."""
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        return None, [Problem(file, line, f"YAML syntax: {exc.problem or exc}")]
-    except yaml.YAMLError as exc:
-        return None, [Problem(file, 1, f"YAML: {exc}")]
-    if node is None:
-        return None, []
+    """Compose YAML `text` into located values; syntax errors become problems with a line.
+
+    Read within the graph file's bounds (size, nesting depth, values once aliases are
+    expanded: iotrt.yamlcheck), so a hostile file is a problem, not a RecursionError or
+    gigabytes of expanded aliases."""
+    check = Checker(file)
+    node = check.compose_bounded(text, _Loader)
+    if node is None:   # rules problems say file:line, without the column the graph's give
+        return None, [dataclasses.replace(issue, column=None) for issue in check.issues]
     builder = _Builder(file)
     try:
         value = builder.build(node)

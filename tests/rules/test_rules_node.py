@@ -227,6 +227,31 @@ def test_reload_with_a_bad_file_keeps_the_running_rules(tmp_path):
     assert "rules_reloaded" in kinds(node)
 
 
+@pytest.mark.parametrize("bad", [
+    "rules: " + "[" * 3000 + "]" * 3000 + "\n",      # was a RecursionError out of reload
+    'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    + "rules: *i\n",                                   # an alias bomb: gigabytes, half a minute
+    None,                                               # anything else the loader raises
+])
+def test_reload_with_a_hostile_file_keeps_the_running_rules(tmp_path, monkeypatch, bad):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {id: a, trigger: m, actions: [{publish: out, data: {v: 1}}]}\n")
+    node = Node.for_test("iotrt.nodes.action.rules", params={"rules": str(rules)})
+    glue = RuleNode(node)
+    if bad is None:
+        def broken():
+            raise MemoryError("the loader ran out of memory")
+        monkeypatch.setattr(glue, "_load", broken)
+    else:
+        rules.write_text(bad)
+    glue.handle(NodeEvent("reload"))
+    glue.handle(NodeEvent("input", "m", {}))
+    assert [p.data for p in node.published] == [{"v": 1}]
+    failed = [f for k, f in node.records if k == "rules_reload_failed"]
+    assert len(failed) == 1 and failed[0]["problems"]
+
+
 def test_hostile_rules_fail_alone_and_the_good_rule_keeps_firing(tmp_path):
     hostile = [src for src, where in HOSTILE if where == "run"]
     lines = ["rules:"]

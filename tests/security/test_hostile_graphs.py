@@ -6,6 +6,7 @@ file:line error (or, for the chain, simply works), in bounded time and memory.""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,26 @@ def test_an_explicitly_tagged_value_that_cannot_be_read_is_one_error(tmp_path, w
         load_graph(write(tmp_path, text))
     line = next(i for i, s in enumerate(text.splitlines(), 1) if tagged in s)
     assert f"g.yaml:{line}:" in str(err.value) and "unreadable value" in str(err.value)
+
+
+HOSTILE_RULES = {
+    "deep": ("rules:\n  - id: a\n    trigger: m\n    actions: " + "[" * 3000 + "]" * 3000 + "\n",
+             r"r\.yaml:4: lists and mappings nest deeper than 64 levels"),
+    "alias bomb": ('a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+        + "rules: *i\n", r"r\.yaml:\d+: with its aliases expanded this holds more than"),
+    "huge": ("rules: []\n# " + "x" * (2 * 1024 * 1024) + "\n", r"r\.yaml:1: the file has \d+ characters"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_RULES))
+def test_a_hostile_rules_file_is_one_error_in_the_graph_that_names_it(tmp_path, kind):
+    """A rules file had none of the graph file's bounds: 3,000 nested lists raised RecursionError
+    out of `iotrt validate` and `iotrt rules check`; a 546-byte alias bomb took 2.4 GB."""
+    text, expected = HOSTILE_RULES[kind]
+    write(tmp_path, text, "r.yaml")
+    g = write(tmp_path, "name: door\nnodes:\n  - id: rules\n    kind: rules\n"
+                        "    params: {rules: r.yaml}\n")
+    out = validate(g, tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert re.search(expected, out.stdout + out.stderr), out.stdout + out.stderr
