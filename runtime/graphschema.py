@@ -49,6 +49,7 @@ NODE_KEYS = (
 )
 INPUT_KEYS = ("from", "queue")
 MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
+MAX_QUEUE = 8192   # an input's queue (messages): what bus.Subscriber and local.LocalQueue accept
 
 
 class GraphReader:
@@ -379,8 +380,13 @@ class GraphReader:
                     continue
                 src = sub["from"][1]
                 if "queue" in sub:
-                    queue = c.number(sub["queue"][1], f"{what}: inputs.{name}.queue", int, minimum=1)
+                    qnode = sub["queue"][1]
+                    queue = c.number(qnode, f"{what}: inputs.{name}.queue", int, minimum=1)
                     if queue is INVALID:
+                        continue
+                    if queue > MAX_QUEUE:
+                        c.error(qnode, f"{what}: inputs.{name}.queue: at most {MAX_QUEUE} "
+                                       f"messages, got {queue}")
                         continue
             wire = self._wire(src, f"{what}: inputs.{name}")
             if wire is not None:

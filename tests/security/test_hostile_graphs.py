@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from iotrt.graph import GraphError, load_graph
-from iotrt.graphschema import MAX_NODES
+from iotrt.graphschema import MAX_NODES, MAX_QUEUE
+from iotrt.local import LocalQueue
 from iotrt.verbs.unit import dependency_levels, render
 
 TEST_NODE = Path(__file__).parents[1] / "supervisor" / "graphs" / "nodes" / "testnode.py"
@@ -177,3 +178,19 @@ def test_a_hostile_rules_file_is_one_error_in_the_graph_that_names_it(tmp_path, 
     out = validate(g, tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert re.search(expected, out.stdout + out.stderr), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("queue", [MAX_QUEUE + 1, 100000000000])
+def test_an_input_queue_beyond_what_the_transports_hold_is_one_error(tmp_path, queue):
+    """`queue: 100000000000` validated, and only the node's subscriber refused it at start."""
+    g = write(tmp_path, f"name: q\nnodes:\n  - {{id: a, run: {TEST_NODE}}}\n"
+                        f"  - id: b\n    run: {TEST_NODE}\n"
+                        f"    inputs: {{in: {{from: a/out, queue: {queue}}}}}\n")
+    with pytest.raises(GraphError, match=rf"g\.yaml:6: .*inputs\.in\.queue: at most {MAX_QUEUE}"):
+        load_graph(g)
+
+
+def test_the_largest_queue_a_graph_accepts_is_one_the_transports_take():
+    LocalQueue("ipc:///nowhere/q", queue=MAX_QUEUE).close()
+    with pytest.raises(ValueError, match="between 1 and"):
+        LocalQueue("ipc:///nowhere/q", queue=MAX_QUEUE + 1)
