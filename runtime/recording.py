@@ -48,6 +48,9 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 # is 25 MB, a chunk holds one message or ~1 MB of them.
 RECORD_LIMIT = 256 << 20
 CHUNK_BYTES = 1 << 20
+# A recorded JPEG frame larger than this (either side) is refused before it is decoded: its
+# header is 1 KB whatever size it claims, its pixels would not be (8192^2 RGB is 200 MB).
+MAX_FRAME_SIDE = 8192
 MAX_TRACE = 1024          # hops kept in a recorded trace (the bus keeps 128)
 
 _ENVELOPE_SCHEMA = {
@@ -427,10 +430,45 @@ def _unjpeg(path: Path, topic: str, data: Any) -> np.ndarray:
 
     img = None
     if isinstance(data, bytes):
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        size = _jpeg_size(data)
+        if size is not None and max(size) > MAX_FRAME_SIDE:
+            raise RecordingError(f"{path}: a frame on {topic} claims {size[1]}x{size[0]} "
+                                 f"pixels, more than {MAX_FRAME_SIDE} a side: not decoded")
+        if size is not None:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, read without decoding; None if
+    `data` has no such header before its scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                      # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:    # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):              # end of image, start of scan: no frame header
+            return None
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            return struct.unpack_from(">HH", data, i + 5)
+        i += 2 + length
+    return None
 
 
 def _check_format(path: Path, meta: dict[str, str]) -> None:

@@ -367,3 +367,28 @@ def test_a_frame_the_jpeg_encoder_refuses_is_skipped_and_the_recording_goes_on(t
             w.write(Envelope("cam/image", 1, 2, "cam", [], wide))
         w.write(Envelope("cam/image", 2, 3, "cam", [], np.zeros((4, 4, 3), np.uint8)))
     assert [m.seq for m in Recording(tmp_path / "a.mcap").messages()] == [0, 2]
+
+
+def _patched_jpeg(height: int, width: int) -> bytes:
+    """An 8x8 JPEG whose frame header claims height x width (a decompression bomb)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_a_huge_frame_is_refused_before_decoding(tmp_path):
+    """A 1 KB file must not make the reader decode 30000x30000 pixels (2.7 GB)."""
+    from iotrt.codec import pack
+
+    path = tmp_path / "bomb.mcap"
+    with RecordWriter(path) as w:
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 0, "src": "cam",
+                                                   "trace": [], "data": _patched_jpeg(
+                                                       30000, 30000)}), 0, 0)
+    assert path.stat().st_size < 4096
+    with pytest.raises(RecordingError, match="30000x30000 pixels"):
+        list(Recording(path).messages())
