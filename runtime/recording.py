@@ -33,8 +33,8 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 from mcap.exceptions import McapError
-from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata
-from mcap.stream_reader import CRCValidationError, StreamReader
+from mcap.records import Channel, Chunk, DataEnd, Footer, Header, Message, Metadata
+from mcap.stream_reader import CRCValidationError, StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 
 from iotrt import __version__, errors
@@ -318,7 +318,10 @@ class Recording:
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot read: {exc.strerror}") from exc
         with f:
-            reader = StreamReader(f, record_size_limit=RECORD_LIMIT, validate_crcs=True)
+            # Chunks come whole so that a compressed one is refused before it is inflated:
+            # RECORD_LIMIT bounds a record as stored, not what it decompresses to.
+            reader = StreamReader(f, record_size_limit=RECORD_LIMIT, validate_crcs=True,
+                                  emit_chunks=True)
             records = reader.records
             try:
                 first = next(records)
@@ -335,7 +338,16 @@ class Recording:
                     if isinstance(record, (DataEnd, Footer)):
                         info.complete = True
                         return
-                    yield record
+                    if isinstance(record, Chunk):
+                        if record.compression:
+                            raise RecordingError(
+                                f"{self.path}: a {record.compression}-compressed chunk before "
+                                f"byte {f.tell()}: iotrt reads the uncompressed chunks it writes "
+                                f"and does not inflate untrusted ones (rewrite the file "
+                                f"uncompressed)")
+                        yield from breakup_chunk(record, validate_crc=True)
+                    else:
+                        yield record
             except CRCValidationError as exc:
                 raise RecordingError(f"{self.path}: corrupted ({exc})") from None
             except (McapError, struct.error, ValueError, EOFError, UnicodeDecodeError) as exc:

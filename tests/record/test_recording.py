@@ -392,3 +392,28 @@ def test_a_jpeg_claiming_a_huge_frame_is_refused_before_decoding(tmp_path):
     assert path.stat().st_size < 4096
     with pytest.raises(RecordingError, match="30000x30000 pixels"):
         list(Recording(path).messages())
+
+
+def test_a_compressed_chunk_is_refused_before_it_is_inflated(tmp_path):
+    """RECORD_LIMIT bounds what a file stores; a 10 KB zstd chunk inflating to 300 MB must
+    not get round it. iotrt writes uncompressed chunks, so a compressed one is refused."""
+    from mcap.writer import CompressionType
+
+    from iotrt.codec import pack
+    from iotrt.recording import PROFILE
+
+    path = tmp_path / "zstd.mcap"
+    with open(path, "wb") as f:
+        w = Writer(f, compression=CompressionType.ZSTD)
+        w.start(profile=PROFILE, library="test")
+        w.add_metadata("iotrt", {"format": "1"})
+        schema = w.register_schema("iotrt/Envelope", "jsonschema", b"{}")
+        cid = w.register_channel("a/b", "msgpack", schema, {"iotrt.data": "msgpack"})
+        w.add_message(cid, 0, pack({"seq": 0, "stamp_ns": 0, "src": "a", "trace": [],
+                                    "data": bytes(4 << 20)}), 0)
+        w.finish()
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(RecordingError, match="zstd-compressed chunk"):
+        Recording(path).info()
+    with pytest.raises(RecordingError, match="zstd-compressed chunk"):
+        list(Recording(path, partial=True).messages())
