@@ -496,9 +496,11 @@ def _check_format(path: Path, meta: dict[str, str]) -> None:
 
 
 def _json_map(text: str | None) -> dict:
+    """A JSON object from a metadata value, {} if it is not one: a damaged stats record loses
+    the drop counts, not the recording (RecursionError: nested deeper than json can parse)."""
     try:
         value = json.loads(text or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -417,3 +417,20 @@ def test_a_compressed_chunk_is_refused_before_it_is_inflated(tmp_path):
         Recording(path).info()
     with pytest.raises(RecordingError, match="zstd-compressed chunk"):
         list(Recording(path, partial=True).messages())
+
+
+def test_a_damaged_stats_record_loses_the_drops_not_the_recording(tmp_path):
+    from mcap.writer import CompressionType
+
+    from iotrt.recording import PROFILE
+
+    for name, stats in {"deep": "[" * 200_000, "not json": "{drops", "a list": "[1]"}.items():
+        path = tmp_path / f"{name}.mcap"
+        with open(path, "wb") as f:
+            w = Writer(f, compression=CompressionType.NONE)
+            w.start(profile=PROFILE, library="test")
+            w.add_metadata("iotrt", {"format": "1"})
+            w.add_metadata("iotrt.stats", {"drops": stats})
+            w.finish()
+        info = Recording(path).info()
+        assert info.complete and info.drops == 0, name
