@@ -307,4 +307,6 @@ def _why(exc: BaseException) -> str:
         return "nested deeper than a header can be"
     if isinstance(exc, MemoryError):
         return "asks for more memory than there is"
+    if isinstance(exc, KeyError):
+        return f"no field {exc}"
     return (str(exc) or type(exc).__name__)[:200]
