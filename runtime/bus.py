@@ -37,6 +37,10 @@ log = logging.getLogger("iotrt.bus")
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SCHEMES = ("ipc://", "tcp://", "tls+tcp://")
 DEFAULT_QUEUE = 2
+# The largest message a subscriber takes (NNG drops the connection of a peer that sends more):
+# a 4K RGB frame sent inline (no shared memory over TCP) is 25 MB. Decoding a message of small
+# containers takes up to ~70x its size in memory: a bound on the size is the bound on that.
+MAX_MESSAGE = 64 << 20
 
 
 class AddressError(errors.TransportError, ValueError):
@@ -239,7 +243,7 @@ class Subscriber:
         # waits a random time below the bound; a 100 ms bound cost ~15x the CPU of 1 s for a
         # publisher that never comes, e.g. a bridge left unconfigured)
         self._sock = pynng.Sub0(recv_buffer_size=queue, reconnect_time_min=20,
-                                reconnect_time_max=1000)
+                                reconnect_time_max=1000, recv_max_size=MAX_MESSAGE)
         tls_cfg = tls_for(address, tls, server=False)
         if tls_cfg is not None:
             self._sock.tls_config = tls_cfg

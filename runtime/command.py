@@ -52,6 +52,9 @@ DEFAULT_RETRIES = 4
 MAX_ID_LEN = 128
 
 
+MAX_REQUEST_BYTES = 1 << 20
+
+
 class CommandError(errors.TransportError, RuntimeError):
     """A command could not be delivered or acknowledged."""
 
@@ -99,7 +102,10 @@ class CommandServer:
         self.address, self.name = address, name or address
         self.msgs = self.duplicates = self.bad = 0
         self._store = IdStore(store_path, capacity)
-        self._sock = pynng.Rep0()
+        # Acks are sent without waiting: one the client's connection cannot take now is
+        # dropped (its retry is answered from the id store), so a client that sends and never
+        # reads cannot stall the actuator. No request is larger than MAX_REQUEST_BYTES.
+        self._sock = pynng.Rep0(recv_max_size=MAX_REQUEST_BYTES)
         try:
             tls_cfg = tls_for(address, tls, server=True)
             if tls_cfg is not None:
@@ -214,7 +220,7 @@ class CommandServer:
 
     def _send(self, ack: dict, payload: bytes | None = None) -> None:
         try:
-            self._sock.send(pack(ack) if payload is None else payload)
+            self._sock.send(pack(ack) if payload is None else payload, block=False)
         except pynng.NNGException as exc:
             # the client gave up or went away; its retry will be answered from the store
             log.info("%s: could not send ack for %s: %s", self.name, ack.get("id"), exc)

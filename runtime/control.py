@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pynng
 
 from iotrt.bus import recv_bytes
-from iotrt.codec import DecodeError, pack, unpack
+from iotrt.codec import INT64_MAX, DecodeError, pack, unpack
 from iotrt.config import CONTROL_NAME, ENV_RUNTIME_DIR, SYSTEM_RUNTIME_ROOT, named_runtime_roots
 from iotrt.errors import SupervisionError
 from iotrt.rundir import default_runtime_root
@@ -114,7 +114,7 @@ class Rates:
         values = self.stats.get("in")
         if not isinstance(values, dict):
             return {}
-        return {str(name)[:64]: {k: v.get(k) if type(v.get(k)) is int else 0
+        return {str(name)[:64]: {k: min(max(v.get(k), 0), INT64_MAX) if type(v.get(k)) is int else 0
                                  for k in ("msgs", "drops", "bad")}
                 for name, v in list(values.items())[:64] if isinstance(v, dict)}
 
@@ -133,8 +133,9 @@ def _total(stats: dict, section: str, key: str) -> int:
     values = stats.get(section)
     if not isinstance(values, dict):
         return 0
-    return sum(v[key] for v in values.values()
-               if isinstance(v, dict) and type(v.get(key)) is int)
+    total = sum(v[key] for v in list(values.values())[:64]
+                if isinstance(v, dict) and type(v.get(key)) is int and v[key] >= 0)
+    return min(total, INT64_MAX)   # a reply must stay encodable: the sum of 2^64-1s is not
 
 
 def pss_bytes(pid: int) -> int | None:

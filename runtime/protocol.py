@@ -209,12 +209,19 @@ def deadline_in_s(body: dict) -> float | None:
     return float(in_s)
 
 
+# The most a node's message to the supervisor, a control request or a command may take on the
+# wire (set as the receiving socket's recv_max_size): records and heartbeats are small, and a
+# larger message only costs the receiver (decoding can take 70x its size in memory).
+MAX_CONTROL_MESSAGE = 1 << 20
+
+
 def parse_message(buf: bytes) -> dict:
     """Supervisor side: bytes from a node -> message map; DecodeError if malformed."""
     msg = unpack(buf)
     if not (isinstance(msg, dict) and msg.get("type") in MESSAGE_TYPES
             and isinstance(msg.get("id"), str)):
-        raise DecodeError(f"not a node protocol message: {msg!r:.80}")
+        raise DecodeError(f"not a node protocol message: a {type(msg).__name__} "
+                          f"of {len(buf)} bytes")   # not its repr: that can take seconds
     return msg
 
 

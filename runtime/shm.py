@@ -52,6 +52,7 @@ import math
 import mmap
 import os
 import re
+import stat
 import struct
 import threading
 import weakref
@@ -67,6 +68,10 @@ log = logging.getLogger("iotrt.shm")
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 64 * 1024
 DEFAULT_SLOTS = 6
+# What a reader accepts of a segment's header (which another process wrote): a ring never has
+# more slots, or larger ones (an 8K RGB frame is 100 MB)
+MAX_SLOTS = 64
+MAX_SLOT_SIZE = 1 << 30
 MAGIC = b"IOTRSHM2"
 HEADER = struct.Struct("<8sIIQ")  # magic, slots, reserved, slot_size
 HEADER_SIZE = 64
@@ -154,8 +159,8 @@ class RingWriter:
 
     def __init__(self, prefix: str, *, slots: int = DEFAULT_SLOTS,
                  threshold: int = DEFAULT_THRESHOLD):
-        if slots < 2:
-            raise ValueError(f"a frame ring needs at least 2 slots, not {slots}")
+        if not 2 <= slots <= MAX_SLOTS:
+            raise ValueError(f"a frame ring has 2 to {MAX_SLOTS} slots, not {slots}")
         self.prefix, self.slots, self.threshold = prefix, slots, threshold
         self.generation = 0
         self.name: str | None = None
@@ -320,9 +325,13 @@ class _Mapping:
 
     def __init__(self, name: str):
         self.name = name
-        self.fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted under the segment's name must not block the open (the
+        # checks below refuse it)
+        self.fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DecodeError(f"shared-memory segment {name} is not a regular file")
             if st.st_uid != os.getuid():   # a publisher of the graph runs as this user
                 raise DecodeError(f"shared-memory segment {name} belongs to uid {st.st_uid}, "
                                   f"not to this graph's user")
@@ -332,7 +341,8 @@ class _Mapping:
             self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
             magic, self.slots, _, self.slot_size = HEADER.unpack_from(self.map)
             self.data0, total = _layout(self.slots, self.slot_size)
-            if magic != MAGIC or total > size:
+            if (magic != MAGIC or total > size or not 0 < self.slots <= MAX_SLOTS
+                    or not 0 < self.slot_size <= MAX_SLOT_SIZE):
                 raise DecodeError(f"shared-memory segment {name} is not a frame ring "
                                   f"(or from another iotrt version)")
         except BaseException:

@@ -36,7 +36,7 @@ from iotrt.graph import EVENTS_TOPIC, Graph
 from iotrt.journal import BadRecord, Journal, JournalError
 from iotrt.outpump import OutputPump, Throttle, route_logging, unroute_logging
 from iotrt.procs import NodeProcess, node_env, terminate_all
-from iotrt.protocol import deadline_in_s, parse_message
+from iotrt.protocol import MAX_CONTROL_MESSAGE, deadline_in_s, parse_message
 from iotrt.sdnotify import Notifier
 from iotrt.states import (
     DONE,
@@ -67,6 +67,12 @@ EXIT_OK = 0
 EXIT_GAVE_UP = 1          # a critical node failed for good: systemd should escalate
 EXIT_SETUP = 2            # could not even start (sockets, journal, already running)
 START_SLOT_S = 2.0        # see Supervisor._start_ready_nodes
+# Node messages (and control requests) are read for at most this long per turn of the loop: a
+# node that floods its socket with messages that are slow to reject must not hold the loop (signals, `iotrt ps`,
+# timers are served in between), and the socket queues few, so that every node's pipe gets its
+# turn (a heartbeat does not wait behind a backlog of another node's junk)
+MESSAGES_BUDGET_S = 0.02
+NODE_QUEUE = 4
 
 
 class SupervisorError(SupervisionError, RuntimeError):
@@ -181,7 +187,9 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         # The control socket first: if another supervisor runs this graph, listen fails here,
         # before we touch any of its sockets.
-        self.ctl = pynng.Rep0()
+        # Replies are sent without waiting (a client that does not read them must not stall
+        # the loop: the reply is dropped), and no request is larger than a control message.
+        self.ctl = pynng.Rep0(recv_max_size=MAX_CONTROL_MESSAGE)
         try:
             self.ctl.listen(g.control_address)
         except pynng.AddressInUse as exc:
@@ -189,7 +197,8 @@ class Supervisor:
             raise SupervisorError(
                 f"graph '{g.name}' is already running (its control socket {g.control_address} "
                 "answers); stop it first with 'iotrt down'") from exc
-        self.pull = pynng.Pull0(listen=g.supervisor_address)
+        self.pull = pynng.Pull0(listen=g.supervisor_address, recv_max_size=MAX_CONTROL_MESSAGE,
+                                recv_buffer_size=NODE_QUEUE)
         try:
             self.journal = Journal(g.journal_path)
         except JournalError as exc:
@@ -457,7 +466,8 @@ class Supervisor:
 
     def _on_node_messages(self, fd: int) -> None:
         now = self.clock()
-        while True:
+        until = time.monotonic() + MESSAGES_BUDGET_S
+        while time.monotonic() < until:   # the rest on the next turn: the fd stays readable
             try:
                 buf = recv_bytes(self.pull, block=False)
             except pynng.TryAgain:
@@ -544,22 +554,33 @@ class Supervisor:
         return {"ok": True}
 
     def _on_control(self, fd: int) -> None:
-        while True:
+        until = time.monotonic() + MESSAGES_BUDGET_S
+        while time.monotonic() < until:   # as _on_node_messages: the rest on the next turn
             try:
                 buf = recv_bytes(self.ctl, block=False)
             except pynng.TryAgain:
                 return
+            # Anything local can write to this socket: a malformed request, or one whose
+            # answer fails, gets an error reply, never an exception out of the loop that
+            # supervises the whole graph.
+            name = None
             try:
                 req = unpack(buf)
-                # Anything local can write to this socket: a malformed request gets an error
-                # reply, never an exception out of the loop that supervises the whole graph.
                 name = req.get(REQUEST_KEY) if isinstance(req, dict) else None
                 handler = self._control_handlers().get(name) if isinstance(name, str) else None
-                reply = handler(req) if handler else {
-                    "ok": False, "error": f"unknown request; known: {', '.join(self._control_handlers())}"}
+                reply = pack(handler(req) if handler else {
+                    "ok": False, "error": f"unknown request; known: {', '.join(self._control_handlers())}"})
             except DecodeError as exc:
-                reply = {"ok": False, "error": f"malformed request: {exc}"}
-            self.ctl.send(pack(reply))
+                reply = pack({"ok": False, "error": f"malformed request: {exc}"})
+            except Exception as exc:  # logged and answered: the loop goes on
+                log.exception("control request %.40r failed", name)
+                reply = pack({"ok": False, "error": f"the supervisor failed to answer: "
+                                                   f"{type(exc).__name__}: {exc}"})
+            try:
+                self.ctl.send(reply, block=False)
+            except pynng.TryAgain:
+                self._warn("ctl-send", self.clock(), "control: a client is not reading its "
+                           "replies; %s", "reply dropped")
 
     # -- control requests (see iotrt.control for the client side) ----------------------------
 

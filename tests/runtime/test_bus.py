@@ -242,3 +242,27 @@ def test_tls_tcp_with_mutual_authentication(pki):
             assert sub.recv(timeout_s=10).data == "still here"
     with pytest.raises(AddressError, match="no tls settings"):
         Subscriber(address)
+
+
+def test_a_message_over_the_size_bound_is_never_decoded_and_the_next_ones_arrive(rundir):
+    """A peer that sends more than MAX_MESSAGE: NNG drops its connection before the bytes are
+    kept (decoding 1 MB of empty lists took 70 MB); the subscriber dials again and goes on."""
+    import pynng
+
+    from iotrt.bus import MAX_MESSAGE
+    from iotrt.codec import Envelope, encode
+
+    address = short_ipc_address(rundir, "g", "big", "out")
+    with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=16) as sub:
+        deadline = time.monotonic() + 5
+        while not raw.pipes:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        raw.send(b"\xdd" + (MAX_MESSAGE + 1).to_bytes(4, "big") + b"\x90" * (MAX_MESSAGE + 1))
+        ok = encode(Envelope("big/out", 0, 1, "big", [], {"ok": True}))
+        env, deadline = None, time.monotonic() + 10
+        while env is None:        # the publisher sends until the subscriber is back
+            assert time.monotonic() < deadline, "the subscriber never received again"
+            raw.send(ok)
+            env = sub.recv(timeout_s=0.1)
+        assert env.data == {"ok": True} and sub.stats()["bad"] == 0

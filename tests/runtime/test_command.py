@@ -281,3 +281,53 @@ def test_an_ack_that_cannot_be_encoded_leaves_the_command_open_for_a_refusal(tmp
         cmd.reply({"ok": False, "error": "result not encodable"})
         t.join(10)
         assert result == {"id": "e1", "ok": False, "error": "result not encodable"}
+
+
+def test_a_client_that_never_reads_its_acks_cannot_stall_the_receiver(tmp_path, rundir):
+    """A peer that pipelines one command id over and over and reads no ack: the receiver
+    drops the acks its connection cannot take, and keeps receiving (it blocked in send)."""
+    import socket
+    import struct
+
+    import msgpack
+
+    address = short_ipc_address(rundir, "g", "n", "slow")
+    with CommandServer(address, store_path=tmp_path / "ids") as srv:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(address[len("ipc://"):])
+        s.sendall(b"\x00SP\x00" + struct.pack(">H", 0x30) + b"\x00\x00")   # a raw Req0
+        s.recv(8)
+        body = msgpack.packb({"id": "x" * 100, "data": None})
+        stop = threading.Event()
+
+        def pump():
+            s.settimeout(0.2)
+            i = 0
+            while not stop.is_set():
+                frame = struct.pack(">I", 0x80000000 | (i & 0x7FFFFFFF)) + body
+                try:
+                    s.sendall(b"\x01" + struct.pack(">Q", len(frame)) + frame)
+                    i += 1
+                except (TimeoutError, BlockingIOError):
+                    pass
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        try:
+            first = wait_for(lambda: srv.recv(timeout_s=0.2), what="the command")
+            first.reply({"result": "done"})
+            # every duplicate is answered (or its ack dropped) and recv keeps returning
+            turns = []
+
+            def loop():
+                for _ in range(10):
+                    srv.recv(timeout_s=0.1)
+                    turns.append(1)
+            worker = threading.Thread(target=loop, daemon=True)
+            worker.start()
+            worker.join(20)
+            assert not worker.is_alive(), f"recv stalled after {len(turns)} turns"
+            assert srv.duplicates > 0
+        finally:
+            stop.set()
+            t.join(5)
+            s.close()

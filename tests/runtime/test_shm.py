@@ -256,3 +256,62 @@ def test_loan_on_a_tcp_output_is_a_plain_array():
     with Publisher(f"tcp://127.0.0.1:{port}", "cam/image", "cam") as pub:
         frame = pub.loan((4, 4), "float32")
         assert frame.flags.writeable and frame.dtype == np.float32
+
+
+def _descriptor_for(name: str) -> bytes:
+    import msgpack
+
+    from iotrt.codec import EXT_SHM
+
+    desc = shm.DESC_HEAD.pack(0, 1) + msgpack.packb([name, "|u1", [10]])
+    return msgpack.packb([1, "t/o", 0, 0, "t", [], msgpack.ExtType(EXT_SHM, desc)])
+
+
+def test_a_descriptor_naming_a_fifo_is_refused_at_once(ring):
+    """Anyone can create a FIFO in /dev/shm under a segment's name; opening it must not wait
+    for a writer (the subscriber's loop would hang)."""
+    import threading
+
+    from iotrt.codec import DecodeError
+
+    _, readers = ring
+    name = f"iotrt-{'ab' * 6}-{'0123456789abcdef'}-{os.getpid()}"
+    path = os.path.join(shm.SHM_DIR, name)
+    os.mkfifo(path, 0o600)
+    try:
+        outcome = []
+
+        def read():
+            try:
+                decode(_descriptor_for(name), readers.read)
+            except DecodeError as exc:
+                outcome.append(str(exc))
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(10)
+        if t.is_alive():        # release the hung open before failing
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert not t.is_alive(), "opening a FIFO named like a segment blocked the reader"
+        assert outcome and "not a regular file" in outcome[0]
+    finally:
+        os.unlink(path)
+
+
+def test_a_segment_header_claiming_millions_of_slots_is_refused(ring):
+    """A sparse file whose header claims 2^24 slots: the reader must not allocate per slot."""
+    from iotrt.codec import DecodeError
+
+    _, readers = ring
+    name = f"iotrt-{'cd' * 6}-{'0123456789abcdef'}-{os.getpid()}"
+    path = os.path.join(shm.SHM_DIR, name)
+    slots, slot_size = 1 << 24, 4096
+    _, total = shm._layout(slots, slot_size)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, total)                 # sparse: costs no memory or disk
+        os.pwrite(fd, shm.HEADER.pack(shm.MAGIC, slots, 0, slot_size), 0)
+        with pytest.raises(DecodeError, match="not a frame ring"):
+            decode(_descriptor_for(name), readers.read)
+    finally:
+        os.close(fd)
+        os.unlink(path)
