@@ -33,8 +33,8 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 from mcap.exceptions import McapError
-from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata
-from mcap.stream_reader import CRCValidationError, StreamReader
+from mcap.records import Channel, Chunk, DataEnd, Footer, Header, Message, Metadata
+from mcap.stream_reader import CRCValidationError, StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 
 from iotrt import __version__, errors
@@ -48,6 +48,9 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 # is 25 MB, a chunk holds one message or ~1 MB of them.
 RECORD_LIMIT = 256 << 20
 CHUNK_BYTES = 1 << 20
+# A recorded JPEG frame larger than this (either side) is refused before it is decoded: its
+# header is 1 KB whatever size it claims, its pixels would not be (8192^2 RGB is 200 MB).
+MAX_FRAME_SIDE = 8192
 MAX_TRACE = 1024          # hops kept in a recorded trace (the bus keeps 128)
 
 _ENVELOPE_SCHEMA = {
@@ -315,7 +318,10 @@ class Recording:
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot read: {exc.strerror}") from exc
         with f:
-            reader = StreamReader(f, record_size_limit=RECORD_LIMIT, validate_crcs=True)
+            # Chunks come whole so that a compressed one is refused before it is inflated:
+            # RECORD_LIMIT bounds a record as stored, not what it decompresses to.
+            reader = StreamReader(f, record_size_limit=RECORD_LIMIT, validate_crcs=True,
+                                  emit_chunks=True)
             records = reader.records
             try:
                 first = next(records)
@@ -332,7 +338,16 @@ class Recording:
                     if isinstance(record, (DataEnd, Footer)):
                         info.complete = True
                         return
-                    yield record
+                    if isinstance(record, Chunk):
+                        if record.compression:
+                            raise RecordingError(
+                                f"{self.path}: a {record.compression}-compressed chunk before "
+                                f"byte {f.tell()}: iotrt reads the uncompressed chunks it writes "
+                                f"and does not inflate untrusted ones (rewrite the file "
+                                f"uncompressed)")
+                        yield from breakup_chunk(record, validate_crc=True)
+                    else:
+                        yield record
             except CRCValidationError as exc:
                 raise RecordingError(f"{self.path}: corrupted ({exc})") from None
             except (McapError, struct.error, ValueError, EOFError, UnicodeDecodeError) as exc:
@@ -427,10 +442,45 @@ def _unjpeg(path: Path, topic: str, data: Any) -> np.ndarray:
 
     img = None
     if isinstance(data, bytes):
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        size = _jpeg_size(data)
+        if size is not None and max(size) > MAX_FRAME_SIDE:
+            raise RecordingError(f"{path}: a frame on {topic} claims {size[1]}x{size[0]} "
+                                 f"pixels, more than {MAX_FRAME_SIDE} a side: not decoded")
+        if size is not None:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, read without decoding; None if
+    `data` has no such header before its scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                      # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:    # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):              # end of image, start of scan: no frame header
+            return None
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            return struct.unpack_from(">HH", data, i + 5)
+        i += 2 + length
+    return None
 
 
 def _check_format(path: Path, meta: dict[str, str]) -> None:
@@ -446,9 +496,11 @@ def _check_format(path: Path, meta: dict[str, str]) -> None:
 
 
 def _json_map(text: str | None) -> dict:
+    """A JSON object from a metadata value, {} if it is not one: a damaged stats record loses
+    the drop counts, not the recording (RecursionError: nested deeper than json can parse)."""
     try:
         value = json.loads(text or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

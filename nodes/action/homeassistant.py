@@ -260,6 +260,8 @@ class CommandGate:
                 body = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise BadCommand(f"bad JSON on {topic}: {exc}") from exc
+            except RecursionError:
+                raise BadCommand(f"bad JSON on {topic}: nested too deep") from None
             if not isinstance(body, dict):
                 raise BadCommand(f"a JSON command on {topic} must be an object")
             text, code = body.get("command"), body.get("code")
@@ -268,10 +270,15 @@ class CommandGate:
                              f"(send {' or '.join(LOCK_COMMANDS)})")
         if code is not None and not isinstance(code, str):
             raise BadCommand(f"'code' on {topic} must be a string")
+        try:
+            # JSON can carry a lone surrogate ("\ud800"), which no code is made of
+            code_bytes = None if code is None else code.encode()
+        except UnicodeEncodeError:
+            raise BadCommand(f"'code' on {topic} is not valid Unicode") from None
         return {"entity": "lock", "lock": lock, "command": LOCK_COMMANDS[text],
-                "code_ok": self._check_code(code), "source": "homeassistant"}
+                "code_ok": self._check_code(code_bytes), "source": "homeassistant"}
 
-    def _check_code(self, code: str | None) -> bool:
+    def _check_code(self, code: bytes | None) -> bool:
         if not self.code or code is None:
             return False
         now = self._clock()
@@ -279,7 +286,7 @@ class CommandGate:
             self.bad_codes.popleft()
         if len(self.bad_codes) >= MAX_BAD_CODES:
             return False    # too many wrong codes lately: even the right one waits
-        if hmac.compare_digest(code.encode(), self.code):
+        if hmac.compare_digest(code, self.code):
             return True
         self.bad_codes.append(now)
         return False

@@ -20,6 +20,7 @@ nosniff, no referrer, no framing) go on every response.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
 import mimetypes
@@ -49,6 +50,10 @@ STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css",
 COOKIE = "iotrt_token"
 MAX_BODY = 4096                 # bytes of a login form
 REQUEST_TIMEOUT_S = 20.0        # a client that sends or reads nothing this long is dropped
+# A client gets this long for the TLS handshake, and again for each request (line, headers,
+# body): one that trickles a header line every few seconds would otherwise hold a slot for
+# ever, and max_clients of them lock the owner out.
+REQUEST_DEADLINE_S = 10.0
 MEDIA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 BOUNDARY = "iotrtframe"
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -242,7 +247,8 @@ class _Server(ThreadingHTTPServer):
 
     def process_request_thread(self, request, client_address) -> None:
         try:
-            request.settimeout(REQUEST_TIMEOUT_S)
+            # ssl's handshake counts this as one deadline for the whole handshake
+            request.settimeout(REQUEST_DEADLINE_S)
             if self.web.ssl is not None:    # handshake here, not in the accepting thread
                 try:
                     request = self.web.ssl.wrap_socket(request, server_side=True)
@@ -277,12 +283,43 @@ class _Server(ThreadingHTTPServer):
         log.warning("web: error serving %s", client_address, exc_info=True)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each waiting at most REQUEST_TIMEOUT_S and, once `until` is set
+    (a time.monotonic() value), no later than it: TimeoutError after that."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.until: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        timeout = REQUEST_TIMEOUT_S
+        if self.until is not None:
+            left = self.until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the request took longer than {REQUEST_DEADLINE_S:g} s")
+            timeout = min(timeout, left)
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv_into(buf)
+        finally:    # what the handler then writes keeps the per-send timeout
+            self.sock.settimeout(REQUEST_TIMEOUT_S)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "iotrt-web"
     sys_version = ""
     timeout = REQUEST_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -463,6 +500,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
 
     def handle_one_request(self) -> None:
+        # Reading this request (or waiting for it on a kept-alive connection) has a deadline;
+        # what a handler then writes (a stream) has only the per-send timeout.
+        self._reader.until = time.monotonic() + REQUEST_DEADLINE_S
         try:
             super().handle_one_request()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):

@@ -21,6 +21,7 @@ the blob listed in the header's "payloads"; a reader ignores payloads it does no
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -38,6 +39,16 @@ MAGIC = b"IOTM\r\n\x1a\n"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIIIQ32x")
 ALIGN = 64
+# The activation arena a header may ask for: an engine allocates it at load, so a header
+# claiming more is refused as corrupt rather than tried (the device models need a few MB).
+MAX_ARENA_BYTES = 1 << 30
+# What a `meta` or attrs array may be: numbers, as `_jsonable` writes them (never a huge
+# fixed-width string or object dtype that a 2-byte header value could make allocate GBs).
+_ARRAY_KINDS = "biuf"
+# The exceptions a hostile header (CRC recomputed) raises while being parsed: every one is a
+# corrupt artifact, not a traceback.
+_MALFORMED = (KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError,
+              MemoryError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,9 @@ class MemoryPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> MemoryPlan:
-        return cls({k: int(v) for k, v in d["offsets"].items()}, int(d["arena_bytes"]))
+        arena = _count(d["arena_bytes"], "memory.arena_bytes", MAX_ARENA_BYTES)
+        return cls({k: _count(v, f"memory offset of {k!r}", arena) for k, v in d["offsets"].items()},
+                   arena)
 
 
 @dataclass
@@ -89,10 +102,43 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _count(value: Any, what: str, limit: int) -> int:
+    """`value` if it is an int in 0..limit, else ValueError saying `what` (a header field)."""
+    if type(value) is not int or not 0 <= value <= limit:
+        raise ValueError(f"{what} is {str(value)[:40]}, not an integer in 0..{limit}")
+    return value
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > 32:
+        raise ValueError(f"{what} is not a list of at most 32 dimensions")
+    return tuple(_count(d, what, 1 << 40) for d in value)
+
+
+def _numeric(name: Any, what: str) -> np.dtype:
+    dtype = np.dtype(name) if isinstance(name, str) else None
+    if dtype is None or dtype.kind not in _ARRAY_KINDS or dtype.itemsize > 8:
+        raise ValueError(f"{what} has dtype {str(name)[:40]!r}, not a numeric one")
+    return dtype
+
+
+def _weight(blob: memoryview, name: str, w: dict) -> np.ndarray:
+    shape = _shape(w["shape"], f"shape of weight {name!r}")
+    dtype = _numeric(w["dtype"], f"weight {name!r}")
+    offset = _count(w["offset"], f"offset of weight {name!r}", len(blob))
+    count = math.prod(shape)
+    if offset + count * dtype.itemsize > len(blob):
+        raise ValueError(f"weight {name!r} ({count} x {dtype}) runs past the blob")
+    if "quant" in w:  # int8: dequantized at load
+        return quantized.restore(blob, w)
+    return np.frombuffer(blob, dtype=dtype.newbyteorder("<"), count=count,
+                         offset=offset).reshape(shape)
+
+
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict):
         if "__ndarray__" in value:
-            return np.array(value["__ndarray__"], dtype=value["dtype"])
+            return np.array(value["__ndarray__"], dtype=_numeric(value["dtype"], "an array"))
         return {k: _from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_json(v) for v in value]
@@ -194,8 +240,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: no such artifact") from None
     try:
         return _from_json(json.loads(head)["meta"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ArtifactCorruptError(f"{path}: malformed artifact header: {exc}") from exc
+    except _MALFORMED as exc:
+        raise ArtifactCorruptError(f"{path}: malformed artifact header: {_why(exc)}") from None
 
 
 def read(path: str | Path) -> Artifact:
@@ -215,29 +261,52 @@ def read(path: str | Path) -> Artifact:
         raise ArtifactCorruptError(f"{path}: weights checksum mismatch (file damaged)")
     try:
         h = json.loads(head)
-        consts = {
-            name: quantized.restore(blob, w) if "quant" in w else  # int8: dequantized at load
-            np.frombuffer(blob, dtype=np.dtype(w["dtype"]).newbyteorder("<"),
-                          count=int(np.prod(w["shape"], dtype=np.int64)),
-                          offset=w["offset"]).reshape(w["shape"])
-            for name, w in h["weights"].items()
-        }
+        consts = {name: _weight(blob, name, w) for name, w in h["weights"].items()}
         gh = h["graph"]
         nodes = [OpNode(Op(n["op"]), n["name"], tuple(n["inputs"]), tuple(n["outputs"]),
                       _from_json(n["attrs"])) for n in gh["nodes"]]
-        graph = OpGraph(nodes, [TensorSpec.from_dict(s) for s in gh["inputs"]], gh["outputs"],
-                      consts, {k: tuple(v) for k, v in gh["shapes"].items()}, gh["dtypes"])
-        payloads = {name: bytes(blob[p["offset"]:p["offset"] + p["nbytes"]])
-                    for name, p in h["payloads"].items()}
+        shapes = {k: _shape(v, f"shape of {k!r}") for k, v in gh["shapes"].items()}
+        dtypes = {k: _numeric(v, repr(k)).name for k, v in gh["dtypes"].items()}
+        graph = OpGraph(nodes, [_spec(s) for s in gh["inputs"]], gh["outputs"],
+                        consts, shapes, dtypes)
+        payloads = {name: _payload(blob, name, p) for name, p in h["payloads"].items()}
         info = {name: {k: v for k, v in p.items() if k not in ("offset", "nbytes")}
                 for name, p in h["payloads"].items()}
+        memory = MemoryPlan.from_dict(h["memory"])
+        for name, offset in memory.offsets.items():
+            if name in shapes and name in dtypes and offset + math.prod(
+                    shapes[name]) * np.dtype(dtypes[name]).itemsize > memory.arena_bytes:
+                raise ValueError(f"activation {name!r} runs past the arena")
         return Artifact(
-            graph=graph, memory=MemoryPlan.from_dict(h["memory"]),
-            inputs=[TensorSpec.from_dict(s) for s in h["inputs"]],
-            outputs=[TensorSpec.from_dict(s) for s in h["outputs"]],
+            graph=graph, memory=memory,
+            inputs=[_spec(s) for s in h["inputs"]],
+            outputs=[_spec(s) for s in h["outputs"]],
             meta=_from_json(h["meta"]), source=h["source"],
             compiler_version=h["compiler_version"], stats=h.get("stats", {}),
             payloads=payloads, payload_info=info, format_version=version, path=path,
         )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ArtifactCorruptError(f"{path}: malformed artifact header: {exc}") from exc
+    except _MALFORMED as exc:
+        raise ArtifactCorruptError(f"{path}: malformed artifact header: "
+                                   f"{_why(exc)}") from None
+
+
+def _payload(blob: memoryview, name: str, p: dict) -> bytes:
+    offset = _count(p["offset"], f"offset of payload {name!r}", len(blob))
+    return bytes(blob[offset:offset + _count(p["nbytes"], f"size of payload {name!r}",
+                                             len(blob) - offset)])
+
+
+def _spec(d: dict) -> TensorSpec:
+    name = d["name"]
+    return TensorSpec(name, _shape(d["shape"], f"shape of {name!r}"),
+                      _numeric(d["dtype"], repr(name)).name)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested deeper than a header can be"
+    if isinstance(exc, MemoryError):
+        return "asks for more memory than there is"
+    if isinstance(exc, KeyError):
+        return f"no field {exc}"
+    return (str(exc) or type(exc).__name__)[:200]

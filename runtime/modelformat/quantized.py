@@ -68,6 +68,9 @@ def restore(blob, w: dict) -> np.ndarray:
     shape = tuple(w["shape"])
     count = int(np.prod(shape, dtype=np.int64))
     q = np.frombuffer(blob, np.int8, count=count, offset=w["offset"]).reshape(shape)
-    axis = int(quant["axis"])
+    axis = quant["axis"]
+    if type(axis) is not int or not 0 <= axis < len(shape):
+        raise QuantizeError(f"quantization axis {str(axis)[:40]} is not one of the weight's "
+                            f"{len(shape)} axes")
     scale = np.frombuffer(blob, "<f4", count=shape[axis], offset=quant["scales"])
     return dequantize(QTensor(q, scale.astype(np.float32), axis))

@@ -143,3 +143,100 @@ def test_outputs_are_not_overwritten_by_the_next_run(face):
     for k in first:
         np.testing.assert_array_equal(first[k], kept[k])
     np.testing.assert_array_equal(model.run({"input": a})["regressors"], kept["regressors"])
+
+
+def _rewrite_header(src, dst, edit) -> None:
+    """Copy an artifact with its JSON header changed by `edit(header) -> header or bytes`,
+    the header CRC recomputed: what a crafted file looks like to the reader."""
+    import json
+    import zlib
+
+    data = src.read_bytes()
+    _, version, hlen, _, bcrc, blen = artifact._PREFIX.unpack_from(data)
+    blob = data[artifact._pad(artifact._PREFIX.size + hlen):][:blen]
+    head = edit(json.loads(data[artifact._PREFIX.size:artifact._PREFIX.size + hlen]))
+    head = head if isinstance(head, bytes) else json.dumps(head).encode()
+    prefix = artifact._PREFIX.pack(artifact.MAGIC, version, len(head), zlib.crc32(head), bcrc,
+                                   blen)
+    gap = artifact._pad(artifact._PREFIX.size + len(head)) - artifact._PREFIX.size - len(head)
+    dst.write_bytes(prefix + head + b"\0" * gap + blob)
+
+
+@pytest.fixture(scope="module")
+def face_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "face8.iotm"
+    compile_model(models.path(models.BLAZEFACE), out, quantize="int8")
+    return out
+
+
+def _set(path: str, value):
+    def edit(h):
+        *keys, last = path.split(".")
+        node = h
+        for k in keys:
+            node = node[k] if k != "*" else next(iter(node.values()))
+        node[last] = value
+        return h
+    return edit
+
+
+def _first_quant(value):
+    def edit(h):
+        next(w for w in h["weights"].values() if "quant" in w)["quant"]["axis"] = value
+        return h
+    return edit
+
+
+HOSTILE_HEADERS = {
+    "arena Infinity": _set("memory.arena_bytes", float("inf")),
+    "arena 10**15": _set("memory.arena_bytes", 10**15),
+    "arena negative": _set("memory.arena_bytes", -1),
+    "deep header": lambda h: b"[" * 100_000,
+    "string array in meta": _set("meta", {"__ndarray__": 0, "dtype": "S1500000000"}),
+    "object array in meta": _set("meta", {"__ndarray__": [1], "dtype": "O"}),
+    "NaN graph shape": lambda h: {**h, "graph": {**h["graph"], "shapes": {
+        k: [float("nan")] for k in h["graph"]["shapes"]}}},
+    "NaN input shape": lambda h: {**h, "inputs": [{**s, "shape": [float("nan")]}
+                                                  for s in h["inputs"]]},
+    "weight offset negative": _set("weights.*.offset", -64),
+    "weight offset past the blob": _set("weights.*.offset", 1 << 40),
+    "weight shape huge": _set("weights.*.shape", [1 << 40] * 30),
+    "weight dtype text": _set("weights.*.dtype", "U100"),
+    "activation offset past the arena": lambda h: {**h, "memory": {**h["memory"], "offsets": {
+        k: h["memory"]["arena_bytes"] for k in h["memory"]["offsets"]}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_a_crafted_header_is_a_corrupt_artifact(face, tmp_path, case):
+    """A header with a valid CRC but hostile numbers is ArtifactCorruptError, never another
+    exception or a huge allocation (at read or at engine load)."""
+    bad = tmp_path / "crafted.iotm"
+    _rewrite_header(face, bad, HOSTILE_HEADERS[case])
+    with pytest.raises(ArtifactCorruptError, match="crafted.iotm: malformed artifact header"):
+        artifact.read(bad)
+    with pytest.raises(ArtifactCorruptError):
+        load(bad)
+
+
+@pytest.mark.parametrize("axis", [99, -1, 1e999, "0"])
+def test_a_crafted_quantization_axis_is_a_corrupt_artifact(face_int8, tmp_path, axis):
+    bad = tmp_path / "axis.iotm"
+    _rewrite_header(face_int8, bad, _first_quant(axis))
+    with pytest.raises(ArtifactCorruptError, match="quantization axis"):
+        artifact.read(bad)
+
+
+def test_a_crafted_meta_is_refused_by_read_meta(face, tmp_path):
+    for case in ("deep header", "string array in meta"):
+        bad = tmp_path / "meta.iotm"
+        _rewrite_header(face, bad, HOSTILE_HEADERS[case])
+        with pytest.raises(ArtifactCorruptError, match="malformed artifact header"):
+            artifact.read_meta(bad)
+
+
+def test_a_rewritten_header_unchanged_still_loads(face, tmp_path):
+    """The helper above is honest: with no change the copy is a working artifact."""
+    copy = tmp_path / "same.iotm"
+    _rewrite_header(face, copy, lambda h: h)
+    assert artifact.read(copy).memory == artifact.read(face).memory

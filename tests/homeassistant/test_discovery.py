@@ -153,10 +153,18 @@ def test_commands_become_messages_for_the_rules(gate):
     (SET, b"", "unknown command"),
     (SET + "x", b"UNLOCK", "no entity"),
     (SET, b'{"command": "UNLOCK", "code": "' + b"9" * 10**6 + b'"}', "bytes"),
+    (SET, b'{"command": "UNLOCK", "code": "\\ud800"}', "not valid Unicode"),
 ])
 def test_bad_commands_are_counted_and_explained(gate, topic, payload, why):
     with pytest.raises(BadCommand, match=why):
         gate.parse(topic, payload)
+    assert gate.rejected == 1
+
+
+def test_json_nested_too_deep_is_a_bad_command():
+    gate = CommandGate(door_layout(), "4711", max_payload=65536, clock=Clock())
+    with pytest.raises(BadCommand, match="nested too deep"):
+        gate.parse(SET, b'{"command": ' + b"[" * 5_000 + b"]" * 5_000 + b"}")
     assert gate.rejected == 1
 
 

@@ -367,3 +367,70 @@ def test_a_frame_the_jpeg_encoder_refuses_is_skipped_and_the_recording_goes_on(t
             w.write(Envelope("cam/image", 1, 2, "cam", [], wide))
         w.write(Envelope("cam/image", 2, 3, "cam", [], np.zeros((4, 4, 3), np.uint8)))
     assert [m.seq for m in Recording(tmp_path / "a.mcap").messages()] == [0, 2]
+
+
+def _patched_jpeg(height: int, width: int) -> bytes:
+    """An 8x8 JPEG whose frame header claims height x width (a decompression bomb)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_a_huge_frame_is_refused_before_decoding(tmp_path):
+    """A 1 KB file must not make the reader decode 30000x30000 pixels (2.7 GB)."""
+    from iotrt.codec import pack
+
+    path = tmp_path / "bomb.mcap"
+    with RecordWriter(path) as w:
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 0, "src": "cam",
+                                                   "trace": [], "data": _patched_jpeg(
+                                                       30000, 30000)}), 0, 0)
+    assert path.stat().st_size < 4096
+    with pytest.raises(RecordingError, match="30000x30000 pixels"):
+        list(Recording(path).messages())
+
+
+def test_a_compressed_chunk_is_refused_before_it_is_inflated(tmp_path):
+    """RECORD_LIMIT bounds what a file stores; a 10 KB zstd chunk inflating to 300 MB must
+    not get round it. iotrt writes uncompressed chunks, so a compressed one is refused."""
+    from mcap.writer import CompressionType
+
+    from iotrt.codec import pack
+    from iotrt.recording import PROFILE
+
+    path = tmp_path / "zstd.mcap"
+    with open(path, "wb") as f:
+        w = Writer(f, compression=CompressionType.ZSTD)
+        w.start(profile=PROFILE, library="test")
+        w.add_metadata("iotrt", {"format": "1"})
+        schema = w.register_schema("iotrt/Envelope", "jsonschema", b"{}")
+        cid = w.register_channel("a/b", "msgpack", schema, {"iotrt.data": "msgpack"})
+        w.add_message(cid, 0, pack({"seq": 0, "stamp_ns": 0, "src": "a", "trace": [],
+                                    "data": bytes(4 << 20)}), 0)
+        w.finish()
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(RecordingError, match="zstd-compressed chunk"):
+        Recording(path).info()
+    with pytest.raises(RecordingError, match="zstd-compressed chunk"):
+        list(Recording(path, partial=True).messages())
+
+
+def test_a_damaged_stats_record_loses_the_drops_not_the_recording(tmp_path):
+    from mcap.writer import CompressionType
+
+    from iotrt.recording import PROFILE
+
+    for name, stats in {"deep": "[" * 200_000, "not json": "{drops", "a list": "[1]"}.items():
+        path = tmp_path / f"{name}.mcap"
+        with open(path, "wb") as f:
+            w = Writer(f, compression=CompressionType.NONE)
+            w.start(profile=PROFILE, library="test")
+            w.add_metadata("iotrt", {"format": "1"})
+            w.add_metadata("iotrt.stats", {"drops": stats})
+            w.finish()
+        info = Recording(path).info()
+        assert info.complete and info.drops == 0, name

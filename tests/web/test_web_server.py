@@ -333,3 +333,40 @@ def test_a_dying_thread_ends_the_node(tmp_path, monkeypatch):
         assert web.died == ["web-taps"]
     finally:
         web.close()
+
+
+def test_a_slow_client_is_cut_off_and_its_slot_frees(serve, monkeypatch):
+    """Slowloris: clients that send a request line, then a header line now and then, each
+    hold a slot; with every slot held the owner would get 503 for ever. A request has
+    REQUEST_DEADLINE_S (shortened here) from its first byte to its end, not per read."""
+    import select
+    import time
+
+    from iotrt.nodes.observe import webserver
+
+    monkeypatch.setattr(webserver, "REQUEST_DEADLINE_S", 1.0, raising=False)
+    web = serve(max_clients=2)
+    host, port = web.server.server_address[:2]
+    slow = [socket.create_connection((host, port)) for _ in range(2)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /api/status HTTP/1.1\r\n")
+        wait_for(lambda: web.server.active == 2, 5, "both slots taken")
+        open_ = set(slow)
+        deadline = time.monotonic() + 15
+        while open_ and time.monotonic() < deadline:
+            for s in list(open_):
+                try:
+                    s.sendall(b"X-Slow: 1\r\n")       # always well within the per-read timeout
+                except OSError:
+                    open_.discard(s)
+                    continue
+                if select.select([s], [], [], 0)[0] and s.recv(1024) == b"":
+                    open_.discard(s)                  # the server closed it
+            select.select([], [], [], 0.2)            # the next header line, a little later
+        assert not open_, "the slow clients still hold their slots"
+        wait_for(lambda: web.server.active == 0, 5, "the slots free again")
+        assert get(web, "/api/status")[0] == 200
+    finally:
+        for s in slow:
+            s.close()
