@@ -28,11 +28,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import psutil
+from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "IOTRT_BENCH_SMOKE"      # environment variable carrying one run's token
@@ -93,9 +93,11 @@ def run_bench(tmp_path: Path, script: str, *args: str, timeout: float = 180.0) -
             timed_out = True
         else:
             timed_out = False
-            deadline = time.monotonic() + GRACE_S
-            while (alive := _marked(token)) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            try:
+                wait_for(lambda: not _marked(token), GRACE_S, "its processes to end", poll=0.1)
+                alive = []
+            except AssertionError:
+                alive = _marked(token)
             for p in alive:
                 try:
                     left.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")

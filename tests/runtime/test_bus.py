@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from iotrt.bus import (
     AddressError,
@@ -103,10 +104,7 @@ def test_undecodable_bytes_are_counted_and_skipped(rundir):
 
     address = short_ipc_address(rundir, "g", "evil", "out")
     with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=16) as sub:
-        deadline = time.monotonic() + 5
-        while not raw.pipes:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_for(lambda: raw.pipes, 5, "the subscriber to connect")
         from iotrt.codec import Envelope, encode
 
         raw.send(b"\xc1garbage")
@@ -162,10 +160,7 @@ def test_property_random_bytes_never_crash_a_subscriber(rundir):
     address = short_ipc_address(rundir, "g", "fuzz", "out")
     valid = encode(Envelope("fuzz/out", 0, 0, "fuzz", [], {"frame": np.zeros((300, 300), "u1")}))
     with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=64) as sub:
-        deadline = time.monotonic() + 5
-        while not raw.pipes:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_for(lambda: raw.pipes, 5, "the subscriber to connect")
 
         @settings(max_examples=60, deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -254,10 +249,7 @@ def test_a_message_over_the_size_bound_is_never_decoded_and_the_next_ones_arrive
 
     address = short_ipc_address(rundir, "g", "big", "out")
     with pynng.Pub0(listen=address) as raw, Subscriber(address, queue=16) as sub:
-        deadline = time.monotonic() + 5
-        while not raw.pipes:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_for(lambda: raw.pipes, 5, "the subscriber to connect")
         raw.send(b"\xdd" + (MAX_MESSAGE + 1).to_bytes(4, "big") + b"\x90" * (MAX_MESSAGE + 1))
         ok = encode(Envelope("big/out", 0, 1, "big", [], {"ok": True}))
         env, deadline = None, time.monotonic() + 10

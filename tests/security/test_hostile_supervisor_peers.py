@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import struct
 import textwrap
-import time
 from pathlib import Path
 
 import msgpack
@@ -71,7 +70,6 @@ def test_the_supervisor_serves_through_hostile_peers_and_restarts_no_one(tmp_pat
         assert sup.proc.poll() is None, f"the supervisor ended:\n{sup.text}"
         assert _ps(address) is not None, f"ps unanswered during the flood:\n{sup.text}"
         answered += 1
-        time.sleep(0.2)
     assert answered >= 5 and int(done.read_text()) > 0
     # a control client that never reads: the supervisor drops its replies and goes on
     raw = _pipeline_without_reading(runtime / "hostile" / "ctl", 400)
