@@ -206,7 +206,7 @@ def test_reader_exit_does_not_remove_the_segment(rundir, peer):
         assert reader.wait_exit(10) == 0
         assert len(segments(address)) == 1
         with Subscriber(address) as sub:
-            wait_for(lambda: sub.connected, what="connection")
+            wait_for(lambda: sub.connected and pub.subscribers, what="connection on both sides")
             pub.publish({"array": np.ones(1 << 20, np.uint8)})
             env = sub.recv(timeout_s=10)
             assert env.data["array"].sum() == 1 << 20
@@ -216,7 +216,7 @@ def test_reader_exit_does_not_remove_the_segment(rundir, peer):
 def test_loaned_frame_is_published_without_a_copy_and_frozen(rundir):
     address = short_ipc_address(rundir, "g", "cam", "image")
     with Publisher(address, "cam/image", "cam") as pub, Subscriber(address, queue=4) as sub:
-        wait_for(lambda: sub.connected, what="connection")
+        wait_for(lambda: sub.connected and pub.subscribers, what="connection on both sides")
         frame = pub.loan((480, 640, 3))
         frame[:] = 42  # e.g. cv2.VideoCapture.read(image=frame)
         pub.publish({"image": frame})

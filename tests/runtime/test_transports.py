@@ -22,7 +22,10 @@ def _pair(rundir, transport: str, queue: int = 2) -> tuple[Node, Node]:
     pub = Node(NodeConfig(id="p", outputs={"out": Endpoint(address, "p/out")}))
     sub = Node(NodeConfig(id="s", inputs={"in": Endpoint(address, "p/out", queue,
                                                          local=transport == "local")}))
-    wait_for(lambda: sub.transport.inputs["in"].connected, 10, "the subscriber to connect")
+    # over NNG the publisher must see the pipe too, or its first messages go nowhere
+    wait_for(lambda: sub.transport.inputs["in"].connected
+             and (transport == "local" or pub.transport.outputs["out"].subscribers),
+             10, "the subscriber to connect on both sides")
     return pub, sub
 
 

@@ -20,7 +20,7 @@ def raw(seq=0, stamp=1, trace=None, topic="cam/image", src="cam") -> bytes:
 def test_the_two_envelopes_of_the_attack_are_counted_bad_and_stats_stay_packable(shared_tmp):
     address = short_ipc_address(shared_tmp, "g", "cam", "image")
     with pynng.Pub0(listen=address) as pub, Subscriber(address, queue=16) as sub:
-        wait_for(lambda: sub.connected, what="connection")
+        wait_for(lambda: sub.connected and pub.pipes, what="connection on both sides")
         for seq in (0, -2**63, 2**64 - 1, 1):
             pub.send(raw(seq=seq))
         got = []
@@ -52,7 +52,7 @@ def test_the_largest_valid_values_still_pass_and_the_drop_counter_saturates(shar
     assert decode(encode(Envelope("a/b", 0, 1, "a", long_trace))).trace == long_trace[-MAX_TRACE:]
     address = short_ipc_address(shared_tmp, "g", "cam", "x")
     with pynng.Pub0(listen=address) as pub, Subscriber(address, queue=16) as sub:
-        wait_for(lambda: sub.connected, what="connection")
+        wait_for(lambda: sub.connected and pub.pipes, what="connection on both sides")
         for seq in (0, top, 0, top, 0, top):    # gaps of 2^63 again and again
             pub.send(raw(seq=seq))
         wait_for(lambda: sub.recv(timeout_s=0.2) is not None and sub.msgs == 6 or sub.msgs == 6,
