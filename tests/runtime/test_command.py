@@ -64,8 +64,16 @@ def test_pending_id_after_crash_is_not_run_again(tmp_path, rundir):
         result = {}
         t = threading.Thread(target=lambda: result.update(cli.call("x", id="abc")))
         t.start()
-        assert srv.recv(timeout_s=0.5) is None  # answered internally, never delivered
+        delivered = []
+
+        def answered():  # the server answers inside recv: receive until the client has it
+            cmd = srv.recv(timeout_s=0.1)
+            if cmd is not None:
+                delivered.append(cmd)
+            return result
+        wait_for(answered, 10, "the answer to the pending id")
         t.join(5)
+    assert not delivered  # answered internally, never delivered
     assert result["ok"] is False and "outcome unknown" in result["error"]
 
 
@@ -100,7 +108,11 @@ def test_malformed_request_gets_an_error_reply(rundir):
     address = short_ipc_address(rundir, "g", "n", str(uuid.uuid4()))
     with CommandServer(address) as srv, pynng.Req0(dial=address, recv_timeout=5000) as req:
         req.send(b"\xc1")
-        assert srv.recv(timeout_s=0.5) is None
+
+        def rejected():  # the server answers inside recv: receive until it has seen it
+            assert srv.recv(timeout_s=0.1) is None  # never delivered as a command
+            return srv.bad
+        wait_for(rejected, 10, "the malformed request")
         reply = unpack(req.recv())
         assert reply["ok"] is False and "malformed" in reply["error"]
         assert srv.bad == 1
