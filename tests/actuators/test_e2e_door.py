@@ -56,10 +56,11 @@ def _node_pid(supervisor_pid: int, node_id: str) -> int | None:
 def test_rule_node_killed_after_unlocking_the_lock_relocks_on_time(supervised, h):
     sup = supervised(GRAPH, files={"e2e.rules.yaml": RULES})
     rows = lambda: h.read_jsonl(sup.graph.state_dir / "door.lock.jsonl")  # noqa: E731
+    # the pid first: the kill must follow the unlock at once, well within its 1.5 s
+    rules_pid = h.wait_for(lambda: _node_pid(sup.proc.pid, "rules"), timeout=60,
+                           what="the rules node's pid")
     opened = h.wait_for(lambda: next((r for r in rows() if not r["locked"]), None),
                         timeout=60, what="the rules node to unlock the door")
-    rules_pid = h.wait_for(lambda: _node_pid(sup.proc.pid, "rules"), timeout=10,
-                           what="the rules node's pid")
     os.kill(rules_pid, signal.SIGKILL)
     killed_at = time.monotonic_ns()
     closed = h.wait_for(
