@@ -141,12 +141,18 @@ def test_home_assistant_follows_discovery_to_unlock_through_the_rule(door, homea
     ha.press(lock, "UNLOCK")                        # no code at all: refused too
     ha.press(lock, "UNLOCK", code=CODE)             # the same path, in order, is accepted
     ha.wait_state(lock, "UNLOCKED")
-    assert door.up.text.count("Home Assistant asks: unlock lock (code missing or wrong)") == 2
+    # The bridge's log lines (through the supervisor) and its and the rules' journal records
+    # (sent without waiting) travel apart from the command: the state can be seen first.
+    refused = "Home Assistant asks: unlock lock (code missing or wrong)"
+    door.up.wait_log(refused, count=2)
+    assert door.up.text.count(refused) == 2
+    wait_for(lambda: len(door.journal(kind="ha_command")) >= 3, 10, "the 3 requests journaled")
     assert [e.fields["code_ok"] for e in door.journal(kind="ha_command")] == [False, False, True]
     assert [c["locked"] for c in door.lock_changes()] == [True, False]
     applied = door.journal(kind="command_applied")
     assert len(applied) == 1 and applied[0].fields["src"] == "rules"
     assert applied[0].fields["command"]["who"] == "homeassistant"
+    wait_for(lambda: door.journal(kind="rule_fired"), 10, "the rule's firing journaled")
     assert [e.fields["rule"] for e in door.journal(kind="rule_fired")] == \
         ["unlock_from_home_assistant"]
     ha.wait_state(lock, "LOCKED", timeout=15)       # the lock re-locks by itself after 5 s
