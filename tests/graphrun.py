@@ -31,11 +31,16 @@ def marker_starts(marker: Path) -> list[float]:
     return [float(line.split()[1]) for line in marker.read_text().splitlines() if line.strip()]
 
 
+def marker_spawns(marker: Path) -> list[float]:
+    """When each incarnation's process was created (before its start-up), 10 ms ticks."""
+    return [float(line.split()[2]) for line in marker.read_text().splitlines() if line.strip()]
+
+
 @pytest.fixture
 def h():
     """The helpers, for test modules (pytest's importlib mode cannot import conftest)."""
     return SimpleNamespace(wait_for=wait_for, alive=alive, marker_pids=marker_pids,
-                           marker_starts=marker_starts)
+                           marker_starts=marker_starts, marker_spawns=marker_spawns)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """A node for the supervisor's tests: it runs, crashes, hangs, starts slowly, ignores SIGTERM or
-logs a lot (chatty), as its `behaviour` param says. Each start appends "pid start_time" to the `marker` file, so a
+logs a lot (chatty), as its `behaviour` param says. Each start appends "pid start_time spawn_time"
+to the `marker` file (monotonic seconds: once running, and when the process was created), so a
 test can see every incarnation and check that none outlives the supervisor."""
 
 import os
@@ -21,16 +22,25 @@ SPEC = NodeSpec(
         Param("after_s", float, 0.3, "crash/exit/hang this long after ready; slow: start-up time"),
         Param("exit_code", int, 3, "the code 'crash' exits with"),
         Param("period_s", float, 0.05, "publish period"),
-        Param("marker", str, "", "file to append 'pid monotonic_start' to at each start"),
+        Param("marker", str, "", "file to append 'pid start spawn' to at each start"),
     ],
 )
+
+
+def spawned_at() -> float:
+    """When this process was created, on the monotonic clock (/proc's start time: 10 ms ticks
+    since boot), so a test can leave this start-up's length out of what it measures."""
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.monotonic() - age
 
 
 def main(node: Node) -> None:
     p = node.params
     if p["marker"]:
         with open(p["marker"], "a") as f:
-            f.write(f"{os.getpid()} {time.monotonic():.4f}\n")
+            f.write(f"{os.getpid()} {time.monotonic():.4f} {spawned_at():.4f}\n")
     if p["behaviour"] == "slow":
         time.sleep(p["after_s"])            # a long model load: no heartbeat needed yet
     if p["behaviour"] == "stubborn":
