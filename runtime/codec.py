@@ -41,6 +41,9 @@ WIRE_VERSION = 1
 INT64_MAX = 2**63 - 1
 MAX_NAME = 256
 MAX_TRACE = 128
+# The most messages an input may queue: bus.Subscriber and local.LocalQueue refuse more, and a
+# graph's `queue:` is checked against it at load.
+MAX_QUEUE = 8192
 
 # dtype.str on the wire -> dtype. Everything is little-endian on the wire.
 class _WireDtypes(dict):

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from typing import Any
 
-from iotrt.codec import EncodeError, Envelope, wire_dtype
+from iotrt.codec import MAX_QUEUE, EncodeError, Envelope, wire_dtype
 
 MAX_DEPTH = 512              # the nesting msgpack can carry; deeper is refused like the wire's
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
@@ -63,8 +63,8 @@ class LocalQueue:
     (an eventfd) by the node's selector, like an NNG Subscriber."""
 
     def __init__(self, address: str, *, queue: int = 2, name: str = ""):
-        if not 1 <= queue <= 8192:
-            raise ValueError(f"queue must be between 1 and 8192 messages, not {queue}")
+        if not 1 <= queue <= MAX_QUEUE:
+            raise ValueError(f"queue must be between 1 and {MAX_QUEUE} messages, not {queue}")
         self.address, self.name, self.queue = address, name or address, queue
         self.msgs = self.drops = self.bad = 0
         self._last_seq: int | None = None
