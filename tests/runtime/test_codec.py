@@ -135,3 +135,22 @@ def test_property_mutated_messages_decode_or_raise_decode_error(data, draw):
     except DecodeError:
         return
     assert isinstance(env, Envelope)
+
+
+def test_a_msgpack_timestamp_arrives_as_nanoseconds_and_forwards_over_either_transport():
+    """Another language's publisher may send msgpack's timestamp extension (-1): decoding gives
+    an int of nanoseconds, which the in-process transport carries as NNG does; one past 64 bits
+    is refused by both alike (EncodeError)."""
+    from iotrt.local import share
+
+    def with_stamp(ts):
+        return msgpack.packb([1, "a/b", 0, 1, "a", [], {"t": ts}])
+
+    env = decode(with_stamp(msgpack.Timestamp(5, 7)))
+    assert env.data == {"t": 5_000_000_007}
+    assert share(env.data) == decode(encode(env)).data == {"t": 5_000_000_007}
+    huge = decode(with_stamp(msgpack.Timestamp(2**63 - 1, 0)))
+    for forward in (share, lambda data: encode(Envelope("a/b", 1, 1, "a", [], data))):
+        with pytest.raises(EncodeError):
+            forward(huge.data)
+
