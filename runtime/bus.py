@@ -28,7 +28,7 @@ from typing import Any
 import pynng
 
 from iotrt import errors, shm
-from iotrt.codec import INT64_MAX, DecodeError, Decoder, Encoder, Envelope, FrameOverwritten
+from iotrt.codec import INT64_MAX, MAX_QUEUE, DecodeError, Decoder, Encoder, Envelope, FrameOverwritten
 from iotrt.lazy import numpy as np  # imported when the first array travels
 from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
 
@@ -233,8 +233,8 @@ class Subscriber:
         name: str = "",
     ):
         check_address(address)
-        if not 1 <= queue <= 8192:
-            raise ValueError(f"queue must be between 1 and 8192 messages, not {queue}")
+        if not 1 <= queue <= MAX_QUEUE:
+            raise ValueError(f"queue must be between 1 and {MAX_QUEUE} messages, not {queue}")
         self.address, self.name, self.queue = address, name or address, queue
         self.msgs = self.drops = self.bad = 0
         self._last_seq: int | None = None

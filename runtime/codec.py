@@ -41,6 +41,9 @@ WIRE_VERSION = 1
 INT64_MAX = 2**63 - 1
 MAX_NAME = 256
 MAX_TRACE = 128
+# The most messages an input may queue: bus.Subscriber and local.LocalQueue refuse more, and a
+# graph's `queue:` is checked against it at load.
+MAX_QUEUE = 8192
 
 # dtype.str on the wire -> dtype. Everything is little-endian on the wire.
 class _WireDtypes(dict):
@@ -205,7 +208,9 @@ def decode_array(payload: bytes) -> np.ndarray:
 
 class Decoder:
     """Decodes envelopes and maps; `shm_reader` resolves shared-memory frame descriptors.
-    Thread-safe (it holds no parsing state)."""
+    Thread-safe (it holds no parsing state). msgpack's own timestamp extension (type -1, which
+    another language's publisher may send) arrives as a `msgpack.Timestamp`, and is sent on as
+    one, over NNG and in-process alike."""
 
     def __init__(self, shm_reader: ShmReader | None = None):
         self._shm_reader = shm_reader

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, SequenceNode
 
 from iotrt.bus import AddressError, check_address, short_ipc_address
+from iotrt.codec import MAX_QUEUE
 from iotrt.config import ENV_RUNTIME_DIR, shared_threads, state_root
 from iotrt.graphmodel import Graph, NodeDef, Wire
 from iotrt.hints import suggest
@@ -49,7 +50,6 @@ NODE_KEYS = (
 )
 INPUT_KEYS = ("from", "queue")
 MAX_NODES = 2000   # far above any device's graph; bounds the time and memory of validation
-MAX_QUEUE = 8192   # an input's queue (messages): what bus.Subscriber and local.LocalQueue accept
 
 
 class GraphReader:

@@ -8,9 +8,10 @@ shared memory, no copy of array data. Everything else is as over NNG (iotrt.bus)
   `msgs`/`drops`/`bad` counters and the same seq numbers as the output's NNG subscribers;
 - `stamp_ns` and `trace` travel unchanged (each subscriber gets its own trace list);
 - `data` is what decoding would give: dicts, lists (tuples become lists), str, bytes, int,
-  float, bool, None and read-only arrays; numpy scalars become Python scalars; anything the wire
-  cannot carry raises EncodeError at publish, exactly as over NNG. Containers are rebuilt per
-  subscriber, so a consumer that changes its dict changes nobody else's.
+  float, bool, None, read-only arrays (and a msgpack Timestamp received and forwarded); numpy
+  scalars become Python scalars; anything the wire cannot carry raises EncodeError at publish,
+  exactly as over NNG. Containers are rebuilt per subscriber, so a consumer that changes its
+  dict changes nobody else's.
 
 The array contract (hand-over): publishing an array on an output with in-process subscribers
 hands it over. An array that owns its memory is shared, not copied, and becomes read-only for
@@ -36,7 +37,9 @@ import time
 from collections import deque
 from typing import Any
 
-from iotrt.codec import EncodeError, Envelope, wire_dtype
+from msgpack import Timestamp
+
+from iotrt.codec import MAX_QUEUE, EncodeError, Envelope, wire_dtype
 
 MAX_DEPTH = 512              # the nesting msgpack can carry; deeper is refused like the wire's
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
@@ -63,8 +66,8 @@ class LocalQueue:
     (an eventfd) by the node's selector, like an NNG Subscriber."""
 
     def __init__(self, address: str, *, queue: int = 2, name: str = ""):
-        if not 1 <= queue <= 8192:
-            raise ValueError(f"queue must be between 1 and 8192 messages, not {queue}")
+        if not 1 <= queue <= MAX_QUEUE:
+            raise ValueError(f"queue must be between 1 and {MAX_QUEUE} messages, not {queue}")
         self.address, self.name, self.queue = address, name or address, queue
         self.msgs = self.drops = self.bad = 0
         self._last_seq: int | None = None
@@ -151,7 +154,7 @@ def share(data: Any, depth: int = 0) -> Any:
     """`data` as a subscriber gets it: see the module docstring."""
     if depth > MAX_DEPTH:
         raise EncodeError(f"data nested deeper than {MAX_DEPTH} levels")
-    if data is None or isinstance(data, (str, bool, float)):
+    if data is None or isinstance(data, (str, bool, float, Timestamp)):   # immutable
         return data
     if isinstance(data, int):
         if not INT_MIN <= data <= INT_MAX:

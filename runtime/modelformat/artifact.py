@@ -297,9 +297,12 @@ def _payload(blob: memoryview, name: str, p: dict) -> bytes:
 
 
 def _spec(d: dict) -> TensorSpec:
+    """An input or output: an engine allocates it, so it is bounded like the arena."""
     name = d["name"]
-    return TensorSpec(name, _shape(d["shape"], f"shape of {name!r}"),
-                      _numeric(d["dtype"], repr(name)).name)
+    shape, dtype = _shape(d["shape"], f"shape of {name!r}"), _numeric(d["dtype"], repr(name))
+    if math.prod(shape) * dtype.itemsize > MAX_ARENA_BYTES:
+        raise ValueError(f"{name!r} of shape {shape} takes more than {MAX_ARENA_BYTES} bytes")
+    return TensorSpec(name, shape, dtype.name)
 
 
 def _why(exc: BaseException) -> str:

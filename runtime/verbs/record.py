@@ -21,6 +21,7 @@ import time
 
 from iotrt import wakeup
 from iotrt.bus import Subscriber
+from iotrt.codec import MAX_QUEUE
 from iotrt.control import call
 from iotrt.errors import IotrtError
 from iotrt.recording import FRAME_ENCODINGS, NotRecordable, Recording, RecordingError, RecordWriter
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JPEG quality 1-100 (default 80)")
     parser.add_argument("--duration", type=_bounded(float, 0, 1e9), default=0.0, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C/SIGTERM)")
-    parser.add_argument("--queue", type=_bounded(int, 1, 8192), default=8, metavar="N",
+    parser.add_argument("--queue", type=_bounded(int, 1, MAX_QUEUE), default=8, metavar="N",
                         help="per-topic receive queue, in messages (default 8)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     info = sub.add_parser("info", help="topics, counts, duration, drops and size of a recording",

@@ -198,6 +198,10 @@ HOSTILE_HEADERS = {
         k: [float("nan")] for k in h["graph"]["shapes"]}}},
     "NaN input shape": lambda h: {**h, "inputs": [{**s, "shape": [float("nan")]}
                                                   for s in h["inputs"]]},
+    "input of 2^60 elements": lambda h: {**h, "inputs": [{**s, "shape": [1 << 20] * 3}
+                                                       for s in h["inputs"]]},
+    "output of 2^60 elements": lambda h: {**h, "outputs": [{**s, "shape": [1 << 20] * 3}
+                                                         for s in h["outputs"]]},
     "weight offset negative": _set("weights.*.offset", -64),
     "weight offset past the blob": _set("weights.*.offset", 1 << 40),
     "weight shape huge": _set("weights.*.shape", [1 << 40] * 30),

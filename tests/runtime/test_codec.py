@@ -135,3 +135,14 @@ def test_property_mutated_messages_decode_or_raise_decode_error(data, draw):
     except DecodeError:
         return
     assert isinstance(env, Envelope)
+
+
+def test_a_msgpack_timestamp_is_forwarded_alike_over_either_transport():
+    """Another language's publisher may send msgpack's timestamp extension (-1), any of its
+    values: a node forwards what it decoded in-process exactly as over NNG."""
+    from iotrt.local import share
+
+    for ts in (msgpack.Timestamp(5, 7), msgpack.Timestamp(2**63 - 1, 999_999_999)):
+        env = decode(msgpack.packb([1, "a/b", 0, 1, "a", [], {"t": ts}]))
+        assert env.data == {"t": ts}
+        assert share(env.data) == decode(encode(env)).data == {"t": ts}
