@@ -69,6 +69,15 @@ nodes:
 """
 
 
+def _peers(address: str) -> int:
+    """How many peers are connected to the ipc listener at `address` (/proc/net/unix lists
+    each accepted connection under the listener's path, state 03: connected)."""
+    path = address[len("ipc://"):]
+    with open("/proc/net/unix") as f:
+        return sum(1 for line in f
+                   if line.rstrip().endswith(" " + path) and line.split()[5] == "03")
+
+
 class Door:
     def __init__(self, tmp_path: Path, port: int) -> None:
         self.dir = tmp_path / "graph"
@@ -84,6 +93,12 @@ class Door:
         self.graph = load_graph(self.path, environ=env)
         self.up = Up(self.path, env, tmp_path / "up.log")
         self.up.wait_log("nodes up in", timeout=60)
+        # NNG pub/sub drops what is published before the subscriber is connected, and the
+        # bridge starts before the rules node it subscribes to (each commands the other), so it
+        # redials with a growing backoff: the rules' first event was once lost, sent 0.4 s
+        # after "all nodes up" with the bridge not yet connected.
+        events = self.graph.output_address("rules", "events")
+        wait_for(lambda: _peers(events), 20, "the bridge connected to the rules' events")
 
     def faces(self, names: list[str]) -> None:
         tmp = self.dir / "faces.json.tmp"
