@@ -208,11 +208,9 @@ def decode_array(payload: bytes) -> np.ndarray:
 
 class Decoder:
     """Decodes envelopes and maps; `shm_reader` resolves shared-memory frame descriptors.
-    Thread-safe (it holds no parsing state).
-
-    Decoding gives only what the contract's types are, so a node can forward whatever it
-    received over either transport: msgpack's own timestamp extension (type -1, which another
-    language's publisher may send) arrives as an int of nanoseconds since the epoch."""
+    Thread-safe (it holds no parsing state). msgpack's own timestamp extension (type -1, which
+    another language's publisher may send) arrives as a `msgpack.Timestamp`, and is sent on as
+    one, over NNG and in-process alike."""
 
     def __init__(self, shm_reader: ShmReader | None = None):
         self._shm_reader = shm_reader
@@ -234,7 +232,7 @@ class Decoder:
         """msgpack bytes -> object. Raises DecodeError, and only that, for malformed input
         (or FrameOverwritten when a shared-memory frame is gone)."""
         try:
-            return msgpack.unpackb(buf, raw=False, strict_map_key=False, timestamp=2,
+            return msgpack.unpackb(buf, raw=False, strict_map_key=False,
                                    ext_hook=self._ext_hook, use_list=True)
         except (DecodeError, FrameOverwritten):
             raise
@@ -246,7 +244,7 @@ class Decoder:
     def decode(self, buf: bytes) -> Envelope:
         """bytes -> Envelope. Raises DecodeError, and only that, for any malformed input."""
         try:  # self.unpack, inline: this is every subscriber's hot path
-            obj = msgpack.unpackb(buf, raw=False, strict_map_key=False, timestamp=2,
+            obj = msgpack.unpackb(buf, raw=False, strict_map_key=False,
                                   ext_hook=self._ext_hook)
         except (DecodeError, FrameOverwritten):
             raise

@@ -52,7 +52,11 @@ DEFAULT_RETRIES = 4
 MAX_ID_LEN = 128
 
 
+# The most a request may take on the wire (the receiver's recv_max_size: NNG drops a larger one
+# and its connection, unanswered). The sender refuses a command that would not fit, retries
+# included: a retry adds `age_ns`, at most _RETRY_BYTES.
 MAX_REQUEST_BYTES = 1 << 20
+_RETRY_BYTES = 32
 
 
 class CommandError(errors.TransportError, RuntimeError):
@@ -268,6 +272,9 @@ class CommandClient:
         req = {"id": cid, "src": self.src, "t_ns": t_first, "data": data,
                "wait_ns": 2 * ms * 1_000_000}
         body = pack(req)
+        if len(body) > MAX_REQUEST_BYTES - _RETRY_BYTES:   # the receiver would drop it unanswered
+            raise CommandError(f"command {cid} to {self.address} is {len(body)} bytes: a command "
+                               f"takes at most {MAX_REQUEST_BYTES - _RETRY_BYTES}")
         with self._lock:
             self._sock.send_timeout = ms
             self._sock.recv_timeout = ms

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iotrt import errors
+from iotrt.protocol import MAX_RECORD_BYTES, json_default, summarise
 from iotrt.rundir import make_dirs_private
 
 SCHEMA_VERSION = 1
@@ -49,8 +50,6 @@ DEFAULT_MAX_AGE_S = 90 * 86400.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SAFETY_MAX_AGE_S = 365 * 86400.0
 PRUNE_INTERVAL_S = 60.0
-MAX_RECORD_BYTES = 16 * 1024
-SUMMARY_HEAD = 200        # characters of a summarised value that are kept
 # Event kinds that say what an actuator did and why: kept longest (see the module docstring).
 SAFETY_KINDS = ("command_received", "command_applied", "command_refused", "command_failed",
                 "command_unjournalable", "actuator_state")
@@ -99,23 +98,11 @@ class JournalEntry:
                 "fields": self.fields}
 
 
-def _json_default(obj: Any) -> Any:
-    # Records come from user nodes; anything JSON cannot hold is kept in a readable form rather
-    # than refusing the event (losing a journal entry is worse than a stringified field).
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).hex()
-    if hasattr(obj, "tolist"):  # numpy scalars and small arrays
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    return str(obj)
-
-
 def _encode_fields(fields: dict[str, Any]) -> str:
     if not isinstance(fields, dict):
         raise BadRecord(f"journal fields must be a dict, not {type(fields).__name__}")
     try:
-        text = json.dumps(fields, default=_json_default, separators=(",", ":"),
+        text = json.dumps(fields, default=json_default, separators=(",", ":"),
                           ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         # bytes or tuple keys, NaN-free JSON refusals, cycles: the node's record is bad, the
@@ -124,27 +111,10 @@ def _encode_fields(fields: dict[str, Any]) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it, JSON escapes can
-        text = json.dumps(fields, default=_json_default, separators=(",", ":"))
+        text = json.dumps(fields, default=json_default, separators=(",", ":"))
     if len(text) > MAX_RECORD_BYTES:
-        text = _summarise(fields)
+        text = json.dumps(summarise(fields), default=json_default, separators=(",", ":"))
     return text
-
-
-def _summarise(fields: dict[str, Any]) -> str:
-    """JSON of `fields` within MAX_RECORD_BYTES: each large value replaced by a summary."""
-    out: dict[str, Any] = {}
-    budget = MAX_RECORD_BYTES - 1024   # room for the keys and the marker
-    for key, value in fields.items():
-        text = json.dumps(value, default=_json_default, separators=(",", ":"))
-        if len(text) > SUMMARY_HEAD or len(text) > budget:
-            value = {"summarised": type(value).__name__, "json_chars": len(text),
-                     "head": text[:SUMMARY_HEAD]}
-        out[str(key)[:SUMMARY_HEAD]] = value
-        budget -= len(json.dumps(value, separators=(",", ":"))) + len(str(key)[:SUMMARY_HEAD])
-        if budget <= 0:
-            out["summarised_keys"] = len(fields)   # only the first keys fit
-            break
-    return json.dumps(out, separators=(",", ":"))
 
 
 class Journal:

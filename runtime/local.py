@@ -8,9 +8,10 @@ shared memory, no copy of array data. Everything else is as over NNG (iotrt.bus)
   `msgs`/`drops`/`bad` counters and the same seq numbers as the output's NNG subscribers;
 - `stamp_ns` and `trace` travel unchanged (each subscriber gets its own trace list);
 - `data` is what decoding would give: dicts, lists (tuples become lists), str, bytes, int,
-  float, bool, None and read-only arrays; numpy scalars become Python scalars; anything the wire
-  cannot carry raises EncodeError at publish, exactly as over NNG. Containers are rebuilt per
-  subscriber, so a consumer that changes its dict changes nobody else's.
+  float, bool, None, read-only arrays (and a msgpack Timestamp received and forwarded); numpy
+  scalars become Python scalars; anything the wire cannot carry raises EncodeError at publish,
+  exactly as over NNG. Containers are rebuilt per subscriber, so a consumer that changes its
+  dict changes nobody else's.
 
 The array contract (hand-over): publishing an array on an output with in-process subscribers
 hands it over. An array that owns its memory is shared, not copied, and becomes read-only for
@@ -35,6 +36,8 @@ import threading
 import time
 from collections import deque
 from typing import Any
+
+from msgpack import Timestamp
 
 from iotrt.codec import MAX_QUEUE, EncodeError, Envelope, wire_dtype
 
@@ -151,7 +154,7 @@ def share(data: Any, depth: int = 0) -> Any:
     """`data` as a subscriber gets it: see the module docstring."""
     if depth > MAX_DEPTH:
         raise EncodeError(f"data nested deeper than {MAX_DEPTH} levels")
-    if data is None or isinstance(data, (str, bool, float)):
+    if data is None or isinstance(data, (str, bool, float, Timestamp)):   # immutable
         return data
     if isinstance(data, int):
         if not INT_MIN <= data <= INT_MAX:

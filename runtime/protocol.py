@@ -61,6 +61,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pynng
 
@@ -185,8 +186,59 @@ def heartbeat_msg(node_id: str, stats: dict) -> bytes:
     return pack({"type": "heartbeat", "id": node_id, "pid": os.getpid(), "stats": stats})
 
 
+# A record's fields as the journal keeps them: at most MAX_RECORD_BYTES of JSON, a larger value
+# replaced by a summary (its type, size and first characters). The node fits them before it
+# sends a record, so that a record always fits its channel (MAX_CONTROL_MESSAGE, and the
+# journal's command channel) however large a value a node records; the journal fits what it
+# is sent again (it must not trust the sender).
+MAX_RECORD_BYTES = 16 * 1024
+SUMMARY_HEAD = 200        # characters of a summarised value that are kept
+
+
+def json_default(obj: Any) -> Any:
+    """What the journal stores for a value JSON cannot hold: records come from user nodes, and
+    a readable form beats refusing the event (losing a journal entry is worse than a
+    stringified field)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if hasattr(obj, "tolist"):  # numpy scalars and small arrays
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def summarise(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` within MAX_RECORD_BYTES of JSON: each large value replaced by a summary."""
+    out: dict[str, Any] = {}
+    budget = MAX_RECORD_BYTES - 1024   # room for the keys and the marker
+    for key, value in fields.items():
+        text = json.dumps(value, default=json_default, separators=(",", ":"))
+        if len(text) > SUMMARY_HEAD or len(text) > budget:
+            value = {"summarised": type(value).__name__, "json_chars": len(text),
+                     "head": text[:SUMMARY_HEAD]}
+        out[str(key)[:SUMMARY_HEAD]] = value
+        budget -= len(json.dumps(value, default=json_default, separators=(",", ":"))) \
+            + len(str(key)[:SUMMARY_HEAD])
+        if budget <= 0:
+            out["summarised_keys"] = len(fields)   # only the first keys fit
+            break
+    return out
+
+
+def fit_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` as they are if the journal would store them whole, else `summarise(fields)`.
+    Fields JSON cannot hold at all (a cycle) are left as they are: the journal refuses them."""
+    try:
+        text = json.dumps(fields, default=json_default, separators=(",", ":"),
+                          ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return fields
+    return fields if len(text) <= MAX_RECORD_BYTES else summarise(fields)
+
+
 def record_body(node_id: str, kind: str, fields: dict, t_ns: int | None = None) -> dict:
-    return {"type": "record", "id": node_id, "kind": kind, "fields": fields,
+    return {"type": "record", "id": node_id, "kind": kind, "fields": fit_fields(fields),
             "t_ns": time.time_ns() if t_ns is None else t_ns}
 
 
@@ -209,9 +261,10 @@ def deadline_in_s(body: dict) -> float | None:
     return float(in_s)
 
 
-# The most a node's message to the supervisor, a control request or a command may take on the
-# wire (set as the receiving socket's recv_max_size): records and heartbeats are small, and a
-# larger message only costs the receiver (decoding can take 70x its size in memory).
+# The most a node's message to the supervisor or a control request may take on the wire (set as
+# the receiving socket's recv_max_size; a command's is command.MAX_REQUEST_BYTES): heartbeats
+# are small, records are fitted (`fit_fields`), and a larger message only costs the receiver
+# (decoding can take 70x its size in memory).
 MAX_CONTROL_MESSAGE = 1 << 20
 
 
@@ -262,7 +315,13 @@ class SupervisorLink:
         self._send(heartbeat_msg(self.node_id, stats))
 
     def record(self, body: dict) -> bool:
-        return self._send(pack(body))
+        buf = pack(body)
+        if len(buf) > MAX_CONTROL_MESSAGE:   # the supervisor would drop it, and the link with it
+            log.warning("record %.80r of %d bytes not sent: a record takes at most %d (its "
+                        "fields are summarised; is its kind that long?)", body["kind"], len(buf),
+                        MAX_CONTROL_MESSAGE)
+            return True
+        return self._send(buf)
 
     def close(self) -> None:
         if self._sock is not None:

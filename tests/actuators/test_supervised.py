@@ -8,6 +8,9 @@ import signal
 import threading
 import time
 
+import pytest
+from helpers import wait_for
+
 from iotrt.command import CommandClient, CommandTimeout
 
 GRAPH = """
@@ -83,3 +86,63 @@ def test_supervisor_killed_mid_stream_loses_no_acknowledged_command(supervised, 
     journaled = {e.fields["id"] for e in sup.journal(kind="command_applied", node="chime")}
     missing = [cid for cid in acked if cid not in journaled]
     assert len(acked) >= 100 and not missing, f"acknowledged but not journaled: {missing}"
+
+
+BIG_RECORDS = """
+    name: bigrec
+    supervisor:
+      heartbeat_s: 0.5
+    nodes:
+      - id: door
+        kind: lock
+        params: {max_unlock_s: 30}
+      - id: big
+        run: big.py
+        restart: on-failure
+"""
+
+BIG_NODE = """
+    import os
+    from iotrt import Node
+    from iotrt.spec import NodeSpec
+
+    SPEC = NodeSpec(doc="records values larger than any channel takes")
+
+    def main(node: Node) -> None:
+        node.ready()
+        node.record("big_async", pid=os.getpid(), blob="x" * 1_100_000)
+        node.record("big_sync", sync=True, pid=os.getpid(), blob="y" * 1_100_000)
+        node.record("after", pid=os.getpid())
+        for _ in node:
+            pass
+"""
+
+
+def test_records_and_commands_past_the_channel_limits_are_summarised_or_refused_at_once(supervised):
+    """A node that records a megabyte (async or sync) gets a summary journaled, not a dropped
+    record or a link the supervisor closes (and a node restarted for heartbeats it could not
+    send); a command near the limit is journaled by the lock as a summary and answered; one over
+    it is refused by the sender at once, not left to time out."""
+    from iotrt.command import MAX_REQUEST_BYTES, CommandError
+
+    sup = supervised(BIG_RECORDS, files={"big.py": BIG_NODE})
+    sup.wait_log("all 2 nodes up", 60)      # the journal is open
+    after = wait_for(lambda: sup.journal(kind="after"), 30, "the record after them")
+    pid = after[0].fields["pid"]
+    for kind, char in (("big_async", "x"), ("big_sync", "y")):
+        (event,) = sup.journal(kind=kind)
+        blob = event.fields["blob"]
+        assert event.fields["pid"] == pid
+        assert blob["summarised"] == "str" and blob["head"].startswith(f'"{char}{char}')
+    near = {"action": "unlock", "duration_s": 1, "note": "n" * (MAX_REQUEST_BYTES - 400)}
+    with CommandClient(sup.command_address("door")) as client:
+        ack = client.call(near, timeout_s=2.0, retries=10, id="near-limit")   # the lock may start
+        received = [e for e in sup.journal(kind="command_received", node="door")
+                    if e.fields.get("id") == "near-limit"]
+        assert received and "summarised" in str(received[0].fields)
+        t0 = time.monotonic()
+        with pytest.raises(CommandError, match="takes at most"):
+            client.call({**near, "note": "n" * MAX_REQUEST_BYTES}, timeout_s=5.0, retries=3)
+        assert time.monotonic() - t0 < 1.0     # refused, not 4 attempts of 5 s
+    assert "ok" in ack
+    assert "restarting" not in sup.text and "no heartbeat" not in sup.text

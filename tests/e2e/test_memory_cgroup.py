@@ -150,5 +150,6 @@ def test_grouped_door_graph_runs_60_s_in_256_mb(tmp_path):
 
 
 @pytest.mark.long
+@pytest.mark.timeout(1200)      # 10 minutes of samples after start-up and warm-up
 def test_grouped_door_graph_runs_10_minutes_in_256_mb(tmp_path):
     run_in_cgroup(tmp_path, 600.0)

@@ -195,3 +195,19 @@ def test_sighup_reloads_the_nodes_whose_spec_is_reloadable(graph_file, up, tmp_p
     u.wait_log("reload: sent SIGHUP to prog\n")   # not to the plain test node
     h.wait_for(lambda: marker.exists() and marker.read_text() == "reloaded\n", 20,
                "the reloadable node's reload")
+
+
+def test_ps_counts_every_input_of_a_node_with_hundreds():
+    """A recorder with `inputs: *` on a large graph: its rates, drops and per-input counters in
+    `iotrt ps` cover all of its inputs."""
+    from iotrt.control import Rates
+
+    def beat(n):
+        return {"in": {f"t{i}": {"msgs": n, "drops": 1, "bad": 0} for i in range(300)},
+                "out": {}}
+
+    rates = Rates()
+    rates.update(10.0, beat(0))
+    rates.update(11.0, beat(2))
+    assert rates.in_rate == 600.0 and rates.drops == 300
+    assert len(rates.inputs()) == 300
