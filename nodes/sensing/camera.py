@@ -281,7 +281,8 @@ class Camera:
         if MIN_FPS <= native <= MAX_FPS:
             return native
         if self.log:
-            said = ("gives no frame rate" if not native   # NaN is not 0: it is "outside"
+            said = ("is not open yet, so its rate is unknown" if self.source is None
+                    else "gives no frame rate" if not native   # NaN is not 0: it is "outside"
                     else f"says {native:g} fps, outside {MIN_FPS:.3g} to {MAX_FPS:g}")
             self.log.warning("camera: %s '%s' %s: playing at %g fps (set the fps param to "
                              "choose the rate)", self.cfg.source, self.cfg.uri, said, DEFAULT_FPS)

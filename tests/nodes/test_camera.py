@@ -196,3 +196,15 @@ def test_auto_source_uses_a_camera_when_there_is_one_else_says_sim():
     assert cfg.source == "sim" and "SIMULATED" in line and "no camera device" in line
     cfg, line = resolve_source(CameraConfig(source="sim"), devices=["/dev/video0"])
     assert cfg.source == "sim" and "SIMULATED" in line     # sim asked for: sim, even with a camera
+
+
+def test_a_file_not_there_yet_plays_at_30_fps_and_says_why(tmp_path, caplog):
+    import logging
+
+    cam = Camera(CameraConfig(source="file", uri=str(tmp_path / "later.avi"), fps=0.0),
+                 logging.getLogger("test.camera"))
+    cam.open()                                   # missing: backs off, no source yet
+    with caplog.at_level(logging.WARNING, logger="test.camera"):
+        assert cam.frame_period() == pytest.approx(1 / 30)
+    assert any("is not open yet" in r.getMessage() and "playing at 30 fps" in r.getMessage()
+               for r in caplog.records)
