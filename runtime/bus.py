@@ -28,7 +28,7 @@ from typing import Any
 import pynng
 
 from iotrt import errors, shm
-from iotrt.codec import INT64_MAX, MAX_QUEUE, DecodeError, Decoder, Encoder, Envelope, FrameOverwritten
+from iotrt.codec import INT64_MAX, MAX_QUEUE, DecodeError, Decoder, EncodeError, Encoder, Envelope, FrameOverwritten
 from iotrt.lazy import numpy as np  # imported when the first array travels
 from iotrt.rundir import RuntimeDirError, ensure_runtime_dir  # noqa: F401 - re-exported
 
@@ -37,10 +37,12 @@ log = logging.getLogger("iotrt.bus")
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SCHEMES = ("ipc://", "tcp://", "tls+tcp://")
 DEFAULT_QUEUE = 2
-# The largest message a subscriber takes (NNG drops the connection of a peer that sends more):
-# a 4K RGB frame sent inline (no shared memory over TCP) is 25 MB. Decoding a message of small
-# containers takes up to ~70x its size in memory: a bound on the size is the bound on that.
-MAX_MESSAGE = 64 << 20
+# The largest message a subscriber takes (NNG drops the connection of a peer that sends more,
+# counting and logging nothing, so Publisher.publish refuses a larger one): the camera's
+# largest frame sent inline (no shared memory over TCP; 7680x4320 RGB) is 99.5 MB, and 128 MiB
+# leaves room for its envelope (tests/runtime/test_bus.py ties the two). Decoding a message of
+# small containers takes up to ~70x its size in memory: a bound on the size is the bound on that.
+MAX_MESSAGE = 128 << 20
 
 
 class AddressError(errors.TransportError, ValueError):
@@ -173,13 +175,22 @@ class Publisher:
         self._encoder = Encoder(self._ring.sink if self._ring is not None else None)
 
     def publish(self, data: Any, stamp_ns: int | None = None, trace: list | None = None) -> int:
-        """Send `data`; returns its seq. stamp_ns defaults to now (a new sensor reading)."""
+        """Send `data`; returns its seq. stamp_ns defaults to now (a new sensor reading).
+
+        Raises EncodeError for data the wire cannot carry, or a message over MAX_MESSAGE
+        (every subscriber would drop it, and the connection with it, without a word)."""
         if stamp_ns is None:
             stamp_ns = time.monotonic_ns()
         with self._lock:
             seq = self.seq
-            self._sock.send(self._encoder.encode_fields(
-                self.topic, seq, stamp_ns, self.src, [] if trace is None else trace, data))
+            msg = self._encoder.encode_fields(
+                self.topic, seq, stamp_ns, self.src, [] if trace is None else trace, data)
+            if len(msg) > MAX_MESSAGE:
+                raise EncodeError(
+                    f"cannot publish on {self.topic!r}: the message is {len(msg):,} bytes, more "
+                    f"than the bus takes ({MAX_MESSAGE:,} bytes, iotrt.bus.MAX_MESSAGE): every "
+                    f"subscriber would drop it; send less (a smaller array, or several messages)")
+            self._sock.send(msg)
             self.seq = seq + 1
             self.msgs += 1
             return seq

@@ -23,6 +23,7 @@ as truncated and `Recording(..., partial=True)` reads it anyway).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import time
@@ -48,9 +49,14 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 # is 25 MB, a chunk holds one message or ~1 MB of them.
 RECORD_LIMIT = 256 << 20
 CHUNK_BYTES = 1 << 20
-# A recorded JPEG frame larger than this (either side) is refused before it is decoded: its
-# header is 1 KB whatever size it claims, its pixels would not be (8192^2 RGB is 200 MB).
-MAX_FRAME_SIDE = 8192
+# The largest message payload written: its chunk (up to CHUNK_BYTES of earlier messages, then
+# this one, then record headers) must stay within RECORD_LIMIT, or the reader refuses the chunk
+# and everything after it (a raw 1 GiB array from shared memory made such a file).
+MAX_PAYLOAD = RECORD_LIMIT - CHUNK_BYTES - (64 << 10)
+# A recorded JPEG frame of more pixels than this is not written, and not decoded when read
+# (it is skipped, counted and logged): its header is 1 KB whatever size it claims, its pixels
+# would not be (8192x8192 RGB is 200 MB). Pixels, not sides: a 9000x64 panorama strip is small.
+MAX_FRAME_PIXELS = 8192 * 8192
 MAX_TRACE = 1024          # hops kept in a recorded trace (the bus keeps 128)
 
 _ENVELOPE_SCHEMA = {
@@ -61,6 +67,8 @@ _ENVELOPE_SCHEMA = {
     "properties": {"seq": {"type": "integer"}, "stamp_ns": {"type": "integer"},
                    "src": {"type": "string"}, "trace": {"type": "array"}, "data": {}},
 }
+log = logging.getLogger("iotrt.recording")
+
 _JPEG_SCHEMA = dict(_ENVELOPE_SCHEMA, title="iotrt JPEG frame",
                     description="msgpack map; data: JPEG bytes of an RGB uint8 (H, W, 3) frame")
 
@@ -72,6 +80,11 @@ class RecordingError(errors.StorageError):
 class NotRecordable(RecordingError, ValueError):
     """One message whose data the recording's encoding (iotrt.codec) refuses: skip it, the
     recording goes on."""
+
+
+class FrameTooLarge(RecordingError):
+    """A recorded frame whose header claims more than MAX_FRAME_PIXELS: that one message is
+    skipped when reading (counted in TopicInfo.skipped), the rest of the recording is read."""
 
 
 class NotARecording(RecordingError):
@@ -216,14 +229,23 @@ def encode(env: Envelope, frames: str = "jpeg", quality: int = 80,
     `encoder` when encoding many: a fresh msgpack Packer per large frame (iotrt.codec.pack)
     took a recorder of raw frames to 240 MB of RSS here, a reused one stays at ~40 MB."""
     data, kind = env.data, "msgpack"
+    what = f"message {env.seq} on {env.topic}"
     if frames == "jpeg" and is_frame(data):
-        data, kind = _jpeg(data, quality, f"message {env.seq} on {env.topic}"), "jpeg"
+        h, w = data.shape[:2]
+        if h * w > MAX_FRAME_PIXELS:     # what a reader would refuse is not written
+            raise NotRecordable(f"{what}: a {w}x{h} frame has more pixels than a recording "
+                                f"holds ({MAX_FRAME_PIXELS:,}, 8192x8192)")
+        data, kind = _jpeg(data, quality, what), "jpeg"
     try:
-        return kind, (encoder or Encoder()).pack({
+        payload = (encoder or Encoder()).pack({
             "seq": env.seq, "stamp_ns": env.stamp_ns, "src": env.src, "trace": env.trace,
             "data": data})
     except CodecError as exc:
-        raise NotRecordable(f"message {env.seq} on {env.topic}: {exc}") from exc
+        raise NotRecordable(f"{what}: {exc}") from exc
+    if len(payload) > MAX_PAYLOAD:
+        raise NotRecordable(f"{what}: {len(payload):,} bytes, more than a recording holds in "
+                            f"one message ({MAX_PAYLOAD:,})")
+    return kind, payload
 
 
 def _jpeg(frame: np.ndarray, quality: int, what: str) -> bytes:
@@ -249,6 +271,7 @@ class TopicInfo:
     encoding: str               # "msgpack" or "jpeg"
     count: int = 0
     drops: int = 0
+    skipped: int = 0            # frames over MAX_FRAME_PIXELS, not decoded (read so far)
     first_ns: int | None = None  # log times
     last_ns: int | None = None
 
@@ -292,6 +315,10 @@ class Info:
     def drops(self) -> int:
         return sum(t.drops for t in self.topics.values())
 
+    @property
+    def skipped(self) -> int:
+        return sum(t.skipped for t in self.topics.values())
+
     def wall_ns(self, mono_ns: int) -> int | None:
         """The wall-clock time of a monotonic stamp taken on the recording host."""
         try:
@@ -305,7 +332,9 @@ class Recording:
 
     Every read checks the file: NotARecording, NewerRecording, TruncatedRecording (unless
     `partial`: then a truncated file reads up to its last complete chunk), RecordingError
-    for corrupted content. Messages whose data cannot be decoded raise RecordingError too.
+    for corrupted content. Messages whose data cannot be decoded raise RecordingError too;
+    a frame over MAX_FRAME_PIXELS is well-formed but not decoded: that message is skipped,
+    counted in its TopicInfo.skipped and logged, and the read goes on.
     """
 
     def __init__(self, path: str | os.PathLike, *, partial: bool = False) -> None:
@@ -391,7 +420,15 @@ class Recording:
                 t.first_ns = record.log_time if t.first_ns is None else t.first_ns
                 t.last_ns = record.log_time
                 if decode and (topics is None or topic in topics):
-                    yield _decode(self.path, topic, kind, record, frames)
+                    try:
+                        recorded = _decode(self.path, topic, kind, record, frames)
+                    except FrameTooLarge as exc:
+                        t.skipped += 1
+                        if t.skipped in (1, 10, 100) or t.skipped % 1000 == 0:
+                            log.warning("%s (skipped; %d frame(s) of %s skipped so far)",
+                                        exc, t.skipped, topic)
+                        continue
+                    yield recorded
 
     def info(self) -> Info:
         """Scan the whole file: topics, counts, times, drops (raises like `messages`)."""
@@ -426,10 +463,16 @@ def _decode(path: Path, topic: str, kind: str, record: Message, frames: bool) ->
         raise RecordingError(f"{path}: message {record.sequence} on {topic} is not an envelope "
                              f"(seq, stamp_ns: integers 0..2^63-1; src: text; trace: a list)")
     data = m["data"]
-    if kind == "jpeg" and frames:
-        data = _unjpeg(path, topic, data)
-    elif kind == "jpeg" and not isinstance(data, bytes):
-        raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
+    if kind == "jpeg":
+        if not isinstance(data, bytes):
+            raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
+        size = _jpeg_size(data)   # its header, read without decoding (check() decodes none)
+        if size is not None and size[0] * size[1] > MAX_FRAME_PIXELS:
+            raise FrameTooLarge(f"{path}: message {m['seq']} on {topic}: a frame of "
+                                f"{size[1]}x{size[0]} pixels, more than {MAX_FRAME_PIXELS:,} "
+                                f"(8192x8192): not decoded")
+        if frames:
+            data = _unjpeg(path, topic, data, size)
     return Recorded(topic, m["seq"], m["stamp_ns"], m["src"], m["trace"], data, record.log_time)
 
 
@@ -437,17 +480,11 @@ def _is_int63(value: Any) -> bool:
     return type(value) is int and 0 <= value < 1 << 63
 
 
-def _unjpeg(path: Path, topic: str, data: Any) -> np.ndarray:
+def _unjpeg(path: Path, topic: str, data: bytes, size: tuple[int, int] | None) -> np.ndarray:
+    """A JPEG whose header size `_decode` has checked, decoded to RGB."""
     import cv2
 
-    img = None
-    if isinstance(data, bytes):
-        size = _jpeg_size(data)
-        if size is not None and max(size) > MAX_FRAME_SIDE:
-            raise RecordingError(f"{path}: a frame on {topic} claims {size[1]}x{size[0]} "
-                                 f"pixels, more than {MAX_FRAME_SIDE} a side: not decoded")
-        if size is not None:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = None if size is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise RecordingError(f"{path}: a frame on {topic} is not a readable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

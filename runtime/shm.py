@@ -69,7 +69,8 @@ SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 64 * 1024
 DEFAULT_SLOTS = 6
 # What a reader accepts of a segment's header (which another process wrote): a ring never has
-# more slots, or larger ones (an 8K RGB frame is 100 MB)
+# more slots, or larger ones (an 8K RGB frame is 100 MB). The writer keeps to them: a larger
+# array goes inline, where the bus refuses it if it is over bus.MAX_MESSAGE.
 MAX_SLOTS = 64
 MAX_SLOT_SIZE = 1 << 30
 MAGIC = b"IOTRSHM2"
@@ -269,10 +270,10 @@ class RingWriter:
         """A writable array inside a free slot, for a producer to fill in place (e.g.
         cv2.VideoCapture.read(image=...)). Publishing that very array sends it without a copy;
         from then on it is read-only. A new loan abandons an unpublished one. None when the
-        frame is below the threshold or every slot is leased."""
+        frame is below the threshold, above MAX_SLOT_SIZE, or every slot is leased."""
         self._abandon()
         wire, nbytes = self._kind(shape, dtype)
-        if nbytes < self.threshold:
+        if not self.threshold <= nbytes <= MAX_SLOT_SIZE:
             return None
         slot = self._claim(nbytes)
         if slot is None:
@@ -294,7 +295,7 @@ class RingWriter:
             self._loan = None
             arr.flags.writeable = False  # the bus owns it now: later writes would tear it
             return self._commit(loan[1], loan[2])
-        if arr.nbytes < self.threshold:
+        if not self.threshold <= arr.nbytes <= MAX_SLOT_SIZE:  # larger: no reader maps it
             return None
         wire, nbytes = self._kind(arr.shape, arr.dtype)
         slot = self._claim(nbytes)

@@ -29,7 +29,7 @@ from typing import Any
 
 from iotrt import __version__, errors
 from iotrt.control import CONTROL_NAME, ControlError, call
-from iotrt.node import Node, NodeSpec, Param
+from iotrt.node import MAX_TIMER_S, Node, NodeSpec, Param
 from iotrt.nodes.action.actuator import DriverError
 from iotrt.nodes.action.hadiscovery import (
     LOCK_COMMANDS,
@@ -84,7 +84,7 @@ SPEC = NodeSpec(
         Param("code_env", str, "", "environment variable holding the unlock code"),
         Param("code_file", str, "", "file holding the unlock code"),
         Param("health_s", float, 5.0, "ask the supervisor for node health this often (0: off)",
-              min=0),
+              min=0, max=MAX_TIMER_S),
         Param("max_events", int, 100, "events kept while the broker is away", min=1,
               max=100_000),
         Param("max_payload", int, 512, "longest command accepted (bytes)", min=16, max=65536),

@@ -39,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+from iotrt import wakeup
 from iotrt.nodes.observe.webconfig import WebError
 from iotrt.nodes.observe.webmetrics import Count, Gauge, Histogram, Metrics
 from iotrt.nodes.observe.webstatus import Graph, GraphCollector, JournalTail, Status
@@ -151,7 +152,10 @@ class Web:
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
-            self._serving.join(5)
+            if self._serving is not None:
+                self._serving.join(5)
+            if self._serving is None or not self._serving.is_alive():
+                self.server.close()     # else stuck serving: left to the process's exit
         self.taps.close()
         self.status.close()
         self.collector.journal.close()
@@ -226,7 +230,7 @@ class _Server(ThreadingHTTPServer):
         self.active = 0               # connections being served (for the gauge)
         self._count_lock = threading.Lock()
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = wakeup.pipe()
 
     def process_request(self, request, client_address) -> None:
         # Bounded: beyond max_clients a connection gets a short 503 at once, not a thread.
@@ -271,13 +275,24 @@ class _Server(ThreadingHTTPServer):
                 for key, _ in sel.select():
                     if key.fileobj is self and not self._stopping:
                         self._handle_request_noblock()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self.server_close()
+                    elif key.fileobj == self._wake_r:
+                        wakeup.drain(self._wake_r)
 
     def stop(self) -> None:
+        """Make serve() return (from another thread); close() once it has."""
         self._stopping = True
-        os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:
+            wakeup.wake(self._wake_w)
+
+    def close(self) -> None:
+        """The wakeup pipe and the listening socket, once serve() has returned or never ran:
+        the pipe is not closed under serve(), nor written after it is closed (its fd number
+        may belong to another file by then)."""
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+            self.server_close()
 
     def handle_error(self, request, client_address) -> None:
         log.warning("web: error serving %s", client_address, exc_info=True)

@@ -21,17 +21,43 @@ from pathlib import Path
 from iotrt import errors
 from iotrt.lazy import LazyModule
 from iotrt.lazy import numpy as np
-from iotrt.node import Node, NodeSpec, Param
+from iotrt.node import MAX_TIMER_S, Node, NodeSpec, Param
 from iotrt.nodes.sensing.scene import DoorScene
 
 # OpenCV and numpy load when a source opens (the node's start), not when a graph's SPECs are read.
 cv2 = LazyModule("cv2")
 
-# Bounds a frame buffer and the frame timer can live with: 8K UHD, and from a frame every ten
-# seconds to 240 a second (a rate outside this, from the graph or from a file's header, is a
-# mistake; 1e-300 fps once overflowed the timer, 99999999 pixels wide asked for 536 GiB).
+# Bounds a frame buffer and the frame timer can live with: 8K UHD, and from a frame a day (the
+# longest period node.timer schedules: a timelapse of a frame a minute is 0.0167 fps) to 240 a
+# second. A rate outside this, from the graph or from a file's header, is a mistake (1e-300 fps
+# once overflowed the timer, 99999999 pixels wide asked for 536 GiB).
 MAX_WIDTH, MAX_HEIGHT = 7680, 4320
-MIN_FPS, MAX_FPS = 0.1, 240.0
+MIN_FPS, MAX_FPS = 1 / MAX_TIMER_S, 240.0
+DEFAULT_FPS = 30.0   # a source that gives no usable rate of its own plays at this
+
+
+def fps_problem(fps: float) -> str | None:
+    """Why `fps` is not a rate the camera runs at, or None: 0 (a source's own rate) or
+    MIN_FPS to MAX_FPS. The graph check (FpsParam) and CameraConfig both ask this, so a value
+    `iotrt validate` accepts is one the camera starts with."""
+    if fps == 0 or MIN_FPS <= fps <= MAX_FPS:   # NaN fails both
+        return None
+    return (f"must be 0 (a file's own rate) or {MIN_FPS:.3g} (a frame a day) to "
+            f"{MAX_FPS:g}, got {fps!r}")
+
+
+class FpsParam(Param):
+    """The fps param: Param's min/max cannot say "0, or at least a frame a day", so the gap
+    between them is refused here, by the graph check at the value's file:line, rather than
+    when the camera starts (a crash loop with no line)."""
+
+    __slots__ = ()
+
+    def problem(self, value):
+        problem = super().problem(value)
+        if problem is None and isinstance(value, float):
+            problem = fps_problem(value)
+        return problem
 
 SPEC = NodeSpec(
     doc="camera frames (RGB uint8) from a device, video file, URL, GStreamer pipeline or sim",
@@ -46,8 +72,9 @@ SPEC = NodeSpec(
         Param("width", int, 640, "frame width (requested from devices, resized to otherwise)",
               min=1, max=MAX_WIDTH),
         Param("height", int, 480, "frame height", min=1, max=MAX_HEIGHT),
-        Param("fps", float, 30.0, f"frame rate, {MIN_FPS:g} to {MAX_FPS:g} (0 for a file: the "
-                                  f"file's own rate)", min=0.0, max=MAX_FPS),
+        FpsParam("fps", float, 30.0, f"frame rate, {MIN_FPS:.3g} (a frame a day) to {MAX_FPS:g} "
+                                     f"(0 for a file: the file's own rate)",
+                 min=0.0, max=MAX_FPS),
         Param("loop", bool, True, "restart a video file at its end"),
         Param("reconnect_max_s", float, 10.0, "longest wait between reopen attempts", min=0.5),
         Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle",
@@ -82,9 +109,9 @@ class CameraConfig:
         if not (0 < cfg.width <= MAX_WIDTH and 0 < cfg.height <= MAX_HEIGHT):
             raise ValueError(f"camera: width and height must be 1..{MAX_WIDTH} and "
                              f"1..{MAX_HEIGHT}, got {cfg.width}x{cfg.height}")
-        if not (cfg.fps == 0 or MIN_FPS <= cfg.fps <= MAX_FPS):   # NaN fails both
-            raise ValueError(f"camera: fps must be {MIN_FPS:g} to {MAX_FPS:g} (or 0 for a "
-                             f"file's own rate), got {cfg.fps}")
+        problem = fps_problem(cfg.fps)
+        if problem:
+            raise ValueError(f"camera: fps {problem}")
         if cfg.source in ("file", "url", "gstreamer") and not cfg.uri:
             raise ValueError(f"camera: source '{cfg.source}' needs the 'uri' parameter")
         return cfg
@@ -243,12 +270,26 @@ class Camera:
         self.frames += 1
         return frame, stamp
 
+    def frame_rate(self) -> float:
+        """The configured rate; with fps 0, the source's own. A source's rate that is unknown
+        (0) or outside MIN_FPS..MAX_FPS plays at DEFAULT_FPS, said in one log line: such header
+        rates are container timebases (1000, 90000) or corrupt, not the rate the video was
+        shot at, so the nearest bound would be no better a guess than the common one."""
+        if self.cfg.fps:
+            return self.cfg.fps
+        native = self.source.native_fps() if self.source is not None else 0.0
+        if MIN_FPS <= native <= MAX_FPS:
+            return native
+        if self.log:
+            said = ("is not open yet, so its rate is unknown" if self.source is None
+                    else "gives no frame rate" if not native   # NaN is not 0: it is "outside"
+                    else f"says {native:g} fps, outside {MIN_FPS:.3g} to {MAX_FPS:g}")
+            self.log.warning("camera: %s '%s' %s: playing at %g fps (set the fps param to "
+                             "choose the rate)", self.cfg.source, self.cfg.uri, said, DEFAULT_FPS)
+        return DEFAULT_FPS
+
     def frame_period(self) -> float:
-        fps = self.cfg.fps
-        if not fps and self.source is not None:
-            fps = self.source.native_fps()
-        if not MIN_FPS <= fps <= MAX_FPS:   # unknown (0) or a nonsense header rate
-            fps = 30.0
+        fps = self.frame_rate()
         # Live sources pace themselves (read blocks); tick faster so we never fall behind.
         return 1.0 / (2 * fps) if self.cfg.live else 1.0 / fps
 

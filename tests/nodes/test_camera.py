@@ -106,9 +106,9 @@ def test_config_errors_name_the_parameter():
 
 
 @pytest.mark.parametrize("params, why", [
-    ({"fps": 1.0e-300}, "fps must be 0.1 to 240"),
-    ({"fps": 6e23}, "fps must be 0.1 to 240"),
-    ({"fps": float("nan")}, "fps must be 0.1 to 240"),
+    ({"fps": 1.0e-300}, "fps must be 0 .* or 1.16e-05 .* to 240"),
+    ({"fps": 6e23}, "fps must be 0 .* or 1.16e-05 .* to 240"),
+    ({"fps": float("nan")}, "fps must be 0 .* or 1.16e-05 .* to 240"),
     ({"width": 99999999}, "width and height must be 1..7680"),
     ({"height": 4321}, "width and height must be 1..7680"),
 ])
@@ -123,11 +123,58 @@ def test_the_graph_check_refuses_sizes_and_rates_above_the_maximum(params):
     assert [p.param for p in problems] == list(params)
 
 
-def test_a_nonsense_file_rate_falls_back_to_30_fps(video):
+@pytest.mark.parametrize("fps", [0.0167, 1 / 86400, 0.05, 240.0, 0.0])
+def test_a_rate_the_graph_check_accepts_is_one_the_camera_starts_with(fps):
+    """A frame a minute (a timelapse) down to a frame a day: validate said OK and the camera
+    then refused to start (below 0.1 fps), a crash loop with no file:line."""
+    assert SPEC.check_params({"source": "sim", "fps": fps})[1] == []
+    cam = Camera(CameraConfig.from_params({"source": "sim", "fps": fps}))
+    cam.open()
+    period = cam.frame_period()
+    assert 0 < period <= 86400.0            # what node.timer schedules
+    if fps:
+        assert period == pytest.approx(1 / fps)
+
+
+@pytest.mark.parametrize("fps", [1e-6, 1 / 86401, 1e-300, 240.5])
+def test_a_rate_the_camera_refuses_the_graph_check_refuses_at_its_line(tmp_path, fps):
+    from iotrt.graph import GraphError, load_graph
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\nnodes:\n  - id: cam\n    kind: camera\n    params:\n"
+                    f"      source: sim\n      fps: {fps:.17e}\n")   # YAML floats need a dot
+    with pytest.raises(ValueError, match="fps"):
+        CameraConfig.from_params({"source": "sim", "fps": fps})
+    with pytest.raises(GraphError) as err:
+        load_graph(path)
+    assert f"{path}:7" in str(err.value) and "params.fps: must be" in str(err.value)
+
+
+@pytest.mark.parametrize("native, said", [
+    (1e-300, "says 1e-300 fps, outside 1.16e-05 to 240"),
+    (90000.0, "says 90000 fps, outside"),
+    (float("nan"), "says nan fps, outside"),
+    (0.0, "gives no frame rate"),
+])
+def test_a_file_rate_outside_the_range_plays_at_30_fps_and_says_so(video, caplog, native, said):
+    import logging
+
+    log = logging.getLogger("test.camera")
+    cam = Camera(CameraConfig(source="file", uri=str(video), fps=0.0), log)
+    cam.open()
+    cam.source.native_fps = lambda: native
+    with caplog.at_level(logging.WARNING, logger="test.camera"):
+        assert cam.frame_period() == pytest.approx(1 / 30)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and said in lines[0] and "playing at 30 fps" in lines[0], lines
+    cam.close()
+
+
+def test_a_slow_file_plays_at_its_own_rate(video):
     cam = Camera(CameraConfig(source="file", uri=str(video), fps=0.0))
     cam.open()
-    cam.source.native_fps = lambda: 1e-300
-    assert cam.frame_period() == pytest.approx(1 / 30)
+    cam.source.native_fps = lambda: 1 / 60    # a timelapse file: a frame a minute
+    assert cam.frame_period() == pytest.approx(60.0)
     cam.close()
 
 
@@ -149,3 +196,15 @@ def test_auto_source_uses_a_camera_when_there_is_one_else_says_sim():
     assert cfg.source == "sim" and "SIMULATED" in line and "no camera device" in line
     cfg, line = resolve_source(CameraConfig(source="sim"), devices=["/dev/video0"])
     assert cfg.source == "sim" and "SIMULATED" in line     # sim asked for: sim, even with a camera
+
+
+def test_a_file_not_there_yet_plays_at_30_fps_and_says_why(tmp_path, caplog):
+    import logging
+
+    cam = Camera(CameraConfig(source="file", uri=str(tmp_path / "later.avi"), fps=0.0),
+                 logging.getLogger("test.camera"))
+    cam.open()                                   # missing: backs off, no source yet
+    with caplog.at_level(logging.WARNING, logger="test.camera"):
+        assert cam.frame_period() == pytest.approx(1 / 30)
+    assert any("is not open yet" in r.getMessage() and "playing at 30 fps" in r.getMessage()
+               for r in caplog.records)

@@ -380,18 +380,80 @@ def _patched_jpeg(height: int, width: int) -> bytes:
     return bytes(data)
 
 
-def test_a_jpeg_claiming_a_huge_frame_is_refused_before_decoding(tmp_path):
-    """A 1 KB file must not make the reader decode 30000x30000 pixels (2.7 GB)."""
+def test_a_jpeg_claiming_a_huge_frame_is_skipped_before_decoding_and_the_read_goes_on(
+        tmp_path, caplog):
+    """A 1 KB file must not make the reader decode 30000x30000 pixels (2.7 GB); that one
+    message is skipped, counted and logged, and the messages after it are read (the refusal
+    used to end the read)."""
+    import logging
+
     from iotrt.codec import pack
+    from iotrt.recording import Info
 
     path = tmp_path / "bomb.mcap"
     with RecordWriter(path) as w:
-        w.write_encoded("cam/image", "jpeg", pack({"seq": 0, "stamp_ns": 0, "src": "cam",
+        w.write(Envelope("cam/image", 0, 1, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+        w.write_encoded("cam/image", "jpeg", pack({"seq": 1, "stamp_ns": 2, "src": "cam",
                                                    "trace": [], "data": _patched_jpeg(
-                                                       30000, 30000)}), 0, 0)
-    assert path.stat().st_size < 4096
-    with pytest.raises(RecordingError, match="30000x30000 pixels"):
-        list(Recording(path).messages())
+                                                       30000, 30000)}), 1, 2)
+        w.write(Envelope("cam/image", 2, 3, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+        w.write(Envelope("who/faces", 3, 4, "who", [], {"faces": []}))
+    assert path.stat().st_size < 8192
+    info = Info(path, 0, {})
+    with caplog.at_level(logging.WARNING, logger="iotrt.recording"):
+        got = [(m.topic, m.seq) for m in Recording(path).messages(info=info)]
+    assert got == [("cam/image", 0), ("cam/image", 2), ("who/faces", 3)]
+    assert info.topics["cam/image"].skipped == 1 and info.skipped == 1
+    assert info.topics["cam/image"].count == 3           # counted as recorded, not decoded
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "message 1 on cam/image" in lines[0] \
+        and "30000x30000 pixels" in lines[0], lines
+    checked = Recording(path).check()                      # header read only: same verdict
+    assert checked.skipped == 1 and checked.messages == 4
+
+
+def test_a_wide_frame_written_is_read_back(tmp_path):
+    """The writer JPEG-encodes up to 65,500 px a side; the reader refused over 8192 a side,
+    so a 9000x64 panorama strip made a recording iotrt could not read (the read failed)."""
+    strip = np.zeros((64, 9000, 3), np.uint8)
+    strip[:, ::100] = 255
+    with RecordWriter(tmp_path / "a.mcap") as w:
+        w.write(Envelope("pano/image", 0, 1, "pano", [], strip))
+        w.write(Envelope("pano/meta", 1, 2, "pano", [], {"n": 1}))
+    got = list(Recording(tmp_path / "a.mcap").messages())
+    assert [m.topic for m in got] == ["pano/image", "pano/meta"]
+    assert got[0].data.shape == (64, 9000, 3) and got[1].data == {"n": 1}
+
+
+def test_a_frame_over_the_pixel_bound_is_not_written_and_the_recording_goes_on(tmp_path):
+    """What the reader would not decode is not written: NotRecordable, that message only."""
+    from iotrt.recording import MAX_FRAME_PIXELS
+
+    big = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (8193, 8192, 3))   # no memory
+    assert big.shape[0] * big.shape[1] > MAX_FRAME_PIXELS
+    with RecordWriter(tmp_path / "a.mcap") as w:
+        w.write(Envelope("cam/image", 0, 1, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+        with pytest.raises(NotRecordable, match=r"message 1 on cam/image: a 8192x8193 frame "
+                                                r"has more pixels than a recording holds"):
+            w.write(Envelope("cam/image", 1, 2, "cam", [], big))
+        w.write(Envelope("cam/image", 2, 3, "cam", [], np.zeros((4, 4, 3), np.uint8)))
+    assert [m.seq for m in Recording(tmp_path / "a.mcap").messages()] == [0, 2]
+
+
+def test_a_message_larger_than_the_reader_takes_is_not_written(tmp_path):
+    """A raw array of 257 MB (shared memory carries up to 1 GiB) made a chunk over the
+    reader's RECORD_LIMIT: the file read as truncated from there on ("was the recorder
+    killed?"). It is one NotRecordable message now, and the messages after it are kept."""
+    from iotrt.recording import MAX_PAYLOAD, RECORD_LIMIT
+
+    assert MAX_PAYLOAD < RECORD_LIMIT
+    with RecordWriter(tmp_path / "a.mcap", frames="raw") as w:
+        w.write(Envelope("t/a", 0, 1, "t", [], {"n": 0}))
+        with pytest.raises(NotRecordable, match=r"message 1 on t/big: .* bytes, more than a "
+                                                r"recording holds in one message"):
+            w.write(Envelope("t/big", 1, 2, "t", [], np.zeros(RECORD_LIMIT + 1, np.uint8)))
+        w.write(Envelope("t/a", 2, 3, "t", [], {"n": 2}))
+    assert [m.seq for m in Recording(tmp_path / "a.mcap").messages()] == [0, 2]
 
 
 def test_a_compressed_chunk_is_refused_before_it_is_inflated(tmp_path):

@@ -258,3 +258,55 @@ def test_a_message_over_the_size_bound_is_never_decoded_and_the_next_ones_arrive
             raw.send(ok)
             env = sub.recv(timeout_s=0.1)
         assert env.data == {"ok": True} and sub.stats()["bad"] == 0
+
+
+def test_the_cameras_largest_frame_fits_in_one_bus_message():
+    """Over tcp:// a frame travels inline: the camera's largest (8K RGB, 99.5 MB) and its
+    envelope must fit MAX_MESSAGE, or every subscriber drops it (and its connection) unsaid."""
+    from iotrt.bus import MAX_MESSAGE
+    from iotrt.codec import Encoder
+    from iotrt.nodes.sensing.camera import MAX_HEIGHT, MAX_WIDTH
+
+    frame = np.zeros((MAX_HEIGHT, MAX_WIDTH, 3), np.uint8)
+    msg = Encoder().encode_fields("camera/image", 2**62, 2**62, "camera", [["camera", 2**62]] * 8,
+                                  frame)
+    assert len(msg) <= MAX_MESSAGE
+    assert MAX_MESSAGE - MAX_WIDTH * MAX_HEIGHT * 3 >= 16 << 20   # headroom for the envelope
+
+
+def test_an_8k_frame_arrives_over_tcp():
+    from iotrt.nodes.sensing.camera import MAX_HEIGHT, MAX_WIDTH
+
+    address = free_tcp_address()
+    frame = np.zeros((MAX_HEIGHT, MAX_WIDTH, 3), np.uint8)
+    frame[::97, ::89] = 200
+    with Publisher(address, "cam/image", "cam") as pub, Subscriber(address, queue=2) as sub:
+        wait_subscribers(pub)
+        env, deadline = None, time.monotonic() + 30
+        while env is None:      # the subscriber may still be subscribing: send until it has one
+            assert time.monotonic() < deadline, "the 8K frame never arrived"
+            pub.publish(frame)
+            env = sub.recv(timeout_s=2)
+        assert env.data.shape == frame.shape and np.array_equal(env.data, frame)
+        assert sub.stats()["bad"] == 0
+
+
+def test_a_message_over_the_bound_is_refused_by_the_publisher_and_nothing_is_sent():
+    """Not sent and then dropped by every subscriber unsaid: publish raises EncodeError (the
+    Node API's NotEncodable) naming the size and the limit, and the stream goes on."""
+    from iotrt.bus import MAX_MESSAGE
+    from iotrt.codec import EncodeError
+
+    address = free_tcp_address()
+    with Publisher(address, "big/out", "big") as pub, Subscriber(address, queue=4) as sub:
+        wait_subscribers(pub)
+        with pytest.raises(EncodeError, match=r"'big/out'.* 134,2\d\d,\d\d\d bytes, more than the "
+                                              rf"bus takes \({MAX_MESSAGE:,} bytes"):
+            pub.publish(np.zeros(MAX_MESSAGE + 1, np.uint8))
+        assert pub.seq == 0 and pub.msgs == 0
+        env, deadline = None, time.monotonic() + 10
+        while env is None:
+            assert time.monotonic() < deadline, "nothing arrived after the refused message"
+            pub.publish("next")
+            env = sub.recv(timeout_s=0.2)
+        assert env.data == "next" and sub.stats()["bad"] == 0

@@ -315,3 +315,27 @@ def test_a_segment_header_claiming_millions_of_slots_is_refused(ring):
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def test_an_array_larger_than_a_reader_maps_is_not_put_in_a_ring(ring):
+    """Readers refuse a slot over MAX_SLOT_SIZE as "not a frame ring": the writer must not
+    make one (a 1 GiB + 1 array went into a ring no reader could open); it goes inline, where
+    the bus refuses it for its size (tests/runtime/test_bus.py)."""
+    writer, _ = ring
+    huge = np.broadcast_to(np.zeros(1, np.uint8), (shm.MAX_SLOT_SIZE + 1,))   # no memory
+    assert writer.sink(huge) is None
+    assert writer.loan((shm.MAX_SLOT_SIZE + 1,), np.uint8) is None
+    assert writer.name is None and writer.slot_size == 0        # no segment was made
+
+
+def test_the_largest_slot_the_writer_makes_is_one_readers_map(ring, monkeypatch):
+    """The writer's bound is the readers' (one constant), checked at a size a test can afford."""
+    monkeypatch.setattr(shm, "MAX_SLOT_SIZE", 64 * 1024)
+    writer, readers = ring
+    at_bound = np.arange(64 * 1024, dtype=np.uint8)
+    buf = encode(Envelope("t/o", 1, 0, "t", [], at_bound), writer.sink)
+    assert slot_of(buf) is not None
+    assert np.array_equal(decode(buf, readers.read).data, at_bound)
+    over = np.arange(64 * 1024 + 1, dtype=np.uint8)
+    buf = encode(Envelope("t/o", 2, 0, "t", [], over), writer.sink)
+    assert slot_of(buf) is None and np.array_equal(decode(buf, readers.read).data, over)

@@ -370,3 +370,26 @@ def test_a_slow_client_is_cut_off_and_its_slot_frees(serve, monkeypatch):
     finally:
         for s in slow:
             s.close()
+
+
+def test_a_stop_after_close_writes_into_no_file(tmp_path):
+    """The server's wakeup pipe is closed once serving has ended, by close(), and never
+    written after that: its own pipe (os.pipe, closed by the serving thread) took a late or
+    repeated stop() to a closed fd number, which the next file opened reuses."""
+    import selectors
+
+    p = params()
+    web = Web(p, TOKEN, runtime_dir=str(tmp_path / "run"), state_dir=str(tmp_path),
+              media=media_dirs(p, str(tmp_path)), log=LOG)
+    web.start()
+    assert get(web, "/api/status")[0] == 200
+    web.close()
+    r, w = os.pipe()                   # reuses the numbers the server's pipe had, if freed
+    try:
+        web.server.stop()              # late: e.g. a close racing the server's own exit
+        with selectors.DefaultSelector() as sel:
+            sel.register(r, selectors.EVENT_READ)
+            assert sel.select(0) == [], "stop() wrote into a pipe that is not the server's"
+    finally:
+        os.close(r)
+        os.close(w)
