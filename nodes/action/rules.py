@@ -66,11 +66,12 @@ SPEC = NodeSpec(
         Param("tick_s", float, 0.05, "resolution of holds, delays, absences, intervals",
               min=0.005, max=5.0),
         Param("command_timeout_s", float, 1.0, "wait this long for an ack before a retry",
-              min=0.01),
-        Param("command_retries", int, 4, "retries of an unacknowledged command", min=0),
+              min=0.01, max=60.0),
+        Param("command_retries", int, 4, "retries of an unacknowledged command", min=0,
+              max=100),
         Param("command_expiry_s", float, 3.0,
               "drop a command still queued after this long, and stop its retries then "
-              "(never unlock late)", min=0.1),
+              "(never unlock late)", min=0.1, max=3600.0),
         Param("expr_timeout_ms", float, 50.0, "time budget of one expression evaluation",
               min=1.0, max=10_000.0),
         Param("expr_strikes", int, 3, "budget overruns after which a rule is disabled (until "

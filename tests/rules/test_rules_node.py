@@ -163,6 +163,17 @@ def test_the_retry_budget_fits_in_the_expiry():
     assert sender._budget(0.25) == (0.25, 0)   # one shorter attempt
 
 
+@pytest.mark.parametrize("param,value", [("command_timeout_s", 1e12), ("command_retries", 10**9),
+                                         ("command_expiry_s", 1e12)])
+def test_command_timing_params_have_a_maximum(param, value):
+    """A timeout of 1e12 s made every command's wait unencodable (each one failed): the graph
+    check refuses such values instead."""
+    from iotrt.nodes.action.rules import SPEC
+
+    problems = SPEC.check_params({"rules": "r.yaml", param: value})[1]
+    assert problems and param in str(problems[0]) and "must be <=" in str(problems[0])
+
+
 def test_a_quiet_rule_journals_and_logs_at_info_only_its_failures(tmp_path, caplog):
     rules = tmp_path / "r.yaml"
     rules.write_text("""\
