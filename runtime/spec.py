@@ -60,6 +60,10 @@ class Param:
     max: float | None = None
     nonfinite: bool = False
     items: type | None = None     # list params: the type every element must have
+    # A last check of a value that passed the others, for what min/max/choices cannot say (a gap
+    # in a range, the entries of a mapping): why the value is not acceptable, or None. The graph
+    # check asks it too, so the node never meets at start a value the graph accepted.
+    check: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -100,7 +104,7 @@ class Param:
             return f"must be >= {self.min}, got {value!r}"
         if self.max is not None and value > self.max:
             return f"must be <= {self.max}, got {value!r}"
-        return None
+        return None if self.check is None else self.check(value)
 
 
 def _describe(value: Any) -> str:

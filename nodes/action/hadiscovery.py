@@ -296,6 +296,17 @@ def bridged_topic(name: str, spec: Any) -> BridgedTopic:
                         float(every))
 
 
+def bridge_problem(bridge: dict) -> str | None:
+    """Why the ``bridge`` param is not acceptable, or None: the graph check asks what the bridge
+    asks at start (`bridged_topic`), so a bad entry is refused at its file:line."""
+    for name, spec in bridge.items():
+        try:
+            bridged_topic(str(name), spec)
+        except LayoutError as exc:
+            return str(exc)
+    return None
+
+
 def make_layout(params: dict, graph: str, device_id: str, version: str,
                 inputs: dict[str, str]) -> Layout:
     """The Layout from the bridge's params; ``inputs``: input name -> the topic wired to it."""

@@ -36,6 +36,7 @@ from iotrt.nodes.action.hadiscovery import (
     OFFLINE,
     ONLINE,
     Layout,
+    bridge_problem,
     event_payload,
     health_of,
     lock_payload,
@@ -80,7 +81,8 @@ SPEC = NodeSpec(
         Param("image", str, "image", "input carrying camera frames (for the snapshot)"),
         Param("image_width", int, 320, "snapshot width in pixels", min=16, max=4096),
         Param("bridge", dict, {}, "more inputs to show as sensors: input -> value_template, or "
-                                  "{template, name, unit, device_class, every_s}"),
+                                  "{template, name, unit, device_class, every_s}",
+              check=bridge_problem),
         Param("code_env", str, "", "environment variable holding the unlock code"),
         Param("code_file", str, "", "file holding the unlock code"),
         Param("health_s", float, 5.0, "ask the supervisor for node health this often (0: off)",

@@ -38,26 +38,14 @@ DEFAULT_FPS = 30.0   # a source that gives no usable rate of its own plays at th
 
 def fps_problem(fps: float) -> str | None:
     """Why `fps` is not a rate the camera runs at, or None: 0 (a source's own rate) or
-    MIN_FPS to MAX_FPS. The graph check (FpsParam) and CameraConfig both ask this, so a value
-    `iotrt validate` accepts is one the camera starts with."""
+    MIN_FPS to MAX_FPS. The graph check (the fps Param's `check`) and CameraConfig both ask
+    this, so a value `iotrt validate` accepts is one the camera starts with."""
     if fps == 0 or MIN_FPS <= fps <= MAX_FPS:   # NaN fails both
         return None
     return (f"must be 0 (a file's own rate) or {MIN_FPS:.3g} (a frame a day) to "
             f"{MAX_FPS:g}, got {fps!r}")
 
 
-class FpsParam(Param):
-    """The fps param: Param's min/max cannot say "0, or at least a frame a day", so the gap
-    between them is refused here, by the graph check at the value's file:line, rather than
-    when the camera starts (a crash loop with no line)."""
-
-    __slots__ = ()
-
-    def problem(self, value):
-        problem = super().problem(value)
-        if problem is None and isinstance(value, float):
-            problem = fps_problem(value)
-        return problem
 
 SPEC = NodeSpec(
     doc="camera frames (RGB uint8) from a device, video file, URL, GStreamer pipeline or sim",
@@ -72,9 +60,9 @@ SPEC = NodeSpec(
         Param("width", int, 640, "frame width (requested from devices, resized to otherwise)",
               min=1, max=MAX_WIDTH),
         Param("height", int, 480, "frame height", min=1, max=MAX_HEIGHT),
-        FpsParam("fps", float, 30.0, f"frame rate, {MIN_FPS:.3g} (a frame a day) to {MAX_FPS:g} "
-                                     f"(0 for a file: the file's own rate)",
-                 min=0.0, max=MAX_FPS),
+        Param("fps", float, 30.0, f"frame rate, {MIN_FPS:.3g} (a frame a day) to {MAX_FPS:g} "
+                                  f"(0 for a file: the file's own rate)",
+              min=0.0, max=MAX_FPS, check=fps_problem),
         Param("loop", bool, True, "restart a video file at its end"),
         Param("reconnect_max_s", float, 10.0, "longest wait between reopen attempts", min=0.5),
         Param("sim_period_s", float, 12.0, "sim: length of the scene's owner/visitor cycle",

@@ -308,8 +308,10 @@ def test_layout_from_params_and_wiring():
 ])
 def test_bad_params_are_explained(params, why):
     from iotrt.nodes.action.hadiscovery import LayoutError, make_layout
+    from iotrt.spec import ParamError
 
-    with pytest.raises(LayoutError, match=why):
+    # a bad bridge entry is refused by the params' own check already (ParamError)
+    with pytest.raises((LayoutError, ParamError), match=why):
         make_layout(layout_params(**params), "door", "dev", "1.0",
                     {"t": "thermo/reading", "events": "rules/events"})
 
@@ -324,3 +326,19 @@ def test_requests_waiting_for_the_loop_are_bounded():
     b.on_post(*b.node.posted.pop())                 # one handled: room for one more
     b.on_command(SET, b"LOCK")
     assert len(b.node.posted) == MAX_IN_FLIGHT and b.gate.rejected == 3
+
+
+@pytest.mark.parametrize("entry", ['{template: "{{ value }}", every_s: 0}', "{every_s: 1}",
+                                   '{template: "{{ value }}", colour: red}', "5"])
+def test_a_bridge_entry_the_bridge_refuses_at_start_the_graph_check_refuses_at_its_line(
+        tmp_path, entry):
+    """The bridge used to refuse these only when it started: validate said OK, then a crash
+    loop with no file:line."""
+    from iotrt.graph import GraphError, load_graph
+
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nnodes:\n  - id: ha\n    kind: homeassistant\n    params:\n"
+                    f"      bridge:\n        x: {entry}\n")
+    with pytest.raises(GraphError) as err:
+        load_graph(path)
+    assert f"{path}:7" in str(err.value) and "bridge.x: give a value_template" in str(err.value)
